@@ -1,0 +1,220 @@
+/* codec.c — see codec.h. No allocation; every read is bounds-checked. */
+#include "codec.h"
+
+#include <errno.h>
+#include <string.h>
+
+static inline uint64_t zigzag(int64_t v) { return ((uint64_t)v << 1) ^ (uint64_t)(v >> 63); }
+static inline int64_t unzigzag(uint64_t v) { return (int64_t)(v >> 1) ^ -(int64_t)(v & 1); }
+
+static inline size_t varint_size(uint64_t v)
+{
+    size_t n = 1;
+    while (v >= 0x80) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
+
+static inline uint8_t *put_varint(uint8_t *p, uint64_t v)
+{
+    while (v >= 0x80) {
+        *p++ = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    *p++ = (uint8_t)v;
+    return p;
+}
+
+/* returns bytes consumed, 0 on truncation or an over-long encoding */
+static inline size_t get_varint(const uint8_t *p, const uint8_t *end, uint64_t *out)
+{
+    uint64_t v = 0;
+    unsigned shift = 0;
+    const uint8_t *s = p;
+    while (p < end && shift < 64) {
+        uint8_t b = *p++;
+        v |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) {
+            *out = v;
+            return (size_t)(p - s);
+        }
+        shift += 7;
+    }
+    return 0;
+}
+
+void shmlog_batch_timestamps(const shmlog_batch_in_t *in, int64_t *first, int64_t *max)
+{
+    if (!in->timestamps || in->count == 0) {
+        *first = *max = in->timestamp;
+        return;
+    }
+    int64_t f = in->timestamps[0], m = f;
+    for (uint32_t i = 1; i < in->count; i++)
+        if (in->timestamps[i] > m)
+            m = in->timestamps[i];
+    *first = f;
+    *max = m;
+}
+
+/* size of one record's body (after its length varint) */
+static inline size_t record_body_size(const shmlog_batch_in_t *in, uint32_t i, int64_t first_ts)
+{
+    int64_t ts_delta = in->timestamps ? in->timestamps[i] - first_ts : 0;
+    int32_t kl = in->keys ? in->key_lens[i] : -1;
+    int32_t vl = in->value_lens[i];
+    size_t n = 1 + varint_size(zigzag(ts_delta)) + varint_size(zigzag((int64_t)i));
+    n += varint_size(zigzag(kl)) + (kl > 0 ? (size_t)kl : 0);
+    n += varint_size(zigzag(vl)) + (vl > 0 ? (size_t)vl : 0);
+    n += in->headers ? (in->header_lens[i] ? in->header_lens[i] : 1) : 1;
+    return n;
+}
+
+int64_t shmlog_batch_encoded_size(const shmlog_batch_in_t *in)
+{
+    if (!in || in->count == 0 || !in->value_lens)
+        return -EINVAL;
+    int64_t first, max;
+    shmlog_batch_timestamps(in, &first, &max);
+    uint64_t total = 0;
+    for (uint32_t i = 0; i < in->count; i++) {
+        if (in->value_lens[i] < -1 || (in->keys && in->key_lens[i] < -1))
+            return -EINVAL;
+        size_t body = record_body_size(in, i, first);
+        total += varint_size(body) + body;
+        if (total > (uint64_t)INT32_MAX)
+            return -EMSGSIZE;
+    }
+    return (int64_t)total;
+}
+
+int64_t shmlog_batch_encode(const shmlog_batch_in_t *in, uint8_t *dst, size_t cap)
+{
+    int64_t need = shmlog_batch_encoded_size(in);
+    if (need < 0)
+        return need;
+    if ((size_t)need > cap)
+        return -ENOSPC;
+    int64_t first, max;
+    shmlog_batch_timestamps(in, &first, &max);
+    uint8_t *p = dst;
+    const uint8_t *v = in->values, *k = in->keys, *h = in->headers;
+    for (uint32_t i = 0; i < in->count; i++) {
+        size_t body = record_body_size(in, i, first);
+        p = put_varint(p, body);
+        *p++ = 0; /* record attributes: none defined yet */
+        p = put_varint(p, zigzag(in->timestamps ? in->timestamps[i] - first : 0));
+        p = put_varint(p, zigzag((int64_t)i));
+        int32_t kl = k ? in->key_lens[i] : -1;
+        p = put_varint(p, zigzag(kl));
+        if (kl > 0) {
+            memcpy(p, k, (size_t)kl);
+            p += kl;
+            k += kl;
+        }
+        int32_t vl = in->value_lens[i];
+        p = put_varint(p, zigzag(vl));
+        if (vl > 0) {
+            memcpy(p, v, (size_t)vl);
+            p += vl;
+            v += vl;
+        }
+        if (h && in->header_lens[i]) {
+            memcpy(p, h, in->header_lens[i]);
+            p += in->header_lens[i];
+            h += in->header_lens[i];
+        } else {
+            *p++ = 0; /* zero headers */
+        }
+    }
+    return (int64_t)(p - dst);
+}
+
+int64_t shmlog_records_decode(const uint8_t *payload, size_t len, uint32_t record_count,
+                              uint64_t base_offset, int64_t first_timestamp,
+                              uint64_t pos_base, uint64_t skip_below,
+                              shmlog_records_out_t *out, uint32_t index)
+{
+    const uint8_t *p = payload, *end = payload + len;
+    uint32_t w = index;
+    for (uint32_t i = 0; i < record_count; i++) {
+        uint64_t body, u;
+        size_t n = get_varint(p, end, &body);
+        if (!n || body > (uint64_t)(end - p - n))
+            return -EBADMSG;
+        p += n;
+        const uint8_t *rend = p + body;
+        if (p >= rend)
+            return -EBADMSG;
+        p++; /* attributes */
+        if (!(n = get_varint(p, rend, &u)))
+            return -EBADMSG;
+        p += n;
+        int64_t ts = first_timestamp + unzigzag(u);
+        if (!(n = get_varint(p, rend, &u)))
+            return -EBADMSG;
+        p += n;
+        int64_t odelta = unzigzag(u);
+        if (odelta != (int64_t)i)
+            return -EBADMSG; /* offsets inside a batch are dense by construction */
+        if (!(n = get_varint(p, rend, &u)))
+            return -EBADMSG;
+        p += n;
+        int64_t kl = unzigzag(u);
+        if (kl < -1 || kl > rend - p)
+            return -EBADMSG;
+        const uint8_t *kp = p;
+        if (kl > 0)
+            p += kl;
+        if (!(n = get_varint(p, rend, &u)))
+            return -EBADMSG;
+        p += n;
+        int64_t vl = unzigzag(u);
+        if (vl < -1 || vl > rend - p)
+            return -EBADMSG;
+        const uint8_t *vp = p;
+        if (vl > 0)
+            p += vl;
+        /* header section: validated here so Python can parse it blindly */
+        const uint8_t *hp = p;
+        if (!(n = get_varint(p, rend, &u)))
+            return -EBADMSG;
+        p += n;
+        int64_t hcount = unzigzag(u);
+        if (hcount < 0 || hcount > rend - p)
+            return -EBADMSG;
+        for (int64_t j = 0; j < hcount; j++) {
+            for (int part = 0; part < 2; part++) {
+                if (!(n = get_varint(p, rend, &u)))
+                    return -EBADMSG;
+                p += n;
+                int64_t l = unzigzag(u);
+                if (l < (part ? -1 : 0) || l > rend - p)
+                    return -EBADMSG;
+                if (l > 0)
+                    p += l;
+            }
+        }
+        if (p != rend)
+            return -EBADMSG;
+        uint64_t off = base_offset + i;
+        if (off < skip_below)
+            continue;
+        if (w >= out->capacity)
+            return -ENOSPC;
+        out->offsets[w] = off;
+        out->timestamps[w] = ts;
+        out->key_pos[w] = pos_base + (uint64_t)(kp - payload);
+        out->key_lens[w] = (int32_t)kl;
+        out->value_pos[w] = pos_base + (uint64_t)(vp - payload);
+        out->value_lens[w] = (int32_t)vl;
+        out->header_pos[w] = pos_base + (uint64_t)(hp - payload);
+        out->header_lens[w] = hcount ? (uint32_t)(rend - hp) : 0;
+        w++;
+    }
+    if (p != end)
+        return -EBADMSG;
+    return (int64_t)(w - index);
+}

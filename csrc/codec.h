@@ -1,0 +1,63 @@
+/* codec.h — the record section of a batch: Kafka's record v2 in spirit.
+ *
+ * Per record: varint length of what follows, attributes byte, zigzag varint
+ * timestamp delta and offset delta, key (zigzag varint length, -1 = null),
+ * value (same), then the header section (zigzag varint count, each header a
+ * key and a nullable value). The encoder writes straight into a claimed
+ * chunk; the decoder never trusts a length it has not bounds-checked.
+ */
+#ifndef SHMLOG_CODEC_H
+#define SHMLOG_CODEC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* One batch as Python hands it over: columns, not objects, so a batch of a
+ * thousand records crosses into C once. */
+typedef struct {
+    uint32_t count;
+    const uint8_t *values;          /* all values concatenated */
+    const int32_t *value_lens;      /* -1 = null value */
+    const uint8_t *keys;            /* all keys concatenated, or NULL = every key null */
+    const int32_t *key_lens;
+    const uint8_t *headers;         /* pre-encoded header sections, or NULL = none */
+    const uint32_t *header_lens;
+    const int64_t *timestamps;      /* per record, or NULL = all `timestamp` */
+    int64_t timestamp;
+    uint64_t producer_id;
+    uint32_t producer_seq;
+    uint32_t attributes;
+} shmlog_batch_in_t;
+
+/* Where decoded records land: parallel arrays of `capacity` entries.
+ * Positions are byte positions relative to the `pos_base` the caller gives
+ * (the region, or a decompressed buffer), so Python can slice directly. */
+typedef struct {
+    uint32_t capacity;
+    uint64_t *offsets;
+    int64_t *timestamps;
+    uint64_t *value_pos;
+    int32_t *value_lens;
+    uint64_t *key_pos;
+    int32_t *key_lens;
+    uint64_t *header_pos;           /* header section, count included */
+    uint32_t *header_lens;          /* 0 = no headers */
+} shmlog_records_out_t;
+
+/* bytes the record section of this batch needs, or -EINVAL / -EMSGSIZE */
+int64_t shmlog_batch_encoded_size(const shmlog_batch_in_t *in);
+/* encode the record section into dst (cap bytes); returns bytes written or -errno */
+int64_t shmlog_batch_encode(const shmlog_batch_in_t *in, uint8_t *dst, size_t cap);
+/* the first and max timestamps of the batch */
+void shmlog_batch_timestamps(const shmlog_batch_in_t *in, int64_t *first, int64_t *max);
+
+/* Decode `record_count` records of a section at `payload` (len bytes).
+ * Records with offset < skip_below are skipped. Writes from out[index];
+ * returns the number written or -EBADMSG (anything out of bounds or
+ * inconsistent) or -ENOSPC (capacity too small). */
+int64_t shmlog_records_decode(const uint8_t *payload, size_t len, uint32_t record_count,
+                              uint64_t base_offset, int64_t first_timestamp,
+                              uint64_t pos_base, uint64_t skip_below,
+                              shmlog_records_out_t *out, uint32_t index);
+
+#endif

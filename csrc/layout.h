@@ -1,0 +1,178 @@
+/* layout.h — every struct that lives in a partition's shared-memory region.
+ *
+ * A region is: one header (geometry, hot words each on their own 128 bytes,
+ * the chunk table, producer slots, reader slots), then chunk_count chunks of
+ * chunk_bytes each. Frames (record batches) are laid one after another in a
+ * chunk, each 64-byte aligned, and are copied unchanged into segment files.
+ *
+ * Nothing here may hold a pointer: the region is mapped at different
+ * addresses in different processes. Python re-checks every offset through
+ * ffi.offsetof (tests/test_layout.py), so C and Python can never drift.
+ */
+#ifndef SHMLOG_LAYOUT_H
+#define SHMLOG_LAYOUT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define SHMLOG_MAGIC            0x31474F4C4D485300ULL /* "\0SHMLOG1" little-endian */
+#define SHMLOG_VERSION          1u
+#define SHMLOG_MAX_CHUNKS       64u
+#define SHMLOG_MAX_PRODUCERS    64u
+#define SHMLOG_MAX_READERS      64u
+#define SHMLOG_FRAME_ALIGN      64u
+#define SHMLOG_FRAME_HEADER     64u
+#define SHMLOG_MIN_CHUNK_BYTES  4096u
+#define SHMLOG_MAX_CHUNK_BYTES  (1u << 30)
+#define SHMLOG_NONE             UINT64_MAX
+
+/* header flags: what gates the reuse of a chunk */
+#define SHMLOG_F_GATE_READERS   1u  /* memory topic: every registered reader must have passed it */
+#define SHMLOG_F_GATE_SPILL     2u  /* disk topic: the spiller must have copied it */
+#define SHMLOG_F_CLOSED         4u  /* topic deleted: clients detach */
+
+/* chunk states (low 32 bits of shmlog_chunk_t.state; the high 32 bits hold
+ * the pid of the process that holds a RECLAIMING or OPENING chunk, so a reaper can repair a
+ * chunk whose owner died mid-rotation or mid-reclaim) */
+#define SHMLOG_CHUNK_FREE       0u
+#define SHMLOG_CHUNK_ACTIVE     1u
+#define SHMLOG_CHUNK_SEALED     2u
+#define SHMLOG_CHUNK_RECLAIMING 3u  /* being zeroed for reuse */
+#define SHMLOG_CHUNK_OPENING    4u  /* being initialised as the next active chunk */
+
+/* frame word: (type << 32) | frame_bytes. Every transition is a CAS:
+ *   0 -> CLAIMED (producer, right after its fetch-add: the hole has a size)
+ *   CLAIMED -> DATA (producer commit: the release that readers acquire)
+ *   0 or CLAIMED -> PAD (reaper abort; readers skip it)
+ * A reader treats 0 and CLAIMED as "not yet". */
+#define SHMLOG_FRAME_NONE       0u
+#define SHMLOG_FRAME_CLAIMED    0x434cu  /* "CL" */
+#define SHMLOG_FRAME_DATA       0x4441u  /* "DA" */
+#define SHMLOG_FRAME_PAD        0x5041u  /* "PA": aborted claim or dead space */
+
+/* frame attributes */
+#define SHMLOG_ATTR_COMPRESSION_MASK 0x7u
+#define SHMLOG_ATTR_LZ4              0x1u
+#define SHMLOG_BATCH_VERSION         1u
+
+#define SHMLOG_TAIL_BYTES(t)    ((uint32_t)((t) >> 32))
+#define SHMLOG_TAIL_RECORDS(t)  ((uint32_t)((t) & 0xffffffffu))
+#define SHMLOG_TAIL_PACK(b, r)  (((uint64_t)(b) << 32) | (uint64_t)(r))
+
+/* One chunk descriptor. The claim word (tail) is alone on its 128 bytes:
+ * every producer hammers it, nothing else may share its cache lines. */
+typedef struct {
+    volatile uint64_t tail;           /* (bytes << 32) | records claimed in this chunk */
+    uint8_t _pad0[120];
+    volatile uint64_t seq;            /* which chunk sequence number the slot holds */
+    volatile uint64_t base_offset;    /* offset of the chunk's first record */
+    volatile uint64_t state;          /* (owner_pid << 32) | SHMLOG_CHUNK_* */
+    volatile uint64_t seal;           /* TAIL_PACK(final bytes, final records) or SHMLOG_NONE;
+                                       * set by one CAS, so a reaper's seal and a slow
+                                       * overflower's seal can never mix */
+    uint8_t _pad1[96];
+} shmlog_chunk_t;
+
+/* A producer's slot: its in-flight claim, written before and after the
+ * fetch-add so the reaper can abort it exactly if the process dies. */
+typedef struct {
+    volatile uint32_t pid;            /* 0 = free slot */
+    volatile uint32_t fenced;         /* reaper aborted a stuck claim of this live pid */
+    volatile uint64_t claim_seq;      /* chunk seq of the in-flight claim, SHMLOG_NONE if none */
+    volatile uint64_t claim_tail;     /* tail value the fetch-add returned, SHMLOG_NONE until known */
+    volatile uint32_t claim_bytes;    /* frame bytes asked for */
+    volatile uint32_t claim_records;  /* records asked for */
+    volatile uint64_t batches;        /* committed batches (stats) */
+    volatile uint64_t records;        /* committed records (stats) */
+    volatile uint64_t aborted;        /* batches of this slot the reaper aborted */
+    uint8_t _pad[72];
+} shmlog_producer_slot_t;
+
+/* A reader's slot: where it is, so memory topics never overwrite unread data,
+ * and what it pins, so a zero-copy view is never recycled under it. */
+typedef struct {
+    volatile uint32_t pid;            /* 0 = free slot */
+    volatile uint32_t gating;         /* 1 = this reader's position gates chunk reuse */
+    volatile uint64_t position;       /* next offset it will consume */
+    volatile uint64_t pin;            /* lowest offset it may still be reading in place, or NONE */
+    volatile uint64_t group_id;       /* caller-defined tag (group hash), 0 = none */
+    uint8_t _pad[96];
+} shmlog_reader_slot_t;
+
+typedef struct {
+    /* 0: geometry, written once at format time, validated at attach */
+    uint64_t magic;
+    uint32_t version;
+    uint32_t header_bytes;
+    uint64_t region_bytes;
+    uint32_t chunk_bytes;
+    uint32_t chunk_count;
+    uint32_t max_batch_bytes;
+    volatile uint32_t flags;
+    uint32_t partition;
+    uint32_t creator_pid;
+    uint64_t initial_offset;
+    uint8_t _pad0[72];
+    /* 128: the active chunk's sequence number (index = seq % chunk_count) */
+    volatile uint64_t active_seq;
+    uint8_t _pad1[120];
+    /* 256: consumers that caught up sleep on data_futex */
+    volatile uint32_t data_futex;
+    volatile uint32_t data_waiters;
+    uint8_t _pad2[120];
+    /* 384: producers that found no free chunk sleep on space_futex */
+    volatile uint32_t space_futex;
+    volatile uint32_t space_waiters;
+    uint8_t _pad3[120];
+    /* 512: progress published by the reclaimer and the supervisor */
+    volatile uint64_t start_offset;     /* lowest offset still in shared memory */
+    volatile uint64_t spilled_offset;   /* everything below is in segment files */
+    volatile uint64_t durable_offset;   /* everything below is fsynced */
+    volatile uint64_t supervisor_pid;
+    volatile uint64_t aborted_batches;  /* claims the reaper turned into holes */
+    volatile uint64_t reclaimed_chunks;
+    volatile uint64_t rotations;
+    uint8_t _pad4[72];
+    /* 640 */
+    shmlog_chunk_t chunks[SHMLOG_MAX_CHUNKS];
+    shmlog_producer_slot_t producers[SHMLOG_MAX_PRODUCERS];
+    shmlog_reader_slot_t readers[SHMLOG_MAX_READERS];
+} shmlog_part_hdr_t;
+
+/* The 64-byte frame header at the start of every batch. */
+typedef struct {
+    volatile uint64_t frame;          /* (type << 32) | frame_bytes; see above */
+    uint32_t crc;                     /* CRC32C of bytes [12, 64) of this header + payload */
+    uint32_t payload_bytes;           /* record section (compressed if lz4) */
+    uint64_t base_offset;
+    uint32_t record_count;
+    uint16_t attributes;
+    uint16_t batch_version;
+    int64_t first_timestamp;
+    int64_t max_timestamp;
+    uint64_t producer_id;
+    uint32_t producer_seq;
+    uint32_t uncompressed_bytes;      /* record section size before lz4 */
+} shmlog_frame_hdr_t;
+
+_Static_assert(offsetof(shmlog_part_hdr_t, active_seq) == 128, "active_seq moved");
+_Static_assert(offsetof(shmlog_part_hdr_t, data_futex) == 256, "data_futex moved");
+_Static_assert(offsetof(shmlog_part_hdr_t, space_futex) == 384, "space_futex moved");
+_Static_assert(offsetof(shmlog_part_hdr_t, start_offset) == 512, "start_offset moved");
+_Static_assert(offsetof(shmlog_part_hdr_t, chunks) == 640, "chunks moved");
+_Static_assert(sizeof(shmlog_chunk_t) == 256, "chunk descriptor size");
+_Static_assert(offsetof(shmlog_chunk_t, seq) == 128, "chunk seq moved");
+_Static_assert(sizeof(shmlog_producer_slot_t) == 128, "producer slot size");
+_Static_assert(sizeof(shmlog_reader_slot_t) == 128, "reader slot size");
+_Static_assert(offsetof(shmlog_part_hdr_t, producers) == 640 + 64 * 256, "producers moved");
+_Static_assert(offsetof(shmlog_part_hdr_t, readers) == 640 + 64 * 256 + 64 * 128, "readers moved");
+_Static_assert(sizeof(shmlog_part_hdr_t) == 640 + 64 * 256 + 128 * 128, "header size");
+_Static_assert(sizeof(shmlog_frame_hdr_t) == SHMLOG_FRAME_HEADER, "frame header size");
+_Static_assert(offsetof(shmlog_frame_hdr_t, crc) == 8, "frame crc moved");
+_Static_assert(offsetof(shmlog_frame_hdr_t, base_offset) == 16, "frame base_offset moved");
+_Static_assert(offsetof(shmlog_frame_hdr_t, first_timestamp) == 32, "frame timestamp moved");
+
+/* header_bytes: the header rounded up to a page, so chunks start page-aligned */
+#define SHMLOG_HEADER_BYTES     (((sizeof(shmlog_part_hdr_t) + 4095u) / 4096u) * 4096u)
+
+#endif

@@ -1,0 +1,136 @@
+/* log.h — one partition's log in a shared-memory region: claim/commit,
+ * read, wait, chunk rotation and reuse, and the reaper's repair calls.
+ *
+ * The core works on memory it is handed: it never maps, allocates or
+ * unlinks. Every function returns >= 0 (a count, a slot) or -errno:
+ *   -EAGAIN   buffer full until the deadline (no free chunk)
+ *   -EMSGSIZE batch larger than the region's max_batch_bytes
+ *   -EINVAL   bad argument, -EPROTO bad magic/version/geometry
+ *   -EBADMSG  corrupt frame (bad CRC, bad length), offset in info->bad_offset
+ *   -ERANGE   cursor's chunk was reused (the reader fell behind)
+ *   -ENOSPC   no free slot / output arrays too small
+ */
+#ifndef SHMLOG_LOG_H
+#define SHMLOG_LOG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "codec.h"
+#include "layout.h"
+
+/* process-local handle; lives in Python-owned memory (ffi.new) */
+typedef struct {
+    uint8_t *base;
+    size_t len;
+    shmlog_part_hdr_t *hdr;
+    uint32_t chunk_bytes;
+    uint32_t chunk_count;
+    uint32_t max_batch_bytes;
+    uint32_t header_bytes;
+    uint32_t pid;
+    uint32_t _pad;
+} shmlog_log_t;
+
+/* a reader's position: process-local, one per assigned partition */
+typedef struct {
+    uint64_t seq;          /* chunk sequence number the cursor is in */
+    uint64_t next_offset;  /* next offset to hand out */
+    uint32_t pos;          /* byte position of the next frame in that chunk */
+    uint32_t _pad;
+} shmlog_cursor_t;
+
+typedef struct {
+    uint64_t first_seq;          /* oldest chunk the read touched: validate it after copying */
+    uint32_t frames;             /* data frames consumed */
+    uint32_t _pad;
+    uint64_t bytes;              /* frame bytes consumed */
+    /* a compressed frame the caller must decompress and decode itself */
+    uint64_t frame_pos;          /* region position of its 64-byte header, 0 = none */
+    uint64_t frame_base_offset;
+    int64_t frame_first_timestamp;
+    uint32_t frame_payload_bytes;
+    uint32_t frame_record_count;
+    uint32_t frame_attributes;
+    uint32_t frame_uncompressed_bytes;
+    uint64_t bad_offset;         /* with -EBADMSG: offset (or cursor offset) of the bad frame */
+} shmlog_read_info_t;
+
+/* frontier states (shmlog_log_frontier) */
+#define SHMLOG_FRONTIER_IDLE      0  /* nothing claimed past the committed end */
+#define SHMLOG_FRONTIER_BLOCKED   1  /* a claimed frame is not committed yet */
+#define SHMLOG_FRONTIER_UNSEALED  2  /* chunk overflowed, seal not written yet */
+#define SHMLOG_FRONTIER_FULL      3  /* sealed, waiting for a free chunk (backpressure) */
+
+size_t shmlog_log_region_bytes(uint32_t chunk_bytes, uint32_t chunk_count);
+/* base must be zero-filled past the header (a fresh shm object is) */
+int shmlog_log_format(void *base, size_t len, uint32_t chunk_bytes, uint32_t chunk_count,
+                      uint32_t max_batch_bytes, uint32_t flags, uint32_t partition,
+                      uint64_t initial_offset, uint32_t pid);
+int shmlog_log_attach(shmlog_log_t *log, void *base, size_t len, uint32_t pid);
+
+int shmlog_log_producer_register(shmlog_log_t *log);
+void shmlog_log_producer_release(shmlog_log_t *log, int slot);
+int shmlog_log_reader_register(shmlog_log_t *log, uint64_t position, uint32_t gating,
+                               uint64_t group_id);
+void shmlog_log_reader_release(shmlog_log_t *log, int slot);
+void shmlog_log_reader_set_position(shmlog_log_t *log, int slot, uint64_t position);
+void shmlog_log_reader_set_pin(shmlog_log_t *log, int slot, uint64_t pin);
+
+/* Append one batch, encoding records straight into the claimed space.
+ * Blocks (spin, then futex) up to timeout_ns for a free chunk. */
+int shmlog_log_append(shmlog_log_t *log, int slot, const shmlog_batch_in_t *in,
+                      uint64_t timeout_ns, uint64_t *base_offset);
+/* Append an already-encoded (e.g. lz4-compressed) record section. */
+int shmlog_log_append_section(shmlog_log_t *log, int slot, const uint8_t *payload,
+                              uint32_t payload_bytes, uint32_t record_count,
+                              uint32_t attributes, int64_t first_timestamp,
+                              int64_t max_timestamp, uint64_t producer_id,
+                              uint32_t producer_seq, uint32_t uncompressed_bytes,
+                              uint64_t timeout_ns, uint64_t *base_offset);
+/* Test hook for fault tests: claim space and write the CLAIMED header, then
+ * return without committing, as a producer SIGKILLed mid-batch would. */
+int shmlog_log_claim_only(shmlog_log_t *log, int slot, uint32_t payload_bytes,
+                          uint32_t record_count, uint64_t *base_offset);
+
+/* Read committed records from the cursor into out (values in place: positions
+ * are region positions). Returns records decoded, 0 if none (or a compressed
+ * frame is in info->frame_pos), or -errno. Stops at max_records/max_bytes. */
+int shmlog_log_read(shmlog_log_t *log, shmlog_cursor_t *cursor, shmlog_records_out_t *out,
+                    uint64_t max_bytes, shmlog_read_info_t *info);
+/* Raw committed frames (for the spiller): positions and lengths. */
+int shmlog_log_read_frames(shmlog_log_t *log, shmlog_cursor_t *cursor, uint64_t *frame_pos,
+                           uint32_t *frame_bytes, uint64_t *frame_end_offsets,
+                           uint32_t max_frames, uint64_t max_bytes, shmlog_read_info_t *info);
+/* 0 if chunk `seq` still holds what was read from it, -ERANGE if reused */
+int shmlog_log_validate(shmlog_log_t *log, uint64_t seq);
+/* 1 when data is ready at the cursor, 0 on timeout; spins spin_ns first */
+int shmlog_log_wait(shmlog_log_t *log, const shmlog_cursor_t *cursor, uint64_t spin_ns,
+                    uint64_t timeout_ns);
+/* Position the cursor at offset. 0 ok; -ERANGE if offset < start offset (the
+ * cursor is then at the start offset). Offsets past the end stop at the end. */
+int shmlog_log_seek(shmlog_log_t *log, shmlog_cursor_t *cursor, uint64_t offset);
+/* Position the cursor after the last committed frame; returns 0 */
+int shmlog_log_seek_end(shmlog_log_t *log, shmlog_cursor_t *cursor);
+uint64_t shmlog_log_start_offset(shmlog_log_t *log);
+/* the next offset a claim would take (claimed, not necessarily committed) */
+uint64_t shmlog_log_claimed_end(shmlog_log_t *log);
+/* bytes claimed in the active chunk and chunks in use, for fill gauges */
+uint32_t shmlog_log_chunks_in_use(shmlog_log_t *log);
+
+/* spiller / supervisor */
+void shmlog_log_set_spilled(shmlog_log_t *log, uint64_t offset);
+void shmlog_log_set_durable(shmlog_log_t *log, uint64_t offset);
+/* free every chunk older than the active one whose reuse is allowed now */
+int shmlog_log_reclaim(shmlog_log_t *log);
+
+/* reaper */
+int shmlog_log_reap_producer(shmlog_log_t *log, int slot);
+int shmlog_log_reap_reader(shmlog_log_t *log, int slot);
+int shmlog_log_unblock(shmlog_log_t *log, uint64_t seq, uint32_t pos, int force);
+int shmlog_log_force_seal(shmlog_log_t *log, uint64_t seq);
+int shmlog_log_repair_chunks(shmlog_log_t *log, uint32_t dead_pid);
+int shmlog_log_frontier(shmlog_log_t *log, shmlog_cursor_t *cursor, uint64_t *seq,
+                        uint32_t *pos);
+
+#endif

@@ -1,0 +1,255 @@
+"""cffi build script for shmlog._core (out-of-line API mode).
+
+Run by setuptools through ``cffi_modules`` in setup.py. The cdef below only
+names what Python calls; the C headers in csrc/ stay the source of truth for
+layouts (``...`` lets the compiler fill in sizes and offsets).
+"""
+
+from pathlib import Path
+
+from cffi import FFI
+
+HERE = Path(__file__).resolve().parent
+CSRC = HERE.parent / "csrc"
+
+CDEF = r"""
+#define SHMLOG_MAGIC ...
+#define SHMLOG_VERSION ...
+#define SHMLOG_MAX_CHUNKS ...
+#define SHMLOG_MAX_PRODUCERS ...
+#define SHMLOG_MAX_READERS ...
+#define SHMLOG_FRAME_ALIGN ...
+#define SHMLOG_FRAME_HEADER ...
+#define SHMLOG_MIN_CHUNK_BYTES ...
+#define SHMLOG_MAX_CHUNK_BYTES ...
+#define SHMLOG_HEADER_BYTES ...
+#define SHMLOG_F_GATE_READERS ...
+#define SHMLOG_F_GATE_SPILL ...
+#define SHMLOG_F_CLOSED ...
+#define SHMLOG_CHUNK_FREE ...
+#define SHMLOG_CHUNK_ACTIVE ...
+#define SHMLOG_CHUNK_SEALED ...
+#define SHMLOG_CHUNK_RECLAIMING ...
+#define SHMLOG_CHUNK_OPENING ...
+#define SHMLOG_FRAME_CLAIMED ...
+#define SHMLOG_FRAME_DATA ...
+#define SHMLOG_FRAME_PAD ...
+#define SHMLOG_ATTR_LZ4 ...
+#define SHMLOG_ATTR_COMPRESSION_MASK ...
+#define SHMLOG_FRONTIER_IDLE ...
+#define SHMLOG_FRONTIER_BLOCKED ...
+#define SHMLOG_FRONTIER_UNSEALED ...
+#define SHMLOG_FRONTIER_FULL ...
+
+typedef struct {
+    uint64_t tail;
+    uint64_t seq;
+    uint64_t base_offset;
+    uint64_t state;
+    uint64_t seal;
+    ...;
+} shmlog_chunk_t;
+
+typedef struct {
+    uint32_t pid;
+    uint32_t fenced;
+    uint64_t claim_seq;
+    uint64_t claim_tail;
+    uint32_t claim_bytes;
+    uint32_t claim_records;
+    uint64_t batches;
+    uint64_t records;
+    uint64_t aborted;
+    ...;
+} shmlog_producer_slot_t;
+
+typedef struct {
+    uint32_t pid;
+    uint32_t gating;
+    uint64_t position;
+    uint64_t pin;
+    uint64_t group_id;
+    ...;
+} shmlog_reader_slot_t;
+
+typedef struct {
+    uint64_t magic;
+    uint32_t version;
+    uint32_t header_bytes;
+    uint64_t region_bytes;
+    uint32_t chunk_bytes;
+    uint32_t chunk_count;
+    uint32_t max_batch_bytes;
+    uint32_t flags;
+    uint32_t partition;
+    uint32_t creator_pid;
+    uint64_t initial_offset;
+    uint64_t active_seq;
+    uint32_t data_futex;
+    uint32_t data_waiters;
+    uint32_t space_futex;
+    uint32_t space_waiters;
+    uint64_t start_offset;
+    uint64_t spilled_offset;
+    uint64_t durable_offset;
+    uint64_t supervisor_pid;
+    uint64_t aborted_batches;
+    uint64_t reclaimed_chunks;
+    uint64_t rotations;
+    shmlog_chunk_t chunks[];
+    ...;
+} shmlog_part_hdr_t;
+
+typedef struct {
+    uint64_t frame;
+    uint32_t crc;
+    uint32_t payload_bytes;
+    uint64_t base_offset;
+    uint32_t record_count;
+    uint16_t attributes;
+    uint16_t batch_version;
+    int64_t first_timestamp;
+    int64_t max_timestamp;
+    uint64_t producer_id;
+    uint32_t producer_seq;
+    uint32_t uncompressed_bytes;
+} shmlog_frame_hdr_t;
+
+typedef struct {
+    uint32_t count;
+    const uint8_t *values;
+    const int32_t *value_lens;
+    const uint8_t *keys;
+    const int32_t *key_lens;
+    const uint8_t *headers;
+    const uint32_t *header_lens;
+    const int64_t *timestamps;
+    int64_t timestamp;
+    uint64_t producer_id;
+    uint32_t producer_seq;
+    uint32_t attributes;
+} shmlog_batch_in_t;
+
+typedef struct {
+    uint32_t capacity;
+    uint64_t *offsets;
+    int64_t *timestamps;
+    uint64_t *value_pos;
+    int32_t *value_lens;
+    uint64_t *key_pos;
+    int32_t *key_lens;
+    uint64_t *header_pos;
+    uint32_t *header_lens;
+} shmlog_records_out_t;
+
+typedef struct {
+    uint8_t *base;
+    size_t len;
+    shmlog_part_hdr_t *hdr;
+    uint32_t chunk_bytes;
+    uint32_t chunk_count;
+    uint32_t max_batch_bytes;
+    uint32_t header_bytes;
+    uint32_t pid;
+    ...;
+} shmlog_log_t;
+
+typedef struct {
+    uint64_t seq;
+    uint64_t next_offset;
+    uint32_t pos;
+    ...;
+} shmlog_cursor_t;
+
+typedef struct {
+    uint64_t first_seq;
+    uint32_t frames;
+    uint64_t bytes;
+    uint64_t frame_pos;
+    uint64_t frame_base_offset;
+    int64_t frame_first_timestamp;
+    uint32_t frame_payload_bytes;
+    uint32_t frame_record_count;
+    uint32_t frame_attributes;
+    uint32_t frame_uncompressed_bytes;
+    uint64_t bad_offset;
+    ...;
+} shmlog_read_info_t;
+
+uint32_t shmlog_crc32c(uint32_t crc, const void *buf, size_t len);
+uint32_t shmlog_crc32c_sw(uint32_t crc, const void *buf, size_t len);
+int shmlog_crc32c_hw(void);
+
+int shmlog_futex_wait(uint32_t *word, uint32_t expected, uint64_t timeout_ns);
+int shmlog_futex_wake(uint32_t *word, int count);
+uint64_t shmlog_now_ns(void);
+
+int64_t shmlog_batch_encoded_size(const shmlog_batch_in_t *in);
+int64_t shmlog_batch_encode(const shmlog_batch_in_t *in, uint8_t *dst, size_t cap);
+int64_t shmlog_records_decode(const uint8_t *payload, size_t len, uint32_t record_count,
+                              uint64_t base_offset, int64_t first_timestamp,
+                              uint64_t pos_base, uint64_t skip_below,
+                              shmlog_records_out_t *out, uint32_t index);
+
+size_t shmlog_log_region_bytes(uint32_t chunk_bytes, uint32_t chunk_count);
+int shmlog_log_format(void *base, size_t len, uint32_t chunk_bytes, uint32_t chunk_count,
+                      uint32_t max_batch_bytes, uint32_t flags, uint32_t partition,
+                      uint64_t initial_offset, uint32_t pid);
+int shmlog_log_attach(shmlog_log_t *log, void *base, size_t len, uint32_t pid);
+int shmlog_log_producer_register(shmlog_log_t *log);
+void shmlog_log_producer_release(shmlog_log_t *log, int slot);
+int shmlog_log_reader_register(shmlog_log_t *log, uint64_t position, uint32_t gating,
+                               uint64_t group_id);
+void shmlog_log_reader_release(shmlog_log_t *log, int slot);
+void shmlog_log_reader_set_position(shmlog_log_t *log, int slot, uint64_t position);
+void shmlog_log_reader_set_pin(shmlog_log_t *log, int slot, uint64_t pin);
+int shmlog_log_append(shmlog_log_t *log, int slot, const shmlog_batch_in_t *in,
+                      uint64_t timeout_ns, uint64_t *base_offset);
+int shmlog_log_append_section(shmlog_log_t *log, int slot, const uint8_t *payload,
+                              uint32_t payload_bytes, uint32_t record_count,
+                              uint32_t attributes, int64_t first_timestamp,
+                              int64_t max_timestamp, uint64_t producer_id,
+                              uint32_t producer_seq, uint32_t uncompressed_bytes,
+                              uint64_t timeout_ns, uint64_t *base_offset);
+int shmlog_log_claim_only(shmlog_log_t *log, int slot, uint32_t payload_bytes,
+                          uint32_t record_count, uint64_t *base_offset);
+int shmlog_log_read(shmlog_log_t *log, shmlog_cursor_t *cursor, shmlog_records_out_t *out,
+                    uint64_t max_bytes, shmlog_read_info_t *info);
+int shmlog_log_read_frames(shmlog_log_t *log, shmlog_cursor_t *cursor, uint64_t *frame_pos,
+                           uint32_t *frame_bytes, uint64_t *frame_end_offsets,
+                           uint32_t max_frames, uint64_t max_bytes, shmlog_read_info_t *info);
+int shmlog_log_validate(shmlog_log_t *log, uint64_t seq);
+int shmlog_log_wait(shmlog_log_t *log, const shmlog_cursor_t *cursor, uint64_t spin_ns,
+                    uint64_t timeout_ns);
+int shmlog_log_seek(shmlog_log_t *log, shmlog_cursor_t *cursor, uint64_t offset);
+int shmlog_log_seek_end(shmlog_log_t *log, shmlog_cursor_t *cursor);
+uint64_t shmlog_log_start_offset(shmlog_log_t *log);
+uint64_t shmlog_log_claimed_end(shmlog_log_t *log);
+uint32_t shmlog_log_chunks_in_use(shmlog_log_t *log);
+void shmlog_log_set_spilled(shmlog_log_t *log, uint64_t offset);
+void shmlog_log_set_durable(shmlog_log_t *log, uint64_t offset);
+int shmlog_log_reclaim(shmlog_log_t *log);
+int shmlog_log_reap_producer(shmlog_log_t *log, int slot);
+int shmlog_log_reap_reader(shmlog_log_t *log, int slot);
+int shmlog_log_unblock(shmlog_log_t *log, uint64_t seq, uint32_t pos, int force);
+int shmlog_log_force_seal(shmlog_log_t *log, uint64_t seq);
+int shmlog_log_repair_chunks(shmlog_log_t *log, uint32_t dead_pid);
+int shmlog_log_frontier(shmlog_log_t *log, shmlog_cursor_t *cursor, uint64_t *seq,
+                        uint32_t *pos);
+"""
+
+SOURCES = ["codec.c", "crc32c.c", "futex.c", "log.c"]
+
+ffibuilder = FFI()
+ffibuilder.cdef(CDEF)
+ffibuilder.set_source(
+    "shmlog._core",
+    '#include "shmlog.h"',
+    sources=[str(Path("csrc") / s) for s in SOURCES],
+    include_dirs=["csrc"],
+    extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-fno-strict-aliasing"],
+    libraries=["pthread"],
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

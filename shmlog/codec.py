@@ -1,0 +1,129 @@
+"""Python side of the record codec: header sections and batch columns.
+
+The record section itself is encoded and decoded in C (csrc/codec.c). Here we
+only turn Python objects into the columns C takes (one join, one length
+array per batch) and parse header sections, which are rare. Nothing here runs
+per message on the fast path except list appends.
+"""
+
+from __future__ import annotations
+
+from array import array
+from typing import Iterable, List, Optional, Sequence, Tuple
+
+Header = Tuple[str, Optional[bytes]]
+
+
+def _zigzag(v: int) -> int:
+    return (v << 1) ^ (v >> 63)
+
+
+def _put_varint(out: bytearray, v: int) -> None:
+    while v >= 0x80:
+        out.append((v & 0x7F) | 0x80)
+        v >>= 7
+    out.append(v)
+
+
+def _get_varint(buf, pos: int) -> Tuple[int, int]:
+    shift = 0
+    v = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        v |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return v, pos
+        shift += 7
+
+
+def _unzigzag(v: int) -> int:
+    return (v >> 1) ^ -(v & 1)
+
+
+def encode_headers(headers: Optional[Iterable[Header]]) -> bytes:
+    """Encode a header list the way the C decoder validates it."""
+    if not headers:
+        return b""
+    items = list(headers)
+    out = bytearray()
+    _put_varint(out, _zigzag(len(items)))
+    for item in items:
+        try:
+            key, value = item
+        except (TypeError, ValueError):
+            raise TypeError(f"headers must be (str, bytes) pairs, got {item!r}") from None
+        if isinstance(key, str):
+            kb = key.encode()
+        elif isinstance(key, (bytes, bytearray)):
+            kb = bytes(key)
+        else:
+            raise TypeError(f"header key must be str, got {type(key).__name__}")
+        _put_varint(out, _zigzag(len(kb)))
+        out += kb
+        if value is None:
+            _put_varint(out, _zigzag(-1))
+        else:
+            if isinstance(value, str):
+                value = value.encode()
+            if not isinstance(value, (bytes, bytearray, memoryview)):
+                raise TypeError(f"header value must be bytes, got {type(value).__name__}")
+            vb = bytes(value)
+            _put_varint(out, _zigzag(len(vb)))
+            out += vb
+    return bytes(out)
+
+
+def decode_headers(section) -> List[Header]:
+    """Parse a header section (already bounds-checked by the C decoder)."""
+    if not section:
+        return []
+    count, pos = _get_varint(section, 0)
+    count = _unzigzag(count)
+    headers: List[Header] = []
+    for _ in range(count):
+        kl, pos = _get_varint(section, pos)
+        kl = _unzigzag(kl)
+        key = bytes(section[pos : pos + kl]).decode("utf-8", "replace")
+        pos += kl
+        vl, pos = _get_varint(section, pos)
+        vl = _unzigzag(vl)
+        if vl < 0:
+            headers.append((key, None))
+        else:
+            headers.append((key, bytes(section[pos : pos + vl])))
+            pos += vl
+    return headers
+
+
+def _bytes_error(kind: str, items: Sequence, index_hint: Optional[int] = None) -> TypeError:
+    for i, v in enumerate(items):
+        if v is not None and not isinstance(v, (bytes, bytearray, memoryview)):
+            return TypeError(
+                f"{kind} #{i} must be bytes-like (bytes, bytearray, memoryview), "
+                f"got {type(v).__name__}; encode str with .encode()"
+            )
+    return TypeError(f"{kind} must be bytes-like")
+
+
+def columns(items: Sequence, kind: str = "value") -> Tuple[bytes, array]:
+    """(concatenation, int32 lengths with -1 for None) for one batch."""
+    try:
+        blob = b"".join(items)
+        lens = array("i", map(len, items))
+        return blob, lens
+    except TypeError:
+        pass
+    # slow path: None entries (null values/keys) or a wrong type somewhere
+    parts = []
+    lens = array("i")
+    for v in items:
+        if v is None:
+            lens.append(-1)
+        elif isinstance(v, (bytes, bytearray, memoryview)):
+            b = bytes(v)
+            parts.append(b)
+            lens.append(len(b))
+        else:
+            raise _bytes_error(kind, items)
+    return b"".join(parts), lens

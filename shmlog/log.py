@@ -1,0 +1,480 @@
+"""One partition's shared-memory log, as seen from one process.
+
+PartitionLog creates or attaches a POSIX shared-memory region by name, and
+wraps the C core: append a batch, read batches from a cursor, wait for data,
+close and unlink. It knows nothing of topics, the supervisor or disk; the
+broker layers (producer, consumer, spiller) are built on it.
+
+It must never cross into C per message: every call here moves a batch.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import time
+from typing import List, Optional, Sequence
+
+import lz4.block
+import posix_ipc
+
+from . import errors
+from ._core import ffi, lib
+from .codec import columns, decode_headers, encode_headers
+
+NONE = (1 << 64) - 1
+COMPRESSION = {None: 0, "none": 0, "lz4": lib.SHMLOG_ATTR_LZ4}
+
+DEFAULT_CHUNK_BYTES = 16 << 20
+DEFAULT_CHUNK_COUNT = 4
+
+
+def default_max_batch_bytes(chunk_bytes: int) -> int:
+    """chunk/16 (DESIGN.md, Limits), at least 4 KiB, 64-byte aligned."""
+    mb = max(chunk_bytes // 16, 4096)
+    mb = min(mb, chunk_bytes // 2)
+    return mb - mb % 64
+
+
+class ReadResult:
+    """Columns of the records one read returned (no object per message)."""
+
+    __slots__ = ("offsets", "timestamps", "values", "keys", "headers", "first_seq", "bytes")
+
+    def __init__(self, offsets, timestamps, values, keys, headers, first_seq, nbytes):
+        self.offsets: List[int] = offsets
+        self.timestamps: List[int] = timestamps
+        self.values: List[Optional[bytes]] = values
+        self.keys: List[Optional[bytes]] = keys
+        self.headers: Optional[List[list]] = headers  # None when no record had headers
+        self.first_seq = first_seq
+        self.bytes = nbytes
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+
+class PartitionLog:
+    """A partition region mapped into this process."""
+
+    def __init__(self, name: str, shm, mm: mmap.mmap, handle, *, created: bool, what: str):
+        self.name = name
+        self.what = what
+        self._shm = shm
+        self._mm = mm
+        self._buf = ffi.from_buffer(mm)
+        self._log = handle
+        self.created = created
+        self._closed = False
+        lib.shmlog_log_attach(self._log, self._buf, len(mm), os.getpid())
+        self.hdr = self._log.hdr
+        self.chunk_bytes = self._log.chunk_bytes
+        self.chunk_count = self._log.chunk_count
+        self.max_batch_bytes = self._log.max_batch_bytes
+        # the largest batch can hold this many records (7 bytes minimum each)
+        self.max_records_per_batch = self.max_batch_bytes // 7 + 1
+
+    # -- lifecycle -------------------------------------------------------
+    @classmethod
+    def region_bytes(cls, chunk_bytes: int, chunk_count: int) -> int:
+        return lib.shmlog_log_region_bytes(chunk_bytes, chunk_count)
+
+    @classmethod
+    def create(
+        cls,
+        name: str,
+        *,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        chunk_count: int = DEFAULT_CHUNK_COUNT,
+        max_batch_bytes: Optional[int] = None,
+        gate_readers: bool = True,
+        gate_spill: bool = False,
+        partition: int = 0,
+        initial_offset: int = 0,
+        prefault: bool = False,
+        what: Optional[str] = None,
+    ) -> "PartitionLog":
+        what = what or f"partition region {name}"
+        if max_batch_bytes is None:
+            max_batch_bytes = default_max_batch_bytes(chunk_bytes)
+        size = lib.shmlog_log_region_bytes(chunk_bytes, chunk_count)
+        flags = (lib.SHMLOG_F_GATE_READERS if gate_readers else 0) | (
+            lib.SHMLOG_F_GATE_SPILL if gate_spill else 0
+        )
+        shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=size)
+        try:
+            mm = _map(shm.fd, size, prefault)
+        finally:
+            shm.close_fd()
+        buf = ffi.from_buffer(mm)
+        rc = lib.shmlog_log_format(
+            buf, size, chunk_bytes, chunk_count, max_batch_bytes, flags, partition,
+            initial_offset, os.getpid(),
+        )
+        ffi.release(buf)
+        if rc < 0:
+            mm.close()
+            posix_ipc.unlink_shared_memory(name)
+            raise errors.InvalidConfig(
+                f"{what}: invalid geometry chunk_bytes={chunk_bytes} chunk_count={chunk_count} "
+                f"max_batch_bytes={max_batch_bytes} (chunk_bytes: 4 KiB..1 GiB, multiple of 64; "
+                f"chunk_count: 2..64; max_batch_bytes: 128..chunk_bytes/2, multiple of 64)",
+                what=what,
+            )
+        return cls(name, shm, mm, ffi.new("shmlog_log_t *"), created=True, what=what)
+
+    @classmethod
+    def attach(cls, name: str, *, prefault: bool = False, what: Optional[str] = None) -> "PartitionLog":
+        what = what or f"partition region {name}"
+        shm = posix_ipc.SharedMemory(name)
+        try:
+            size = shm.size
+            if size < lib.SHMLOG_HEADER_BYTES:
+                raise errors.CorruptBatch(f"{what}: region is only {size} bytes", what=what)
+            mm = _map(shm.fd, size, prefault)
+        finally:
+            shm.close_fd()
+        handle = ffi.new("shmlog_log_t *")
+        buf = ffi.from_buffer(mm)
+        rc = lib.shmlog_log_attach(handle, buf, size, os.getpid())
+        ffi.release(buf)
+        if rc < 0:
+            mm.close()
+            errors.check(rc, what)
+        return cls(name, shm, mm, handle, created=False, what=what)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.hdr = None
+        self._log = None
+        ffi.release(self._buf)
+        try:
+            self._mm.close()
+        except BufferError:
+            # a zero-copy view still exports the mapping; the OS unmaps it
+            # when the last view is gone
+            pass
+
+    def unlink(self) -> None:
+        try:
+            posix_ipc.unlink_shared_memory(self.name)
+        except posix_ipc.ExistentialError:
+            pass
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _handle(self):
+        if self._closed:
+            raise errors.Closed(f"{self.what} is closed")
+        return self._log
+
+    def __enter__(self) -> "PartitionLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- state -----------------------------------------------------------
+    @property
+    def start_offset(self) -> int:
+        return lib.shmlog_log_start_offset(self._handle())
+
+    @property
+    def claimed_end(self) -> int:
+        return lib.shmlog_log_claimed_end(self._handle())
+
+    def end_offset(self) -> int:
+        """The committed end (next offset a reader at the end would get)."""
+        c = ffi.new("shmlog_cursor_t *")
+        lib.shmlog_log_seek_end(self._handle(), c)
+        return c.next_offset
+
+    @property
+    def memory_view(self) -> memoryview:
+        return memoryview(self._mm)
+
+    # -- producing -------------------------------------------------------
+    def register_producer(self) -> int:
+        return errors.check(lib.shmlog_log_producer_register(self._handle()), self.what)
+
+    def release_producer(self, slot: int) -> None:
+        if not self._closed:
+            lib.shmlog_log_producer_release(self._log, slot)
+
+    def append(
+        self,
+        slot: int,
+        values: Sequence,
+        *,
+        keys: Optional[Sequence] = None,
+        headers: Optional[Sequence] = None,
+        timestamps: Optional[Sequence[int]] = None,
+        timestamp: Optional[int] = None,
+        compression: Optional[str] = None,
+        timeout: float = 60.0,
+        producer_id: int = 0,
+        producer_seq: int = 0,
+    ) -> int:
+        """Append one batch; returns its base offset."""
+        log = self._handle()
+        n = len(values)
+        if n == 0:
+            raise ValueError("a batch needs at least one record")
+        vblob, vlens = columns(values, "value")
+        bi = ffi.new("shmlog_batch_in_t *")
+        keep = [vblob, vlens]
+        bi.count = n
+        bi.values = ffi.from_buffer(vblob)
+        bi.value_lens = ffi.from_buffer("int32_t[]", vlens)
+        if keys is not None and any(k is not None for k in keys):
+            if len(keys) != n:
+                raise ValueError(f"{len(keys)} keys for {n} values")
+            kblob, klens = columns(keys, "key")
+            keep += [kblob, klens]
+            bi.keys = ffi.from_buffer(kblob)
+            bi.key_lens = ffi.from_buffer("int32_t[]", klens)
+        if headers is not None and any(headers):
+            if len(headers) != n:
+                raise ValueError(f"{len(headers)} header lists for {n} values")
+            sections = [encode_headers(h) for h in headers]
+            hblob, hlens = columns(sections, "headers")
+            hl = ffi.new("uint32_t[]", list(hlens))
+            keep += [hblob, hl]
+            bi.headers = ffi.from_buffer(hblob)
+            bi.header_lens = hl
+        ts = timestamp if timestamp is not None else time.time_ns() // 1_000_000
+        bi.timestamp = ts
+        if timestamps is not None:
+            tsa = ffi.new("int64_t[]", [ts if t is None else t for t in timestamps])
+            keep.append(tsa)
+            bi.timestamps = tsa
+        bi.producer_id = producer_id
+        bi.producer_seq = producer_seq & 0xFFFFFFFF
+        out = ffi.new("uint64_t *")
+        timeout_ns = int(max(timeout, 0) * 1e9)
+        attrs = COMPRESSION.get(compression)
+        if attrs is None:
+            raise errors.InvalidConfig(f"compression must be None or 'lz4', got {compression!r}")
+        if attrs:
+            size = lib.shmlog_batch_encoded_size(bi)
+            errors.check(size, self.what)
+            raw = bytearray(size)
+            lib.shmlog_batch_encode(bi, ffi.from_buffer(raw), size)
+            packed = lz4.block.compress(bytes(raw), store_size=False)
+            first = ts if timestamps is None else bi.timestamps[0]
+            mx = ts if timestamps is None else max(bi.timestamps[i] for i in range(n))
+            rc = lib.shmlog_log_append_section(
+                log, slot, packed, len(packed), n, attrs, first, mx, producer_id,
+                producer_seq & 0xFFFFFFFF, size, timeout_ns, out,
+            )
+        else:
+            rc = lib.shmlog_log_append(log, slot, bi, timeout_ns, out)
+        if rc < 0:
+            errors.check(rc, self.what)
+        del keep
+        return out[0]
+
+    # -- reading ---------------------------------------------------------
+    def register_reader(self, position: int, *, gating: bool = True, group_id: int = 0) -> int:
+        return errors.check(
+            lib.shmlog_log_reader_register(self._handle(), position, 1 if gating else 0, group_id),
+            self.what,
+        )
+
+    def release_reader(self, slot: int) -> None:
+        if not self._closed:
+            lib.shmlog_log_reader_release(self._log, slot)
+
+    def set_reader_position(self, slot: int, position: int) -> None:
+        lib.shmlog_log_reader_set_position(self._handle(), slot, position)
+
+    def new_cursor(self):
+        return ffi.new("shmlog_cursor_t *")
+
+    def seek(self, cursor, offset: int) -> int:
+        """0 ok; -ERANGE when offset is below the start (cursor at the start)."""
+        return lib.shmlog_log_seek(self._handle(), cursor, offset)
+
+    def seek_end(self, cursor) -> None:
+        lib.shmlog_log_seek_end(self._handle(), cursor)
+
+    def wait(self, cursor, timeout: float, spin_us: float = 0.0) -> bool:
+        return bool(
+            lib.shmlog_log_wait(self._handle(), cursor, int(spin_us * 1000), int(max(timeout, 0) * 1e9))
+        )
+
+    def reader(self, capacity: Optional[int] = None) -> "RecordReader":
+        return RecordReader(self, capacity or max(self.max_records_per_batch, 4096))
+
+    # -- reaper / supervisor ----------------------------------------------
+    def producer_slots(self):
+        h = self._handle().hdr
+        return [(i, h.producers[i].pid) for i in range(lib.SHMLOG_MAX_PRODUCERS) if h.producers[i].pid]
+
+    def reader_slots(self):
+        h = self._handle().hdr
+        return [(i, h.readers[i].pid) for i in range(lib.SHMLOG_MAX_READERS) if h.readers[i].pid]
+
+    def reap_producer(self, slot: int) -> int:
+        return lib.shmlog_log_reap_producer(self._handle(), slot)
+
+    def reap_reader(self, slot: int) -> int:
+        return lib.shmlog_log_reap_reader(self._handle(), slot)
+
+    def unblock(self, seq: int, pos: int, force: bool = False) -> int:
+        return lib.shmlog_log_unblock(self._handle(), seq, pos, 1 if force else 0)
+
+    def force_seal(self, seq: int) -> int:
+        return lib.shmlog_log_force_seal(self._handle(), seq)
+
+    def repair_chunks(self, dead_pid: int) -> int:
+        return lib.shmlog_log_repair_chunks(self._handle(), dead_pid)
+
+    def reclaim(self) -> int:
+        return lib.shmlog_log_reclaim(self._handle())
+
+    def frontier(self, cursor):
+        seq = ffi.new("uint64_t *")
+        pos = ffi.new("uint32_t *")
+        rc = lib.shmlog_log_frontier(self._handle(), cursor, seq, pos)
+        return rc, seq[0], pos[0]
+
+    def set_spilled(self, offset: int) -> None:
+        lib.shmlog_log_set_spilled(self._handle(), offset)
+
+    def set_durable(self, offset: int) -> None:
+        lib.shmlog_log_set_durable(self._handle(), offset)
+
+
+def _map(fd: int, size: int, prefault: bool) -> mmap.mmap:
+    flags = mmap.MAP_SHARED
+    if prefault and hasattr(mmap, "MAP_POPULATE"):
+        flags |= mmap.MAP_POPULATE
+    return mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+
+
+class RecordReader:
+    """Decoded-record reads from a cursor into reusable C arrays.
+
+    Values are copied out of shared memory (mmap slicing makes bytes), and the
+    chunk is validated afterwards, so a value handed out never changes even if
+    the chunk is reused the next instant (a seqlock, not a lock).
+    """
+
+    def __init__(self, plog: PartitionLog, capacity: int):
+        self.plog = plog
+        self.capacity = capacity
+        self._out = ffi.new("shmlog_records_out_t *")
+        self._arrays = [
+            ffi.new("uint64_t[]", capacity),
+            ffi.new("int64_t[]", capacity),
+            ffi.new("uint64_t[]", capacity),
+            ffi.new("int32_t[]", capacity),
+            ffi.new("uint64_t[]", capacity),
+            ffi.new("int32_t[]", capacity),
+            ffi.new("uint64_t[]", capacity),
+            ffi.new("uint32_t[]", capacity),
+        ]
+        o = self._out
+        o.capacity = capacity
+        (o.offsets, o.timestamps, o.value_pos, o.value_lens, o.key_pos, o.key_lens,
+         o.header_pos, o.header_lens) = self._arrays
+        self._info = ffi.new("shmlog_read_info_t *")
+
+    def read(self, cursor, max_records: int, max_bytes: int = 1 << 62) -> Optional[ReadResult]:
+        """Up to max_records decoded records, or None if nothing is committed.
+
+        Raises OffsetOutOfRange if the cursor's chunk was reused (the reader
+        fell behind) and CorruptBatch for bad data, naming the offset."""
+        plog = self.plog
+        log = plog._handle()
+        o = self._out
+        o.capacity = min(max_records, self.capacity)
+        info = self._info
+        saved = (cursor.seq, cursor.pos, cursor.next_offset)
+        n = lib.shmlog_log_read(log, cursor, o, max_bytes, info)
+        if n < 0:
+            errors.check(n, plog.what, offset=info.bad_offset)
+        if n == 0:
+            if not info.frame_pos:
+                return None
+            return self._read_compressed(cursor, saved)
+        mm = plog._mm
+        vpos = ffi.unpack(o.value_pos, n)
+        vlen = ffi.unpack(o.value_lens, n)
+        if min(vlen) < 0:
+            values = [None if ln < 0 else mm[p : p + ln] for p, ln in zip(vpos, vlen)]
+        else:
+            values = [mm[p : p + ln] for p, ln in zip(vpos, vlen)]
+        klen = ffi.unpack(o.key_lens, n)
+        if max(klen) < 0:
+            keys = [None] * n
+        else:
+            kpos = ffi.unpack(o.key_pos, n)
+            keys = [None if ln < 0 else mm[p : p + ln] for p, ln in zip(kpos, klen)]
+        hlen = ffi.unpack(o.header_lens, n)
+        headers = None
+        if max(hlen) > 0:
+            hpos = ffi.unpack(o.header_pos, n)
+            headers = [decode_headers(mm[p : p + ln]) if ln else [] for p, ln in zip(hpos, hlen)]
+        offsets = ffi.unpack(o.offsets, n)
+        timestamps = ffi.unpack(o.timestamps, n)
+        if lib.shmlog_log_validate(log, info.first_seq) != 0:
+            # the chunk was reused while we copied: nothing we copied is trusted
+            cursor.seq, cursor.pos, cursor.next_offset = saved
+            errors.check(-34, plog.what, offset=saved[2])  # -ERANGE
+        return ReadResult(offsets, timestamps, values, keys, headers, info.first_seq, info.bytes)
+
+    def _read_compressed(self, cursor, saved) -> ReadResult:
+        plog = self.plog
+        info = self._info
+        mm = plog._mm
+        start = info.frame_pos + lib.SHMLOG_FRAME_HEADER
+        packed = mm[start : start + info.frame_payload_bytes]
+        if lib.shmlog_log_validate(plog._handle(), info.first_seq) != 0:
+            cursor.seq, cursor.pos, cursor.next_offset = saved
+            errors.check(-34, plog.what, offset=saved[2])
+        try:
+            raw = lz4.block.decompress(packed, uncompressed_size=info.frame_uncompressed_bytes)
+        except Exception as exc:  # lz4 raises LZ4BlockError
+            raise errors.CorruptBatch(
+                f"{plog.what} at offset {info.frame_base_offset}: lz4 payload does not decompress ({exc})"
+            ) from None
+        res = decode_section(
+            raw, info.frame_record_count, info.frame_base_offset, info.frame_first_timestamp,
+            saved[2], self, plog.what,
+        )
+        end = info.frame_base_offset + info.frame_record_count
+        if cursor.next_offset < end:
+            cursor.next_offset = end
+        res.first_seq = info.first_seq
+        res.bytes = info.bytes
+        return res
+
+
+def decode_section(raw: bytes, count: int, base_offset: int, first_ts: int, skip_below: int,
+                   reader: RecordReader, what: str) -> ReadResult:
+    """Decode a record section held in a Python buffer (lz4 frames, segments)."""
+    o = reader._out
+    o.capacity = reader.capacity
+    n = lib.shmlog_records_decode(ffi.from_buffer(raw), len(raw), count, base_offset, first_ts,
+                                  0, skip_below, o, 0)
+    if n < 0:
+        errors.check(n, what, offset=base_offset)
+    vpos = ffi.unpack(o.value_pos, n)
+    vlen = ffi.unpack(o.value_lens, n)
+    values = [None if ln < 0 else raw[p : p + ln] for p, ln in zip(vpos, vlen)]
+    kpos = ffi.unpack(o.key_pos, n)
+    klen = ffi.unpack(o.key_lens, n)
+    keys = [None if ln < 0 else raw[p : p + ln] for p, ln in zip(kpos, klen)]
+    hlen = ffi.unpack(o.header_lens, n)
+    headers = None
+    if n and max(hlen) > 0:
+        hpos = ffi.unpack(o.header_pos, n)
+        headers = [decode_headers(raw[p : p + ln]) if ln else [] for p, ln in zip(hpos, hlen)]
+    return ReadResult(ffi.unpack(o.offsets, n), ffi.unpack(o.timestamps, n), values, keys,
+                      headers, 0, len(raw))
