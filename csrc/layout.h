@@ -132,7 +132,12 @@ typedef struct {
     volatile uint64_t aborted_batches;  /* claims the reaper turned into holes */
     volatile uint64_t reclaimed_chunks;
     volatile uint64_t rotations;
-    uint8_t _pad4[72];
+    /* the topic's doorbell, used in partition 0's region only: a consumer of
+     * several partitions sleeps here, and committers ring it when it says
+     * someone sleeps */
+    volatile uint32_t bell_futex;
+    volatile uint32_t bell_waiters;
+    uint8_t _pad4[64];
     /* 640 */
     shmlog_chunk_t chunks[SHMLOG_MAX_CHUNKS];
     shmlog_producer_slot_t producers[SHMLOG_MAX_PRODUCERS];

@@ -71,6 +71,10 @@ static inline void wake_data(shmlog_log_t *log)
         shmlog_fetch_add_u32(&log->hdr->data_futex, 1);
         shmlog_futex_wake(&log->hdr->data_futex, INT32_MAX);
     }
+    if (log->bell_waiters && shmlog_load_relaxed_u32(log->bell_waiters)) {
+        shmlog_fetch_add_u32(log->bell_futex, 1);
+        shmlog_futex_wake(log->bell_futex, INT32_MAX);
+    }
 }
 
 /* ------------------------------------------------------------------ setup */
@@ -168,7 +172,15 @@ int shmlog_log_attach(shmlog_log_t *log, void *base, size_t len, uint32_t pid)
     log->max_batch_bytes = mb;
     log->header_bytes = (uint32_t)SHMLOG_HEADER_BYTES;
     log->pid = pid;
+    log->bell_futex = NULL;
+    log->bell_waiters = NULL;
     return 0;
+}
+
+void shmlog_log_set_bell(shmlog_log_t *log, shmlog_log_t *bell)
+{
+    log->bell_futex = bell ? &bell->hdr->bell_futex : NULL;
+    log->bell_waiters = bell ? &bell->hdr->bell_waiters : NULL;
 }
 
 /* ------------------------------------------------------------------ slots */
@@ -868,6 +880,50 @@ int shmlog_log_wait(shmlog_log_t *log, const shmlog_cursor_t *cursor, uint64_t s
     }
     shmlog_fetch_sub_u32(&h->data_waiters, 1);
     return ready;
+}
+
+static int any_ready(shmlog_log_t **logs, shmlog_cursor_t **cursors, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++)
+        if (data_ready(logs[i], cursors[i]))
+            return (int)i;
+    return -1;
+}
+
+int shmlog_log_wait_any(shmlog_log_t **logs, shmlog_cursor_t **cursors, uint32_t n,
+                        shmlog_log_t *bell, uint64_t spin_ns, uint64_t timeout_ns)
+{
+    int r = any_ready(logs, cursors, n);
+    if (r >= 0 || n == 0)
+        return r;
+    if (n == 1 && !bell)
+        return shmlog_log_wait(logs[0], cursors[0], spin_ns, timeout_ns) ? 0 : -1;
+    uint64_t start = shmlog_now_ns();
+    while (spin_ns && shmlog_now_ns() - start < spin_ns) {
+        for (int k = 0; k < 64; k++)
+            shmlog_cpu_relax();
+        if ((r = any_ready(logs, cursors, n)) >= 0)
+            return r;
+    }
+    uint64_t deadline = start + timeout_ns;
+    volatile uint32_t *fw = bell ? &bell->hdr->bell_futex : &logs[0]->hdr->data_futex;
+    volatile uint32_t *ww = bell ? &bell->hdr->bell_waiters : &logs[0]->hdr->data_waiters;
+    shmlog_fetch_add_u32(ww, 1);
+    for (;;) {
+        uint32_t v = shmlog_load_acquire_u32(fw);
+        shmlog_fence_seq_cst(); /* pairs with the committer's CAS before wake_data */
+        if ((r = any_ready(logs, cursors, n)) >= 0)
+            break;
+        uint64_t now = shmlog_now_ns();
+        if (now >= deadline)
+            break;
+        uint64_t left = deadline - now;
+        /* without a doorbell only logs[0] wakes us: keep the sleeps short */
+        uint64_t cap = bell ? 100000000ull : 2000000ull;
+        shmlog_futex_wait(fw, v, left < cap ? left : cap);
+    }
+    shmlog_fetch_sub_u32(ww, 1);
+    return r;
 }
 
 /* ------------------------------------------------------------------ seek */

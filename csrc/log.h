@@ -30,6 +30,10 @@ typedef struct {
     uint32_t header_bytes;
     uint32_t pid;
     uint32_t _pad;
+    /* process-local pointers to the topic doorbell (partition 0's header),
+     * or NULL; set by whoever maps the topic */
+    volatile uint32_t *bell_futex;
+    volatile uint32_t *bell_waiters;
 } shmlog_log_t;
 
 /* a reader's position: process-local, one per assigned partition */
@@ -107,6 +111,12 @@ int shmlog_log_validate(shmlog_log_t *log, uint64_t seq);
 /* 1 when data is ready at the cursor, 0 on timeout; spins spin_ns first */
 int shmlog_log_wait(shmlog_log_t *log, const shmlog_cursor_t *cursor, uint64_t spin_ns,
                     uint64_t timeout_ns);
+/* ring the doorbell of `bell` (partition 0 of a topic) for this log's commits */
+void shmlog_log_set_bell(shmlog_log_t *log, shmlog_log_t *bell);
+/* Wait until any of n cursors has data: returns its index, or -1 on timeout.
+ * Sleeps on bell's doorbell (all logs must ring it), spinning spin_ns first. */
+int shmlog_log_wait_any(shmlog_log_t **logs, shmlog_cursor_t **cursors, uint32_t n,
+                        shmlog_log_t *bell, uint64_t spin_ns, uint64_t timeout_ns);
 /* Position the cursor at offset. 0 ok; -ERANGE if offset < start offset (the
  * cursor is then at the start offset). Offsets past the end stop at the end. */
 int shmlog_log_seek(shmlog_log_t *log, shmlog_cursor_t *cursor, uint64_t offset);

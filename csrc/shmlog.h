@@ -7,5 +7,6 @@
 #include "futex.h"
 #include "layout.h"
 #include "log.h"
+#include "partitioner.h"
 
 #endif

@@ -96,6 +96,8 @@ typedef struct {
     uint64_t aborted_batches;
     uint64_t reclaimed_chunks;
     uint64_t rotations;
+    uint32_t bell_futex;
+    uint32_t bell_waiters;
     shmlog_chunk_t chunks[];
     ...;
 } shmlog_part_hdr_t;
@@ -151,6 +153,8 @@ typedef struct {
     uint32_t max_batch_bytes;
     uint32_t header_bytes;
     uint32_t pid;
+    uint32_t *bell_futex;
+    uint32_t *bell_waiters;
     ...;
 } shmlog_log_t;
 
@@ -176,6 +180,9 @@ typedef struct {
     ...;
 } shmlog_read_info_t;
 
+int32_t shmlog_murmur2(const uint8_t *data, size_t len);
+void shmlog_murmur2_partitions(const uint8_t *keys, const int32_t *lens, uint32_t n,
+                               uint32_t num_partitions, uint32_t *out);
 uint32_t shmlog_crc32c(uint32_t crc, const void *buf, size_t len);
 uint32_t shmlog_crc32c_sw(uint32_t crc, const void *buf, size_t len);
 int shmlog_crc32c_hw(void);
@@ -221,6 +228,9 @@ int shmlog_log_read_frames(shmlog_log_t *log, shmlog_cursor_t *cursor, uint64_t 
 int shmlog_log_validate(shmlog_log_t *log, uint64_t seq);
 int shmlog_log_wait(shmlog_log_t *log, const shmlog_cursor_t *cursor, uint64_t spin_ns,
                     uint64_t timeout_ns);
+void shmlog_log_set_bell(shmlog_log_t *log, shmlog_log_t *bell);
+int shmlog_log_wait_any(shmlog_log_t **logs, shmlog_cursor_t **cursors, uint32_t n,
+                        shmlog_log_t *bell, uint64_t spin_ns, uint64_t timeout_ns);
 int shmlog_log_seek(shmlog_log_t *log, shmlog_cursor_t *cursor, uint64_t offset);
 int shmlog_log_seek_end(shmlog_log_t *log, shmlog_cursor_t *cursor);
 uint64_t shmlog_log_start_offset(shmlog_log_t *log);
@@ -238,7 +248,7 @@ int shmlog_log_frontier(shmlog_log_t *log, shmlog_cursor_t *cursor, uint64_t *se
                         uint32_t *pos);
 """
 
-SOURCES = ["codec.c", "crc32c.c", "futex.c", "log.c"]
+SOURCES = ["codec.c", "crc32c.c", "futex.c", "log.c", "partitioner.c"]
 
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)

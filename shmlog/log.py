@@ -93,7 +93,7 @@ class PartitionLog:
         initial_offset: int = 0,
         prefault: bool = False,
         what: Optional[str] = None,
-    ) -> "PartitionLog":
+    ) -> PartitionLog:
         what = what or f"partition region {name}"
         if max_batch_bytes is None:
             max_batch_bytes = default_max_batch_bytes(chunk_bytes)
@@ -124,7 +124,7 @@ class PartitionLog:
         return cls(name, shm, mm, ffi.new("shmlog_log_t *"), created=True, what=what)
 
     @classmethod
-    def attach(cls, name: str, *, prefault: bool = False, what: Optional[str] = None) -> "PartitionLog":
+    def attach(cls, name: str, *, prefault: bool = False, what: Optional[str] = None) -> PartitionLog:
         what = what or f"partition region {name}"
         shm = posix_ipc.SharedMemory(name)
         try:
@@ -172,7 +172,7 @@ class PartitionLog:
             raise errors.Closed(f"{self.what} is closed")
         return self._log
 
-    def __enter__(self) -> "PartitionLog":
+    def __enter__(self) -> PartitionLog:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -307,7 +307,7 @@ class PartitionLog:
             lib.shmlog_log_wait(self._handle(), cursor, int(spin_us * 1000), int(max(timeout, 0) * 1e9))
         )
 
-    def reader(self, capacity: Optional[int] = None) -> "RecordReader":
+    def reader(self, capacity: Optional[int] = None) -> RecordReader:
         return RecordReader(self, capacity or max(self.max_records_per_batch, 4096))
 
     # -- reaper / supervisor ----------------------------------------------
@@ -342,6 +342,10 @@ class PartitionLog:
         pos = ffi.new("uint32_t *")
         rc = lib.shmlog_log_frontier(self._handle(), cursor, seq, pos)
         return rc, seq[0], pos[0]
+
+    def ring_bell_of(self, bell: PartitionLog) -> None:
+        """Commits here also ring `bell`'s doorbell (partition 0 of the topic)."""
+        lib.shmlog_log_set_bell(self._handle(), bell._handle())
 
     def set_spilled(self, offset: int) -> None:
         lib.shmlog_log_set_spilled(self._handle(), offset)

@@ -1,0 +1,543 @@
+"""What every system and workload of the suite shares: parameters, results,
+the process runner, the generic producer/consumer loops, machine facts.
+
+Rules the runner enforces for every system alike:
+
+* the producer(s) and consumer(s) are separate processes, started with the
+  multiprocessing *fork* context; the parent only sets up, waits and reports;
+* every process first opens its endpoint, then all meet at a barrier, so
+  nobody is measured while connecting or mapping;
+* a warm-up of ``warm`` messages goes end to end before a second barrier;
+  the clock starts after it (warm-up excluded), in the producer, just before
+  its first timed send, and stops in the consumer after its last receive;
+  both read ``time.monotonic_ns()`` (CLOCK_MONOTONIC, one clock for every
+  process of the host);
+* every loop is bounded by a count *and* an absolute deadline; a process
+  past the deadline stops and reports what it did (the row says so), and the
+  parent kills anything still alive a few seconds after it.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import platform
+import queue
+import signal
+import struct
+import sys
+import time
+import traceback
+from array import array
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+now_ns = time.monotonic_ns
+CTX = mp.get_context("fork")
+
+KIB = 1024
+MIB = 1024 * 1024
+
+SMALL = 100  # bytes, W1/W2/W4/W5/W6/W7
+LARGE = 64 * KIB  # bytes, W3
+BATCH = 600  # records per batch in every batch mode (~64 KiB of 100-byte records)
+LARGE_BATCH = 8  # 64 KiB records per batch (512 KiB) in W3's batch mode
+BUFFER_BYTES = 64 * MIB  # the in-flight budget every bounded queue gets (shmlog: 4 x 16 MiB)
+
+LAT_STAMP = struct.Struct("<q")
+
+
+class Skip(Exception):
+    """A system or workload cannot run here; the message says why."""
+
+
+# --------------------------------------------------------------- parameters
+@dataclass
+class Params:
+    """Counts and limits of one suite run (same for every system)."""
+
+    quick: bool
+    w1_n: int
+    w2_n: int
+    w3_n: int
+    w4_n: int
+    w4_rate: int
+    w5_n: int
+    w6_n: int
+    w7_n: int
+    w7_partitions: Tuple[int, ...]
+    w7_producers: Tuple[int, ...]
+    crc_reps: int
+    warm_frac: float
+    run_limit_s: float  # wall-clock limit of one run (one system, one mode)
+
+    def warm(self, n: int, batch: int = 1) -> int:
+        w = max(int(n * self.warm_frac), batch)
+        return -(-w // batch) * batch  # whole batches
+
+
+def params(quick: bool) -> Params:
+    if quick:
+        return Params(
+            quick=True, w1_n=2_000, w2_n=12_000, w3_n=64, w4_n=400, w4_rate=10_000,
+            w5_n=6_000, w6_n=4_800, w7_n=14_400, w7_partitions=(1, 16),
+            w7_producers=(1, 2), crc_reps=2, warm_frac=0.1, run_limit_s=15.0,
+        )
+    return Params(
+        quick=False, w1_n=200_000, w2_n=1_200_000, w3_n=16_000, w4_n=20_000,
+        w4_rate=10_000, w5_n=600_000, w6_n=240_000, w7_n=2_400_000,
+        w7_partitions=(1, 16, 256), w7_producers=(1, 2, 4), crc_reps=20,
+        warm_frac=0.05, run_limit_s=60.0,
+    )
+
+
+# ------------------------------------------------------------------ results
+@dataclass
+class Row:
+    workload: str
+    system: str
+    mode: str = ""
+    procs: str = ""
+    status: str = "ok"  # ok | skip | error | timeout
+    n: int = 0  # messages in the timed phase
+    size: int = 0  # bytes per message
+    seconds: float = 0.0
+    rate: float = 0.0  # messages per second (delivered)
+    gbps: float = 0.0  # payload GB/s (1e9 bytes)
+    lat: Dict[str, float] = field(default_factory=dict)  # p50/p99/p999/max in us
+    extra: Dict[str, Any] = field(default_factory=dict)
+    note: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+def throughput_row(row: Row, n: int, size: int, t0: int, t1: int) -> Row:
+    row.n = n
+    row.size = size
+    row.seconds = max(t1 - t0, 1) / 1e9
+    row.rate = n / row.seconds
+    row.gbps = n * size / row.seconds / 1e9
+    return row
+
+
+def latency_stats(samples_ns: Sequence[int]) -> Dict[str, float]:
+    s = sorted(samples_ns)
+    if not s:
+        return {}
+
+    def pct(p: float) -> float:
+        i = min(len(s) - 1, max(0, int(round(p / 100.0 * len(s) + 0.5)) - 1))
+        return s[i] / 1e3
+
+    return {"p50": pct(50), "p99": pct(99), "p99.9": pct(99.9), "max": s[-1] / 1e3,
+            "mean": sum(s) / len(s) / 1e3}
+
+
+# ---------------------------------------------------------- process runner
+@dataclass
+class Proc:
+    """One child process of a run: fn(*args, ctl=Ctl) -> dict."""
+
+    role: str
+    fn: Callable[..., Dict[str, Any]]
+    args: tuple = ()
+
+
+class Ctl:
+    """What a child gets from the runner: the barrier and the deadline."""
+
+    def __init__(self, barrier, deadline_ns: int, role: str):
+        self.barrier = barrier
+        self.deadline_ns = deadline_ns
+        self.role = role
+
+    def meet(self) -> None:
+        left = max((self.deadline_ns - now_ns()) / 1e9, 0.05)
+        self.barrier.wait(timeout=left)
+
+    def expired(self) -> bool:
+        return now_ns() >= self.deadline_ns
+
+    def left_s(self) -> float:
+        return max((self.deadline_ns - now_ns()) / 1e9, 0.0)
+
+
+def _child(conn, fn, args, ctl: Ctl) -> None:
+    # a parent killed by a signal must not leave us running: die with it
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        out = fn(*args, ctl=ctl)
+        conn.send(("ok", out))
+    except BaseException as exc:  # report anything, including Skip
+        try:
+            ctl.barrier.abort()
+        except Exception:
+            pass
+        kind = "skip" if isinstance(exc, Skip) else "error"
+        conn.send((kind, f"{type(exc).__name__}: {exc}\n" + traceback.format_exc(limit=6)))
+    finally:
+        conn.close()
+        # skip atexit handlers and inherited finalizers (servers, temp dirs)
+        # of the parent: this process only ran fn
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+
+def run_procs(procs: List[Proc], limit_s: float) -> List[Tuple[str, Any]]:
+    """Fork every proc, wait for all (bounded), return [(status, result)].
+
+    status is "ok" (result is fn's dict), "error"/"skip" (result is text) or
+    "timeout". Children still alive after the limit plus grace are killed."""
+    deadline = now_ns() + int(limit_s * 1e9)
+    barrier = CTX.Barrier(len(procs))
+    children = []
+    for p in procs:
+        r, w = CTX.Pipe(duplex=False)
+        ctl = Ctl(barrier, deadline, p.role)
+        proc = CTX.Process(target=_child, args=(w, p.fn, p.args, ctl), name=f"bench-{p.role}",
+                           daemon=True)
+        proc.start()
+        w.close()
+        children.append((proc, r))
+    results: List[Tuple[str, Any]] = [("timeout", "no result before the time limit")] * len(procs)
+    hard = deadline + int(5e9)
+    pending = set(range(len(children)))
+    while pending and now_ns() < hard:
+        for i in list(pending):
+            proc, r = children[i]
+            try:
+                if r.poll(0.02):
+                    results[i] = r.recv()
+                    pending.discard(i)
+            except (EOFError, OSError):
+                results[i] = ("error", f"{procs[i].role} died (exit code {proc.exitcode})")
+                pending.discard(i)
+    for proc, r in children:
+        proc.join(timeout=max((hard - now_ns()) / 1e9, 0.5))
+        if proc.is_alive():
+            proc.kill()
+            proc.join(timeout=5)
+        r.close()
+    return results
+
+
+def collect(row: Row, results: List[Tuple[str, Any]]) -> Optional[List[Dict[str, Any]]]:
+    """Fill row.status/note from failed results; the dicts if all went well."""
+    bad = [(s, r) for s, r in results if s != "ok"]
+    if bad:
+        s, r = bad[0]
+        row.status = s
+        row.note = (r if isinstance(r, str) else str(r)).strip().splitlines()[0][:300]
+        if s == "error":
+            print(f"    error detail:\n{r}", file=sys.stderr)
+        return None
+    outs = [r for _, r in results]
+    if any(o.get("timed_out") for o in outs):
+        row.status = "timeout"
+        got = max((o.get("received", 0) for o in outs), default=0)
+        row.note = f"stopped at the time limit ({got} messages received)"
+        return None
+    return outs
+
+
+# ------------------------------------------------- generic loops (sync APIs)
+class Endpoint:
+    """What a sync system hands the generic loops (opened in the child)."""
+
+    def send(self, value: bytes) -> None:  # per message
+        raise NotImplementedError
+
+    def send_batch(self, values: List[bytes]) -> None:
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        pass
+
+    def recv(self, timeout: float) -> Optional[bytes]:  # one value or None
+        raise NotImplementedError
+
+    def recv_batch(self, max_n: int, timeout: float) -> List[bytes]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+def produce(open_ep: Callable[[], Endpoint], mode: str, n: int, warm: int, size: int,
+            batch: int, *, ctl: Ctl) -> Dict[str, Any]:
+    ep = open_ep()
+    try:
+        value = b"\x5a" * size
+        ctl.meet()  # everyone is open
+        _send(ep, mode, warm, value, batch, ctl)
+        ep.flush()
+        ctl.meet()  # the consumer has the warm-up
+        t0 = now_ns()
+        sent = _send(ep, mode, n, value, batch, ctl)
+        ep.flush()
+        t_end = now_ns()
+        return {"t0": t0, "t_end": t_end, "sent": sent, "timed_out": sent < n}
+    finally:
+        ep.close()
+
+
+def _send(ep: Endpoint, mode: str, n: int, value: bytes, batch: int, ctl: Ctl) -> int:
+    sent = 0
+    if mode == "batch":
+        values = [value] * batch
+        while sent < n:
+            if ctl.expired():
+                break
+            k = min(batch, n - sent)
+            ep.send_batch(values if k == batch else values[:k])
+            sent += k
+    else:
+        send = ep.send
+        while sent < n:
+            if ctl.expired():
+                break
+            k = min(1024, n - sent)
+            for _ in range(k):
+                send(value)
+            sent += k
+    return sent
+
+
+def consume(open_ep: Callable[[], Endpoint], mode: str, n: int, warm: int, size: int,
+            batch: int, *, ctl: Ctl) -> Dict[str, Any]:
+    ep = open_ep()
+    try:
+        ctl.meet()
+        got_w, _ = _recv(ep, mode, warm, size, batch, ctl)
+        ctl.meet()
+        got, t1 = _recv(ep, mode, n, size, batch, ctl)
+        return {"t1": t1, "received": got, "warm": got_w, "timed_out": got < n}
+    finally:
+        ep.close()
+
+
+def _recv(ep: Endpoint, mode: str, n: int, size: int, batch: int, ctl: Ctl) -> Tuple[int, int]:
+    got = 0
+    bad = 0
+    if mode == "batch":
+        while got < n:
+            vs = ep.recv_batch(batch, 0.2)
+            if vs:
+                got += len(vs)
+                if len(vs[-1]) != size:
+                    bad += 1
+            elif ctl.expired():
+                break
+    else:
+        recv = ep.recv
+        last = None
+        while got < n:
+            v = recv(0.2)
+            if v is not None:
+                got += 1
+                last = v
+            elif ctl.expired():
+                break
+        if last is not None and len(last) != size:
+            bad += 1
+    t = now_ns()
+    if bad:
+        raise RuntimeError(f"received values of the wrong size ({bad} batches)")
+    return got, t
+
+
+def produce_paced(open_ep: Callable[[], Endpoint], n: int, warm: int, size: int, rate: int, *,
+                  ctl: Ctl) -> Dict[str, Any]:
+    """Send warm+n messages at `rate`/s, each stamped with monotonic_ns."""
+    ep = open_ep()
+    try:
+        pad = b"\0" * (size - LAT_STAMP.size)
+        pack = LAT_STAMP.pack
+        ctl.meet()
+        period = 1e9 / rate
+        start = now_ns() + 1_000_000
+        behind = 0
+        total = warm + n
+        i = 0
+        while i < total:
+            target = start + int(i * period)
+            t = pace_until(target)
+            if t - target > 1_000_000:
+                behind += 1
+            ep.send(pack(now_ns()) + pad)
+            i += 1
+            if (i & 255) == 0 and ctl.expired():
+                break
+        ep.flush()
+        return {"sent": i, "late_sends": behind, "timed_out": i < total}
+    finally:
+        ep.close()
+
+
+def pace_until(target: int) -> int:
+    """Sleep, then spin, until monotonic_ns() >= target."""
+    t = now_ns()
+    while t < target:
+        if target - t > 300_000:
+            time.sleep((target - t - 200_000) / 1e9)
+        t = now_ns()
+    return t
+
+
+def consume_latency(open_ep: Callable[[], Endpoint], n: int, warm: int, *, ctl: Ctl) -> Dict[str, Any]:
+    ep = open_ep()
+    try:
+        lat = array("q")
+        unpack = LAT_STAMP.unpack_from
+        ctl.meet()
+        total = warm + n
+        got = 0
+        recv = ep.recv
+        while got < total:
+            v = recv(0.2)
+            if v is None:
+                if ctl.expired():
+                    break
+                continue
+            t = now_ns()
+            got += 1
+            if got > warm:
+                lat.append(t - unpack(v)[0])
+        return {"received": got, "lat": lat.tobytes(), "timed_out": got < total}
+    finally:
+        ep.close()
+
+
+# ----------------------------------------------------------- machine facts
+def machine() -> Dict[str, str]:
+    cpu = "?"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = "?"
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemTotal"):
+                mem = f"{int(line.split()[1]) / MIB:.1f} GiB"
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "ram": mem,
+        "kernel": platform.release(),
+        "python": sys.version.split()[0] + " (" + platform.python_implementation() + ")",
+        "clock": time.get_clock_info("monotonic").implementation,
+    }
+
+
+def proc_mem() -> Dict[str, int]:
+    """This process's peak RSS and shared-memory RSS (kB from /proc, as bytes)."""
+    out = {}
+    try:
+        for line in open("/proc/self/status"):
+            k, _, v = line.partition(":")
+            if k in ("VmHWM", "VmRSS", "RssShmem", "RssAnon"):
+                out[k] = int(v.split()[0]) * 1024
+    except OSError:
+        pass
+    return out
+
+
+def drain_queue(q) -> None:
+    try:
+        while True:
+            q.get_nowait()
+    except (queue.Empty, OSError, ValueError):
+        pass
+
+
+# ------------------------------------------------ W6: producers and groups
+def group_producer(open_ep: Callable[[int], Endpoint], k: int, n: int, size: int, batch: int, *,
+                   ctl: Ctl) -> Dict[str, Any]:
+    """Producer k of W6: n values in batches (the endpoint spreads them over
+    the partitions)."""
+    ep = open_ep(k)
+    try:
+        values = [b"\x5a" * size] * batch
+        ctl.meet()
+        t0 = now_ns()
+        sent = 0
+        while sent < n and not ctl.expired():
+            m = min(batch, n - sent)
+            ep.send_batch(values if m == batch else values[:m])
+            sent += m
+        ep.flush()
+        return {"t0": t0, "t_end": now_ns(), "sent": sent, "timed_out": sent < n}
+    finally:
+        ep.close()
+
+
+def group_consumer(open_ep: Callable[[int, int], Endpoint], g: int, m: int, n_total: int,
+                   counter, batch: int, *, ctl: Ctl) -> Dict[str, Any]:
+    """Member m of group g of W6: consume until the group as a whole has
+    n_total messages (counter is the group's shared count)."""
+    ep = open_ep(g, m)
+    try:
+        ep.flush()  # join the group / subscribe before anyone produces
+        ctl.meet()
+        mine = 0
+        t_done = 0
+        while counter.value < n_total:
+            vs = ep.recv_batch(batch, 0.1)
+            if vs:
+                mine += len(vs)
+                with counter.get_lock():
+                    counter.value += len(vs)
+                    total = counter.value
+                if total >= n_total:
+                    t_done = now_ns()
+                    break
+            elif ctl.expired():
+                break
+        return {"t_done": t_done, "received": mine, "group": g,
+                "timed_out": counter.value < n_total}
+    finally:
+        ep.close()
+
+
+def run_groups(row: Row, open_prod, open_cons, n: int, size: int, batch: int, producers: int,
+               groups: int, members: int, limit_s: float) -> Row:
+    """W6 skeleton: `producers` procs, `groups` groups of `members` procs;
+    rate = n / (first producer start .. last group complete)."""
+    per = n // producers
+    n = per * producers
+    counters = [CTX.Value("q", 0) for _ in range(groups)]
+    procs = [Proc(f"consumer-g{g}-m{m}", group_consumer,
+                  (open_cons, g, m, n, counters[g], batch))
+             for g in range(groups) for m in range(members)]
+    procs += [Proc(f"producer{k}", group_producer, (open_prod, k, per, size, batch))
+              for k in range(producers)]
+    row.procs = (f"{producers} producer procs -> {groups} groups x {members} consumer procs "
+                 f"({len(procs)} processes)")
+    res = run_procs(procs, limit_s)
+    outs = collect(row, res)
+    if outs is None:
+        return row
+    cons = outs[: groups * members]
+    prods = outs[groups * members:]
+    t0 = min(o["t0"] for o in prods)
+    done = [max(o["t_done"] for o in cons if o["group"] == g) for g in range(groups)]
+    throughput_row(row, n, size, t0, max(done))
+    row.extra["per_group"] = [c.value for c in counters]
+    row.extra["members_received"] = [o["received"] for o in cons]
+    return row

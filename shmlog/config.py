@@ -1,0 +1,108 @@
+"""Topic and broker settings: defaults, validation, and the data dir.
+
+Everything a user passes is checked here, with an error that names the
+setting, the bad value and the allowed range, before anything is created.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from .errors import InvalidConfig, InvalidTopic
+
+TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+
+TOPIC_DEFAULTS: Dict[str, Any] = {
+    "partitions": 1,
+    "retention_ms": 7 * 24 * 3600 * 1000,
+    "retention_bytes": None,
+    "segment_bytes": 64 << 20,
+    "segment_ms": 7 * 24 * 3600 * 1000,
+    "storage": "disk",
+    "fsync_interval_ms": 1000,
+    "chunk_bytes": 16 << 20,
+    "chunk_count": 4,
+    "max_message_bytes": None,  # derived from chunk_bytes when None
+    "prefault": False,
+}
+
+BROKER_DEFAULTS: Dict[str, Any] = {
+    "idle_timeout_s": 5.0,
+    "claim_timeout_ms": 2000,
+    "reaper_interval_ms": 100,
+    "session_timeout_ms": 10000,
+}
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("SHMLOG_DATA_DIR", "./shmlog-data"))
+
+
+def validate_topic_name(name: Any) -> str:
+    if not isinstance(name, str) or not TOPIC_RE.match(name) or name in (".", ".."):
+        raise InvalidTopic(
+            f"invalid topic name {name!r}: use 1-200 characters of [A-Za-z0-9._-], "
+            f"not '.' or '..'",
+            what=str(name),
+        )
+    return name
+
+
+def _int(cfg: Dict[str, Any], key: str, lo: int, hi: int, allow_none: bool = False) -> None:
+    v = cfg[key]
+    if v is None and allow_none:
+        return
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        rng = f"an integer in [{lo}, {hi}]" + (" or None" if allow_none else "")
+        raise InvalidConfig(f"invalid {key}={v!r}: must be {rng}", what=key)
+
+
+def max_batch_bytes(chunk_bytes: int) -> int:
+    mb = max(chunk_bytes // 16, 4096)
+    mb = min(mb, chunk_bytes // 2)
+    return mb - mb % 64
+
+
+def topic_config(overrides: Optional[Dict[str, Any]] = None, base: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Merge and validate; returns a complete config dict."""
+    cfg = dict(base or TOPIC_DEFAULTS)
+    for k, v in (overrides or {}).items():
+        if k not in TOPIC_DEFAULTS:
+            raise InvalidConfig(
+                f"unknown topic setting {k!r}; known: {', '.join(sorted(TOPIC_DEFAULTS))}", what=k
+            )
+        cfg[k] = v
+    _int(cfg, "partitions", 1, 4096)
+    _int(cfg, "retention_ms", 1, 1 << 62, allow_none=True)
+    _int(cfg, "retention_bytes", 1, 1 << 62, allow_none=True)
+    _int(cfg, "segment_bytes", 4096, 1 << 31)
+    _int(cfg, "segment_ms", 1, 1 << 62)
+    _int(cfg, "fsync_interval_ms", 0, 1 << 31)
+    _int(cfg, "chunk_bytes", 4096, 1 << 30)
+    if cfg["chunk_bytes"] % 64:
+        raise InvalidConfig(f"invalid chunk_bytes={cfg['chunk_bytes']}: must be a multiple of 64", what="chunk_bytes")
+    _int(cfg, "chunk_count", 2, 64)
+    if cfg["storage"] not in ("disk", "memory"):
+        raise InvalidConfig(f"invalid storage={cfg['storage']!r}: must be 'disk' or 'memory'", what="storage")
+    limit = max_batch_bytes(cfg["chunk_bytes"]) - 64 - 32
+    if cfg["max_message_bytes"] is None:
+        cfg["max_message_bytes"] = limit
+    _int(cfg, "max_message_bytes", 1, limit)
+    cfg["prefault"] = bool(cfg["prefault"])
+    return cfg
+
+
+def broker_config(overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    cfg = dict(BROKER_DEFAULTS)
+    for k, v in (overrides or {}).items():
+        if k not in BROKER_DEFAULTS:
+            raise InvalidConfig(
+                f"unknown broker setting {k!r}; known: {', '.join(sorted(BROKER_DEFAULTS))}", what=k
+            )
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            raise InvalidConfig(f"invalid {k}={v!r}: must be a non-negative number", what=k)
+        cfg[k] = v
+    return cfg

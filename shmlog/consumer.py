@@ -1,0 +1,507 @@
+"""Consumer: reads committed batches from the partitions it is assigned.
+
+Reads cross into C once per batch (decode into columns), values are copied
+out of shared memory by slicing the mapping, and the chunk is validated after
+the copy, so a value handed out never changes. An idle consumer sleeps on the
+topic's futex doorbell (after a short spin), not in a poll loop.
+
+Groups (shmlog.groups) drive the assignment through _apply_assignment; disk
+reads behind the shared-memory window (shmlog.storage) plug in through the
+cluster's segment reader. This module must not talk to the supervisor on the
+data path.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from operator import itemgetter
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+from . import errors
+from ._core import ffi, lib
+from .log import ReadResult
+
+TP = Tuple[str, int]
+NONE = (1 << 64) - 1
+ERANGE = -34
+
+
+class Message(tuple):
+    """One record: (topic, partition, offset, key, value, headers, timestamp_ms).
+
+    A tuple subclass: building one costs what building a tuple costs."""
+
+    __slots__ = ()
+    topic = property(itemgetter(0))
+    partition = property(itemgetter(1))
+    offset = property(itemgetter(2))
+    key = property(itemgetter(3))
+    value = property(itemgetter(4))
+    headers = property(itemgetter(5))
+    timestamp_ms = property(itemgetter(6))
+
+    def __new__(cls, topic, partition, offset, key, value, headers=(), timestamp_ms=0):
+        return tuple.__new__(cls, (topic, partition, offset, key, value, headers, timestamp_ms))
+
+    def __repr__(self) -> str:
+        v = self[4]
+        vr = repr(v[:40] + b"...") if v is not None and len(v) > 40 else repr(v)
+        return (f"Message(topic={self[0]!r}, partition={self[1]}, offset={self[2]}, "
+                f"key={self[3]!r}, value={vr}, timestamp_ms={self[6]})")
+
+
+_new_message = tuple.__new__
+
+
+class MessageBatch:
+    """One partition's run of records, as columns; no object per message
+    until you iterate."""
+
+    __slots__ = ("topic", "partition", "offsets", "values", "keys", "timestamps_ms", "_headers")
+
+    def __init__(self, topic: str, partition: int, res: ReadResult):
+        self.topic = topic
+        self.partition = partition
+        self.offsets = res.offsets
+        self.values = res.values
+        self.keys = res.keys
+        self.timestamps_ms = res.timestamps
+        self._headers = res.headers
+
+    @property
+    def base_offset(self) -> int:
+        return self.offsets[0]
+
+    @property
+    def next_offset(self) -> int:
+        return self.offsets[-1] + 1
+
+    @property
+    def headers(self) -> List[Any]:
+        return self._headers if self._headers is not None else [()] * len(self.offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def __iter__(self) -> Iterator[Message]:
+        return iter(_messages(self.topic, self.partition, self.offsets, self.keys, self.values,
+                              self._headers, self.timestamps_ms))
+
+    def __repr__(self) -> str:
+        return f"<MessageBatch {self.topic}[{self.partition}] offsets {self.base_offset}..{self.next_offset - 1} ({len(self)})>"
+
+
+def _messages(topic, partition, offsets, keys, values, headers, timestamps) -> List[Message]:
+    n = len(offsets)
+    hs = headers if headers is not None else ((),) * n
+    return [_new_message(Message, t) for t in zip((topic,) * n, (partition,) * n, offsets, keys, values, hs, timestamps)]
+
+
+class _Assigned:
+    """One assigned partition's reading state in this process."""
+
+    __slots__ = ("topic", "partition", "plog", "cursor", "reader", "slot", "returned", "storage",
+                 "disk", "tp")
+
+    def __init__(self, topic: str, partition: int, plog, storage: str, gating: bool):
+        self.topic = topic
+        self.partition = partition
+        self.tp = (topic, partition)
+        self.plog = plog
+        self.cursor = plog.new_cursor()
+        self.reader = plog.reader()
+        self.slot = plog.register_reader(plog.start_offset, gating=gating)
+        self.returned = 0
+        self.storage = storage
+        self.disk = None  # a segment reader while behind the shared-memory window
+
+    def release(self) -> None:
+        if self.slot >= 0 and not self.plog.closed:
+            self.plog.release_reader(self.slot)
+        self.slot = -1
+        if self.disk is not None:
+            self.disk.close()
+            self.disk = None
+
+
+class Consumer:
+    def __init__(self, cluster, topics: Union[str, Sequence[str]], *, group: Optional[str] = None,
+                 auto_offset_reset: str = "earliest", enable_auto_commit: bool = True,
+                 isolation: str = "committed", on_assign: Optional[Callable] = None,
+                 on_revoke: Optional[Callable] = None, spin_us: float = 50.0,
+                 **group_options: Any):
+        if auto_offset_reset not in ("earliest", "latest", "error"):
+            raise errors.InvalidConfig(
+                f"auto_offset_reset must be 'earliest', 'latest' or 'error', got {auto_offset_reset!r}")
+        if isolation not in ("committed", "durable"):
+            raise errors.InvalidConfig(f"isolation must be 'committed' or 'durable', got {isolation!r}")
+        self.cluster = cluster
+        self.topics = [topics] if isinstance(topics, str) else list(topics or [])
+        self.group = group
+        self.auto_offset_reset = auto_offset_reset
+        self.enable_auto_commit = enable_auto_commit
+        self.isolation = isolation
+        self.on_assign = on_assign
+        self.on_revoke = on_revoke
+        self.spin_ns = int(spin_us * 1000)
+        self._assigned: Dict[TP, _Assigned] = {}
+        self._order: List[_Assigned] = []
+        self._rr = 0
+        self._buffer: deque = deque()
+        self._wait_args = None
+        self._closed = False
+        self._member = None
+        for t in self.topics:
+            self.cluster.topic(t)  # UnknownTopic now, not at the first poll
+        if group is not None:
+            from .groups import GroupMember
+
+            self._member = GroupMember(self, group, self.topics, **group_options)
+        elif self.topics:
+            self.assign([(t, p) for t in self.topics for p in range(self.cluster.topic(t).num_partitions)])
+
+    # ------------------------------------------------------------ assignment
+    def assign(self, partitions: Iterable[TP]) -> None:
+        """Manual assignment (no group): read exactly these partitions."""
+        if self._member is not None:
+            raise errors.GroupError("assign() is for consumers without a group; this one is in "
+                                    f"group {self.group!r}")
+        wanted = [(t, int(p)) for t, p in partitions]
+        self._apply_assignment(wanted, {})
+
+    def _apply_assignment(self, wanted: Sequence[TP], positions: Dict[TP, Optional[int]],
+                          *, callbacks: bool = True) -> None:
+        wanted_set = set(wanted)
+        revoked = [tp for tp in self._assigned if tp not in wanted_set]
+        added = [tp for tp in wanted if tp not in self._assigned]
+        if revoked:
+            if callbacks and self.on_revoke is not None:
+                self.on_revoke(revoked)
+            for tp in revoked:
+                self._assigned.pop(tp).release()
+            self._buffer = deque(m for m in self._buffer if (m[0], m[1]) in wanted_set)
+        for tp in added:
+            topic, p = tp
+            t = self.cluster.topic(topic)
+            if not 0 <= p < t.num_partitions:
+                raise errors.UnknownPartition(f"topic {topic!r} has no partition {p} (it has {t.num_partitions})",
+                                              what=topic)
+            a = _Assigned(topic, p, t.regions[p], t.config["storage"],
+                          gating=t.config["storage"] == "memory")
+            self._assigned[tp] = a
+            pos = positions.get(tp)
+            if pos is None:
+                self._reset(a, self.auto_offset_reset if self.auto_offset_reset != "error" else "earliest")
+            else:
+                self._seek(a, pos)
+        self._order = list(self._assigned.values())
+        self._wait_args = None
+        if added and callbacks and self.on_assign is not None:
+            self.on_assign(added)
+
+    def assignment(self) -> List[TP]:
+        return sorted(self._assigned)
+
+    def _get(self, topic: str, partition: int) -> _Assigned:
+        a = self._assigned.get((topic, partition))
+        if a is None:
+            raise errors.UnknownPartition(f"partition {topic}[{partition}] is not assigned to this consumer",
+                                          what=topic)
+        return a
+
+    # ------------------------------------------------------------ positions
+    def _storage(self):
+        return getattr(self.cluster, "segments", None)
+
+    def _reset(self, a: _Assigned, policy: str) -> None:
+        if policy == "latest":
+            a.plog.seek_end(a.cursor)
+            self._set_position(a, a.cursor.next_offset)
+            return
+        if policy == "error":
+            raise errors.OffsetOutOfRange(
+                f"topic {a.topic!r} partition {a.partition}: offset {a.returned} is out of range "
+                f"(start {self._start_offset(a)})", what=a.topic)
+        self._seek(a, self._start_offset(a))
+
+    def _start_offset(self, a: _Assigned) -> int:
+        seg = self._storage()
+        if seg is not None and a.storage == "disk":
+            s = seg.start_offset(a.topic, a.partition)
+            if s is not None:
+                return min(s, a.plog.start_offset)
+        return a.plog.start_offset
+
+    def _seek(self, a: _Assigned, offset: int) -> None:
+        if a.disk is not None:
+            a.disk.close()
+            a.disk = None
+        rc = a.plog.seek(a.cursor, offset)
+        if rc == ERANGE:
+            seg = self._storage()
+            if seg is not None and a.storage == "disk":
+                disk = seg.reader(a.topic, a.partition, offset)
+                if disk is not None:
+                    a.disk = disk
+                    self._set_position(a, offset)
+                    return
+            a.returned = offset
+            if self.auto_offset_reset == "error":
+                raise errors.OffsetOutOfRange(
+                    f"topic {a.topic!r} partition {a.partition}: offset {offset} is below the start "
+                    f"offset {a.plog.start_offset}", what=a.topic)
+            if self.auto_offset_reset == "latest":
+                self._reset(a, "latest")
+                return
+            offset = a.cursor.next_offset
+        elif rc < 0:
+            errors.check(rc, a.plog.what, offset=offset)
+        self._set_position(a, offset)
+
+    def _set_position(self, a: _Assigned, offset: int) -> None:
+        a.returned = offset
+        if a.slot >= 0:
+            a.plog.set_reader_position(a.slot, offset)
+
+    def seek(self, topic: str, partition: int, offset: int) -> None:
+        a = self._get(topic, partition)
+        self._buffer = deque(m for m in self._buffer if (m[0], m[1]) != (topic, partition))
+        self._seek(a, offset)
+
+    def seek_to_beginning(self, partitions: Optional[Iterable[TP]] = None) -> None:
+        for tp in list(partitions or self._assigned):
+            a = self._get(*tp)
+            self._buffer = deque(m for m in self._buffer if (m[0], m[1]) != tp)
+            self._seek(a, self._start_offset(a))
+
+    def seek_to_end(self, partitions: Optional[Iterable[TP]] = None) -> None:
+        for tp in list(partitions or self._assigned):
+            a = self._get(*tp)
+            self._buffer = deque(m for m in self._buffer if (m[0], m[1]) != tp)
+            if a.disk is not None:
+                a.disk.close()
+                a.disk = None
+            self._reset(a, "latest")
+
+    def position(self, topic: str, partition: int) -> int:
+        return self._get(topic, partition).returned
+
+    def end_offsets(self, partitions: Optional[Iterable[TP]] = None) -> Dict[TP, int]:
+        return {tp: self._get(*tp).plog.end_offset() for tp in (partitions or self._assigned)}
+
+    def offsets_for_times(self, topic: str, timestamps: Dict[int, int]) -> Dict[int, Optional[int]]:
+        """The first offset whose timestamp is at or after each given timestamp."""
+        t = self.cluster.topic(topic)
+        out: Dict[int, Optional[int]] = {}
+        seg = self._storage()
+        for p, ts in timestamps.items():
+            found = None
+            if seg is not None and t.config["storage"] == "disk":
+                found = seg.offset_for_time(topic, p, ts)
+            if found is None:
+                found = _scan_for_time(t.regions[p], ts)
+            out[p] = found
+        return out
+
+    # ------------------------------------------------------------ reading
+    def _read(self, a: _Assigned, max_records: int) -> Optional[ReadResult]:
+        if a.disk is not None:
+            res = a.disk.read(max_records)
+            if res is None or not len(res):
+                # caught up with the segments: continue in shared memory
+                nxt = a.disk.next_offset
+                a.disk.close()
+                a.disk = None
+                rc = a.plog.seek(a.cursor, nxt)
+                if rc == ERANGE:
+                    # the window moved on while we read the disk: read more disk
+                    a.disk = self._storage().reader(a.topic, a.partition, nxt)
+                    if a.disk is None:
+                        self._reset(a, self.auto_offset_reset)
+                    return None
+                return None
+        else:
+            try:
+                res = a.reader.read(a.cursor, max_records)
+            except errors.OffsetOutOfRange:
+                # fell behind the shared-memory window (the chunk was reused)
+                self._seek(a, a.cursor.next_offset)
+                return None
+            if res is None:
+                return None
+        if self.isolation == "durable" and a.storage == "disk":
+            durable = a.plog.hdr.durable_offset
+            offs = res.offsets
+            if offs[0] >= durable:
+                if a.disk is None:
+                    a.plog.seek(a.cursor, offs[0])
+                else:
+                    a.disk.seek(offs[0])
+                return None
+            if offs[-1] >= durable:
+                k = next(i for i, o in enumerate(offs) if o >= durable)
+                res.offsets, res.values, res.keys, res.timestamps = offs[:k], res.values[:k], res.keys[:k], res.timestamps[:k]
+                if res.headers is not None:
+                    res.headers = res.headers[:k]
+                if a.disk is None:
+                    a.plog.seek(a.cursor, durable)
+                else:
+                    a.disk.seek(durable)
+        if a.slot >= 0 and a.disk is None:
+            a.plog.set_reader_position(a.slot, a.cursor.next_offset)
+        return res
+
+    def _fetch(self, max_records: int, timeout: Optional[float], one_partition: bool = False
+               ) -> List[Tuple[_Assigned, ReadResult]]:
+        if self._closed:
+            raise errors.Closed("this Consumer is closed")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self._member is not None:
+                self._member.poll()
+            out = []
+            order = self._order
+            n = len(order)
+            left = max_records
+            for i in range(n):
+                a = order[(self._rr + i) % n]
+                res = self._read(a, left)
+                if res is not None and len(res):
+                    out.append((a, res))
+                    left -= len(res)
+                    if left <= 0 or one_partition:
+                        self._rr = (self._rr + i + 1) % n
+                        break
+            if out:
+                return out
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                return []
+            wait = 1.0 if deadline is None else deadline - now
+            if self._member is not None:
+                wait = min(wait, self._member.poll_interval())
+            if n == 0 or any(a.disk is not None for a in order):
+                time.sleep(min(wait, 0.01) if n == 0 else 0)
+                continue
+            self._wait(min(wait, 1.0))
+
+    def _wait(self, timeout: float) -> None:
+        if self._wait_args is None:
+            order = self._order
+            logs = ffi.new("shmlog_log_t *[]", [a.plog._log for a in order])
+            cursors = ffi.new("shmlog_cursor_t *[]", [a.cursor for a in order])
+            topics = {a.topic for a in order}
+            bell = order[0].plog._log if len(order) > 1 and len(topics) == 1 else ffi.NULL
+            if bell != ffi.NULL:
+                bell = self.cluster.topic(order[0].topic).regions[0]._log
+            self._wait_args = (logs, cursors, len(order), bell)
+        logs, cursors, n, bell = self._wait_args
+        lib.shmlog_log_wait_any(logs, cursors, n, bell, self.spin_ns, int(timeout * 1e9))
+
+    def consume(self, max_messages: int = 10_000, timeout: Optional[float] = 1.0) -> List[Message]:
+        """Up to max_messages, waiting up to timeout for the first."""
+        msgs: List[Message] = []
+        while self._buffer and len(msgs) < max_messages:
+            m = self._buffer.popleft()
+            msgs.append(m)
+            self._assigned[(m[0], m[1])].returned = m[2] + 1
+        if msgs:
+            return msgs
+        for a, res in self._fetch(max_messages, timeout):
+            msgs.extend(_messages(a.topic, a.partition, res.offsets, res.keys, res.values, res.headers,
+                                  res.timestamps))
+            a.returned = res.offsets[-1] + 1
+        return msgs
+
+    def consume_batch(self, max_messages: int = 100_000, timeout: Optional[float] = 1.0) -> Optional[MessageBatch]:
+        """One partition's run of records as columns (no object per message), or None."""
+        if self._buffer:
+            first = self._buffer[0]
+            run = []
+            while self._buffer and (self._buffer[0][0], self._buffer[0][1]) == (first[0], first[1]) \
+                    and len(run) < max_messages:
+                run.append(self._buffer.popleft())
+            self._assigned[(first[0], first[1])].returned = run[-1][2] + 1
+            res = ReadResult([m[2] for m in run], [m[6] for m in run], [m[4] for m in run],
+                             [m[3] for m in run], [m[5] for m in run], 0, 0)
+            return MessageBatch(first[0], first[1], res)
+        got = self._fetch(max_messages, timeout, one_partition=True)
+        if not got:
+            return None
+        a, res = got[0]
+        a.returned = res.offsets[-1] + 1
+        return MessageBatch(a.topic, a.partition, res)
+
+    def poll(self, timeout: Optional[float] = 1.0) -> Optional[Message]:
+        """The next message, or None after timeout."""
+        if not self._buffer:
+            for a, res in self._fetch(10_000, timeout):
+                self._buffer.extend(_messages(a.topic, a.partition, res.offsets, res.keys, res.values,
+                                              res.headers, res.timestamps))
+            if not self._buffer:
+                return None
+        m = self._buffer.popleft()
+        self._assigned[(m[0], m[1])].returned = m[2] + 1
+        return m
+
+    def __iter__(self) -> Iterator[Message]:
+        while not self._closed:
+            m = self.poll(timeout=1.0)
+            if m is not None:
+                yield m
+
+    # ------------------------------------------------------------ offsets
+    def commit(self, offsets: Optional[Dict[TP, int]] = None, asynchronous: bool = False) -> None:
+        """Commit positions (default: everything returned so far) for the group."""
+        if self._member is None:
+            raise errors.GroupError("commit() needs a consumer group: create the consumer with group=...")
+        if offsets is None:
+            offsets = {tp: a.returned for tp, a in self._assigned.items()}
+        self._member.commit(offsets)
+
+    def committed(self, partitions: Optional[Iterable[TP]] = None) -> Dict[TP, Optional[int]]:
+        if self._member is None:
+            raise errors.GroupError("committed() needs a consumer group")
+        return self._member.committed(list(partitions or self._assigned))
+
+    # ------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        if self._closed:
+            return
+        try:
+            if self._member is not None:
+                self._member.close()
+        finally:
+            self._closed = True
+            for a in self._assigned.values():
+                a.release()
+            self._assigned.clear()
+            self._order = []
+            self._wait_args = None
+            self._buffer.clear()
+
+    def __enter__(self) -> Consumer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _scan_for_time(plog, ts: int) -> Optional[int]:
+    """First offset in shared memory with timestamp >= ts (memory topics, or
+    the tail of disk topics)."""
+    cur = plog.new_cursor()
+    plog.seek(cur, 0)
+    reader = plog.reader()
+    while True:
+        try:
+            res = reader.read(cur, reader.capacity)
+        except errors.OffsetOutOfRange:
+            plog.seek(cur, 0)
+            continue
+        if res is None:
+            return None
+        for off, t in zip(res.offsets, res.timestamps):
+            if t >= ts:
+                return off

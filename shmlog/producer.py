@@ -1,0 +1,370 @@
+"""Producer: send() appends to a per-partition pending batch in Python; the
+batch crosses into C once (encode, claim, commit) when it is full, when a
+consumer is asleep waiting for data, when linger_ms passes, or on flush().
+
+send() must stay a few list appends: no crossing into C, no syscall, per
+message. A background flusher thread only exists to honour linger_ms for a
+producer that goes quiet.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
+
+from . import errors
+from .partitioner import KeyPartitioner
+
+_ids = itertools.count(1)
+
+
+class RecordMetadata(NamedTuple):
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+
+
+class _Pending:
+    """One partition's batch under construction."""
+
+    __slots__ = ("values", "keys", "headers", "timestamps", "callbacks", "nbytes", "since")
+
+    def __init__(self):
+        self.values: List[Any] = []
+        self.keys: Optional[List[Any]] = None
+        self.headers: Optional[List[Any]] = None
+        self.timestamps: Optional[List[Any]] = None
+        self.callbacks: Optional[List[Any]] = None
+        self.nbytes = 0
+        self.since = 0.0
+
+
+class _TopicState:
+    __slots__ = ("name", "topic", "pending", "slots", "keyed", "sticky", "limit", "max_message",
+                 "waiters", "committed_end", "storage")
+
+    def __init__(self, name, topic, batch_bytes: int):
+        self.name = name
+        self.topic = topic
+        n = topic.num_partitions
+        self.pending = [_Pending() for _ in range(n)]
+        self.slots = [-1] * n
+        self.keyed = KeyPartitioner(n)
+        self.sticky = (os.getpid() + next(_ids)) % n
+        first = topic.regions[0]
+        # a batch must fit the region's max frame: leave room for the frame
+        # header and per-record framing (at most ~16 bytes a record)
+        self.limit = max(256, min(batch_bytes, first.max_batch_bytes - 64 - 1024))
+        self.max_message = topic.config["max_message_bytes"]
+        # data_waiters words (offset 260) and the topic doorbell (offset 572),
+        # read from Python without a crossing: a consumer asleep means "send now"
+        self.waiters = [memoryview(r._mm).cast("I") for r in topic.regions]
+        self.committed_end = [0] * n
+        self.storage = topic.config["storage"]
+
+
+class Producer:
+    def __init__(self, cluster, *, linger_ms: float = 0, batch_bytes: int = 64 << 10,
+                 compression: Optional[str] = None, max_block_ms: int = 60_000,
+                 partitioner: str = "murmur2", auto_create: bool = False, **topic_defaults: Any):
+        if compression not in (None, "none", "lz4"):
+            raise errors.InvalidConfig(f"compression must be None or 'lz4', got {compression!r}")
+        if partitioner != "murmur2":
+            raise errors.InvalidConfig(f"partitioner must be 'murmur2', got {partitioner!r}")
+        if batch_bytes < 1 or max_block_ms < 0 or linger_ms < 0:
+            raise errors.InvalidConfig("batch_bytes must be > 0, linger_ms and max_block_ms >= 0")
+        self.cluster = cluster
+        self.linger_ms = linger_ms
+        self.batch_bytes = batch_bytes
+        self.compression = None if compression == "none" else compression
+        self.max_block_ms = max_block_ms
+        self.auto_create = auto_create
+        self.topic_defaults = topic_defaults
+        self.producer_id = (os.getpid() << 20) | next(_ids)
+        self._seq = 0
+        self._topics: Dict[str, _TopicState] = {}
+        self._lock = threading.RLock()
+        self._closed = False
+        self._error: Optional[BaseException] = None
+        self._wake = threading.Event()
+        self._flusher = threading.Thread(target=self._flush_loop, name="shmlog-producer-flusher", daemon=True)
+        self._flusher.start()
+
+    # ------------------------------------------------------------ topics
+    def _state(self, topic: str) -> _TopicState:
+        st = self._topics.get(topic)
+        if st is not None:
+            return st
+        if self._closed:
+            raise errors.Closed("this Producer is closed")
+        try:
+            t = self.cluster.topic(topic)
+        except errors.UnknownTopic:
+            if not self.auto_create:
+                raise
+            try:
+                self.cluster.create_topic(topic, **self.topic_defaults)
+            except errors.TopicExists:
+                pass
+            t = self.cluster.topic(topic)
+        st = _TopicState(topic, t, self.batch_bytes)
+        self._topics[topic] = st
+        return st
+
+    # ------------------------------------------------------------ send
+    def send(self, topic: str, value, key=None, headers=None, partition: Optional[int] = None,
+             timestamp_ms: Optional[int] = None, on_delivery: Optional[Callable] = None) -> None:
+        st = self._topics.get(topic) or self._state(topic)
+        if value.__class__ is not bytes and value is not None and not isinstance(value, (bytearray, memoryview)):
+            raise TypeError(f"value must be bytes-like (bytes, bytearray, memoryview), got "
+                            f"{type(value).__name__}; encode str with .encode()")
+        size = len(value) if value is not None else 0
+        if partition is None:
+            if key is not None:
+                partition = st.keyed(key)
+                size += len(key)
+            else:
+                partition = st.sticky
+        else:
+            if partition.__class__ is not int or not 0 <= partition < len(st.pending):
+                raise errors.UnknownPartition(
+                    f"topic {topic!r} has no partition {partition!r} (it has {len(st.pending)})",
+                    what=topic)
+            if key is not None:
+                if not isinstance(key, (bytes, bytearray, memoryview)):
+                    raise TypeError(f"key must be bytes-like, got {type(key).__name__}")
+                size += len(key)
+        if size > st.max_message:
+            raise errors.MessageTooLarge(
+                f"message of {size} bytes to topic {topic!r} exceeds max_message_bytes={st.max_message}",
+                what=topic)
+        with self._lock:
+            if self._error is not None:
+                self._raise_async_error()
+            pend = st.pending[partition]
+            vals = pend.values
+            n = len(vals)
+            if n == 0:
+                pend.since = time.monotonic()
+                self._wake.set()
+            if key is not None or pend.keys is not None:
+                if pend.keys is None:
+                    pend.keys = [None] * n
+                pend.keys.append(key)
+            if headers or pend.headers is not None:
+                if pend.headers is None:
+                    pend.headers = [None] * n
+                pend.headers.append(headers)
+            if timestamp_ms is not None or pend.timestamps is not None:
+                if pend.timestamps is None:
+                    pend.timestamps = [None] * n
+                pend.timestamps.append(timestamp_ms)
+            if on_delivery is not None or pend.callbacks is not None:
+                if pend.callbacks is None:
+                    pend.callbacks = [None] * n
+                pend.callbacks.append(on_delivery)
+            vals.append(value)
+            pend.nbytes += size + 12
+            if pend.nbytes >= st.limit:
+                self._commit(st, partition)
+                if key is None and partition == st.sticky and len(st.pending) > 1:
+                    # sticky partitioning: move on once a full batch has gone out
+                    st.sticky = (st.sticky + 1) % len(st.pending)
+            elif not self.linger_ms:
+                w = st.waiters
+                # someone sleeps on this partition or on the topic doorbell:
+                # latency matters more than batching right now
+                if w[partition][65] or w[0][143]:
+                    self._commit(st, partition)
+
+    def send_batch(self, topic: str, values: Sequence, keys: Optional[Sequence] = None,
+                   partition: Optional[int] = None, headers: Optional[Sequence] = None,
+                   timestamps: Optional[Sequence[int]] = None) -> None:
+        """Send many values at once: one crossing into C per batch, not per message."""
+        st = self._topics.get(topic) or self._state(topic)
+        n = len(values)
+        if n == 0:
+            return
+        if keys is not None and len(keys) != n:
+            raise ValueError(f"send_batch got {n} values but {len(keys)} keys")
+        if partition is None and keys is not None and len(st.pending) > 1:
+            # group by partition, keeping each key's order
+            parts: Dict[int, List[int]] = {}
+            kp = st.keyed
+            for i, k in enumerate(keys):
+                p = kp(k) if k is not None else st.sticky
+                parts.setdefault(p, []).append(i)
+            for p, idx in parts.items():
+                self.send_batch(topic, [values[i] for i in idx], keys=[keys[i] for i in idx], partition=p,
+                                headers=None if headers is None else [headers[i] for i in idx],
+                                timestamps=None if timestamps is None else [timestamps[i] for i in idx])
+            return
+        if partition is None:
+            partition = st.sticky
+            if len(st.pending) > 1:
+                st.sticky = (st.sticky + 1) % len(st.pending)
+        elif not 0 <= partition < len(st.pending):
+            raise errors.UnknownPartition(f"topic {topic!r} has no partition {partition}", what=topic)
+        with self._lock:
+            if self._error is not None:
+                self._raise_async_error()
+            # what is pending for this partition goes first (order)
+            if st.pending[partition].values:
+                self._commit(st, partition)
+            limit = st.limit
+            # split by size so each frame fits; most batches are one slice
+            lens = list(map(len, values)) if keys is None else None
+            i = 0
+            while i < n:
+                j, acc = i, 0
+                if lens is not None:
+                    while j < n and (acc == 0 or acc + lens[j] + 12 <= limit):
+                        if lens[j] > st.max_message:
+                            raise errors.MessageTooLarge(
+                                f"message #{j} of {lens[j]} bytes to topic {topic!r} exceeds "
+                                f"max_message_bytes={st.max_message}", what=topic)
+                        acc += lens[j] + 12
+                        j += 1
+                else:
+                    while j < n:
+                        sz = len(values[j]) + (len(keys[j]) if keys[j] is not None else 0)
+                        if sz > st.max_message:
+                            raise errors.MessageTooLarge(
+                                f"message #{j} of {sz} bytes to topic {topic!r} exceeds "
+                                f"max_message_bytes={st.max_message}", what=topic)
+                        if acc and acc + sz + 12 > limit:
+                            break
+                        acc += sz + 12
+                        j += 1
+                self._append(st, partition,
+                             values[i:j] if (i, j) != (0, n) else values,
+                             None if keys is None else keys[i:j],
+                             None if headers is None else headers[i:j],
+                             None if timestamps is None else timestamps[i:j], None)
+                i = j
+
+    # ------------------------------------------------------------ commit
+    def _commit(self, st: _TopicState, partition: int) -> None:
+        pend = st.pending[partition]
+        if not pend.values:
+            return
+        st.pending[partition] = _Pending()
+        self._append(st, partition, pend.values, pend.keys, pend.headers, pend.timestamps, pend.callbacks)
+
+    def _append(self, st: _TopicState, partition: int, values, keys, headers, timestamps, callbacks) -> None:
+        plog = st.topic.regions[partition]
+        slot = st.slots[partition]
+        if slot < 0:
+            slot = st.slots[partition] = plog.register_producer()
+        self._seq += 1
+        ts_now = time.time_ns() // 1_000_000
+        try:
+            base = plog.append(slot, values, keys=keys, headers=headers, timestamps=timestamps,
+                               timestamp=ts_now, compression=self.compression,
+                               timeout=self.max_block_ms / 1000.0, producer_id=self.producer_id,
+                               producer_seq=self._seq)
+        except errors.MessageTooLarge:
+            if len(values) == 1:
+                raise
+            half = len(values) // 2
+            for a, b in ((0, half), (half, len(values))):
+                self._append(st, partition, values[a:b], None if keys is None else keys[a:b],
+                             None if headers is None else headers[a:b],
+                             None if timestamps is None else timestamps[a:b],
+                             None if callbacks is None else callbacks[a:b])
+            return
+        except errors.BufferFull as exc:
+            err = errors.BufferFull(
+                f"topic {st.name!r} partition {partition}: shared-memory buffer stayed full for "
+                f"max_block_ms={self.max_block_ms}", what=st.name)
+            if callbacks:
+                for cb in callbacks:
+                    if cb is not None:
+                        cb(err, None)
+            raise err from exc
+        end = base + len(values)
+        if end > st.committed_end[partition]:
+            st.committed_end[partition] = end
+        if callbacks:
+            for i, cb in enumerate(callbacks):
+                if cb is not None:
+                    ts = timestamps[i] if timestamps is not None and timestamps[i] is not None else ts_now
+                    cb(None, RecordMetadata(st.name, partition, base + i, ts))
+
+    def _raise_async_error(self) -> None:
+        err, self._error = self._error, None
+        raise err
+
+    def _flush_loop(self) -> None:
+        while not self._closed:
+            self._wake.wait(0.5)
+            if self._closed:
+                return
+            self._wake.clear()
+            # wait out linger_ms for the oldest pending batch, then commit it
+            while not self._closed:
+                oldest = None
+                with self._lock:
+                    for st in list(self._topics.values()):
+                        for p, pend in enumerate(st.pending):
+                            if pend.values:
+                                due = pend.since + self.linger_ms / 1000.0
+                                if due <= time.monotonic():
+                                    try:
+                                        self._commit(st, p)
+                                    except BaseException as exc:  # surfaced on the next send/flush
+                                        self._error = exc
+                                elif oldest is None or due < oldest:
+                                    oldest = due
+                if oldest is None:
+                    break
+                time.sleep(max(0.0, min(oldest - time.monotonic(), 0.05)))
+
+    # ------------------------------------------------------------ flush
+    def flush(self, timeout: Optional[float] = None, durable: bool = False) -> int:
+        """Commit everything sent; with durable=True also wait for fsync.
+        Returns the number of messages still pending (0 on success)."""
+        with self._lock:
+            if self._error is not None:
+                self._raise_async_error()
+            for st in list(self._topics.values()):
+                for p in range(len(st.pending)):
+                    self._commit(st, p)
+        if durable:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            for st in list(self._topics.values()):
+                if st.storage != "disk":
+                    continue
+                for p, end in enumerate(st.committed_end):
+                    if end:
+                        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                        self.cluster.request("sync", topic=st.name, partition=p, offset=end,
+                                             timeout=left if left is not None else -1)
+        return 0
+
+    def close(self, timeout: Optional[float] = None) -> None:
+        if self._closed:
+            return
+        try:
+            self.flush(timeout)
+        finally:
+            self._closed = True
+            self._wake.set()
+            if self._flusher.is_alive() and self._flusher is not threading.current_thread():
+                self._flusher.join(timeout=2)
+            for st in self._topics.values():
+                for p, slot in enumerate(st.slots):
+                    if slot >= 0:
+                        st.topic.regions[p].release_producer(slot)
+                st.waiters = []
+            self._topics.clear()
+
+    def __enter__(self) -> Producer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

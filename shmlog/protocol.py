@@ -1,0 +1,81 @@
+"""The control protocol between clients and the supervisor.
+
+Frames are a 4-byte big-endian length then a UTF-8 JSON object, at most
+MAX_FRAME bytes. Requests are {"op": <name>, ...}; replies are
+{"ok": true, ...} or {"ok": false, "error": <class>, "message": <text>}.
+Never pickle: anyone who can reach the socket must not be able to run code.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+from typing import Any, Dict, Optional
+
+MAX_FRAME = 1 << 20
+_LEN = struct.Struct(">I")
+
+
+class ProtocolError(Exception):
+    pass
+
+
+def encode(msg: Dict[str, Any]) -> bytes:
+    body = json.dumps(msg, separators=(",", ":")).encode()
+    if len(body) > MAX_FRAME:
+        raise ProtocolError(f"control message of {len(body)} bytes exceeds {MAX_FRAME}")
+    return _LEN.pack(len(body)) + body
+
+
+def decode_body(body: bytes) -> Dict[str, Any]:
+    try:
+        msg = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError(f"control message is not UTF-8 JSON: {exc}") from None
+    if not isinstance(msg, dict):
+        raise ProtocolError("control message must be a JSON object")
+    return msg
+
+
+def _recv_exact(sock: socket.socket, n: int) -> Optional[bytes]:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return bytes(buf)
+
+
+def recv(sock: socket.socket) -> Optional[Dict[str, Any]]:
+    """One message, or None on a clean EOF."""
+    head = _recv_exact(sock, 4)
+    if head is None:
+        return None
+    (n,) = _LEN.unpack(head)
+    if n > MAX_FRAME:
+        raise ProtocolError(f"control frame of {n} bytes exceeds {MAX_FRAME}")
+    body = _recv_exact(sock, n)
+    if body is None:
+        raise ProtocolError("connection closed mid-frame")
+    return decode_body(body)
+
+
+def send(sock: socket.socket, msg: Dict[str, Any]) -> None:
+    sock.sendall(encode(msg))
+
+
+def field(msg: Dict[str, Any], name: str, kind, *, required: bool = True, default=None):
+    """Schema check for one request field."""
+    if name not in msg:
+        if required:
+            raise ProtocolError(f"request {msg.get('op')!r} is missing field {name!r}")
+        return default
+    v = msg[name]
+    if kind is int and isinstance(v, bool):
+        raise ProtocolError(f"field {name!r} must be int")
+    if not isinstance(v, kind):
+        kn = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise ProtocolError(f"field {name!r} must be {kn}, got {type(v).__name__}")
+    return v

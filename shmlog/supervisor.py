@@ -1,0 +1,672 @@
+"""The supervisor: one per data dir, never on the data path.
+
+It owns topic metadata, creates and removes the partition regions, serves
+control requests on <data_dir>/shmlog.sock, and runs the reaper (dead or
+stuck producers and readers). Producers and consumers keep moving while it
+restarts: everything they need is in the regions they have mapped.
+
+It must never trust a request: every frame is size-limited and schema-checked,
+and a bad one gets an error reply (or the connection closed) while the
+supervisor keeps serving everybody else.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import logging
+import os
+import secrets
+import selectors
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import posix_ipc
+
+from . import config as cfgmod
+from . import errors, protocol
+from .log import PartitionLog
+
+log = logging.getLogger("shmlog.supervisor")
+
+SOCKET_NAME = "shmlog.sock"
+LOCK_NAME = "supervisor.lock"
+META_NAME = "meta.json"
+CLUSTER_ID_NAME = "cluster_id"
+
+
+def region_name(cluster_id: str, topic_id: int, partition: int) -> str:
+    return f"/shmlog-{cluster_id}-{topic_id}-{partition}"
+
+
+def ensure_data_dir(data_dir: Path) -> Path:
+    """Create the data dir 0700 (invariant 6) or say why it cannot be used."""
+    data_dir = Path(data_dir).absolute()
+    try:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise errors.ShmlogError(
+            f"cannot create data dir {data_dir}: {exc.strerror}; choose a writable path "
+            f"with --data-dir or $SHMLOG_DATA_DIR",
+            what=str(data_dir),
+        ) from None
+    if not os.access(data_dir, os.W_OK | os.X_OK):
+        raise errors.ShmlogError(
+            f"data dir {data_dir} is not writable; choose a writable path with --data-dir "
+            f"or $SHMLOG_DATA_DIR",
+            what=str(data_dir),
+        )
+    return data_dir
+
+
+def cluster_id_of(data_dir: Path) -> str:
+    p = data_dir / CLUSTER_ID_NAME
+    try:
+        cid = p.read_text().strip()
+        if cid:
+            return cid
+    except FileNotFoundError:
+        pass
+    cid = secrets.token_hex(4)
+    tmp = p.with_suffix(".tmp")
+    tmp.write_text(cid + "\n")
+    os.replace(tmp, p)
+    return cid
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class AlreadyRunning(errors.ShmlogError):
+    pass
+
+
+class _Conn:
+    __slots__ = ("sock", "buf", "session", "pid")
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.buf = bytearray()
+        self.session = False
+        self.pid = 0
+
+
+class Supervisor:
+    def __init__(self, data_dir: Path, *, auto: bool = False, **broker_config: Any):
+        self.data_dir = ensure_data_dir(Path(data_dir))
+        self.cfg = cfgmod.broker_config(broker_config)
+        self.auto = auto
+        self.cluster_id = ""
+        self.meta: Dict[str, Any] = {"next_topic_id": 1, "topics": {}}
+        self.logs: Dict[Tuple[int, int], PartitionLog] = {}
+        self.lock = threading.RLock()  # guards meta and logs against the reaper
+        self._stop = threading.Event()
+        self._lock_fd: Optional[int] = None
+        self._listener: Optional[socket.socket] = None
+        self._conns: Dict[int, _Conn] = {}
+        self._threads: List[threading.Thread] = []
+        self._idle_since = time.monotonic()
+        self.handlers: Dict[str, Callable[[Dict[str, Any], _Conn], Dict[str, Any]]] = {
+            "hello": self._op_hello,
+            "ping": lambda m, c: {},
+            "create_topic": self._op_create_topic,
+            "delete_topic": self._op_delete_topic,
+            "alter_topic": self._op_alter_topic,
+            "add_partitions": self._op_add_partitions,
+            "topics": self._op_topics,
+            "describe_topic": self._op_describe_topic,
+            "metadata": self._op_metadata,
+            "shutdown": self._op_shutdown,
+            "stats": self._op_stats,
+        }
+        # roles (spiller, group coordinator) plug in here
+        self.tickers: List[Callable[[], None]] = []
+        self.on_topic_created: List[Callable[[str], None]] = []
+        self.on_topic_deleted: List[Callable[[str, Dict[str, Any]], None]] = []
+        self.on_stop: List[Callable[[], None]] = []
+        self.on_start: List[Callable[[], None]] = []
+        self.reaped_processes = 0
+        self.started_ns = time.time_ns()
+
+    # ------------------------------------------------------------ start/stop
+    def acquire_lock(self) -> None:
+        path = self.data_dir / LOCK_NAME
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                os.close(fd)
+                raise
+            try:
+                other = os.pread(fd, 32, 0).decode().strip() or "?"
+            except OSError:
+                other = "?"
+            os.close(fd)
+            raise AlreadyRunning(
+                f"another supervisor (pid {other}) is already serving {self.data_dir}; "
+                f"connect to it, or stop it first",
+                what=str(self.data_dir),
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def start(self) -> None:
+        self.acquire_lock()
+        self.cluster_id = cluster_id_of(self.data_dir)
+        meta_path = self.data_dir / META_NAME
+        if meta_path.exists():
+            try:
+                self.meta = json.loads(meta_path.read_text())
+            except ValueError as exc:
+                raise errors.StorageError(
+                    f"metadata file {meta_path} is corrupt ({exc}); restore it from a backup",
+                    what=str(meta_path),
+                ) from None
+        self._open_regions()
+        self._reclaim_stale_regions()
+        self._bind()
+        for fn in self.on_start:
+            fn()
+        for fn in (self._reaper_loop,):
+            t = threading.Thread(target=fn, name=fn.__name__, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _bind(self) -> None:
+        path = self.data_dir / SOCKET_NAME
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # bind through /proc/self/fd so a deep data dir never hits the
+        # 108-byte sun_path limit
+        dfd = os.open(self.data_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            old = os.umask(0o177)
+            try:
+                s.bind(f"/proc/self/fd/{dfd}/{SOCKET_NAME}")
+            finally:
+                os.umask(old)
+        finally:
+            os.close(dfd)
+        os.chmod(path, 0o600)
+        s.listen(128)
+        s.setblocking(False)
+        self._listener = s
+
+    def _open_regions(self) -> None:
+        for name, t in self.meta["topics"].items():
+            for p in range(t["config"]["partitions"]):
+                self._open_partition(name, t, p)
+
+    def _open_partition(self, name: str, t: Dict[str, Any], p: int, *, initial_offset: int = 0) -> PartitionLog:
+        rname = region_name(self.cluster_id, t["id"], p)
+        what = f"topic {name!r} partition {p}"
+        c = t["config"]
+        try:
+            plog = PartitionLog.attach(rname, what=what)
+            log.info("re-attached surviving region %s", rname)
+        except posix_ipc.ExistentialError:
+            plog = PartitionLog.create(
+                rname, chunk_bytes=c["chunk_bytes"], chunk_count=c["chunk_count"],
+                max_batch_bytes=cfgmod.max_batch_bytes(c["chunk_bytes"]),
+                gate_readers=self.gates_readers(c), gate_spill=self.gates_spill(c),
+                partition=p, initial_offset=self.initial_offset(name, t, p, initial_offset),
+                what=what,
+            )
+        except errors.ShmlogError as exc:
+            log.error("region %s is unusable (%s); recreating it", rname, exc)
+            posix_ipc.unlink_shared_memory(rname)
+            return self._open_partition(name, t, p, initial_offset=initial_offset)
+        plog.hdr.supervisor_pid = os.getpid()
+        self.logs[(t["id"], p)] = plog
+        return plog
+
+    # storage plugs in here: what gates chunk reuse, and where offsets resume
+    def gates_readers(self, c: Dict[str, Any]) -> bool:
+        return c["storage"] == "memory" or not self.spills()
+
+    def gates_spill(self, c: Dict[str, Any]) -> bool:
+        return c["storage"] == "disk" and self.spills()
+
+    def spills(self) -> bool:
+        return False
+
+    def initial_offset(self, name: str, t: Dict[str, Any], p: int, default: int) -> int:
+        return default
+
+    def _reclaim_stale_regions(self) -> None:
+        keep = {plog.name.lstrip("/") for plog in self.logs.values()}
+        prefix = f"shmlog-{self.cluster_id}-"
+        try:
+            names = os.listdir("/dev/shm")
+        except FileNotFoundError:
+            return
+        for n in names:
+            if n.startswith(prefix) and n not in keep:
+                try:
+                    posix_ipc.unlink_shared_memory("/" + n)
+                    log.info("reclaimed stale region /%s", n)
+                except posix_ipc.ExistentialError:
+                    pass
+
+    def save_meta(self) -> None:
+        write_json_atomic(self.data_dir / META_NAME, self.meta)
+
+    def serve_forever(self) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(self._listener, selectors.EVENT_READ, None)
+        try:
+            while not self._stop.is_set():
+                for key, _ in sel.select(timeout=0.1):
+                    if key.data is None:
+                        self._accept(sel)
+                    else:
+                        self._readable(sel, key.data)
+                if self.auto and not self._conns:
+                    if time.monotonic() - self._idle_since >= self.cfg["idle_timeout_s"]:
+                        log.info("no clients for %.1fs: exiting", self.cfg["idle_timeout_s"])
+                        break
+        finally:
+            sel.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def shutdown(self) -> None:
+        """Clean exit: nothing of ours remains (invariant 5)."""
+        self._stop.set()
+        for fn in self.on_stop:
+            try:
+                fn()
+            except Exception:
+                log.exception("stop hook failed")
+        for t in self._threads:
+            t.join(timeout=5)
+        for c in list(self._conns.values()):
+            try:
+                if c.session:
+                    protocol.send(c.sock, {"op": "bye"})
+            except OSError:
+                pass
+            c.sock.close()
+        self._conns.clear()
+        if self._listener is not None:
+            self._listener.close()
+            try:
+                (self.data_dir / SOCKET_NAME).unlink()
+            except FileNotFoundError:
+                pass
+        with self.lock:
+            for plog in self.logs.values():
+                plog.close()
+                plog.unlink()
+            self.logs.clear()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # ------------------------------------------------------------ connections
+    def _accept(self, sel) -> None:
+        try:
+            s, _ = self._listener.accept()
+        except OSError:
+            return
+        s.setblocking(False)
+        c = _Conn(s)
+        self._conns[s.fileno()] = c
+        sel.register(s, selectors.EVENT_READ, c)
+
+    def _drop(self, sel, c: _Conn) -> None:
+        try:
+            sel.unregister(c.sock)
+        except (KeyError, ValueError):
+            pass
+        self._conns.pop(c.sock.fileno(), None)
+        c.sock.close()
+        if not self._conns:
+            self._idle_since = time.monotonic()
+
+    def _readable(self, sel, c: _Conn) -> None:
+        try:
+            data = c.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(sel, c)
+            return
+        c.buf += data
+        while len(c.buf) >= 4:
+            n = int.from_bytes(c.buf[:4], "big")
+            if n > protocol.MAX_FRAME:
+                self._reply_error(c, "ProtocolError",
+                                  f"control frame of {n} bytes exceeds {protocol.MAX_FRAME}")
+                self._drop(sel, c)
+                return
+            if len(c.buf) < 4 + n:
+                return
+            body = bytes(c.buf[4 : 4 + n])
+            del c.buf[: 4 + n]
+            self._dispatch(c, body)
+
+    def _reply_error(self, c: _Conn, kind: str, message: str) -> None:
+        self._send(c, {"ok": False, "error": kind, "message": message})
+
+    def _send(self, c: _Conn, msg: Dict[str, Any]) -> None:
+        try:
+            c.sock.setblocking(True)
+            c.sock.settimeout(5)
+            protocol.send(c.sock, msg)
+        except OSError:
+            pass
+        finally:
+            try:
+                c.sock.setblocking(False)
+            except OSError:
+                pass
+
+    def _dispatch(self, c: _Conn, body: bytes) -> None:
+        try:
+            msg = protocol.decode_body(body)
+            op = protocol.field(msg, "op", str)
+            handler = self.handlers.get(op)
+            if handler is None:
+                raise protocol.ProtocolError(f"unknown op {op!r}")
+            with self.lock:
+                reply = handler(msg, c)
+            if reply is None:
+                return  # handler replies later (long polls)
+            reply.setdefault("ok", True)
+            self._send(c, reply)
+        except protocol.ProtocolError as exc:
+            self._reply_error(c, "ProtocolError", str(exc))
+        except errors.ShmlogError as exc:
+            self._reply_error(c, type(exc).__name__, str(exc))
+        except Exception as exc:  # never let one request take the supervisor down
+            log.exception("request failed")
+            self._reply_error(c, "ShmlogError", f"internal error: {exc!r}")
+
+    # ------------------------------------------------------------ ops
+    def _op_hello(self, m, c: _Conn):
+        c.pid = protocol.field(m, "pid", int, required=False, default=0)
+        c.session = bool(protocol.field(m, "session", bool, required=False, default=False))
+        return {"cluster_id": self.cluster_id, "supervisor_pid": os.getpid()}
+
+    def _topic(self, name: Any) -> Dict[str, Any]:
+        cfgmod.validate_topic_name(name)
+        t = self.meta["topics"].get(name)
+        if t is None:
+            raise errors.UnknownTopic(f"unknown topic {name!r}", what=name)
+        return t
+
+    def _op_create_topic(self, m, c):
+        name = cfgmod.validate_topic_name(protocol.field(m, "name", str))
+        conf = protocol.field(m, "config", dict, required=False, default={})
+        if name in self.meta["topics"]:
+            raise errors.TopicExists(f"topic {name!r} already exists", what=name)
+        cfg = cfgmod.topic_config(conf)
+        tid = self.meta["next_topic_id"]
+        t = {"id": tid, "config": cfg, "created_ms": int(time.time() * 1000)}
+        opened = []
+        try:
+            for p in range(cfg["partitions"]):
+                opened.append(self._open_partition(name, t, p))
+        except BaseException:
+            for plog in opened:
+                plog.close()
+                plog.unlink()
+                self.logs.pop((tid, plog.hdr.partition if plog.hdr else 0), None)
+            raise
+        self.meta["next_topic_id"] = tid + 1
+        self.meta["topics"][name] = t
+        self.save_meta()
+        for fn in self.on_topic_created:
+            fn(name)
+        return {"topic": self.topic_info(name)}
+
+    def _op_delete_topic(self, m, c):
+        name = protocol.field(m, "name", str)
+        t = self._topic(name)
+        for p in range(t["config"]["partitions"]):
+            plog = self.logs.pop((t["id"], p), None)
+            if plog is not None:
+                plog.hdr.flags |= 4  # SHMLOG_F_CLOSED: attached clients detach
+                plog.close()
+                plog.unlink()
+        del self.meta["topics"][name]
+        self.save_meta()
+        for fn in self.on_topic_deleted:
+            fn(name, t)
+        return {}
+
+    ALTERABLE = {"retention_ms", "retention_bytes", "segment_bytes", "segment_ms", "fsync_interval_ms"}
+
+    def _op_alter_topic(self, m, c):
+        name = protocol.field(m, "name", str)
+        conf = protocol.field(m, "config", dict)
+        t = self._topic(name)
+        bad = set(conf) - self.ALTERABLE
+        if bad:
+            raise errors.InvalidConfig(
+                f"cannot alter {', '.join(sorted(bad))} of topic {name!r}: only "
+                f"{', '.join(sorted(self.ALTERABLE))} change live (partitions: add_partitions)",
+                what=name,
+            )
+        t["config"] = cfgmod.topic_config(conf, base=t["config"])
+        self.save_meta()
+        return {"topic": self.topic_info(name)}
+
+    def _op_add_partitions(self, m, c):
+        name = protocol.field(m, "name", str)
+        total = protocol.field(m, "partitions", int)
+        t = self._topic(name)
+        cur = t["config"]["partitions"]
+        if total <= cur:
+            raise errors.InvalidConfig(
+                f"topic {name!r} has {cur} partitions; add_partitions needs a larger total, got {total}",
+                what=name,
+            )
+        new_cfg = cfgmod.topic_config({"partitions": total}, base=t["config"])
+        for p in range(cur, total):
+            self._open_partition(name, t, p)
+        t["config"] = new_cfg
+        self.save_meta()
+        return {"topic": self.topic_info(name)}
+
+    def _op_topics(self, m, c):
+        return {"topics": {n: self.topic_info(n) for n in sorted(self.meta["topics"])}}
+
+    def _op_describe_topic(self, m, c):
+        name = protocol.field(m, "name", str)
+        self._topic(name)
+        return {"topic": self.topic_info(name)}
+
+    def _op_metadata(self, m, c):
+        name = protocol.field(m, "name", str)
+        t = self._topic(name)
+        return {
+            "name": name,
+            "topic_id": t["id"],
+            "config": t["config"],
+            "regions": [region_name(self.cluster_id, t["id"], p) for p in range(t["config"]["partitions"])],
+        }
+
+    def _op_shutdown(self, m, c):
+        self._stop.set()
+        return {}
+
+    def _op_stats(self, m, c):
+        return {"stats": self.stats()}
+
+    # ------------------------------------------------------------ info
+    def partition_info(self, name: str, t: Dict[str, Any], p: int) -> Dict[str, Any]:
+        plog = self.logs.get((t["id"], p))
+        if plog is None or plog.closed:
+            return {"partition": p, "start_offset": 0, "end_offset": 0, "durable_offset": 0, "bytes": 0}
+        h = plog.hdr
+        end = plog.end_offset()
+        start = plog.start_offset
+        in_use = sum(1 for i in range(plog.chunk_count) if h.chunks[i].state & 0xFFFFFFFF)
+        return {
+            "partition": p,
+            "start_offset": start,
+            "end_offset": end,
+            "durable_offset": h.durable_offset if t["config"]["storage"] == "disk" else end,
+            "bytes": in_use * plog.chunk_bytes,
+            "chunks_in_use": in_use,
+            "chunk_count": plog.chunk_count,
+            "aborted_batches": h.aborted_batches,
+            "rotations": h.rotations,
+        }
+
+    def topic_info(self, name: str) -> Dict[str, Any]:
+        t = self.meta["topics"][name]
+        return {
+            "name": name,
+            "topic_id": t["id"],
+            "config": t["config"],
+            "partitions": [self.partition_info(name, t, p) for p in range(t["config"]["partitions"])],
+        }
+
+    def stats(self) -> Dict[str, Any]:
+        out = {"supervisor_pid": os.getpid(), "clients": len(self._conns),
+               "reaped_processes": self.reaped_processes, "topics": {}}
+        for name in self.meta["topics"]:
+            info = self.topic_info(name)
+            t = self.meta["topics"][name]
+            for pi in info["partitions"]:
+                plog = self.logs.get((t["id"], pi["partition"]))
+                if plog is None or plog.closed:
+                    continue
+                h = plog.hdr
+                pi["producers"] = [
+                    {"pid": h.producers[i].pid, "batches": h.producers[i].batches,
+                     "records": h.producers[i].records}
+                    for i in range(64) if h.producers[i].pid
+                ]
+                pi["readers"] = [
+                    {"pid": h.readers[i].pid, "position": h.readers[i].position}
+                    for i in range(64) if h.readers[i].pid
+                ]
+            out["topics"][name] = info
+        return out
+
+    # ------------------------------------------------------------ reaper
+    def _reaper_loop(self) -> None:
+        interval = self.cfg["reaper_interval_ms"] / 1000.0
+        stuck: Dict[Tuple[int, int], Tuple[int, int, int, float]] = {}
+        cursors: Dict[Tuple[int, int], Any] = {}
+        while not self._stop.wait(interval):
+            try:
+                with self.lock:
+                    items = list(self.logs.items())
+                for key, plog in items:
+                    if plog.closed:
+                        continue
+                    self._reap_partition(key, plog, stuck, cursors)
+                for fn in self.tickers:
+                    fn()
+            except Exception:
+                log.exception("reaper pass failed")
+
+    def _reap_partition(self, key, plog: PartitionLog, stuck, cursors) -> None:
+        with self.lock:
+            if plog.closed:
+                return
+            for slot, pid in plog.producer_slots():
+                if not pid_alive(pid):
+                    n = plog.reap_producer(slot)
+                    plog.repair_chunks(pid)
+                    self.reaped_processes += 1
+                    log.warning("%s: reaped dead producer pid %d (%d claim(s) aborted)", plog.what, pid, n)
+            for slot, pid in plog.reader_slots():
+                if not pid_alive(pid):
+                    plog.reap_reader(slot)
+                    self.reaped_processes += 1
+                    log.warning("%s: released the reader slot of dead pid %d", plog.what, pid)
+            cur = cursors.get(key)
+            if cur is None:
+                cur = cursors[key] = plog.new_cursor()
+                plog.seek(cur, 0)
+            state, seq, pos = plog.frontier(cur)
+            now = time.monotonic()
+            if state in (1, 2):  # BLOCKED, UNSEALED
+                prev = stuck.get(key)
+                if prev is None or prev[:3] != (state, seq, pos):
+                    stuck[key] = (state, seq, pos, now)
+                elif (now - prev[3]) * 1000 >= self.cfg["claim_timeout_ms"]:
+                    force = (now - prev[3]) * 1000 >= 3 * self.cfg["claim_timeout_ms"]
+                    if state == 1:
+                        rc = plog.unblock(seq, pos, force)
+                    else:
+                        rc = plog.force_seal(seq)
+                    log.warning("%s: claim stuck for %.1fs at chunk %d byte %d: %s (rc=%d)",
+                                plog.what, now - prev[3], seq, pos,
+                                "aborted" if state == 1 else "sealed", rc)
+                    stuck.pop(key, None)
+            else:
+                stuck.pop(key, None)
+
+
+def serve(data_dir: Path, *, auto: bool = False, **broker_config: Any) -> int:
+    """Run a supervisor in this process until SIGTERM/SIGINT, shutdown, or idle."""
+    sup = Supervisor(data_dir, auto=auto, **broker_config)
+    _install_roles(sup)
+    sup.start()
+
+    def on_signal(signum, frame):
+        sup.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info("serving %s (cluster %s, pid %d)", sup.data_dir, sup.cluster_id, os.getpid())
+    try:
+        sup.serve_forever()
+    finally:
+        sup.shutdown()
+    return 0
+
+
+def _install_roles(sup: Supervisor) -> None:
+    """Attach the optional roles (groups, storage) that live in their own modules."""
+    for modname in ("shmlog.groups", "shmlog.storage"):
+        try:
+            mod = __import__(modname, fromlist=["install"])
+        except ImportError:
+            continue
+        install = getattr(mod, "install", None)
+        if install is not None:
+            install(sup)
