@@ -262,6 +262,9 @@ class Endpoint:
     def flush(self) -> None:
         pass
 
+    def ready(self) -> None:
+        """Consumer side: be subscribed / joined before anyone produces."""
+
     def recv(self, timeout: float) -> Optional[bytes]:  # one value or None
         raise NotImplementedError
 
@@ -493,7 +496,7 @@ def group_consumer(open_ep: Callable[[int, int], Endpoint], g: int, m: int, n_to
     n_total messages (counter is the group's shared count)."""
     ep = open_ep(g, m)
     try:
-        ep.flush()  # join the group / subscribe before anyone produces
+        ep.ready()  # join the group / subscribe before anyone produces
         ctl.meet()
         mine = 0
         t_done = 0

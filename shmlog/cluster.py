@@ -126,6 +126,7 @@ class Cluster:
         self.supervisor_pid = 0
         self.failovers = 0
         self._children: List[Any] = []  # producers/consumers to close with us
+        self._segments: Any = None
         self._ensure_supervisor()
         self._open_session()
 
@@ -259,7 +260,7 @@ class Cluster:
         self._failover()
 
     def _failover(self) -> None:
-        for attempt in range(50):
+        for _attempt in range(50):
             if self._closed:
                 return
             try:
@@ -369,6 +370,17 @@ class Cluster:
             self._topics[name] = t
             return t
 
+    @property
+    def segments(self):
+        """Client-side reader of segment files (shmlog.storage), or None."""
+        if self._segments is None:
+            try:
+                from .storage import SegmentStore
+            except ImportError:
+                return None
+            self._segments = SegmentStore(self.data_dir, self)
+        return self._segments
+
     # ------------------------------------------------------------ clients
     def producer(self, **kwargs: Any):
         from .producer import Producer
@@ -417,6 +429,8 @@ class Cluster:
                     s.close()
                 except OSError:
                     pass
+        if self._segments is not None:
+            self._segments.close()
         with self._topics_lock:
             for t in self._topics.values():
                 for r in t.regions:
