@@ -203,7 +203,7 @@ int64_t shmlog_records_decode(const uint8_t *payload, size_t len, uint32_t recor
         if (off < skip_below)
             continue;
         if (w >= out->capacity)
-            return -ENOSPC;
+            return (int64_t)(w - index); /* partial: the caller resumes by offset */
         out->offsets[w] = off;
         out->timestamps[w] = ts;
         out->key_pos[w] = pos_base + (uint64_t)(kp - payload);

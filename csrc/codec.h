@@ -52,9 +52,10 @@ int64_t shmlog_batch_encode(const shmlog_batch_in_t *in, uint8_t *dst, size_t ca
 void shmlog_batch_timestamps(const shmlog_batch_in_t *in, int64_t *first, int64_t *max);
 
 /* Decode `record_count` records of a section at `payload` (len bytes).
- * Records with offset < skip_below are skipped. Writes from out[index];
- * returns the number written or -EBADMSG (anything out of bounds or
- * inconsistent) or -ENOSPC (capacity too small). */
+ * Records with offset < skip_below are skipped. Writes from out[index] and
+ * stops when out is full (the caller resumes by offset); returns the number
+ * written or -EBADMSG (anything out of bounds or inconsistent). Records past
+ * a full `out` are not validated by this call. */
 int64_t shmlog_records_decode(const uint8_t *payload, size_t len, uint32_t record_count,
                               uint64_t base_offset, int64_t first_timestamp,
                               uint64_t pos_base, uint64_t skip_below,

@@ -255,6 +255,9 @@ void shmlog_log_reader_set_pin(shmlog_log_t *log, int slot, uint64_t pin)
     if (slot < 0 || (uint32_t)slot >= SHMLOG_MAX_READERS)
         return;
     shmlog_store_release_u64(&log->hdr->readers[slot].pin, pin);
+    /* pairs with the fence in reclaim_oldest: after this, either the
+     * reclaimer sees our pin, or our next validate sees its RECLAIMING */
+    shmlog_fence_seq_cst();
     if (pin == SHMLOG_NONE)
         wake_space(log);
 }
@@ -345,6 +348,17 @@ static int chunk_gated(shmlog_log_t *log, uint64_t end)
     return 0;
 }
 
+/* does a live reader pin an offset below `end` (a zero-copy view)? */
+static int pinned_below(shmlog_log_t *log, uint64_t end)
+{
+    for (uint32_t i = 0; i < SHMLOG_MAX_READERS; i++) {
+        shmlog_reader_slot_t *r = &log->hdr->readers[i];
+        if (shmlog_load_acquire_u32(&r->pid) && shmlog_load_acquire_u64(&r->pin) < end)
+            return 1;
+    }
+    return 0;
+}
+
 /* is a producer possibly about to fetch-add on chunk seq? (see claim) */
 static int claimers_inside(shmlog_log_t *log, uint64_t seq)
 {
@@ -390,7 +404,9 @@ static int reclaim_oldest(shmlog_log_t *log)
      * chunk state; we publish RECLAIMING, fence, then look at the slots. One
      * of the two sees the other, so no stale fetch-add lands in a reused chunk. */
     shmlog_fence_seq_cst();
-    if (claimers_inside(log, nseq)) {
+    /* and with a zero-copy reader: it publishes its pin, fences, then
+     * validates the chunk state; we re-check pins after our CAS */
+    if (claimers_inside(log, nseq) || pinned_below(log, end)) {
         shmlog_store_release_u64(&n->state, STATE_WORD(SHMLOG_CHUNK_SEALED, 0));
         return -EAGAIN;
     }
@@ -767,11 +783,8 @@ int shmlog_log_read(shmlog_log_t *log, shmlog_cursor_t *c, shmlog_records_out_t 
         }
         uint64_t skip = c->next_offset;
         uint32_t wanted = (uint32_t)(end - (f->base_offset > skip ? f->base_offset : skip));
-        if (wanted > out->capacity - n) {
-            if (n)
-                break;
-            return -ENOSPC;
-        }
+        if (wanted > out->capacity - n && n)
+            break; /* whole batches when we can; a partial one only alone */
         int64_t got = shmlog_records_decode((const uint8_t *)f + SHMLOG_FRAME_HEADER,
                                             f->payload_bytes, f->record_count, f->base_offset,
                                             f->first_timestamp,
@@ -782,6 +795,12 @@ int shmlog_log_read(shmlog_log_t *log, shmlog_cursor_t *c, shmlog_records_out_t 
             return n ? (int)n : (int)got;
         }
         n += (uint32_t)got;
+        if ((uint32_t)got < wanted) {
+            /* out is full mid-batch: stay on this frame, resume by offset */
+            c->next_offset = out->offsets[n - 1] + 1;
+            info->bytes += fl;
+            break;
+        }
         info->frames++;
         info->bytes += fl;
         c->pos += fl;

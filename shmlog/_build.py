@@ -153,8 +153,6 @@ typedef struct {
     uint32_t max_batch_bytes;
     uint32_t header_bytes;
     uint32_t pid;
-    uint32_t *bell_futex;
-    uint32_t *bell_waiters;
     ...;
 } shmlog_log_t;
 

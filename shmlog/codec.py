@@ -106,12 +106,14 @@ def _bytes_error(kind: str, items: Sequence, index_hint: Optional[int] = None) -
     return TypeError(f"{kind} must be bytes-like")
 
 
-def columns(items: Sequence, kind: str = "value") -> Tuple[bytes, array]:
-    """(concatenation, int32 lengths with -1 for None) for one batch."""
+def columns(items: Sequence, kind: str = "value", lens: Optional[List[int]] = None) -> Tuple[bytes, array]:
+    """(concatenation, int32 lengths with -1 for None) for one batch.
+
+    `lens`, when the caller already has them, must be the plain len() of
+    every item (no None)."""
     try:
         blob = b"".join(items)
-        lens = array("i", map(len, items))
-        return blob, lens
+        return blob, array("i", lens if lens is not None else map(len, items))
     except TypeError:
         pass
     # slow path: None entries (null values/keys) or a wrong type somewhere

@@ -25,6 +25,7 @@ from .log import ReadResult
 TP = Tuple[str, int]
 NONE = (1 << 64) - 1
 ERANGE = -34
+READ_SLICE = 2048
 
 
 class Message(tuple):
@@ -98,11 +99,89 @@ def _messages(topic, partition, offsets, keys, values, headers, timestamps) -> L
     return [_new_message(Message, t) for t in zip((topic,) * n, (partition,) * n, offsets, keys, values, hs, timestamps)]
 
 
+class MessageView:
+    """A zero-copy run of one partition's records: values stay in shared
+    memory, addressed by position, and nothing is materialised until asked.
+
+    Lifetime is explicit: the chunks are pinned (never reused) until
+    release() — or the consumer's next consume_batch(copy=False) on the same
+    partition, or close(). After that, any access raises shmlog.Closed.
+    Use it as a context manager to release promptly."""
+
+    __slots__ = ("topic", "partition", "offsets", "timestamps_ms", "value_positions", "value_lengths",
+                 "_key_pos", "_key_lens", "_mm", "_owner", "_released")
+
+    def __init__(self, topic, partition, cols, mm, owner):
+        self.topic = topic
+        self.partition = partition
+        (self.offsets, self.timestamps_ms, self.value_positions, self.value_lengths,
+         self._key_pos, self._key_lens) = cols
+        self._mm = mm
+        self._owner = owner
+        self._released = False
+
+    def _check(self) -> None:
+        if self._released:
+            raise errors.Closed(f"zero-copy batch of {self.topic}[{self.partition}] was released")
+
+    @property
+    def base_offset(self) -> int:
+        return self.offsets[0]
+
+    @property
+    def next_offset(self) -> int:
+        return self.offsets[-1] + 1
+
+    @property
+    def buffer(self) -> memoryview:
+        """The whole mapping; values are buffer[value_positions[i]:+value_lengths[i]]."""
+        self._check()
+        return memoryview(self._mm)
+
+    def value(self, i: int) -> Optional[bytes]:
+        """Copy one value out (bytes), or None for a null value."""
+        self._check()
+        ln = self.value_lengths[i]
+        if ln < 0:
+            return None
+        p = self.value_positions[i]
+        return self._mm[p : p + ln]
+
+    def key(self, i: int) -> Optional[bytes]:
+        self._check()
+        ln = self._key_lens[i]
+        if ln < 0:
+            return None
+        p = self._key_pos[i]
+        return self._mm[p : p + ln]
+
+    @property
+    def values(self) -> List[Optional[bytes]]:
+        """Materialise every value (copies)."""
+        self._check()
+        mm = self._mm
+        return [None if ln < 0 else mm[p : p + ln] for p, ln in zip(self.value_positions, self.value_lengths)]
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._owner(self)
+
+    def __enter__(self) -> MessageView:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
 class _Assigned:
     """One assigned partition's reading state in this process."""
 
     __slots__ = ("topic", "partition", "plog", "cursor", "reader", "slot", "returned", "storage",
-                 "disk", "tp")
+                 "disk", "tp", "view")
 
     def __init__(self, topic: str, partition: int, plog, storage: str, gating: bool):
         self.topic = topic
@@ -115,8 +194,12 @@ class _Assigned:
         self.returned = 0
         self.storage = storage
         self.disk = None  # a segment reader while behind the shared-memory window
+        self.view: Optional[MessageView] = None  # the outstanding zero-copy batch
 
     def release(self) -> None:
+        if self.view is not None:
+            self.view._released = True
+            self.view = None
         if self.slot >= 0 and not self.plog.closed:
             self.plog.release_reader(self.slot)
         self.slot = -1
@@ -366,7 +449,9 @@ class Consumer:
             left = max_records
             for i in range(n):
                 a = order[(self._rr + i) % n]
-                res = self._read(a, left)
+                # decode in slices: 100k fresh objects at once thrash the caches
+                # and the GC; ~2k per read keeps the per-record cost flat
+                res = self._read(a, left if left < READ_SLICE else READ_SLICE)
                 if res is not None and len(res):
                     out.append((a, res))
                     left -= len(res)
@@ -414,8 +499,14 @@ class Consumer:
             a.returned = res.offsets[-1] + 1
         return msgs
 
-    def consume_batch(self, max_messages: int = 100_000, timeout: Optional[float] = 1.0) -> Optional[MessageBatch]:
-        """One partition's run of records as columns (no object per message), or None."""
+    def consume_batch(self, max_messages: int = 100_000, timeout: Optional[float] = 1.0, *,
+                      copy: bool = True) -> Union[MessageBatch, MessageView, None]:
+        """One partition's run of records as columns (no object per message), or None.
+
+        copy=False returns a MessageView: values stay in shared memory until
+        its release() (see MessageView for the lifetime rules)."""
+        if not copy:
+            return self._consume_view(max_messages, timeout)
         if self._buffer:
             first = self._buffer[0]
             run = []
@@ -432,6 +523,68 @@ class Consumer:
         a, res = got[0]
         a.returned = res.offsets[-1] + 1
         return MessageBatch(a.topic, a.partition, res)
+
+    def _release_view(self, view: MessageView) -> None:
+        a = self._assigned.get((view.topic, view.partition))
+        if a is not None and a.view is view:
+            a.view = None
+            if a.slot >= 0:
+                a.plog.set_reader_pin(a.slot, None)
+
+    def _consume_view(self, max_messages: int, timeout: Optional[float]) -> Optional[MessageView]:
+        if self._buffer:
+            raise errors.ShmlogError("consume_batch(copy=False) after poll(): drain poll() first")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self._member is not None:
+                self._member.poll()
+            order = self._order
+            n = len(order)
+            for i in range(n):
+                a = order[(self._rr + i) % n]
+                if a.disk is not None or a.slot < 0:
+                    res = self._read(a, max_messages)  # disk reads are copies
+                    if res is not None and len(res):
+                        self._rr = (self._rr + i + 1) % n
+                        a.returned = res.offsets[-1] + 1
+                        cols = (res.offsets, res.timestamps, None, None, None, None)
+                        return _copied_view(a, res, cols)
+                    continue
+                if a.view is not None:
+                    a.view.release()
+                # pin first, then read: the reclaimer re-checks pins after it
+                # claims a chunk (csrc/log.c, reclaim_oldest)
+                a.plog.set_reader_pin(a.slot, a.cursor.next_offset)
+                try:
+                    cols = a.reader.read_view(a.cursor, min(max_messages, a.reader.capacity))
+                except errors.OffsetOutOfRange:
+                    a.plog.set_reader_pin(a.slot, None)
+                    self._seek(a, a.cursor.next_offset)
+                    continue
+                if cols is None:
+                    a.plog.set_reader_pin(a.slot, None)
+                    continue
+                if isinstance(cols, ReadResult):  # an lz4 frame: decoded copy
+                    a.plog.set_reader_pin(a.slot, None)
+                    if not len(cols):
+                        continue
+                    a.returned = cols.offsets[-1] + 1
+                    a.plog.set_reader_position(a.slot, a.cursor.next_offset)
+                    self._rr = (self._rr + i + 1) % n
+                    return _copied_view(a, cols, None)
+                a.plog.set_reader_position(a.slot, a.cursor.next_offset)
+                a.returned = cols[0][-1] + 1
+                self._rr = (self._rr + i + 1) % n
+                a.view = MessageView(a.topic, a.partition, cols, a.plog._mm, self._release_view)
+                return a.view
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                return None
+            wait = 1.0 if deadline is None else deadline - now
+            if n == 0:
+                time.sleep(min(wait, 0.01))
+                continue
+            self._wait(min(wait, 1.0))
 
     def poll(self, timeout: Optional[float] = 1.0) -> Optional[Message]:
         """The next message, or None after timeout."""
@@ -486,6 +639,36 @@ class Consumer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _copied_view(a: _Assigned, res: ReadResult, cols) -> MessageView:
+    """A MessageView over values that were copied anyway (disk, lz4)."""
+    from array import array
+
+    blob = b"".join(v for v in res.values if v is not None)
+    pos = array("Q")
+    lens = array("i")
+    at = 0
+    for v in res.values:
+        pos.append(at)
+        if v is None:
+            lens.append(-1)
+        else:
+            lens.append(len(v))
+            at += len(v)
+    kblob = b"".join(k for k in res.keys if k is not None)
+    kpos = array("Q")
+    klens = array("i")
+    at = len(blob)
+    for k in res.keys:
+        kpos.append(at)
+        if k is None:
+            klens.append(-1)
+        else:
+            klens.append(len(k))
+            at += len(k)
+    cols = (array("Q", res.offsets), array("q", res.timestamps), pos, lens, kpos, klens)
+    return MessageView(a.topic, a.partition, cols, blob + kblob, lambda v: None)
 
 
 def _scan_for_time(plog, ts: int) -> Optional[int]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import mmap
 import os
 import time
+from array import array
 from typing import List, Optional, Sequence
 
 import lz4.block
@@ -218,13 +219,15 @@ class PartitionLog:
         timeout: float = 60.0,
         producer_id: int = 0,
         producer_seq: int = 0,
+        value_lens: Optional[List[int]] = None,
     ) -> int:
-        """Append one batch; returns its base offset."""
+        """Append one batch; returns its base offset. value_lens: len() of
+        each value if the caller has them (saves a pass)."""
         log = self._handle()
         n = len(values)
         if n == 0:
             raise ValueError("a batch needs at least one record")
-        vblob, vlens = columns(values, "value")
+        vblob, vlens = columns(values, "value", value_lens)
         bi = ffi.new("shmlog_batch_in_t *")
         keep = [vblob, vlens]
         bi.count = n
@@ -291,6 +294,10 @@ class PartitionLog:
 
     def set_reader_position(self, slot: int, position: int) -> None:
         lib.shmlog_log_reader_set_position(self._handle(), slot, position)
+
+    def set_reader_pin(self, slot: int, pin: Optional[int]) -> None:
+        """Hold chunks from `pin` on against reuse (zero-copy views); None releases."""
+        lib.shmlog_log_reader_set_pin(self._handle(), slot, NONE if pin is None else pin)
 
     def new_cursor(self):
         return ffi.new("shmlog_cursor_t *")
@@ -433,6 +440,40 @@ class RecordReader:
             errors.check(-34, plog.what, offset=saved[2])  # -ERANGE
         return ReadResult(offsets, timestamps, values, keys, headers, info.first_seq, info.bytes)
 
+    def read_view(self, cursor, max_records: int):
+        """Zero-copy read: positions of the values in the mapping instead of
+        bytes. Returns (offsets, timestamps, value_pos, value_lens, key_pos,
+        key_lens) as arrays, or None. The caller must pin the cursor's offset
+        (reader slot pin) before calling and keep it until done with them.
+        Compressed frames are not viewable: those come back as a ReadResult."""
+        plog = self.plog
+        log = plog._handle()
+        o = self._out
+        o.capacity = min(max_records, self.capacity)
+        info = self._info
+        saved = (cursor.seq, cursor.pos, cursor.next_offset)
+        if lib.shmlog_log_validate(log, cursor.seq) != 0:
+            errors.check(-34, plog.what, offset=saved[2])
+        n = lib.shmlog_log_read(log, cursor, o, 1 << 62, info)
+        if n < 0:
+            errors.check(n, plog.what, offset=info.bad_offset)
+        if n == 0:
+            if not info.frame_pos:
+                return None
+            return self._read_compressed(cursor, saved)
+        cols = (
+            _array("Q", o.offsets, 8 * n),
+            _array("q", o.timestamps, 8 * n),
+            _array("Q", o.value_pos, 8 * n),
+            _array("i", o.value_lens, 4 * n),
+            _array("Q", o.key_pos, 8 * n),
+            _array("i", o.key_lens, 4 * n),
+        )
+        if lib.shmlog_log_validate(log, info.first_seq) != 0:
+            cursor.seq, cursor.pos, cursor.next_offset = saved
+            errors.check(-34, plog.what, offset=saved[2])
+        return cols
+
     def _read_compressed(self, cursor, saved) -> ReadResult:
         plog = self.plog
         info = self._info
@@ -458,6 +499,12 @@ class RecordReader:
         res.first_seq = info.first_seq
         res.bytes = info.bytes
         return res
+
+
+def _array(code: str, cdata, nbytes: int) -> array:
+    a = array(code)
+    a.frombytes(ffi.buffer(cdata, nbytes))
+    return a
 
 
 def decode_section(raw: bytes, count: int, base_offset: int, first_ts: int, skip_below: int,

@@ -19,6 +19,9 @@ from . import errors
 from .partitioner import KeyPartitioner
 
 _ids = itertools.count(1)
+# upper bound of the per-record framing (length, attributes, deltas, key and
+# value lengths, header count) for records up to a few MiB
+_RECORD_OVERHEAD = 16
 
 
 class RecordMetadata(NamedTuple):
@@ -31,7 +34,7 @@ class RecordMetadata(NamedTuple):
 class _Pending:
     """One partition's batch under construction."""
 
-    __slots__ = ("values", "keys", "headers", "timestamps", "callbacks", "nbytes", "since")
+    __slots__ = ("values", "keys", "headers", "timestamps", "callbacks", "nbytes", "since", "plain")
 
     def __init__(self):
         self.values: List[Any] = []
@@ -41,10 +44,11 @@ class _Pending:
         self.callbacks: Optional[List[Any]] = None
         self.nbytes = 0
         self.since = 0.0
+        self.plain = True  # only unkeyed values without headers/timestamps/callbacks
 
 
 class _TopicState:
-    __slots__ = ("name", "topic", "pending", "slots", "keyed", "sticky", "limit", "max_message",
+    __slots__ = ("name", "topic", "pending", "slots", "keyed", "sticky", "limit", "frame_limit", "max_message",
                  "waiters", "committed_end", "storage")
 
     def __init__(self, name, topic, batch_bytes: int):
@@ -59,6 +63,8 @@ class _TopicState:
         # a batch must fit the region's max frame: leave room for the frame
         # header and per-record framing (at most ~16 bytes a record)
         self.limit = max(256, min(batch_bytes, first.max_batch_bytes - 64 - 1024))
+        # send_batch: the caller already batched, so fill whole frames
+        self.frame_limit = max(256, first.max_batch_bytes - 64 - 1024)
         self.max_message = topic.config["max_message_bytes"]
         # data_waiters words (offset 260) and the topic doorbell (offset 572),
         # read from Python without a crossing: a consumer asleep means "send now"
@@ -118,6 +124,39 @@ class Producer:
     # ------------------------------------------------------------ send
     def send(self, topic: str, value, key=None, headers=None, partition: Optional[int] = None,
              timestamp_ms: Optional[int] = None, on_delivery: Optional[Callable] = None) -> None:
+        # fast path: an unkeyed bytes value to the sticky partition, whose
+        # pending batch holds only such values. Keep it to a few appends.
+        if (key is None and headers is None and partition is None and timestamp_ms is None
+                and on_delivery is None and value.__class__ is bytes):
+            st = self._topics.get(topic)
+            if st is not None:
+                size = len(value)
+                if size > st.max_message:
+                    raise errors.MessageTooLarge(
+                        f"message of {size} bytes to topic {topic!r} exceeds "
+                        f"max_message_bytes={st.max_message}", what=topic)
+                with self._lock:
+                    # under the lock: the flusher thread swaps pending batches
+                    p = st.sticky
+                    pend = st.pending[p]
+                    if pend.plain:
+                        if self._error is not None:
+                            self._raise_async_error()
+                        vals = pend.values
+                        if not vals:
+                            pend.since = time.monotonic()
+                            self._wake.set()
+                        vals.append(value)
+                        pend.nbytes += size + _RECORD_OVERHEAD
+                        if pend.nbytes >= st.limit:
+                            self._commit(st, p)
+                            if len(st.pending) > 1:
+                                st.sticky = (p + 1) % len(st.pending)
+                        elif not self.linger_ms:
+                            w = st.waiters
+                            if w[p][65] or w[0][143]:
+                                self._commit(st, p)
+                        return
         st = self._topics.get(topic) or self._state(topic)
         if value.__class__ is not bytes and value is not None and not isinstance(value, (bytearray, memoryview)):
             raise TypeError(f"value must be bytes-like (bytes, bytearray, memoryview), got "
@@ -151,6 +190,7 @@ class Producer:
             if n == 0:
                 pend.since = time.monotonic()
                 self._wake.set()
+            pend.plain = False
             if key is not None or pend.keys is not None:
                 if pend.keys is None:
                     pend.keys = [None] * n
@@ -168,7 +208,7 @@ class Producer:
                     pend.callbacks = [None] * n
                 pend.callbacks.append(on_delivery)
             vals.append(value)
-            pend.nbytes += size + 12
+            pend.nbytes += size + _RECORD_OVERHEAD
             if pend.nbytes >= st.limit:
                 self._commit(st, partition)
                 if key is None and partition == st.sticky and len(st.pending) > 1:
@@ -215,31 +255,36 @@ class Producer:
             # what is pending for this partition goes first (order)
             if st.pending[partition].values:
                 self._commit(st, partition)
-            limit = st.limit
+            limit = st.frame_limit
             # split by size so each frame fits; most batches are one slice
-            lens = list(map(len, values)) if keys is None else None
+            if keys is None:
+                try:
+                    lens = list(map(len, values))
+                except TypeError:  # None (null values) or a wrong type, named later
+                    lens = [0 if v is None else len(v) if isinstance(v, (bytes, bytearray, memoryview))
+                            else 0 for v in values]
+                if max(lens) > st.max_message:
+                    j = next(i for i, ln in enumerate(lens) if ln > st.max_message)
+                    raise errors.MessageTooLarge(
+                        f"message #{j} of {lens[j]} bytes to topic {topic!r} exceeds "
+                        f"max_message_bytes={st.max_message}", what=topic)
+                if sum(lens) + _RECORD_OVERHEAD * n <= limit:
+                    self._append(st, partition, values, None, headers, timestamps, None,
+                                 value_lens=lens if None not in values else None)
+                    return
+            else:
+                lens = [len(v) + (len(k) if k is not None else 0) for v, k in zip(values, keys)]
+                for j, sz in enumerate(lens):
+                    if sz > st.max_message:
+                        raise errors.MessageTooLarge(
+                            f"message #{j} of {sz} bytes to topic {topic!r} exceeds "
+                            f"max_message_bytes={st.max_message}", what=topic)
             i = 0
             while i < n:
                 j, acc = i, 0
-                if lens is not None:
-                    while j < n and (acc == 0 or acc + lens[j] + 12 <= limit):
-                        if lens[j] > st.max_message:
-                            raise errors.MessageTooLarge(
-                                f"message #{j} of {lens[j]} bytes to topic {topic!r} exceeds "
-                                f"max_message_bytes={st.max_message}", what=topic)
-                        acc += lens[j] + 12
-                        j += 1
-                else:
-                    while j < n:
-                        sz = len(values[j]) + (len(keys[j]) if keys[j] is not None else 0)
-                        if sz > st.max_message:
-                            raise errors.MessageTooLarge(
-                                f"message #{j} of {sz} bytes to topic {topic!r} exceeds "
-                                f"max_message_bytes={st.max_message}", what=topic)
-                        if acc and acc + sz + 12 > limit:
-                            break
-                        acc += sz + 12
-                        j += 1
+                while j < n and (acc == 0 or acc + lens[j] + _RECORD_OVERHEAD <= limit):
+                    acc += lens[j] + _RECORD_OVERHEAD
+                    j += 1
                 self._append(st, partition,
                              values[i:j] if (i, j) != (0, n) else values,
                              None if keys is None else keys[i:j],
@@ -255,7 +300,8 @@ class Producer:
         st.pending[partition] = _Pending()
         self._append(st, partition, pend.values, pend.keys, pend.headers, pend.timestamps, pend.callbacks)
 
-    def _append(self, st: _TopicState, partition: int, values, keys, headers, timestamps, callbacks) -> None:
+    def _append(self, st: _TopicState, partition: int, values, keys, headers, timestamps, callbacks,
+                value_lens=None) -> None:
         plog = st.topic.regions[partition]
         slot = st.slots[partition]
         if slot < 0:
@@ -266,7 +312,7 @@ class Producer:
             base = plog.append(slot, values, keys=keys, headers=headers, timestamps=timestamps,
                                timestamp=ts_now, compression=self.compression,
                                timeout=self.max_block_ms / 1000.0, producer_id=self.producer_id,
-                               producer_seq=self._seq)
+                               producer_seq=self._seq, value_lens=value_lens)
         except errors.MessageTooLarge:
             if len(values) == 1:
                 raise
