@@ -98,7 +98,9 @@ typedef struct {
     uint64_t rotations;
     uint32_t bell_futex;
     uint32_t bell_waiters;
-    shmlog_chunk_t chunks[];
+    shmlog_chunk_t chunks[...];
+    shmlog_producer_slot_t producers[...];
+    shmlog_reader_slot_t readers[...];
     ...;
 } shmlog_part_hdr_t;
 

@@ -303,6 +303,10 @@ class Producer:
     def _append(self, st: _TopicState, partition: int, values, keys, headers, timestamps, callbacks,
                 value_lens=None) -> None:
         plog = st.topic.regions[partition]
+        if plog.closed or plog.hdr.flags & 4:  # SHMLOG_F_CLOSED: the topic was deleted
+            self._topics.pop(st.name, None)
+            raise errors.UnknownTopic(f"topic {st.name!r} was deleted while this producer used it",
+                                      what=st.name)
         slot = st.slots[partition]
         if slot < 0:
             slot = st.slots[partition] = plog.register_producer()
