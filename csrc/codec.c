@@ -35,6 +35,8 @@ static inline size_t get_varint(const uint8_t *p, const uint8_t *end, uint64_t *
     const uint8_t *s = p;
     while (p < end && shift < 64) {
         uint8_t b = *p++;
+        if (shift == 63 && b > 1)
+            return 0; /* bits beyond 64: reject, never truncate silently */
         v |= (uint64_t)(b & 0x7f) << shift;
         if (!(b & 0x80)) {
             *out = v;

@@ -116,10 +116,15 @@ typedef struct {
     /* 128: the active chunk's sequence number (index = seq % chunk_count) */
     volatile uint64_t active_seq;
     uint8_t _pad1[120];
-    /* 256: consumers that caught up sleep on data_futex */
+    /* 256: consumers that caught up sleep on data_futex. The topic's
+     * doorbell lives on the same line (used in partition 0's region only):
+     * a consumer of several partitions sleeps there, and committers, which
+     * read data_waiters anyway, ring it when bell_waiters says someone sleeps */
     volatile uint32_t data_futex;
     volatile uint32_t data_waiters;
-    uint8_t _pad2[120];
+    volatile uint32_t bell_futex;
+    volatile uint32_t bell_waiters;
+    uint8_t _pad2[112];
     /* 384: producers that found no free chunk sleep on space_futex */
     volatile uint32_t space_futex;
     volatile uint32_t space_waiters;
@@ -132,12 +137,7 @@ typedef struct {
     volatile uint64_t aborted_batches;  /* claims the reaper turned into holes */
     volatile uint64_t reclaimed_chunks;
     volatile uint64_t rotations;
-    /* the topic's doorbell, used in partition 0's region only: a consumer of
-     * several partitions sleeps here, and committers ring it when it says
-     * someone sleeps */
-    volatile uint32_t bell_futex;
-    volatile uint32_t bell_waiters;
-    uint8_t _pad4[64];
+    uint8_t _pad4[72];
     /* 640 */
     shmlog_chunk_t chunks[SHMLOG_MAX_CHUNKS];
     shmlog_producer_slot_t producers[SHMLOG_MAX_PRODUCERS];
@@ -162,6 +162,7 @@ typedef struct {
 
 _Static_assert(offsetof(shmlog_part_hdr_t, active_seq) == 128, "active_seq moved");
 _Static_assert(offsetof(shmlog_part_hdr_t, data_futex) == 256, "data_futex moved");
+_Static_assert(offsetof(shmlog_part_hdr_t, bell_waiters) == 268, "bell_waiters moved");
 _Static_assert(offsetof(shmlog_part_hdr_t, space_futex) == 384, "space_futex moved");
 _Static_assert(offsetof(shmlog_part_hdr_t, start_offset) == 512, "start_offset moved");
 _Static_assert(offsetof(shmlog_part_hdr_t, chunks) == 640, "chunks moved");

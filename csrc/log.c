@@ -683,8 +683,21 @@ static int next_frame(shmlog_log_t *log, shmlog_cursor_t *c, shmlog_frame_hdr_t 
         uint64_t st = shmlog_load_acquire_u64(&d->state);
         uint32_t s = STATE_OF(st);
         if (shmlog_load_acquire_u64(&d->seq) != c->seq ||
-            (s != SHMLOG_CHUNK_ACTIVE && s != SHMLOG_CHUNK_SEALED))
+            (s != SHMLOG_CHUNK_ACTIVE && s != SHMLOG_CHUNK_SEALED)) {
+            /* Our chunk was reused. That lost nothing if we had consumed all
+             * of it: the next chunk starts at or below our next offset. */
+            shmlog_chunk_t *n = chunk_of(log, c->seq + 1);
+            uint32_t ns = STATE_OF(shmlog_load_acquire_u64(&n->state));
+            if (shmlog_load_acquire_u64(&n->seq) == c->seq + 1 &&
+                (ns == SHMLOG_CHUNK_ACTIVE || ns == SHMLOG_CHUNK_SEALED) &&
+                c->next_offset >= n->base_offset &&
+                shmlog_log_validate(log, c->seq + 1) == 0) {
+                c->seq++;
+                c->pos = 0;
+                continue;
+            }
             return -ERANGE;
+        }
         uint64_t seal = shmlog_load_acquire_u64(&d->seal);
         uint32_t limit = seal != SHMLOG_NONE ? SHMLOG_TAIL_BYTES(seal) : cap;
         if (limit > cap)
@@ -732,7 +745,9 @@ static int check_frame(shmlog_log_t *log, const shmlog_cursor_t *c, shmlog_frame
                        uint32_t fl)
 {
     shmlog_chunk_t *d = chunk_of(log, c->seq);
-    if ((uint64_t)f->payload_bytes + SHMLOG_FRAME_HEADER > fl || f->record_count == 0 ||
+    /* the frame word is outside the CRC: producers always write exactly
+     * align64(header + payload), so anything else is corruption */
+    if (align_frame((uint64_t)f->payload_bytes + SHMLOG_FRAME_HEADER) != fl || f->record_count == 0 ||
         f->base_offset < d->base_offset ||
         f->base_offset - d->base_offset + f->record_count > (uint64_t)log->chunk_bytes)
         return -EBADMSG;
@@ -747,6 +762,7 @@ int shmlog_log_read(shmlog_log_t *log, shmlog_cursor_t *c, shmlog_records_out_t 
     memset(info, 0, sizeof(*info));
     info->first_seq = c->seq;
     uint32_t n = 0;
+    int first = 1;
     while (n < out->capacity && info->bytes < max_bytes) {
         shmlog_frame_hdr_t *f;
         uint32_t fl;
@@ -757,11 +773,21 @@ int shmlog_log_read(shmlog_log_t *log, shmlog_cursor_t *c, shmlog_records_out_t 
             info->bad_offset = c->next_offset;
             return n ? (int)n : rc;
         }
+        if (first) {
+            /* validate the chunk we actually copy from, not the one we left */
+            info->first_seq = c->seq;
+            first = 0;
+        }
         if (check_frame(log, c, f, fl) < 0) {
-            info->bad_offset = f->base_offset >= c->next_offset ? f->base_offset : c->next_offset;
+            /* the header is not trusted: name the offset we were reading */
+            info->bad_offset = c->next_offset;
             return n ? (int)n : -EBADMSG;
         }
         uint64_t end = f->base_offset + f->record_count;
+        if (end <= c->next_offset) { /* entirely before the cursor (after a seek) */
+            c->pos += fl;
+            continue;
+        }
         if ((f->attributes & SHMLOG_ATTR_COMPRESSION_MASK) != 0) {
             if (n)
                 break; /* hand back what we have; the compressed frame comes next call */
@@ -776,10 +802,6 @@ int shmlog_log_read(shmlog_log_t *log, shmlog_cursor_t *c, shmlog_records_out_t 
             info->bytes += fl;
             c->pos += fl;
             return 0;
-        }
-        if (end <= c->next_offset) { /* entirely before the cursor (after a seek) */
-            c->pos += fl;
-            continue;
         }
         uint64_t skip = c->next_offset;
         uint32_t wanted = (uint32_t)(end - (f->base_offset > skip ? f->base_offset : skip));
@@ -822,6 +844,8 @@ int shmlog_log_read_frames(shmlog_log_t *log, shmlog_cursor_t *c, uint64_t *fram
         int rc = next_frame(log, c, &f, &fl);
         if (rc == NF_NOTYET)
             break;
+        if (rc == NF_FRAME && n == 0)
+            info->first_seq = c->seq;
         if (rc < 0 || check_frame(log, c, f, fl) < 0) {
             info->bad_offset = c->next_offset;
             return n ? (int)n : (rc < 0 ? rc : -EBADMSG);
@@ -956,21 +980,28 @@ static uint64_t chunk_claimed_end(shmlog_chunk_t *d)
     return d->base_offset + SHMLOG_TAIL_RECORDS(shmlog_load_acquire_u64(&d->tail));
 }
 
-/* skip whole frames that end at or before the cursor's next_offset */
-static void skip_to(shmlog_log_t *log, shmlog_cursor_t *c)
+/* Skip whole frames that end at or before the cursor's next_offset. If the
+ * committed data ends first, the cursor stops at the committed end. */
+static void skip_to(shmlog_log_t *log, shmlog_cursor_t *c, uint64_t committed_end)
 {
+    uint64_t target = c->next_offset;
     for (;;) {
         shmlog_frame_hdr_t *f;
         uint32_t fl;
         shmlog_cursor_t probe = *c;
-        if (next_frame(log, &probe, &f, &fl) != NF_FRAME)
+        int rc = next_frame(log, &probe, &f, &fl);
+        if (rc != NF_FRAME) {
+            if (rc == NF_NOTYET && target > committed_end)
+                c->next_offset = committed_end;
             return;
-        if (f->base_offset + f->record_count > c->next_offset)
+        }
+        uint64_t end = f->base_offset + f->record_count;
+        if (end > target)
             return;
-        uint64_t keep = c->next_offset;
         *c = probe;
         c->pos += fl;
-        c->next_offset = keep;
+        c->next_offset = target;
+        committed_end = end;
     }
 }
 
@@ -1000,7 +1031,7 @@ int shmlog_log_seek(shmlog_log_t *log, shmlog_cursor_t *c, uint64_t offset)
                 return shmlog_log_validate(log, s) == 0 ? -ERANGE : -EAGAIN;
             }
             c->next_offset = offset;
-            skip_to(log, c);
+            skip_to(log, c, d->base_offset);
             if (shmlog_log_validate(log, s) != 0)
                 break;
             return 0;
@@ -1215,13 +1246,15 @@ int shmlog_log_repair_chunks(shmlog_log_t *log, uint32_t dead_pid)
 
 int shmlog_log_frontier(shmlog_log_t *log, shmlog_cursor_t *c, uint64_t *seq, uint32_t *pos)
 {
+    int restarts = 0;
     for (;;) {
         shmlog_frame_hdr_t *f;
         uint32_t fl;
         int rc = next_frame(log, c, &f, &fl);
         if (rc == -ERANGE) {
-            /* fell behind reuse: restart from the oldest chunk still there */
-            if (shmlog_log_seek(log, c, 0) == -EAGAIN)
+            /* fell behind reuse: restart from the oldest chunk still there;
+             * bounded, because a corrupt chunk table can make that a loop */
+            if (++restarts > 4 || shmlog_log_seek(log, c, 0) == -EAGAIN)
                 return -EAGAIN;
             continue;
         }

@@ -87,6 +87,8 @@ typedef struct {
     uint64_t active_seq;
     uint32_t data_futex;
     uint32_t data_waiters;
+    uint32_t bell_futex;
+    uint32_t bell_waiters;
     uint32_t space_futex;
     uint32_t space_waiters;
     uint64_t start_offset;
@@ -96,8 +98,6 @@ typedef struct {
     uint64_t aborted_batches;
     uint64_t reclaimed_chunks;
     uint64_t rotations;
-    uint32_t bell_futex;
-    uint32_t bell_waiters;
     shmlog_chunk_t chunks[...];
     shmlog_producer_slot_t producers[...];
     shmlog_reader_slot_t readers[...];

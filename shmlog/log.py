@@ -67,6 +67,7 @@ class PartitionLog:
         self._log = handle
         self.created = created
         self._closed = False
+        self._bell_buf = None
         lib.shmlog_log_attach(self._log, self._buf, len(mm), os.getpid())
         self.hdr = self._log.hdr
         self.chunk_bytes = self._log.chunk_bytes
@@ -151,6 +152,9 @@ class PartitionLog:
         self.hdr = None
         self._log = None
         ffi.release(self._buf)
+        if self._bell_buf is not None:
+            ffi.release(self._bell_buf)
+            self._bell_buf = None
         try:
             self._mm.close()
         except BufferError:
@@ -351,7 +355,12 @@ class PartitionLog:
         return rc, seq[0], pos[0]
 
     def ring_bell_of(self, bell: PartitionLog) -> None:
-        """Commits here also ring `bell`'s doorbell (partition 0 of the topic)."""
+        """Commits here also ring `bell`'s doorbell (partition 0 of the topic).
+
+        C keeps raw pointers into bell's mapping, so we hold an export of it:
+        bell.close() then cannot unmap it under us (it stays mapped until
+        this log closes too)."""
+        self._bell_buf = ffi.from_buffer(bell._mm) if bell is not self else None
         lib.shmlog_log_set_bell(self._handle(), bell._handle())
 
     def set_spilled(self, offset: int) -> None:
@@ -413,7 +422,7 @@ class RecordReader:
         if n == 0:
             if not info.frame_pos:
                 return None
-            return self._read_compressed(cursor, saved)
+            return self._read_compressed(cursor, saved, o.capacity)
         mm = plog._mm
         vpos = ffi.unpack(o.value_pos, n)
         vlen = ffi.unpack(o.value_lens, n)
@@ -460,7 +469,7 @@ class RecordReader:
         if n == 0:
             if not info.frame_pos:
                 return None
-            return self._read_compressed(cursor, saved)
+            return self._read_compressed(cursor, saved, o.capacity)
         cols = (
             _array("Q", o.offsets, 8 * n),
             _array("q", o.timestamps, 8 * n),
@@ -474,7 +483,7 @@ class RecordReader:
             errors.check(-34, plog.what, offset=saved[2])
         return cols
 
-    def _read_compressed(self, cursor, saved) -> ReadResult:
+    def _read_compressed(self, cursor, saved, max_records: int) -> ReadResult:
         plog = self.plog
         info = self._info
         mm = plog._mm
@@ -487,14 +496,20 @@ class RecordReader:
             raw = lz4.block.decompress(packed, uncompressed_size=info.frame_uncompressed_bytes)
         except Exception as exc:  # lz4 raises LZ4BlockError
             raise errors.CorruptBatch(
-                f"{plog.what} at offset {info.frame_base_offset}: lz4 payload does not decompress ({exc})"
+                f"{plog.what} at offset {saved[2]}: lz4 payload does not decompress ({exc})",
+                what=plog.what, code=74,
             ) from None
         res = decode_section(
             raw, info.frame_record_count, info.frame_base_offset, info.frame_first_timestamp,
-            saved[2], self, plog.what,
+            saved[2], self, plog.what, capacity=max_records,
         )
         end = info.frame_base_offset + info.frame_record_count
-        if cursor.next_offset < end:
+        if len(res) and res.offsets[-1] + 1 < end:
+            # partial: stay on this frame and resume after the last record handed out
+            cursor.seq = saved[0]
+            cursor.pos = info.frame_pos - lib.SHMLOG_HEADER_BYTES - (saved[0] % self.plog.chunk_count) * self.plog.chunk_bytes
+            cursor.next_offset = res.offsets[-1] + 1
+        elif cursor.next_offset < end:
             cursor.next_offset = end
         res.first_seq = info.first_seq
         res.bytes = info.bytes
@@ -508,10 +523,11 @@ def _array(code: str, cdata, nbytes: int) -> array:
 
 
 def decode_section(raw: bytes, count: int, base_offset: int, first_ts: int, skip_below: int,
-                   reader: RecordReader, what: str) -> ReadResult:
-    """Decode a record section held in a Python buffer (lz4 frames, segments)."""
+                   reader: RecordReader, what: str, capacity: Optional[int] = None) -> ReadResult:
+    """Decode a record section held in a Python buffer (lz4 frames, segments).
+    Stops after `capacity` records (default: the reader's capacity)."""
     o = reader._out
-    o.capacity = reader.capacity
+    o.capacity = min(capacity or reader.capacity, reader.capacity)
     n = lib.shmlog_records_decode(ffi.from_buffer(raw), len(raw), count, base_offset, first_ts,
                                   0, skip_below, o, 0)
     if n < 0:

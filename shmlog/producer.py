@@ -66,7 +66,7 @@ class _TopicState:
         # send_batch: the caller already batched, so fill whole frames
         self.frame_limit = max(256, first.max_batch_bytes - 64 - 1024)
         self.max_message = topic.config["max_message_bytes"]
-        # data_waiters words (offset 260) and the topic doorbell (offset 572),
+        # data_waiters words (offset 260) and the topic doorbell (offset 268),
         # read from Python without a crossing: a consumer asleep means "send now"
         self.waiters = [memoryview(r._mm).cast("I") for r in topic.regions]
         self.committed_end = [0] * n
@@ -154,7 +154,7 @@ class Producer:
                                 st.sticky = (p + 1) % len(st.pending)
                         elif not self.linger_ms:
                             w = st.waiters
-                            if w[p][65] or w[0][143]:
+                            if w[p][65] or w[0][67]:
                                 self._commit(st, p)
                         return
         st = self._topics.get(topic) or self._state(topic)
@@ -218,7 +218,7 @@ class Producer:
                 w = st.waiters
                 # someone sleeps on this partition or on the topic doorbell:
                 # latency matters more than batching right now
-                if w[partition][65] or w[0][143]:
+                if w[partition][65] or w[0][67]:
                     self._commit(st, partition)
 
     def send_batch(self, topic: str, values: Sequence, keys: Optional[Sequence] = None,

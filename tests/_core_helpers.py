@@ -15,20 +15,15 @@ import struct
 import traceback
 from typing import Callable, Iterator, List, Optional, Tuple
 
-from shmlog import errors
 from shmlog._core import ffi, lib
+
+from shmlog import errors
 from shmlog.log import PartitionLog
 
 FORK = multiprocessing.get_context("fork")
 
 SMALL_CHUNK = 65536
 SMALL_COUNT = 4
-
-# The slot tables are pinned by csrc/layout.h's _Static_asserts (and re-checked
-# in test_layout.py); the cdef does not name them, so reach them by offset.
-PRODUCERS_OFFSET = 640 + 64 * 256
-READERS_OFFSET = 640 + 64 * 256 + 64 * 128
-
 
 @contextlib.contextmanager
 def new_log(shm_prefix: str, suffix: str = "p0", **kw) -> Iterator[PartitionLog]:
@@ -44,15 +39,11 @@ def new_log(shm_prefix: str, suffix: str = "p0", **kw) -> Iterator[PartitionLog]
 
 
 def producer_slot(plog: PartitionLog, i: int):
-    base = ffi.cast("char *", plog.hdr)
-    size = ffi.sizeof("shmlog_producer_slot_t")
-    return ffi.cast("shmlog_producer_slot_t *", base + PRODUCERS_OFFSET + i * size)
+    return plog.hdr.producers[i]
 
 
 def reader_slot(plog: PartitionLog, i: int):
-    base = ffi.cast("char *", plog.hdr)
-    size = ffi.sizeof("shmlog_reader_slot_t")
-    return ffi.cast("shmlog_reader_slot_t *", base + READERS_OFFSET + i * size)
+    return plog.hdr.readers[i]
 
 
 def tail_bytes(t: int) -> int:
@@ -170,7 +161,7 @@ class Child:
         self.kill()
         self.conn.close()
 
-    def __enter__(self) -> "Child":
+    def __enter__(self) -> Child:
         return self
 
     def __exit__(self, *exc) -> None:

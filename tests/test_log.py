@@ -1,0 +1,1283 @@
+"""The partition log in shared memory (csrc/log.c through shmlog/log.py).
+
+Each test creates its regions under the `shm_prefix` fixture and closes and
+unlinks them; every child process is forked, and killed or joined before the
+test ends. Fault tests kill real processes (SIGKILL) at chosen points and
+then check DESIGN.md's invariants: dense offsets except aborted holes, no
+committed batch lost, nobody blocked forever, bad data named and never a
+crash.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import statistics
+import struct
+import time
+
+import pytest
+from _core_helpers import (
+    Child,
+    fill_until_rotation,
+    frame_bytes_for,
+    frames,
+    new_log,
+    producer_slot,
+    read_all,
+    reader_slot,
+    tail_bytes,
+    tail_pack,
+    tail_records,
+    value_of,
+)
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from shmlog._core import ffi, lib
+
+from shmlog import errors
+from shmlog.log import NONE, PartitionLog
+
+FRAME_TYPE_SHIFT = 32
+
+
+def frame_word(plog: PartitionLog, region_pos: int) -> int:
+    return ffi.cast("uint64_t *", plog._log.base + region_pos)[0]
+
+
+def frame_hdr(plog: PartitionLog, region_pos: int):
+    return ffi.cast("shmlog_frame_hdr_t *", plog._log.base + region_pos)
+
+
+def chunk_region_pos(plog: PartitionLog, seq: int, pos: int) -> int:
+    return plog._log.header_bytes + (seq % plog.chunk_count) * plog.chunk_bytes + pos
+
+
+def fill_until_full(plog: PartitionLog, slot: int, limit: int = 100_000) -> int:
+    """Append 3 x 333-byte batches with timeout 0 until BufferFull; records appended."""
+    n = 0
+    with pytest.raises(errors.BufferFull):
+        while n < limit:
+            plog.append(slot, [b"x" * 333] * 3, timeout=0)
+            n += 3
+    return n
+
+
+# ------------------------------------------------------------ child bodies
+# Each runs in a forked child, attaches the region afresh (its own pid in the
+# handle) and reports over the pipe.
+
+def _claim_and_hang(conn, name, payload_bytes, records):
+    """Claim space and write the CLAIMED header, never commit (then be killed)."""
+    p = PartitionLog.attach(name)
+    s = p.register_producer()
+    out = ffi.new("uint64_t *")
+    rc = lib.shmlog_log_claim_only(p._handle(), s, payload_bytes, records, out)
+    conn.send((s, rc, int(out[0])))
+    time.sleep(60)
+
+
+def _fetch_add_and_hang(conn, name, fb, records, publish_claim_tail):
+    """Do exactly what claim() does up to and including its fetch-add, then stop:
+    the state of a producer SIGKILLed right after the fetch-add (before it wrote
+    the CLAIMED header, or before the first overflower wrote the seal). Nobody
+    else claims meanwhile, so the plain read-modify-write of the tail is the
+    fetch-add."""
+    p = PartitionLog.attach(name)
+    s = p.register_producer()
+    ps = producer_slot(p, s)
+    h = p.hdr
+    seq = h.active_seq
+    d = h.chunks[seq % p.chunk_count]
+    ps.claim_bytes = fb
+    ps.claim_records = records
+    ps.claim_tail = NONE
+    ps.claim_seq = seq
+    prev = d.tail
+    d.tail = prev + tail_pack(fb, records)
+    if publish_claim_tail:
+        ps.claim_tail = prev
+    conn.send((s, seq, int(prev)))
+    time.sleep(60)
+
+
+def _register_reader_and_hang(conn, name):
+    p = PartitionLog.attach(name)
+    conn.send(p.register_reader(0, gating=True))
+    time.sleep(60)
+
+
+def _blocked_producer(conn, name):
+    p = PartitionLog.attach(name)
+    s = p.register_producer()
+    conn.send("appending")
+    base = p.append(s, [b"w" * 37], timeout=10)
+    conn.send((base, time.monotonic()))
+
+
+def _wake_consumer(conn, name, trials):
+    p = PartitionLog.attach(name)
+    reader = p.reader()
+    c = p.new_cursor()
+    p.seek_end(c)
+    for _ in range(trials):
+        conn.send("sleeping")
+        ok = p.wait(c, 5.0)  # spin_us=0: straight to the futex
+        t = time.monotonic_ns()
+        res = reader.read(c, 100)
+        conn.send((ok, t, None if res is None else res.offsets))
+    p.close()
+
+
+def _hole_waiter(conn, name, start, first_timeout, second_timeout):
+    p = PartitionLog.attach(name)
+    reader = p.reader()
+    c = p.new_cursor()
+    assert p.seek(c, start) == 0
+    assert reader.read(c, 100) is None  # stalled at the hole
+    t0 = time.monotonic()
+    ok = p.wait(c, first_timeout)
+    conn.send((ok, time.monotonic() - t0))
+    conn.send("waiting again")
+    ok = p.wait(c, second_timeout)
+    t = time.monotonic()
+    res = reader.read(c, 100)
+    conn.send((ok, t, None if res is None else res.offsets))
+
+
+def _run_frontier(conn, name):
+    p = PartitionLog.attach(name)
+    c = p.new_cursor()
+    conn.send(p.frontier(c))
+
+
+# ------------------------------------------------------------ basics
+
+def test_append_read_round_trip_dense_offsets_across_rotations(shm_prefix):
+    sizes = [37, 333, 3333, 9, 77, 13]
+    batch_sizes = [1, 3, 7, 11, 2]
+    with new_log(shm_prefix, max_batch_bytes=16384) as plog:
+        slot = plog.register_producer()
+        total = 0
+        k = 0
+        # stay below chunk_count chunks: nothing is dropped, everything readable
+        while plog.hdr.rotations < plog.chunk_count - 1:
+            n = batch_sizes[k % len(batch_sizes)]
+            vals = [value_of(total + j, sizes[(total + j) % len(sizes)]) for j in range(n)]
+            assert plog.append(slot, vals) == total
+            total += n
+            k += 1
+        offsets, values, keys, headers, _ = read_all(plog)
+        assert offsets == list(range(total))
+        assert values == [value_of(o, sizes[o % len(sizes)]) for o in offsets]
+        assert keys == [None] * total
+        assert plog.end_offset() == plog.claimed_end == total
+        # chunk bases chain: each starts where the sealed one before it ended
+        h = plog.hdr
+        for seq in range(1, plog.chunk_count):
+            prev = h.chunks[seq - 1]
+            assert h.chunks[seq].seq == seq
+            assert h.chunks[seq].base_offset == prev.base_offset + tail_records(prev.seal)
+
+
+def test_message_too_large_takes_no_offset(shm_prefix):
+    with new_log(shm_prefix) as plog:  # max_batch_bytes = 4096
+        slot = plog.register_producer()
+        plog.append(slot, [b"a" * 37])
+        with pytest.raises(errors.MessageTooLarge, match="batch too large"):
+            plog.append(slot, [b"b" * 4033])
+        assert plog.claimed_end == plog.end_offset() == 1
+        assert plog.append(slot, [b"c" * 3333]) == 1
+
+
+def test_seek_to_zero_into_a_batch_and_into_a_later_chunk(shm_prefix):
+    with new_log(shm_prefix) as plog:
+        slot = plog.register_producer()
+        total = 0
+        while plog.hdr.rotations < 2:
+            plog.append(slot, [value_of(total + j, 333) for j in range(7)])
+            total += 7
+        base1 = plog.hdr.chunks[1].base_offset
+        assert 0 < base1 < total
+        reader = plog.reader()
+        # region position of the frame holding each offset
+        frame_at = {}
+        begin = 0
+        for pos, _fb, end in frames(plog):
+            frame_at.update((o, pos) for o in range(begin, end))
+            begin = end
+        targets = [0, 3, 7, 10, base1, base1 + 5, total - 1, total]
+        for target in targets:
+            c = plog.new_cursor()
+            assert plog.seek(c, target) == 0, target
+            assert c.next_offset == target
+            expect_seq = sum(1 for s in range(3) if plog.hdr.chunks[s].base_offset <= target) - 1
+            if target < total:
+                # the cursor stands on the frame that holds the offset
+                assert c.seq == expect_seq, target
+                assert chunk_region_pos(plog, c.seq, c.pos) == frame_at[target], target
+            offsets, values, *_ = read_all(plog, c, reader=reader)
+            assert offsets == list(range(target, total)), target
+            assert values == [value_of(o, 333) for o in offsets]
+
+
+def test_seek_end_end_offset_and_claimed_end(shm_prefix):
+    with new_log(shm_prefix) as plog:
+        reader = plog.reader()
+        c = plog.new_cursor()
+        plog.seek_end(c)
+        assert c.next_offset == plog.end_offset() == plog.claimed_end == 0
+        assert reader.read(c, 10) is None
+        slot = plog.register_producer()
+        for k in range(5):
+            plog.append(slot, [value_of(k * 3 + j, 37) for j in range(3)])
+        assert plog.end_offset() == plog.claimed_end == 15
+        plog.seek_end(c)
+        assert c.next_offset == 15
+        assert reader.read(c, 10) is None
+        assert plog.append(slot, [value_of(15 + j, 37) for j in range(4)]) == 15
+        assert reader.read(c, 10).offsets == [15, 16, 17, 18]
+        # an in-flight claim: the claimed end moves, the committed end does not
+        out = ffi.new("uint64_t *")
+        assert lib.shmlog_log_claim_only(plog._handle(), slot, 100, 6, out) == 0
+        assert out[0] == 19
+        assert plog.claimed_end == 25
+        assert plog.end_offset() == 19
+        assert plog.reap_producer(slot) == 1  # abort it: a hole of 6 offsets
+        slot = plog.register_producer()
+        assert plog.append(slot, [b"after"]) == 25
+        assert plog.end_offset() == plog.claimed_end == 26
+        assert reader.read(c, 10).offsets == [25]
+
+
+def test_seek_past_end_stops_at_end(shm_prefix):
+    with new_log(shm_prefix) as plog:
+        slot = plog.register_producer()
+        plog.append(slot, [value_of(j, 37) for j in range(10)])
+        c = plog.new_cursor()
+        assert plog.seek(c, 25) == 0
+        plog.append(slot, [value_of(10 + j, 37) for j in range(20)])
+        offsets, *_ = read_all(plog, c)
+        # log.h: "Offsets past the end stop at the end." -- and invariant 2:
+        # a consumer never silently skips committed offsets
+        assert offsets == list(range(10, 30))
+
+
+def test_read_with_max_records_smaller_than_a_batch(shm_prefix):
+    with new_log(shm_prefix) as plog:
+        slot = plog.register_producer()
+        plog.append(slot, [value_of(j, 37) for j in range(5)])
+        plog.append(slot, [value_of(5 + j, 333) for j in range(3)])
+        reader = plog.reader()
+        c = plog.new_cursor()
+        assert plog.seek(c, 1) == 0
+        got = []
+        for _ in range(20):
+            res = reader.read(c, 2)  # "Up to max_records decoded records"
+            if res is None:
+                break
+            assert 1 <= len(res) <= 2
+            assert res.values == [value_of(o, 37 if o < 5 else 333) for o in res.offsets]
+            got += res.offsets
+        assert got == list(range(1, 8))
+
+
+def test_lz4_batch_larger_than_the_reader_capacity_is_not_truncated(shm_prefix):
+    with new_log(shm_prefix, max_batch_bytes=16384) as plog:
+        slot = plog.register_producer()
+        plog.append(slot, [value_of(j, 9) for j in range(500)], compression="lz4")
+        offsets, values, *_ = read_all(plog, reader=plog.reader(100))
+        assert offsets == list(range(500))
+
+
+def test_lz4_read_respects_max_records(shm_prefix):
+    with new_log(shm_prefix) as plog:
+        slot = plog.register_producer()
+        plog.append(slot, [value_of(j, 37) for j in range(50)], compression="lz4")
+        res = plog.reader().read(plog.new_cursor(), 10)
+        assert len(res) <= 10
+
+
+# ------------------------------------------------------------ lz4
+
+def test_lz4_batches_round_trip_mixed_with_plain(shm_prefix):
+    with new_log(shm_prefix, max_batch_bytes=16384) as plog:
+        slot = plog.register_producer()
+        expected = {}
+        compressions = [None, "lz4", "lz4", None, "lz4", None, "lz4"]
+        off = 0
+        for k, comp in enumerate(compressions):
+            n = 5 + 7 * k
+            vals, keys, hdrs, tss = [], [], [], []
+            for j in range(n):
+                o = off + j
+                v = None if o % 11 == 5 else (b"" if o % 13 == 4 else value_of(o, (37, 333, 9)[o % 3]))
+                key = None if o % 3 == 0 else b"key-%d" % o
+                h = [("h", b"%d" % o), ("none", None)] if o % 4 == 1 else []
+                vals.append(v)
+                keys.append(key)
+                hdrs.append(h)
+                tss.append(1_700_000_000_000 + (o * 37) % 1000 - 500)
+                expected[o] = (v, key, h, tss[-1])
+            assert plog.append(slot, vals, keys=keys, headers=hdrs, timestamps=tss,
+                               compression=comp) == off
+            off += n
+        # lz4 batches really are compressed frames
+        fr = frames(plog)
+        assert len(fr) == len(compressions)
+        for (pos, _fb, _end), comp in zip(fr, compressions):
+            f = frame_hdr(plog, pos)
+            assert (f.attributes & lib.SHMLOG_ATTR_COMPRESSION_MASK) == (
+                lib.SHMLOG_ATTR_LZ4 if comp else 0)
+            if comp:
+                assert f.payload_bytes < f.uncompressed_bytes
+        offsets, values, keys, headers, timestamps = read_all(plog)
+        assert offsets == list(range(off))
+        for o, v, key, h, ts in zip(offsets, values, keys, headers, timestamps):
+            assert (v, key, h, ts) == expected[o], o
+        # seek into the middle of a compressed batch: records before it are skipped
+        lz4_base = fr[0][2]  # the second batch (lz4) starts where the first ends
+        c = plog.new_cursor()
+        assert plog.seek(c, lz4_base + 4) == 0
+        offsets, values, *_ = read_all(plog, c)
+        assert offsets == list(range(lz4_base + 4, off))
+        assert values == [expected[o][0] for o in offsets]
+
+
+def test_lz4_garbage_with_valid_crc_is_corrupt_batch(shm_prefix):
+    """A frame whose CRC checks but whose lz4 payload does not decompress (a
+    buggy producer) gives CorruptBatch naming the offset, not a crash."""
+    with new_log(shm_prefix) as plog:
+        slot = plog.register_producer()
+        plog.append(slot, [b"ok" * 20] * 3)
+        garbage = bytes(range(200, 256)) * 3
+        out = ffi.new("uint64_t *")
+        rc = lib.shmlog_log_append_section(plog._handle(), slot, garbage, len(garbage), 4,
+                                           lib.SHMLOG_ATTR_LZ4, 0, 0, 0, 0, 0xFFFFFFFF, 10**9, out)
+        assert rc == 0 and out[0] == 3
+        reader = plog.reader()
+        c = plog.new_cursor()
+        assert reader.read(c, 100).offsets == [0, 1, 2]
+        with pytest.raises(errors.CorruptBatch, match="at offset 3"):
+            reader.read(c, 100)
+
+
+def test_lz4_corrupt_batch_carries_what(shm_prefix):
+    with new_log(shm_prefix) as plog:
+        slot = plog.register_producer()
+        garbage = bytes(range(200, 256)) * 3
+        out = ffi.new("uint64_t *")
+        lib.shmlog_log_append_section(plog._handle(), slot, garbage, len(garbage), 4,
+                                      lib.SHMLOG_ATTR_LZ4, 0, 0, 0, 0, 1000, 10**9, out)
+        with pytest.raises(errors.CorruptBatch) as ei:
+            plog.reader().read(plog.new_cursor(), 100)
+        assert ei.value.what == plog.what
+
+
+# ------------------------------------------------------------ backpressure, retention
+
+def test_gating_reader_blocks_append_until_it_moves(shm_prefix):
+    with new_log(shm_prefix) as plog:
+        rslot = plog.register_reader(0, gating=True)
+        slot = plog.register_producer()
+        n = fill_until_full(plog, slot)
+        assert lib.shmlog_log_chunks_in_use(plog._handle()) == plog.chunk_count
+        assert plog.hdr.active_seq == plog.chunk_count - 1
+        t0 = time.monotonic()
+        with pytest.raises(errors.BufferFull) as ei:
+            plog.append(slot, [b"y" * 37], timeout=0.3)
+        elapsed = time.monotonic() - t0
+        assert 0.29 <= elapsed < 1.5, elapsed
+        assert "no free chunk" in str(ei.value) and errors.BufferFull.HINT in str(ei.value)
+        assert ei.value.code == errno.EAGAIN
+        assert plog.start_offset == 0
+        end0 = plog.hdr.chunks[1].base_offset
+        # one offset short of the end of the oldest chunk still gates it
+        plog.set_reader_position(rslot, end0 - 1)
+        with pytest.raises(errors.BufferFull):
+            plog.append(slot, [b"y" * 37], timeout=0.05)
+        plog.set_reader_position(rslot, end0)
+        assert plog.append(slot, [b"y" * 37], timeout=1) == n
+        assert plog.start_offset == end0
+        assert plog.hdr.reclaimed_chunks == 1
+        assert plog.hdr.active_seq == plog.chunk_count
+
+
+def test_a_pin_holds_its_chunk_even_without_gating(shm_prefix):
+    """Zero-copy readers pin the lowest offset they still read in place: that
+    chunk is not reused, whatever the topic's gating, until the pin moves."""
+    with new_log(shm_prefix, gate_readers=False) as plog:
+        rslot = plog.register_reader(0, gating=False)
+        slot = plog.register_producer()
+        # an unpinned, non-gating reader holds nothing back
+        while plog.hdr.active_seq < plog.chunk_count + 1:
+            plog.append(slot, [b"p" * 333] * 3, timeout=0)
+        start = plog.start_offset
+        assert start > 0
+        plog.set_reader_pin(rslot, start + 1)  # inside the oldest chunk still there
+        assert reader_slot(plog, rslot).pin == start + 1
+        fill_until_full(plog, slot)
+        assert plog.start_offset == start
+        plog.set_reader_pin(rslot, None)
+        assert reader_slot(plog, rslot).pin == NONE
+        plog.append(slot, [b"p" * 37], timeout=1)
+        assert plog.start_offset > start
+
+
+def test_blocked_producer_process_proceeds_when_reader_moves(shm_prefix):
+    with new_log(shm_prefix) as plog:
+        rslot = plog.register_reader(0, gating=True)
+        slot = plog.register_producer()
+        n = fill_until_full(plog, slot)
+        with Child(_blocked_producer, plog.name) as ch:
+            assert ch.recv() == "appending"
+            deadline = time.monotonic() + 5
+            while plog.hdr.space_waiters == 0:  # it is asleep on the space futex
+                assert time.monotonic() < deadline, "producer never waited for space"
+                time.sleep(0.001)
+            time.sleep(0.05)
+            assert not ch.conn.poll(0), "append returned while every chunk was gated"
+            t_move = time.monotonic()
+            plog.set_reader_position(rslot, plog.hdr.chunks[1].base_offset)
+            base, t_done = ch.recv(5)
+            assert ch.join() == 0
+        assert base == n
+        assert t_done - t_move < 0.5, t_done - t_move
+
+
+def test_without_readers_the_oldest_chunk_is_dropped(shm_prefix):
+    with new_log(shm_prefix) as plog:
+        slot = plog.register_producer()
+        reader = plog.reader()
+        stale = plog.new_cursor()
+        plog.append(slot, [value_of(j, 37) for j in range(3)])
+        assert reader.read(stale, 100).offsets == [0, 1, 2]
+        while plog.hdr.active_seq < plog.chunk_count:  # seq chunk_count reuses chunk 0
+            plog.append(slot, [b"z" * 333] * 3, timeout=0)
+        base1 = plog.hdr.chunks[1].base_offset
+        assert plog.start_offset == base1 > 0
+        assert plog.hdr.reclaimed_chunks == 1
+        # the reader whose chunk was dropped is told so, naming its offset
+        with pytest.raises(errors.OffsetOutOfRange, match="at offset 3 ") as ei:
+            reader.read(stale, 100)
+        assert ei.value.code == errno.ERANGE
+        # seeking below the start: -ERANGE, cursor at the start
+        c = plog.new_cursor()
+        assert plog.seek(c, 0) == -errno.ERANGE
+        assert c.next_offset == base1
+        assert plog.seek(c, base1 - 1) == -errno.ERANGE
+        offsets, *_ = read_all(plog, c)
+        assert offsets == list(range(base1, plog.end_offset()))
+        assert plog.seek(c, base1) == 0
+
+
+def test_dead_gating_reader_is_released_by_producer_slow_path(shm_prefix):
+    with new_log(shm_prefix) as plog:
+        slot = plog.register_producer()
+        with Child(_register_reader_and_hang, plog.name) as ch:
+            rslot = ch.recv()
+            rs = reader_slot(plog, rslot)
+            assert rs.pid == ch.proc.pid and rs.gating == 1 and rs.position == 0
+            fill_until_full(plog, slot)
+            with pytest.raises(errors.BufferFull):  # the live reader gates
+                plog.append(slot, [b"q" * 37], timeout=0.2)
+            ch.kill()  # SIGKILL while registered, then reaped
+        t0 = time.monotonic()
+        plog.append(slot, [b"q" * 37], timeout=5)
+        assert time.monotonic() - t0 < 1.0
+        assert reader_slot(plog, rslot).pid == 0
+        assert plog.start_offset > 0
+
+
+def test_reader_at_chunk_end_survives_reuse_of_that_chunk(shm_prefix):
+    with new_log(shm_prefix) as plog:
+        slot = plog.register_producer()
+        n0 = fill_until_rotation(plog, slot)  # chunk 0 sealed, chunk 1 active
+        base1 = plog.hdr.chunks[1].base_offset
+        rslot = plog.register_reader(0, gating=True)
+        reader = plog.reader()
+        c = plog.new_cursor()
+        res = reader.read(c, base1)  # exactly the records of chunk 0
+        assert res.offsets == list(range(base1)) and n0 >= base1
+        assert c.seq == 0 and c.next_offset == base1
+        plog.set_reader_position(rslot, c.next_offset)  # "next offset it will consume"
+        while plog.hdr.active_seq < plog.chunk_count:  # reuses chunk 0 (nothing lost)
+            plog.append(slot, [b"z" * 333] * 3, timeout=1)
+        assert plog.start_offset == base1
+        res = reader.read(c, 100_000)
+        assert res.offsets[0] == base1
+
+
+def test_read_starting_at_a_chunk_end_validates_the_chunk_it_read(shm_prefix, monkeypatch):
+    import shmlog.log
+
+    with new_log(shm_prefix) as plog:
+        slot = plog.register_producer()
+        fill_until_rotation(plog, slot)  # chunk 0 sealed; chunk 1 holds one batch
+        base1 = plog.hdr.chunks[1].base_offset
+        rslot = plog.register_reader(0, gating=True)
+        reader = plog.reader()
+        c = plog.new_cursor()
+        assert reader.read(c, base1).offsets == list(range(base1))  # parked at chunk 0's end
+        plog.set_reader_position(rslot, base1)
+        real = shmlog.log.lib
+
+        class RacingLib:
+            """A producer reuses chunk 0 between the reader's copy and its validation."""
+
+            def __getattr__(self, name):
+                return getattr(real, name)
+
+            def shmlog_log_read(self, *args):
+                n = real.shmlog_log_read(*args)
+                while plog.hdr.active_seq < plog.chunk_count:
+                    plog.append(slot, [b"z" * 333] * 3, timeout=1)
+                return n
+
+        monkeypatch.setattr(shmlog.log, "lib", RacingLib())
+        res = reader.read(c, 100)  # every record it copied came from chunk 1, still valid
+        assert res.offsets[0] == base1
+
+
+def test_producer_and_reader_slots_are_listed_and_released(shm_prefix):
+    with new_log(shm_prefix) as plog:
+        assert plog.producer_slots() == [] and plog.reader_slots() == []
+        p = plog.register_producer()
+        r = plog.register_reader(7, gating=True, group_id=42)
+        assert plog.producer_slots() == [(p, os.getpid())]
+        assert plog.reader_slots() == [(r, os.getpid())]
+        rs = plog.hdr.readers[r]
+        assert (rs.position, rs.gating, rs.group_id, rs.pin) == (7, 1, 42, NONE)
+        plog.release_producer(p)
+        plog.release_reader(r)
+        assert plog.producer_slots() == [] and plog.reader_slots() == []
+        assert plog.hdr.readers[r].position == NONE
+
+
+# ------------------------------------------------------------ dead claimers
+
+@pytest.mark.parametrize("repair", ["reap_producer", "unblock"])
+def test_dead_claimer_hole_is_skipped_after_repair(shm_prefix, repair):
+    with new_log(shm_prefix) as plog:
+        live = plog.register_producer()
+        expected = []
+        for k in range(3):
+            vals = [value_of(len(expected) + j, 37 + 296 * (k % 2)) for j in range(5)]
+            plog.append(live, vals)
+            expected += vals
+        a = len(expected)  # 15
+        with Child(_claim_and_hang, plog.name, 333, 7) as claimer:
+            cslot, rc, hole_base = claimer.recv()
+            assert rc == 0 and hole_base == a
+            claimer.kill()  # SIGKILL between claim and commit
+        after = {}
+        for k in range(3):
+            base = plog.claimed_end
+            vals = [value_of(base + j, 3333 if j == 0 else 37) for j in range(1 + k)]
+            assert plog.append(live, vals) == base
+            after.update((base + j, v) for j, v in enumerate(vals))
+        assert min(after) == a + 7
+        reader = plog.reader()
+        c = plog.new_cursor()
+        offsets, values, *_ = read_all(plog, c, reader=reader)
+        assert offsets == list(range(a)) and values == expected
+        # stalled at the hole: a waiter times out, never hangs
+        t0 = time.monotonic()
+        assert plog.wait(c, 0.2) is False
+        assert 0.19 <= time.monotonic() - t0 < 1.5
+        probe = plog.new_cursor()
+        plog.seek(probe, a)
+        state, seq, pos = plog.frontier(probe)
+        assert state == lib.SHMLOG_FRONTIER_BLOCKED
+        hole_pos = chunk_region_pos(plog, seq, pos)
+        fb = frame_bytes_for(333)
+        assert frame_word(plog, hole_pos) == (lib.SHMLOG_FRAME_CLAIMED << FRAME_TYPE_SHIFT) | fb
+        if repair == "reap_producer":
+            assert plog.reap_producer(cslot) == 1
+            assert producer_slot(plog, cslot).pid == 0
+        else:
+            assert plog.unblock(seq, pos) == 1
+            assert plog.unblock(seq, pos) == 0  # idempotent
+        assert frame_word(plog, hole_pos) == (lib.SHMLOG_FRAME_PAD << FRAME_TYPE_SHIFT) | fb
+        assert plog.hdr.aborted_batches == 1
+        offsets, values, *_ = read_all(plog, c, reader=reader)
+        assert offsets == sorted(after) and values == [after[o] for o in offsets]
+        # every consumer skips the hole the same way
+        offsets, values, *_ = read_all(plog)
+        assert offsets == list(range(a)) + sorted(after)
+        assert values == expected + [after[o] for o in sorted(after)]
+        state, _, _ = plog.frontier(probe)
+        assert state == lib.SHMLOG_FRONTIER_IDLE
+
+
+def test_claimer_killed_before_its_header_is_padded_to_the_next_frame(shm_prefix):
+    """Killed between the fetch-add and the CLAIMED header: no slot knows the
+    claim's position, so unblock() sizes the hole from the next header; it must
+    refuse while that claimer is still alive."""
+    with new_log(shm_prefix) as plog:
+        live = plog.register_producer()
+        plog.append(live, [value_of(j, 37) for j in range(4)])
+        fb = frame_bytes_for(500)
+        with Child(_fetch_add_and_hang, plog.name, fb, 9, False) as claimer:
+            cslot, seq, prev = claimer.recv()
+            assert tail_records(prev) == 4
+            plog.append(live, [value_of(13 + j, 37) for j in range(3)])  # lands after the hole
+            c = plog.new_cursor()
+            assert read_all(plog, c)[0] == [0, 1, 2, 3]
+            state, fseq, pos = plog.frontier(plog.new_cursor())
+            assert (state, fseq, pos) == (lib.SHMLOG_FRONTIER_BLOCKED, seq, tail_bytes(prev))
+            assert frame_word(plog, chunk_region_pos(plog, seq, pos)) == 0
+            # alive and maybe about to write its header: not padded over
+            assert plog.unblock(seq, pos) == -errno.EAGAIN
+            claimer.kill()
+        assert plog.unblock(seq, pos) == 1
+        assert frame_word(plog, chunk_region_pos(plog, seq, pos)) == (
+            (lib.SHMLOG_FRAME_PAD << FRAME_TYPE_SHIFT) | fb)
+        assert plog.reap_producer(cslot) == 0  # nothing left to abort; slot freed
+        assert producer_slot(plog, cslot).pid == 0
+        offsets, values, *_ = read_all(plog, c)
+        assert offsets == [13, 14, 15]
+        assert values == [value_of(13 + j, 37) for j in range(3)]
+
+
+def _fill_chunk_below(plog: PartitionLog, slot: int, fb_next: int) -> int:
+    """Commit small batches into the active chunk until a frame of fb_next
+    bytes no longer fits; returns the records committed."""
+    d = plog.hdr.chunks[plog.hdr.active_seq % plog.chunk_count]
+    n = 0
+    step = None
+    while True:
+        before = tail_bytes(d.tail)
+        if step is not None and plog.chunk_bytes - before < max(step, fb_next):
+            break
+        plog.append(slot, [value_of(n + j, 333) for j in range(3)])
+        step = tail_bytes(d.tail) - before
+        n += 3
+    assert plog.chunk_bytes - tail_bytes(d.tail) < fb_next
+    assert plog.hdr.rotations == 0
+    return n
+
+
+def test_dead_first_overflower_is_sealed_by_the_reaper(shm_prefix):
+    with new_log(shm_prefix) as plog:
+        live = plog.register_producer()
+        n = _fill_chunk_below(plog, live, 4096)
+        with Child(_fetch_add_and_hang, plog.name, 4096, 5, True) as claimer:
+            cslot, seq, prev = claimer.recv()
+            assert seq == 0 and tail_records(prev) == n
+            assert tail_bytes(prev) + 4096 > plog.chunk_bytes  # the first overflower
+            claimer.kill()  # before it wrote the seal
+        c = plog.new_cursor()
+        assert read_all(plog, c)[0] == list(range(n))
+        # nobody can rotate: producers time out instead of waiting forever
+        with pytest.raises(errors.BufferFull):
+            plog.append(live, [b"late"], timeout=0.2)
+        state, fseq, pos = plog.frontier(plog.new_cursor())
+        assert state == lib.SHMLOG_FRONTIER_UNSEALED and fseq == 0
+        assert plog.reap_producer(cslot) == 0
+        assert plog.hdr.chunks[0].seal == tail_pack(tail_bytes(prev), n)
+        assert plog.frontier(plog.new_cursor())[0] == lib.SHMLOG_FRONTIER_FULL
+        # the next append rotates; offsets stay dense (the lost claim took none)
+        assert plog.append(live, [value_of(n, 37), value_of(n + 1, 37)], timeout=1) == n
+        assert plog.hdr.rotations == 1 and plog.hdr.chunks[1].base_offset == n
+        offsets, values, *_ = read_all(plog, c)
+        assert offsets == [n, n + 1] and values == [value_of(n, 37), value_of(n + 1, 37)]
+
+
+def test_force_seal_when_nobody_knows_the_overflowing_claim(shm_prefix):
+    with new_log(shm_prefix) as plog:
+        live = plog.register_producer()
+        n = _fill_chunk_below(plog, live, 4096)
+        d = plog.hdr.chunks[0]
+        pb = tail_bytes(d.tail)
+        # a fetch-add whose producer vanished before even its slot said so
+        d.tail = d.tail + tail_pack(4096, 5)
+        c = plog.new_cursor()
+        assert read_all(plog, c)[0] == list(range(n))
+        assert plog.frontier(plog.new_cursor()) == (lib.SHMLOG_FRONTIER_UNSEALED, 0, pb)
+        with pytest.raises(errors.BufferFull):
+            plog.append(live, [b"late"], timeout=0.2)
+        assert plog.force_seal(0) == 1
+        assert plog.force_seal(0) == 0  # idempotent
+        # sealed at the chunk's end with every claimed record counted
+        assert d.seal == tail_pack(plog.chunk_bytes, n + 5)
+        # the unclaimed space before the end is now a hole for unblock()
+        assert plog.frontier(plog.new_cursor()) == (lib.SHMLOG_FRONTIER_BLOCKED, 0, pb)
+        assert plog.unblock(0, pb) == 1
+        assert plog.frontier(plog.new_cursor())[0] == lib.SHMLOG_FRONTIER_FULL
+        assert plog.append(live, [value_of(n + 5, 37)], timeout=1) == n + 5
+        assert plog.hdr.rotations == 1
+        # the lost claim's 5 offsets are the hole; nothing committed is lost
+        offsets, *_ = read_all(plog, c)
+        assert offsets == [n + 5]
+        assert read_all(plog)[0] == list(range(n)) + [n + 5]
+
+
+# ------------------------------------------------------------ wake-ups
+
+def test_futex_wake_latency_across_processes(shm_prefix):
+    trials = 21
+    with new_log(shm_prefix) as plog:
+        slot = plog.register_producer()
+        lat_ms = []
+        with Child(_wake_consumer, plog.name, trials) as ch:
+            for i in range(trials):
+                assert ch.recv() == "sleeping"
+                deadline = time.monotonic() + 5
+                while plog.hdr.data_waiters == 0:
+                    assert time.monotonic() < deadline, "consumer never slept"
+                    time.sleep(0.0002)
+                time.sleep(0.005)  # well inside FUTEX_WAIT by now
+                t0 = time.monotonic_ns()
+                plog.append(slot, [b"w" * 37])
+                ok, t1, offsets = ch.recv()
+                assert ok is True and offsets == [i]
+                lat_ms.append((t1 - t0) / 1e6)
+            assert ch.join() == 0
+        med = statistics.median(lat_ms)
+        print(f"\nfutex wake latency over {trials} trials: median {med:.3f} ms, "
+              f"min {min(lat_ms):.3f} ms, max {max(lat_ms):.3f} ms")
+        assert med < 50, lat_ms
+
+
+def test_waiter_times_out_at_a_dead_claim_and_wakes_on_reap(shm_prefix):
+    with new_log(shm_prefix) as plog:
+        live = plog.register_producer()
+        plog.append(live, [value_of(j, 37) for j in range(5)])
+        with Child(_claim_and_hang, plog.name, 100, 6) as claimer:
+            cslot, rc, hole = claimer.recv()
+            assert rc == 0 and hole == 5
+            claimer.kill()
+        assert plog.append(live, [value_of(11 + j, 37) for j in range(2)]) == 11
+        with Child(_hole_waiter, plog.name, 5, 0.5, 10.0) as w:
+            ok, elapsed = w.recv()
+            assert ok is False
+            assert 0.49 <= elapsed < 1.5, elapsed  # the timeout, not forever
+            assert w.recv() == "waiting again"
+            deadline = time.monotonic() + 5
+            while plog.hdr.data_waiters == 0:
+                assert time.monotonic() < deadline
+                time.sleep(0.001)
+            time.sleep(0.02)
+            t0 = time.monotonic()
+            assert plog.reap_producer(cslot) == 1
+            ok, t1, offsets = w.recv()
+            assert w.join() == 0
+        assert ok is True and offsets == [11, 12]
+        assert t1 - t0 < 0.5, t1 - t0
+
+
+def _wait_any_consumer(conn, names, trials):
+    logs = [PartitionLog.attach(n) for n in names]
+    cursors = [p.new_cursor() for p in logs]
+    for p, c in zip(logs, cursors):
+        p.seek_end(c)
+    larr = ffi.new("shmlog_log_t *[]", [p._handle() for p in logs])
+    carr = ffi.new("shmlog_cursor_t *[]", cursors)
+    bell = logs[0]._handle()
+    readers = [p.reader() for p in logs]
+    for _ in range(trials):
+        conn.send("sleeping")
+        i = lib.shmlog_log_wait_any(larr, carr, len(logs), bell, 0, 5 * 10**9)
+        t = time.monotonic_ns()
+        res = readers[i].read(cursors[i], 100) if i >= 0 else None
+        conn.send((i, t, None if res is None else res.offsets))
+    # nothing committed: a timeout, not a hang
+    t0 = time.monotonic()
+    i = lib.shmlog_log_wait_any(larr, carr, len(logs), bell, 0, 3 * 10**8)
+    conn.send((i, time.monotonic() - t0))
+
+
+def test_wait_any_wakes_on_a_commit_in_any_partition_through_the_doorbell(shm_prefix):
+    trials = 12
+    with new_log(shm_prefix, "p0") as p0, new_log(shm_prefix, "p1") as p1, \
+            new_log(shm_prefix, "p2") as p2:
+        parts = [p0, p1, p2]
+        for p in parts:
+            p.ring_bell_of(p0)  # partition 0's header holds the topic doorbell
+        slots = [p.register_producer() for p in parts]
+        lat_ms = []
+        with Child(_wait_any_consumer, [p.name for p in parts], trials) as ch:
+            for k in range(trials):
+                which = (k * 2 + 1) % 3
+                assert ch.recv() == "sleeping"
+                deadline = time.monotonic() + 5
+                while p0.hdr.bell_waiters == 0:
+                    assert time.monotonic() < deadline, "consumer never slept on the doorbell"
+                    time.sleep(0.0002)
+                time.sleep(0.005)
+                t0 = time.monotonic_ns()
+                base = parts[which].append(slots[which], [b"m" * 37])
+                i, t1, offsets = ch.recv()
+                assert i == which and offsets == [base]
+                lat_ms.append((t1 - t0) / 1e6)
+            i, elapsed = ch.recv()
+            assert ch.join() == 0
+        assert i == -1 and 0.29 <= elapsed < 1.5, (i, elapsed)
+        med = statistics.median(lat_ms)
+        print(f"\nwait_any doorbell wake latency over {trials} trials: median {med:.3f} ms, "
+              f"max {max(lat_ms):.3f} ms")
+        assert med < 50, lat_ms
+
+
+def _ring_a_closed_bell(conn, name0, name1):
+    import faulthandler
+
+    faulthandler.disable()  # a crash here is the finding, not noise
+    p0 = PartitionLog.attach(name0)
+    p1 = PartitionLog.attach(name1)
+    p1.ring_bell_of(p0)
+    s = p1.register_producer()
+    p0.close()  # e.g. the topic's partition 0 is closed first
+    conn.send(p1.append(s, [b"after"]))
+    p1.close()
+
+
+def test_closing_the_bell_region_does_not_crash_its_ringers(shm_prefix):
+    with new_log(shm_prefix, "p0") as p0, new_log(shm_prefix, "p1") as p1:
+        with Child(_ring_a_closed_bell, p0.name, p1.name) as ch:
+            code = ch.join()
+            assert code == 0, f"child died with exit code {code} (-11 = SIGSEGV)"
+            assert ch.recv(1) == 0
+
+
+# ------------------------------------------------------------ many producers
+
+STRESS_PRODUCERS = 4
+STRESS_RECORDS = 250_000
+STRESS_SIZES = (9, 13, 21, 37, 51)
+STRESS_FILL = bytes(range(256)) * 14
+_TAG = struct.Struct("<HI")
+
+
+def _stress_len(seq: int) -> int:
+    if seq % 997 == 0:
+        return 3333
+    if seq % 101 == 0:
+        return 333
+    return STRESS_SIZES[seq % len(STRESS_SIZES)]
+
+
+def _stress_producer(conn, name, tag, count):
+    p = PartitionLog.attach(name)
+    s = p.register_producer()
+    rng = random.Random(tag)
+    pack = _TAG.pack
+    fill = STRESS_FILL
+    conn.send("ready")
+    assert conn.recv() == "go"
+    seq = 0
+    batches = 0
+    while seq < count:
+        n = min(rng.randint(50, 200), count - seq)
+        vals = [pack(tag, q) + fill[: _stress_len(q) - 6] for q in range(seq, seq + n)]
+        p.append(s, vals, timeout=60, producer_id=tag, producer_seq=batches)
+        seq += n
+        batches += 1
+    p.release_producer(s)
+    p.close()
+    conn.send(("done", batches))
+
+
+def _stress_consumer(conn, name, producers, per_producer):
+    p = PartitionLog.attach(name)
+    slot = p.register_reader(0, gating=True)
+    reader = p.reader(8192)
+    c = p.new_cursor()
+    assert p.seek(c, 0) == 0
+    conn.send(slot)
+    want = producers * per_producer
+    expect_seq = [0] * producers
+    next_off = 0
+    total = 0
+    reseeks = 0
+    problems = []
+    unpack = _TAG.unpack_from
+    fill = STRESS_FILL
+    rng = random.Random(99)
+    deadline = time.monotonic() + 100
+    while total < want and len(problems) < 20:
+        try:
+            res = reader.read(c, rng.randint(200, 4096))  # batches hold <= 200 records
+        except errors.OffsetOutOfRange:
+            # Workaround for the bug pinned by test_reader_at_chunk_end_* and
+            # test_read_starting_at_a_chunk_end_*: the cursor sat at the sealed
+            # end of a chunk our position had released. The data must still be
+            # there: re-seeking to the very next offset has to succeed.
+            reseeks += 1
+            rc = p.seek(c, c.next_offset)
+            if rc != 0:
+                problems.append(("reseek", c.next_offset, rc, p.start_offset))
+                break
+            continue
+        if res is None:
+            if time.monotonic() > deadline:
+                problems.append(("timeout", total))
+                break
+            p.wait(c, 0.5)
+            continue
+        for off, v in zip(res.offsets, res.values):
+            if off != next_off:
+                problems.append(("offset", off, next_off))
+            next_off = off + 1
+            tag, seq = unpack(v)
+            if tag >= producers or seq != expect_seq[tag]:
+                problems.append(("order", tag, seq, expect_seq[tag] if tag < producers else None))
+                if tag >= producers:
+                    continue
+            expect_seq[tag] = seq + 1
+            if len(v) != _stress_len(seq) or v[6:] != fill[: len(v) - 6]:
+                problems.append(("value", tag, seq, len(v)))
+        total += len(res)
+        p.set_reader_position(slot, c.next_offset)
+    extra = reader.read(c, 4096)
+    conn.send({"total": total, "next_off": next_off, "expect_seq": expect_seq, "reseeks": reseeks,
+               "problems": problems[:20], "extra": None if extra is None else len(extra)})
+    p.release_reader(slot)
+    p.close()
+
+
+def _gather(children, timeout):
+    """One message from each child, failing fast on the first child error."""
+    results = [None] * len(children)
+    pending = set(range(len(children)))
+    deadline = time.monotonic() + timeout
+    while pending:
+        assert time.monotonic() < deadline, f"children {sorted(pending)} still running (hang?)"
+        for i in sorted(pending):
+            if children[i].conn.poll(0.01):
+                results[i] = children[i].recv(0)
+                pending.discard(i)
+    return results
+
+
+def test_four_producers_one_consumer_every_record_once_in_order(shm_prefix):
+    with new_log(shm_prefix, max_batch_bytes=16384) as plog:
+        children = []
+        try:
+            consumer = Child(_stress_consumer, plog.name, STRESS_PRODUCERS, STRESS_RECORDS)
+            children.append(consumer)
+            consumer.recv()  # registered before anything is produced
+            producers = [Child(_stress_producer, plog.name, tag, STRESS_RECORDS)
+                         for tag in range(STRESS_PRODUCERS)]
+            children += producers
+            for pr in producers:
+                assert pr.recv() == "ready"
+            t0 = time.monotonic()
+            for pr in producers:
+                pr.send("go")
+            *done, result = _gather(producers + [consumer], 100)
+            elapsed = time.monotonic() - t0
+            batches = [d[1] for d in done]
+            for ch in children:
+                assert ch.join() == 0
+        finally:
+            for ch in children:
+                ch.close()
+        total = STRESS_PRODUCERS * STRESS_RECORDS
+        rotations = plog.hdr.rotations
+        print(f"\n{total} records from {STRESS_PRODUCERS} producers in {sum(batches)} batches: "
+              f"{elapsed:.1f} s, {rotations} chunk rotations, "
+              f"{plog.hdr.reclaimed_chunks} chunks reclaimed, {result['reseeks']} re-seeks "
+              f"after a spurious OffsetOutOfRange")
+        assert result["problems"] == []
+        assert result["total"] == total and result["next_off"] == total
+        assert result["expect_seq"] == [STRESS_RECORDS] * STRESS_PRODUCERS
+        assert result["extra"] is None
+        assert plog.end_offset() == plog.claimed_end == total
+        assert plog.hdr.aborted_batches == 0
+        assert 100 <= rotations < 10_000
+
+
+# ------------------------------------------------------------ corruption
+
+CORRUPTION_SIZES = (37, 333, 3333, 9, 77)
+
+
+def _write_corruption_fixture(plog: PartitionLog):
+    """40 batches (a third lz4) across two chunks; returns {offset: value}."""
+    slot = plog.register_producer()
+    expected = {}
+    off = 0
+    for k in range(40):
+        n = 1 if k % 5 == 2 else 2 + k % 4
+        vals = [value_of(off + j, CORRUPTION_SIZES[(off + j) % 5] if k % 5 != 2 else 3333)
+                for j in range(n)]
+        assert plog.append(slot, vals, compression="lz4" if k % 3 == 1 else None) == off
+        expected.update((off + j, v) for j, v in enumerate(vals))
+        off += n
+    plog.release_producer(slot)
+    assert plog.hdr.rotations in (1, 2)
+    return expected
+
+
+def _read_everything(conn, name):
+    out = {"attach": None, "seek": None, "offsets": [], "values": [], "error": None}
+    try:
+        p = PartitionLog.attach(name)
+    except errors.ShmlogError as e:
+        out["attach"] = (type(e).__name__, str(e), e.code)
+        conn.send(out)
+        return
+    reader = p.reader()
+    c = p.new_cursor()
+    out["seek"] = p.seek(c, 0)
+    for _ in range(10_000):
+        try:
+            res = reader.read(c, 100_000)
+        except errors.ShmlogError as e:
+            out["error"] = (type(e).__name__, str(e), e.code)
+            break
+        if res is None:
+            break
+        out["offsets"] += res.offsets
+        out["values"] += res.values
+    else:
+        out["error"] = ("endless", "", None)
+    out["end"] = p.end_offset()
+    out["claimed_end"] = p.claimed_end
+    c2 = p.new_cursor()
+    p.seek(c2, 0)
+    out["wait"] = p.wait(c2, 0)
+    p.close()
+    conn.send(out)
+
+
+def _part_header_targets():
+    h = "shmlog_part_hdr_t"
+    ch = ffi.sizeof("shmlog_chunk_t")
+    t = [(ffi.offsetof(h, f), ffi.sizeof("uint64_t"))
+         for f in ("magic", "region_bytes", "active_seq", "start_offset", "initial_offset")]
+    t += [(ffi.offsetof(h, f), 4) for f in ("version", "header_bytes", "chunk_bytes",
+                                           "chunk_count", "max_batch_bytes", "flags")]
+    for i in range(4):
+        for f in ("tail", "seq", "base_offset", "state", "seal"):
+            t.append((ffi.offsetof(h, "chunks") + i * ch + ffi.offsetof("shmlog_chunk_t", f), 8))
+    return t
+
+
+def test_corruption_never_crashes_hangs_or_alters_data(shm_prefix):
+    with new_log(shm_prefix) as plog:
+        expected = _write_corruption_fixture(plog)
+        fr = frames(plog)
+        assert fr[-1][2] == len(expected)
+        mm = plog._mm
+        snapshot = bytes(mm)
+        targets = _part_header_targets()
+        header_bytes = plog._log.header_bytes
+
+        @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+        @given(where=st.sampled_from(["payload", "header", "slack", "frame_word",
+                                      "hot_field", "anywhere_in_header"]),
+               k=st.integers(0, len(fr) - 1), at=st.integers(0, 1 << 30),
+               xor=st.integers(1, 255))
+        def check(where, k, at, xor):
+            pos, fb, end = fr[k]
+            f = frame_hdr(plog, pos)
+            base, payload = f.base_offset, f.payload_bytes
+            if where == "payload":
+                byte = pos + 64 + at % payload
+            elif where == "header":
+                byte = pos + 8 + at % 56
+            elif where == "slack":
+                slack = fb - 64 - payload
+                if slack == 0:
+                    return
+                byte = pos + 64 + payload + at % slack
+            elif where == "frame_word":
+                byte = pos + at % 8
+            elif where == "hot_field":
+                off, size = targets[at % len(targets)]
+                byte = off + (at >> 8) % size
+            else:
+                byte = at % header_bytes
+            mm[byte] ^= xor
+            try:
+                with Child(_read_everything, plog.name) as ch:
+                    out = ch.recv(10)  # a hang fails here
+                    assert ch.join() == 0  # a segfault fails here
+            finally:
+                mm[:] = snapshot
+            offsets, values, error = out["offsets"], out["values"], out["error"]
+            # never altered: whatever is delivered is exactly what was written
+            assert offsets == sorted(set(offsets))
+            assert all(expected.get(o) == v for o, v in zip(offsets, values))
+            assert error is None or error[0] in ("CorruptBatch", "OffsetOutOfRange"), error
+            if out["attach"] is not None:
+                assert where in ("hot_field", "anywhere_in_header")
+                assert out["attach"][0] == "CorruptBatch" and out["attach"][2] == errno.EPROTO
+                return
+            if error is not None:
+                assert plog.name in error[1]
+            if where == "slack":
+                assert error is None and offsets == sorted(expected)
+            elif where in ("payload", "header"):
+                # everything before the batch, then an error naming it
+                assert offsets == list(range(base)), (where, k)
+                assert error is not None and error[0] == "CorruptBatch" and error[2] == errno.EBADMSG
+                if not (where == "header" and 16 <= (byte - pos) < 24):
+                    assert f"at offset {base}:" in error[1]
+            elif where == "frame_word":
+                assert offsets[:base] == list(range(base))
+
+        check()
+
+
+def test_corrupt_frame_length_is_detected_not_skipped(shm_prefix):
+    with new_log(shm_prefix) as plog:
+        slot = plog.register_producer()
+        for k in range(5):
+            plog.append(slot, [value_of(k * 10 + j, 37) for j in range(10)])
+        fr = frames(plog)
+        pos1, fb1, _ = fr[1]
+        w = frame_word(plog, pos1)
+        ffi.cast("uint64_t *", plog._log.base + pos1)[0] = w + fr[2][1]  # swallow batch 2
+        offsets = []
+        with pytest.raises(errors.CorruptBatch):
+            c = plog.new_cursor()
+            reader = plog.reader()
+            while True:
+                res = reader.read(c, 1000)
+                if res is None:
+                    break
+                offsets += res.offsets
+        assert offsets == list(range(10))
+
+
+def test_corrupt_base_offset_error_names_the_true_offset(shm_prefix):
+    with new_log(shm_prefix) as plog:
+        slot = plog.register_producer()
+        for k in range(3):
+            plog.append(slot, [value_of(k * 10 + j, 37) for j in range(10)])
+        pos = frames(plog)[2][0]
+        frame_hdr(plog, pos).base_offset = 1 << 56
+        c = plog.new_cursor()
+        reader = plog.reader()
+        assert reader.read(c, 20).offsets == list(range(20))
+        with pytest.raises(errors.CorruptBatch, match="at offset 20:"):
+            reader.read(c, 100)
+
+
+def test_frontier_returns_on_a_corrupt_chunk_state(shm_prefix):
+    with new_log(shm_prefix) as plog:
+        slot = plog.register_producer()
+        fill_until_rotation(plog, slot)
+        plog.append(slot, [b"z" * 37] * 3)
+        plog.hdr.chunks[1].state ^= 0x40
+        # the reader is told (not hung) ...
+        c = plog.new_cursor()
+        with pytest.raises(errors.OffsetOutOfRange):
+            read_all(plog, c)
+        # ... and so must the reaper be (any answer, an error most naturally)
+        with Child(_run_frontier, plog.name) as ch:
+            try:
+                rc, _seq, _pos = ch.recv(3)
+            except TimeoutError:
+                pytest.fail("shmlog_log_frontier hung on a corrupt chunk state")
+            assert ch.join() == 0
+        assert isinstance(rc, int)
+
+
+@pytest.mark.parametrize("field,value", [
+    ("magic", 0),
+    ("magic", 0x31474F4C4D485301),
+    ("version", 2),
+    ("header_bytes", 4096),
+    ("chunk_count", 1),
+    ("chunk_count", 65),
+    ("chunk_bytes", 65536 + 32),
+    ("chunk_bytes", 2048),
+    ("max_batch_bytes", 65536),
+    ("max_batch_bytes", 64),
+    ("region_bytes", 1),
+    ("chunk_count+region_bytes", 8),  # self-consistent, but larger than the mapping
+])
+def test_attach_rejects_a_bad_header(shm_prefix, field, value):
+    with new_log(shm_prefix) as plog:
+        PartitionLog.attach(plog.name).close()  # the good header attaches
+        h = plog.hdr
+        if field == "region_bytes":
+            h.region_bytes += value
+        elif field == "chunk_count+region_bytes":
+            h.chunk_count = value
+            h.region_bytes = PartitionLog.region_bytes(plog.chunk_bytes, value)
+        else:
+            setattr(h, field, value)
+        with pytest.raises(errors.CorruptBatch, match="bad magic, version or geometry") as ei:
+            PartitionLog.attach(plog.name)
+        assert ei.value.code == errno.EPROTO
+        assert plog.name in str(ei.value)
+
+
+def test_attach_rejects_a_region_smaller_than_a_header(shm_prefix):
+    import posix_ipc
+
+    name = f"{shm_prefix}-tiny"
+    seg = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=100)
+    seg.close_fd()
+    try:
+        with pytest.raises(errors.CorruptBatch, match="only 100 bytes"):
+            PartitionLog.attach(name)
+    finally:
+        posix_ipc.unlink_shared_memory(name)
+
+
+def test_attach_rejects_a_zeroed_region(shm_prefix):
+    import posix_ipc
+
+    name = f"{shm_prefix}-zero"
+    size = PartitionLog.region_bytes(65536, 4)
+    seg = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=size)
+    seg.close_fd()
+    try:
+        with pytest.raises(errors.CorruptBatch) as ei:
+            PartitionLog.attach(name)
+        assert ei.value.code == errno.EPROTO
+    finally:
+        posix_ipc.unlink_shared_memory(name)
+
+
+def test_create_rejects_bad_geometry_and_leaves_no_segment(shm_prefix):
+    for kw in ({"chunk_bytes": 65536 + 32}, {"chunk_count": 1}, {"chunk_count": 65},
+               {"chunk_bytes": 65536, "max_batch_bytes": 40000}):
+        with pytest.raises(errors.InvalidConfig, match="invalid geometry"):
+            PartitionLog.create(f"{shm_prefix}-bad", **kw)
+    # (the shm_prefix fixture fails the test if a segment was left behind)
+
+
+# ------------------------------------------------------------ lifecycle
+
+def test_close_twice_and_use_after_close_raises_closed(shm_prefix):
+    with new_log(shm_prefix) as plog:
+        slot = plog.register_producer()
+        rslot = plog.register_reader(0)
+        plog.append(slot, [b"a" * 37])
+        reader = plog.reader()
+        c = plog.new_cursor()
+        plog.close()
+        plog.close()  # twice is fine
+        assert plog.closed
+        calls = [
+            lambda: plog.append(slot, [b"b"]),
+            lambda: reader.read(c, 10),
+            lambda: plog.wait(c, 0.01),
+            lambda: plog.seek(c, 0),
+            lambda: plog.seek_end(c),
+            lambda: plog.end_offset(),
+            lambda: plog.start_offset,
+            lambda: plog.claimed_end,
+            lambda: plog.register_producer(),
+            lambda: plog.register_reader(0),
+            lambda: plog.set_reader_position(rslot, 1),
+            lambda: plog.reap_producer(slot),
+            lambda: plog.frontier(c),
+        ]
+        for call in calls:
+            with pytest.raises(errors.Closed, match="is closed") as ei:
+                call()
+            assert isinstance(ei.value, errors.ShmlogError)
+            assert errors.Closed.HINT in str(ei.value)
+        # releasing after close is a quiet no-op (used in finally blocks)
+        plog.release_producer(slot)
+        plog.release_reader(rslot)
