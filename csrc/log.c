@@ -892,20 +892,24 @@ int shmlog_log_wait(shmlog_log_t *log, const shmlog_cursor_t *cursor, uint64_t s
     if (data_ready(log, cursor))
         return 1;
     uint64_t start = shmlog_now_ns();
+    uint64_t deadline = start + timeout_ns;
+    int ready = 0;
+    /* counted as a waiter while spinning too: producers read the counter to
+     * decide to commit now instead of batching on (a hungry reader) */
+    shmlog_fetch_add_u32(&h->data_waiters, 1);
     if (spin_ns) {
         /* spin briefly: a futex round trip costs more than a paced producer's gap */
         for (unsigned i = 0;; i++) {
             for (int k = 0; k < 16; k++)
                 shmlog_cpu_relax();
-            if (data_ready(log, cursor))
+            if (data_ready(log, cursor)) {
+                shmlog_fetch_sub_u32(&h->data_waiters, 1);
                 return 1;
+            }
             if ((i & 15) == 15 && shmlog_now_ns() - start >= spin_ns)
                 break;
         }
     }
-    uint64_t deadline = start + timeout_ns;
-    int ready = 0;
-    shmlog_fetch_add_u32(&h->data_waiters, 1);
     for (;;) {
         uint32_t v = shmlog_load_acquire_u32(&h->data_futex);
         shmlog_fence_seq_cst(); /* pairs with the committer's CAS before wake_data */
@@ -942,16 +946,18 @@ int shmlog_log_wait_any(shmlog_log_t **logs, shmlog_cursor_t **cursors, uint32_t
     if (n == 1 && !bell)
         return shmlog_log_wait(logs[0], cursors[0], spin_ns, timeout_ns) ? 0 : -1;
     uint64_t start = shmlog_now_ns();
-    while (spin_ns && shmlog_now_ns() - start < spin_ns) {
-        for (int k = 0; k < 64; k++)
-            shmlog_cpu_relax();
-        if ((r = any_ready(logs, cursors, n)) >= 0)
-            return r;
-    }
     uint64_t deadline = start + timeout_ns;
     volatile uint32_t *fw = bell ? &bell->hdr->bell_futex : &logs[0]->hdr->data_futex;
     volatile uint32_t *ww = bell ? &bell->hdr->bell_waiters : &logs[0]->hdr->data_waiters;
-    shmlog_fetch_add_u32(ww, 1);
+    shmlog_fetch_add_u32(ww, 1); /* spinning counts: see shmlog_log_wait */
+    while (spin_ns && shmlog_now_ns() - start < spin_ns) {
+        for (int k = 0; k < 64; k++)
+            shmlog_cpu_relax();
+        if ((r = any_ready(logs, cursors, n)) >= 0) {
+            shmlog_fetch_sub_u32(ww, 1);
+            return r;
+        }
+    }
     for (;;) {
         uint32_t v = shmlog_load_acquire_u32(fw);
         shmlog_fence_seq_cst(); /* pairs with the committer's CAS before wake_data */

@@ -22,6 +22,10 @@ _ids = itertools.count(1)
 # upper bound of the per-record framing (length, attributes, deltas, key and
 # value lengths, header count) for records up to a few MiB
 _RECORD_OVERHEAD = 16
+# with linger_ms=0 and a reader waiting, commit at once, but not more often
+# than this: paced sends go out one by one, bursts still batch
+HUNGRY_GAP = 50e-6
+_clock = time.perf_counter
 
 
 class RecordMetadata(NamedTuple):
@@ -49,6 +53,7 @@ class _Pending:
 
 class _TopicState:
     __slots__ = ("name", "topic", "pending", "slots", "keyed", "sticky", "limit", "frame_limit", "max_message",
+                 "last_commit",
                  "waiters", "committed_end", "storage")
 
     def __init__(self, name, topic, batch_bytes: int):
@@ -70,6 +75,7 @@ class _TopicState:
         # read from Python without a crossing: a consumer asleep means "send now"
         self.waiters = [memoryview(r._mm).cast("I") for r in topic.regions]
         self.committed_end = [0] * n
+        self.last_commit = [0.0] * n
         self.storage = topic.config["storage"]
 
 
@@ -155,7 +161,12 @@ class Producer:
                         elif not self.linger_ms:
                             w = st.waiters
                             if w[p][65] or w[0][67]:
-                                self._commit(st, p)
+                                # a reader waits: send now, but at most one
+                                # batch per HUNGRY_GAP so a fast reader cannot
+                                # turn a burst into one commit per message
+                                now = _clock()
+                                if now - st.last_commit[p] >= HUNGRY_GAP:
+                                    self._commit(st, p)
                         return
         st = self._topics.get(topic) or self._state(topic)
         if value.__class__ is not bytes and value is not None and not isinstance(value, (bytearray, memoryview)):
@@ -216,9 +227,9 @@ class Producer:
                     st.sticky = (st.sticky + 1) % len(st.pending)
             elif not self.linger_ms:
                 w = st.waiters
-                # someone sleeps on this partition or on the topic doorbell:
+                # someone waits on this partition or on the topic doorbell:
                 # latency matters more than batching right now
-                if w[partition][65] or w[0][67]:
+                if (w[partition][65] or w[0][67]) and _clock() - st.last_commit[partition] >= HUNGRY_GAP:
                     self._commit(st, partition)
 
     def send_batch(self, topic: str, values: Sequence, keys: Optional[Sequence] = None,
@@ -336,6 +347,7 @@ class Producer:
                     if cb is not None:
                         cb(err, None)
             raise err from exc
+        st.last_commit[partition] = _clock()
         end = base + len(values)
         if end > st.committed_end[partition]:
             st.committed_end[partition] = end
