@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import itertools
 import logging
 import os
 import socket
@@ -151,12 +152,26 @@ class Cluster:
         return reply
 
     def _ensure_supervisor(self) -> None:
-        s = self._try_connect()
-        if s is None and self._start:
-            s = self._elect_and_start()
-        if s is None:
-            raise errors.BrokerNotRunning(f"no supervisor is serving {self.data_dir}", what=str(self.data_dir))
-        self._hello(s, session=False)
+        deadline = time.monotonic() + self._timeout
+        while True:
+            s = self._try_connect()
+            if s is None and self._start:
+                s = self._elect_and_start()
+            if s is None:
+                raise errors.BrokerNotRunning(f"no supervisor is serving {self.data_dir}",
+                                              what=str(self.data_dir))
+            try:
+                self._hello(s, session=False)
+                break
+            except (OSError, protocol.ProtocolError):
+                # a SIGKILLed supervisor shows as a zombie while its other
+                # threads tear down, and its listening socket still accepts,
+                # then resets: wait for it to go, then elect and start anew
+                s.close()
+                if time.monotonic() > deadline:
+                    raise errors.BrokerNotRunning(
+                        f"the supervisor of {self.data_dir} keeps dropping connections") from None
+                time.sleep(0.02)
         old, self._sock = self._sock, s
         if old is not None:
             old.close()
@@ -270,7 +285,7 @@ class Cluster:
                 self.failovers += 1
                 log.warning("supervisor of %s restarted (pid %d)", self.data_dir, self.supervisor_pid)
                 return
-            except errors.ShmlogError:
+            except (errors.ShmlogError, OSError, protocol.ProtocolError):
                 time.sleep(0.05)
         log.error("could not restart the supervisor of %s", self.data_dir)
 
@@ -278,7 +293,10 @@ class Cluster:
         if self._closed:
             raise errors.Closed("this Cluster is closed")
         msg = {"op": op, **fields}
-        for attempt in range(3):
+        # a lost supervisor is restarted by the failover (~0.1-1 s): keep
+        # trying for as long as a request may take, not three quick tries
+        deadline = time.monotonic() + self._timeout
+        for attempt in itertools.count():
             with self._req_lock:
                 try:
                     if self._sock is None:
@@ -294,11 +312,9 @@ class Cluster:
                     self._sock = None
                     if op == "shutdown":
                         return {"ok": True}
-                    if attempt == 2:
+                    if time.monotonic() > deadline or not self._start:
                         raise errors.BrokerNotRunning(f"lost the supervisor of {self.data_dir}") from None
-                    if not self._start:
-                        raise errors.BrokerNotRunning(f"lost the supervisor of {self.data_dir}") from None
-                    time.sleep(0.05)
+            time.sleep(min(0.05 * (attempt + 1), 0.5))
         if not reply.get("ok"):
             _raise_remote(reply)
         return reply

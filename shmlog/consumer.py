@@ -330,12 +330,18 @@ class Consumer:
                     self._set_position(a, offset)
                     return
             a.returned = offset
+            start = self._start_offset(a)
             if self.auto_offset_reset == "error":
                 raise errors.OffsetOutOfRange(
                     f"topic {a.topic!r} partition {a.partition}: offset {offset} is below the start "
-                    f"offset {a.plog.start_offset}", what=a.topic)
+                    f"offset {start}", what=a.topic)
             if self.auto_offset_reset == "latest":
                 self._reset(a, "latest")
+                return
+            if start > offset:
+                # earliest: the oldest offset on disk, not the oldest one still
+                # in shared memory (that would skip everything on disk)
+                self._seek(a, start)
                 return
             offset = a.cursor.next_offset
         elif rc < 0:

@@ -339,9 +339,18 @@ class Producer:
                              None if callbacks is None else callbacks[a:b])
             return
         except errors.BufferFull as exc:
+            why = ""
+            if st.storage == "disk":
+                # a disk topic's chunks wait for the spiller: say why it is stuck
+                try:
+                    info = self.cluster.describe_topic(st.name).partitions[partition]
+                    if info.extra.get("spill_error"):
+                        why = f"; the spiller is stuck: {info.extra['spill_error']}"
+                except errors.ShmlogError:
+                    pass
             err = errors.BufferFull(
                 f"topic {st.name!r} partition {partition}: shared-memory buffer stayed full for "
-                f"max_block_ms={self.max_block_ms}", what=st.name)
+                f"max_block_ms={self.max_block_ms}{why}", what=st.name)
             if callbacks:
                 for cb in callbacks:
                     if cb is not None:

@@ -1,0 +1,1121 @@
+"""Storage: the supervisor's spiller, fsyncer, retention and recovery, plus
+the client-side segment reader (re-exported from shmlog.segments).
+
+install(sup) plugs a Storage into the supervisor before it starts:
+
+- recovery, per disk partition, before its region is opened or re-attached:
+  the last segment (and any segment not known durable) is checked frame by
+  frame, a torn tail is truncated (the log says how many bytes), indexes that
+  are missing or stale are rebuilt, and a region that must be re-created
+  starts at the end offset of the segments (sup.initial_offset);
+- the spiller thread tails every disk partition with its own cursor, copies
+  committed frames out of shared memory, validates the chunk, appends the
+  frames unchanged to the active segment with its sparse indexes, rolls
+  segments by size and age, and publishes the spilled offset at once (a chunk
+  may be reused once its frames are in the page cache: Kafka's model);
+- the fsync thread fsyncs every fsync_interval_ms, or at once for a "sync"
+  request (flush(durable=True)), then publishes the durable offset and
+  answers the waiting requests;
+- retention deletes whole old segments by time and size, never the active
+  one;
+- a write that fails (disk full, unwritable) leaves the spilled offset where
+  it was, so nothing committed is lost: producers feel backpressure, the
+  error shows in stats, and writing resumes with backoff when it can.
+
+It must never write a frame twice or out of order, never publish a spilled
+offset before the frames below it are written, nor a durable offset before
+they are fsynced.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import secrets
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from . import errors, protocol
+from ._core import ffi, lib
+from .segments import (
+    F_BASE,
+    F_COUNT,
+    F_MAX_TS,
+    F_WORD,
+    FRAME,
+    FRAME_DATA,
+    INDEX_ENTRY,
+    INDEX_SUFFIX,
+    LOG_SUFFIX,
+    TIME_ENTRY,
+    TIME_SUFFIX,
+    TOPICS_DIR,
+    IndexBuilder,
+    SegmentReader,
+    SegmentStore,
+    check_segment,
+    dump_segment,
+    scan_segment,
+    segment_bases,
+    segment_name,
+)
+
+__all__ = ["SegmentStore", "SegmentReader", "Storage", "install", "dump_segment", "check_segment"]
+
+log = logging.getLogger("shmlog.storage")
+
+ERANGE = -errno.ERANGE
+EAGAIN = -errno.EAGAIN
+GATE_SPILL = lib.SHMLOG_F_GATE_SPILL
+
+MAX_FRAMES = 4096  # frames per read of the spiller
+MAX_BYTES = 8 << 20  # bytes per read of the spiller
+RETENTION_INTERVAL = 0.5  # seconds between retention passes
+SYNC_MAX_WAIT = 8.0  # a client's control socket times out after 10 s
+BACKOFF_MIN = 0.01
+BACKOFF_MAX = 1.0
+RECOVERY_POINT = "recovery-point"
+TOPIC_MARKER = "topic_id"
+
+
+
+def install(sup) -> Storage:
+    """Attach storage to a supervisor (called before sup.start())."""
+    st = Storage(sup)
+    sup.storage = st
+    sup.spills = lambda: True
+    sup.initial_offset = st.initial_offset
+    sup.handlers["sync"] = st.op_sync
+    sup.on_start.append(st.start)
+    sup.on_stop.append(st.stop)
+    sup.on_topic_created.append(st.topic_created)
+    sup.on_topic_deleted.append(st.topic_deleted)
+    orig_info = sup.partition_info
+    orig_stats = sup.stats
+
+    def partition_info(name: str, t: Dict[str, Any], p: int) -> Dict[str, Any]:
+        info = orig_info(name, t, p)
+        if t["config"]["storage"] == "disk":
+            st.describe_into(t, p, info)
+        return info
+
+    def stats() -> Dict[str, Any]:
+        try:
+            out = orig_stats()
+        except Exception as exc:
+            # another role's bug must not hide the storage figures
+            log.exception("supervisor stats failed; answering with topic info only")
+            out = {"supervisor_pid": os.getpid(), "stats_error": repr(exc),
+                   "topics": {n: sup.topic_info(n) for n in sup.meta["topics"]}}
+        out["storage"] = st.stats()
+        return out
+
+    sup.partition_info = partition_info
+    sup.stats = stats
+    return st
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _writev_all(fd: int, pieces: List[Any]) -> None:
+    pieces = [memoryview(x) for x in pieces]
+    while pieces:
+        batch = pieces[:512]
+        n = os.writev(fd, batch)
+        while n and pieces:
+            if n >= len(pieces[0]):
+                n -= len(pieces[0])
+                pieces.pop(0)
+            else:
+                pieces[0] = pieces[0][n:]
+                n = 0
+
+
+def _write_file(path: Path, data: bytes, *, sync: bool) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        _write_all(fd, data)
+        if sync:
+            os.fdatasync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+class _Segment:
+    """A closed segment: it will not grow again."""
+
+    __slots__ = ("base", "size", "max_ts", "end_offset")
+
+    def __init__(self, base: int, size: int, max_ts: Optional[int], end_offset: int):
+        self.base = base
+        self.size = size
+        self.max_ts = max_ts
+        self.end_offset = end_offset
+
+
+class _Active:
+    """The segment being appended to, with its open files."""
+
+    __slots__ = ("base", "path", "fd", "idx_fd", "tidx_fd", "size", "idx_written", "tidx_written",
+                 "builder", "end_offset", "first_write")
+
+    def __init__(self, base: int, path: Path, fd: int, idx_fd: int, tidx_fd: int, size: int,
+                 builder: IndexBuilder, end_offset: int):
+        self.base = base
+        self.path = path
+        self.fd = fd
+        self.idx_fd = idx_fd
+        self.tidx_fd = tidx_fd
+        self.size = size
+        self.builder = builder
+        self.idx_written = len(builder.index)
+        self.tidx_written = len(builder.timeindex)
+        self.end_offset = end_offset
+        self.first_write: Optional[float] = time.monotonic() if size else None
+
+    def fds(self) -> List[int]:
+        return [self.fd, self.idx_fd, self.tidx_fd]
+
+    def close(self) -> None:
+        for fd in self.fds():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.fd = self.idx_fd = self.tidx_fd = -1
+
+
+class _Partition:
+    """One disk partition's storage state in the supervisor."""
+
+    def __init__(self, name: str, t: Dict[str, Any], p: int, pdir: Path):
+        self.name = name
+        self.t = t
+        self.tid = t["id"]
+        self.p = p
+        self.key = (t["id"], p)
+        self.what = f"topic {name!r} partition {p}"
+        self.dir = pdir
+        self.lock = threading.Lock()
+        self.segments: List[_Segment] = []
+        self.active: Optional[_Active] = None
+        self.written = 0  # end offset of what is in segment files
+        self.durable = 0  # end offset of what is fsynced
+        self.has_segments = False
+        self.cursor = None  # spiller cursor, once the region is known
+        self.need_seek = True
+        self.force_roll = False
+        self.unsynced: List[_Active] = []  # rolled segments awaiting fsync and close
+        self.dir_dirty = False
+        self.recovery_point = 0
+        self.last_fsync = time.monotonic()
+        self.error: Optional[str] = None
+        self.error_since = 0.0
+        self.retry_at = 0.0
+        self.backoff = BACKOFF_MIN
+        self.deleted = False
+        self.spilled_bytes = 0
+
+    def start_offset(self) -> Optional[int]:
+        if self.segments:
+            return self.segments[0].base
+        if self.active is not None:
+            return self.active.base
+        return None
+
+    def disk_bytes(self) -> int:
+        return sum(s.size for s in self.segments) + (self.active.size if self.active else 0)
+
+    def close_files(self) -> None:
+        if self.active is not None:
+            self.active.close()
+        for a in self.unsynced:
+            a.close()
+        self.unsynced = []
+
+
+class _PendingSync:
+    __slots__ = ("conn", "key", "offset", "deadline", "topic", "partition")
+
+    def __init__(self, conn, key, offset, deadline, topic, partition):
+        self.conn = conn
+        self.key = key
+        self.offset = offset
+        self.deadline = deadline
+        self.topic = topic
+        self.partition = partition
+
+
+class Storage:
+    """The supervisor's storage role. Lock order: sup.lock, then self._mu,
+    then a partition's lock; the spiller reads shared memory under sup.lock
+    (a topic delete unmaps regions under it) and writes files outside it."""
+
+    def __init__(self, sup):
+        self.sup = sup
+        self.root = Path(sup.data_dir) / TOPICS_DIR
+        self._mu = threading.RLock()
+        self._parts: Dict[Tuple[int, int], _Partition] = {}
+        self._checked_dirs: Dict[str, int] = {}
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._fsync_wake = threading.Event()
+        self._sync_mu = threading.Lock()
+        self._syncs: List[_PendingSync] = []
+        self._threads: List[threading.Thread] = []
+        self._started = False
+        self._stopped = False
+        self._known_keys: frozenset = frozenset()
+        self._fpos = ffi.new("uint64_t[]", MAX_FRAMES)
+        self._flen = ffi.new("uint32_t[]", MAX_FRAMES)
+        self._fend = ffi.new("uint64_t[]", MAX_FRAMES)
+        self._info = ffi.new("shmlog_read_info_t *")
+        self.spilled_bytes = 0
+        self.spilled_frames = 0
+        self.fsyncs = 0
+        self.reused_chunk_bugs = 0
+        self.reseeks = 0
+        self.truncated_bytes = 0
+        self.deleted_segments = 0
+        self.write_errors = 0
+
+    # ------------------------------------------------------------ directories
+    def _topic_dir(self, name: str, t: Dict[str, Any]) -> Path:
+        """The topic's directory, made sure to belong to this topic id: a
+        directory left by a deleted topic of the same name is removed."""
+        d = self.root / name
+        if self._checked_dirs.get(name) == t["id"]:
+            return d
+        if d.exists():
+            try:
+                tid = int((d / TOPIC_MARKER).read_text().strip())
+            except (OSError, ValueError):
+                tid = None
+            if tid != t["id"]:
+                log.warning("removing stale segment files of an older topic %r (id %s, now %s) in %s",
+                            name, tid, t["id"], d)
+                self._trash(d)
+        if not d.exists():
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            d.mkdir(mode=0o700)
+            _write_file(d / TOPIC_MARKER, f"{t['id']}\n".encode(), sync=True)
+            _fsync_dir(d)
+            _fsync_dir(self.root)
+        self._checked_dirs[name] = t["id"]
+        return d
+
+    def _trash(self, d: Path) -> None:
+        target = self.root / f".trash-{d.name}-{secrets.token_hex(4)}"
+        try:
+            os.replace(d, target)
+        except FileNotFoundError:
+            return
+        threading.Thread(target=shutil.rmtree, args=(target,), kwargs={"ignore_errors": True},
+                         name="shmlog-trash", daemon=True).start()
+
+    def _clean_root(self) -> None:
+        """Remove trash and directories of topics that no longer exist."""
+        try:
+            names = os.listdir(self.root)
+        except FileNotFoundError:
+            return
+        topics = self.sup.meta["topics"]
+        for n in names:
+            p = self.root / n
+            if n.startswith(".trash-"):
+                shutil.rmtree(p, ignore_errors=True)
+            elif not n.startswith(".") and p.is_dir() and n not in topics:
+                log.warning("removing segment files of deleted topic %r", n)
+                self._trash(p)
+
+    # ------------------------------------------------------------ recovery
+    def _partition(self, name: str, t: Dict[str, Any], p: int) -> _Partition:
+        """The storage state of a disk partition, recovered on first use."""
+        key = (t["id"], p)
+        with self._mu:
+            part = self._parts.get(key)
+            if part is not None:
+                return part
+            pdir = self._topic_dir(name, t) / str(p)
+            part = _Partition(name, t, p, pdir)
+            self._recover(part)
+            self._parts[key] = part
+            return part
+
+    def _recover(self, part: _Partition) -> None:
+        """Check the segments, truncate a torn tail, rebuild indexes, and open
+        the last segment for appending (DESIGN.md, "On disk")."""
+        d = part.dir
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        names = os.listdir(d)
+        bases = segment_bases(d)
+        have = {segment_name(b)[:-len(LOG_SUFFIX)] for b in bases}
+        for n in names:
+            stem, _, suffix = n.partition(".")
+            if n.endswith(".tmp") or (("." + suffix) in (INDEX_SUFFIX, TIME_SUFFIX) and stem not in have):
+                try:
+                    os.unlink(d / n)
+                except OSError:
+                    pass
+        try:
+            rp = int((d / RECOVERY_POINT).read_text().strip())
+        except (OSError, ValueError):
+            rp = 0
+        part.recovery_point = rp
+        segs: List[_Segment] = []
+        tail: Optional[Tuple[int, Any]] = None
+        i = 0
+        while i < len(bases):
+            base = bases[i]
+            nxt = bases[i + 1] if i + 1 < len(bases) else None
+            path = d / segment_name(base)
+            size = path.stat().st_size
+            if nxt is not None and nxt <= rp:
+                max_ts = self._quick_check(path, base, size, nxt)
+                if max_ts is not None:
+                    segs.append(_Segment(base, size, max_ts, nxt))
+                    i += 1
+                    continue
+                log.warning("%s: indexes of %s are missing or stale: rebuilding them", part.what, path)
+            res = scan_segment(path, base, nxt)
+            if res.valid_end < size:
+                cut = size - res.valid_end
+                log.warning("%s: truncating %s to its last valid batch: %d bytes removed after "
+                            "offset %d (%s)", part.what, path, cut, res.end_offset, res.reason)
+                self.truncated_bytes += cut
+                fd = os.open(path, os.O_WRONLY)
+                try:
+                    os.ftruncate(fd, res.valid_end)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                size = res.valid_end
+                if nxt is not None:
+                    # what follows a torn segment was never durable (it was
+                    # written after this one's unfinished fsync): Kafka's rule
+                    later = bases[i + 1 :]
+                    log.warning("%s: deleting %d segment(s) after the torn one, from offset %d",
+                                part.what, len(later), later[0])
+                    for b in later:
+                        self._unlink_segment(d, b)
+                    bases = bases[: i + 1]
+                    nxt = None
+            if nxt is not None:
+                if res.builder.frames == 0:
+                    self._unlink_segment(d, base)  # an empty closed segment helps nobody
+                    i += 1
+                    continue
+                res.builder.seal()
+                self._write_indexes(path, res.builder, sync=True)
+                # a dead supervisor may have left it in the page cache only;
+                # the recovery point written below vouches for it
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                segs.append(_Segment(base, size, res.builder.max_ts, nxt))
+            else:
+                tail = (base, res)
+            i += 1
+        part.segments = segs
+        part.has_segments = bool(bases)
+        if tail is not None:
+            base, res = tail
+            path = d / segment_name(base)
+            self._write_indexes(path, res.builder, sync=False)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+            os.fsync(fd)  # what a dead supervisor left in the page cache is durable from here
+            idx_fd = os.open(path.with_suffix(INDEX_SUFFIX), os.O_WRONLY | os.O_APPEND)
+            tidx_fd = os.open(path.with_suffix(TIME_SUFFIX), os.O_WRONLY | os.O_APPEND)
+            part.active = _Active(base, path, fd, idx_fd, tidx_fd, res.valid_end, res.builder,
+                                  res.end_offset)
+            part.written = part.durable = res.end_offset
+            _fsync_dir(d)
+            self._write_recovery_point(part, base)
+        elif segs:
+            part.written = part.durable = segs[-1].end_offset
+
+    def _quick_check(self, path: Path, base: int, size: int, nxt: int) -> Optional[int]:
+        """The max timestamp of a closed segment whose indexes look sound
+        (sizes, first and last entries, the frame the last entry points at),
+        or None if they must be rebuilt."""
+        try:
+            isz = os.path.getsize(path.with_suffix(INDEX_SUFFIX))
+            tsz = os.path.getsize(path.with_suffix(TIME_SUFFIX))
+        except OSError:
+            return None
+        if size == 0 or isz == 0 or tsz == 0 or isz % 16 or tsz % 16:
+            return None
+        with open(path.with_suffix(INDEX_SUFFIX), "rb") as f:
+            first = INDEX_ENTRY.unpack(f.read(16))
+            f.seek(isz - 16)
+            last = INDEX_ENTRY.unpack(f.read(16))
+        with open(path.with_suffix(TIME_SUFFIX), "rb") as f:
+            f.seek(tsz - 16)
+            max_ts, t_off = TIME_ENTRY.unpack(f.read(16))
+        if first[1] != 0 or first[0] < base or last[1] >= size or last[1] % 64 or last[0] >= nxt:
+            return None
+        if t_off < base or t_off >= nxt:
+            return None
+        with open(path, "rb") as f:
+            f.seek(last[1])
+            head = f.read(64)
+        if len(head) < 64:
+            return None
+        fh = FRAME.unpack(head)
+        if fh[F_WORD] >> 32 != FRAME_DATA or fh[F_BASE] != last[0] or fh[F_BASE] + fh[F_COUNT] > nxt:
+            return None
+        return max_ts
+
+    def _write_indexes(self, path: Path, b: IndexBuilder, *, sync: bool) -> None:
+        _write_file(path.with_suffix(INDEX_SUFFIX), bytes(b.index), sync=sync)
+        _write_file(path.with_suffix(TIME_SUFFIX), bytes(b.timeindex), sync=sync)
+
+    def _unlink_segment(self, d: Path, base: int) -> None:
+        stem = segment_name(base)[: -len(LOG_SUFFIX)]
+        # the log first: an index without its log is an orphan recovery removes
+        for suffix in (LOG_SUFFIX, INDEX_SUFFIX, TIME_SUFFIX):
+            try:
+                os.unlink(d / (stem + suffix))
+            except FileNotFoundError:
+                pass
+
+    def _write_recovery_point(self, part: _Partition, rp: int) -> None:
+        """Every segment below rp is complete and fsynced with its indexes:
+        recovery trusts them without a scan. Not fsynced itself: a lost
+        update only makes the next recovery scan more."""
+        if rp == part.recovery_point:
+            return
+        try:
+            _write_file(part.dir / RECOVERY_POINT, f"{rp}\n".encode(), sync=False)
+            part.recovery_point = rp
+        except OSError as exc:
+            log.debug("%s: recovery point not written: %s", part.what, exc)
+
+    # ------------------------------------------------------------ supervisor hooks
+    def initial_offset(self, name: str, t: Dict[str, Any], p: int, default: int) -> int:
+        """Where a re-created region starts: the end of the segments (reboot)."""
+        if t["config"]["storage"] != "disk":
+            return default
+        part = self._partition(name, t, p)
+        if part.has_segments:
+            if part.written != default:
+                log.info("%s: region re-created at offset %d, the end of its segments",
+                         part.what, part.written)
+            return part.written
+        return default
+
+    def start(self) -> None:
+        sup = self.sup
+        with sup.lock:
+            for name, t in sup.meta["topics"].items():
+                if t["config"]["storage"] != "disk":
+                    continue
+                for p in range(t["config"]["partitions"]):
+                    self._partition(name, t, p)
+            self._clean_root()
+        self._started = True
+        for fn, tname in ((self._spill_loop, "shmlog-spiller"), (self._fsync_loop, "shmlog-fsync")):
+            th = threading.Thread(target=fn, name=tname, daemon=True)
+            th.start()
+            self._threads.append(th)
+
+    def stop(self) -> None:
+        """Final spill and fsync; runs before the supervisor unlinks regions."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._stop.set()
+        self._wake.set()
+        self._fsync_wake.set()
+        for th in self._threads:
+            th.join(timeout=30)
+        if not self._started:
+            return
+        deadline = time.monotonic() + 20
+        for part, plog in self._targets():
+            try:
+                with self.sup.lock:
+                    target = plog.end_offset() if not plog.closed else 0
+                while part.written < target and time.monotonic() < deadline:
+                    part.retry_at = 0.0
+                    if not self._spill_one(part, plog):
+                        if part.error is not None or not part.need_seek:
+                            break  # nothing more to read (holes at the end), or failing
+            except Exception:
+                log.exception("%s: final spill failed", part.what)
+        for part in list(self._parts.values()):
+            try:
+                self._fsync_part(part)
+            except Exception:
+                log.exception("%s: final fsync failed", part.what)
+        self._answer_syncs(final=True)
+        with self._mu:
+            for part in self._parts.values():
+                with part.lock:
+                    part.close_files()
+
+    def topic_created(self, name: str) -> None:
+        t = self.sup.meta["topics"][name]
+        if t["config"]["storage"] != "disk":
+            return
+        for p in range(t["config"]["partitions"]):
+            self._partition(name, t, p)
+        self._wake.set()
+
+    def topic_deleted(self, name: str, t: Dict[str, Any]) -> None:
+        if t["config"]["storage"] != "disk":
+            return
+        with self._mu:
+            for key in [k for k in self._parts if k[0] == t["id"]]:
+                part = self._parts.pop(key)
+                with part.lock:
+                    part.deleted = True
+                    part.close_files()
+            self._checked_dirs.pop(name, None)
+            d = self.root / name
+            if d.exists():
+                self._trash(d)
+        self._fsync_wake.set()
+
+    # ------------------------------------------------------------ info
+    def describe_into(self, t: Dict[str, Any], p: int, info: Dict[str, Any]) -> None:
+        part = self._parts.get((t["id"], p))
+        if part is None:
+            return
+        start = part.start_offset()
+        if start is not None:
+            info["start_offset"] = min(start, info["start_offset"])
+        info["shm_bytes"] = info.get("bytes", 0)
+        info["bytes"] = part.disk_bytes()
+        info["durable_offset"] = part.durable
+        info["spilled_offset"] = part.written
+        info["segments"] = len(part.segments) + (1 if part.active is not None else 0)
+        info["spill_error"] = part.error
+
+    def stats(self) -> Dict[str, Any]:
+        errs = {f"{p.name}[{p.p}]": p.error for p in list(self._parts.values()) if p.error}
+        return {
+            "spilled_bytes": self.spilled_bytes,
+            "spilled_frames": self.spilled_frames,
+            "fsyncs": self.fsyncs,
+            "write_errors": self.write_errors,
+            "errors": errs,
+            "last_error": next(iter(errs.values()), None),
+            "truncated_bytes": self.truncated_bytes,
+            "deleted_segments": self.deleted_segments,
+            "reused_chunk_bugs": self.reused_chunk_bugs,
+            "reseeks": self.reseeks,
+            "pending_syncs": len(self._syncs),
+        }
+
+    # ------------------------------------------------------------ sync op
+    def op_sync(self, m: Dict[str, Any], conn) -> Optional[Dict[str, Any]]:
+        """{"op": "sync", topic, partition, offset, timeout}: reply once
+        everything below offset is fsynced (the handler replies later)."""
+        topic = protocol.field(m, "topic", str)
+        partition = protocol.field(m, "partition", int)
+        offset = protocol.field(m, "offset", int)
+        timeout = protocol.field(m, "timeout", (int, float), required=False, default=-1)
+        t = self.sup._topic(topic)
+        n = t["config"]["partitions"]
+        if not 0 <= partition < n:
+            raise errors.UnknownPartition(f"topic {topic!r} has no partition {partition} (it has {n})",
+                                          what=topic)
+        if t["config"]["storage"] != "disk":
+            return {"durable_offset": offset}
+        part = self._partition(topic, t, partition)
+        if part.durable >= offset:
+            return {"durable_offset": part.durable}
+        wait = SYNC_MAX_WAIT if timeout is None or timeout < 0 else min(float(timeout), SYNC_MAX_WAIT)
+        with self._sync_mu:
+            self._syncs.append(_PendingSync(conn, part.key, offset, time.monotonic() + wait,
+                                            topic, partition))
+        self._wake.set()
+        self._fsync_wake.set()
+        return None
+
+    def _answer_syncs(self, final: bool = False) -> None:
+        now = time.monotonic()
+        replies = []
+        with self._sync_mu:
+            keep = []
+            for s in self._syncs:
+                part = self._parts.get(s.key)
+                if part is None or part.deleted:
+                    replies.append((s, {"ok": False, "error": "UnknownTopic",
+                                        "message": f"topic {s.topic!r} was deleted"}))
+                elif part.durable >= s.offset:
+                    replies.append((s, {"ok": True, "durable_offset": part.durable}))
+                elif final or now >= s.deadline:
+                    why = part.error or ("the supervisor is stopping" if final else "fsync still running")
+                    replies.append((s, {"ok": False, "error": "StorageError", "message":
+                                        f"{part.what}: offsets below {s.offset} are not durable yet "
+                                        f"(durable up to {part.durable}): {why}"}))
+                else:
+                    keep.append(s)
+            self._syncs = keep
+        for s, msg in replies:
+            self.sup._send(s.conn, msg)
+
+    # ------------------------------------------------------------ spiller
+    def _targets(self) -> List[Tuple[_Partition, Any]]:
+        """(partition state, region) of every disk partition with a region."""
+        sup = self.sup
+        with sup.lock:
+            items = list(sup.logs.items())
+            keys = frozenset(k for k, _ in items)
+            if keys != self._known_keys:
+                by_id = {t["id"]: (n, t) for n, t in sup.meta["topics"].items()}
+                for (tid, p), _plog in items:
+                    nt = by_id.get(tid)
+                    if nt is not None and nt[1]["config"]["storage"] == "disk":
+                        self._partition(nt[0], nt[1], p)
+                self._known_keys = keys
+        out = []
+        for key, plog in items:
+            part = self._parts.get(key)
+            if part is not None and not part.deleted:
+                out.append((part, plog))
+        return out
+
+    def _spill_loop(self) -> None:
+        idle = 0.0005
+        last_retention = 0.0
+        while not self._stop.is_set():
+            moved = 0
+            bytes_before = self.spilled_bytes
+            batch_up = 1 << 20
+            try:
+                for part, plog in self._targets():
+                    moved += self._spill_one(part, plog)
+                    # a small region must not wait: its producers block sooner
+                    batch_up = min(batch_up, plog.chunk_bytes * plog.chunk_count // 8)
+            except Exception:
+                log.exception("spill pass failed")
+                time.sleep(0.1)
+            now = time.monotonic()
+            if now - last_retention >= RETENTION_INTERVAL:
+                last_retention = now
+                try:
+                    self._retention_pass()
+                except Exception:
+                    log.exception("retention pass failed")
+            if moved:
+                idle = 0.0005
+                if self._syncs:
+                    self._fsync_wake.set()
+                elif self.spilled_bytes - bytes_before < batch_up:
+                    # a trickle: let it gather for a moment instead of spinning
+                    # on one frame per pass (each pass has a fixed cost)
+                    self._wake.wait(0.001)
+                    self._wake.clear()
+                continue
+            self._wake.wait(idle)
+            self._wake.clear()
+            idle = min(idle * 2, 0.005)
+
+    def _seek_cursor(self, part: _Partition, plog) -> bool:
+        """Point the spiller's cursor at the end of the segments (under sup.lock)."""
+        if part.cursor is None:
+            part.cursor = plog.new_cursor()
+            if not plog.hdr.flags & GATE_SPILL:
+                log.warning("%s: region was created without spill gating; gating it now", part.what)
+                plog.hdr.flags |= GATE_SPILL
+        rc = plog.seek(part.cursor, part.written)
+        if rc == EAGAIN:
+            return False
+        if rc == ERANGE:
+            start = part.cursor.next_offset
+            if start > part.written:
+                log.error("%s: offsets %d..%d were neither spilled nor kept in shared memory; "
+                          "they are lost. Spilling continues at offset %d", part.what, part.written,
+                          start - 1, start)
+                with part.lock:
+                    part.written = max(part.written, start)
+                    part.force_roll = True
+        elif rc < 0:
+            errors.check(rc, part.what, offset=part.written)
+        plog.set_spilled(part.written)
+        plog.set_durable(min(part.durable, part.written))
+        part.need_seek = False
+        return True
+
+    def _spill_one(self, part: _Partition, plog) -> int:
+        """Copy what is committed at the cursor into the active segment.
+        Returns frames written."""
+        if part.retry_at and time.monotonic() < part.retry_at:
+            return 0
+        sup = self.sup
+        info = self._info
+        with sup.lock:
+            if plog.closed or part.deleted:
+                return 0
+            handle = plog._log
+            for _attempt in range(2):
+                if part.need_seek and not self._seek_cursor(part, plog):
+                    return 0
+                n = lib.shmlog_log_read_frames(handle, part.cursor, self._fpos, self._flen,
+                                               self._fend, MAX_FRAMES, MAX_BYTES, info)
+                if n >= 0:
+                    break
+                self._read_failed(part, n, info.bad_offset)
+                if not part.need_seek:
+                    return 0
+            if n <= 0:
+                return 0
+            positions = ffi.unpack(self._fpos, n)
+            lengths = ffi.unpack(self._flen, n)
+            ends = ffi.unpack(self._fend, n)
+            mm = plog._mm
+            bufs = []
+            frames = []  # (index of buf, position in it, frame bytes, end offset)
+            run_start = run_end = positions[0]
+            for i in range(n):
+                pos = positions[i]
+                if pos != run_end:
+                    bufs.append(mm[run_start:run_end])
+                    run_start = run_end = pos
+                frames.append((len(bufs), run_end - run_start, lengths[i], ends[i]))
+                run_end += lengths[i]
+            bufs.append(mm[run_start:run_end])
+            seq = info.first_seq
+            first_idx = (positions[0] - handle.header_bytes) // handle.chunk_bytes
+            if first_idx != seq % handle.chunk_count:
+                # the cursor was parked at the end of chunk `seq`, which held
+                # nothing unspilled and may be reused now: the frames start
+                # in the next chunk, and that one is what must still hold
+                seq += 1
+            if lib.shmlog_log_validate(handle, seq) != 0:
+                # reuse is gated on the spilled offset: this is a bug, not a race
+                self.reused_chunk_bugs += 1
+                log.error("%s: BUG: chunk %d was reused before it was spilled (offsets from %d); "
+                          "re-reading from the spilled offset", part.what, info.first_seq, part.written)
+                part.need_seek = True
+                return 0
+        try:
+            with part.lock:
+                if part.deleted:
+                    return 0
+                written = self._append(part, bufs, frames)
+        except OSError as exc:
+            self._write_failed(part, exc)
+            written = 0
+        with sup.lock:
+            if not plog.closed and not part.deleted:
+                plog.set_spilled(part.written)
+        if written and part.t["config"]["fsync_interval_ms"] == 0:
+            self._fsync_wake.set()  # fsync after every write
+        if written and part.error is not None and not part.need_seek:
+            log.warning("%s: writing segments again after: %s", part.what, part.error)
+            part.error = None
+            part.backoff = BACKOFF_MIN
+        return written
+
+    def _read_failed(self, part: _Partition, rc: int, bad_offset: int) -> None:
+        if rc == ERANGE:
+            # the cursor's chunk was reused: allowed only once everything in it
+            # was spilled (it was parked at the chunk's end); the seek from the
+            # spilled offset tells a real loss apart, and logs it
+            self.reseeks += 1
+            part.need_seek = True
+            return
+        try:
+            errors.check(rc, part.what, offset=bad_offset)
+        except errors.ShmlogError as exc:
+            msg = f"cannot spill: {exc}"
+        else:
+            msg = f"cannot spill: error {rc}"
+        if part.error != msg:
+            log.error("%s: %s", part.what, msg)
+        self._set_error(part, msg)
+
+    def _set_error(self, part: _Partition, msg: str) -> None:
+        if part.error is None:
+            part.error_since = time.monotonic()
+        part.error = msg
+        part.retry_at = time.monotonic() + part.backoff
+        part.backoff = min(part.backoff * 2, BACKOFF_MAX)
+
+    def _write_failed(self, part: _Partition, exc: OSError) -> None:
+        self.write_errors += 1
+        where = exc.filename or (str(part.active.path) if part.active else str(part.dir))
+        msg = (f"writing {where} failed: {exc.strerror or exc} (errno {exc.errno}); spilling is "
+               f"paused (producers see backpressure) and retried, nothing committed is lost")
+        if part.error != msg:
+            log.error("%s: %s", part.what, msg)
+        self._set_error(part, msg)
+        part.need_seek = True  # re-read from what is really on disk
+
+    def _open_active(self, part: _Partition, base: int) -> _Active:
+        part.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = part.dir / segment_name(base)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+        try:
+            fd = os.open(path, flags | os.O_EXCL, 0o600)
+        except FileExistsError:
+            if os.path.getsize(path):
+                raise OSError(errno.EEXIST, f"segment {path} already exists and is not empty "
+                              f"(spiller at offset {base})", str(path)) from None
+            fd = os.open(path, flags, 0o600)
+        fds = [fd]
+        try:
+            fds.append(os.open(path.with_suffix(INDEX_SUFFIX), flags | os.O_TRUNC, 0o600))
+            fds.append(os.open(path.with_suffix(TIME_SUFFIX), flags | os.O_TRUNC, 0o600))
+        except OSError:
+            for f in fds:
+                os.close(f)
+            raise
+        part.dir_dirty = True
+        part.has_segments = True
+        act = _Active(base, path, fds[0], fds[1], fds[2], 0, IndexBuilder(), base)
+        part.active = act
+        return act
+
+    def _roll(self, part: _Partition) -> _Active:
+        act = part.active
+        b = act.builder
+        snap = b.snapshot()
+        b.seal()
+        try:
+            if len(b.timeindex) > act.tidx_written:
+                _write_all(act.tidx_fd, b.timeindex[act.tidx_written:])
+        except OSError:
+            b.restore(snap)
+            try:
+                os.ftruncate(act.tidx_fd, act.tidx_written)
+            except OSError:
+                pass
+            raise
+        act.tidx_written = len(b.timeindex)
+        part.segments.append(_Segment(act.base, act.size, b.max_ts, act.end_offset))
+        part.unsynced.append(act)
+        part.active = None
+        part.force_roll = False
+        return self._open_active(part, part.written)
+
+    def _append(self, part: _Partition, bufs: List[bytes], frames: List[tuple]) -> int:
+        """Append frames to the segments, rolling as needed (under part.lock).
+        A failed write is undone back to the last whole group, and raises."""
+        cfg = part.t["config"]
+        seg_bytes = cfg["segment_bytes"]
+        seg_s = cfg["segment_ms"] / 1000.0
+        now = time.monotonic()
+        act = part.active
+        if act is None:
+            act = self._open_active(part, part.written)
+        if part.force_roll and act.size:
+            act = self._roll(part)
+        part.force_roll = False
+        unpack = FRAME.unpack_from
+        views = [memoryview(b) for b in bufs]
+        written = 0
+        pieces: List[memoryview] = []
+        group = 0  # frames in the pending group
+        snap = act.builder.snapshot()
+        size = act.size
+        floor = part.written
+        cur = None  # (buf index, start, stop) of the pending piece
+        for bi, off, flen, end in frames:
+            if end <= floor:
+                continue  # already on disk (a re-attached region): never write twice
+            if size and (size + flen > seg_bytes or
+                         (act.first_write is not None and now - act.first_write >= seg_s)):
+                if group:
+                    pieces.append(views[cur[0]][cur[1]:cur[2]])
+                    written += self._flush(part, act, pieces, size, floor, snap, group)
+                pieces, group, cur = [], 0, None
+                act = self._roll(part)
+                snap = act.builder.snapshot()
+                size = 0
+            f = unpack(views[bi], off)
+            act.builder.add(size, f[F_BASE], f[F_MAX_TS])
+            if cur is not None and cur[0] == bi and cur[2] == off:
+                cur = (bi, cur[1], off + flen)
+            else:
+                if cur is not None:
+                    pieces.append(views[cur[0]][cur[1]:cur[2]])
+                cur = (bi, off, off + flen)
+            size += flen
+            floor = end
+            group += 1
+        if group:
+            pieces.append(views[cur[0]][cur[1]:cur[2]])
+            written += self._flush(part, act, pieces, size, floor, snap, group)
+        return written
+
+    def _flush(self, part: _Partition, act: _Active, pieces: List[memoryview], size: int,
+               end: int, snap: tuple, nframes: int) -> int:
+        """Write one group of frames and its index entries to the active segment."""
+        b = act.builder
+        try:
+            _writev_all(act.fd, pieces)
+            if len(b.index) > act.idx_written:
+                _write_all(act.idx_fd, b.index[act.idx_written:])
+            if len(b.timeindex) > act.tidx_written:
+                _write_all(act.tidx_fd, b.timeindex[act.tidx_written:])
+        except OSError as exc:
+            if exc.filename is None:
+                exc.filename = str(act.path)
+            for fd, n in ((act.fd, act.size), (act.idx_fd, act.idx_written),
+                          (act.tidx_fd, act.tidx_written)):
+                try:
+                    os.ftruncate(fd, n)
+                except OSError:
+                    pass
+            b.restore(snap)
+            raise
+        nbytes = size - act.size
+        act.size = size
+        act.idx_written = len(b.index)
+        act.tidx_written = len(b.timeindex)
+        act.end_offset = end
+        if act.first_write is None:
+            act.first_write = time.monotonic()
+        part.written = end
+        part.spilled_bytes += nbytes
+        self.spilled_bytes += nbytes
+        self.spilled_frames += nframes
+        return nframes
+
+    # ------------------------------------------------------------ fsync
+    def _fsync_loop(self) -> None:
+        while not self._stop.is_set():
+            timeout = 0.05
+            self._fsync_wake.wait(timeout)
+            self._fsync_wake.clear()
+            if self._stop.is_set():
+                break
+            try:
+                self._fsync_pass()
+                self._answer_syncs()
+            except Exception:
+                log.exception("fsync pass failed")
+                time.sleep(0.1)
+
+    def _fsync_pass(self) -> None:
+        now = time.monotonic()
+        with self._sync_mu:
+            wanted = {s.key for s in self._syncs}
+        for part in list(self._parts.values()):
+            if part.deleted:
+                continue
+            interval = part.t["config"]["fsync_interval_ms"] / 1000.0
+            due = part.key in wanted or now - part.last_fsync >= interval or part.unsynced
+            if due:
+                self._fsync_part(part)
+
+    def _fsync_part(self, part: _Partition) -> None:
+        with part.lock:
+            if part.deleted:
+                return
+            end = part.written
+            closing = list(part.unsynced)
+            if end <= part.durable and not closing and not part.dir_dirty:
+                part.last_fsync = time.monotonic()
+                return
+            dir_dirty = part.dir_dirty
+            part.dir_dirty = False
+            # dup: a topic delete may close the originals while we fsync
+            fds = []
+            try:
+                for a in closing:
+                    fds += [os.dup(fd) for fd in a.fds() if fd >= 0]
+                if part.active is not None and part.active.fd >= 0:
+                    fds.append(os.dup(part.active.fd))
+            except OSError:
+                for fd in fds:
+                    os.close(fd)
+                part.dir_dirty |= dir_dirty
+                raise
+            active_base = part.active.base if part.active is not None else None
+        try:
+            for fd in fds:
+                os.fdatasync(fd)
+            if dir_dirty:
+                _fsync_dir(part.dir)
+        except OSError as exc:
+            with part.lock:
+                part.dir_dirty |= dir_dirty
+            msg = f"fsync in {part.dir} failed: {exc.strerror or exc} (errno {exc.errno}); retrying"
+            if part.error != msg:
+                log.error("%s: %s", part.what, msg)
+            self._set_error(part, msg)
+            return
+        finally:
+            for fd in fds:
+                os.close(fd)
+        self.fsyncs += 1
+        if part.error is not None and part.error.startswith("fsync"):
+            log.warning("%s: fsync works again after: %s", part.what, part.error)
+            part.error = None
+            part.backoff = BACKOFF_MIN
+        with part.lock:
+            for a in closing:
+                a.close()
+                if a in part.unsynced:
+                    part.unsynced.remove(a)
+            if end > part.durable:
+                part.durable = end
+            part.last_fsync = time.monotonic()
+            rp = active_base if not part.unsynced and active_base is not None else None
+        if rp is not None:
+            self._write_recovery_point(part, rp)
+        with self.sup.lock:
+            plog = self.sup.logs.get(part.key)
+            if plog is not None and not plog.closed and not part.deleted:
+                plog.set_durable(part.durable)
+
+    # ------------------------------------------------------------ retention
+    def _retention_pass(self) -> None:
+        now_ms = time.time() * 1000
+        for part in list(self._parts.values()):
+            cfg = part.t["config"]
+            rms = cfg.get("retention_ms")
+            rbytes = cfg.get("retention_bytes")
+            if rms is None and rbytes is None:
+                continue
+            victims = []
+            with part.lock:
+                if part.deleted or not part.segments:
+                    continue
+                total = part.disk_bytes()
+                while part.segments:
+                    s = part.segments[0]
+                    by_bytes = rbytes is not None and total - rbytes >= s.size
+                    by_time = rms is not None and s.max_ts is not None and s.max_ts < now_ms - rms
+                    if not (by_bytes or by_time):
+                        break
+                    victims.append((s, "size" if by_bytes else "time"))
+                    part.segments.pop(0)
+                    total -= s.size
+            for s, _why in victims:
+                self._unlink_segment(part.dir, s.base)
+                self.deleted_segments += 1
+            if victims:
+                whys = sorted({why for _, why in victims})
+                log.info("%s: retention (%s) deleted %d segment(s), %d bytes, offsets %d..%d; "
+                         "the log now starts at offset %d", part.what, "+".join(whys), len(victims),
+                         sum(s.size for s, _ in victims), victims[0][0].base,
+                         victims[-1][0].end_offset - 1, victims[-1][0].end_offset)
+
