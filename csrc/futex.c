@@ -3,9 +3,12 @@
 #include "futex.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <linux/futex.h>
 #include <signal.h>
+#include <stdio.h>
+#include <string.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -38,11 +41,30 @@ uint64_t shmlog_now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+/* A zombie (killed, not yet reaped by its parent) is dead: it will never
+ * commit a claim or move a reader position again. kill(pid, 0) succeeds on
+ * it, so look at the state in /proc/<pid>/stat ("pid (comm) S ..."). */
+static int shmlog_pid_zombie(uint32_t pid)
+{
+    char path[32], buf[512];
+    snprintf(path, sizeof path, "/proc/%u/stat", pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0; /* no /proc: trust kill() */
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = 0;
+    char *rp = strrchr(buf, ')'); /* comm may hold spaces and parentheses */
+    return rp && rp[1] == ' ' && (rp[2] == 'Z' || rp[2] == 'X');
+}
+
 int shmlog_pid_alive(uint32_t pid)
 {
     if (pid == 0 || pid > (uint32_t)INT_MAX)
         return 0;
-    if (kill((pid_t)pid, 0) == 0)
-        return 1;
-    return errno == EPERM; /* exists, just not ours */
+    if (kill((pid_t)pid, 0) != 0 && errno != EPERM) /* EPERM: exists, not ours */
+        return 0;
+    return !shmlog_pid_zombie(pid);
 }

@@ -424,8 +424,9 @@ class Cluster:
 
     def reset_offsets(self, group: str, topic: str, *, to: str = "earliest", offset: Optional[int] = None,
                       timestamp_ms: Optional[int] = None) -> Dict[str, Any]:
-        return self.request("reset_offsets", group=group, topic=topic, to=to, offset=offset,
-                            timestamp_ms=timestamp_ms)["offsets"]
+        offsets = self.request("reset_offsets", group=group, topic=topic, to=to, offset=offset,
+                               timestamp_ms=timestamp_ms)["offsets"]
+        return {int(p): o for p, o in offsets.items()}  # JSON object keys are strings
 
     # ------------------------------------------------------------ lifecycle
     def close(self) -> None:

@@ -587,6 +587,8 @@ class Consumer:
             if deadline is not None and now >= deadline:
                 return None
             wait = 1.0 if deadline is None else deadline - now
+            if self._member is not None:
+                wait = min(wait, self._member.poll_interval())
             if n == 0:
                 time.sleep(min(wait, 0.01))
                 continue

@@ -94,6 +94,8 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 
 def pid_alive(pid: int) -> bool:
+    """Alive, and not a zombie (killed but not yet reaped by its parent: it
+    will never commit or read again, though kill(pid, 0) still succeeds)."""
     if pid <= 0:
         return False
     try:
@@ -101,8 +103,15 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except FileNotFoundError:
+        return False
+    except OSError:
         return True
-    return True
+    return stat[stat.rfind(b")") + 2:][:1] not in (b"Z", b"X")
 
 
 class AlreadyRunning(errors.ShmlogError):
@@ -153,6 +162,10 @@ class Supervisor:
         self.on_topic_deleted: List[Callable[[str, Dict[str, Any]], None]] = []
         self.on_stop: List[Callable[[], None]] = []
         self.on_start: List[Callable[[], None]] = []
+        self.on_partitions_added: List[Callable[[str, int, int], None]] = []
+        # regions of this cluster, other than partition regions, that the
+        # stale-region sweep at start must keep (the groups region)
+        self.keep_regions: List[Callable[[], List[str]]] = []
         self.reaped_processes = 0
         self.started_ns = time.time_ns()
 
@@ -268,6 +281,8 @@ class Supervisor:
 
     def _reclaim_stale_regions(self) -> None:
         keep = {plog.name.lstrip("/") for plog in self.logs.values()}
+        for fn in self.keep_regions:
+            keep.update(n.lstrip("/") for n in fn())
         prefix = f"shmlog-{self.cluster_id}-"
         try:
             names = os.listdir("/dev/shm")
@@ -504,6 +519,8 @@ class Supervisor:
             self._open_partition(name, t, p)
         t["config"] = new_cfg
         self.save_meta()
+        for fn in self.on_partitions_added:
+            fn(name, cur, total)
         return {"topic": self.topic_info(name)}
 
     def _op_topics(self, m, c):
@@ -597,10 +614,13 @@ class Supervisor:
                     if plog.closed:
                         continue
                     self._reap_partition(key, plog, stuck, cursors)
-                for fn in self.tickers:
-                    fn()
             except Exception:
                 log.exception("reaper pass failed")
+            for fn in self.tickers:  # one role's failure never stops another's
+                try:
+                    fn()
+                except Exception:
+                    log.exception("ticker %r failed", fn)
 
     def _reap_partition(self, key, plog: PartitionLog, stuck, cursors) -> None:
         with self.lock:

@@ -1,0 +1,1600 @@
+"""Consumer groups: the coordinator (in the supervisor) and the member (in
+each consumer of a group).
+
+Protocol (JSON ops over the supervisor socket; every request is answered at
+once, so the supervisor's single-threaded loop never waits on a member):
+
+* ``group_join``   -> member_id, token, heartbeat slot, generation. A member
+  that was in the group before a supervisor restart rejoins with its
+  member_id, slot, token and the partitions it still owns ("claims").
+* ``group_sync``   -> the member reports what it owns (having revoked what it
+  was told to), commits the offsets of what it just released, and gets back
+  what to revoke next and which partitions it may start reading, with their
+  committed offsets. Cooperative: a partition is granted only once its old
+  owner has released it (or died), so no partition ever has two owners; the
+  others keep being read through the whole rebalance.
+* ``group_commit`` / ``group_committed`` / ``group_leave``. A commit is
+  accepted only from a current member, for partitions it owns now: a member
+  removed from the group (its generation is stale) or a partition that moved
+  on gets FencedMember, as Kafka fences a stale generation.
+* admin: ``groups``, ``describe_group``, ``delete_group``, ``reset_offsets``.
+
+The coordinator tells a member to sync through its heartbeat slot in the
+groups region ``/shmlog-<cluster_id>-groups`` (0600): the member's poll()
+compares the slot's notify and token words with what it saw last, writes its
+poll time into the slot, and makes no syscall unless something changed. The
+coordinator's own ticker thread (at the reaper's interval) removes a member
+whose process is gone (a zombie counts as gone, a reused pid is told apart by
+its start time) or which has not polled for ``session_timeout_ms``, and
+rebalances; on_revoke/on_assign run in the members' processes.
+
+Committed offsets live in ``<data_dir>/groups/<group>.offsets``: one line
+per commit, ``<crc32 of the json, 8 hex digits> <json>``, fsynced when it
+holds a disk topic's offsets (a memory topic's data dies with the machine
+anyway, and the page cache survives a supervisor crash), compacted by
+rewrite-and-rename. On memory topics the coordinator also holds a gating
+reader slot per (group, partition) at the committed offset, so producers
+never overwrite what a group has not committed; members auto-commit each
+time they move into the next chunk of a memory partition, so that gate
+trails the readers by less than a chunk.
+
+Region layout (little-endian u64 words; pinned by tests/test_groups.py):
+
+    header, 128 bytes: magic, version, slot_count, incarnation, supervisor_pid
+    slot i at 128 + 128*i: pid, token, group_hash, generation, notify,
+                           last_poll_ns (CLOCK_MONOTONIC), session_timeout_ms
+
+A slot is 128 bytes so a member's poll touches one cache line nobody else
+writes on the normal path. The region survives a supervisor crash: the next
+supervisor re-attaches it, treats the slots it finds as members that must
+rejoin (``notify`` = REJOIN), and grants nothing in their groups until each
+has rejoined, died or timed out.
+
+The member must never make a syscall in poll() on the normal path, and the
+coordinator must never block the supervisor's loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import mmap
+import os
+import re
+import secrets
+import threading
+import time
+import zlib
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+
+import posix_ipc
+
+from . import assignors, errors, protocol
+from .config import validate_topic_name
+
+log = logging.getLogger("shmlog.groups")
+
+TP = Tuple[str, int]
+
+# ------------------------------------------------------------------ region
+MAGIC = int.from_bytes(b"SHMLGRP1", "little")
+VERSION = 1
+HEADER_BYTES = 128
+SLOT_BYTES = 128
+SLOT_COUNT = 1024
+REGION_BYTES = HEADER_BYTES + SLOT_BYTES * SLOT_COUNT
+H_MAGIC, H_VERSION, H_SLOTS, H_INCARNATION, H_SUPERVISOR = range(5)
+S_PID, S_TOKEN, S_GROUP, S_GENERATION, S_NOTIFY, S_POLL, S_SESSION = range(7)
+REJOIN = (1 << 64) - 1  # notify value: the coordinator restarted, rejoin with your claims
+
+POLL_INTERVAL_S = 0.1  # longest a member sleeps before looking at its slot again
+RETRY_NS = 100_000_000  # back-off after a failed control request
+SUPERVISOR_CHECK_NS = 1_000_000_000  # how often a member checks that its coordinator lives
+MIN_SESSION_MS = 100
+MAX_SESSION_MS = 3_600_000
+MAX_OFFSET = (1 << 63) - 1
+
+GROUP_RE = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+OFFSETS_SUFFIX = ".offsets"
+COMPACT_BYTES = 64 << 10
+
+_now = time.monotonic_ns
+
+
+def region_name(cluster_id: str) -> str:
+    return f"/shmlog-{cluster_id}-groups"
+
+
+def validate_group_name(name: Any) -> str:
+    if not isinstance(name, str) or not GROUP_RE.match(name) or name in (".", ".."):
+        raise errors.InvalidConfig(
+            f"invalid group name {name!r}: use 1-200 characters of [A-Za-z0-9._-], not '.' or '..'",
+            what=str(name),
+        )
+    return name
+
+
+def group_hash(name: str) -> int:
+    h = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little")
+    return h or 1
+
+
+def slot_index(slot: int, word: int) -> int:
+    """Index of a slot's word in the region's u64 view."""
+    return (HEADER_BYTES + slot * SLOT_BYTES) // 8 + word
+
+
+class GroupsRegion:
+    """The heartbeat region, mapped in this process (as a u64 view)."""
+
+    def __init__(self, name: str, mm: mmap.mmap, created: bool):
+        self.name = name
+        self._mm = mm
+        self.words = memoryview(mm).cast("Q")
+        self.created = created
+
+    @classmethod
+    def open(cls, name: str) -> GroupsRegion:
+        """Supervisor side: re-attach a surviving region, else create one."""
+        try:
+            region = cls.attach(name)
+            log.info("re-attached groups region %s", name)
+            return region
+        except posix_ipc.ExistentialError:
+            pass
+        except errors.ShmlogError as exc:
+            log.error("groups region %s is unusable (%s); recreating it", name, exc)
+            try:
+                posix_ipc.unlink_shared_memory(name)
+            except posix_ipc.ExistentialError:
+                pass
+        shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=REGION_BYTES)
+        try:
+            mm = mmap.mmap(shm.fd, REGION_BYTES, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        finally:
+            shm.close_fd()
+        region = cls(name, mm, created=True)
+        w = region.words
+        w[H_VERSION] = VERSION
+        w[H_SLOTS] = SLOT_COUNT
+        w[H_INCARNATION] = secrets.randbits(63) | 1
+        w[H_MAGIC] = MAGIC  # last: a half-formatted region never looks valid
+        return region
+
+    @classmethod
+    def attach(cls, name: str) -> GroupsRegion:
+        shm = posix_ipc.SharedMemory(name)
+        try:
+            size = shm.size
+            if size < REGION_BYTES:
+                raise errors.CorruptBatch(f"groups region {name} is only {size} bytes", what=name)
+            mm = mmap.mmap(shm.fd, REGION_BYTES, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        finally:
+            shm.close_fd()
+        region = cls(name, mm, created=False)
+        w = region.words
+        if w[H_MAGIC] != MAGIC or w[H_VERSION] != VERSION or w[H_SLOTS] != SLOT_COUNT:
+            region.close()
+            raise errors.CorruptBatch(
+                f"groups region {name} has a bad magic, version or slot count", what=name)
+        return region
+
+    @property
+    def incarnation(self) -> int:
+        return self.words[H_INCARNATION]
+
+    def close(self) -> None:
+        if self.words is None:
+            return
+        self.words.release()
+        self.words = None
+        try:
+            self._mm.close()
+        except BufferError:
+            pass
+
+    def unlink(self) -> None:
+        try:
+            posix_ipc.unlink_shared_memory(self.name)
+        except posix_ipc.ExistentialError:
+            pass
+
+
+# ------------------------------------------------------------------ offsets file
+class OffsetStore:
+    """Committed offsets of one group: ``<data_dir>/groups/<group>.offsets``.
+
+    Append-only lines ``<crc32 hex> <json>\\n``; json is
+    {"o": [[topic, topic_id, partition, offset], ...], "g": generation,
+    "m": member_id, "t": time_ms}. Loading stops at the first line whose CRC
+    or JSON is bad (a torn append) and truncates the file there; offsets of a
+    topic id that no longer exists are ignored and dropped by compaction."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.offsets: Dict[TP, Tuple[int, int]] = {}  # (topic, p) -> (topic_id, offset)
+        self._fd: Optional[int] = None
+        self._size = 0
+        self._base = 0  # size right after the last compaction
+        self.load()
+
+    def load(self) -> None:
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return
+        pos = 0
+        good = 0
+        while pos < len(data):
+            nl = data.find(b"\n", pos)
+            if nl < 0:
+                break
+            line = data[pos:nl]
+            rec = _parse_record(line)
+            if rec is None:
+                break
+            self._apply(rec)
+            pos = nl + 1
+            good = pos
+        if good < len(data):
+            log.error("%s: bad or torn record at byte %d; dropped the %d byte(s) after it",
+                      self.path, good, len(data) - good)
+            with open(self.path, "r+b") as f:
+                f.truncate(good)
+                f.flush()
+                os.fsync(f.fileno())
+        self._size = good
+        self._base = good
+
+    def _apply(self, rec: Dict[str, Any]) -> None:
+        for topic, tid, p, off in rec.get("o", ()):
+            self.offsets[(topic, p)] = (tid, off)
+
+    def get(self, topic: str, p: int, topic_id: int) -> Optional[int]:
+        v = self.offsets.get((topic, p))
+        if v is None or v[0] != topic_id:
+            return None
+        return v[1]
+
+    def _open(self) -> int:
+        if self._fd is None:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        return self._fd
+
+    def append(self, entries: Sequence[Tuple[str, int, int, int]], *, durable: bool,
+               generation: int = 0, member_id: str = "") -> None:
+        """Record offsets; with durable=True they survive a machine crash
+        once this returns (fsync)."""
+        if not entries:
+            return
+        rec = {"o": [list(e) for e in entries], "g": generation, "m": member_id,
+               "t": int(time.time() * 1000)}
+        line = _format_record(rec)
+        fd = self._open()
+        _write_all(fd, line)
+        if durable:
+            os.fsync(fd)
+        self._size += len(line)
+        for topic, tid, p, off in entries:
+            self.offsets[(topic, p)] = (tid, off)
+
+    def needs_compaction(self) -> bool:
+        return self._size > COMPACT_BYTES and self._size > 2 * self._base
+
+    def compact(self, live_topic_ids: Dict[str, int]) -> None:
+        """Rewrite the file with one record of the current offsets (of live
+        topics), fsync, rename over the old one, fsync the directory."""
+        keep = {tp: v for tp, v in self.offsets.items() if live_topic_ids.get(tp[0]) == v[0]}
+        self.offsets = keep
+        entries = [[t, tid, p, off] for (t, p), (tid, off) in sorted(keep.items())]
+        line = _format_record({"o": entries, "g": 0, "m": "compaction", "t": int(time.time() * 1000)})
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            _write_all(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+        _fsync_dir(self.path.parent)
+        self.close()
+        self._size = self._base = len(line)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def delete(self) -> None:
+        self.close()
+        self.offsets.clear()
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+        _fsync_dir(self.path.parent)
+
+
+def _format_record(rec: Dict[str, Any]) -> bytes:
+    body = json.dumps(rec, separators=(",", ":"), sort_keys=True).encode()
+    return b"%08x %s\n" % (zlib.crc32(body), body)
+
+
+def _parse_record(line: bytes) -> Optional[Dict[str, Any]]:
+    if len(line) < 10 or line[8:9] != b" ":
+        return None
+    body = line[9:]
+    try:
+        if int(line[:8], 16) != zlib.crc32(body):
+            return None
+        rec = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(rec, dict) or not isinstance(rec.get("o", []), list):
+        return None
+    for e in rec.get("o", []):
+        if not (isinstance(e, list) and len(e) == 4 and isinstance(e[0], str)
+                and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in e[1:])):
+            return None
+    return rec
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+# ------------------------------------------------------------------ wire helpers
+def _tp_list(msg: Dict[str, Any], name: str) -> List[TP]:
+    v = protocol.field(msg, name, list, required=False, default=[])
+    out = []
+    for e in v:
+        if not (isinstance(e, list) and len(e) == 2 and isinstance(e[0], str)
+                and isinstance(e[1], int) and not isinstance(e[1], bool) and 0 <= e[1] < 1 << 20):
+            raise protocol.ProtocolError(f"field {name!r} must be a list of [topic, partition]")
+        out.append((e[0], e[1]))
+    return out
+
+
+def _offset_list(msg: Dict[str, Any], name: str) -> Dict[TP, int]:
+    v = protocol.field(msg, name, list, required=False, default=[])
+    out = {}
+    for e in v:
+        if not (isinstance(e, list) and len(e) == 3 and isinstance(e[0], str)
+                and all(isinstance(x, int) and not isinstance(x, bool) for x in e[1:])
+                and 0 <= e[1] < 1 << 20 and 0 <= e[2] <= MAX_OFFSET):
+            raise protocol.ProtocolError(f"field {name!r} must be a list of [topic, partition, offset]")
+        out[(e[0], e[1])] = e[2]
+    return out
+
+
+def _int_field(msg: Dict[str, Any], name: str, default: Optional[int], lo: int, hi: int) -> Optional[int]:
+    v = protocol.field(msg, name, (int, type(None)), required=False, default=default)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not lo <= v <= hi:
+        raise protocol.ProtocolError(f"field {name!r} must be an integer in [{lo}, {hi}]")
+    return v
+
+
+# ------------------------------------------------------------------ coordinator
+class _Member:
+    __slots__ = ("member_id", "client_id", "pid", "slot", "token", "topics", "session_ns",
+                 "owned", "generation", "joined_ms", "started")
+
+    def __init__(self, member_id: str, client_id: str, pid: int, slot: int, token: int,
+                 topics: List[str], session_ms: int):
+        self.member_id = member_id
+        self.client_id = client_id
+        self.pid = pid
+        self.slot = slot
+        self.token = token
+        self.topics = topics
+        self.session_ns = session_ms * 1_000_000
+        self.owned: Set[TP] = set()
+        self.generation = 0
+        self.joined_ms = int(time.time() * 1000)
+        st = _proc_stat(pid)
+        self.started = st[1] if st is not None and st[0] != "X" else None
+
+
+class _Orphan:
+    """A slot found in a surviving region at start: a member of the previous
+    supervisor that has not rejoined yet."""
+
+    __slots__ = ("slot", "token", "pid", "session_ns")
+
+    def __init__(self, slot: int, token: int, pid: int, session_ns: int):
+        self.slot = slot
+        self.token = token
+        self.pid = pid
+        self.session_ns = session_ns
+
+
+class _Group:
+    def __init__(self, name: str, store: OffsetStore):
+        self.name = name
+        self.hash = group_hash(name)
+        self.store = store
+        self.generation = 0
+        self.assignor: Optional[str] = None
+        self.members: Dict[str, _Member] = {}
+        self.owner: Dict[TP, str] = {}
+        self.target: Optional[Dict[str, Set[TP]]] = {}
+        self.parts: Dict[str, int] = {}
+        self.barrier: Dict[int, _Orphan] = {}
+        self.gates: Dict[TP, Tuple[Any, int]] = {}  # memory topics: (PartitionLog, reader slot)
+        self.rebalances = 0
+
+    def state(self) -> str:
+        if not self.members and not self.barrier:
+            return "Empty"
+        if self.barrier or self.target is None:
+            return "Rebalancing"
+        for mid, m in self.members.items():
+            if m.owned != self.target.get(mid, set()):
+                return "Rebalancing"
+        return "Stable"
+
+
+class Coordinator:
+    """The group coordinator, living in the supervisor (see install())."""
+
+    def __init__(self, sup):
+        self.sup = sup
+        self.groups: Dict[str, _Group] = {}
+        self.region: Optional[GroupsRegion] = None
+        self.orphans: Dict[int, Dict[int, _Orphan]] = {}
+        self.orphan_deadline_ns = 0
+        self.dir = Path(sup.data_dir) / "groups"
+        self._closed = False
+
+    # ------------------------------------------------------------ lifecycle
+    def region_name(self) -> str:
+        return region_name(self.sup.cluster_id)
+
+    def start(self) -> None:
+        self.dir.mkdir(mode=0o700, exist_ok=True)
+        self.region = GroupsRegion.open(self.region_name())
+        w = self.region.words
+        w[H_SUPERVISOR] = os.getpid()
+        now = _now()
+        longest = 0
+        for i in range(SLOT_COUNT):
+            tok = w[slot_index(i, S_TOKEN)]
+            if not tok:
+                continue
+            o = _Orphan(i, tok, w[slot_index(i, S_PID)],
+                        max(w[slot_index(i, S_SESSION)], MIN_SESSION_MS) * 1_000_000)
+            self.orphans.setdefault(w[slot_index(i, S_GROUP)], {})[i] = o
+            # members may have been quiet while nobody watched: count from now
+            w[slot_index(i, S_POLL)] = max(w[slot_index(i, S_POLL)], now)
+            w[slot_index(i, S_NOTIFY)] = REJOIN
+            longest = max(longest, o.session_ns)
+        self.orphan_deadline_ns = now + longest
+        if self.orphans:
+            log.info("%d member(s) of the previous supervisor must rejoin",
+                     sum(len(v) for v in self.orphans.values()))
+        for p in sorted(self.dir.glob("*" + OFFSETS_SUFFIX)):
+            name = p.name[: -len(OFFSETS_SUFFIX)]
+            if GROUP_RE.match(name):
+                g = self._group(name)
+                self._restore_gates(g)
+
+    def start_ticker(self) -> None:
+        t = threading.Thread(target=self._tick_loop, name="shmlog-groups", daemon=True)
+        t.start()
+        self.sup._threads.append(t)  # joined by Supervisor.shutdown()
+
+    def _tick_loop(self) -> None:
+        interval = max(float(self.sup.cfg["reaper_interval_ms"]), 10.0) / 1000.0
+        stop = self.sup._stop
+        while not stop.wait(interval) and not self._closed:
+            try:
+                self.tick()
+            except Exception:
+                log.exception("group coordinator pass failed")
+
+    def stop(self) -> None:
+        with self.sup.lock:
+            self._closed = True
+            for g in self.groups.values():
+                self._release_gates(g)
+                g.store.close()
+            if self.region is not None:
+                self.region.close()
+                self.region.unlink()
+                self.region = None
+
+    # ------------------------------------------------------------ helpers
+    def _group(self, name: str, *, create: bool = True) -> Optional[_Group]:
+        g = self.groups.get(name)
+        if g is None:
+            path = self.dir / (name + OFFSETS_SUFFIX)
+            if not create and not path.exists() and group_hash(name) not in self.orphans:
+                return None
+            g = _Group(name, OffsetStore(path))
+            g.barrier = self.orphans.pop(g.hash, {})
+            self.groups[name] = g
+        return g
+
+    def _known_group(self, name: str) -> _Group:
+        validate_group_name(name)
+        g = self._group(name, create=False)
+        if g is None:
+            raise errors.GroupError(f"unknown group {name!r}: it has no members and no committed offsets",
+                                    what=name)
+        return g
+
+    def _topic(self, name: str) -> Optional[Dict[str, Any]]:
+        return self.sup.meta["topics"].get(name)
+
+    def _plog(self, topic: str, p: int):
+        t = self._topic(topic)
+        if t is None:
+            return None
+        plog = self.sup.logs.get((t["id"], p))
+        if plog is None or plog.closed:
+            return None
+        return plog
+
+    def _end_offset(self, topic: str, p: int) -> Optional[int]:
+        plog = self._plog(topic, p)
+        return None if plog is None else plog.end_offset()
+
+    def _committed(self, g: _Group, topic: str, p: int) -> Optional[int]:
+        t = self._topic(topic)
+        if t is None:
+            return None
+        return g.store.get(topic, p, t["id"])
+
+    def _partition_counts(self, topics: Iterable[str]) -> Dict[str, int]:
+        out = {}
+        for name in topics:
+            t = self._topic(name)
+            if t is not None:
+                out[name] = t["config"]["partitions"]
+        return out
+
+    def _words(self):
+        if self.region is None:
+            raise errors.GroupError("the group coordinator is not running")
+        return self.region.words
+
+    def _notify(self, m: _Member) -> None:
+        w = self._words()
+        i = slot_index(m.slot, S_NOTIFY)
+        v = w[i]
+        w[i] = 1 if v >= REJOIN - 1 else v + 1
+
+    def _alloc_slot(self) -> int:
+        w = self._words()
+        reserved = {o.slot for orph in self.orphans.values() for o in orph}
+        reserved |= {s for g in self.groups.values() for s in g.barrier}
+        for i in range(SLOT_COUNT):
+            if not w[slot_index(i, S_TOKEN)] and i not in reserved:
+                return i
+        raise errors.GroupError(f"no free member slot: at most {SLOT_COUNT} group members per data dir")
+
+    def _fill_slot(self, m: _Member, g: _Group, session_ms: int) -> None:
+        w = self._words()
+        w[slot_index(m.slot, S_PID)] = m.pid
+        w[slot_index(m.slot, S_GROUP)] = g.hash
+        w[slot_index(m.slot, S_GENERATION)] = g.generation
+        w[slot_index(m.slot, S_POLL)] = _now()
+        w[slot_index(m.slot, S_SESSION)] = session_ms
+        w[slot_index(m.slot, S_NOTIFY)] = 1
+        w[slot_index(m.slot, S_TOKEN)] = m.token  # last: the slot is in use
+
+    def _free_slot(self, slot: int) -> None:
+        if self.region is None:
+            return
+        w = self.region.words
+        w[slot_index(slot, S_TOKEN)] = 0  # first: the member's next poll sees it is out
+        i = slot_index(slot, S_NOTIFY)
+        w[i] = (w[i] + 1) % REJOIN
+        for k in (S_PID, S_GROUP, S_GENERATION, S_POLL, S_SESSION):
+            w[slot_index(slot, k)] = 0
+
+    def _member_group(self, msg: Dict[str, Any]) -> _Group:
+        """The group of a member request; a group this coordinator does not
+        know fences the member (it rejoins)."""
+        name = validate_group_name(protocol.field(msg, "group", str))
+        g = self._group(name, create=False)
+        if g is None:
+            raise errors.FencedMember(
+                f"group {name!r} has no member {msg.get('member_id')!r} (the supervisor restarted or the "
+                f"member was removed)", what=name)
+        return g
+
+    def _member(self, g: _Group, msg: Dict[str, Any]) -> _Member:
+        mid = protocol.field(msg, "member_id", str)
+        m = g.members.get(mid)
+        gen = _int_field(msg, "generation", 0, 0, MAX_OFFSET)
+        if m is None:
+            raise errors.FencedMember(
+                f"member {mid!r} is not in group {g.name!r} (its generation {gen} is stale; the group "
+                f"is at generation {g.generation}): it was removed after its process died, it stopped "
+                f"polling for longer than its session timeout, or the supervisor restarted",
+                what=g.name,
+            )
+        tok = _int_field(msg, "token", None, 0, (1 << 64) - 1)
+        if tok is not None and tok != m.token:
+            raise errors.FencedMember(f"member {mid!r} of group {g.name!r}: token mismatch", what=g.name)
+        return m
+
+    # ------------------------------------------------------------ rebalance
+    def _rebalance(self, g: _Group, reason: str) -> None:
+        if g.barrier:
+            g.target = None  # wait until every member of the previous supervisor is back
+            return
+        g.generation += 1
+        g.rebalances += 1
+        topics = sorted({t for m in g.members.values() for t in m.topics})
+        g.parts = self._partition_counts(topics)
+        subs = {mid: [t for t in m.topics if t in g.parts] for mid, m in g.members.items()}
+        fn = assignors.get(g.assignor or assignors.DEFAULT)
+        target = fn(subs, g.parts, {mid: m.owned for mid, m in g.members.items()})
+        g.target = {mid: set(target.get(mid, ())) for mid in g.members}
+        w = self.region.words if self.region is not None else None
+        moving = 0
+        for mid, m in g.members.items():
+            m.generation = g.generation
+            if w is not None:
+                w[slot_index(m.slot, S_GENERATION)] = g.generation
+            if m.owned != g.target[mid]:
+                moving += len(m.owned - g.target[mid])
+                self._notify(m)
+        log.info("group %r: generation %d (%s): %d member(s), %d partition(s) to move",
+                 g.name, g.generation, reason, len(g.members), moving)
+
+    def _release(self, g: _Group, m: _Member, tps: Iterable[TP]) -> None:
+        """m no longer owns tps: free them and wake whoever should get them."""
+        wake = set()
+        for tp in tps:
+            m.owned.discard(tp)
+            if g.owner.get(tp) == m.member_id:
+                del g.owner[tp]
+                if g.target:
+                    for mid, want in g.target.items():
+                        if tp in want and mid != m.member_id and mid in g.members:
+                            wake.add(mid)
+        for mid in wake:
+            self._notify(g.members[mid])
+
+    def _remove(self, g: _Group, m: _Member, reason: str) -> None:
+        if reason.endswith(" left"):
+            log.info("group %r: member %s (pid %d) left", g.name, m.member_id, m.pid)
+        else:
+            log.warning("group %r: member %s (pid %d) removed: %s", g.name, m.member_id, m.pid, reason)
+        self._release(g, m, list(m.owned))
+        g.members.pop(m.member_id, None)
+        self._free_slot(m.slot)
+        if not g.members and not g.barrier:
+            g.assignor = None
+        self._rebalance(g, reason)
+
+    def _grants(self, g: _Group, m: _Member) -> List[Tuple[str, int, Optional[int]]]:
+        if g.barrier or g.target is None:
+            return []
+        out = []
+        for tp in sorted(g.target.get(m.member_id, ())):
+            if tp in m.owned or tp in g.owner:
+                continue
+            g.owner[tp] = m.member_id
+            m.owned.add(tp)
+            out.append((tp[0], tp[1], self._start_position(g, tp)))
+        return out
+
+    def _start_position(self, g: _Group, tp: TP) -> Optional[int]:
+        off = self._committed(g, *tp)
+        if off is None:
+            return None
+        end = self._end_offset(*tp)
+        if end is not None and off > end:
+            # the log restarted below what was committed (reboot of a memory
+            # topic, or a torn tail dropped): auto_offset_reset decides
+            log.warning("group %r: committed offset %d of %s[%d] is past its end %d; resetting",
+                        g.name, off, tp[0], tp[1], end)
+            return None
+        return off
+
+    # ------------------------------------------------------------ offsets
+    def _commit(self, g: _Group, m: Optional[_Member], offsets: Dict[TP, int], *, check: bool = True) -> None:
+        entries = []
+        durable = False
+        for (topic, p), off in sorted(offsets.items()):
+            t = self._topic(topic)
+            if t is None:
+                raise errors.UnknownTopic(f"cannot commit for unknown topic {topic!r}", what=topic)
+            if not 0 <= p < t["config"]["partitions"]:
+                raise errors.UnknownPartition(f"topic {topic!r} has no partition {p}", what=topic)
+            if check and m is not None and g.owner.get((topic, p)) != m.member_id:
+                raise errors.FencedMember(
+                    f"member {m.member_id!r} of group {g.name!r} does not own {topic}[{p}] in "
+                    f"generation {g.generation} (it was moved to another member): commit rejected",
+                    what=g.name,
+                )
+            entries.append((topic, t["id"], p, off))
+            durable = durable or t["config"]["storage"] != "memory"
+        if not entries:
+            return
+        g.store.append(entries, durable=durable, generation=g.generation,
+                       member_id=m.member_id if m is not None else "admin")
+        for topic, _tid, p, off in entries:
+            self._gate(g, topic, p, off)
+        if g.store.needs_compaction():
+            g.store.compact({n: t["id"] for n, t in self.sup.meta["topics"].items()})
+
+    def _gate(self, g: _Group, topic: str, p: int, offset: int) -> None:
+        """Memory topics: hold the producers at this group's committed offset."""
+        t = self._topic(topic)
+        if t is None or t["config"]["storage"] != "memory":
+            return
+        plog = self._plog(topic, p)
+        if plog is None:
+            return
+        cur = g.gates.get((topic, p))
+        if cur is not None and cur[0] is plog and not plog.closed:
+            plog.set_reader_position(cur[1], offset)
+            return
+        try:
+            slot = plog.register_reader(offset, gating=True, group_id=g.hash)
+        except errors.ShmlogError as exc:
+            log.warning("group %r: cannot gate %s[%d] at its committed offset: %s", g.name, topic, p, exc)
+            return
+        g.gates[(topic, p)] = (plog, slot)
+
+    def _restore_gates(self, g: _Group) -> None:
+        for (topic, p), (tid, off) in list(g.store.offsets.items()):
+            t = self._topic(topic)
+            if t is not None and t["id"] == tid and p < t["config"]["partitions"]:
+                self._gate(g, topic, p, off)
+
+    def _release_gates(self, g: _Group, topic: Optional[str] = None) -> None:
+        for tp, (plog, slot) in list(g.gates.items()):
+            if topic is not None and tp[0] != topic:
+                continue
+            if not plog.closed:
+                plog.release_reader(slot)
+            del g.gates[tp]
+
+    # ------------------------------------------------------------ ops: members
+    def op_join(self, msg: Dict[str, Any], conn) -> Dict[str, Any]:
+        name = validate_group_name(protocol.field(msg, "group", str))
+        topics = protocol.field(msg, "topics", list)
+        if not topics or not all(isinstance(t, str) for t in topics):
+            raise protocol.ProtocolError("field 'topics' must be a non-empty list of topic names")
+        topics = sorted({validate_topic_name(t) for t in topics})
+        assignor = protocol.field(msg, "assignor", str, required=False, default=assignors.DEFAULT)
+        assignors.get(assignor)
+        pid = _int_field(msg, "pid", None, 1, 1 << 31)
+        if pid is None:
+            raise protocol.ProtocolError("request 'group_join' is missing field 'pid'")
+        client_id = protocol.field(msg, "client_id", str, required=False, default="")[:200]
+        session_ms = _int_field(msg, "session_timeout_ms", None, MIN_SESSION_MS, MAX_SESSION_MS)
+        if session_ms is None:
+            session_ms = int(self.sup.cfg["session_timeout_ms"])
+        mid = protocol.field(msg, "member_id", (str, type(None)), required=False, default=None)
+        token = _int_field(msg, "token", None, 1, (1 << 64) - 1)
+        slot = _int_field(msg, "slot", None, 0, SLOT_COUNT - 1)
+        gen = _int_field(msg, "generation", 0, 0, MAX_OFFSET)
+        claims = _tp_list(msg, "owned")
+        g = self._group(name)
+        if g.assignor is not None and g.assignor != assignor and (g.members or g.barrier):
+            raise errors.GroupError(
+                f"group {name!r} uses the {g.assignor!r} assignor; this member asked for {assignor!r} "
+                f"(every member of a group must use the same one)", what=name)
+        self._words()  # raises if the coordinator is not running
+        old = g.members.get(mid) if mid else None
+        if old is not None and old.token == token:
+            # the same join again (a retried request): answer the same
+            return self._join_reply(g, old)
+        rejoin = mid is not None and token is not None
+        if rejoin and slot is not None and slot in g.barrier and g.barrier[slot].token == token:
+            del g.barrier[slot]
+        else:
+            slot = self._alloc_slot()
+            token = secrets.randbits(63) | 1
+            if not rejoin:
+                mid = f"{client_id or 'member'}-{secrets.token_hex(6)}"
+            if mid in g.members:
+                mid = f"{mid}-{secrets.token_hex(3)}"
+        m = _Member(mid, client_id, pid, slot, token, topics, session_ms)
+        g.assignor = assignor
+        g.members[mid] = m
+        self._fill_slot(m, g, session_ms)
+        if rejoin and claims:
+            g.generation = max(g.generation, gen)
+            counts = self._partition_counts(topics)
+            for tp in claims:
+                if tp[0] in counts and tp[1] < counts[tp[0]] and tp not in g.owner:
+                    g.owner[tp] = mid
+                    m.owned.add(tp)
+            log.info("group %r: member %s rejoined with %d of its %d partition(s)",
+                     name, mid, len(m.owned), len(claims))
+        self._rebalance(g, f"member {mid} joined" if not rejoin else f"member {mid} rejoined")
+        return self._join_reply(g, m)
+
+    def _join_reply(self, g: _Group, m: _Member) -> Dict[str, Any]:
+        return {"member_id": m.member_id, "token": m.token, "slot": m.slot,
+                "region": self.region_name(), "incarnation": self.region.incarnation,
+                "generation": g.generation, "session_timeout_ms": m.session_ns // 1_000_000}
+
+    def op_sync(self, msg: Dict[str, Any], conn) -> Dict[str, Any]:
+        g = self._member_group(msg)
+        m = self._member(g, msg)
+        claimed = set(_tp_list(msg, "owned"))
+        offsets = _offset_list(msg, "offsets")
+        released = m.owned - claimed
+        if offsets:
+            ok = {tp: off for tp, off in offsets.items()
+                  if g.owner.get(tp) == m.member_id and self._topic(tp[0]) is not None}
+            self._commit(g, m, ok)
+        if released:
+            self._release(g, m, released)
+        m.generation = g.generation
+        revoke = sorted(claimed - m.owned)  # not ours (a rejected claim): drop at once
+        if g.target is not None and not g.barrier:
+            revoke += sorted(m.owned - g.target.get(m.member_id, set()))
+        grants = self._grants(g, m)
+        waiting = 0
+        if g.target is not None:
+            waiting = len(g.target.get(m.member_id, set()) - m.owned)
+        return {"generation": g.generation, "revoke": [list(tp) for tp in revoke],
+                "assign": [list(x) for x in grants], "waiting": waiting}
+
+    def op_commit(self, msg: Dict[str, Any], conn) -> Dict[str, Any]:
+        g = self._member_group(msg)
+        m = self._member(g, msg)
+        self._commit(g, m, _offset_list(msg, "offsets"))
+        return {"generation": g.generation}
+
+    def op_committed(self, msg: Dict[str, Any], conn) -> Dict[str, Any]:
+        name = validate_group_name(protocol.field(msg, "group", str))
+        g = self._group(name, create=False)
+        out = []
+        for topic, p in _tp_list(msg, "partitions"):
+            out.append([topic, p, None if g is None else self._committed(g, topic, p)])
+        return {"offsets": out}
+
+    def op_leave(self, msg: Dict[str, Any], conn) -> Dict[str, Any]:
+        try:
+            g = self._member_group(msg)
+            m = self._member(g, msg)
+        except errors.FencedMember:
+            return {}  # already gone
+        offsets = _offset_list(msg, "offsets")
+        ok = {tp: off for tp, off in offsets.items()
+              if g.owner.get(tp) == m.member_id and self._topic(tp[0]) is not None}
+        try:
+            self._commit(g, m, ok)
+        finally:
+            self._remove(g, m, f"member {m.member_id} left")  # its partitions move either way
+        return {}
+
+    # ------------------------------------------------------------ ops: admin
+    def _summary(self, g: _Group) -> Dict[str, Any]:
+        lag = 0
+        for (topic, p), (tid, off) in g.store.offsets.items():
+            t = self._topic(topic)
+            if t is not None and t["id"] == tid:
+                end = self._end_offset(topic, p)
+                if end is not None:
+                    lag += max(end - off, 0)
+        topics = sorted({t for m in g.members.values() for t in m.topics}
+                        | {tp[0] for tp in g.store.offsets if self._topic(tp[0]) is not None})
+        return {"state": g.state(), "members": len(g.members), "generation": g.generation,
+                "assignor": g.assignor, "topics": topics, "lag": lag}
+
+    def op_groups(self, msg: Dict[str, Any], conn) -> Dict[str, Any]:
+        return {"groups": {name: self._summary(g) for name, g in sorted(self.groups.items())
+                           if not self._phantom(g)}}
+
+    def _phantom(self, g: _Group) -> bool:
+        """Known only because someone named it: no members, nothing committed."""
+        return not (g.members or g.barrier or g.store.offsets or g.gates or g.store.path.exists())
+
+    def op_describe(self, msg: Dict[str, Any], conn) -> Dict[str, Any]:
+        g = self._known_group(protocol.field(msg, "group", str))
+        now = _now()
+        w = self.region.words if self.region is not None else None
+        members = []
+        for mid, m in sorted(g.members.items()):
+            members.append({
+                "member_id": mid, "client_id": m.client_id, "pid": m.pid, "topics": m.topics,
+                "assignment": [list(tp) for tp in sorted(m.owned)],
+                "target": [list(tp) for tp in sorted((g.target or {}).get(mid, ()))],
+                "generation": m.generation,
+                "last_poll_ms_ago": None if w is None else max(now - w[slot_index(m.slot, S_POLL)], 0) // 1_000_000,
+                "session_timeout_ms": m.session_ns // 1_000_000,
+            })
+        topics = {t for m in g.members.values() for t in m.topics}
+        topics |= {tp[0] for tp in g.store.offsets}
+        parts = []
+        for topic in sorted(topics):
+            t = self._topic(topic)
+            if t is None:
+                continue
+            for p in range(t["config"]["partitions"]):
+                committed = self._committed(g, topic, p)
+                if committed is None and not any(topic in m.topics for m in g.members.values()):
+                    continue
+                end = self._end_offset(topic, p)
+                parts.append({
+                    "topic": topic, "partition": p, "member_id": g.owner.get((topic, p)),
+                    "committed": committed, "end_offset": end,
+                    "lag": None if committed is None or end is None else max(end - committed, 0),
+                })
+        return {"group": {
+            "group": g.name, "state": g.state(), "generation": g.generation, "assignor": g.assignor,
+            "members": members, "partitions": parts, "rebalances": g.rebalances,
+            "assignment": {mid: [list(tp) for tp in sorted(m.owned)] for mid, m in sorted(g.members.items())},
+            "waiting_for_rejoin": len(g.barrier),
+        }}
+
+    def _require_inactive(self, g: _Group, what: str) -> None:
+        if g.members or g.barrier:
+            n = len(g.members) + len(g.barrier)
+            raise errors.GroupError(
+                f"cannot {what} group {g.name!r}: it has {n} active member(s); close its consumers "
+                f"first (or wait for their session timeout)", what=g.name)
+
+    def op_delete(self, msg: Dict[str, Any], conn) -> Dict[str, Any]:
+        g = self._known_group(protocol.field(msg, "group", str))
+        self._require_inactive(g, "delete")
+        self._release_gates(g)
+        g.store.delete()
+        del self.groups[g.name]
+        log.info("group %r deleted", g.name)
+        return {}
+
+    def op_reset(self, msg: Dict[str, Any], conn) -> Dict[str, Any]:
+        name = validate_group_name(protocol.field(msg, "group", str))
+        topic = protocol.field(msg, "topic", str)
+        to = protocol.field(msg, "to", str, required=False, default="earliest")
+        offset = _int_field(msg, "offset", None, 0, MAX_OFFSET)
+        ts = _int_field(msg, "timestamp_ms", None, 0, MAX_OFFSET)
+        if to == "earliest" and offset is not None:
+            to = "offset"
+        elif to == "earliest" and ts is not None:
+            to = "timestamp"
+        if to == "time":
+            to = "timestamp"
+        if to not in ("earliest", "latest", "offset", "timestamp"):
+            raise errors.InvalidConfig(
+                f"reset_offsets: to={to!r}; use 'earliest', 'latest', 'offset' (with offset=) or "
+                f"'timestamp' (with timestamp_ms=)", what="to")
+        if to == "offset" and offset is None:
+            raise errors.InvalidConfig("reset_offsets(to='offset') needs offset=", what="offset")
+        if to == "timestamp" and ts is None:
+            raise errors.InvalidConfig("reset_offsets(to='timestamp') needs timestamp_ms=", what="timestamp_ms")
+        t = self._topic(topic)
+        if t is None:
+            raise errors.UnknownTopic(f"unknown topic {topic!r}", what=topic)
+        g = self._group(name)
+        self._require_inactive(g, "reset the offsets of")
+        new: Dict[TP, int] = {}
+        for p in range(t["config"]["partitions"]):
+            info = self.sup.partition_info(topic, t, p)
+            start, end = info["start_offset"], info["end_offset"]
+            if to == "earliest":
+                off = start
+            elif to == "latest":
+                off = end
+            elif to == "offset":
+                off = min(max(offset, start), end)
+            else:
+                off = self._offset_for_time(topic, t, p, ts)
+                off = end if off is None else min(max(off, start), end)
+            new[(topic, p)] = off
+        self._commit(g, None, new, check=False)
+        log.info("group %r: offsets of %r reset to %s", name, topic, to)
+        return {"offsets": {str(p): off for (_t, p), off in sorted(new.items())}}
+
+    def _offset_for_time(self, topic: str, t: Dict[str, Any], p: int, ts: int) -> Optional[int]:
+        """First offset with timestamp >= ts: the segment time indexes of a
+        disk topic first (shmlog.segments, when installed), then the
+        shared-memory window."""
+        if t["config"]["storage"] == "disk":
+            try:
+                from .segments import SegmentStore
+            except ImportError:
+                SegmentStore = None
+            if SegmentStore is not None:
+                try:
+                    off = SegmentStore(self.sup.data_dir).offset_for_time(topic, p, ts)
+                except (errors.ShmlogError, OSError) as exc:
+                    log.warning("time index of %s[%d] unusable (%s); scanning memory", topic, p, exc)
+                    off = None
+                if off is not None:
+                    return off
+        plog = self._plog(topic, p)
+        if plog is None:
+            return None
+        from .consumer import _scan_for_time
+
+        return _scan_for_time(plog, ts)
+
+    # ------------------------------------------------------------ hooks
+    def topic_created(self, name: str) -> None:
+        for g in self.groups.values():
+            if any(name in m.topics for m in g.members.values()):
+                self._rebalance(g, f"topic {name!r} created")
+
+    def partitions_added(self, name: str, before: int, after: int) -> None:
+        """Supervisor hook (when it has one); otherwise tick() notices."""
+        for g in self.groups.values():
+            if not g.barrier and any(name in m.topics for m in g.members.values()):
+                self._rebalance(g, f"topic {name!r} grew from {before} to {after} partitions")
+
+    def topic_deleted(self, name: str, t: Dict[str, Any]) -> None:
+        for g in self.groups.values():
+            for tp in [tp for tp in g.gates if tp[0] == name]:
+                del g.gates[tp]  # the region is gone with its slots
+            if any(name in m.topics for m in g.members.values()):
+                self._rebalance(g, f"topic {name!r} deleted")
+
+    def tick(self) -> None:
+        """Every reaper pass: dead or silent members out, metadata changes in."""
+        with self.sup.lock:
+            if self._closed or self.region is None:
+                return
+            w = self.region.words
+            now = _now()
+            for g in list(self.groups.values()):
+                for m in list(g.members.values()):
+                    if not _pid_alive(m.pid, m.started):
+                        self._remove(g, m, f"its process {m.pid} is gone")
+                        continue
+                    idle = now - w[slot_index(m.slot, S_POLL)]
+                    if idle > m.session_ns:
+                        self._remove(g, m, f"no poll for {idle / 1e9:.1f}s (session timeout "
+                                           f"{m.session_ns // 1_000_000} ms)")
+                if g.barrier and self._prune_orphans(g.barrier, now):
+                    self._rebalance(g, "every member of the previous supervisor is back or gone")
+                if g.members and not g.barrier:
+                    topics = {t for m in g.members.values() for t in m.topics}
+                    if self._partition_counts(topics) != g.parts:
+                        self._rebalance(g, "partitions changed")
+                if self._phantom(g):
+                    del self.groups[g.name]
+            for h in list(self.orphans):
+                self._prune_orphans(self.orphans[h], now)
+                if not self.orphans[h]:
+                    del self.orphans[h]
+
+    def _prune_orphans(self, orphans: Dict[int, _Orphan], now: int) -> bool:
+        """Drop orphans that died, went silent or missed the rejoin deadline;
+        True when the last one went."""
+        if not orphans:
+            return False
+        w = self.region.words
+        for slot, o in list(orphans.items()):
+            dead = not _pid_alive(o.pid)
+            silent = now - w[slot_index(slot, S_POLL)] > o.session_ns
+            late = now > self.orphan_deadline_ns
+            if dead or silent or late:
+                log.warning("member slot %d (pid %d) of the previous supervisor did not rejoin (%s)",
+                            slot, o.pid, "gone" if dead else "silent" if silent else "too late")
+                del orphans[slot]
+                self._free_slot(slot)
+        return not orphans
+
+
+def _pid_alive(pid: int, started: Optional[int] = None) -> bool:
+    """Is the process alive and still the one that joined? A zombie (killed,
+    not yet reaped by its parent) is dead, and so is a pid reused by another
+    process (a different start time)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    st = _proc_stat(pid)
+    if st is None:
+        return True  # no /proc: trust kill(0)
+    state, start = st
+    if state in ("Z", "X", "x"):
+        return False
+    return started is None or start == started
+
+
+_HAVE_PROC = os.path.exists("/proc/self/stat")
+
+
+def _proc_stat(pid: int) -> Optional[Tuple[str, int]]:
+    """(state, start time in clock ticks) from /proc/<pid>/stat, or None."""
+    if not _HAVE_PROC:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return ("X", 0)
+    except OSError:
+        return None
+    try:
+        rest = data[data.rindex(b")") + 2:].split()
+        return rest[0].decode(), int(rest[19])
+    except (ValueError, IndexError):
+        return None
+
+
+class _NameOnly:
+    """Stands in a PartitionLog's place so the supervisor's stale-region sweep
+    keeps the groups region (see install)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+
+def install(sup) -> Coordinator:
+    """Plug the coordinator into a Supervisor (called before sup.start())."""
+    coord = Coordinator(sup)
+    sup.group_coordinator = coord
+    sup.handlers.update({
+        "group_join": coord.op_join,
+        "group_sync": coord.op_sync,
+        "group_commit": coord.op_commit,
+        "group_committed": coord.op_committed,
+        "group_leave": coord.op_leave,
+        "groups": coord.op_groups,
+        "describe_group": coord.op_describe,
+        "delete_group": coord.op_delete,
+        "reset_offsets": coord.op_reset,
+    })
+    # liveness runs on the coordinator's own thread, at the reaper's pace: a
+    # failing pass of another role (sup.tickers share one try block with the
+    # partition reaper) must never stop dead members from being noticed
+    sup.on_start.append(coord.start)
+    sup.on_start.append(coord.start_ticker)
+    sup.on_stop.append(coord.stop)
+    sup.on_topic_created.append(coord.topic_created)
+    sup.on_topic_deleted.append(coord.topic_deleted)
+
+    if hasattr(sup, "on_partitions_added"):
+        sup.on_partitions_added.append(coord.partitions_added)
+    if hasattr(sup, "keep_regions"):
+        sup.keep_regions.append(lambda: [coord.region_name()])
+        return coord
+    # Supervisor.start() sweeps every /shmlog-<cluster_id>-* name that is not a
+    # partition region before on_start runs; the groups region must survive
+    # that sweep to survive a supervisor crash. Until the supervisor has the
+    # keep_regions hook (see the issue note), show the sweep our name as if it
+    # were a partition region.
+    sweep = sup._reclaim_stale_regions
+
+    def sweep_keeping_groups() -> None:
+        key = ("shmlog.groups", -1)
+        sup.logs[key] = _NameOnly(coord.region_name())
+        try:
+            sweep()
+        finally:
+            sup.logs.pop(key, None)
+
+    sup._reclaim_stale_regions = sweep_keeping_groups
+    return coord
+
+
+# ------------------------------------------------------------------ member
+class GroupMember:
+    """This consumer's membership in a group (built by Consumer(group=...)).
+
+    poll() runs at every fetch-loop iteration: it compares two words of the
+    heartbeat slot and a deadline, writes the poll time, and only when
+    something changed talks to the coordinator (sync, rejoin, auto-commit).
+    """
+
+    def __init__(self, consumer, group: str, topics: Sequence[str], *, assignor: str = assignors.DEFAULT,
+                 session_timeout_ms: Optional[int] = None, auto_commit_interval_ms: int = 5000,
+                 client_id: Optional[str] = None, **unknown: Any):
+        if unknown:
+            raise errors.InvalidConfig(
+                f"unknown consumer setting(s) {', '.join(sorted(unknown))}; group settings are "
+                f"assignor, session_timeout_ms, auto_commit_interval_ms, client_id",
+                what=sorted(unknown)[0])
+        self.group = validate_group_name(group)
+        assignors.get(assignor)
+        if not topics:
+            raise errors.InvalidConfig(f"a member of group {group!r} needs at least one topic", what=group)
+        if session_timeout_ms is None:
+            from .config import BROKER_DEFAULTS
+
+            asked = consumer.cluster.broker_config.get("session_timeout_ms")
+            if asked != BROKER_DEFAULTS["session_timeout_ms"]:
+                session_timeout_ms = asked  # connect(..., session_timeout_ms=...) asked for it
+        if session_timeout_ms is not None:
+            if isinstance(session_timeout_ms, bool) or not isinstance(session_timeout_ms, (int, float)) \
+                    or not MIN_SESSION_MS <= session_timeout_ms <= MAX_SESSION_MS:
+                raise errors.InvalidConfig(
+                    f"invalid session_timeout_ms={session_timeout_ms!r}: must be in "
+                    f"[{MIN_SESSION_MS}, {MAX_SESSION_MS}]", what="session_timeout_ms")
+            session_timeout_ms = int(session_timeout_ms)
+        if isinstance(auto_commit_interval_ms, bool) or not isinstance(auto_commit_interval_ms, (int, float)) \
+                or auto_commit_interval_ms < 0:
+            raise errors.InvalidConfig(
+                f"invalid auto_commit_interval_ms={auto_commit_interval_ms!r}: must be >= 0",
+                what="auto_commit_interval_ms")
+        self.consumer = consumer
+        self.cluster = consumer.cluster
+        self.topics = sorted(set(topics))
+        self.assignor = assignor
+        self.session_timeout_ms = session_timeout_ms
+        self.auto_commit_ns = int(auto_commit_interval_ms * 1_000_000)
+        self.client_id = client_id or f"pid{os.getpid()}"
+        self.member_id: Optional[str] = None
+        self.generation = 0
+        self.owned: Set[TP] = set()
+        self.rebalances = 0  # syncs that changed this member's partitions
+        self._token = 0
+        self._slot = -1
+        self._region: Optional[GroupsRegion] = None
+        self._incarnation = 0
+        self._sup_pid = 0
+        self._words = memoryview(bytearray(REGION_BYTES)).cast("Q")  # until joined
+        self._i_token = self._i_notify = self._i_poll = 0
+        self._seen: Optional[int] = None
+        self._due = 0
+        self._commit_due = 0
+        self._need_join = False
+        self._retry_at = 0
+        self._sup_check_at = 0
+        self._failing = False
+        self._closed = False
+        self._in_revoke = False
+        self._committed_in_revoke: Set[TP] = set()
+        self._last_committed: Dict[TP, int] = {}
+        # memory topics: [cursor, chunk seq at the last commit] per owned partition
+        self._watch: List[List[Any]] = []
+        self._user_exc: Optional[BaseException] = None
+        self._join(rejoin=False)
+
+    # ------------------------------------------------------------ hot path
+    def poll(self) -> None:
+        """Heartbeat, and act on what the coordinator asked (cheap; no syscall
+        unless something changed)."""
+        w = self._words
+        now = _now()
+        if (w[self._i_token] != self._token or w[self._i_notify] != self._seen or now >= self._due
+                or self.cluster.supervisor_pid != self._sup_pid):
+            self._slow(now)
+            return
+        w[self._i_poll] = now
+        for cw in self._watch:
+            if cw[0].seq != cw[1]:
+                self._slow(now)
+                return
+
+    def poll_interval(self) -> float:
+        """The longest the consumer may sleep before calling poll() again."""
+        left = (self._due - _now()) / 1e9
+        return max(0.0, min(POLL_INTERVAL_S, left))
+
+    # ------------------------------------------------------------ slow path
+    def _slow(self, now: int) -> None:
+        if self._closed:
+            return
+        if now < self._retry_at:
+            # the coordinator was unreachable a moment ago: keep reading what
+            # we own, heartbeat, and try again after the back-off
+            w = self._words
+            if w[self._i_token] == self._token:
+                w[self._i_poll] = now
+            return
+        try:
+            w = self._words
+            if self._need_join or w[self._i_token] != self._token:
+                if not self._need_join:
+                    self._lost("the coordinator removed this member (session timeout, or its "
+                               "supervisor did not see it rejoin)")
+                    self._need_join = True
+                self._join(rejoin=False)
+                w = self._words
+            elif self.cluster.supervisor_pid != self._sup_pid or w[self._i_notify] == REJOIN \
+                    or self._coordinator_died(now):
+                self._join(rejoin=True)
+                w = self._words
+            if w[self._i_notify] != self._seen:
+                self._sync()
+            if self.consumer.enable_auto_commit and self.owned:
+                if now >= self._commit_due or self._crossed():
+                    self._auto_commit(now)
+            else:
+                for cw in self._watch:
+                    cw[1] = cw[0].seq
+            self._schedule(now)
+            self._failing = False
+        except errors.FencedMember as exc:
+            log.warning("group %r: %s; rejoining", self.group, exc)
+            self._lost(str(exc))
+            self._need_join = True
+            self._due = 0
+        except errors.ShmlogError as exc:
+            if isinstance(exc, errors.Closed):
+                raise
+            log.log(logging.DEBUG if self._failing else logging.WARNING,
+                    "group %r: coordinator request failed (%s); retrying every %d ms", self.group, exc,
+                    RETRY_NS // 1_000_000)
+            self._failing = True
+            self._retry_at = now + RETRY_NS
+            self._due = 0
+        finally:
+            w = self._words
+            if w[self._i_token] == self._token:
+                w[self._i_poll] = _now()
+        exc2, self._user_exc = self._user_exc, None
+        if exc2 is not None:
+            raise exc2
+
+    def _coordinator_died(self, now: int) -> bool:
+        """About once a second: is the supervisor we joined gone? The
+        Cluster's session watcher normally notices first and reconnects;
+        this is the member's own check, so the group recovers even when it
+        did not (the rejoin request itself starts a new supervisor)."""
+        if now < self._sup_check_at:
+            return False
+        self._sup_check_at = now + SUPERVISOR_CHECK_NS
+        return not _pid_alive(self._sup_pid)
+
+    def _schedule(self, now: int) -> None:
+        due = min(now + 10_000_000_000, self._sup_check_at)
+        if self.consumer.enable_auto_commit and self.owned:
+            due = min(due, self._commit_due)
+        self._due = due
+
+    def _crossed(self) -> bool:
+        """Has the consumer moved into another chunk of a memory partition
+        since the last commit? Producers of a memory topic wait for the
+        group's committed offset, so the chunk just left is only reusable
+        once it is committed: auto-commit then, not only every
+        auto_commit_interval_ms (poll() checks this on its normal path)."""
+        for cw in self._watch:
+            if cw[0].seq != cw[1]:
+                return True
+        return False
+
+    def _request(self, op: str, **fields: Any) -> Dict[str, Any]:
+        return self.cluster.request(op, group=self.group, **fields)
+
+    def _join(self, *, rejoin: bool) -> None:
+        fields: Dict[str, Any] = {"topics": self.topics, "assignor": self.assignor, "pid": os.getpid(),
+                                  "client_id": self.client_id}
+        if self.session_timeout_ms is not None:
+            fields["session_timeout_ms"] = self.session_timeout_ms
+        if rejoin and self.member_id is not None:
+            fields.update(member_id=self.member_id, token=self._token, slot=self._slot,
+                          generation=self.generation, owned=[list(tp) for tp in sorted(self.owned)])
+        reply = self._request("group_join", **fields)
+        self._sup_pid = self.cluster.supervisor_pid
+        if self._region is None or reply["region"] != self._region.name \
+                or reply["incarnation"] != self._incarnation:
+            old = self._region
+            self._region = GroupsRegion.attach(reply["region"])
+            self._incarnation = self._region.incarnation
+            if old is not None:
+                old.close()
+        self.member_id = reply["member_id"]
+        self._token = reply["token"]
+        self._slot = reply["slot"]
+        self.generation = reply["generation"]
+        self._words = self._region.words
+        self._i_token = slot_index(self._slot, S_TOKEN)
+        self._i_notify = slot_index(self._slot, S_NOTIFY)
+        self._i_poll = slot_index(self._slot, S_POLL)
+        self._words[self._i_poll] = _now()
+        self._seen = None  # sync at once
+        self._need_join = False
+        self._due = 0
+
+    def _sync(self) -> None:
+        try:
+            self._sync_rounds()
+        except BaseException:
+            self._seen = None  # whatever happened, tell the coordinator where we are next poll
+            raise
+
+    def _sync_rounds(self) -> None:
+        offsets: Dict[TP, int] = {}
+        for _round in range(16):
+            seen = self._words[self._i_notify]
+            reply = self._request(
+                "group_sync", member_id=self.member_id, token=self._token, generation=self.generation,
+                owned=[list(tp) for tp in sorted(self.owned)],
+                offsets=[[t, p, o] for (t, p), o in sorted(offsets.items())])
+            self._seen = seen
+            self.generation = reply["generation"]
+            for tp, off in offsets.items():
+                self._last_committed[tp] = off
+            revoke = {(t, p) for t, p in reply["revoke"]} & self.owned
+            grants = {(t, p): pos for t, p, pos in reply["assign"]}
+            if not revoke and not grants:
+                return
+            self.rebalances += 1
+            # what we give up is committed as we release it (unless the
+            # application committed it itself in on_revoke)
+            positions = {}
+            if self.consumer.enable_auto_commit:
+                for tp in revoke:
+                    a = self.consumer._assigned.get(tp)
+                    if a is not None:
+                        positions[tp] = a.returned
+            self._refresh_topics(grants)
+            self.owned = (self.owned - revoke) | set(grants)
+            self._apply(sorted(self.owned), grants)
+            offsets = {tp: o for tp, o in positions.items() if tp not in self._committed_in_revoke}
+            for tp in revoke:
+                self._last_committed.pop(tp, None)
+            for tp, pos in grants.items():
+                a = self.consumer._assigned.get(tp)
+                if pos is not None:
+                    self._last_committed[tp] = pos
+                elif a is not None:
+                    # nothing committed yet: no commit until we move past the reset point
+                    self._last_committed[tp] = a.returned
+            if not revoke:
+                return
+        # unreachable in practice: the coordinator never asks to revoke twice
+        log.warning("group %r: sync did not settle after 16 rounds", self.group)
+
+    def _refresh_topics(self, grants: Dict[TP, Optional[int]]) -> None:
+        """Partitions added since this process mapped the topic: remap."""
+        for topic in {tp[0] for tp in grants}:
+            t = self.cluster.topic(topic)
+            if any(p >= t.num_partitions for tt, p in grants if tt == topic):
+                self.cluster.topic(topic, refresh=True)
+
+    def _apply(self, wanted: List[TP], positions: Dict[TP, Optional[int]]) -> None:
+        """Drive the consumer's assignment; callbacks run here, in this
+        process. An exception from a callback is re-raised once the group
+        state is consistent again."""
+        c = self.consumer
+        user_revoke, user_assign = c.on_revoke, c.on_assign
+
+        def on_revoke(tps):
+            self._in_revoke = True
+            try:
+                if user_revoke is not None:
+                    user_revoke(tps)
+            except BaseException as exc:  # noqa: B036 - re-raised after the protocol step
+                self._user_exc = self._user_exc or exc
+            finally:
+                self._in_revoke = False
+
+        def on_assign(tps):
+            try:
+                if user_assign is not None:
+                    user_assign(tps)
+            except BaseException as exc:  # noqa: B036
+                self._user_exc = self._user_exc or exc
+
+        self._committed_in_revoke = set()
+        c.on_revoke, c.on_assign = on_revoke, on_assign
+        try:
+            c._apply_assignment(wanted, positions)
+        finally:
+            c.on_revoke, c.on_assign = user_revoke, user_assign
+        self._watch = [[a.cursor, a.cursor.seq] for tp, a in sorted(c._assigned.items())
+                       if a.storage == "memory"]
+
+    def _lost(self, reason: str) -> None:
+        """Our partitions went to others without us: drop them (on_revoke,
+        as Kafka's default onPartitionsLost does) and commit nothing."""
+        if self.owned or self.consumer._assigned:
+            log.warning("group %r: member %s lost %d partition(s): %s", self.group, self.member_id,
+                        len(self.owned), reason)
+        self.owned = set()
+        self._last_committed.clear()
+        self._apply([], {})
+
+    def _auto_commit(self, now: int) -> None:
+        offsets = {}
+        for tp in self.owned:
+            a = self.consumer._assigned.get(tp)
+            if a is not None and self._last_committed.get(tp) != a.returned:
+                offsets[tp] = a.returned
+        self._commit_due = now + self.auto_commit_ns
+        for cw in self._watch:
+            cw[1] = cw[0].seq
+        if offsets:
+            self._commit_request(offsets)
+
+    def _commit_request(self, offsets: Dict[TP, int]) -> None:
+        for attempt in (0, 1):
+            try:
+                self._request("group_commit", member_id=self.member_id, token=self._token,
+                              generation=self.generation,
+                              offsets=[[t, p, int(o)] for (t, p), o in sorted(offsets.items())])
+                break
+            except errors.FencedMember:
+                # a new supervisor does not know us yet: rejoin with our
+                # partitions and try once more; otherwise we really are out
+                if attempt == 0 and not self._need_join and (
+                        self.cluster.supervisor_pid != self._sup_pid or self._words[self._i_notify] == REJOIN):
+                    self._join(rejoin=True)
+                    self._sync()
+                    continue
+                self._need_join = True
+                self._due = 0
+                raise
+        self._last_committed.update(offsets)
+
+    # ------------------------------------------------------------ consumer API
+    def commit(self, offsets: Dict[TP, int]) -> None:
+        """Synchronous commit; FencedMember if this member no longer owns a
+        partition (it moved, or this member was removed from the group)."""
+        if self._closed:
+            raise errors.Closed(f"this member of group {self.group!r} is closed")
+        offsets = {(t, int(p)): int(o) for (t, p), o in offsets.items()}
+        if not offsets:
+            return
+        if self._in_revoke:
+            self._committed_in_revoke.update(offsets)
+        self._commit_request(offsets)
+
+    def committed(self, partitions: Sequence[TP]) -> Dict[TP, Optional[int]]:
+        reply = self._request("group_committed", partitions=[[t, int(p)] for t, p in partitions])
+        return {(t, p): off for t, p, off in reply["offsets"]}
+
+    def close(self) -> None:
+        """Leave the group: revoke (on_revoke runs), commit what was consumed
+        (auto-commit), and hand the partitions over at once."""
+        if self._closed:
+            return
+        try:
+            ours = self.member_id is not None and not self._need_join \
+                and self._words[self._i_token] == self._token
+            positions = {}
+            if ours and self.consumer.enable_auto_commit:
+                for tp in self.owned:
+                    a = self.consumer._assigned.get(tp)
+                    if a is not None and self._last_committed.get(tp) != a.returned:
+                        positions[tp] = a.returned
+            self._apply([], {})
+            offsets = {tp: o for tp, o in positions.items() if tp not in self._committed_in_revoke}
+            self.owned = set()
+            # after a clean supervisor shutdown ("bye") there is nobody to
+            # leave, and asking would start a new supervisor
+            if ours and not getattr(self.cluster, "_clean_bye", False):
+                self._request("group_leave", member_id=self.member_id, token=self._token,
+                              offsets=[[t, p, o] for (t, p), o in sorted(offsets.items())])
+        except errors.ShmlogError as exc:
+            log.warning("group %r: member %s could not leave cleanly (%s); the coordinator will "
+                        "time it out", self.group, self.member_id, exc)
+        finally:
+            self._closed = True
+            self._words = memoryview(bytearray(REGION_BYTES)).cast("Q")
+            self._watch = []
+            if self._region is not None:
+                self._region.close()
+                self._region = None
+        exc2, self._user_exc = self._user_exc, None
+        if exc2 is not None:
+            raise exc2
+
+    def __repr__(self) -> str:
+        return (f"<GroupMember {self.member_id} of {self.group!r} generation {self.generation}, "
+                f"{len(self.owned)} partition(s)>")
+
+
+__all__ = ["Coordinator", "GroupMember", "GroupsRegion", "OffsetStore", "install", "region_name"]
