@@ -194,14 +194,21 @@ class Cluster:
                             f"timed out waiting for another client to start the supervisor of {self.data_dir}"
                         ) from None
                     time.sleep(0.01)
-            s = self._try_connect()
-            if s is not None:
-                return s
-            if not self._supervisor_lock_free():
-                # a supervisor is starting (holds its lock) but does not answer yet
-                return self._wait_for_socket(deadline)
-            self._spawn()
-            return self._wait_for_socket(deadline)
+            # The supervisor lock held with nobody answering means either a
+            # supervisor that is starting (it answers soon) or one that was
+            # just SIGKILLed (the kernel lets go of its lock a moment after
+            # the process is gone): look again until one of the two happens.
+            while time.monotonic() < deadline:
+                s = self._try_connect()
+                if s is not None:
+                    return s
+                if self._supervisor_lock_free():
+                    self._spawn()
+                    return self._wait_for_socket(deadline)
+                time.sleep(0.01)
+            raise errors.BrokerNotRunning(
+                f"the supervisor lock of {self.data_dir} is held but nobody answers on its socket; "
+                f"see {self.data_dir / 'supervisor.log'}")
         finally:
             os.close(fd)
 
@@ -443,6 +450,13 @@ class Cluster:
         for s in (self._session, self._sock):
             if s is not None:
                 try:
+                    # close() alone does not end a connection that the watcher
+                    # thread is blocked in recv() on: the supervisor would
+                    # never see this client go (idle exit, client count)
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                try:
                     s.close()
                 except OSError:
                     pass
@@ -469,11 +483,7 @@ class Cluster:
             pass
         self.close()
         deadline = time.monotonic() + timeout
-        while pid and time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
+        while pid and time.monotonic() < deadline and _running(pid):
             time.sleep(0.01)
 
     @property
@@ -488,6 +498,16 @@ class Cluster:
 
     def __repr__(self) -> str:
         return f"<Cluster {self.data_dir} supervisor pid {self.supervisor_pid}>"
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie: the detached supervisor is reaped by pid 1,
+    which may take seconds on some hosts."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
 
 
 def connect(data_dir: Union[str, Path, None] = None, *, start: bool = True, **broker_config: Any) -> Cluster:

@@ -29,13 +29,16 @@ class KeyPartitioner:
         self._limit = limit
 
     def __call__(self, key) -> int:
-        p = self._cache.get(key)
-        if p is None:
-            if not isinstance(key, (bytes, bytearray, memoryview)):
+        if key.__class__ is not bytes:
+            # check and convert first: bytearray and writable memoryviews are
+            # unhashable, and a list would fail as "unhashable", not as a key
+            if not isinstance(key, (bytearray, memoryview)):
                 raise TypeError(
                     f"key must be bytes-like, got {type(key).__name__}; encode str with .encode()"
                 )
             key = bytes(key)
+        p = self._cache.get(key)
+        if p is None:
             p = (lib.shmlog_murmur2(ffi.from_buffer(key), len(key)) & 0x7FFFFFFF) % self.num_partitions
             if len(self._cache) >= self._limit:
                 self._cache.clear()

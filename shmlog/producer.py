@@ -16,6 +16,7 @@ import time
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 
 from . import errors
+from .codec import encode_headers
 from .partitioner import KeyPartitioner
 
 _ids = itertools.count(1)
@@ -172,6 +173,12 @@ class Producer:
         if value.__class__ is not bytes and value is not None and not isinstance(value, (bytearray, memoryview)):
             raise TypeError(f"value must be bytes-like (bytes, bytearray, memoryview), got "
                             f"{type(value).__name__}; encode str with .encode()")
+        # fail here, not at commit time, where a bad message would take the
+        # accepted messages of its pending batch down with it
+        if headers:
+            encode_headers(headers)
+        if timestamp_ms is not None and (timestamp_ms.__class__ is not int or timestamp_ms < 0):
+            raise TypeError(f"timestamp_ms must be a non-negative int (ms since the epoch), got {timestamp_ms!r}")
         size = len(value) if value is not None else 0
         if partition is None:
             if key is not None:
@@ -296,11 +303,17 @@ class Producer:
                 while j < n and (acc == 0 or acc + lens[j] + _RECORD_OVERHEAD <= limit):
                     acc += lens[j] + _RECORD_OVERHEAD
                     j += 1
-                self._append(st, partition,
-                             values[i:j] if (i, j) != (0, n) else values,
-                             None if keys is None else keys[i:j],
-                             None if headers is None else headers[i:j],
-                             None if timestamps is None else timestamps[i:j], None)
+                try:
+                    self._append(st, partition,
+                                 values[i:j] if (i, j) != (0, n) else values,
+                                 None if keys is None else keys[i:j],
+                                 None if headers is None else headers[i:j],
+                                 None if timestamps is None else timestamps[i:j], None)
+                except errors.ShmlogError as exc:
+                    # a large batch goes out frame by frame: say how much of
+                    # it is committed, so a retry can resend only the rest
+                    exc.committed = i
+                    raise
                 i = j
 
     # ------------------------------------------------------------ commit

@@ -33,6 +33,8 @@ def decode_body(body: bytes) -> Dict[str, Any]:
         msg = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError(f"control message is not UTF-8 JSON: {exc}") from None
+    except RecursionError:
+        raise ProtocolError("control message is nested too deeply") from None
     if not isinstance(msg, dict):
         raise ProtocolError("control message must be a JSON object")
     return msg

@@ -118,14 +118,20 @@ class AlreadyRunning(errors.ShmlogError):
     pass
 
 
+# replies a client has not read yet; past this it is dropped
+MAX_PENDING_OUT = 8 << 20
+
+
 class _Conn:
-    __slots__ = ("sock", "buf", "session", "pid")
+    __slots__ = ("sock", "buf", "session", "pid", "out", "mu")
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
         self.buf = bytearray()
         self.session = False
         self.pid = 0
+        self.out = bytearray()  # encoded replies the socket did not take yet
+        self.mu = threading.Lock()  # _send runs on the serving thread and the spiller
 
 
 class Supervisor:
@@ -140,6 +146,7 @@ class Supervisor:
         self._stop = threading.Event()
         self._lock_fd: Optional[int] = None
         self._listener: Optional[socket.socket] = None
+        self._sel: Optional[selectors.BaseSelector] = None
         self._conns: Dict[int, _Conn] = {}
         self._threads: List[threading.Thread] = []
         self._idle_since = time.monotonic()
@@ -300,14 +307,17 @@ class Supervisor:
         write_json_atomic(self.data_dir / META_NAME, self.meta)
 
     def serve_forever(self) -> None:
-        sel = selectors.DefaultSelector()
+        sel = self._sel = selectors.DefaultSelector()
         sel.register(self._listener, selectors.EVENT_READ, None)
         try:
             while not self._stop.is_set():
-                for key, _ in sel.select(timeout=0.1):
+                for key, events in sel.select(timeout=0.1):
                     if key.data is None:
                         self._accept(sel)
-                    else:
+                        continue
+                    if events & selectors.EVENT_WRITE:
+                        self._flush(sel, key.data)
+                    if events & selectors.EVENT_READ and key.data.sock.fileno() >= 0:
                         self._readable(sel, key.data)
                 if self.auto and not self._conns:
                     if time.monotonic() - self._idle_since >= self.cfg["idle_timeout_s"]:
@@ -384,7 +394,12 @@ class Supervisor:
             self._drop(sel, c)
             return
         c.buf += data
-        while len(c.buf) >= 4:
+        self._process(sel, c)
+
+    def _process(self, sel, c: _Conn) -> None:
+        # while replies are pending the client must read first: frames stay
+        # buffered, and the socket is not read (EVENT_WRITE only)
+        while len(c.buf) >= 4 and not c.out:
             n = int.from_bytes(c.buf[:4], "big")
             if n > protocol.MAX_FRAME:
                 self._reply_error(c, "ProtocolError",
@@ -401,17 +416,50 @@ class Supervisor:
         self._send(c, {"ok": False, "error": kind, "message": message})
 
     def _send(self, c: _Conn, msg: Dict[str, Any]) -> None:
+        """Never blocks: what the socket does not take now is sent by the
+        serving loop when the client reads (a client that never reads must
+        not stall the supervisor for everybody)."""
+        data = protocol.encode(msg)
+        with c.mu:
+            if not c.out:
+                try:
+                    n = c.sock.send(data)
+                except (BlockingIOError, InterruptedError):
+                    n = 0
+                except OSError:
+                    return
+                data = data[n:]
+                if not data:
+                    return
+            c.out += data
+            if len(c.out) > MAX_PENDING_OUT:
+                try:
+                    c.sock.shutdown(socket.SHUT_RDWR)  # the serving loop sees EOF and drops it
+                except OSError:
+                    pass
+                return
         try:
-            c.sock.setblocking(True)
-            c.sock.settimeout(5)
-            protocol.send(c.sock, msg)
-        except OSError:
+            self._sel.modify(c.sock, selectors.EVENT_WRITE, c)
+        except (KeyError, ValueError, OSError, AttributeError):
             pass
-        finally:
+
+    def _flush(self, sel, c: _Conn) -> None:
+        with c.mu:
             try:
-                c.sock.setblocking(False)
+                n = c.sock.send(c.out)
+            except (BlockingIOError, InterruptedError):
+                return
             except OSError:
-                pass
+                n = -1
+            if n >= 0:
+                del c.out[:n]
+                if c.out:
+                    return
+        if n < 0:
+            self._drop(sel, c)
+            return
+        sel.modify(c.sock, selectors.EVENT_READ, c)
+        self._process(sel, c)  # the frames that arrived meanwhile
 
     def _dispatch(self, c: _Conn, body: bytes) -> None:
         try:
