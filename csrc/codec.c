@@ -214,6 +214,8 @@ int64_t shmlog_records_decode(const uint8_t *payload, size_t len, uint32_t recor
         out->value_lens[w] = (int32_t)vl;
         out->header_pos[w] = pos_base + (uint64_t)(hp - payload);
         out->header_lens[w] = hcount ? (uint32_t)(rend - hp) : 0;
+        out->flags |= (kl >= 0 ? SHMLOG_REC_KEYS : 0u) | (hcount ? SHMLOG_REC_HEADERS : 0u) |
+                      (vl < 0 ? SHMLOG_REC_NULLS : 0u);
         w++;
     }
     if (p != end)

@@ -42,7 +42,13 @@ typedef struct {
     int32_t *key_lens;
     uint64_t *header_pos;           /* header section, count included */
     uint32_t *header_lens;          /* 0 = no headers */
+    uint32_t flags;                 /* OR of SHMLOG_REC_* over what was written,
+                                     * so Python skips columns that are all empty */
 } shmlog_records_out_t;
+
+#define SHMLOG_REC_KEYS      1u     /* some record has a non-null key */
+#define SHMLOG_REC_HEADERS   2u     /* some record has headers */
+#define SHMLOG_REC_NULLS     4u     /* some record has a null value */
 
 /* bytes the record section of this batch needs, or -EINVAL / -EMSGSIZE */
 int64_t shmlog_batch_encoded_size(const shmlog_batch_in_t *in);

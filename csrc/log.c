@@ -761,6 +761,7 @@ int shmlog_log_read(shmlog_log_t *log, shmlog_cursor_t *c, shmlog_records_out_t 
 {
     memset(info, 0, sizeof(*info));
     info->first_seq = c->seq;
+    out->flags = 0;
     uint32_t n = 0;
     int first = 1;
     while (n < out->capacity && info->bytes < max_bytes) {

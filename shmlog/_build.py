@@ -144,7 +144,11 @@ typedef struct {
     int32_t *key_lens;
     uint64_t *header_pos;
     uint32_t *header_lens;
+    uint32_t flags;
 } shmlog_records_out_t;
+#define SHMLOG_REC_KEYS ...
+#define SHMLOG_REC_HEADERS ...
+#define SHMLOG_REC_NULLS ...
 
 typedef struct {
     uint8_t *base;

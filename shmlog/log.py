@@ -24,6 +24,9 @@ from ._core import ffi, lib
 from .codec import columns, decode_headers, encode_headers
 
 NONE = (1 << 64) - 1
+_REC_KEYS = lib.SHMLOG_REC_KEYS
+_REC_HEADERS = lib.SHMLOG_REC_HEADERS
+_REC_NULLS = lib.SHMLOG_REC_NULLS
 COMPRESSION = {None: 0, "none": 0, "lz4": lib.SHMLOG_ATTR_LZ4}
 
 DEFAULT_CHUNK_BYTES = 16 << 20
@@ -424,22 +427,24 @@ class RecordReader:
                 return None
             return self._read_compressed(cursor, saved, o.capacity)
         mm = plog._mm
+        flags = o.flags
         vpos = ffi.unpack(o.value_pos, n)
         vlen = ffi.unpack(o.value_lens, n)
-        if min(vlen) < 0:
+        # columns that are all empty (no keys, no headers) are never unpacked
+        if flags & _REC_NULLS:
             values = [None if ln < 0 else mm[p : p + ln] for p, ln in zip(vpos, vlen)]
         else:
             values = [mm[p : p + ln] for p, ln in zip(vpos, vlen)]
-        klen = ffi.unpack(o.key_lens, n)
-        if max(klen) < 0:
-            keys = [None] * n
-        else:
+        if flags & _REC_KEYS:
             kpos = ffi.unpack(o.key_pos, n)
+            klen = ffi.unpack(o.key_lens, n)
             keys = [None if ln < 0 else mm[p : p + ln] for p, ln in zip(kpos, klen)]
-        hlen = ffi.unpack(o.header_lens, n)
+        else:
+            keys = [None] * n
         headers = None
-        if max(hlen) > 0:
+        if flags & _REC_HEADERS:
             hpos = ffi.unpack(o.header_pos, n)
+            hlen = ffi.unpack(o.header_lens, n)
             headers = [decode_headers(mm[p : p + ln]) if ln else [] for p, ln in zip(hpos, hlen)]
         offsets = ffi.unpack(o.offsets, n)
         timestamps = ffi.unpack(o.timestamps, n)
