@@ -67,4 +67,9 @@ int64_t shmlog_records_decode(const uint8_t *payload, size_t len, uint32_t recor
                               uint64_t pos_base, uint64_t skip_below,
                               shmlog_records_out_t *out, uint32_t index);
 
+/* Copy n values (region positions and lengths, -1 = null) into dst as a
+ * pickled list of bytes (see codec.c); returns bytes written or -ENOSPC. */
+int64_t shmlog_values_pickle(const uint8_t *base, const uint64_t *pos, const int32_t *lens,
+                             uint32_t n, uint8_t *dst, size_t cap);
+
 #endif

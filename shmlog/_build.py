@@ -202,6 +202,8 @@ int64_t shmlog_records_decode(const uint8_t *payload, size_t len, uint32_t recor
                               uint64_t pos_base, uint64_t skip_below,
                               shmlog_records_out_t *out, uint32_t index);
 
+int64_t shmlog_values_pickle(const uint8_t *base, const uint64_t *pos, const int32_t *lens,
+                             uint32_t n, uint8_t *dst, size_t cap);
 size_t shmlog_log_region_bytes(uint32_t chunk_bytes, uint32_t chunk_count);
 int shmlog_log_format(void *base, size_t len, uint32_t chunk_bytes, uint32_t chunk_count,
                       uint32_t max_batch_bytes, uint32_t flags, uint32_t partition,

@@ -28,6 +28,7 @@ from ..common import (
     Skip,
     collect,
     now_ns,
+    payloads,
     proc_mem,
     run_procs,
     throughput_row,
@@ -96,6 +97,13 @@ def shm_bytes(names: List[str]) -> Dict[str, int]:
     return {"shm_size": size, "shm_used": used}
 
 
+def gate_position(cursor) -> int:
+    """The position a gating reader publishes after a read: everything below
+    the cursor's next offset has been consumed. (A reader parked exactly at a
+    reused chunk's end moves on into the next chunk: csrc/log.c next_frame.)"""
+    return cursor.next_offset
+
+
 class _Producer(Endpoint):
     def __init__(self, name: str, deadline_s: float = 60.0):
         from shmlog.log import PartitionLog
@@ -141,7 +149,7 @@ class _Consumer(Endpoint):
         if res.offsets[0] != self.expect:
             raise RuntimeError(f"offsets not dense: expected {self.expect}, got {res.offsets[0]}")
         self.expect = res.offsets[-1] + 1
-        self.plog.set_reader_position(self.rslot, self.cursor.next_offset)
+        self.plog.set_reader_position(self.rslot, gate_position(self.cursor))
         return res.values
 
     def recv(self, timeout: float) -> Optional[bytes]:
@@ -180,6 +188,12 @@ class ShmlogCore(System):
 
     def latency_variants(self):
         return [("msg", 200.0), ("msg", 0.0)]
+
+    def durable(self, spec: Spec, p: Params) -> Row:
+        raise Skip("the core level has no disk: W5 is measured at the API level (disk topics)")
+
+    def groups(self, spec: Spec, p: Params) -> Row:
+        raise Skip("the core level has no consumer groups: W6 is measured at the API level")
 
     @contextmanager
     def channel(self, spec: Spec) -> Iterator[Channel]:
@@ -228,7 +242,7 @@ def _scale_producer(names: List[str], k: int, n: int, warm: int, size: int, batc
     plogs = [PartitionLog.attach(nm) for nm in names]
     slots = [pl.register_producer() for pl in plogs]
     try:
-        values = [b"\x5a" * size] * batch
+        values = payloads(size, batch)
         P = len(plogs)
         ctl.meet()
         j = k
@@ -274,8 +288,10 @@ def _scale_consumer(names: List[str], n: int, warm: int, batch: int, *, ctl: Ctl
                 res = readers[i].read(cursors[i], batch)
                 if res is not None:
                     got += len(res.values)
-                    plogs[i].set_reader_position(rslots[i], cursors[i].next_offset)
+                    plogs[i].set_reader_position(rslots[i], gate_position(cursors[i]))
                     idle = 0
+                    if ctl.expired():
+                        break
                 else:
                     idle += 1
                     if idle >= P:  # a whole pass found nothing: wait a little
