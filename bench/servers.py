@@ -23,7 +23,7 @@ from typing import Dict, List, Optional
 
 from .common import Skip
 
-_RUNNING: List["Server"] = []
+_RUNNING: List[Server] = []
 
 
 class Server:
@@ -150,8 +150,7 @@ class Nats(Server):
         self.port = _free_port()
         self.url = f"nats://127.0.0.1:{self.port}"
         store = os.path.join(d, "js")
-        argv = [exe, "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", store,
-                "--max_payload", str(8 << 20)]
+        argv = [exe, "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", store]
         super().__init__("nats", argv, d)
 
     def start(self) -> None:

@@ -88,7 +88,7 @@ class System:
                 ],
                 p.run_limit_s,
             )
-        outs = collect(row, res)
+        outs = collect(row, res, partial_ok=True)
         if outs is None:
             return row
         cons, prod = outs
@@ -107,7 +107,7 @@ class System:
                 ],
                 p.run_limit_s,
             )
-        outs = collect(row, res)
+        outs = collect(row, res, partial_ok=True)
         if outs is None:
             return row
         cons, prod = outs
@@ -115,10 +115,10 @@ class System:
 
     # -- the multi-process workloads: skipped unless a system has them ---
     def durable(self, spec: Spec, p: Params) -> Row:
-        raise Skip("no durable mode")
+        raise Skip("in-memory transport: nothing is written to disk, so no durable mode")
 
     def groups(self, spec: Spec, p: Params) -> Row:
-        raise Skip("no consumer groups")
+        raise Skip("a point-to-point queue: no fan-out to several consumer groups")
 
     def scale(self, spec: Spec, p: Params, partitions: int, producers: int) -> Row:
         raise Skip("partition scaling is measured for shmlog only")
@@ -136,7 +136,7 @@ def latency_row(row: Row, spec: Spec, cons: dict, prod: dict) -> Row:
     late = prod.get("late_sends", 0)
     if late:
         row.extra["late_sends"] = late
-        row.note = (f"producer fell >1 ms behind its pace on {late} sends "
+        row.note = (row.note + "; " if row.note else "") + (f"producer fell >1 ms behind its pace on {late} sends "
                     f"(latency is measured from the actual send stamp)")
     return row
 
