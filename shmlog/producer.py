@@ -318,6 +318,10 @@ class Producer:
 
     # ------------------------------------------------------------ commit
     def _commit(self, st: _TopicState, partition: int) -> None:
+        """Commit a partition's pending batch (called with self._lock held).
+        If it fails (BufferFull after max_block_ms), the batch is not
+        delivered: its delivery callbacks get the error and the caller raises
+        it, as a Kafka producer fails a batch after its delivery timeout."""
         pend = st.pending[partition]
         if not pend.values:
             return
@@ -346,10 +350,14 @@ class Producer:
                 raise
             half = len(values) // 2
             for a, b in ((0, half), (half, len(values))):
-                self._append(st, partition, values[a:b], None if keys is None else keys[a:b],
-                             None if headers is None else headers[a:b],
-                             None if timestamps is None else timestamps[a:b],
-                             None if callbacks is None else callbacks[a:b])
+                try:
+                    self._append(st, partition, values[a:b], None if keys is None else keys[a:b],
+                                 None if headers is None else headers[a:b],
+                                 None if timestamps is None else timestamps[a:b],
+                                 None if callbacks is None else callbacks[a:b])
+                except errors.ShmlogError as exc:
+                    exc.committed = a + getattr(exc, "committed", 0)
+                    raise
             return
         except errors.BufferFull as exc:
             why = ""

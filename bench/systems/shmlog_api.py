@@ -320,8 +320,13 @@ class ShmlogApi(System):
             cfg["fsync_interval_ms"] = 1000
         with self.topic(spec.wid, **cfg) as t:
             d = self.broker.data_dir
+            kw = {} if spec.spin_us is None else {"spin_us": spec.spin_us}
             yield Channel(producer=lambda: _Prod(d, t),
-                          consumer=lambda: _Cons(d, t, f"bench-{spec.wid}"))
+                          consumer=lambda: _Cons(d, t, f"bench-{spec.wid}", **kw))
+
+    def latency_variants(self):
+        # default consumer (spin 50 us, then futex) and a latency-tuned one
+        return [("msg", None), ("msg", 200.0)]
 
     def durable(self, spec: Spec, p: Params) -> Row:
         row = self.throughput(spec, p)
