@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from . import errors
 from . import metrics as m
+from .cli import _parse_value
 
 # ---------------------------------------------------------------- plumbing
 
@@ -37,22 +38,6 @@ _READERS_AT = _PRODUCERS_AT + 64 * 128
 _SLOTS = 64
 _PRODUCER_SLOT = struct.Struct("<IIQQIIQQQ")  # pid fenced claim_seq claim_tail bytes records batches records aborted
 _READER_SLOT = struct.Struct("<IIQQQ")  # pid gating position pin group_id
-
-
-def _parse_value(v: str) -> Any:
-    low = v.lower()
-    if low in ("none", "null"):
-        return None
-    if low in ("true", "false"):
-        return low == "true"
-    try:
-        return int(v)
-    except ValueError:
-        pass
-    try:
-        return float(v)
-    except ValueError:
-        return v
 
 
 def _kv(item: str) -> Tuple[str, Any]:
