@@ -567,20 +567,32 @@ def decode_section(raw: bytes, count: int, base_offset: int, first_ts: int, skip
     Stops after `capacity` records (default: the reader's capacity)."""
     o = reader._out
     o.capacity = min(capacity or reader.capacity, reader.capacity)
+    o.flags = 0
     n = lib.shmlog_records_decode(ffi.from_buffer(raw), len(raw), count, base_offset, first_ts,
                                   0, skip_below, o, 0)
     if n < 0:
         errors.check(n, what, offset=base_offset)
-    vpos = ffi.unpack(o.value_pos, n)
-    vlen = ffi.unpack(o.value_lens, n)
-    values = [None if ln < 0 else raw[p : p + ln] for p, ln in zip(vpos, vlen)]
-    kpos = ffi.unpack(o.key_pos, n)
-    klen = ffi.unpack(o.key_lens, n)
-    keys = [None if ln < 0 else raw[p : p + ln] for p, ln in zip(kpos, klen)]
-    hlen = ffi.unpack(o.header_lens, n)
+    flags = o.flags
+    small = len(raw) < n * _PICKLE_BELOW
+    cbase = ffi.from_buffer(raw) if small else None
+    values = _pickled(cbase, o.value_pos, o.value_lens, n) if small else None
+    if values is None:
+        vpos = ffi.unpack(o.value_pos, n)
+        vlen = ffi.unpack(o.value_lens, n)
+        values = [None if ln < 0 else raw[p : p + ln] for p, ln in zip(vpos, vlen)]
+    keys = None
+    if not flags & _REC_KEYS:
+        keys = [None] * n
+    elif small:
+        keys = _pickled(cbase, o.key_pos, o.key_lens, n)
+    if keys is None:
+        kpos = ffi.unpack(o.key_pos, n)
+        klen = ffi.unpack(o.key_lens, n)
+        keys = [None if ln < 0 else raw[p : p + ln] for p, ln in zip(kpos, klen)]
     headers = None
-    if n and max(hlen) > 0:
+    if flags & _REC_HEADERS:
         hpos = ffi.unpack(o.header_pos, n)
+        hlen = ffi.unpack(o.header_lens, n)
         headers = [decode_headers(raw[p : p + ln]) if ln else [] for p, ln in zip(hpos, hlen)]
     return ReadResult(ffi.unpack(o.offsets, n), ffi.unpack(o.timestamps, n), values, keys,
                       headers, 0, len(raw))
