@@ -35,7 +35,7 @@ import lz4.block
 from . import errors
 from ._core import ffi, lib
 from .codec import decode_headers
-from .log import ReadResult
+from .log import _PICKLE_BELOW, ReadResult, _pickled
 
 # the frame header of csrc/layout.h, shmlog_frame_hdr_t
 FRAME = struct.Struct("<QIIQIHHqqQII")
@@ -361,12 +361,16 @@ class _Out:
         """Columns of the first `keep` of n decoded records, sliced out of buf."""
         o = self.out
         k = min(n, keep)
-        vpos = ffi.unpack(o.value_pos, k)
-        vlen = ffi.unpack(o.value_lens, k)
-        if k and min(vlen) < 0:
-            values = [None if ln < 0 else buf[p : p + ln] for p, ln in zip(vpos, vlen)]
-        else:
-            values = [buf[p : p + ln] for p, ln in zip(vpos, vlen)]
+        # small values: the C-written pickle stream, as for shared-memory reads
+        values = _pickled(ffi.from_buffer(buf), o.value_pos, o.value_lens, k) \
+            if k and nbytes < k * _PICKLE_BELOW else None
+        if values is None:
+            vpos = ffi.unpack(o.value_pos, k)
+            vlen = ffi.unpack(o.value_lens, k)
+            if k and min(vlen) < 0:
+                values = [None if ln < 0 else buf[p : p + ln] for p, ln in zip(vpos, vlen)]
+            else:
+                values = [buf[p : p + ln] for p, ln in zip(vpos, vlen)]
         # all-null keys and no headers are the common case: one memcmp each
         if ffi.buffer(o.key_lens, 4 * k)[:] == _NULL_LENS[: 4 * k] if k <= _FAST_K else \
                 max(ffi.unpack(o.key_lens, k)) < 0:
