@@ -119,9 +119,13 @@ int64_t shmlog_batch_encode(const shmlog_batch_in_t *in, uint8_t *dst, size_t ca
         int32_t vl = in->value_lens[i];
         p = put_varint(p, zigzag(vl));
         if (vl > 0) {
-            memcpy(p, v, (size_t)vl);
+            if (in->value_ptrs) {
+                memcpy(p, in->value_ptrs[i], (size_t)vl);
+            } else {
+                memcpy(p, v, (size_t)vl);
+                v += vl;
+            }
             p += vl;
-            v += vl;
         }
         if (h && in->header_lens[i]) {
             memcpy(p, h, in->header_lens[i]);

@@ -16,7 +16,8 @@
  * thousand records crosses into C once. */
 typedef struct {
     uint32_t count;
-    const uint8_t *values;          /* all values concatenated */
+    const uint8_t *values;          /* all values concatenated, or NULL with value_ptrs */
+    const uint8_t *const *value_ptrs; /* or one pointer per value (large values: no join copy) */
     const int32_t *value_lens;      /* -1 = null value */
     const uint8_t *keys;            /* all keys concatenated, or NULL = every key null */
     const int32_t *key_lens;

@@ -122,6 +122,7 @@ typedef struct {
 typedef struct {
     uint32_t count;
     const uint8_t *values;
+    const uint8_t *const *value_ptrs;
     const int32_t *value_lens;
     const uint8_t *keys;
     const int32_t *key_lens;

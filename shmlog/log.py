@@ -236,11 +236,27 @@ class PartitionLog:
         n = len(values)
         if n == 0:
             raise ValueError("a batch needs at least one record")
-        vblob, vlens = columns(values, "value", value_lens)
         bi = ffi.new("shmlog_batch_in_t *")
-        keep = [vblob, vlens]
         bi.count = n
-        bi.values = ffi.from_buffer(vblob)
+        keep = None
+        if n <= _POINTER_BATCH:
+            try:
+                if value_lens is None:
+                    value_lens = list(map(len, values))
+                if sum(value_lens) >= n * _POINTER_VALUE:
+                    # few large values: hand C one pointer each, no join copy
+                    ptrs = [ffi.from_buffer("uint8_t[]", v) for v in values]
+                    vlens = array("i", value_lens)
+                    arr = ffi.new("uint8_t *[]", ptrs)
+                    keep = [ptrs, arr, vlens]
+                    bi.value_ptrs = arr
+            except TypeError:  # None values or wrong types: columns() names them
+                value_lens = None
+                keep = None
+        if keep is None:
+            vblob, vlens = columns(values, "value", value_lens)
+            keep = [vblob, vlens]
+            bi.values = ffi.from_buffer(vblob)
         bi.value_lens = ffi.from_buffer("int32_t[]", vlens)
         if keys is not None and any(k is not None for k in keys):
             if len(keys) != n:
@@ -533,6 +549,10 @@ class RecordReader:
 # faster than slicing the mapping per value. Large values are sliced (one
 # copy instead of two). The stream's opcodes all come from our C code.
 _PICKLE_BELOW = 1024  # average frame bytes per record
+# appends of at most this many values averaging at least this size pass one
+# pointer per value instead of joining them first (saves a copy)
+_POINTER_BATCH = 256
+_POINTER_VALUE = 16384
 _tls = threading.local()
 
 
