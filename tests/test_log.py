@@ -181,6 +181,25 @@ def test_append_read_round_trip_dense_offsets_across_rotations(shm_prefix):
             assert h.chunks[seq].base_offset == prev.base_offset + tail_records(prev.seal)
 
 
+def test_large_values_take_the_pointer_path_and_round_trip(shm_prefix):
+    """Few large values are handed to C one pointer each (no join copy);
+    what comes back must be byte-identical, with or without known lengths,
+    and a batch holding None or a non-bytes value falls back to the join
+    path (null value kept; TypeError naming the index)."""
+    with new_log(shm_prefix, chunk_bytes=1 << 22, chunk_count=4, max_batch_bytes=1 << 20) as plog:
+        slot = plog.register_producer()
+        big = [bytes([i]) * (20000 + 3333 * i) for i in range(5)]
+        assert plog.append(slot, big) == 0
+        assert plog.append(slot, big, value_lens=[len(v) for v in big]) == 5
+        with_null = [big[0], None, bytearray(big[2]), memoryview(big[3])]
+        assert plog.append(slot, with_null) == 10
+        with pytest.raises(TypeError, match="#1"):
+            plog.append(slot, [big[0], "not bytes" * 3000])
+        offsets, values, _keys, _headers, _ = read_all(plog)
+        assert offsets == list(range(14))
+        assert values == big + big + [big[0], None, big[2], big[3]]
+
+
 def test_message_too_large_takes_no_offset(shm_prefix):
     with new_log(shm_prefix) as plog:  # max_batch_bytes = 4096
         slot = plog.register_producer()
