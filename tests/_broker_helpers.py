@@ -28,6 +28,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 import psutil
 
 import shmlog
+from shmlog.cluster import _connect_socket
 
 FORK = multiprocessing.get_context("fork")
 SHM_DIR = Path("/dev/shm")
@@ -198,19 +199,9 @@ def running_cluster(data_dir: Path, **broker_config: Any) -> Iterator[shmlog.Clu
 
 # ---------------------------------------------------------------- raw control socket
 def raw_socket(data_dir: Path, timeout: float = 5.0) -> socket.socket:
-    """An AF_UNIX connection to <data_dir>/shmlog.sock, through /proc/self/fd
-    so a deep tmp path never overflows sun_path (108 bytes)."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    dfd = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        s.connect(f"/proc/self/fd/{dfd}/shmlog.sock")
-    except OSError:
-        s.close()
-        raise
-    finally:
-        os.close(dfd)
-    return s
+    """An AF_UNIX connection to <data_dir>/shmlog.sock (the client's own
+    connect, through /proc/self/fd so a deep tmp path fits sun_path)."""
+    return _connect_socket(Path(data_dir), timeout)
 
 
 def frame(body: bytes) -> bytes:
