@@ -276,19 +276,25 @@ class Producer:
             limit = st.frame_limit
             # split by size so each frame fits; most batches are one slice
             if keys is None:
+                null_values = False
                 try:
                     lens = list(map(len, values))
                 except TypeError:  # None (null values) or a wrong type, named later
+                    null_values = True
                     lens = [0 if v is None else len(v) if isinstance(v, (bytes, bytearray, memoryview))
                             else 0 for v in values]
-                if max(lens) > st.max_message:
+                total = sum(lens)
+                # no single message can exceed the limit if they all fit under it
+                if total > st.max_message and max(lens) > st.max_message:
                     j = next(i for i, ln in enumerate(lens) if ln > st.max_message)
                     raise errors.MessageTooLarge(
                         f"message #{j} of {lens[j]} bytes to topic {topic!r} exceeds "
                         f"max_message_bytes={st.max_message}", what=topic)
-                if sum(lens) + _RECORD_OVERHEAD * n <= limit:
+                if total + _RECORD_OVERHEAD * n <= limit:
+                    # lens came from map(len): a None among the values would have
+                    # sent us to the except branch, so they are plain lengths
                     self._append(st, partition, values, None, headers, timestamps, None,
-                                 value_lens=lens if None not in values else None)
+                                 value_lens=lens if not null_values else None)
                     return
             else:
                 lens = [len(v) + (len(k) if k is not None else 0) for v, k in zip(values, keys)]
