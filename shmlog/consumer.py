@@ -14,7 +14,9 @@ data path.
 from __future__ import annotations
 
 import time
+from array import array
 from collections import deque
+from itertools import accumulate
 from operator import itemgetter
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -55,7 +57,24 @@ class Message(tuple):
 _new_message = tuple.__new__
 
 
-class MessageBatch:
+class _Run:
+    """What a batch and a view share: one partition's run of offsets."""
+
+    __slots__ = ()
+
+    @property
+    def base_offset(self) -> int:
+        return self.offsets[0]
+
+    @property
+    def next_offset(self) -> int:
+        return self.offsets[-1] + 1
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+
+class MessageBatch(_Run):
     """One partition's run of records, as columns; no object per message
     until you iterate."""
 
@@ -71,19 +90,8 @@ class MessageBatch:
         self._headers = res.headers
 
     @property
-    def base_offset(self) -> int:
-        return self.offsets[0]
-
-    @property
-    def next_offset(self) -> int:
-        return self.offsets[-1] + 1
-
-    @property
     def headers(self) -> List[Any]:
         return self._headers if self._headers is not None else [()] * len(self.offsets)
-
-    def __len__(self) -> int:
-        return len(self.offsets)
 
     def __iter__(self) -> Iterator[Message]:
         return iter(_messages(self.topic, self.partition, self.offsets, self.keys, self.values,
@@ -99,7 +107,7 @@ def _messages(topic, partition, offsets, keys, values, headers, timestamps) -> L
     return [_new_message(Message, t) for t in zip((topic,) * n, (partition,) * n, offsets, keys, values, hs, timestamps)]
 
 
-class MessageView:
+class MessageView(_Run):
     """A zero-copy run of one partition's records: values stay in shared
     memory, addressed by position, and nothing is materialised until asked.
 
@@ -123,14 +131,6 @@ class MessageView:
     def _check(self) -> None:
         if self._released:
             raise errors.Closed(f"zero-copy batch of {self.topic}[{self.partition}] was released")
-
-    @property
-    def base_offset(self) -> int:
-        return self.offsets[0]
-
-    @property
-    def next_offset(self) -> int:
-        return self.offsets[-1] + 1
 
     @property
     def buffer(self) -> memoryview:
@@ -161,9 +161,6 @@ class MessageView:
         self._check()
         mm = self._mm
         return [None if ln < 0 else mm[p : p + ln] for p, ln in zip(self.value_positions, self.value_lengths)]
-
-    def __len__(self) -> int:
-        return len(self.offsets)
 
     def release(self) -> None:
         if not self._released:
@@ -553,8 +550,7 @@ class Consumer:
                     if res is not None and len(res):
                         self._rr = (self._rr + i + 1) % n
                         a.returned = res.offsets[-1] + 1
-                        cols = (res.offsets, res.timestamps, None, None, None, None)
-                        return _copied_view(a, res, cols)
+                        return _copied_view(a, res)
                     continue
                 if a.view is not None:
                     a.view.release()
@@ -577,7 +573,7 @@ class Consumer:
                     a.returned = cols.offsets[-1] + 1
                     a.plog.set_reader_position(a.slot, a.cursor.next_offset)
                     self._rr = (self._rr + i + 1) % n
-                    return _copied_view(a, cols, None)
+                    return _copied_view(a, cols)
                 a.plog.set_reader_position(a.slot, a.cursor.next_offset)
                 a.returned = cols[0][-1] + 1
                 self._rr = (self._rr + i + 1) % n
@@ -649,32 +645,18 @@ class Consumer:
         self.close()
 
 
-def _copied_view(a: _Assigned, res: ReadResult, cols) -> MessageView:
-    """A MessageView over values that were copied anyway (disk, lz4)."""
-    from array import array
+def _packed(items: List[Optional[bytes]], start: int):
+    """(blob, positions, lengths) for values laid end to end from `start`;
+    a None keeps its slot with length -1."""
+    lens = [-1 if v is None else len(v) for v in items]
+    pos = list(accumulate((max(ln, 0) for ln in lens), initial=start))[:-1]
+    return b"".join(v for v in items if v is not None), array("Q", pos), array("i", lens)
 
-    blob = b"".join(v for v in res.values if v is not None)
-    pos = array("Q")
-    lens = array("i")
-    at = 0
-    for v in res.values:
-        pos.append(at)
-        if v is None:
-            lens.append(-1)
-        else:
-            lens.append(len(v))
-            at += len(v)
-    kblob = b"".join(k for k in res.keys if k is not None)
-    kpos = array("Q")
-    klens = array("i")
-    at = len(blob)
-    for k in res.keys:
-        kpos.append(at)
-        if k is None:
-            klens.append(-1)
-        else:
-            klens.append(len(k))
-            at += len(k)
+
+def _copied_view(a: _Assigned, res: ReadResult) -> MessageView:
+    """A MessageView over values that were copied anyway (disk, lz4)."""
+    blob, pos, lens = _packed(res.values, 0)
+    kblob, kpos, klens = _packed(res.keys, len(blob))
     cols = (array("Q", res.offsets), array("q", res.timestamps), pos, lens, kpos, klens)
     return MessageView(a.topic, a.partition, cols, blob + kblob, lambda v: None)
 

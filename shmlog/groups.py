@@ -73,6 +73,7 @@ import posix_ipc
 
 from . import assignors, errors, protocol
 from .config import validate_topic_name
+from .log import unlink_region
 
 log = logging.getLogger("shmlog.groups")
 
@@ -146,10 +147,7 @@ class GroupsRegion:
             pass
         except errors.ShmlogError as exc:
             log.error("groups region %s is unusable (%s); recreating it", name, exc)
-            try:
-                posix_ipc.unlink_shared_memory(name)
-            except posix_ipc.ExistentialError:
-                pass
+            unlink_region(name)
         shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=REGION_BYTES)
         try:
             mm = mmap.mmap(shm.fd, REGION_BYTES, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
@@ -196,10 +194,7 @@ class GroupsRegion:
             pass
 
     def unlink(self) -> None:
-        try:
-            posix_ipc.unlink_shared_memory(self.name)
-        except posix_ipc.ExistentialError:
-            pass
+        unlink_region(self.name)
 
 
 # ------------------------------------------------------------------ offsets file

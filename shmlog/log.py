@@ -168,10 +168,7 @@ class PartitionLog:
             pass
 
     def unlink(self) -> None:
-        try:
-            posix_ipc.unlink_shared_memory(self.name)
-        except posix_ipc.ExistentialError:
-            pass
+        unlink_region(self.name)
 
     @property
     def closed(self) -> bool:
@@ -202,10 +199,6 @@ class PartitionLog:
         c = ffi.new("shmlog_cursor_t *")
         lib.shmlog_log_seek_end(self._handle(), c)
         return c.next_offset
-
-    @property
-    def memory_view(self) -> memoryview:
-        return memoryview(self._mm)
 
     # -- producing -------------------------------------------------------
     def register_producer(self) -> int:
@@ -366,9 +359,6 @@ class PartitionLog:
     def repair_chunks(self, dead_pid: int) -> int:
         return lib.shmlog_log_repair_chunks(self._handle(), dead_pid)
 
-    def reclaim(self) -> int:
-        return lib.shmlog_log_reclaim(self._handle())
-
     def frontier(self, cursor):
         seq = ffi.new("uint64_t *")
         pos = ffi.new("uint32_t *")
@@ -389,6 +379,15 @@ class PartitionLog:
 
     def set_durable(self, offset: int) -> None:
         lib.shmlog_log_set_durable(self._handle(), offset)
+
+
+def unlink_region(name: str) -> bool:
+    """Remove a shared-memory region by name; False if it was already gone."""
+    try:
+        posix_ipc.unlink_shared_memory(name)
+        return True
+    except posix_ipc.ExistentialError:
+        return False
 
 
 def _map(fd: int, size: int, prefault: bool) -> mmap.mmap:

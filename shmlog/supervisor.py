@@ -30,7 +30,7 @@ import posix_ipc
 
 from . import config as cfgmod
 from . import errors, protocol
-from .log import PartitionLog
+from .log import PartitionLog, unlink_region
 
 log = logging.getLogger("shmlog.supervisor")
 
@@ -267,7 +267,7 @@ class Supervisor:
             )
         except errors.ShmlogError as exc:
             log.error("region %s is unusable (%s); recreating it", rname, exc)
-            posix_ipc.unlink_shared_memory(rname)
+            unlink_region(rname)
             return self._open_partition(name, t, p, initial_offset=initial_offset)
         plog.hdr.supervisor_pid = os.getpid()
         self.logs[(t["id"], p)] = plog
@@ -297,11 +297,8 @@ class Supervisor:
             return
         for n in names:
             if n.startswith(prefix) and n not in keep:
-                try:
-                    posix_ipc.unlink_shared_memory("/" + n)
+                if unlink_region("/" + n):
                     log.info("reclaimed stale region /%s", n)
-                except posix_ipc.ExistentialError:
-                    pass
 
     def save_meta(self) -> None:
         write_json_atomic(self.data_dir / META_NAME, self.meta)
