@@ -297,7 +297,9 @@ class Producer:
                                  value_lens=lens if not null_values else None)
                     return
             else:
-                lens = [len(v) + (len(k) if k is not None else 0) for v, k in zip(values, keys)]
+                # a None value is a tombstone: no bytes
+                lens = [(len(v) if v is not None else 0) + (len(k) if k is not None else 0)
+                        for v, k in zip(values, keys)]
                 for j, sz in enumerate(lens):
                     if sz > st.max_message:
                         raise errors.MessageTooLarge(

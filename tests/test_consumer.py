@@ -221,6 +221,28 @@ def test_offsets_for_times(data_dir):
             assert consumer.offsets_for_times("t", {0: 10_001}) == {0: None}
 
 
+def test_zero_copy_batch_of_lz4_frames_is_a_correct_copy(data_dir):
+    """An lz4 frame cannot be viewed in place: consume_batch(copy=False)
+    hands out a view over a decoded copy, values, keys and nulls intact."""
+    values = [b"v%d" % i * (i + 1) for i in range(30)] + [None, b""]
+    keys = [b"k%d" % i if i % 3 else None for i in range(32)]
+    with running_cluster(data_dir) as cluster:
+        cluster.create_topic("t", **SMALL)
+        with cluster.producer(compression="lz4") as lz:
+            lz.send_batch("t", values, keys=keys, partition=0)
+        with cluster.consumer("t") as consumer:
+            got_v, got_k, offsets = [], [], []
+            while len(offsets) < 32:
+                view = consumer.consume_batch(max_messages=100, timeout=5, copy=False)
+                assert view is not None
+                with view:
+                    got_v += view.values
+                    got_k += [view.key(i) for i in range(len(view))]
+                    offsets += list(view.offsets)
+            assert offsets == list(range(32))
+            assert got_v == values and got_k == keys
+
+
 def test_lz4_round_trip(data_dir):
     rnd = [os.urandom(n) for n in (0, 1, 100, 3000)]
     compressible = [b"abc" * 1000, b"\x00" * 3900]
