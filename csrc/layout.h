@@ -119,12 +119,18 @@ typedef struct {
     /* 256: consumers that caught up sleep on data_futex. The topic's
      * doorbell lives on the same line (used in partition 0's region only):
      * a consumer of several partitions sleeps there, and committers, which
-     * read data_waiters anyway, ring it when bell_waiters says someone sleeps */
+     * read data_waiters anyway, ring it when bell_waiters says someone sleeps.
+     * *_waiters count sleepers only (a committer's futex wake is a syscall,
+     * wasted on a reader that spins); *_hungry count every reader that
+     * waits, spinning or asleep: producers read them to commit at once
+     * instead of batching on */
     volatile uint32_t data_futex;
     volatile uint32_t data_waiters;
     volatile uint32_t bell_futex;
     volatile uint32_t bell_waiters;
-    uint8_t _pad2[112];
+    volatile uint32_t data_hungry;
+    volatile uint32_t bell_hungry;
+    uint8_t _pad2[104];
     /* 384: producers that found no free chunk sleep on space_futex */
     volatile uint32_t space_futex;
     volatile uint32_t space_waiters;
@@ -163,6 +169,8 @@ typedef struct {
 _Static_assert(offsetof(shmlog_part_hdr_t, active_seq) == 128, "active_seq moved");
 _Static_assert(offsetof(shmlog_part_hdr_t, data_futex) == 256, "data_futex moved");
 _Static_assert(offsetof(shmlog_part_hdr_t, bell_waiters) == 268, "bell_waiters moved");
+_Static_assert(offsetof(shmlog_part_hdr_t, data_hungry) == 272, "data_hungry moved");
+_Static_assert(offsetof(shmlog_part_hdr_t, bell_hungry) == 276, "bell_hungry moved");
 _Static_assert(offsetof(shmlog_part_hdr_t, space_futex) == 384, "space_futex moved");
 _Static_assert(offsetof(shmlog_part_hdr_t, start_offset) == 512, "start_offset moved");
 _Static_assert(offsetof(shmlog_part_hdr_t, chunks) == 640, "chunks moved");

@@ -619,6 +619,24 @@ int shmlog_log_append(shmlog_log_t *log, int slot, const shmlog_batch_in_t *in,
     }
 }
 
+int64_t shmlog_log_append_one(shmlog_log_t *log, int slot, const char *value,
+                              int32_t value_len, int64_t timestamp, uint64_t producer_id,
+                              uint32_t producer_seq, uint64_t timeout_ns)
+{
+    const uint8_t *ptr = (const uint8_t *)value;
+    shmlog_batch_in_t in;
+    memset(&in, 0, sizeof in);
+    in.count = 1;
+    in.value_ptrs = &ptr;
+    in.value_lens = &value_len;
+    in.timestamp = timestamp;
+    in.producer_id = producer_id;
+    in.producer_seq = producer_seq;
+    uint64_t base;
+    int rc = shmlog_log_append(log, slot, &in, timeout_ns, &base);
+    return rc < 0 ? rc : (int64_t)base;
+}
+
 int shmlog_log_append_section(shmlog_log_t *log, int slot, const uint8_t *payload,
                               uint32_t payload_bytes, uint32_t record_count,
                               uint32_t attributes, int64_t first_timestamp,
@@ -895,22 +913,26 @@ int shmlog_log_wait(shmlog_log_t *log, const shmlog_cursor_t *cursor, uint64_t s
     uint64_t start = shmlog_now_ns();
     uint64_t deadline = start + timeout_ns;
     int ready = 0;
-    /* counted as a waiter while spinning too: producers read the counter to
-     * decide to commit now instead of batching on (a hungry reader) */
-    shmlog_fetch_add_u32(&h->data_waiters, 1);
+    /* hungry while spinning and while asleep: producers read it to commit
+     * now instead of batching on. Only a sleeper counts in data_waiters, so
+     * a committer makes no futex syscall for a reader that spins. */
+    shmlog_fetch_add_u32(&h->data_hungry, 1);
     if (spin_ns) {
         /* spin briefly: a futex round trip costs more than a paced producer's gap */
         for (unsigned i = 0;; i++) {
             for (int k = 0; k < 16; k++)
                 shmlog_cpu_relax();
             if (data_ready(log, cursor)) {
-                shmlog_fetch_sub_u32(&h->data_waiters, 1);
+                shmlog_fetch_sub_u32(&h->data_hungry, 1);
                 return 1;
             }
             if ((i & 15) == 15 && shmlog_now_ns() - start >= spin_ns)
                 break;
         }
     }
+    /* seq_cst RMW: ordered before the data_ready checks below, paired with
+     * the committer's CAS on the frame word before it loads data_waiters */
+    shmlog_fetch_add_u32(&h->data_waiters, 1);
     for (;;) {
         uint32_t v = shmlog_load_acquire_u32(&h->data_futex);
         shmlog_fence_seq_cst(); /* pairs with the committer's CAS before wake_data */
@@ -927,6 +949,7 @@ int shmlog_log_wait(shmlog_log_t *log, const shmlog_cursor_t *cursor, uint64_t s
         shmlog_futex_wait(&h->data_futex, v, left < 100000000ull ? left : 100000000ull);
     }
     shmlog_fetch_sub_u32(&h->data_waiters, 1);
+    shmlog_fetch_sub_u32(&h->data_hungry, 1);
     return ready;
 }
 
@@ -950,15 +973,17 @@ int shmlog_log_wait_any(shmlog_log_t **logs, shmlog_cursor_t **cursors, uint32_t
     uint64_t deadline = start + timeout_ns;
     volatile uint32_t *fw = bell ? &bell->hdr->bell_futex : &logs[0]->hdr->data_futex;
     volatile uint32_t *ww = bell ? &bell->hdr->bell_waiters : &logs[0]->hdr->data_waiters;
-    shmlog_fetch_add_u32(ww, 1); /* spinning counts: see shmlog_log_wait */
+    volatile uint32_t *hw = bell ? &bell->hdr->bell_hungry : &logs[0]->hdr->data_hungry;
+    shmlog_fetch_add_u32(hw, 1); /* see shmlog_log_wait: hungry, not yet asleep */
     while (spin_ns && shmlog_now_ns() - start < spin_ns) {
         for (int k = 0; k < 64; k++)
             shmlog_cpu_relax();
         if ((r = any_ready(logs, cursors, n)) >= 0) {
-            shmlog_fetch_sub_u32(ww, 1);
+            shmlog_fetch_sub_u32(hw, 1);
             return r;
         }
     }
+    shmlog_fetch_add_u32(ww, 1);
     for (;;) {
         uint32_t v = shmlog_load_acquire_u32(fw);
         shmlog_fence_seq_cst(); /* pairs with the committer's CAS before wake_data */
@@ -973,6 +998,7 @@ int shmlog_log_wait_any(shmlog_log_t **logs, shmlog_cursor_t **cursors, uint32_t
         shmlog_futex_wait(fw, v, left < cap ? left : cap);
     }
     shmlog_fetch_sub_u32(ww, 1);
+    shmlog_fetch_sub_u32(hw, 1);
     return r;
 }
 

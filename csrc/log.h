@@ -85,6 +85,12 @@ void shmlog_log_reader_set_pin(shmlog_log_t *log, int slot, uint64_t pin);
  * Blocks (spin, then futex) up to timeout_ns for a free chunk. */
 int shmlog_log_append(shmlog_log_t *log, int slot, const shmlog_batch_in_t *in,
                       uint64_t timeout_ns, uint64_t *base_offset);
+/* Append a batch of one unkeyed record: the latency path (a paced producer
+ * commits each message alone) in one crossing with nothing to allocate.
+ * Returns the base offset, or -errno. */
+int64_t shmlog_log_append_one(shmlog_log_t *log, int slot, const char *value,
+                              int32_t value_len, int64_t timestamp, uint64_t producer_id,
+                              uint32_t producer_seq, uint64_t timeout_ns);
 /* Append an already-encoded (e.g. lz4-compressed) record section. */
 int shmlog_log_append_section(shmlog_log_t *log, int slot, const uint8_t *payload,
                               uint32_t payload_bytes, uint32_t record_count,

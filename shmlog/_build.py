@@ -89,6 +89,8 @@ typedef struct {
     uint32_t data_waiters;
     uint32_t bell_futex;
     uint32_t bell_waiters;
+    uint32_t data_hungry;
+    uint32_t bell_hungry;
     uint32_t space_futex;
     uint32_t space_waiters;
     uint64_t start_offset;
@@ -219,6 +221,9 @@ void shmlog_log_reader_set_position(shmlog_log_t *log, int slot, uint64_t positi
 void shmlog_log_reader_set_pin(shmlog_log_t *log, int slot, uint64_t pin);
 int shmlog_log_append(shmlog_log_t *log, int slot, const shmlog_batch_in_t *in,
                       uint64_t timeout_ns, uint64_t *base_offset);
+int64_t shmlog_log_append_one(shmlog_log_t *log, int slot, const char *value,
+                              int32_t value_len, int64_t timestamp, uint64_t producer_id,
+                              uint32_t producer_seq, uint64_t timeout_ns);
 int shmlog_log_append_section(shmlog_log_t *log, int slot, const uint8_t *payload,
                               uint32_t payload_bytes, uint32_t record_count,
                               uint32_t attributes, int64_t first_timestamp,

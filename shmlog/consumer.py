@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from array import array
 from collections import deque
-from itertools import accumulate
+from itertools import accumulate, repeat
 from operator import itemgetter
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -104,7 +104,9 @@ class MessageBatch(_Run):
 def _messages(topic, partition, offsets, keys, values, headers, timestamps) -> List[Message]:
     n = len(offsets)
     hs = headers if headers is not None else ((),) * n
-    return [_new_message(Message, t) for t in zip((topic,) * n, (partition,) * n, offsets, keys, values, hs, timestamps)]
+    # map() calls tuple.__new__ from C: ~20% cheaper than a comprehension
+    return list(map(_new_message, repeat(Message, n),
+                    zip(repeat(topic, n), repeat(partition, n), offsets, keys, values, hs, timestamps)))
 
 
 class MessageView(_Run):
@@ -178,7 +180,7 @@ class _Assigned:
     """One assigned partition's reading state in this process."""
 
     __slots__ = ("topic", "partition", "plog", "cursor", "reader", "slot", "returned", "storage",
-                 "disk", "tp", "view")
+                 "disk", "tp", "view", "polled_end")
 
     def __init__(self, topic: str, partition: int, plog, storage: str, gating: bool):
         self.topic = topic
@@ -189,6 +191,7 @@ class _Assigned:
         self.reader = plog.reader()
         self.slot = plog.register_reader(plog.start_offset, gating=gating)
         self.returned = 0
+        self.polled_end = 0  # after the last message poll() buffered
         self.storage = storage
         self.disk = None  # a segment reader while behind the shared-memory window
         self.view: Optional[MessageView] = None  # the outstanding zero-copy batch
@@ -229,6 +232,9 @@ class Consumer:
         self._order: List[_Assigned] = []
         self._rr = 0
         self._buffer: deque = deque()
+        # partitions whose messages poll() buffered: their `returned` is
+        # settled lazily (_settle), so poll() itself is one popleft
+        self._polled: List[_Assigned] = []
         self._wait_args = None
         self._closed = False
         self._member = None
@@ -259,6 +265,7 @@ class Consumer:
             if callbacks and self.on_revoke is not None:
                 self.on_revoke(revoked)
             for tp in revoked:
+                self._forget_polled(tp)
                 self._assigned.pop(tp).release()
             self._buffer = deque(m for m in self._buffer if (m[0], m[1]) in wanted_set)
         for tp in added:
@@ -352,18 +359,21 @@ class Consumer:
 
     def seek(self, topic: str, partition: int, offset: int) -> None:
         a = self._get(topic, partition)
+        self._forget_polled(a.tp)
         self._buffer = deque(m for m in self._buffer if (m[0], m[1]) != (topic, partition))
         self._seek(a, offset)
 
     def seek_to_beginning(self, partitions: Optional[Iterable[TP]] = None) -> None:
         for tp in list(partitions or self._assigned):
             a = self._get(*tp)
+            self._forget_polled(a.tp)
             self._buffer = deque(m for m in self._buffer if (m[0], m[1]) != tp)
             self._seek(a, self._start_offset(a))
 
     def seek_to_end(self, partitions: Optional[Iterable[TP]] = None) -> None:
         for tp in list(partitions or self._assigned):
             a = self._get(*tp)
+            self._forget_polled(a.tp)
             self._buffer = deque(m for m in self._buffer if (m[0], m[1]) != tp)
             if a.disk is not None:
                 a.disk.close()
@@ -371,6 +381,7 @@ class Consumer:
             self._reset(a, "latest")
 
     def position(self, topic: str, partition: int) -> int:
+        self._settle()
         return self._get(topic, partition).returned
 
     def end_offsets(self, partitions: Optional[Iterable[TP]] = None) -> Dict[TP, int]:
@@ -443,6 +454,7 @@ class Consumer:
         if self._closed:
             raise errors.Closed("this Consumer is closed")
         deadline = None if timeout is None else time.monotonic() + timeout
+        self._settle()
         while True:
             if self._member is not None:
                 self._member.poll()
@@ -489,6 +501,7 @@ class Consumer:
 
     def consume(self, max_messages: int = 10_000, timeout: Optional[float] = 1.0) -> List[Message]:
         """Up to max_messages, waiting up to timeout for the first."""
+        self._settle()
         msgs: List[Message] = []
         while self._buffer and len(msgs) < max_messages:
             m = self._buffer.popleft()
@@ -508,6 +521,7 @@ class Consumer:
 
         copy=False returns a MessageView: values stay in shared memory until
         its release() (see MessageView for the lifetime rules)."""
+        self._settle()
         if not copy:
             return self._consume_view(max_messages, timeout)
         if self._buffer:
@@ -592,15 +606,45 @@ class Consumer:
 
     def poll(self, timeout: Optional[float] = 1.0) -> Optional[Message]:
         """The next message, or None after timeout."""
+        buf = self._buffer
+        if buf:
+            return buf.popleft()
+        self._settle()
+        for a, res in self._fetch(10_000, timeout):
+            buf.extend(_messages(a.topic, a.partition, res.offsets, res.keys, res.values,
+                                 res.headers, res.timestamps))
+            a.polled_end = res.offsets[-1] + 1
+            self._polled.append(a)
+        if not buf:
+            return None
+        return buf.popleft()
+
+    def _settle(self) -> None:
+        """Bring `returned` up to date for what poll() handed out: a partition
+        resumes at its first message still buffered, or after the last
+        message it buffered."""
+        polled = self._polled
+        if not polled:
+            return
+        first: Dict[TP, int] = {}
+        for m in self._buffer:
+            tp = (m[0], m[1])
+            if tp not in first:
+                first[tp] = m[2]
+                if len(first) == len(polled):
+                    break
+        for a in polled:
+            nxt = first.get(a.tp, a.polled_end)
+            if nxt > a.returned:
+                a.returned = nxt
         if not self._buffer:
-            for a, res in self._fetch(10_000, timeout):
-                self._buffer.extend(_messages(a.topic, a.partition, res.offsets, res.keys, res.values,
-                                              res.headers, res.timestamps))
-            if not self._buffer:
-                return None
-        m = self._buffer.popleft()
-        self._assigned[(m[0], m[1])].returned = m[2] + 1
-        return m
+            polled.clear()
+
+    def _forget_polled(self, tp: TP) -> None:
+        """tp's buffered messages are dropped (seek, revoke): settle first,
+        then stop settling it from what poll() had buffered."""
+        self._settle()
+        self._polled = [a for a in self._polled if a.tp != tp]
 
     def __iter__(self) -> Iterator[Message]:
         while not self._closed:
@@ -613,6 +657,7 @@ class Consumer:
         """Commit positions (default: everything returned so far) for the group."""
         if self._member is None:
             raise errors.GroupError("commit() needs a consumer group: create the consumer with group=...")
+        self._settle()
         if offsets is None:
             offsets = {tp: a.returned for tp, a in self._assigned.items()}
         self._member.commit(offsets)
@@ -627,6 +672,7 @@ class Consumer:
         if self._closed:
             return
         try:
+            self._settle()
             if self._member is not None:
                 self._member.close()
         finally:

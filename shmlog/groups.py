@@ -1430,6 +1430,7 @@ class GroupMember:
             # application committed it itself in on_revoke)
             positions = {}
             if self.consumer.enable_auto_commit:
+                self.consumer._settle()
                 for tp in revoke:
                     a = self.consumer._assigned.get(tp)
                     if a is not None:
@@ -1503,6 +1504,7 @@ class GroupMember:
         self._apply([], {})
 
     def _auto_commit(self, now: int) -> None:
+        self.consumer._settle()
         offsets = {}
         for tp in self.owned:
             a = self.consumer._assigned.get(tp)
@@ -1561,6 +1563,7 @@ class GroupMember:
                 and self._words[self._i_token] == self._token
             positions = {}
             if ours and self.consumer.enable_auto_commit:
+                self.consumer._settle()
                 for tp in self.owned:
                     a = self.consumer._assigned.get(tp)
                     if a is not None and self._last_committed.get(tp) != a.returned:

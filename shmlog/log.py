@@ -299,6 +299,17 @@ class PartitionLog:
         del keep
         return out[0]
 
+    def append_one(self, slot: int, value: bytes, timestamp: int, *, timeout: float = 60.0,
+                   producer_id: int = 0, producer_seq: int = 0) -> int:
+        """Append a batch of one unkeyed bytes record in one crossing (the
+        latency path); returns its offset."""
+        rc = lib.shmlog_log_append_one(self._handle(), slot, value, len(value), timestamp,
+                                       producer_id, producer_seq & 0xFFFFFFFF,
+                                       int(max(timeout, 0) * 1e9))
+        if rc < 0:
+            errors.check(rc, self.what)
+        return rc
+
     # -- reading ---------------------------------------------------------
     def register_reader(self, position: int, *, gating: bool = True, group_id: int = 0) -> int:
         return errors.check(

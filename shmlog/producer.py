@@ -55,7 +55,7 @@ class _Pending:
 class _TopicState:
     __slots__ = ("name", "topic", "pending", "slots", "keyed", "sticky", "limit", "frame_limit", "max_message",
                  "last_commit",
-                 "waiters", "committed_end", "storage")
+                 "waiters", "bell", "committed_end", "storage")
 
     def __init__(self, name, topic, batch_bytes: int):
         self.name = name
@@ -72,9 +72,10 @@ class _TopicState:
         # send_batch: the caller already batched, so fill whole frames
         self.frame_limit = max(256, first.max_batch_bytes - 64 - 1024)
         self.max_message = topic.config["max_message_bytes"]
-        # data_waiters words (offset 260) and the topic doorbell (offset 268),
-        # read from Python without a crossing: a consumer asleep means "send now"
+        # data_hungry (offset 272) and the topic doorbell's bell_hungry (276),
+        # read from Python without a crossing: a consumer waiting means "send now"
         self.waiters = [memoryview(r._mm).cast("I") for r in topic.regions]
+        self.bell = self.waiters[0]
         self.committed_end = [0] * n
         self.last_commit = [0.0] * n
         self.storage = topic.config["storage"]
@@ -101,6 +102,8 @@ class Producer:
         self._seq = 0
         self._topics: Dict[str, _TopicState] = {}
         self._lock = threading.RLock()
+        self._acquire = self._lock.acquire
+        self._release = self._lock.release
         self._closed = False
         self._error: Optional[BaseException] = None
         self._wake = threading.Event()
@@ -142,33 +145,40 @@ class Producer:
                     raise errors.MessageTooLarge(
                         f"message of {size} bytes to topic {topic!r} exceeds "
                         f"max_message_bytes={st.max_message}", what=topic)
-                with self._lock:
-                    # under the lock: the flusher thread swaps pending batches
+                # under the lock: the flusher thread swaps pending batches.
+                # acquire/release through bound methods: a `with` costs ~2x
+                self._acquire()
+                try:
                     p = st.sticky
                     pend = st.pending[p]
                     if pend.plain:
                         if self._error is not None:
                             self._raise_async_error()
                         vals = pend.values
-                        if not vals:
-                            pend.since = time.monotonic()
-                            self._wake.set()
                         vals.append(value)
                         pend.nbytes += size + _RECORD_OVERHEAD
                         if pend.nbytes >= st.limit:
                             self._commit(st, p)
                             if len(st.pending) > 1:
                                 st.sticky = (p + 1) % len(st.pending)
-                        elif not self.linger_ms:
-                            w = st.waiters
-                            if w[p][65] or w[0][67]:
-                                # a reader waits: send now, but at most one
-                                # batch per HUNGRY_GAP so a fast reader cannot
-                                # turn a burst into one commit per message
-                                now = _clock()
-                                if now - st.last_commit[p] >= HUNGRY_GAP:
-                                    self._commit(st, p)
+                            return
+                        # a reader waits: send now, but at most one batch per
+                        # HUNGRY_GAP so a fast reader cannot turn a burst into
+                        # one commit per message
+                        if ((st.waiters[p][68] or st.bell[69]) and not self.linger_ms
+                                and _clock() - st.last_commit[p] >= HUNGRY_GAP):
+                            self._commit(st, p)
+                            return
+                        if len(vals) == 1:
+                            # a new pending batch: the flusher honours linger_ms.
+                            # Not woken for a batch already committed above: a
+                            # woken thread would take the GIL (and maybe the
+                            # reader's core) on the latency path
+                            pend.since = time.monotonic()
+                            self._wake.set()
                         return
+                finally:
+                    self._release()
         st = self._topics.get(topic) or self._state(topic)
         if value.__class__ is not bytes and value is not None and not isinstance(value, (bytearray, memoryview)):
             raise TypeError(f"value must be bytes-like (bytes, bytearray, memoryview), got "
@@ -205,9 +215,6 @@ class Producer:
             pend = st.pending[partition]
             vals = pend.values
             n = len(vals)
-            if n == 0:
-                pend.since = time.monotonic()
-                self._wake.set()
             pend.plain = False
             if key is not None or pend.keys is not None:
                 if pend.keys is None:
@@ -232,12 +239,17 @@ class Producer:
                 if key is None and partition == st.sticky and len(st.pending) > 1:
                     # sticky partitioning: move on once a full batch has gone out
                     st.sticky = (st.sticky + 1) % len(st.pending)
-            elif not self.linger_ms:
+                return
+            if not self.linger_ms:
                 w = st.waiters
                 # someone waits on this partition or on the topic doorbell:
                 # latency matters more than batching right now
-                if (w[partition][65] or w[0][67]) and _clock() - st.last_commit[partition] >= HUNGRY_GAP:
+                if (w[partition][68] or w[0][69]) and _clock() - st.last_commit[partition] >= HUNGRY_GAP:
                     self._commit(st, partition)
+                    return
+            if n == 0:  # a new pending batch: the flusher honours linger_ms
+                pend.since = time.monotonic()
+                self._wake.set()
 
     def send_batch(self, topic: str, values: Sequence, keys: Optional[Sequence] = None,
                    partition: Optional[int] = None, headers: Optional[Sequence] = None,
@@ -349,10 +361,16 @@ class Producer:
         self._seq += 1
         ts_now = time.time_ns() // 1_000_000
         try:
-            base = plog.append(slot, values, keys=keys, headers=headers, timestamps=timestamps,
-                               timestamp=ts_now, compression=self.compression,
-                               timeout=self.max_block_ms / 1000.0, producer_id=self.producer_id,
-                               producer_seq=self._seq, value_lens=value_lens)
+            if (keys is None and headers is None and timestamps is None and len(values) == 1
+                    and not self.compression and values[0].__class__ is bytes):
+                # a paced producer commits message by message: one crossing
+                base = plog.append_one(slot, values[0], ts_now, timeout=self.max_block_ms / 1000.0,
+                                       producer_id=self.producer_id, producer_seq=self._seq)
+            else:
+                base = plog.append(slot, values, keys=keys, headers=headers, timestamps=timestamps,
+                                   timestamp=ts_now, compression=self.compression,
+                                   timeout=self.max_block_ms / 1000.0, producer_id=self.producer_id,
+                                   producer_seq=self._seq, value_lens=value_lens)
         except errors.MessageTooLarge:
             if len(values) == 1:
                 raise
@@ -461,6 +479,7 @@ class Producer:
                     if slot >= 0:
                         st.topic.regions[p].release_producer(slot)
                 st.waiters = []
+                st.bell = None
             self._topics.clear()
 
     def __enter__(self) -> Producer:

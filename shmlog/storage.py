@@ -706,8 +706,10 @@ class Storage:
             moved = 0
             bytes_before = self.spilled_bytes
             batch_up = 1 << 20
+            targets = []
             try:
-                for part, plog in self._targets():
+                targets = self._targets()
+                for part, plog in targets:
                     moved += self._spill_one(part, plog)
                     # a small region must not wait: its producers block sooner
                     batch_up = min(batch_up, plog.chunk_bytes * plog.chunk_count // 8)
@@ -730,6 +732,13 @@ class Storage:
                     # on one frame per pass (each pass has a fixed cost)
                     self._wake.wait(0.001)
                     self._wake.clear()
+                continue
+            if not targets:
+                # no disk topic: nothing to poll. A wakeup of this thread
+                # would preempt a spinning reader or a paced producer on a
+                # busy host; topic_created() sets _wake
+                self._wake.wait(RETENTION_INTERVAL)
+                self._wake.clear()
                 continue
             self._wake.wait(idle)
             self._wake.clear()

@@ -49,6 +49,8 @@ FIELDS = {
         "rotations": (560, "uint64_t"),
         "bell_futex": (264, "uint32_t"),
         "bell_waiters": (268, "uint32_t"),
+        "data_hungry": (272, "uint32_t"),
+        "bell_hungry": (276, "uint32_t"),
         "chunks": (640, "shmlog_chunk_t[64]"),
         "producers": (640 + 64 * 256, "shmlog_producer_slot_t[64]"),
         "readers": (640 + 64 * 256 + 64 * 128, "shmlog_reader_slot_t[64]"),
@@ -137,8 +139,9 @@ def test_hot_words_are_alone_on_their_128_bytes():
     hdr = FIELDS["shmlog_part_hdr_t"]
     assert block_members(hdr, 1) == ["active_seq"]
     # the topic doorbell shares the data line: committers read both waiter
-    # counters together, only sleepers write them
-    assert block_members(hdr, 2) == ["bell_futex", "bell_waiters", "data_futex", "data_waiters"]
+    # counters together, only waiting readers write them
+    assert block_members(hdr, 2) == ["bell_futex", "bell_hungry", "bell_waiters", "data_futex",
+                                     "data_hungry", "data_waiters"]
     assert block_members(hdr, 3) == ["space_futex", "space_waiters"]
     assert block_members(FIELDS["shmlog_chunk_t"], 0) == ["tail"]
     # chunk descriptors stay 128-byte aligned inside the header
