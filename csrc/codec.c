@@ -269,3 +269,266 @@ int64_t shmlog_values_pickle(const uint8_t *base, const uint64_t *pos, const int
     *p++ = '.';
     return (int64_t)(p - dst);
 }
+
+/* ---------------------------------------------------------------- pickle
+ * Opcodes of pickle protocol 3 that the streams below use. Every opcode and
+ * length is written here, so a stream is well formed whatever the records
+ * hold; pickle.loads builds the objects at C speed. */
+#define PK_PROTO 0x80
+#define PK_MARK '('
+#define PK_TUPLE 't'
+#define PK_STOP '.'
+#define PK_NONE 'N'
+#define PK_EMPTY_LIST ']'
+#define PK_APPENDS 'e'
+#define PK_BININT 'J'
+#define PK_LONG1 0x8a
+#define PK_SHORT_BINBYTES 'C'
+#define PK_BINBYTES 'B'
+
+static uint8_t *pk_int(uint8_t *p, int64_t v)
+{
+    if (v >= 0 && v <= INT32_MAX) {
+        uint32_t u = (uint32_t)v;
+        *p++ = PK_BININT;
+        memcpy(p, &u, 4); /* little-endian: x86-64 and aarch64 */
+        return p + 4;
+    }
+    *p++ = PK_LONG1;
+    *p++ = 8; /* two's complement, little-endian */
+    memcpy(p, &v, 8);
+    return p + 8;
+}
+
+static uint8_t *pk_bytes(uint8_t *p, const uint8_t *src, int32_t len)
+{
+    if (len < 0) {
+        *p++ = PK_NONE;
+        return p;
+    }
+    if (len < 256) {
+        *p++ = PK_SHORT_BINBYTES;
+        *p++ = (uint8_t)len;
+    } else {
+        uint32_t u = (uint32_t)len;
+        *p++ = PK_BINBYTES;
+        memcpy(p, &u, 4);
+        p += 4;
+    }
+    memcpy(p, src, (size_t)len);
+    return p + len;
+}
+
+int64_t shmlog_result_pickle(const uint8_t *base, const shmlog_records_out_t *out, uint32_t n,
+                             uint64_t first_seq, uint64_t bytes, uint8_t *dst, size_t cap)
+{
+    int keys = (out->flags & SHMLOG_REC_KEYS) != 0;
+    int dense = 1, same_ts = 1;
+    size_t need = 96 + (size_t)n * 20; /* framing, and room for two int lists */
+    for (uint32_t i = 0; i < n; i++) {
+        need += (out->value_lens[i] < 0 ? 0 : (size_t)out->value_lens[i]) + 5;
+        if (keys)
+            need += (out->key_lens[i] < 0 ? 0 : (size_t)out->key_lens[i]) + 5;
+        if (i) {
+            dense &= out->offsets[i] == out->offsets[i - 1] + 1;
+            same_ts &= out->timestamps[i] == out->timestamps[0];
+        }
+    }
+    if (need > cap)
+        return -ENOSPC;
+    uint8_t *p = dst;
+    *p++ = PK_PROTO;
+    *p++ = 3;
+    *p++ = PK_MARK;
+    *p++ = PK_EMPTY_LIST; /* values */
+    *p++ = PK_MARK;
+    for (uint32_t i = 0; i < n; i++)
+        p = pk_bytes(p, base + out->value_pos[i], out->value_lens[i]);
+    *p++ = PK_APPENDS;
+    if (keys) {
+        *p++ = PK_EMPTY_LIST;
+        *p++ = PK_MARK;
+        for (uint32_t i = 0; i < n; i++)
+            p = pk_bytes(p, base + out->key_pos[i], out->key_lens[i]);
+        *p++ = PK_APPENDS;
+    } else {
+        *p++ = PK_NONE;
+    }
+    if (dense) {
+        *p++ = PK_NONE;
+    } else {
+        *p++ = PK_EMPTY_LIST;
+        *p++ = PK_MARK;
+        for (uint32_t i = 0; i < n; i++)
+            p = pk_int(p, (int64_t)out->offsets[i]);
+        *p++ = PK_APPENDS;
+    }
+    p = pk_int(p, n ? (int64_t)out->offsets[0] : 0);
+    if (same_ts) {
+        *p++ = PK_NONE;
+    } else {
+        *p++ = PK_EMPTY_LIST;
+        *p++ = PK_MARK;
+        for (uint32_t i = 0; i < n; i++)
+            p = pk_int(p, out->timestamps[i]);
+        *p++ = PK_APPENDS;
+    }
+    p = pk_int(p, n ? out->timestamps[0] : 0);
+    p = pk_int(p, (int64_t)first_seq);
+    p = pk_int(p, (int64_t)bytes);
+    *p++ = PK_TUPLE;
+    *p++ = PK_STOP;
+    return (int64_t)(p - dst);
+}
+
+/* ------------------------------------------------- values as a pickled list
+ * A producer hands over an unkeyed batch as the pickle of its list of values
+ * (protocol 3 without memo: PROTO 3, EMPTY_LIST, then groups of MARK items
+ * APPENDS or single item APPEND, then STOP; items SHORT_BINBYTES, BINBYTES or
+ * NONE). pickle writes it at C speed and it carries every length, so Python
+ * never builds a length array or a joined copy. Anything else in the stream
+ * is -EPROTO, and the caller falls back to columns. */
+typedef struct {
+    const uint8_t *p, *end;
+    int in_mark;
+} pk_iter_t;
+
+static int pk_item(pk_iter_t *it, const uint8_t **v, int32_t *len)
+{
+    const uint8_t *p = it->p, *end = it->end;
+    uint32_t l;
+    switch (*p++) {
+    case PK_SHORT_BINBYTES:
+        if (p >= end)
+            return -EPROTO;
+        l = *p++;
+        break;
+    case PK_BINBYTES:
+        if (end - p < 4)
+            return -EPROTO;
+        memcpy(&l, p, 4);
+        p += 4;
+        if (l > INT32_MAX)
+            return -EMSGSIZE;
+        break;
+    case PK_NONE:
+        it->p = p;
+        *v = NULL;
+        *len = -1;
+        return 1;
+    default:
+        return -EPROTO;
+    }
+    if ((size_t)(end - p) < l)
+        return -EPROTO;
+    *v = p;
+    *len = (int32_t)l;
+    it->p = p + l;
+    return 1;
+}
+
+/* 1 with the next value, 0 at a well-formed end, -EPROTO */
+static int pk_next(pk_iter_t *it, const uint8_t **v, int32_t *len)
+{
+    for (;;) {
+        if (it->p >= it->end)
+            return -EPROTO;
+        uint8_t op = *it->p;
+        if (it->in_mark) {
+            if (op == PK_APPENDS) {
+                it->p++;
+                it->in_mark = 0;
+                continue;
+            }
+            return pk_item(it, v, len);
+        }
+        if (op == PK_MARK) {
+            it->p++;
+            it->in_mark = 1;
+            continue;
+        }
+        if (op == PK_STOP)
+            return it->p + 1 == it->end ? 0 : -EPROTO;
+        int rc = pk_item(it, v, len);
+        if (rc < 0)
+            return rc;
+        if (it->p >= it->end || *it->p != 'a') /* APPEND */
+            return -EPROTO;
+        it->p++;
+        return 1;
+    }
+}
+
+static int pk_start(pk_iter_t *it, const uint8_t *s, size_t len)
+{
+    if (len < 4 || s[0] != PK_PROTO || s[1] != 3 || s[2] != PK_EMPTY_LIST)
+        return -EPROTO;
+    it->p = s + 3;
+    it->end = s + len;
+    it->in_mark = 0;
+    return 0;
+}
+
+/* a value-only record: attributes, ts delta 0, offset delta, null key, value, no headers */
+static inline size_t plain_body_size(uint32_t i, int32_t vl)
+{
+    return 1 + 1 + varint_size(zigzag((int64_t)i)) + 1 + varint_size(zigzag(vl)) +
+           (vl > 0 ? (size_t)vl : 0) + 1;
+}
+
+int64_t shmlog_pickled_section_size(const uint8_t *s, size_t len, int32_t max_value,
+                                    uint32_t *count)
+{
+    pk_iter_t it;
+    if (pk_start(&it, s, len) < 0)
+        return -EPROTO;
+    uint64_t total = 0;
+    uint32_t n = 0;
+    const uint8_t *v;
+    int32_t vl;
+    int rc;
+    while ((rc = pk_next(&it, &v, &vl)) > 0) {
+        if (vl > max_value)
+            return -EMSGSIZE;
+        size_t body = plain_body_size(n, vl);
+        total += varint_size(body) + body;
+        if (total > (uint64_t)INT32_MAX || ++n == UINT32_MAX)
+            return -E2BIG;
+    }
+    if (rc < 0)
+        return rc;
+    if (n == 0)
+        return -EINVAL;
+    *count = n;
+    return (int64_t)total;
+}
+
+int64_t shmlog_pickled_encode(const uint8_t *s, size_t len, uint8_t *dst, size_t cap)
+{
+    pk_iter_t it;
+    if (pk_start(&it, s, len) < 0)
+        return -EPROTO;
+    uint8_t *p = dst, *end = dst + cap;
+    const uint8_t *v;
+    int32_t vl;
+    int rc;
+    for (uint32_t i = 0; (rc = pk_next(&it, &v, &vl)) > 0; i++) {
+        size_t body = plain_body_size(i, vl);
+        if ((size_t)(end - p) < varint_size(body) + body)
+            return -ENOSPC; /* the stream changed since it was sized */
+        p = put_varint(p, body);
+        *p++ = 0;                      /* record attributes */
+        *p++ = 0;                      /* timestamp delta: the batch's */
+        p = put_varint(p, zigzag((int64_t)i));
+        *p++ = 1;                      /* zigzag(-1): null key */
+        p = put_varint(p, zigzag(vl));
+        if (vl > 0) {
+            memcpy(p, v, (size_t)vl);
+            p += vl;
+        }
+        *p++ = 0;                      /* zero headers */
+    }
+    if (rc < 0)
+        return rc;
+    return (int64_t)(p - dst);
+}

@@ -70,6 +70,17 @@ int64_t shmlog_records_decode(const uint8_t *payload, size_t len, uint32_t recor
 
 /* Copy n values (region positions and lengths, -1 = null) into dst as a
  * pickled list of bytes (see codec.c); returns bytes written or -ENOSPC. */
+/* Unkeyed values given as the pickle of a list of bytes/None (protocol 3,
+ * no memo): the record section's size and record count (values above
+ * max_value: -EMSGSIZE; a stream of any other shape: -EPROTO), and the
+ * encoder, which writes what shmlog_batch_encode would for those values. */
+int64_t shmlog_pickled_section_size(const uint8_t *s, size_t len, int32_t max_value,
+                                    uint32_t *count);
+int64_t shmlog_pickled_encode(const uint8_t *s, size_t len, uint8_t *dst, size_t cap);
+/* The result of a read as a pickle stream (see shmlog_log_read_pickled):
+ * returns its length, or -ENOSPC if cap is too small. */
+int64_t shmlog_result_pickle(const uint8_t *base, const shmlog_records_out_t *out, uint32_t n,
+                             uint64_t first_seq, uint64_t bytes, uint8_t *dst, size_t cap);
 int64_t shmlog_values_pickle(const uint8_t *base, const uint64_t *pos, const int32_t *lens,
                              uint32_t n, uint8_t *dst, size_t cap);
 

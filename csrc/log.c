@@ -242,11 +242,30 @@ void shmlog_log_reader_release(shmlog_log_t *log, int slot)
     wake_space(log);
 }
 
+/* is the oldest chunk sealed and entirely below `position`? */
+static int oldest_consumed(shmlog_log_t *log, uint64_t position)
+{
+    uint64_t aseq = shmlog_load_acquire_u64(&log->hdr->active_seq);
+    shmlog_chunk_t *n = chunk_of(log, aseq + 1);
+    if (STATE_OF(shmlog_load_acquire_u64(&n->state)) != SHMLOG_CHUNK_SEALED)
+        return 0;
+    uint64_t seal = shmlog_load_acquire_u64(&n->seal);
+    return seal != SHMLOG_NONE && position >= n->base_offset + SHMLOG_TAIL_RECORDS(seal);
+}
+
 void shmlog_log_reader_set_position(shmlog_log_t *log, int slot, uint64_t position)
 {
     if (slot < 0 || (uint32_t)slot >= SHMLOG_MAX_READERS)
         return;
-    shmlog_store_release_u64(&log->hdr->readers[slot].position, position);
+    shmlog_reader_slot_t *r = &log->hdr->readers[slot];
+    shmlog_store_release_u64(&r->position, position);
+    /* A gating reader that moved past the oldest sealed chunk frees it
+     * itself: its zeroing (one pass over the chunk) then runs here, on the
+     * reader's core, and the producer finds a free chunk when it rotates
+     * instead of clearing one on its own path. */
+    if (r->gating && (log->hdr->flags & SHMLOG_F_GATE_READERS) && oldest_consumed(log, position) &&
+        shmlog_log_reclaim(log) > 0)
+        return; /* shmlog_log_reclaim woke space waiters */
     wake_space(log);
 }
 
@@ -619,6 +638,49 @@ int shmlog_log_append(shmlog_log_t *log, int slot, const shmlog_batch_in_t *in,
     }
 }
 
+static int pad_frame(shmlog_log_t *log, uint64_t seq, uint32_t pos, uint64_t expected,
+                     uint32_t fl);
+
+int64_t shmlog_log_append_pickled(shmlog_log_t *log, int slot, const uint8_t *stream,
+                                  size_t stream_len, int32_t max_value, int64_t timestamp,
+                                  uint64_t producer_id, uint32_t producer_seq,
+                                  uint64_t timeout_ns)
+{
+    int rc = check_slot(log, slot);
+    if (rc)
+        return rc;
+    uint32_t count;
+    int64_t section = shmlog_pickled_section_size(stream, stream_len, max_value, &count);
+    if (section < 0)
+        return section;
+    uint64_t fb64 = align_frame((uint64_t)section + SHMLOG_FRAME_HEADER);
+    if (fb64 > log->max_batch_bytes)
+        return -E2BIG; /* the caller splits the batch (-EMSGSIZE names one value) */
+    uint32_t fb = (uint32_t)fb64;
+    uint64_t deadline = shmlog_now_ns() + timeout_ns;
+    for (;;) {
+        uint64_t seq, base;
+        uint32_t pos;
+        if ((rc = claim(log, slot, fb, count, deadline, &seq, &pos, &base)) < 0)
+            return rc;
+        shmlog_frame_hdr_t *f = frame_at(log, seq, pos);
+        int64_t w = shmlog_pickled_encode(stream, stream_len, (uint8_t *)f + SHMLOG_FRAME_HEADER,
+                                          fb - SHMLOG_FRAME_HEADER);
+        if (w != section) {
+            /* cannot happen with a stream nobody writes to; never commit a
+             * frame whose records disagree with its header */
+            pad_frame(log, seq, pos, FRAME_WORD(SHMLOG_FRAME_CLAIMED, fb), fb);
+            clear_claim(&log->hdr->producers[slot]);
+            return -EPROTO;
+        }
+        fill_header(f, base, (uint32_t)section, count, 0, timestamp, timestamp, producer_id,
+                    producer_seq, (uint32_t)section);
+        if (commit(log, slot, seq, pos, fb, count) == 0)
+            return (int64_t)base;
+        /* aborted under us (stalled past claim_timeout): claim again */
+    }
+}
+
 int64_t shmlog_log_append_one(shmlog_log_t *log, int slot, const char *value,
                               int32_t value_len, int64_t timestamp, uint64_t producer_id,
                               uint32_t producer_seq, uint64_t timeout_ns)
@@ -779,6 +841,7 @@ int shmlog_log_read(shmlog_log_t *log, shmlog_cursor_t *c, shmlog_records_out_t 
 {
     memset(info, 0, sizeof(*info));
     info->first_seq = c->seq;
+    info->start = *c;
     out->flags = 0;
     uint32_t n = 0;
     int first = 1;
@@ -850,6 +913,30 @@ int shmlog_log_read(shmlog_log_t *log, shmlog_cursor_t *c, shmlog_records_out_t 
     return (int)n;
 }
 
+int64_t shmlog_log_read_pickled(shmlog_log_t *log, shmlog_cursor_t *c,
+                                shmlog_records_out_t *out, uint32_t max_records,
+                                uint64_t max_bytes, uint32_t small_below,
+                                shmlog_read_info_t *info, uint8_t *dst, size_t cap)
+{
+    out->capacity = max_records;
+    int n = shmlog_log_read(log, c, out, max_bytes, info);
+    if (n < 0)
+        return n;
+    info->records = (uint32_t)n;
+    if (n == 0)
+        return info->frame_pos ? SHMLOG_READ_FRAME : 0;
+    /* large values are sliced straight out of the mapping (one copy, no
+     * pickle framing); header lists are decoded in Python */
+    if ((out->flags & SHMLOG_REC_HEADERS) || info->bytes >= (uint64_t)n * small_below)
+        return SHMLOG_READ_COLUMNS;
+    int64_t k = shmlog_result_pickle(log->base, out, (uint32_t)n, info->first_seq, info->bytes,
+                                     dst, cap);
+    if (k < 0)
+        return SHMLOG_READ_COLUMNS;
+    int rc = shmlog_log_validate_read(log, c, info);
+    return rc < 0 ? rc : k;
+}
+
 int shmlog_log_read_frames(shmlog_log_t *log, shmlog_cursor_t *c, uint64_t *frame_pos,
                            uint32_t *frame_bytes, uint64_t *frame_end_offsets,
                            uint32_t max_frames, uint64_t max_bytes, shmlog_read_info_t *info)
@@ -881,6 +968,17 @@ int shmlog_log_read_frames(shmlog_log_t *log, shmlog_cursor_t *c, uint64_t *fram
             c->next_offset = end;
     }
     return (int)n;
+}
+
+int shmlog_log_validate_read(shmlog_log_t *log, shmlog_cursor_t *cursor,
+                             const shmlog_read_info_t *info)
+{
+    if (shmlog_log_validate(log, info->first_seq) == 0)
+        return 0;
+    /* the chunk was reused while we copied: nothing copied is trusted, and
+     * the cursor must not move past what the caller never got */
+    *cursor = info->start;
+    return -ERANGE;
 }
 
 int shmlog_log_validate(shmlog_log_t *log, uint64_t seq)

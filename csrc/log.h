@@ -58,6 +58,9 @@ typedef struct {
     uint32_t frame_attributes;
     uint32_t frame_uncompressed_bytes;
     uint64_t bad_offset;         /* with -EBADMSG: offset (or cursor offset) of the bad frame */
+    uint32_t records;            /* records decoded into the out arrays */
+    uint32_t _pad2;
+    shmlog_cursor_t start;       /* the cursor before the read: restored if it must be redone */
 } shmlog_read_info_t;
 
 /* frontier states (shmlog_log_frontier) */
@@ -91,6 +94,15 @@ int shmlog_log_append(shmlog_log_t *log, int slot, const shmlog_batch_in_t *in,
 int64_t shmlog_log_append_one(shmlog_log_t *log, int slot, const char *value,
                               int32_t value_len, int64_t timestamp, uint64_t producer_id,
                               uint32_t producer_seq, uint64_t timeout_ns);
+/* Append an unkeyed batch whose values come as the pickle of a list of
+ * bytes (codec.h, shmlog_pickled_section_size): one pass in Python, lengths
+ * read in C. Returns the base offset, or -errno: -EPROTO for a stream of
+ * another shape, -EMSGSIZE for a value above max_value, -E2BIG for a batch
+ * above the frame limit (the caller falls back to columns or splits). */
+int64_t shmlog_log_append_pickled(shmlog_log_t *log, int slot, const uint8_t *stream,
+                                  size_t stream_len, int32_t max_value, int64_t timestamp,
+                                  uint64_t producer_id, uint32_t producer_seq,
+                                  uint64_t timeout_ns);
 /* Append an already-encoded (e.g. lz4-compressed) record section. */
 int shmlog_log_append_section(shmlog_log_t *log, int slot, const uint8_t *payload,
                               uint32_t payload_bytes, uint32_t record_count,
@@ -114,6 +126,28 @@ int shmlog_log_read_frames(shmlog_log_t *log, shmlog_cursor_t *cursor, uint64_t 
                            uint32_t max_frames, uint64_t max_bytes, shmlog_read_info_t *info);
 /* 0 if chunk `seq` still holds what was read from it, -ERANGE if reused */
 int shmlog_log_validate(shmlog_log_t *log, uint64_t seq);
+/* validate after copying out of a read: on -ERANGE the cursor goes back to
+ * where the read started (info->start), so nothing is skipped */
+int shmlog_log_validate_read(shmlog_log_t *log, shmlog_cursor_t *cursor,
+                             const shmlog_read_info_t *info);
+
+/* shmlog_log_read_pickled: what to do instead of pickle.loads */
+#define SHMLOG_READ_FRAME   (-1000)  /* a compressed frame, at info->frame_pos */
+#define SHMLOG_READ_COLUMNS (-1001)  /* info->records records in the out arrays
+                                      * (headers, large values, or dst too small):
+                                      * copy them out, then shmlog_log_validate_read */
+/* Read up to max_records (<= out's arrays) and, when the records are small
+ * and carry no headers, write the whole result as one pickle stream into
+ * dst: a tuple (values, keys|None, offsets|None, base_offset,
+ * timestamps|None, first_timestamp, first_seq, bytes), where None means
+ * "all null keys", "dense from base_offset" and "all first_timestamp".
+ * Validated before it returns: one crossing and one pickle.loads per read,
+ * nothing per record in Python. Returns the stream's length, 0 when nothing
+ * is committed, SHMLOG_READ_FRAME/COLUMNS, or -errno. */
+int64_t shmlog_log_read_pickled(shmlog_log_t *log, shmlog_cursor_t *cursor,
+                                shmlog_records_out_t *out, uint32_t max_records,
+                                uint64_t max_bytes, uint32_t small_below,
+                                shmlog_read_info_t *info, uint8_t *dst, size_t cap);
 /* 1 when data is ready at the cursor, 0 on timeout; spins spin_ns first */
 int shmlog_log_wait(shmlog_log_t *log, const shmlog_cursor_t *cursor, uint64_t spin_ns,
                     uint64_t timeout_ns);

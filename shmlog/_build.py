@@ -184,6 +184,8 @@ typedef struct {
     uint32_t frame_attributes;
     uint32_t frame_uncompressed_bytes;
     uint64_t bad_offset;
+    uint32_t records;
+    shmlog_cursor_t start;
     ...;
 } shmlog_read_info_t;
 
@@ -224,6 +226,10 @@ int shmlog_log_append(shmlog_log_t *log, int slot, const shmlog_batch_in_t *in,
 int64_t shmlog_log_append_one(shmlog_log_t *log, int slot, const char *value,
                               int32_t value_len, int64_t timestamp, uint64_t producer_id,
                               uint32_t producer_seq, uint64_t timeout_ns);
+int64_t shmlog_log_append_pickled(shmlog_log_t *log, int slot, const uint8_t *stream,
+                                  size_t stream_len, int32_t max_value, int64_t timestamp,
+                                  uint64_t producer_id, uint32_t producer_seq,
+                                  uint64_t timeout_ns);
 int shmlog_log_append_section(shmlog_log_t *log, int slot, const uint8_t *payload,
                               uint32_t payload_bytes, uint32_t record_count,
                               uint32_t attributes, int64_t first_timestamp,
@@ -234,6 +240,14 @@ int shmlog_log_claim_only(shmlog_log_t *log, int slot, uint32_t payload_bytes,
                           uint32_t record_count, uint64_t *base_offset);
 int shmlog_log_read(shmlog_log_t *log, shmlog_cursor_t *cursor, shmlog_records_out_t *out,
                     uint64_t max_bytes, shmlog_read_info_t *info);
+int shmlog_log_validate_read(shmlog_log_t *log, shmlog_cursor_t *cursor,
+                             const shmlog_read_info_t *info);
+#define SHMLOG_READ_FRAME ...
+#define SHMLOG_READ_COLUMNS ...
+int64_t shmlog_log_read_pickled(shmlog_log_t *log, shmlog_cursor_t *cursor,
+                                shmlog_records_out_t *out, uint32_t max_records,
+                                uint64_t max_bytes, uint32_t small_below,
+                                shmlog_read_info_t *info, uint8_t *dst, size_t cap);
 int shmlog_log_read_frames(shmlog_log_t *log, shmlog_cursor_t *cursor, uint64_t *frame_pos,
                            uint32_t *frame_bytes, uint64_t *frame_end_offsets,
                            uint32_t max_frames, uint64_t max_bytes, shmlog_read_info_t *info);

@@ -10,6 +10,8 @@ It must never cross into C per message: every call here moves a batch.
 
 from __future__ import annotations
 
+import errno
+import io
 import mmap
 import os
 import pickle
@@ -299,6 +301,19 @@ class PartitionLog:
         del keep
         return out[0]
 
+    def append_pickled(self, slot: int, stream, max_value: int, timestamp: int, *,
+                       timeout: float = 60.0, producer_id: int = 0, producer_seq: int = 0) -> int:
+        """Append an unkeyed batch given as pickle_values(values). Returns the
+        base offset, or (without raising) -EPROTO / -EMSGSIZE / -E2BIG when
+        the caller must use append() instead (another shape, a value above
+        max_value, a batch above the frame limit); raises for anything else."""
+        rc = lib.shmlog_log_append_pickled(self._handle(), slot, ffi.from_buffer(stream), len(stream),
+                                           min(max_value, 0x7FFFFFFF), timestamp, producer_id,
+                                           producer_seq & 0xFFFFFFFF, int(max(timeout, 0) * 1e9))
+        if rc < 0 and rc not in _APPEND_FALLBACK:
+            errors.check(rc, self.what)
+        return rc
+
     def append_one(self, slot: int, value: bytes, timestamp: int, *, timeout: float = 60.0,
                    producer_id: int = 0, producer_seq: int = 0) -> int:
         """Append a batch of one unkeyed bytes record in one crossing (the
@@ -442,18 +457,37 @@ class RecordReader:
         Raises OffsetOutOfRange if the cursor's chunk was reused (the reader
         fell behind) and CorruptBatch for bad data, naming the offset."""
         plog = self.plog
-        log = plog._handle()
-        o = self._out
-        o.capacity = min(max_records, self.capacity)
         info = self._info
-        saved = (cursor.seq, cursor.pos, cursor.next_offset)
-        n = lib.shmlog_log_read(log, cursor, o, max_bytes, info)
-        if n < 0:
-            errors.check(n, plog.what, offset=info.bad_offset)
-        if n == 0:
-            if not info.frame_pos:
-                return None
-            return self._read_compressed(cursor, saved, o.capacity)
+        buf = _tls.__dict__.get("buf") or _grow_tls(0)
+        k = lib.shmlog_log_read_pickled(plog._handle(), cursor, self._out,
+                                        max_records if max_records < self.capacity else self.capacity,
+                                        max_bytes, _PICKLE_BELOW, info, _tls.cbuf, len(buf))
+        if k > 0:
+            # one crossing, one loads: the stream was validated in C
+            values, keys, offsets, base, timestamps, ts, first_seq, nbytes = pickle.loads(
+                _tls.view[:k])
+            n = len(values)
+            if offsets is None:
+                offsets = list(range(base, base + n))
+            return ReadResult(offsets, [ts] * n if timestamps is None else timestamps, values,
+                              [None] * n if keys is None else keys, None, first_seq, nbytes)
+        if k == 0:
+            return None
+        if k == _READ_FRAME:
+            s = info.start
+            return self._read_compressed(cursor, (s.seq, s.pos, s.next_offset), self._out.capacity)
+        if k != _READ_COLUMNS:
+            errors.check(k, plog.what, offset=info.bad_offset)
+        if not self._out.flags & _REC_HEADERS and info.bytes < info.records * _PICKLE_BELOW:
+            _grow_tls(len(buf) + 1)  # small records that did not fit: a roomier stream next time
+        return self._columns(cursor, info.records)
+
+    def _columns(self, cursor, n: int) -> ReadResult:
+        """The general copy-out (headers, large values): the records are in
+        the out arrays; validate after copying."""
+        plog = self.plog
+        o = self._out
+        info = self._info
         mm = plog._mm
         flags = o.flags
         # columns that are all empty (no keys, no headers) are never unpacked
@@ -481,10 +515,9 @@ class RecordReader:
             headers = [decode_headers(mm[p : p + ln]) if ln else [] for p, ln in zip(hpos, hlen)]
         offsets = ffi.unpack(o.offsets, n)
         timestamps = ffi.unpack(o.timestamps, n)
-        if lib.shmlog_log_validate(log, info.first_seq) != 0:
+        if lib.shmlog_log_validate_read(plog._handle(), cursor, info) != 0:
             # the chunk was reused while we copied: nothing we copied is trusted
-            cursor.seq, cursor.pos, cursor.next_offset = saved
-            errors.check(-34, plog.what, offset=saved[2])  # -ERANGE
+            errors.check(-34, plog.what, offset=info.start.next_offset)  # -ERANGE
         return ReadResult(offsets, timestamps, values, keys, headers, info.first_seq, info.bytes)
 
     def read_view(self, cursor, max_records: int):
@@ -566,21 +599,51 @@ _POINTER_VALUE = 16384
 _tls = threading.local()
 
 
+_APPEND_FALLBACK = (-errno.EPROTO, -errno.EMSGSIZE, -errno.E2BIG)
+
+
+def pickle_values(values) -> Optional[memoryview]:
+    """The pickle of a list of bytes that append_pickled takes: protocol 3
+    without a memo (Pickler.fast), so every value is written in place with
+    its length. None if the values do not pickle (the caller falls back)."""
+    f = io.BytesIO()
+    p = pickle.Pickler(f, 3)
+    p.fast = True
+    try:
+        p.dump(values)
+    except Exception:  # a value pickle refuses: append() names it
+        return None
+    return f.getbuffer()
+
+
+_READ_FRAME = lib.SHMLOG_READ_FRAME
+_READ_COLUMNS = lib.SHMLOG_READ_COLUMNS
+
+
+def _grow_tls(need: int) -> bytearray:
+    """This thread's pickle-stream buffer: 1 MiB, grown (up to 16 MiB) when a
+    read needs more; slicing covers anything larger."""
+    old = _tls.__dict__.get("buf")
+    size = 1 << 20
+    while size < min(need, 16 << 20) or (old is not None and size <= len(old) and size < (16 << 20)):
+        size *= 4
+    if old is not None:
+        if len(old) >= size:
+            return old
+        _tls.view.release()
+    buf = _tls.buf = bytearray(size)
+    _tls.cbuf = ffi.from_buffer(buf)
+    _tls.view = memoryview(buf)
+    return buf
+
+
 def _pickled(base, pos, lens, n: int) -> Optional[list]:
-    buf = getattr(_tls, "buf", None)
-    if buf is None:
-        buf = _tls.buf = bytearray(1 << 20)
-        _tls.cbuf = ffi.from_buffer(buf)
-        _tls.view = memoryview(buf)
+    buf = _tls.__dict__.get("buf") or _grow_tls(0)
     k = lib.shmlog_values_pickle(base, pos, lens, n, _tls.cbuf, len(buf))
     if k < 0:
         if len(buf) >= 16 << 20:
             return None
-        _tls.buf = None  # grow once, up to 16 MiB; slicing covers the rest
-        _tls.view.release()
-        _tls.buf = bytearray(len(buf) * 4)
-        _tls.cbuf = ffi.from_buffer(_tls.buf)
-        _tls.view = memoryview(_tls.buf)
+        _grow_tls(len(buf) + 1)
         return _pickled(base, pos, lens, n)
     return pickle.loads(_tls.view[:k])
 

@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 
 from . import errors
 from .codec import encode_headers
+from .log import pickle_values
 from .partitioner import KeyPartitioner
 
 _ids = itertools.count(1)
@@ -286,6 +287,9 @@ class Producer:
             if st.pending[partition].values:
                 self._commit(st, partition)
             limit = st.frame_limit
+            if (keys is None and headers is None and timestamps is None
+                    and self._append(st, partition, values, None, None, None, None, probe=True)):
+                return
             # split by size so each frame fits; most batches are one slice
             if keys is None:
                 null_values = False
@@ -349,7 +353,12 @@ class Producer:
         self._append(st, partition, pend.values, pend.keys, pend.headers, pend.timestamps, pend.callbacks)
 
     def _append(self, st: _TopicState, partition: int, values, keys, headers, timestamps, callbacks,
-                value_lens=None) -> None:
+                value_lens=None, probe: bool = False) -> bool:
+        """Commit one frame's worth of records. probe=True (send_batch's
+        first try, sizes not checked in Python): return False, committing
+        nothing, when a value is above max_message_bytes, the batch above the
+        frame limit, or the values not plain bytes; the caller then takes the
+        path that names the message or splits the batch."""
         plog = st.topic.regions[partition]
         if plog.closed or plog.hdr.flags & 4:  # SHMLOG_F_CLOSED: the topic was deleted
             self._topics.pop(st.name, None)
@@ -361,12 +370,27 @@ class Producer:
         self._seq += 1
         ts_now = time.time_ns() // 1_000_000
         try:
-            if (keys is None and headers is None and timestamps is None and len(values) == 1
-                    and not self.compression and values[0].__class__ is bytes):
-                # a paced producer commits message by message: one crossing
-                base = plog.append_one(slot, values[0], ts_now, timeout=self.max_block_ms / 1000.0,
-                                       producer_id=self.producer_id, producer_seq=self._seq)
-            else:
+            base = -1
+            if keys is None and headers is None and timestamps is None and not self.compression:
+                if len(values) == 1 and values[0].__class__ is bytes:
+                    if probe and len(values[0]) > st.max_message:
+                        return False
+                    # a paced producer commits message by message: one crossing
+                    base = plog.append_one(slot, values[0], ts_now, timeout=self.max_block_ms / 1000.0,
+                                           producer_id=self.producer_id, producer_seq=self._seq)
+                else:
+                    # one pickle pass hands C every value with its length: no
+                    # length array, no joined copy (csrc/codec.c)
+                    stream = pickle_values(values)
+                    if stream is not None:
+                        base = plog.append_pickled(slot, stream, st.max_message, ts_now,
+                                                   timeout=self.max_block_ms / 1000.0,
+                                                   producer_id=self.producer_id, producer_seq=self._seq)
+                    if base < 0 and probe:
+                        return False
+            elif probe:
+                return False
+            if base < 0:
                 base = plog.append(slot, values, keys=keys, headers=headers, timestamps=timestamps,
                                    timestamp=ts_now, compression=self.compression,
                                    timeout=self.max_block_ms / 1000.0, producer_id=self.producer_id,
@@ -384,7 +408,7 @@ class Producer:
                 except errors.ShmlogError as exc:
                     exc.committed = a + getattr(exc, "committed", 0)
                     raise
-            return
+            return True
         except errors.BufferFull as exc:
             why = ""
             if st.storage == "disk":
@@ -412,6 +436,7 @@ class Producer:
                 if cb is not None:
                     ts = timestamps[i] if timestamps is not None and timestamps[i] is not None else ts_now
                     cb(None, RecordMetadata(st.name, partition, base + i, ts))
+        return True
 
     def _raise_async_error(self) -> None:
         err, self._error = self._error, None

@@ -582,6 +582,7 @@ class Storage:
         for p in range(t["config"]["partitions"]):
             self._partition(name, t, p)
         self._wake.set()
+        self._fsync_wake.set()
 
     def topic_deleted(self, name: str, t: Dict[str, Any]) -> None:
         if t["config"]["storage"] != "disk":
@@ -1010,7 +1011,10 @@ class Storage:
     # ------------------------------------------------------------ fsync
     def _fsync_loop(self) -> None:
         while not self._stop.is_set():
-            timeout = 0.05
+            # without disk partitions there is nothing to fsync: do not wake
+            # (each wakeup preempts a spinning reader on a busy host);
+            # topic_created() and sync requests set _fsync_wake
+            timeout = 0.05 if self._parts else RETENTION_INTERVAL
             self._fsync_wake.wait(timeout)
             self._fsync_wake.clear()
             if self._stop.is_set():
