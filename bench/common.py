@@ -268,7 +268,13 @@ def collect(row: Row, results: List[Tuple[str, Any]], partial_ok: bool = False
 
 # ------------------------------------------------- generic loops (sync APIs)
 class Endpoint:
-    """What a sync system hands the generic loops (opened in the child)."""
+    """What a sync system hands the generic loops (opened in the child).
+
+    send and recv may be replaced by plain callables set on the instance
+    (the loops only call ep.send(value) / ep.recv(timeout)): adapters bind
+    the system's own call where they can, e.g. functools.partial(q.put,
+    block=True), so a per-message figure measures the system, not a layer of
+    adapter methods. Every adapter is held to that."""
 
     def send(self, value: bytes) -> None:  # per message
         raise NotImplementedError

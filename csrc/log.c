@@ -937,6 +937,22 @@ int64_t shmlog_log_read_pickled(shmlog_log_t *log, shmlog_cursor_t *c,
     return rc < 0 ? rc : k;
 }
 
+int64_t shmlog_log_poll_pickled(shmlog_log_t *log, shmlog_cursor_t *c,
+                                shmlog_records_out_t *out, uint32_t max_records,
+                                uint64_t max_bytes, uint32_t small_below,
+                                shmlog_read_info_t *info, uint8_t *dst, size_t cap,
+                                int reader_slot, uint64_t spin_ns, uint64_t timeout_ns)
+{
+    int64_t k = shmlog_log_read_pickled(log, c, out, max_records, max_bytes, small_below, info,
+                                        dst, cap);
+    if (k == 0 && timeout_ns && shmlog_log_wait(log, c, spin_ns, timeout_ns))
+        k = shmlog_log_read_pickled(log, c, out, max_records, max_bytes, small_below, info, dst,
+                                    cap);
+    if (k > 0 && reader_slot >= 0)
+        shmlog_log_reader_set_position(log, reader_slot, c->next_offset);
+    return k;
+}
+
 int shmlog_log_read_frames(shmlog_log_t *log, shmlog_cursor_t *c, uint64_t *frame_pos,
                            uint32_t *frame_bytes, uint64_t *frame_end_offsets,
                            uint32_t max_frames, uint64_t max_bytes, shmlog_read_info_t *info)

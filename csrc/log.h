@@ -120,6 +120,15 @@ int shmlog_log_claim_only(shmlog_log_t *log, int slot, uint32_t payload_bytes,
  * frame is in info->frame_pos), or -errno. Stops at max_records/max_bytes. */
 int shmlog_log_read(shmlog_log_t *log, shmlog_cursor_t *cursor, shmlog_records_out_t *out,
                     uint64_t max_bytes, shmlog_read_info_t *info);
+/* shmlog_log_read_pickled, waiting (spin, then futex) up to timeout_ns when
+ * nothing is committed yet, and publishing the reader slot's position after
+ * a pickled read (reader_slot >= 0): a caught-up consumer's whole poll is
+ * one crossing. */
+int64_t shmlog_log_poll_pickled(shmlog_log_t *log, shmlog_cursor_t *cursor,
+                                shmlog_records_out_t *out, uint32_t max_records,
+                                uint64_t max_bytes, uint32_t small_below,
+                                shmlog_read_info_t *info, uint8_t *dst, size_t cap,
+                                int reader_slot, uint64_t spin_ns, uint64_t timeout_ns);
 /* Raw committed frames (for the spiller): positions and lengths. */
 int shmlog_log_read_frames(shmlog_log_t *log, shmlog_cursor_t *cursor, uint64_t *frame_pos,
                            uint32_t *frame_bytes, uint64_t *frame_end_offsets,

@@ -248,6 +248,11 @@ int64_t shmlog_log_read_pickled(shmlog_log_t *log, shmlog_cursor_t *cursor,
                                 shmlog_records_out_t *out, uint32_t max_records,
                                 uint64_t max_bytes, uint32_t small_below,
                                 shmlog_read_info_t *info, uint8_t *dst, size_t cap);
+int64_t shmlog_log_poll_pickled(shmlog_log_t *log, shmlog_cursor_t *cursor,
+                                shmlog_records_out_t *out, uint32_t max_records,
+                                uint64_t max_bytes, uint32_t small_below,
+                                shmlog_read_info_t *info, uint8_t *dst, size_t cap,
+                                int reader_slot, uint64_t spin_ns, uint64_t timeout_ns);
 int shmlog_log_read_frames(shmlog_log_t *log, shmlog_cursor_t *cursor, uint64_t *frame_pos,
                            uint32_t *frame_bytes, uint64_t *frame_end_offsets,
                            uint32_t max_frames, uint64_t max_bytes, shmlog_read_info_t *info);

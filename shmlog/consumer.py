@@ -402,7 +402,9 @@ class Consumer:
         return out
 
     # ------------------------------------------------------------ reading
-    def _read(self, a: _Assigned, max_records: int) -> Optional[ReadResult]:
+    def _read(self, a: _Assigned, max_records: int, wait_ns: int = 0) -> Optional[ReadResult]:
+        """Up to max_records from a's position; wait_ns > 0 (shared memory,
+        nothing committed yet) waits for data first, spinning spin_us."""
         if a.disk is not None:
             res = a.disk.read(max_records)
             if res is None or not len(res):
@@ -420,7 +422,8 @@ class Consumer:
                 return None
         else:
             try:
-                res = a.reader.read(a.cursor, max_records)
+                res = a.reader.read(a.cursor, max_records, slot=a.slot, spin_ns=self.spin_ns,
+                                    wait_ns=wait_ns)
             except errors.OffsetOutOfRange:
                 # fell behind the shared-memory window (the chunk was reused)
                 self._seek(a, a.cursor.next_offset)
@@ -445,7 +448,7 @@ class Consumer:
                     a.plog.seek(a.cursor, durable)
                 else:
                     a.disk.seek(durable)
-        if a.slot >= 0 and a.disk is None:
+        if a.slot >= 0 and a.disk is None and not res.positioned:
             a.plog.set_reader_position(a.slot, a.cursor.next_offset)
         return res
 
@@ -453,15 +456,30 @@ class Consumer:
                ) -> List[Tuple[_Assigned, ReadResult]]:
         if self._closed:
             raise errors.Closed("this Consumer is closed")
+        # callers settle poll()'s positions first (see _settle)
         deadline = None if timeout is None else time.monotonic() + timeout
-        self._settle()
+        wait = 1.0 if timeout is None else max(timeout, 0.0)
         while True:
             if self._member is not None:
                 self._member.poll()
+                wait = min(wait, self._member.poll_interval())
             out = []
             order = self._order
             n = len(order)
             left = max_records
+            if n == 1 and order[0].disk is None and self.isolation != "durable":
+                # one shared-memory partition: read, wait and read again,
+                # and publish the position, in one crossing
+                a = order[0]
+                res = self._read(a, left if left < READ_SLICE else READ_SLICE,
+                                 int(min(wait, 1.0) * 1e9))
+                if res is not None and len(res):
+                    return [(a, res)]
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    return []
+                wait = 1.0 if deadline is None else deadline - now
+                continue
             for i in range(n):
                 a = order[(self._rr + i) % n]
                 # decode in slices: 100k fresh objects at once thrash the caches
@@ -611,9 +629,15 @@ class Consumer:
             return buf.popleft()
         self._settle()
         for a, res in self._fetch(10_000, timeout):
-            buf.extend(_messages(a.topic, a.partition, res.offsets, res.keys, res.values,
-                                 res.headers, res.timestamps))
-            a.polled_end = res.offsets[-1] + 1
+            offsets = res.offsets
+            if len(offsets) == 1:  # a caught-up reader: skip the column machinery
+                buf.append(_new_message(Message, (a.topic, a.partition, offsets[0], res.keys[0],
+                                                  res.values[0], res.headers[0] if res.headers else (),
+                                                  res.timestamps[0])))
+            else:
+                buf.extend(_messages(a.topic, a.partition, offsets, res.keys, res.values,
+                                     res.headers, res.timestamps))
+            a.polled_end = offsets[-1] + 1
             self._polled.append(a)
         if not buf:
             return None

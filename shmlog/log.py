@@ -47,9 +47,11 @@ def default_max_batch_bytes(chunk_bytes: int) -> int:
 class ReadResult:
     """Columns of the records one read returned (no object per message)."""
 
-    __slots__ = ("offsets", "timestamps", "values", "keys", "headers", "first_seq", "bytes")
+    __slots__ = ("offsets", "timestamps", "values", "keys", "headers", "first_seq", "bytes",
+                 "positioned")
 
-    def __init__(self, offsets, timestamps, values, keys, headers, first_seq, nbytes):
+    def __init__(self, offsets, timestamps, values, keys, headers, first_seq, nbytes,
+                 positioned=False):
         self.offsets: List[int] = offsets
         self.timestamps: List[int] = timestamps
         self.values: List[Optional[bytes]] = values
@@ -57,6 +59,7 @@ class ReadResult:
         self.headers: Optional[List[list]] = headers  # None when no record had headers
         self.first_seq = first_seq
         self.bytes = nbytes
+        self.positioned = positioned  # the reader slot's position is already published
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -451,7 +454,8 @@ class RecordReader:
          o.header_pos, o.header_lens) = self._arrays
         self._info = ffi.new("shmlog_read_info_t *")
 
-    def read(self, cursor, max_records: int, max_bytes: int = 1 << 62) -> Optional[ReadResult]:
+    def read(self, cursor, max_records: int, max_bytes: int = 1 << 62, *, slot: int = -1,
+             spin_ns: int = 0, wait_ns: int = 0) -> Optional[ReadResult]:
         """Up to max_records decoded records, or None if nothing is committed.
 
         Raises OffsetOutOfRange if the cursor's chunk was reused (the reader
@@ -459,9 +463,12 @@ class RecordReader:
         plog = self.plog
         info = self._info
         buf = _tls.__dict__.get("buf") or _grow_tls(0)
-        k = lib.shmlog_log_read_pickled(plog._handle(), cursor, self._out,
+        # wait_ns: wait for data first when nothing is committed; slot: a
+        # reader slot whose position C publishes after a pickled read
+        k = lib.shmlog_log_poll_pickled(plog._handle(), cursor, self._out,
                                         max_records if max_records < self.capacity else self.capacity,
-                                        max_bytes, _PICKLE_BELOW, info, _tls.cbuf, len(buf))
+                                        max_bytes, _PICKLE_BELOW, info, _tls.cbuf, len(buf),
+                                        slot, spin_ns, wait_ns)
         if k > 0:
             # one crossing, one loads: the stream was validated in C
             values, keys, offsets, base, timestamps, ts, first_seq, nbytes = pickle.loads(
@@ -470,7 +477,8 @@ class RecordReader:
             if offsets is None:
                 offsets = list(range(base, base + n))
             return ReadResult(offsets, [ts] * n if timestamps is None else timestamps, values,
-                              [None] * n if keys is None else keys, None, first_seq, nbytes)
+                              [None] * n if keys is None else keys, None, first_seq, nbytes,
+                              slot >= 0)
         if k == 0:
             return None
         if k == _READ_FRAME:

@@ -16,8 +16,9 @@ import time
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 
 from . import errors
+from ._core import lib
 from .codec import encode_headers
-from .log import pickle_values
+from .log import _POINTER_BATCH, _POINTER_VALUE, pickle_values
 from .partitioner import KeyPartitioner
 
 _ids = itertools.count(1)
@@ -28,6 +29,7 @@ _RECORD_OVERHEAD = 16
 # than this: paced sends go out one by one, bursts still batch
 HUNGRY_GAP = 50e-6
 _clock = time.perf_counter
+_append_one = lib.shmlog_log_append_one
 
 
 class RecordMetadata(NamedTuple):
@@ -97,6 +99,7 @@ class Producer:
         self.batch_bytes = batch_bytes
         self.compression = None if compression == "none" else compression
         self.max_block_ms = max_block_ms
+        self._max_block_ns = int(max_block_ms * 1_000_000)
         self.auto_create = auto_create
         self.topic_defaults = topic_defaults
         self.producer_id = (os.getpid() << 20) | next(_ids)
@@ -159,7 +162,11 @@ class Producer:
                         vals.append(value)
                         pend.nbytes += size + _RECORD_OVERHEAD
                         if pend.nbytes >= st.limit:
-                            self._commit(st, p)
+                            # a plain pending batch has only values: hand the
+                            # list over and keep the _Pending (cf. _commit)
+                            pend.values = []
+                            pend.nbytes = 0
+                            self._append(st, p, vals, None, None, None, None)
                             if len(st.pending) > 1:
                                 st.sticky = (p + 1) % len(st.pending)
                             return
@@ -168,7 +175,12 @@ class Producer:
                         # one commit per message
                         if ((st.waiters[p][68] or st.bell[69]) and not self.linger_ms
                                 and _clock() - st.last_commit[p] >= HUNGRY_GAP):
-                            self._commit(st, p)
+                            pend.values = []
+                            pend.nbytes = 0
+                            if len(vals) == 1:
+                                self._commit_one(st, p, value)
+                            else:
+                                self._append(st, p, vals, None, None, None, None)
                             return
                         if len(vals) == 1:
                             # a new pending batch: the flusher honours linger_ms.
@@ -378,6 +390,12 @@ class Producer:
                     # a paced producer commits message by message: one crossing
                     base = plog.append_one(slot, values[0], ts_now, timeout=self.max_block_ms / 1000.0,
                                            producer_id=self.producer_id, producer_seq=self._seq)
+                elif len(values) <= _POINTER_BATCH and values[0].__class__ is bytes \
+                        and len(values[0]) >= _POINTER_VALUE:
+                    # few large values: append() hands C one pointer each
+                    # (a pickle would copy them once more)
+                    if probe:
+                        return False
                 else:
                     # one pickle pass hands C every value with its length: no
                     # length array, no joined copy (csrc/codec.c)
@@ -410,23 +428,7 @@ class Producer:
                     raise
             return True
         except errors.BufferFull as exc:
-            why = ""
-            if st.storage == "disk":
-                # a disk topic's chunks wait for the spiller: say why it is stuck
-                try:
-                    info = self.cluster.describe_topic(st.name).partitions[partition]
-                    if info.extra.get("spill_error"):
-                        why = f"; the spiller is stuck: {info.extra['spill_error']}"
-                except errors.ShmlogError:
-                    pass
-            err = errors.BufferFull(
-                f"topic {st.name!r} partition {partition}: shared-memory buffer stayed full for "
-                f"max_block_ms={self.max_block_ms}{why}", what=st.name)
-            if callbacks:
-                for cb in callbacks:
-                    if cb is not None:
-                        cb(err, None)
-            raise err from exc
+            self._buffer_full(st, partition, exc, callbacks)
         st.last_commit[partition] = _clock()
         end = base + len(values)
         if end > st.committed_end[partition]:
@@ -437,6 +439,46 @@ class Producer:
                     ts = timestamps[i] if timestamps is not None and timestamps[i] is not None else ts_now
                     cb(None, RecordMetadata(st.name, partition, base + i, ts))
         return True
+
+    def _buffer_full(self, st: _TopicState, partition: int, exc: BaseException, callbacks) -> None:
+        """Fail a batch whose partition stayed full for max_block_ms (raises)."""
+        why = ""
+        if st.storage == "disk":
+            # a disk topic's chunks wait for the spiller: say why it is stuck
+            try:
+                info = self.cluster.describe_topic(st.name).partitions[partition]
+                if info.extra.get("spill_error"):
+                    why = f"; the spiller is stuck: {info.extra['spill_error']}"
+            except errors.ShmlogError:
+                pass
+        err = errors.BufferFull(
+            f"topic {st.name!r} partition {partition}: shared-memory buffer stayed full for "
+            f"max_block_ms={self.max_block_ms}{why}", what=st.name)
+        if callbacks:
+            for cb in callbacks:
+                if cb is not None:
+                    cb(err, None)
+        raise err from exc
+
+    def _commit_one(self, st: _TopicState, partition: int, value: bytes) -> None:
+        """A hungry reader's path: one plain message, committed at once in
+        one crossing (what _append does for it, minus the generality)."""
+        plog = st.topic.regions[partition]
+        slot = st.slots[partition]
+        if slot < 0 or plog._closed or plog.hdr.flags & 4:  # first use, or deleted: the long way
+            self._append(st, partition, [value], None, None, None, None)
+            return
+        self._seq += 1
+        rc = _append_one(plog._log, slot, value, len(value), time.time_ns() // 1_000_000,
+                         self.producer_id, self._seq & 0xFFFFFFFF, self._max_block_ns)
+        if rc < 0:
+            try:
+                errors.check(rc, plog.what)
+            except errors.BufferFull as exc:
+                self._buffer_full(st, partition, exc, None)
+        st.last_commit[partition] = _clock()
+        if rc >= st.committed_end[partition]:
+            st.committed_end[partition] = rc + 1
 
     def _raise_async_error(self) -> None:
         err, self._error = self._error, None

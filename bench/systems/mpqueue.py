@@ -6,6 +6,7 @@ the same in-flight budget as shmlog's buffer (64 MiB of payload)."""
 
 from __future__ import annotations
 
+import functools
 import queue
 from contextlib import contextmanager
 from typing import Iterator, List, Optional
@@ -17,6 +18,7 @@ from . import Channel, Spec, System
 class _End(Endpoint):
     def __init__(self, q):
         self.q = q
+        self.send = functools.partial(q.put, block=True, timeout=30.0)  # Endpoint docstring
 
     def send(self, value: bytes) -> None:
         self.q.put(value, True, 30.0)

@@ -13,6 +13,7 @@ exist.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -63,6 +64,8 @@ class _Prod(Endpoint):
         self.c = _connect(data_dir)
         self.p = self.c.producer(linger_ms=0)
         self.topic = topic
+        # what a user's loop calls: producer.send(topic, value) (Endpoint docstring)
+        self.send = functools.partial(self.p.send, topic)
 
     def send(self, value: bytes) -> None:
         self.p.send(self.topic, value)
@@ -85,6 +88,17 @@ class _Cons(Endpoint):
         self.c = _connect(data_dir)
         self.k = self.c.consumer(topic, group=group, auto_offset_reset="earliest", **kw)
         self.pending: List[bytes] = []
+        poll = self.k.poll
+        pending = self.pending
+
+        def recv(timeout: float) -> Optional[bytes]:
+            # what a user's loop does: m = consumer.poll(timeout); m.value
+            if pending:
+                return pending.pop(0)
+            m = poll(timeout)
+            return None if m is None else m[4]
+
+        self.recv = recv
 
     def ready(self) -> None:
         # join the group / take the assignment before anyone produces
@@ -92,15 +106,10 @@ class _Cons(Endpoint):
         if b:
             self.pending.extend(b.values)
 
-    def recv(self, timeout: float) -> Optional[bytes]:
-        if self.pending:
-            return self.pending.pop(0)
-        m = self.k.poll(timeout=timeout)
-        return None if m is None else m.value
-
     def recv_batch(self, max_n: int, timeout: float) -> List[bytes]:
         if self.pending:
-            out, self.pending = self.pending, []
+            out = list(self.pending)
+            self.pending.clear()  # the same list recv() holds
             return out
         b = self.k.consume_batch(max_messages=max_n, timeout=timeout)
         return list(b.values) if b else []

@@ -6,6 +6,7 @@ are set to the same in-flight budget as shmlog's buffer (64 MiB)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
@@ -24,6 +25,7 @@ class _Push(Endpoint):
         self.s = self.ctx.socket(zmq.PUSH)
         self.s.setsockopt(zmq.SNDHWM, hwm)
         self.s.connect(addr)
+        self.send = functools.partial(self.s.send, copy=False)  # Endpoint docstring
 
     def send(self, value: bytes) -> None:
         self.s.send(value, copy=False)
