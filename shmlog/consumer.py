@@ -422,8 +422,11 @@ class Consumer:
                 return None
         else:
             try:
-                res = a.reader.read(a.cursor, max_records, slot=a.slot, spin_ns=self.spin_ns,
-                                    wait_ns=wait_ns)
+                # C publishes the position after the read, except where the
+                # durable isolation below may move the cursor back
+                res = a.reader.read(a.cursor, max_records,
+                                    slot=a.slot if self.isolation != "durable" else -1,
+                                    spin_ns=self.spin_ns, wait_ns=wait_ns)
             except errors.OffsetOutOfRange:
                 # fell behind the shared-memory window (the chunk was reused)
                 self._seek(a, a.cursor.next_offset)

@@ -584,9 +584,13 @@ class RecordReader:
         )
         end = info.frame_base_offset + info.frame_record_count
         if len(res) and res.offsets[-1] + 1 < end:
-            # partial: stay on this frame and resume after the last record handed out
-            cursor.seq = saved[0]
-            cursor.pos = info.frame_pos - lib.SHMLOG_HEADER_BYTES - (saved[0] % self.plog.chunk_count) * self.plog.chunk_bytes
+            # partial: stay on this frame and resume after the last record
+            # handed out. The frame's chunk is info.first_seq, not the one the
+            # cursor started in (the read may have stepped into the next chunk)
+            seq = info.first_seq
+            cursor.seq = seq
+            cursor.pos = (info.frame_pos - lib.SHMLOG_HEADER_BYTES
+                          - (seq % self.plog.chunk_count) * self.plog.chunk_bytes)
             cursor.next_offset = res.offsets[-1] + 1
         elif cursor.next_offset < end:
             cursor.next_offset = end

@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 
 from . import errors
 from ._core import lib
-from .codec import encode_headers
+from .codec import _bytes_error, encode_headers
 from .log import _POINTER_BATCH, _POINTER_VALUE, pickle_values
 from .partitioner import KeyPartitioner
 
@@ -30,6 +30,7 @@ _RECORD_OVERHEAD = 16
 HUNGRY_GAP = 50e-6
 _clock = time.perf_counter
 _append_one = lib.shmlog_log_append_one
+_BYTES_LIKE = (bytes, bytearray, memoryview)
 
 
 class RecordMetadata(NamedTuple):
@@ -307,10 +308,13 @@ class Producer:
                 null_values = False
                 try:
                     lens = list(map(len, values))
-                except TypeError:  # None (null values) or a wrong type, named later
+                except TypeError:  # None (null values) or a wrong type
                     null_values = True
                     lens = [0 if v is None else len(v) if isinstance(v, (bytes, bytearray, memoryview))
-                            else 0 for v in values]
+                            else -1 for v in values]
+                    if -1 in lens:
+                        # before any frame of a split batch is committed
+                        raise _bytes_error("value", values) from None
                 total = sum(lens)
                 # no single message can exceed the limit if they all fit under it
                 if total > st.max_message and max(lens) > st.max_message:
@@ -333,6 +337,11 @@ class Producer:
                         raise errors.MessageTooLarge(
                             f"message #{j} of {sz} bytes to topic {topic!r} exceeds "
                             f"max_message_bytes={st.max_message}", what=topic)
+            # the batch goes out frame by frame: check every value (and key)
+            # first, so a bad one late in the batch commits nothing
+            for kind, items in (("value", values), ("key", keys)):
+                if items is not None and not all(v is None or isinstance(v, _BYTES_LIKE) for v in items):
+                    raise _bytes_error(kind, items)
             i = 0
             while i < n:
                 j, acc = i, 0

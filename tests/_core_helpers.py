@@ -8,8 +8,10 @@ killed before a helper returns.
 from __future__ import annotations
 
 import contextlib
+import io
 import multiprocessing
 import os
+import pickle
 import signal
 import struct
 import traceback
@@ -68,6 +70,25 @@ def value_of(i: int, size: int) -> bytes:
     """A value that names its index, padded to `size` bytes (size >= 8)."""
     head = struct.pack("<Q", i)
     return head + bytes((i + k) & 0xFF for k in range(size - 8))
+
+
+def fast_pickle(obj, protocol: int = 3) -> bytes:
+    """A pickle without memo (Pickler.fast), in any protocol: the shape
+    pickle_values() writes for protocol 3, or another shape to be refused."""
+    f = io.BytesIO()
+    p = pickle.Pickler(f, protocol)
+    p.fast = True
+    p.dump(obj)
+    return f.getvalue()
+
+
+def frame_records(plog: PartitionLog, region_pos: int) -> tuple:
+    """What a frame says about its records, minus where it is (base offset,
+    CRC) and who wrote it: equal tuples mean byte-identical record sections."""
+    f = ffi.cast("shmlog_frame_hdr_t *", plog._log.base + region_pos)
+    start = region_pos + lib.SHMLOG_FRAME_HEADER
+    return (f.record_count, f.attributes, f.batch_version, f.first_timestamp, f.max_timestamp,
+            f.uncompressed_bytes, f.payload_bytes, bytes(plog._mm[start : start + f.payload_bytes]))
 
 
 def frames(plog: PartitionLog, cursor=None, max_frames: int = 4096) -> List[Tuple[int, int, int]]:

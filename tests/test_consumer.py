@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import threading
 import time
 
 import psutil
@@ -397,3 +398,134 @@ def test_idle_consumer_sleeps_and_wakes_at_once(data_dir, tmp_path):
     latency = [t - sent[i] for i, t in arrivals]
     assert statistics.median(latency) < 0.05, latency
     assert max(latency) < 0.25, latency
+
+
+# ---------------------------------------------------------------- lazily settled positions
+SIZES = {0: 5, 1: 7, 2: 9}
+
+
+def _produce_per_partition(cluster, topic="t", sizes=SIZES, start=0):
+    with cluster.producer() as producer:
+        for p, n in sizes.items():
+            producer.send_batch(topic, [b"%d:%d" % (p, start + i) for i in range(n)], partition=p)
+
+
+def _positions(consumer, topic="t"):
+    return {p: consumer.position(topic, p) for p in SIZES}
+
+
+def test_positions_after_each_poll_of_a_buffered_fetch(data_dir):
+    """poll() hands out one message of a buffered fetch at a time and settles
+    positions lazily: position() is always just after the last message
+    returned from that partition (its first still-buffered message)."""
+    with running_cluster(data_dir) as cluster:
+        cluster.create_topic("t", partitions=3, **ROOMY)
+        _produce_per_partition(cluster)
+        total = sum(SIZES.values())
+        with cluster.consumer("t") as consumer:
+            nxt = {p: 0 for p in SIZES}
+            assert _positions(consumer) == nxt
+            for k in range(total):
+                m = consumer.poll(timeout=5)
+                assert m.offset == nxt[m.partition] and m.value == b"%d:%d" % (m.partition, m.offset)
+                nxt[m.partition] = m.offset + 1
+                if k == 0:
+                    # the premise: one fetch buffered every partition
+                    assert len(consumer._buffer) == total - 1
+                assert _positions(consumer) == nxt, k
+            assert nxt == SIZES
+            assert consumer.poll(timeout=0.1) is None
+            assert _positions(consumer) == SIZES
+            # a second fetch, mixed with consume(): positions still exact
+            _produce_per_partition(cluster, start=100)
+            got = [consumer.poll(timeout=5) for _ in range(4)]
+            got += consumer.consume(max_messages=6, timeout=5)
+            assert len(got) == 10 and len(consumer._buffer) > 0
+            for m in got:
+                assert m.offset == nxt[m.partition]
+                nxt[m.partition] = m.offset + 1
+            assert _positions(consumer) == nxt
+
+
+def test_seek_after_partial_polling(data_dir):
+    with running_cluster(data_dir) as cluster:
+        cluster.create_topic("t", partitions=3, **ROOMY)
+        _produce_per_partition(cluster)
+        with cluster.consumer("t") as consumer:
+            got = [consumer.poll(timeout=5) for _ in range(3)]
+            p0 = got[0].partition
+            assert [(m.partition, m.offset) for m in got] == [(p0, 0), (p0, 1), (p0, 2)]
+            others = [p for p in SIZES if p != p0]
+            p1, p2 = others
+            assert len(consumer._buffer) == sum(SIZES.values()) - 3  # the rest is buffered
+            consumer.seek("t", p0, 1)  # back: offsets 1 and 2 again
+            consumer.seek("t", p1, 4)  # forward over buffered messages
+            assert _positions(consumer) == {p0: 1, p1: 4, p2: 0}
+            seen = {p: [] for p in SIZES}
+            while (m := consumer.poll(timeout=0.5)) is not None:
+                seen[m.partition].append(m.offset)
+                assert m.value == b"%d:%d" % (m.partition, m.offset)
+                assert consumer.position("t", m.partition) == m.offset + 1
+            assert seen == {p0: list(range(1, SIZES[p0])), p1: list(range(4, SIZES[p1])),
+                            p2: list(range(SIZES[p2]))}
+            assert _positions(consumer) == SIZES
+
+
+@pytest.mark.parametrize("how", ["commit", "close-auto-commit"])
+def test_group_commits_exactly_what_poll_returned(data_dir, how):
+    """After polling k messages of a buffered fetch, commit() (or close()
+    with auto-commit) commits the positions of what was returned: the next
+    member resumes right after the last message polled from each partition,
+    skipping nothing and repeating nothing."""
+    total = sum(SIZES.values())
+    with running_cluster(data_dir) as cluster:
+        cluster.create_topic("t", partitions=3, **ROOMY)
+        _produce_per_partition(cluster)
+        first = cluster.consumer("t", group="g", enable_auto_commit=how != "commit")
+        got = [first.poll(timeout=10)]
+        got += [first.poll(timeout=5) for _ in range(7)]
+        assert None not in got and len(first._buffer) > 0
+        assert sorted(first.assignment()) == [("t", p) for p in SIZES]
+        nxt = {p: 0 for p in SIZES}
+        for m in got:
+            assert m.offset == nxt[m.partition]
+            nxt[m.partition] = m.offset + 1
+        if how == "commit":
+            first.commit()
+            assert first.committed() == {("t", p): nxt[p] for p in SIZES}
+        first.close()
+        with cluster.consumer("t", group="g") as second:
+            rest = collect(second, total - len(got), timeout=10)
+            assert second.consume(timeout=0.3) == []
+        for p in SIZES:
+            assert [m.offset for m in rest if m.partition == p] == list(range(nxt[p], SIZES[p])), p
+
+
+def test_one_partition_poll_publishes_what_it_read_and_settles_what_it_returned(data_dir):
+    """A single shared-memory partition is read (and waited on) in one
+    crossing that also publishes the reader slot's position: the slot holds
+    what was read, position() what was returned."""
+    with running_cluster(data_dir) as cluster:
+        cluster.create_topic("t", partitions=1, **SMALL)
+        _produce(cluster, "t", [b"m%d" % i for i in range(10)], partition=0)
+        with cluster.consumer("t") as consumer, cluster.producer() as producer:
+            a = consumer._assigned[("t", 0)]
+            slot = a.plog.hdr.readers[a.slot]
+            for k in range(10):
+                m = consumer.poll(timeout=5)
+                assert (m.offset, m.value) == (k, b"m%d" % k)
+                assert consumer.position("t", 0) == k + 1
+                assert slot.position == 10  # the whole read, buffered
+            assert consumer.poll(timeout=0.05) is None
+            # committed while poll() waits: the same crossing wakes and reads it
+            timer = threading.Timer(0.1, producer.send_batch, ("t", [b"late", b"later"]),
+                                    {"partition": 0})
+            timer.start()
+            try:
+                m = consumer.poll(timeout=5)
+            finally:
+                timer.join()
+            assert (m.offset, m.value) == (10, b"late")
+            assert consumer.position("t", 0) == 11 and slot.position == 12
+            assert consumer.poll(timeout=5).value == b"later"
+            assert consumer.position("t", 0) == 12

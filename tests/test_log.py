@@ -11,17 +11,22 @@ crash.
 from __future__ import annotations
 
 import errno
+import io
 import os
+import pickle
 import random
 import statistics
 import struct
+import threading
 import time
 
 import pytest
 from _core_helpers import (
     Child,
+    fast_pickle,
     fill_until_rotation,
     frame_bytes_for,
+    frame_records,
     frames,
     new_log,
     producer_slot,
@@ -37,7 +42,8 @@ from hypothesis import strategies as st
 from shmlog._core import ffi, lib
 
 from shmlog import errors
-from shmlog.log import NONE, PartitionLog
+from shmlog import log as log_module
+from shmlog.log import NONE, PartitionLog, RecordReader, pickle_values
 
 FRAME_TYPE_SHIFT = 32
 
@@ -394,6 +400,373 @@ def test_lz4_corrupt_batch_carries_what(shm_prefix):
         assert ei.value.what == plog.what
 
 
+# ------------------------------------------------------------ pickled appends
+
+def _small_values(n: int) -> list:
+    """n values of 8..57 bytes naming their index, with some empty and some null ones."""
+    return [None if i % 97 == 3 else b"" if i % 89 == 5 else value_of(i, 8 + i % 50)
+            for i in range(n)]
+
+
+PICKLED_BATCHES = [
+    # name, values: every shape pickle writes (item APPEND for one value,
+    # MARK..APPENDS groups of at most 1000), every length opcode
+    ("mixed", [b"", None, b"\xab" * 255, b"\xcd" * 256, value_of(1, 70000), b"x"]),
+    ("one", [b"only"]),
+    ("one-null", [None]),
+    ("one-empty", [b""]),
+    ("one-long", [value_of(2, 3333)]),
+    ("two", [b"a", None]),
+    ("1000", _small_values(1000)),
+    ("1001", _small_values(1001)),
+    ("2000", _small_values(2000)),
+    ("2500", _small_values(2500)),
+]
+
+
+def test_append_pickled_writes_the_records_append_writes(shm_prefix):
+    """append_pickled(pickle_values(values)) and append(values, timestamp=T)
+    commit byte-identical record sections: readers get the same offsets,
+    values, null keys, no headers and timestamp T from both."""
+    T = 1_700_000_000_123
+    with new_log(shm_prefix, chunk_bytes=1 << 20, max_batch_bytes=1 << 18) as plog:
+        slot = plog.register_producer()
+        reader = plog.reader()
+        for k, (name, vals) in enumerate(PICKLED_BATCHES):
+            n = len(vals)
+            end = plog.end_offset()
+            base = plog.append_pickled(slot, pickle_values(vals), 1 << 20, T, producer_id=77,
+                                       producer_seq=k)
+            assert base == end, name
+            assert plog.append(slot, vals, timestamp=T) == base + n, name
+            c = plog.new_cursor()
+            assert plog.seek(c, base) == 0
+            offsets, values, keys, headers, timestamps = read_all(plog, c, reader=reader)
+            assert offsets == list(range(base, base + 2 * n)), name
+            assert values == vals + vals, name
+            assert keys == [None] * 2 * n, name
+            assert headers == [[]] * 2 * n, name
+            assert timestamps == [T] * 2 * n, name
+            assert plog.seek(c, base) == 0
+            (p_pos, p_fb, p_end), (a_pos, a_fb, a_end) = frames(plog, c)
+            assert (p_fb, p_end, a_end) == (a_fb, base + n, base + 2 * n), name
+            assert frame_records(plog, p_pos) == frame_records(plog, a_pos), name
+            f = frame_hdr(plog, p_pos)
+            assert (f.base_offset, f.producer_id, f.producer_seq) == (base, 77, k), name
+
+
+def test_append_pickled_accepts_a_value_of_exactly_max_value(shm_prefix):
+    with new_log(shm_prefix, max_batch_bytes=16384) as plog:
+        slot = plog.register_producer()
+        vals = [b"m" * 100, None, b""]
+        assert plog.append_pickled(slot, pickle_values(vals), 100, 5) == 0
+        assert plog.append_pickled(slot, pickle_values([b"m" * 101]), 100, 5) == -errno.EMSGSIZE
+        # the pure-Python pickler ends a batch of 1001 with item APPEND, not
+        # MARK item APPENDS: still the shape append_pickled takes
+        vals = [b"%d" % i for i in range(1001)]
+        f = io.BytesIO()
+        p = pickle._Pickler(f, 3)
+        p.fast = True
+        p.dump(vals)
+        assert plog.append_pickled(slot, f.getvalue(), 100, 6) == 3
+        offsets, values, *_ = read_all(plog)
+        assert offsets == list(range(1004))
+        assert values == [b"m" * 100, None, b""] + vals
+
+
+_REP = b"repeated value"
+_GOOD = pickle_values([b"v" * 100, b"w" * 100, None])
+
+REFUSED_STREAMS = [
+    # id, stream, max_value, rc
+    ("value-above-max_value", pickle_values([b"a", b"b" * 101, None]), 100, -errno.EMSGSIZE),
+    ("batch-above-max-frame", pickle_values([b"x" * 1000] * 5), 1 << 20, -errno.E2BIG),
+    ("one-value-above-max-frame", pickle_values([b"x" * 5000]), 1 << 20, -errno.E2BIG),
+    ("memo-of-a-repeated-value", pickle.dumps([_REP, _REP], 3), 1 << 20, -errno.EPROTO),
+    ("memo", pickle.dumps([b"a", b"b"], 3), 1 << 20, -errno.EPROTO),
+    ("tuple", fast_pickle((b"a", b"b")), 1 << 20, -errno.EPROTO),
+    ("int-value", fast_pickle([b"a", 7]), 1 << 20, -errno.EPROTO),
+    ("str-value", fast_pickle([b"a", "str"]), 1 << 20, -errno.EPROTO),
+    ("bytearray-value", fast_pickle([bytearray(b"a")]), 1 << 20, -errno.EPROTO),
+    ("nested-list", fast_pickle([b"a", [b"b"]]), 1 << 20, -errno.EPROTO),
+    ("protocol-2", fast_pickle([b"a", b"b"], 2), 1 << 20, -errno.EPROTO),
+    ("protocol-4", fast_pickle([b"a", b"b"], 4), 1 << 20, -errno.EPROTO),
+    ("protocol-5", fast_pickle([b"a", b"b"], 5), 1 << 20, -errno.EPROTO),
+    ("truncated-before-stop", bytes(_GOOD[:-1]), 1 << 20, -errno.EPROTO),
+    ("truncated-in-a-value", bytes(_GOOD[:60]), 1 << 20, -errno.EPROTO),
+    ("truncated-before-a-length", bytes(_GOOD[:5]), 1 << 20, -errno.EPROTO),
+    ("truncated-after-a-length", bytes(_GOOD[:6]), 1 << 20, -errno.EPROTO),
+    ("only-the-header", bytes(_GOOD[:3]), 1 << 20, -errno.EPROTO),
+    ("garbage-after-stop", bytes(_GOOD) + b"\x00", 1 << 20, -errno.EPROTO),
+    ("second-stop", bytes(_GOOD) + b".", 1 << 20, -errno.EPROTO),
+    ("length-past-the-end", b"\x80\x03](B\xff\xff\x00\x00abce.", 1 << 20, -errno.EPROTO),
+    ("appends-without-mark", b"\x80\x03]C\x01xe.", 1 << 20, -errno.EPROTO),
+    ("item-without-append", b"\x80\x03]C\x01x.", 1 << 20, -errno.EPROTO),
+    ("nested-mark", b"\x80\x03]((C\x01xee.", 1 << 20, -errno.EPROTO),
+    ("unclosed-mark", b"\x80\x03](C\x01x.", 1 << 20, -errno.EPROTO),
+]
+
+
+@pytest.mark.parametrize("stream,max_value,rc", [pytest.param(*r[1:], id=r[0]) for r in REFUSED_STREAMS])
+def test_append_pickled_refuses_without_raising_and_commits_nothing(shm_prefix, stream, max_value, rc):
+    with new_log(shm_prefix) as plog:  # max_batch_bytes = 4096
+        slot = plog.register_producer()
+        assert plog.append(slot, [b"before"] * 3) == 0
+        reader = plog.reader()
+        c = plog.new_cursor()
+        plog.seek_end(c)
+        assert plog.append_pickled(slot, stream, max_value, 1) == rc
+        assert plog.end_offset() == plog.claimed_end == 3
+        assert reader.read(c, 100) is None
+        assert frame_word(plog, chunk_region_pos(plog, 0, c.pos)) == 0  # not even a claim
+        # no offset was taken: the next batch gets the next one
+        assert plog.append_pickled(slot, pickle_values([b"after"]), max_value, 2) == 3
+        assert reader.read(c, 100).values == [b"after"]
+
+
+def test_append_pickled_of_an_empty_list_raises_and_commits_nothing(shm_prefix):
+    with new_log(shm_prefix) as plog:
+        slot = plog.register_producer()
+        with pytest.raises(ValueError):
+            plog.append_pickled(slot, pickle_values([]), 100, 1)
+        with pytest.raises(ValueError):
+            plog.append(slot, [])
+        assert plog.end_offset() == plog.claimed_end == 0
+
+
+def test_append_one_returns_its_offset_and_reads_back(shm_prefix):
+    with new_log(shm_prefix) as plog:
+        slot = plog.register_producer()
+        assert plog.append(slot, [b"a", b"b"], timestamp=1) == 0
+        assert plog.append_one(slot, b"one", 1234, producer_id=9, producer_seq=5) == 2
+        assert plog.append_one(slot, b"", -5) == 3
+        assert plog.append_one(slot, value_of(4, 3333), 2**40) == 4
+        with pytest.raises(errors.MessageTooLarge):
+            plog.append_one(slot, b"x" * 4096, 6)
+        assert plog.end_offset() == plog.claimed_end == 5
+        offsets, values, keys, headers, timestamps = read_all(plog)
+        assert offsets == list(range(5))
+        assert values == [b"a", b"b", b"one", b"", value_of(4, 3333)]
+        assert keys == [None] * 5 and headers == [[]] * 5
+        assert timestamps == [1, 1, 1234, -5, 2**40]
+        fr = frames(plog)
+        assert [end for _, _, end in fr] == [2, 3, 4, 5]
+        f = frame_hdr(plog, fr[1][0])
+        assert (f.record_count, f.first_timestamp, f.max_timestamp, f.producer_id,
+                f.producer_seq) == (1, 1234, 1234, 9, 5)
+        # one record, one frame: what append() writes for it
+        assert plog.append(slot, [b"one"], timestamp=1234) == 5
+        assert frame_records(plog, frames(plog)[-1][0]) == frame_records(plog, fr[1][0])
+
+
+# ------------------------------------------------------------ pickled reads
+
+@pytest.fixture
+def columns_reads(monkeypatch):
+    """Counts reads that took the column path (RecordReader._columns) instead
+    of the one-pickle path, so a test knows which path it exercised."""
+    calls = []
+    orig = RecordReader._columns
+
+    def spy(self, cursor, n):
+        calls.append(n)
+        return orig(self, cursor, n)
+
+    monkeypatch.setattr(RecordReader, "_columns", spy)
+    return calls
+
+
+def test_read_returns_keys_of_keyed_records(shm_prefix, columns_reads):
+    with new_log(shm_prefix) as plog:
+        slot = plog.register_producer()
+        plog.append(slot, [b"u0", b"u1"])  # unkeyed
+        keys = [b"k2", None, b"", b"k5" * 20]
+        plog.append(slot, [b"v2", b"v3", None, b"v5"], keys=keys)
+        plog.append(slot, [b"u6"])
+        res = plog.reader().read(plog.new_cursor(), 100)
+        assert res.offsets == list(range(7))
+        assert res.values == [b"u0", b"u1", b"v2", b"v3", None, b"v5", b"u6"]
+        assert res.keys == [None, None] + keys + [None]
+        assert res.headers is None
+        assert columns_reads == []  # small records: one pickle
+
+
+def test_read_of_records_with_headers_falls_back_to_columns(shm_prefix, columns_reads):
+    with new_log(shm_prefix) as plog:
+        slot = plog.register_producer()
+        plog.append(slot, [b"p0", b"p1"])
+        hdrs = [[("h", b"2")], [], [("a", None), ("b", b"")]]
+        plog.append(slot, [b"h2", None, b"h4"], keys=[b"k", None, None], headers=hdrs,
+                    timestamps=[7, 8, 9])
+        plog.append(slot, [b"p5"], timestamp=10)
+        reader = plog.reader()
+        c = plog.new_cursor()
+        res = reader.read(c, 100)
+        assert columns_reads == [6]
+        assert res.offsets == list(range(6))
+        assert res.values == [b"p0", b"p1", b"h2", None, b"h4", b"p5"]
+        assert res.keys == [None, None, b"k", None, None, None]
+        assert res.headers == [[], []] + hdrs + [[]]
+        assert res.timestamps[2:] == [7, 8, 9, 10]
+        assert reader.read(c, 100) is None
+        # past the headers, the same reader is back on the pickle path
+        plog.append(slot, [b"p6"])
+        assert reader.read(c, 100).values == [b"p6"]
+        assert columns_reads == [6]
+
+
+@pytest.mark.parametrize("initial_offset", [0, 2**31 - 3, 2**40 + 7])
+def test_read_across_an_aborted_batch_skips_the_hole(shm_prefix, columns_reads, initial_offset):
+    """A hole (an aborted claim) between two committed batches: one read
+    returns both, with offsets that skip it (not a dense range)."""
+    with new_log(shm_prefix, initial_offset=initial_offset) as plog:
+        b = initial_offset
+        slot = plog.register_producer()
+        assert plog.append(slot, [value_of(j, 37) for j in range(5)]) == b
+        out = ffi.new("uint64_t *")
+        assert lib.shmlog_log_claim_only(plog._handle(), slot, 100, 6, out) == 0
+        assert out[0] == b + 5
+        assert plog.reap_producer(slot) == 1  # aborted: offsets b+5..b+10 are a hole
+        slot = plog.register_producer()
+        assert plog.append(slot, [value_of(11 + j, 37) for j in range(4)]) == b + 11
+        reader = plog.reader()
+        c = plog.new_cursor()
+        assert plog.seek(c, b) == 0
+        res = reader.read(c, 100)
+        want = list(range(b, b + 5)) + list(range(b + 11, b + 15))
+        assert res.offsets == want
+        assert res.values == [value_of(o - b, 37) for o in want]
+        assert res.timestamps == [res.timestamps[0]] * 9
+        assert c.next_offset == b + 15
+        assert reader.read(c, 100) is None
+        assert columns_reads == []
+
+
+def test_read_returns_each_records_timestamp(shm_prefix, columns_reads):
+    with new_log(shm_prefix) as plog:
+        slot = plog.register_producer()
+        tss = [-1, 0, 2**31 - 1, 2**31, -(2**31) - 1, 2**62, 5]
+        plog.append(slot, [b"t%d" % i for i in range(len(tss))], timestamps=tss)
+        plog.append(slot, [b"same"] * 3, timestamp=2**33)
+        res = plog.reader().read(plog.new_cursor(), 100)
+        assert res.offsets == list(range(10))
+        assert res.timestamps == tss + [2**33] * 3
+        assert columns_reads == []
+
+
+def test_read_of_large_values_takes_the_column_path(shm_prefix, columns_reads):
+    with new_log(shm_prefix, max_batch_bytes=16384) as plog:
+        slot = plog.register_producer()
+        vals = [value_of(0, 1500), None, value_of(2, 3333), b"", value_of(4, 1024)]
+        plog.append(slot, vals, keys=[None, b"k1", None, None, b"k4"])
+        res = plog.reader().read(plog.new_cursor(), 100)
+        assert columns_reads == [5]
+        assert res.offsets == list(range(5))
+        assert res.values == vals
+        assert res.keys == [None, b"k1", None, None, b"k4"]
+        assert res.headers is None
+
+
+def test_read_part_of_a_batch_then_the_rest(shm_prefix):
+    with new_log(shm_prefix) as plog:
+        slot = plog.register_producer()
+        keys = [None if j % 3 else b"k%d" % j for j in range(10)]
+        plog.append(slot, [value_of(j, 9 + j) for j in range(10)], keys=keys,
+                    timestamps=[100 + j for j in range(10)])
+        plog.append(slot, [value_of(10 + j, 9) for j in range(4)], timestamp=7)
+        reader = plog.reader()
+        c = plog.new_cursor()
+        got = []
+        for size in (3, 1, 4, 100):
+            res = reader.read(c, size)
+            assert 1 <= len(res) <= size
+            assert res.values == [value_of(o, 9 + o if o < 10 else 9) for o in res.offsets]
+            assert res.keys == [keys[o] if o < 10 else None for o in res.offsets]
+            assert res.timestamps == [100 + o if o < 10 else 7 for o in res.offsets]
+            got += res.offsets
+        assert got == list(range(14))
+        assert reader.read(c, 100) is None
+
+
+def test_read_lz4_frames_between_plain_frames(shm_prefix):
+    with new_log(shm_prefix, max_batch_bytes=16384) as plog:
+        slot = plog.register_producer()
+        want = []
+        for comp, n in ((None, 3), ("lz4", 40), ("lz4", 5), (None, 7), ("lz4", 1), (None, 2)):
+            base = len(want)
+            vals = [value_of(base + j, 37) for j in range(n)]
+            assert plog.append(slot, vals, compression=comp, timestamp=base) == base
+            want += vals
+        reader = plog.reader()
+        c = plog.new_cursor()
+        runs = []
+        while (res := reader.read(c, 1000)) is not None:
+            runs.append(res.offsets)
+            assert res.values == [want[o] for o in res.offsets]
+            assert res.keys == [None] * len(res)
+        # a compressed frame comes back alone; plain frames are read together
+        assert [len(r) for r in runs] == [3, 40, 5, 7, 1, 2]
+        assert sum(runs, []) == list(range(len(want)))
+
+
+# Regression (RecordReader._read_compressed): a partial read of an lz4 frame
+# that starts a chunk put back into slot 0 (the cursor still on the previous
+# chunk, in the last slot) computed the resume position relative to the
+# cursor's old chunk: a negative cursor.pos, OverflowError from cffi.
+def test_partial_read_of_an_lz4_frame_at_the_start_of_a_reused_slot(shm_prefix):
+    with new_log(shm_prefix, gate_readers=False, max_batch_bytes=16384) as plog:
+        slot = plog.register_producer()
+        n = 0
+        while plog.hdr.active_seq < plog.chunk_count - 1:
+            plog.append(slot, [value_of(n + j, 333) for j in range(3)])
+            n += 3
+        last = plog.hdr.chunks[(plog.chunk_count - 1) % plog.chunk_count]
+        while plog.chunk_bytes - tail_bytes(last.tail) > 2000:
+            plog.append(slot, [value_of(n + j, 333) for j in range(3)])
+            n += 3
+        reader = plog.reader()
+        c = plog.new_cursor()
+        assert plog.seek(c, plog.start_offset) == 0
+        offsets, *_ = read_all(plog, c, reader=reader)
+        assert offsets[-1] == n - 1 and c.seq == plog.chunk_count - 1
+        rng = random.Random(7)
+        vals = [rng.randbytes(40) for _ in range(200)]  # incompressible: does not fit
+        assert plog.append(slot, vals, compression="lz4") == n  # rotates into slot 0
+        assert plog.hdr.active_seq == plog.chunk_count
+        got = []
+        while (res := reader.read(c, 30)) is not None:
+            assert len(res) <= 30
+            got += res.values
+        assert got == vals
+
+
+def test_read_of_more_small_values_than_the_pickle_buffer_holds(shm_prefix, monkeypatch,
+                                                                 columns_reads):
+    """20,000 values of 100 bytes (2 MiB) in one read: the 1 MiB per-thread
+    pickle buffer is too small, so that read takes the column path and the
+    buffer grows; the next reads of that size are one pickle each."""
+    monkeypatch.setattr(log_module, "_tls", threading.local())  # start from 1 MiB
+    with new_log(shm_prefix, chunk_bytes=4 << 20, max_batch_bytes=1 << 18) as plog:
+        slot = plog.register_producer()
+        reader = plog.reader(capacity=40000)
+        c = plog.new_cursor()
+        total = 0
+        fill = bytes(range(256)) * 2
+        for rnd in range(3):
+            n = 20000
+            vals = [struct.pack("<Q", o) + fill[o % 256 : o % 256 + 92] for o in range(total, total + n)]
+            for i in range(0, n, 2000):
+                plog.append(slot, vals[i : i + 2000])
+            res = reader.read(c, 40000)
+            assert res.offsets == list(range(total, total + n)), rnd
+            assert res.values == vals, rnd
+            assert res.keys == [None] * n
+            assert reader.read(c, 40000) is None
+            total += n
+            assert len(log_module._tls.buf) > 1 << 20
+        assert columns_reads == [20000]  # only the first read did not fit
+
+
 # ------------------------------------------------------------ backpressure, retention
 
 def test_gating_reader_blocks_append_until_it_moves(shm_prefix):
@@ -572,6 +945,118 @@ def test_producer_and_reader_slots_are_listed_and_released(shm_prefix):
         plog.release_reader(r)
         assert plog.producer_slots() == [] and plog.reader_slots() == []
         assert plog.hdr.readers[r].position == NONE
+
+
+# ------------------------------------------------------------ reader-side reclaim
+
+def _fill_ring(plog: PartitionLog, slot: int) -> int:
+    """Commit 3 x 333-byte batches until the last free chunk is active (every
+    chunk in use, the next rotation needs the oldest one); returns records."""
+    n = 0
+    while plog.hdr.active_seq < plog.chunk_count - 1:
+        plog.append(slot, [value_of(n + j, 333) for j in range(3)], timeout=0)
+        n += 3
+    return n
+
+
+def test_a_gating_reader_frees_the_chunk_it_finished(shm_prefix):
+    with new_log(shm_prefix) as plog:  # gate_readers=True, 4 x 64 KiB
+        h = plog.hdr
+        rslot = plog.register_reader(0, gating=True)
+        slot = plog.register_producer()
+        n = _fill_ring(plog, slot)
+        base1, base2 = h.chunks[1].base_offset, h.chunks[2].base_offset
+        assert h.reclaimed_chunks == 0 and plog.start_offset == 0
+        reader = plog.reader()
+        c = plog.new_cursor()
+        res = reader.read(c, base1 + 3)  # chunk 0 and the first batch of chunk 1
+        assert res.offsets == list(range(base1 + 3))
+        plog.set_reader_position(rslot, base1 - 1)  # one short of chunk 0's end: held
+        assert h.reclaimed_chunks == 0 and plog.start_offset == 0
+        rotations, end = h.rotations, plog.end_offset()
+        plog.set_reader_position(rslot, c.next_offset)
+        # freed here, by the reader, with no append since
+        assert h.reclaimed_chunks == 1
+        assert plog.start_offset == h.start_offset == base1
+        assert (h.rotations, plog.end_offset(), plog.claimed_end) == (rotations, end, n)
+        assert h.chunks[0].state & 0xFFFFFFFF == lib.SHMLOG_CHUNK_FREE
+        # only the chunk the next rotation needs is freed: chunk 1 waits for it
+        offsets, values, *_ = read_all(plog, c, reader=reader)
+        assert offsets == list(range(base1 + 3, n))
+        assert values == [value_of(o, 333) for o in offsets]
+        plog.set_reader_position(rslot, c.next_offset)
+        assert h.reclaimed_chunks == 1 and plog.start_offset == base1
+        more = fill_until_rotation(plog, slot, timeout=0)  # into the freed chunk
+        assert h.reclaimed_chunks == 1
+        plog.set_reader_position(rslot, c.next_offset)
+        assert h.reclaimed_chunks == 2 and plog.start_offset == base2
+        # what is left reads back whole; below the start is out of range
+        c2 = plog.new_cursor()
+        assert plog.seek(c2, base1) == -errno.ERANGE and c2.next_offset == base2
+        offsets, values, *_ = read_all(plog, c2)
+        assert offsets == list(range(base2, n + more))
+        assert values[: n - base2] == [value_of(o, 333) for o in range(base2, n)]
+        offsets, *_ = read_all(plog, c, reader=reader)
+        assert offsets == list(range(n, n + more))
+
+
+def test_a_non_gating_reader_moving_on_frees_nothing(shm_prefix):
+    with new_log(shm_prefix) as plog:
+        h = plog.hdr
+        rslot = plog.register_reader(0, gating=False)
+        slot = plog.register_producer()
+        n = _fill_ring(plog, slot)
+        c = plog.new_cursor()
+        offsets, *_ = read_all(plog, c)
+        assert offsets == list(range(n))
+        plog.set_reader_position(rslot, c.next_offset)
+        assert h.reclaimed_chunks == 0 and plog.start_offset == 0
+        offsets, values, *_ = read_all(plog)  # chunk 0 is still there
+        assert offsets == list(range(n)) and values == [value_of(o, 333) for o in range(n)]
+        # the producer frees it when it needs it (nobody gates it)
+        fill_until_rotation(plog, slot, timeout=0)
+        assert h.reclaimed_chunks == 1 and plog.start_offset == h.chunks[1].base_offset
+
+
+def test_a_gating_reader_does_not_free_a_chunk_another_reader_still_needs(shm_prefix):
+    with new_log(shm_prefix) as plog:
+        h = plog.hdr
+        ahead = plog.register_reader(0, gating=True)
+        behind = plog.register_reader(0, gating=True)
+        pinned = plog.register_reader(0, gating=False)
+        slot = plog.register_producer()
+        n = _fill_ring(plog, slot)
+        base1 = h.chunks[1].base_offset
+        plog.set_reader_pin(pinned, 5)
+        plog.set_reader_position(ahead, n)
+        assert h.reclaimed_chunks == 0  # `behind` gates chunk 0
+        plog.set_reader_position(behind, base1)
+        assert h.reclaimed_chunks == 0  # the pin holds it
+        plog.set_reader_pin(pinned, None)
+        assert h.reclaimed_chunks == 0  # releasing a pin frees nothing by itself
+        plog.set_reader_position(behind, base1)
+        assert h.reclaimed_chunks == 1 and plog.start_offset == base1
+        offsets, values, *_ = read_all(plog)
+        assert offsets == list(range(base1, n)) and values == [value_of(o, 333) for o in offsets]
+
+
+def test_a_gating_reader_does_not_free_a_chunk_not_yet_spilled(shm_prefix):
+    """A disk topic's chunk is freed only once the spiller has it, whoever
+    frees it: the reader that finished it frees it after set_spilled."""
+    with new_log(shm_prefix, gate_spill=True) as plog:
+        h = plog.hdr
+        rslot = plog.register_reader(0, gating=True)
+        slot = plog.register_producer()
+        n = _fill_ring(plog, slot)
+        base1 = h.chunks[1].base_offset
+        plog.set_reader_position(rslot, n)
+        assert h.reclaimed_chunks == 0
+        plog.set_spilled(base1 - 1)
+        plog.set_reader_position(rslot, n)
+        assert h.reclaimed_chunks == 0
+        plog.set_spilled(base1)
+        plog.set_reader_position(rslot, n)
+        assert h.reclaimed_chunks == 1 and plog.start_offset == base1
 
 
 # ------------------------------------------------------------ dead claimers
@@ -785,6 +1270,99 @@ def test_waiter_times_out_at_a_dead_claim_and_wakes_on_reap(shm_prefix):
             assert w.join() == 0
         assert ok is True and offsets == [11, 12]
         assert t1 - t0 < 0.5, t1 - t0
+
+
+def _waiter(conn, name, spin_us, timeout):
+    p = PartitionLog.attach(name)
+    c = p.new_cursor()
+    p.seek_end(c)
+    conn.send("waiting")
+    conn.send(p.wait(c, timeout, spin_us=spin_us))
+    p.close()
+
+
+def _await(pred, what: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.0002)
+
+
+@pytest.mark.parametrize("spin_us", [3_000_000, 0], ids=["spinning", "asleep"])
+def test_a_waiting_reader_is_hungry_and_only_a_sleeper_is_a_waiter(shm_prefix, spin_us):
+    """data_hungry counts every reader in wait() (producers commit at once
+    for it); data_waiters only those asleep on the futex (committers owe
+    them a wake syscall), so a spinning reader raises only the first."""
+    with new_log(shm_prefix) as plog:
+        h = plog.hdr
+        slot = plog.register_producer()
+        plog.append(slot, [b"old"])
+        assert (h.data_hungry, h.data_waiters) == (0, 0)
+        with Child(_waiter, plog.name, spin_us, 10.0) as ch:
+            assert ch.recv() == "waiting"
+            if spin_us:
+                _await(lambda: h.data_hungry == 1, "the spinning reader to be hungry")
+                assert h.data_waiters == 0
+            else:
+                _await(lambda: h.data_waiters == 1, "the reader to sleep")
+                assert h.data_hungry == 1
+            assert not ch.conn.poll(0), "wait() returned with nothing committed"
+            plog.append(slot, [b"new"])
+            assert ch.recv() is True
+            assert ch.join() == 0
+        assert (h.data_hungry, h.data_waiters) == (0, 0)
+
+
+def test_a_wait_that_times_out_or_finds_data_leaves_no_hungry_reader(shm_prefix):
+    with new_log(shm_prefix) as plog:
+        h = plog.hdr
+        c = plog.new_cursor()
+        plog.seek_end(c)
+        assert plog.wait(c, 0.05, spin_us=20_000) is False  # spin, then sleep, then time out
+        assert plog.wait(c, 0.02) is False
+        assert (h.data_hungry, h.data_waiters) == (0, 0)
+        slot = plog.register_producer()
+        plog.append(slot, [b"x"])
+        assert plog.wait(c, 1.0, spin_us=1000) is True  # ready at once
+        assert (h.data_hungry, h.data_waiters) == (0, 0)
+
+
+def _bell_waiter(conn, names, spin_us, timeout):
+    logs = [PartitionLog.attach(n) for n in names]
+    cursors = [p.new_cursor() for p in logs]
+    for p, c in zip(logs, cursors):
+        p.seek_end(c)
+    larr = ffi.new("shmlog_log_t *[]", [p._handle() for p in logs])
+    carr = ffi.new("shmlog_cursor_t *[]", cursors)
+    conn.send("waiting")
+    conn.send(lib.shmlog_log_wait_any(larr, carr, len(logs), logs[0]._handle(),
+                                      int(spin_us * 1000), int(timeout * 1e9)))
+    for p in logs:
+        p.close()
+
+
+@pytest.mark.parametrize("spin_us", [3_000_000, 0], ids=["spinning", "asleep"])
+def test_wait_any_on_a_doorbell_is_hungry_on_the_bell(shm_prefix, spin_us):
+    with new_log(shm_prefix, "p0") as p0, new_log(shm_prefix, "p1") as p1:
+        for p in (p0, p1):
+            p.ring_bell_of(p0)
+        h = p0.hdr
+        slot = p1.register_producer()
+        with Child(_bell_waiter, [p0.name, p1.name], spin_us, 10.0) as ch:
+            assert ch.recv() == "waiting"
+            if spin_us:
+                _await(lambda: h.bell_hungry == 1, "the spinning reader to be hungry")
+                assert h.bell_waiters == 0
+            else:
+                _await(lambda: h.bell_waiters == 1, "the reader to sleep on the doorbell")
+                assert h.bell_hungry == 1
+            # the doorbell counts it, not each partition
+            assert (h.data_hungry, h.data_waiters, p1.hdr.data_hungry, p1.hdr.data_waiters) == (0, 0, 0, 0)
+            assert not ch.conn.poll(0)
+            p1.append(slot, [b"ring"])
+            assert ch.recv() == 1
+            assert ch.join() == 0
+        assert (h.bell_hungry, h.bell_waiters) == (0, 0)
 
 
 def _wait_any_consumer(conn, names, trials):

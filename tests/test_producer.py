@@ -7,6 +7,7 @@ supervisor (running_cluster) and joins or kills its children (Children).
 
 from __future__ import annotations
 
+import errno
 import time
 from collections import Counter, defaultdict
 
@@ -21,8 +22,10 @@ from _broker_helpers import (
     running_cluster,
     wait_for,
 )
+from _core_helpers import frames
 
 import shmlog
+from shmlog.log import PartitionLog
 
 TOPIC = "orders"
 
@@ -270,6 +273,148 @@ def test_send_batch_buffer_full_says_what_was_committed(data_dir):
         assert partial == 0 or getattr(info.value, "committed", None) == partial, partial
         producer.close()
         consumer.close()
+
+
+# ---------------------------------------------------------------- send_batch paths
+@pytest.fixture
+def pickled_appends(monkeypatch):
+    """The return codes of PartitionLog.append_pickled in this process, so a
+    test knows send_batch took (or tried) the one-pickle path."""
+    rcs = []
+    orig = PartitionLog.append_pickled
+
+    def spy(self, *args, **kw):
+        rc = orig(self, *args, **kw)
+        rcs.append(rc)
+        return rc
+
+    monkeypatch.setattr(PartitionLog, "append_pickled", spy)
+    return rcs
+
+
+def _end(cluster, topic="t", partition=0) -> int:
+    return cluster.describe_topic(topic).partitions[partition].end_offset
+
+
+def test_send_batch_of_plain_bytes_is_one_pickled_frame(data_dir, pickled_appends):
+    with running_cluster(data_dir) as cluster:
+        cluster.create_topic("t", partitions=1, **SMALL)
+        vals = [b"v%03d" % i + b"." * (i % 37) for i in range(100)]
+        with cluster.producer() as producer:
+            producer.send_batch("t", vals, partition=0)
+            assert pickled_appends == [0]
+            producer.send_batch("t", [b"one"], partition=0)  # append_one, not a pickle
+            assert pickled_appends == [0]
+        assert len(frames(cluster.topic("t").regions[0])) == 2
+        with cluster.consumer("t") as consumer:
+            msgs = collect(consumer, 101, timeout=10)
+            assert consumer.consume(timeout=0.1) == []
+        assert [m.value for m in msgs] == vals + [b"one"]
+        assert [m.offset for m in msgs] == list(range(101))
+
+
+def test_send_batch_names_the_oversized_message_and_commits_nothing(data_dir, pickled_appends):
+    with running_cluster(data_dir) as cluster:
+        cluster.create_topic("t", partitions=1, **SMALL)
+        limit = cluster.describe_topic("t").config["max_message_bytes"]
+        big = b"x" * (limit + 1)
+        with cluster.producer() as producer:
+            producer.send_batch("t", [b"before"] * 3, partition=0)
+            cases = [
+                ([b"a", big, b"c"], 1),
+                ([big], 0),
+                ([None, b"b", big], 2),  # tombstones among them
+                ([b"s" * 10] * 300 + [big], 300),  # more than one frame's worth before it
+                ([b"s" * 10] * 5 + [big, big], 5),  # the first one is named
+            ]
+            for values, j in cases:
+                with pytest.raises(shmlog.MessageTooLarge, match=rf"message #{j} of {limit + 1} bytes"):
+                    producer.send_batch("t", values, partition=0)
+                assert _end(cluster) == 3, j
+            # the pickled path was tried and refused each, without raising from C
+            assert all(rc < 0 for rc in pickled_appends[1:]), pickled_appends
+            producer.send_batch("t", [b"x" * limit, b"after"], partition=0)  # the limit itself is fine
+        with cluster.consumer("t") as consumer:
+            msgs = collect(consumer, 5, timeout=10)
+            assert consumer.consume(timeout=0.2) == []
+        assert [m.value for m in msgs] == [b"before"] * 3 + [b"x" * limit, b"after"]
+        assert [m.offset for m in msgs] == list(range(5))
+
+
+def test_send_batch_larger_than_a_frame_is_split_in_order(data_dir, pickled_appends):
+    with running_cluster(data_dir) as cluster:
+        cluster.create_topic("t", partitions=1, **SMALL)  # 4 KiB frames
+        vals = [b"%06d" % i + b"." * (i % 101) for i in range(1500)]  # ~85 KiB
+        with cluster.producer() as producer:
+            producer.send_batch("t", vals, partition=0)
+        assert pickled_appends[0] == -errno.E2BIG  # then split into frames that fit
+        plog = cluster.topic("t").regions[0]
+        fr = frames(plog)
+        assert len(fr) > 20 and all(fb <= plog.max_batch_bytes for _, fb, _ in fr)
+        assert [end for _, _, end in fr] == sorted({end for _, _, end in fr})
+        assert fr[-1][2] == 1500
+        with cluster.consumer("t") as consumer:
+            msgs = collect(consumer, 1500, timeout=10)
+            assert consumer.consume(timeout=0.1) == []
+        assert [m.value for m in msgs] == vals
+        assert [m.offset for m in msgs] == list(range(1500))
+
+
+def test_send_batch_of_tombstones_bytearrays_and_memoryviews(data_dir):
+    backing = bytearray(b"0123456789")
+    batches = [
+        [None, None],
+        [None, b"a", bytearray(b"ba"), memoryview(b"mv"), b"", None, memoryview(backing)[2:5]],
+        [bytearray(b"only bytearrays"), bytearray()],
+        [memoryview(b"only views")],
+        [None],
+        [bytearray(b"one")],
+        # more than a 4 KiB frame: split, and still every kind of value
+        [None if i % 7 == 0 else bytearray(b"%05d" % i) if i % 3 == 0 else memoryview(b"%05d" % i)
+         if i % 3 == 1 else b"%05d" % i for i in range(1200)],
+    ]
+    want = [[None if v is None else bytes(v) for v in b] for b in batches]
+    with running_cluster(data_dir) as cluster:
+        cluster.create_topic("t", partitions=1, **SMALL)
+        with cluster.producer() as producer:
+            for b in batches:
+                producer.send_batch("t", b, partition=0)
+        n = sum(map(len, want))
+        with cluster.consumer("t") as consumer:
+            msgs = collect(consumer, n, timeout=10)
+            assert consumer.consume(timeout=0.1) == []
+        assert [m.value for m in msgs] == sum(want, [])
+        assert [m.offset for m in msgs] == list(range(n))
+        assert all(m.key is None for m in msgs)
+
+
+def test_send_batch_with_a_str_value_raises_type_error_and_commits_nothing(data_dir):
+    with running_cluster(data_dir) as cluster:
+        cluster.create_topic("t", partitions=1, **SMALL)
+        with cluster.producer() as producer:
+            producer.send_batch("t", [b"before"], partition=0)
+            for values, j in (([b"a", "str", b"c"], 1), (["str"], 0), ([None, b"b", "s"], 2),
+                              ([b"a", b"b", 7], 2)):
+                with pytest.raises(TypeError, match=rf"value #{j} must be bytes-like"):
+                    producer.send_batch("t", values, partition=0)
+                assert _end(cluster) == 1, values
+            producer.send_batch("t", [b"after"], partition=0)
+        with cluster.consumer("t") as consumer:
+            assert [m.value for m in collect(consumer, 2, timeout=10)] == [b"before", b"after"]
+            assert consumer.consume(timeout=0.2) == []
+
+
+# Regression (Producer.send_batch): a batch bigger than one frame was split
+# and committed frame by frame before each slice's values were type checked,
+# so a str late in the batch raised TypeError after the frames before it were
+# committed, naming an index relative to the slice.
+def test_send_batch_over_a_frame_with_a_str_value_commits_nothing(data_dir):
+    with running_cluster(data_dir) as cluster:
+        cluster.create_topic("t", partitions=1, **SMALL)  # 4 KiB frames
+        with cluster.producer() as producer:
+            with pytest.raises(TypeError, match=r"value #100 must be bytes-like"):
+                producer.send_batch("t", [b"v" * 100] * 100 + ["str"], partition=0)
+            assert _end(cluster) == 0
 
 
 # ---------------------------------------------------------------- bad input
