@@ -242,30 +242,14 @@ void shmlog_log_reader_release(shmlog_log_t *log, int slot)
     wake_space(log);
 }
 
-/* is the oldest chunk sealed and entirely below `position`? */
-static int oldest_consumed(shmlog_log_t *log, uint64_t position)
-{
-    uint64_t aseq = shmlog_load_acquire_u64(&log->hdr->active_seq);
-    shmlog_chunk_t *n = chunk_of(log, aseq + 1);
-    if (STATE_OF(shmlog_load_acquire_u64(&n->state)) != SHMLOG_CHUNK_SEALED)
-        return 0;
-    uint64_t seal = shmlog_load_acquire_u64(&n->seal);
-    return seal != SHMLOG_NONE && position >= n->base_offset + SHMLOG_TAIL_RECORDS(seal);
-}
-
 void shmlog_log_reader_set_position(shmlog_log_t *log, int slot, uint64_t position)
 {
     if (slot < 0 || (uint32_t)slot >= SHMLOG_MAX_READERS)
         return;
-    shmlog_reader_slot_t *r = &log->hdr->readers[slot];
-    shmlog_store_release_u64(&r->position, position);
-    /* A gating reader that moved past the oldest sealed chunk frees it
-     * itself: its zeroing (one pass over the chunk) then runs here, on the
-     * reader's core, and the producer finds a free chunk when it rotates
-     * instead of clearing one on its own path. */
-    if (r->gating && (log->hdr->flags & SHMLOG_F_GATE_READERS) && oldest_consumed(log, position) &&
-        shmlog_log_reclaim(log) > 0)
-        return; /* shmlog_log_reclaim woke space waiters */
+    /* The reader does not free the chunk it finished itself: measured, the
+     * zeroing then stalls the pipeline on the reader's side (64 KiB records:
+     * 3.6 -> 2.3 GB/s), so the producer keeps doing it when it rotates. */
+    shmlog_store_release_u64(&log->hdr->readers[slot].position, position);
     wake_space(log);
 }
 
