@@ -83,10 +83,27 @@ class _Prod(Endpoint):
             _close(self.c)
 
 
+class _ViewBatch:
+    """A zero-copy batch as the generic loop sees it: len() and item access
+    (which copies that one value out)."""
+
+    __slots__ = ("view",)
+
+    def __init__(self, view):
+        self.view = view
+
+    def __len__(self) -> int:
+        return len(self.view)
+
+    def __getitem__(self, i: int) -> Optional[bytes]:
+        return self.view.value(i)
+
+
 class _Cons(Endpoint):
-    def __init__(self, data_dir: str, topic: str, group: Optional[str], **kw):
+    def __init__(self, data_dir: str, topic: str, group: Optional[str], view: bool = False, **kw):
         self.c = _connect(data_dir)
         self.k = self.c.consumer(topic, group=group, auto_offset_reset="earliest", **kw)
+        self.view = view
         self.pending: List[bytes] = []
         poll = self.k.poll
         pending = self.pending
@@ -111,6 +128,10 @@ class _Cons(Endpoint):
             out = list(self.pending)
             self.pending.clear()  # the same list recv() holds
             return out
+        if self.view:
+            # the previous view is released by this call (MessageView lifetime)
+            v = self.k.consume_batch(max_messages=max_n, timeout=timeout, copy=False)
+            return _ViewBatch(v) if v else []
         b = self.k.consume_batch(max_messages=max_n, timeout=timeout)
         return list(b.values) if b else []
 
@@ -258,7 +279,16 @@ class ShmlogApi(System):
     kind = "shmlog"
     how = {"msg": "producer.send(topic, value) (the producer batches sends internally, as "
                   "Kafka's does; linger_ms=0) / consumer.poll()",
-           "batch": "producer.send_batch(topic, values) / consumer.consume_batch(batch)"}
+           "batch": "producer.send_batch(topic, values) / consumer.consume_batch(batch)",
+           "batch-view": "producer.send_batch(topic, values) / consumer.consume_batch(batch, "
+                         "copy=False): a zero-copy MessageView, released by the next call; "
+                         "only the last value of each batch is copied out (to check it). "
+                         "shmlog alone: never compared with a peer"}
+
+    def modes(self, wid: str) -> List[str]:
+        if wid == "W2":
+            return ["batch", "batch-view"]
+        return super().modes(wid)
 
     def __init__(self):
         self.broker: Optional[_Broker] = None
@@ -330,8 +360,9 @@ class ShmlogApi(System):
         with self.topic(spec.wid, **cfg) as t:
             d = self.broker.data_dir
             kw = {} if spec.spin_us is None else {"spin_us": spec.spin_us}
+            view = spec.mode == "batch-view"
             yield Channel(producer=lambda: _Prod(d, t),
-                          consumer=lambda: _Cons(d, t, f"bench-{spec.wid}", **kw))
+                          consumer=lambda: _Cons(d, t, f"bench-{spec.wid}", view=view, **kw))
 
     def latency_variants(self):
         # default consumer (spin 50 us, then futex) and a latency-tuned one
