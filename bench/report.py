@@ -301,7 +301,8 @@ def write_chart(path: str, rows: List[Row], systems: List[str]) -> Tuple[Optiona
               ("W4", "W4 one-way latency p50 (bar) and p99 (|), us, lower is better", lambda r: r.lat.get("p50"))]
     fig, axes = plt.subplots(2, 2, figsize=(13, 8))
     for ax, (wid, title, val) in zip(axes.flat, panels):
-        rs = [r for r in rows if r.workload == wid and r.ok and val(r)]
+        rs = [r for r in rows if r.workload == wid and r.ok and val(r)
+              and r.mode not in UNCOMPARED_MODES]  # a chart invites comparison
         labels = [f"{r.system} [{_short_mode(r.mode)}]" for r in rs]
         vals = [val(r) for r in rs]
         colors = ["tab:red" if is_shmlog(r.system) else "tab:gray" for r in rs]
