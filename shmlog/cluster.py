@@ -242,11 +242,21 @@ class Cluster:
         args = [sys.executable, "-m", "shmlog", "serve", "--data-dir", str(self.data_dir), "--auto", "--detach"]
         for k, v in self.broker_config.items():
             args += ["--set", f"{k}={v}"]
+        # The supervisor must import this very shmlog: `python -m` puts the
+        # working directory first on sys.path, and a source checkout there
+        # (`pip install . && shmlog demo` run in the clone) has no built
+        # _core. So it runs from "/" (a daemon holds no directory busy), with
+        # this package's root first and relative PYTHONPATH entries made
+        # absolute.
+        env = dict(os.environ)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        paths = [root] + [os.path.abspath(p) for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        env["PYTHONPATH"] = os.pathsep.join(paths)
         logf = open(self.data_dir / "supervisor.log", "ab")
         try:
             # --detach forks again and exits, so the supervisor is nobody's child
             p = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                                 start_new_session=True, close_fds=True)
+                                 start_new_session=True, close_fds=True, cwd="/", env=env)
             rc = p.wait(timeout=self._timeout)
         finally:
             logf.close()

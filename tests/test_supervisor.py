@@ -290,6 +290,25 @@ def test_idle_auto_started_supervisor_exits(data_dir):
         assert supervisors_of(data_dir) == []
 
 
+def test_auto_start_from_a_source_checkout_without_the_built_core(data_dir, tmp_path, monkeypatch):
+    """`pip install . && shmlog demo` run inside the clone: the working
+    directory holds a shmlog/ package without _core, which `python -m
+    shmlog` would import first. The supervisor must import the client's
+    shmlog wherever it is started from, relative PYTHONPATH entries too."""
+    shadow = tmp_path / "checkout"
+    (shadow / "shmlog").mkdir(parents=True)
+    (shadow / "shmlog" / "__init__.py").write_text("raise ImportError('a source tree without _core')\n")
+    (shadow / "shmlog" / "__main__.py").write_text("raise SystemExit(3)\n")
+    monkeypatch.chdir(shadow)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(["."] + os.environ.get("PYTHONPATH", "").split(os.pathsep)))
+    with running_cluster(data_dir) as cluster:
+        cluster.create_topic("t", partitions=1, **SMALL)
+        with cluster.producer() as producer:
+            producer.send("t", b"x")
+        assert not pid_gone(cluster.supervisor_pid)
+        assert os.readlink(f"/proc/{cluster.supervisor_pid}/cwd") == "/"
+
+
 def _auto_start_and_leave(data_dir):
     cluster = shmlog.connect(data_dir, idle_timeout_s=1)
     cluster.create_topic("t", partitions=2, **SMALL)
