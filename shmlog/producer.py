@@ -48,7 +48,7 @@ class RecordMetadata(NamedTuple):
 class _Pending:
     """One partition's batch under construction."""
 
-    __slots__ = ("values", "keys", "headers", "timestamps", "callbacks", "nbytes", "since", "plain")
+    __slots__ = ("values", "keys", "headers", "timestamps", "callbacks", "nbytes", "since")
 
     def __init__(self):
         self.values: List[Any] = []
@@ -58,19 +58,25 @@ class _Pending:
         self.callbacks: Optional[List[Any]] = None
         self.nbytes = 0
         self.since = 0.0
-        self.plain = True  # only unkeyed values without headers/timestamps/callbacks
 
 
 class _TopicState:
-    __slots__ = ("name", "topic", "pending", "slots", "keyed", "sticky", "limit", "frame_limit", "max_message",
-                 "next_hungry",
+    __slots__ = ("name", "topic", "pending", "plain", "plain_bytes", "plain_since", "slots", "keyed",
+                 "sticky", "limit", "frame_limit", "max_message", "next_hungry",
                  "waiters", "bell", "committed_end", "storage")
 
     def __init__(self, name, topic, batch_bytes: int):
         self.name = name
         self.topic = topic
         n = topic.num_partitions
+        # keyed/rich sends (and anything not on send()'s fast path), under
+        # Producer._lock
         self.pending = [_Pending() for _ in range(n)]
+        # send()'s fast path: plain bytes values, appended without the lock
+        # (see Producer._commit_plain); sizes and ages are approximate
+        self.plain: List[List[bytes]] = [[] for _ in range(n)]
+        self.plain_bytes = [0] * n
+        self.plain_since = [0.0] * n
         self.slots = [-1] * n
         self.keyed = KeyPartitioner(n)
         self.sticky = (os.getpid() + next(_ids)) % n
@@ -155,49 +161,39 @@ class Producer:
                     raise errors.MessageTooLarge(
                         f"message of {size} bytes to topic {topic!r} exceeds "
                         f"max_message_bytes={st.max_message}", what=topic)
-                # under the lock: the flusher thread swaps pending batches.
-                # acquire/release through bound methods: a `with` costs ~2x
-                self._acquire()
-                try:
-                    p = st.sticky
-                    pend = st.pending[p]
-                    if pend.plain:
-                        if self._error is not None:
-                            self._raise_async_error()
-                        vals = pend.values
-                        vals.append(value)
-                        pend.nbytes += size + _RECORD_OVERHEAD
-                        if pend.nbytes >= st.limit:
-                            # a plain pending batch has only values: hand the
-                            # list over and keep the _Pending (cf. _commit)
-                            pend.values = []
-                            pend.nbytes = 0
-                            self._append(st, p, vals, None, None, None, None)
-                            if len(st.pending) > 1:
-                                st.sticky = (p + 1) % len(st.pending)
-                            return
-                        # a reader waits: send now, but at most one batch per
-                        # HUNGRY_GAP so a fast reader cannot turn a burst into
-                        # one commit per message
-                        if ((st.waiters[p][68] or st.bell[69]) and not self.linger_ms
-                                and _clock() >= st.next_hungry[p]):
-                            pend.values = []
-                            pend.nbytes = 0
-                            if len(vals) == 1:
-                                self._commit_one(st, p, value)
-                            else:
-                                self._append(st, p, vals, None, None, None, None)
-                            return
-                        if len(vals) == 1:
-                            # a new pending batch: the flusher honours linger_ms.
-                            # Not woken for a batch already committed above: a
-                            # woken thread would take the GIL (and maybe the
-                            # reader's core) on the latency path
-                            pend.since = time.monotonic()
-                            self._wake.set()
+                p = st.sticky
+                if not st.pending[p].values:  # nothing keyed/rich ahead of it
+                    if self._error is not None:
+                        self._raise_async_error()
+                    # No lock here: list.append is atomic under the GIL, and
+                    # every committer (this thread when the batch is full or
+                    # a reader waits, the flusher, flush()) takes the lock and
+                    # commits a prefix of this very list (_commit_plain), so a
+                    # value appended meanwhile is never lost or reordered.
+                    vals = st.plain[p]
+                    vals.append(value)
+                    # racy across threads, and only sizes the batch
+                    nb = st.plain_bytes[p] = st.plain_bytes[p] + size + _RECORD_OVERHEAD
+                    if nb >= st.limit:
+                        self._commit_plain(st, p)
+                        if len(st.plain) > 1:
+                            st.sticky = (p + 1) % len(st.plain)
                         return
-                finally:
-                    self._release()
+                    # a reader waits: send now, but at most one batch per
+                    # HUNGRY_GAP so a fast reader cannot turn a burst into
+                    # one commit per message
+                    if ((st.waiters[p][68] or st.bell[69]) and not self.linger_ms
+                            and _clock() >= st.next_hungry[p]):
+                        self._commit_plain(st, p)
+                        return
+                    if len(vals) == 1:
+                        # a new pending batch: the flusher honours linger_ms.
+                        # Not woken for a batch already committed above: a
+                        # woken thread would take the GIL (and maybe the
+                        # reader's core) on the latency path
+                        st.plain_since[p] = time.monotonic()
+                        self._wake.set()
+                    return
         st = self._topics.get(topic) or self._state(topic)
         if value.__class__ is not bytes and value is not None and not isinstance(value, (bytearray, memoryview)):
             raise TypeError(f"value must be bytes-like (bytes, bytearray, memoryview), got "
@@ -234,7 +230,6 @@ class Producer:
             pend = st.pending[partition]
             vals = pend.values
             n = len(vals)
-            pend.plain = False
             if key is not None or pend.keys is not None:
                 if pend.keys is None:
                     pend.keys = [None] * n
@@ -302,7 +297,7 @@ class Producer:
             if self._error is not None:
                 self._raise_async_error()
             # what is pending for this partition goes first (order)
-            if st.pending[partition].values:
+            if st.pending[partition].values or st.plain[partition]:
                 self._commit(st, partition)
             limit = st.frame_limit
             if (keys is None and headers is None and timestamps is None
@@ -371,12 +366,45 @@ class Producer:
         """Commit a partition's pending batch (called with self._lock held).
         If it fails (BufferFull after max_block_ms), the batch is not
         delivered: its delivery callbacks get the error and the caller raises
-        it, as a Kafka producer fails a batch after its delivery timeout."""
+        it, as a Kafka producer fails a batch after its delivery timeout.
+        The fast path's plain values go first: it stands aside while a rich
+        batch is pending, so a thread's plain values are always older than
+        its rich ones, and this keeps every thread's order."""
+        if st.plain[partition]:
+            self._commit_plain(st, partition)
         pend = st.pending[partition]
         if not pend.values:
             return
         st.pending[partition] = _Pending()
         self._append(st, partition, pend.values, pend.keys, pend.headers, pend.timestamps, pend.callbacks)
+
+    def _commit_plain(self, st: _TopicState, partition: int) -> None:
+        """Commit the values send()'s fast path appended for a partition.
+        Takes the (re-entrant) lock, then commits a prefix of the list and
+        deletes just that prefix: values other threads append meanwhile stay,
+        in order, for the next commit. A failed commit drops its prefix, as
+        _commit drops a failed batch."""
+        self._acquire()
+        try:
+            vals = st.plain[partition]
+            n = len(vals)
+            if not n:
+                return
+            try:
+                if n == 1:
+                    self._commit_one(st, partition, vals[0])
+                else:
+                    self._append(st, partition, vals[:n], None, None, None, None)
+            finally:
+                del vals[:n]
+                if vals:  # appended while we committed: sized and aged for the next one
+                    st.plain_bytes[partition] = sum(map(len, vals)) + _RECORD_OVERHEAD * len(vals)
+                    st.plain_since[partition] = time.monotonic()
+                    self._wake.set()
+                else:
+                    st.plain_bytes[partition] = 0
+        finally:
+            self._release()
 
     def _append(self, st: _TopicState, partition: int, values, keys, headers, timestamps, callbacks,
                 value_lens=None, probe: bool = False) -> bool:
@@ -510,8 +538,11 @@ class Producer:
                 with self._lock:
                     for st in list(self._topics.values()):
                         for p, pend in enumerate(st.pending):
-                            if pend.values:
-                                due = pend.since + self.linger_ms / 1000.0
+                            since = st.plain_since[p] if st.plain[p] else None
+                            if pend.values and (since is None or pend.since < since):
+                                since = pend.since
+                            if since is not None:
+                                due = since + self.linger_ms / 1000.0
                                 if due <= time.monotonic():
                                     try:
                                         self._commit(st, p)
