@@ -633,14 +633,14 @@ _READ_COLUMNS = lib.SHMLOG_READ_COLUMNS
 
 
 def _grow_tls(need: int) -> bytearray:
-    """This thread's pickle-stream buffer: 1 MiB, grown (up to 16 MiB) when a
-    read needs more; slicing covers anything larger."""
+    """This thread's pickle-stream buffer, of at least `need` bytes: 1 MiB
+    first, then 4x at a time up to 16 MiB (slicing covers anything larger)."""
     old = _tls.__dict__.get("buf")
-    size = 1 << 20
-    while size < min(need, 16 << 20) or (old is not None and size <= len(old) and size < (16 << 20)):
+    size = len(old) if old is not None else 1 << 20
+    while size < need and size < (16 << 20):
         size *= 4
     if old is not None:
-        if len(old) >= size:
+        if size == len(old):
             return old
         _tls.view.release()
     buf = _tls.buf = bytearray(size)

@@ -308,13 +308,10 @@ class Producer:
                 null_values = False
                 try:
                     lens = list(map(len, values))
-                except TypeError:  # None (null values) or a wrong type
+                except TypeError:  # None (null values) or a wrong type, named later
                     null_values = True
-                    lens = [0 if v is None else len(v) if isinstance(v, (bytes, bytearray, memoryview))
-                            else -1 for v in values]
-                    if -1 in lens:
-                        # before any frame of a split batch is committed
-                        raise _bytes_error("value", values) from None
+                    lens = [0 if v is None else len(v) if isinstance(v, _BYTES_LIKE) else 0
+                            for v in values]
                 total = sum(lens)
                 # no single message can exceed the limit if they all fit under it
                 if total > st.max_message and max(lens) > st.max_message:
