@@ -588,81 +588,108 @@ static int check_slot(shmlog_log_t *log, int slot)
     return 0;
 }
 
-int shmlog_log_append(shmlog_log_t *log, int slot, const shmlog_batch_in_t *in,
-                      uint64_t timeout_ns, uint64_t *base_offset)
+static int pad_frame(shmlog_log_t *log, uint64_t seq, uint32_t pos, uint64_t expected,
+                     uint32_t fl);
+
+/* A frame's header fields, and how to write its payload (exactly
+ * payload_bytes into dst: 0, or -EPROTO if the source disagrees). */
+typedef struct {
+    uint32_t payload_bytes, record_count, attributes, uncompressed_bytes;
+    int64_t first_timestamp, max_timestamp;
+    uint64_t producer_id;
+    uint32_t producer_seq;
+    int (*write)(const void *src, uint8_t *dst, uint32_t len);
+    const void *src;
+} frame_src_t;
+
+/* Every append: claim, write the payload straight into the chunk, fill the
+ * header, commit; claim again if a reaper aborted us meanwhile (we stalled
+ * past claim_timeout: the aborted frame was never visible, so nothing is
+ * duplicated). Returns the base offset, or `too_big` / -errno. */
+static int64_t append_frame(shmlog_log_t *log, int slot, const frame_src_t *m,
+                            uint64_t timeout_ns, int too_big)
 {
     int rc = check_slot(log, slot);
     if (rc)
         return rc;
-    int64_t section = shmlog_batch_encoded_size(in);
-    if (section < 0)
-        return (int)section;
-    uint64_t fb64 = align_frame((uint64_t)section + SHMLOG_FRAME_HEADER);
+    uint64_t fb64 = align_frame((uint64_t)m->payload_bytes + SHMLOG_FRAME_HEADER);
     if (fb64 > log->max_batch_bytes)
-        return -EMSGSIZE;
+        return too_big;
     uint32_t fb = (uint32_t)fb64;
-    int64_t first, max;
-    shmlog_batch_timestamps(in, &first, &max);
     uint64_t deadline = shmlog_now_ns() + timeout_ns;
     for (;;) {
         uint64_t seq, base;
         uint32_t pos;
-        if ((rc = claim(log, slot, fb, in->count, deadline, &seq, &pos, &base)) < 0)
+        if ((rc = claim(log, slot, fb, m->record_count, deadline, &seq, &pos, &base)) < 0)
             return rc;
         shmlog_frame_hdr_t *f = frame_at(log, seq, pos);
-        shmlog_batch_encode(in, (uint8_t *)f + SHMLOG_FRAME_HEADER, fb - SHMLOG_FRAME_HEADER);
-        fill_header(f, base, (uint32_t)section, in->count, in->attributes, first, max,
-                    in->producer_id, in->producer_seq, (uint32_t)section);
-        if (commit(log, slot, seq, pos, fb, in->count) == 0) {
-            *base_offset = base;
-            return 0;
+        if (m->write(m->src, (uint8_t *)f + SHMLOG_FRAME_HEADER, m->payload_bytes) < 0) {
+            /* never commit a frame whose records disagree with its header */
+            pad_frame(log, seq, pos, FRAME_WORD(SHMLOG_FRAME_CLAIMED, fb), fb);
+            clear_claim(&log->hdr->producers[slot]);
+            return -EPROTO;
         }
-        /* aborted under us (we stalled past claim_timeout): never visible,
-         * so claiming again cannot duplicate */
+        fill_header(f, base, m->payload_bytes, m->record_count, m->attributes,
+                    m->first_timestamp, m->max_timestamp, m->producer_id, m->producer_seq,
+                    m->uncompressed_bytes);
+        if (commit(log, slot, seq, pos, fb, m->record_count) == 0)
+            return (int64_t)base;
     }
 }
 
-static int pad_frame(shmlog_log_t *log, uint64_t seq, uint32_t pos, uint64_t expected,
-                     uint32_t fl);
+static int write_batch(const void *src, uint8_t *dst, uint32_t len)
+{
+    return shmlog_batch_encode((const shmlog_batch_in_t *)src, dst, len) == (int64_t)len ? 0
+                                                                                         : -EPROTO;
+}
+
+int shmlog_log_append(shmlog_log_t *log, int slot, const shmlog_batch_in_t *in,
+                      uint64_t timeout_ns, uint64_t *base_offset)
+{
+    int64_t section = shmlog_batch_encoded_size(in);
+    if (section < 0)
+        return (int)section;
+    frame_src_t m = {.payload_bytes = (uint32_t)section, .record_count = in->count,
+                     .attributes = in->attributes, .uncompressed_bytes = (uint32_t)section,
+                     .producer_id = in->producer_id, .producer_seq = in->producer_seq,
+                     .write = write_batch, .src = in};
+    shmlog_batch_timestamps(in, &m.first_timestamp, &m.max_timestamp);
+    int64_t base = append_frame(log, slot, &m, timeout_ns, -EMSGSIZE);
+    if (base < 0)
+        return (int)base;
+    *base_offset = (uint64_t)base;
+    return 0;
+}
+
+typedef struct {
+    const uint8_t *stream;
+    size_t len;
+} pickled_src_t;
+
+static int write_pickled(const void *src, uint8_t *dst, uint32_t len)
+{
+    const pickled_src_t *p = src;
+    /* sized by the same stream a moment ago: a mismatch means someone
+     * wrote to the caller's buffer meanwhile */
+    return shmlog_pickled_encode(p->stream, p->len, dst, len) == (int64_t)len ? 0 : -EPROTO;
+}
 
 int64_t shmlog_log_append_pickled(shmlog_log_t *log, int slot, const uint8_t *stream,
                                   size_t stream_len, int32_t max_value, int64_t timestamp,
                                   uint64_t producer_id, uint32_t producer_seq,
                                   uint64_t timeout_ns)
 {
-    int rc = check_slot(log, slot);
-    if (rc)
-        return rc;
     uint32_t count;
     int64_t section = shmlog_pickled_section_size(stream, stream_len, max_value, &count);
     if (section < 0)
         return section;
-    uint64_t fb64 = align_frame((uint64_t)section + SHMLOG_FRAME_HEADER);
-    if (fb64 > log->max_batch_bytes)
-        return -E2BIG; /* the caller splits the batch (-EMSGSIZE names one value) */
-    uint32_t fb = (uint32_t)fb64;
-    uint64_t deadline = shmlog_now_ns() + timeout_ns;
-    for (;;) {
-        uint64_t seq, base;
-        uint32_t pos;
-        if ((rc = claim(log, slot, fb, count, deadline, &seq, &pos, &base)) < 0)
-            return rc;
-        shmlog_frame_hdr_t *f = frame_at(log, seq, pos);
-        int64_t w = shmlog_pickled_encode(stream, stream_len, (uint8_t *)f + SHMLOG_FRAME_HEADER,
-                                          fb - SHMLOG_FRAME_HEADER);
-        if (w != section) {
-            /* cannot happen with a stream nobody writes to; never commit a
-             * frame whose records disagree with its header */
-            pad_frame(log, seq, pos, FRAME_WORD(SHMLOG_FRAME_CLAIMED, fb), fb);
-            clear_claim(&log->hdr->producers[slot]);
-            return -EPROTO;
-        }
-        fill_header(f, base, (uint32_t)section, count, 0, timestamp, timestamp, producer_id,
-                    producer_seq, (uint32_t)section);
-        if (commit(log, slot, seq, pos, fb, count) == 0)
-            return (int64_t)base;
-        /* aborted under us (stalled past claim_timeout): claim again */
-    }
+    pickled_src_t src = {stream, stream_len};
+    frame_src_t m = {.payload_bytes = (uint32_t)section, .record_count = count,
+                     .uncompressed_bytes = (uint32_t)section, .first_timestamp = timestamp,
+                     .max_timestamp = timestamp, .producer_id = producer_id,
+                     .producer_seq = producer_seq, .write = write_pickled, .src = &src};
+    /* too big for a frame: the caller splits it (-EMSGSIZE names one value) */
+    return append_frame(log, slot, &m, timeout_ns, -E2BIG);
 }
 
 int64_t shmlog_log_append_one(shmlog_log_t *log, int slot, const char *value,
@@ -683,6 +710,12 @@ int64_t shmlog_log_append_one(shmlog_log_t *log, int slot, const char *value,
     return rc < 0 ? rc : (int64_t)base;
 }
 
+static int write_copy(const void *src, uint8_t *dst, uint32_t len)
+{
+    memcpy(dst, src, len);
+    return 0;
+}
+
 int shmlog_log_append_section(shmlog_log_t *log, int slot, const uint8_t *payload,
                               uint32_t payload_bytes, uint32_t record_count,
                               uint32_t attributes, int64_t first_timestamp,
@@ -695,25 +728,16 @@ int shmlog_log_append_section(shmlog_log_t *log, int slot, const uint8_t *payloa
         return rc;
     if (!payload || record_count == 0)
         return -EINVAL;
-    uint64_t fb64 = align_frame((uint64_t)payload_bytes + SHMLOG_FRAME_HEADER);
-    if (fb64 > log->max_batch_bytes)
-        return -EMSGSIZE;
-    uint32_t fb = (uint32_t)fb64;
-    uint64_t deadline = shmlog_now_ns() + timeout_ns;
-    for (;;) {
-        uint64_t seq, base;
-        uint32_t pos;
-        if ((rc = claim(log, slot, fb, record_count, deadline, &seq, &pos, &base)) < 0)
-            return rc;
-        shmlog_frame_hdr_t *f = frame_at(log, seq, pos);
-        memcpy((uint8_t *)f + SHMLOG_FRAME_HEADER, payload, payload_bytes);
-        fill_header(f, base, payload_bytes, record_count, attributes, first_timestamp,
-                    max_timestamp, producer_id, producer_seq, uncompressed_bytes);
-        if (commit(log, slot, seq, pos, fb, record_count) == 0) {
-            *base_offset = base;
-            return 0;
-        }
-    }
+    frame_src_t m = {.payload_bytes = payload_bytes, .record_count = record_count,
+                     .attributes = attributes, .uncompressed_bytes = uncompressed_bytes,
+                     .first_timestamp = first_timestamp, .max_timestamp = max_timestamp,
+                     .producer_id = producer_id, .producer_seq = producer_seq,
+                     .write = write_copy, .src = payload};
+    int64_t base = append_frame(log, slot, &m, timeout_ns, -EMSGSIZE);
+    if (base < 0)
+        return (int)base;
+    *base_offset = (uint64_t)base;
+    return 0;
 }
 
 int shmlog_log_claim_only(shmlog_log_t *log, int slot, uint32_t payload_bytes,
