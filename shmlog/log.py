@@ -52,7 +52,7 @@ class ReadResult:
 
     def __init__(self, offsets, timestamps, values, keys, headers, first_seq, nbytes,
                  positioned=False):
-        self.offsets: List[int] = offsets
+        self.offsets: Sequence[int] = offsets  # a range when dense
         self.timestamps: List[int] = timestamps
         self.values: List[Optional[bytes]] = values
         self.keys: List[Optional[bytes]] = keys
@@ -475,7 +475,8 @@ class RecordReader:
                 _tls.view[:k])
             n = len(values)
             if offsets is None:
-                offsets = list(range(base, base + n))
+                # dense: a range, not 600 int objects nobody may look at
+                offsets = range(base, base + n)
             return ReadResult(offsets, [ts] * n if timestamps is None else timestamps, values,
                               [None] * n if keys is None else keys, None, first_seq, nbytes,
                               slot >= 0)

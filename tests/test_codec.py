@@ -323,7 +323,7 @@ def test_append_and_read_round_trip_property(plog):
         c = plog.new_cursor()
         assert plog.seek(c, base) == 0
         res = reader.read(c, 1000)
-        assert res.offsets == list(range(base, base + n))
+        assert list(res.offsets) == list(range(base, base + n))
         assert res.values == [r["value"] for r in recs]
         assert res.keys == [r["key"] for r in recs]
         if any(r["headers"] for r in recs):
@@ -388,7 +388,7 @@ def test_append_pickled_round_trip_property(shm_prefix):
             c = plog.new_cursor()
             assert plog.seek(c, base) == 0
             got = reader.read(c, 2 * n)
-            assert got.offsets == list(range(base, base + 2 * n))
+            assert list(got.offsets) == list(range(base, base + 2 * n))
             assert got.values == values + values
             assert got.keys == [None] * 2 * n
             assert got.timestamps == [timestamp] * 2 * n
