@@ -621,8 +621,10 @@ def pickle_values(values) -> Optional[memoryview]:
     its length. None if the values do not pickle (the caller falls back)."""
     f = io.BytesIO()
     p = pickle.Pickler(f, 3)
-    p.fast = True
     try:
+        # documented as deprecated (not removed); without it the stream
+        # would carry memo opcodes, which C refuses (-EPROTO): append() then
+        p.fast = True
         p.dump(values)
     except Exception:  # a value pickle refuses: append() names it
         return None
