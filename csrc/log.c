@@ -253,6 +253,26 @@ void shmlog_log_reader_set_position(shmlog_log_t *log, int slot, uint64_t positi
     wake_space(log);
 }
 
+uint32_t shmlog_log_slot_pids(shmlog_log_t *log, uint32_t *slots, uint32_t *pids)
+{
+    uint32_t k = 0;
+    for (uint32_t i = 0; i < SHMLOG_MAX_PRODUCERS; i++) {
+        uint32_t pid = shmlog_load_acquire_u32(&log->hdr->producers[i].pid);
+        if (pid) {
+            slots[k] = i;
+            pids[k++] = pid;
+        }
+    }
+    for (uint32_t i = 0; i < SHMLOG_MAX_READERS; i++) {
+        uint32_t pid = shmlog_load_acquire_u32(&log->hdr->readers[i].pid);
+        if (pid) {
+            slots[k] = SHMLOG_MAX_PRODUCERS + i;
+            pids[k++] = pid;
+        }
+    }
+    return k;
+}
+
 void shmlog_log_reader_set_pin(shmlog_log_t *log, int slot, uint64_t pin)
 {
     if (slot < 0 || (uint32_t)slot >= SHMLOG_MAX_READERS)

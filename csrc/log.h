@@ -84,6 +84,12 @@ void shmlog_log_reader_release(shmlog_log_t *log, int slot);
 void shmlog_log_reader_set_position(shmlog_log_t *log, int slot, uint64_t position);
 void shmlog_log_reader_set_pin(shmlog_log_t *log, int slot, uint64_t pin);
 
+/* The slots in use, in one call (the reaper scans hundreds of partitions
+ * every pass): slots[k] is a producer slot index, or SHMLOG_MAX_PRODUCERS +
+ * a reader slot index, and pids[k] its pid. Both arrays hold
+ * SHMLOG_MAX_PRODUCERS + SHMLOG_MAX_READERS entries; returns the count. */
+uint32_t shmlog_log_slot_pids(shmlog_log_t *log, uint32_t *slots, uint32_t *pids);
+
 /* Append one batch, encoding records straight into the claimed space.
  * Blocks (spin, then futex) up to timeout_ns for a free chunk. */
 int shmlog_log_append(shmlog_log_t *log, int slot, const shmlog_batch_in_t *in,

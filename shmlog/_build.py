@@ -221,6 +221,7 @@ int shmlog_log_reader_register(shmlog_log_t *log, uint64_t position, uint32_t ga
 void shmlog_log_reader_release(shmlog_log_t *log, int slot);
 void shmlog_log_reader_set_position(shmlog_log_t *log, int slot, uint64_t position);
 void shmlog_log_reader_set_pin(shmlog_log_t *log, int slot, uint64_t pin);
+uint32_t shmlog_log_slot_pids(shmlog_log_t *log, uint32_t *slots, uint32_t *pids);
 int shmlog_log_append(shmlog_log_t *log, int slot, const shmlog_batch_in_t *in,
                       uint64_t timeout_ns, uint64_t *base_offset);
 int64_t shmlog_log_append_one(shmlog_log_t *log, int slot, const char *value,

@@ -78,6 +78,7 @@ class PartitionLog:
         self.created = created
         self._closed = False
         self._bell_buf = None
+        self._slot_bufs = (ffi.new("uint32_t[]", _SLOTS), ffi.new("uint32_t[]", _SLOTS))
         lib.shmlog_log_attach(self._log, self._buf, len(mm), os.getpid())
         self.hdr = self._log.hdr
         self.chunk_bytes = self._log.chunk_bytes
@@ -365,13 +366,26 @@ class PartitionLog:
         return RecordReader(self, capacity or max(self.max_records_per_batch, 4096))
 
     # -- reaper / supervisor ----------------------------------------------
+    def slot_pids(self):
+        """([(slot, pid)] of producers, [(slot, pid)] of readers) in use, read
+        in one crossing (the reaper scans every partition each pass)."""
+        slots, pids = self._slot_bufs
+        n = lib.shmlog_log_slot_pids(self._handle(), slots, pids)
+        producers, readers = [], []
+        np = lib.SHMLOG_MAX_PRODUCERS
+        for k in range(n):
+            s = slots[k]
+            if s < np:
+                producers.append((s, pids[k]))
+            else:
+                readers.append((s - np, pids[k]))
+        return producers, readers
+
     def producer_slots(self):
-        h = self._handle().hdr
-        return [(i, h.producers[i].pid) for i in range(lib.SHMLOG_MAX_PRODUCERS) if h.producers[i].pid]
+        return self.slot_pids()[0]
 
     def reader_slots(self):
-        h = self._handle().hdr
-        return [(i, h.readers[i].pid) for i in range(lib.SHMLOG_MAX_READERS) if h.readers[i].pid]
+        return self.slot_pids()[1]
 
     def reap_producer(self, slot: int) -> int:
         return lib.shmlog_log_reap_producer(self._handle(), slot)
@@ -613,6 +627,7 @@ _tls = threading.local()
 
 
 _APPEND_FALLBACK = (-errno.EPROTO, -errno.EMSGSIZE, -errno.E2BIG)
+_SLOTS = lib.SHMLOG_MAX_PRODUCERS + lib.SHMLOG_MAX_READERS
 
 
 def pickle_values(values) -> Optional[memoryview]:

@@ -655,10 +655,13 @@ class Supervisor:
             try:
                 with self.lock:
                     items = list(self.logs.items())
+                # one liveness check per pid and pass: a consumer of 256
+                # partitions holds 256 reader slots
+                alive: Dict[int, bool] = {}
                 for key, plog in items:
                     if plog.closed:
                         continue
-                    self._reap_partition(key, plog, stuck, cursors)
+                    self._reap_partition(key, plog, stuck, cursors, alive)
             except Exception:
                 log.exception("reaper pass failed")
             for fn in self.tickers:  # one role's failure never stops another's
@@ -667,18 +670,29 @@ class Supervisor:
                 except Exception:
                     log.exception("ticker %r failed", fn)
 
-    def _reap_partition(self, key, plog: PartitionLog, stuck, cursors) -> None:
+    def _reap_partition(self, key, plog: PartitionLog, stuck, cursors,
+                        alive: Optional[Dict[int, bool]] = None) -> None:
+        if alive is None:
+            alive = {}
+
+        def is_alive(pid: int) -> bool:
+            ok = alive.get(pid)
+            if ok is None:
+                ok = alive[pid] = pid_alive(pid)
+            return ok
+
         with self.lock:
             if plog.closed:
                 return
-            for slot, pid in plog.producer_slots():
-                if not pid_alive(pid):
+            producers, readers = plog.slot_pids()
+            for slot, pid in producers:
+                if not is_alive(pid):
                     n = plog.reap_producer(slot)
                     plog.repair_chunks(pid)
                     self.reaped_processes += 1
                     log.warning("%s: reaped dead producer pid %d (%d claim(s) aborted)", plog.what, pid, n)
-            for slot, pid in plog.reader_slots():
-                if not pid_alive(pid):
+            for slot, pid in readers:
+                if not is_alive(pid):
                     plog.reap_reader(slot)
                     self.reaped_processes += 1
                     log.warning("%s: released the reader slot of dead pid %d", plog.what, pid)

@@ -1767,3 +1767,19 @@ def test_close_twice_and_use_after_close_raises_closed(shm_prefix):
         # releasing after close is a quiet no-op (used in finally blocks)
         plog.release_producer(slot)
         plog.release_reader(rslot)
+
+
+def test_slot_pids_lists_exactly_the_slots_in_use(shm_prefix):
+    """The reaper's one-call scan: every producer and reader slot in use,
+    with its pid, and nothing else (freed slots drop out)."""
+    with new_log(shm_prefix) as plog:
+        assert plog.slot_pids() == ([], [])
+        prods = [plog.register_producer() for _ in range(3)]
+        readers = [plog.register_reader(0, gating=g) for g in (True, False)]
+        me = os.getpid()
+        assert plog.slot_pids() == ([(s, me) for s in prods], [(s, me) for s in readers])
+        plog.release_producer(prods[1])
+        plog.release_reader(readers[0])
+        assert plog.slot_pids() == ([(prods[0], me), (prods[2], me)], [(readers[1], me)])
+        assert plog.producer_slots() == [(prods[0], me), (prods[2], me)]
+        assert plog.reader_slots() == [(readers[1], me)]
