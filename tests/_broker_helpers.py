@@ -14,6 +14,7 @@ consumer, reaper).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import multiprocessing
 import os
 import pickle
@@ -147,6 +148,19 @@ def supervisors_of(data_dir: Path) -> List[int]:
         if "serve" in cmd and needle in cmd:
             out.append(p.pid)
     return out
+
+
+def supervisor_lock_free(data_dir: Path) -> bool:
+    """Nobody holds data_dir's supervisor lock (probed without keeping it)."""
+    fd = os.open(Path(data_dir) / "supervisor.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def pid_gone(pid: int) -> bool:

@@ -8,7 +8,6 @@ process behind (the conftest fixtures check it)."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import signal
 import subprocess
@@ -23,6 +22,7 @@ from _broker_helpers import (
     pid_gone,
     running_cluster,
     segments_of,
+    supervisor_lock_free,
     supervisors_of,
     wait_for,
 )
@@ -131,18 +131,6 @@ def supervisor_log(data_dir: Path) -> str:
         return ""
 
 
-def _lock_free(data_dir: Path) -> bool:
-    fd = os.open(Path(data_dir) / "supervisor.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return True
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
-
-
 def kill_supervisor(data_dir: Path, pid: int) -> None:
     """SIGKILL and wait until its files are closed: a killed process shows as
     a zombie while its other threads still tear down, and its listening
@@ -150,7 +138,7 @@ def kill_supervisor(data_dir: Path, pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
     wait_for(lambda: pid_gone(pid), 10, what=f"supervisor {pid} to die")
-    wait_for(lambda: _lock_free(data_dir) or supervisors_of(data_dir), 10,
+    wait_for(lambda: supervisor_lock_free(data_dir) or supervisors_of(data_dir), 10,
              what=f"supervisor {pid} to close its files")
 
 

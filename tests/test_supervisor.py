@@ -37,6 +37,7 @@ from _broker_helpers import (
     running_cluster,
     segments_of,
     stop_supervisor,
+    supervisor_lock_free,
     supervisor_pid,
     supervisors_of,
     wait_for,
@@ -74,15 +75,7 @@ def _released(data_dir):
         pass
     except OSError:
         return False
-    fd = os.open(data_dir / "supervisor.lock", os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return True
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
+    return supervisor_lock_free(data_dir)
 
 
 def _watchers():

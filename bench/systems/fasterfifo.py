@@ -20,9 +20,6 @@ class _End(Endpoint):
         self.q = q
         self.send = functools.partial(q.put, block=True, timeout=30.0)  # Endpoint docstring
 
-    def send(self, value: bytes) -> None:
-        self.q.put(value, True, 30.0)
-
     def send_batch(self, values: List[bytes]) -> None:
         self.q.put_many(values, True, 30.0)
 

@@ -67,9 +67,6 @@ class _Prod(Endpoint):
         # what a user's loop calls: producer.send(topic, value) (Endpoint docstring)
         self.send = functools.partial(self.p.send, topic)
 
-    def send(self, value: bytes) -> None:
-        self.p.send(self.topic, value)
-
     def send_batch(self, values: List[bytes]) -> None:
         self.p.send_batch(self.topic, values)
 

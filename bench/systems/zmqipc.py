@@ -27,9 +27,6 @@ class _Push(Endpoint):
         self.s.connect(addr)
         self.send = functools.partial(self.s.send, copy=False)  # Endpoint docstring
 
-    def send(self, value: bytes) -> None:
-        self.s.send(value, copy=False)
-
     def send_batch(self, values: List[bytes]) -> None:
         self.s.send_multipart(values, copy=False)
 
