@@ -16,7 +16,7 @@
 #include <stdint.h>
 
 #define SHMLOG_MAGIC            0x31474F4C4D485300ULL /* "\0SHMLOG1" little-endian */
-#define SHMLOG_VERSION          1u
+#define SHMLOG_VERSION          2u  /* 2: generation-tagged frame words */
 #define SHMLOG_MAX_CHUNKS       64u
 #define SHMLOG_MAX_PRODUCERS    64u
 #define SHMLOG_MAX_READERS      64u
@@ -40,15 +40,31 @@
 #define SHMLOG_CHUNK_RECLAIMING 3u  /* being zeroed for reuse */
 #define SHMLOG_CHUNK_OPENING    4u  /* being initialised as the next active chunk */
 
-/* frame word: (type << 32) | frame_bytes. Every transition is a CAS:
- *   0 -> CLAIMED (producer, right after its fetch-add: the hole has a size)
+/* frame word in shared memory: (tag << 32) | frame_bytes | type, where
+ * tag = shmlog_frame_tag(chunk seq) and type sits in the low bits that a
+ * 64-byte-aligned frame_bytes leaves free. A chunk is not zeroed when it is
+ * reused: whatever an earlier generation left at a position (a frame word,
+ * payload bytes) carries another tag, and reads as NONE. Every transition
+ * is a CAS:
+ *   stale -> CLAIMED (producer, right after its fetch-add: the hole has a size)
  *   CLAIMED -> DATA (producer commit: the release that readers acquire)
- *   0 or CLAIMED -> PAD (reaper abort; readers skip it)
- * A reader treats 0 and CLAIMED as "not yet". */
+ *   stale or CLAIMED -> PAD (reaper abort; readers skip it)
+ * A reader treats stale and CLAIMED as "not yet". */
 #define SHMLOG_FRAME_NONE       0u
-#define SHMLOG_FRAME_CLAIMED    0x434cu  /* "CL" */
-#define SHMLOG_FRAME_DATA       0x4441u  /* "DA" */
-#define SHMLOG_FRAME_PAD        0x5041u  /* "PA": aborted claim or dead space */
+#define SHMLOG_FRAME_CLAIMED    1u
+#define SHMLOG_FRAME_DATA       2u
+#define SHMLOG_FRAME_PAD        3u   /* aborted claim or dead space */
+#define SHMLOG_FRAME_TYPE_MASK  (SHMLOG_FRAME_ALIGN - 1u)
+/* a frame in a segment file has no generation: its word is (this << 32) | frame_bytes */
+#define SHMLOG_DISK_FRAME_DATA  0x4441u  /* "DA" */
+
+/* Odd multiplier: a bijection on seq mod 2^32, so no two generations of a
+ * chunk slot within 2^32 rotations share a tag, and tags do not look like
+ * the small integers payloads are full of. */
+static inline uint32_t shmlog_frame_tag(uint64_t seq)
+{
+    return (uint32_t)seq * 0x9E3779B1u;
+}
 
 /* frame attributes */
 #define SHMLOG_ATTR_COMPRESSION_MASK 0x7u
@@ -77,7 +93,7 @@ typedef struct {
  * fetch-add so the reaper can abort it exactly if the process dies. */
 typedef struct {
     volatile uint32_t pid;            /* 0 = free slot */
-    volatile uint32_t fenced;         /* reaper aborted a stuck claim of this live pid */
+    volatile uint32_t fenced;         /* a reaper is padding over this claim: give it up */
     volatile uint64_t claim_seq;      /* chunk seq of the in-flight claim, SHMLOG_NONE if none */
     volatile uint64_t claim_tail;     /* tail value the fetch-add returned, SHMLOG_NONE until known */
     volatile uint32_t claim_bytes;    /* frame bytes asked for */
@@ -85,7 +101,8 @@ typedef struct {
     volatile uint64_t batches;        /* committed batches (stats) */
     volatile uint64_t records;        /* committed records (stats) */
     volatile uint64_t aborted;        /* batches of this slot the reaper aborted */
-    uint8_t _pad[72];
+    volatile uint32_t claim_stamped;  /* the claim's frame word is written (CLAIMED) */
+    uint8_t _pad[68];
 } shmlog_producer_slot_t;
 
 /* A reader's slot: where it is, so memory topics never overwrite unread data,
@@ -177,6 +194,7 @@ _Static_assert(offsetof(shmlog_part_hdr_t, chunks) == 640, "chunks moved");
 _Static_assert(sizeof(shmlog_chunk_t) == 256, "chunk descriptor size");
 _Static_assert(offsetof(shmlog_chunk_t, seq) == 128, "chunk seq moved");
 _Static_assert(sizeof(shmlog_producer_slot_t) == 128, "producer slot size");
+_Static_assert(offsetof(shmlog_producer_slot_t, claim_stamped) == 56, "claim_stamped moved");
 _Static_assert(sizeof(shmlog_reader_slot_t) == 128, "reader slot size");
 _Static_assert(offsetof(shmlog_part_hdr_t, producers) == 640 + 64 * 256, "producers moved");
 _Static_assert(offsetof(shmlog_part_hdr_t, readers) == 640 + 64 * 256 + 64 * 128, "readers moved");

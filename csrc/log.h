@@ -195,6 +195,8 @@ int shmlog_log_reap_reader(shmlog_log_t *log, int slot);
 int shmlog_log_unblock(shmlog_log_t *log, uint64_t seq, uint32_t pos, int force);
 int shmlog_log_force_seal(shmlog_log_t *log, uint64_t seq);
 int shmlog_log_repair_chunks(shmlog_log_t *log, uint32_t dead_pid);
+/* the word a frame of chunk `seq` carries (layout.h): for tools and tests */
+uint64_t shmlog_frame_word(uint64_t seq, uint32_t type, uint32_t frame_bytes);
 int shmlog_log_frontier(shmlog_log_t *log, shmlog_cursor_t *cursor, uint64_t *seq,
                         uint32_t *pos);
 

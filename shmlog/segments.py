@@ -42,7 +42,7 @@ FRAME = struct.Struct("<QIIQIHHqqQII")
 (F_WORD, F_CRC, F_PAYLOAD, F_BASE, F_COUNT, F_ATTRS, F_VERSION, F_FIRST_TS, F_MAX_TS,
  F_PRODUCER_ID, F_PRODUCER_SEQ, F_UNCOMPRESSED) = range(12)
 FRAME_HEADER = 64
-FRAME_DATA = lib.SHMLOG_FRAME_DATA
+FRAME_DATA = lib.SHMLOG_DISK_FRAME_DATA  # a segment file's frame word: (this << 32) | bytes
 ATTR_LZ4 = lib.SHMLOG_ATTR_LZ4
 COMPRESSION_MASK = lib.SHMLOG_ATTR_COMPRESSION_MASK
 MAX_FRAME_BYTES = lib.SHMLOG_MAX_CHUNK_BYTES // 2
@@ -81,6 +81,13 @@ def segment_bases(pdir: Path) -> List[int]:
             out.append(int(n[:20]))
     out.sort()
     return out
+
+
+def stamp_disk_word(buf: bytearray, off: int, flen: int) -> None:
+    """In shared memory a frame word carries its chunk's generation
+    (csrc/layout.h); a segment file has none, so a frame copied out for one
+    gets the canonical word (FRAME_DATA << 32) | frame bytes."""
+    _U64.pack_into(buf, off, (FRAME_DATA << 32) | flen)
 
 
 def frame_at(buf, cbuf, pos: int, end: int) -> Tuple[int, Optional[tuple], str]:

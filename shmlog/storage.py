@@ -62,6 +62,7 @@ from .segments import (
     scan_segment,
     segment_bases,
     segment_name,
+    stamp_disk_word,
 )
 
 __all__ = ["SegmentStore", "SegmentReader", "Storage", "install", "dump_segment", "check_segment"]
@@ -797,18 +798,20 @@ class Storage:
             positions = ffi.unpack(self._fpos, n)
             lengths = ffi.unpack(self._flen, n)
             ends = ffi.unpack(self._fend, n)
-            mm = plog._mm
-            bufs = []
+            base = handle.base
+            bufs: List[bytearray] = []
             frames = []  # (index of buf, position in it, frame bytes, end offset)
             run_start = run_end = positions[0]
             for i in range(n):
                 pos = positions[i]
                 if pos != run_end:
-                    bufs.append(mm[run_start:run_end])
+                    bufs.append(bytearray(ffi.buffer(base + run_start, run_end - run_start)))
                     run_start = run_end = pos
                 frames.append((len(bufs), run_end - run_start, lengths[i], ends[i]))
                 run_end += lengths[i]
-            bufs.append(mm[run_start:run_end])
+            bufs.append(bytearray(ffi.buffer(base + run_start, run_end - run_start)))
+            for bi, off, flen, _end in frames:
+                stamp_disk_word(bufs[bi], off, flen)
             seq = info.first_seq
             first_idx = (positions[0] - handle.header_bytes) // handle.chunk_bytes
             if first_idx != seq % handle.chunk_count:

@@ -72,6 +72,7 @@ FIELDS = {
         "batches": (32, "uint64_t"),
         "records": (40, "uint64_t"),
         "aborted": (48, "uint64_t"),
+        "claim_stamped": (56, "uint32_t"),
     },
     "shmlog_reader_slot_t": {
         "pid": (0, "uint32_t"),
@@ -153,16 +154,18 @@ def test_header_bytes_and_constants():
     hdr = ffi.sizeof("shmlog_part_hdr_t")
     assert lib.SHMLOG_HEADER_BYTES == (hdr + 4095) // 4096 * 4096 == 36864
     assert struct.pack("<Q", lib.SHMLOG_MAGIC) == b"\0SHMLOG1"
-    assert lib.SHMLOG_VERSION == 1
+    assert lib.SHMLOG_VERSION == 2
     assert (lib.SHMLOG_MAX_CHUNKS, lib.SHMLOG_MAX_PRODUCERS, lib.SHMLOG_MAX_READERS) == (64, 64, 64)
     assert lib.SHMLOG_FRAME_HEADER == ffi.sizeof("shmlog_frame_hdr_t") == 64
     assert lib.SHMLOG_FRAME_ALIGN == 64
     # the slot tables end the header: readers are last
     assert hdr == 640 + lib.SHMLOG_MAX_CHUNKS * 256 + lib.SHMLOG_MAX_PRODUCERS * 128 + (
         lib.SHMLOG_MAX_READERS * 128)
-    # frame types are distinct and never zero (0 = nothing written yet)
+    # frame types are distinct, never zero (0 = nothing written yet), and fit
+    # in the low bits a 64-byte-aligned frame length leaves free
     types = {lib.SHMLOG_FRAME_CLAIMED, lib.SHMLOG_FRAME_DATA, lib.SHMLOG_FRAME_PAD}
     assert len(types) == 3 and 0 not in types
+    assert all(t <= lib.SHMLOG_FRAME_TYPE_MASK == lib.SHMLOG_FRAME_ALIGN - 1 for t in types)
     assert lib.shmlog_log_region_bytes(65536, 4) == 36864 + 4 * 65536
 
 

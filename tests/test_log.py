@@ -10,6 +10,7 @@ crash.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
@@ -44,8 +45,6 @@ from shmlog._core import ffi, lib
 from shmlog import errors
 from shmlog import log as log_module
 from shmlog.log import NONE, PartitionLog, RecordReader, pickle_values
-
-FRAME_TYPE_SHIFT = 32
 
 
 def frame_word(plog: PartitionLog, region_pos: int) -> int:
@@ -985,14 +984,14 @@ def test_dead_claimer_hole_is_skipped_after_repair(shm_prefix, repair):
         assert state == lib.SHMLOG_FRONTIER_BLOCKED
         hole_pos = chunk_region_pos(plog, seq, pos)
         fb = frame_bytes_for(333)
-        assert frame_word(plog, hole_pos) == (lib.SHMLOG_FRAME_CLAIMED << FRAME_TYPE_SHIFT) | fb
+        assert frame_word(plog, hole_pos) == lib.shmlog_frame_word(seq, lib.SHMLOG_FRAME_CLAIMED, fb)
         if repair == "reap_producer":
             assert plog.reap_producer(cslot) == 1
             assert producer_slot(plog, cslot).pid == 0
         else:
             assert plog.unblock(seq, pos) == 1
             assert plog.unblock(seq, pos) == 0  # idempotent
-        assert frame_word(plog, hole_pos) == (lib.SHMLOG_FRAME_PAD << FRAME_TYPE_SHIFT) | fb
+        assert frame_word(plog, hole_pos) == lib.shmlog_frame_word(seq, lib.SHMLOG_FRAME_PAD, fb)
         assert plog.hdr.aborted_batches == 1
         offsets, values, *_ = read_all(plog, c, reader=reader)
         assert offsets == sorted(after) and values == [after[o] for o in offsets]
@@ -1025,8 +1024,8 @@ def test_claimer_killed_before_its_header_is_padded_to_the_next_frame(shm_prefix
             assert plog.unblock(seq, pos) == -errno.EAGAIN
             claimer.kill()
         assert plog.unblock(seq, pos) == 1
-        assert frame_word(plog, chunk_region_pos(plog, seq, pos)) == (
-            (lib.SHMLOG_FRAME_PAD << FRAME_TYPE_SHIFT) | fb)
+        assert frame_word(plog, chunk_region_pos(plog, seq, pos)) == lib.shmlog_frame_word(
+            seq, lib.SHMLOG_FRAME_PAD, fb)
         assert plog.reap_producer(cslot) == 0  # nothing left to abort; slot freed
         assert producer_slot(plog, cslot).pid == 0
         offsets, values, *_ = read_all(plog, c)
@@ -1668,7 +1667,7 @@ def test_frontier_returns_on_a_corrupt_chunk_state(shm_prefix):
 @pytest.mark.parametrize("field,value", [
     ("magic", 0),
     ("magic", 0x31474F4C4D485301),
-    ("version", 2),
+    ("version", 1),  # a region of the untagged frame words
     ("header_bytes", 4096),
     ("chunk_count", 1),
     ("chunk_count", 65),
@@ -1783,3 +1782,132 @@ def test_slot_pids_lists_exactly_the_slots_in_use(shm_prefix):
         assert plog.slot_pids() == ([(prods[0], me), (prods[2], me)], [(readers[1], me)])
         assert plog.producer_slots() == [(prods[0], me), (prods[2], me)]
         assert plog.reader_slots() == [(readers[1], me)]
+
+
+# ------------------------------------------------- chunk reuse without zeroing
+#
+# A reused chunk is not zeroed: frame words carry their chunk's generation
+# (csrc/layout.h). The worst stale bytes are ones that carry the *current*
+# generation's tag by chance; these tests plant exactly those and check that
+# readers, producers and the reaper never take them for frames.
+
+def _plant(plog: PartitionLog, seq: int, start: int, kind: int, fl: int = 128) -> None:
+    """At every 64-byte position of chunk `seq` from `start` on, a word with
+    seq's own tag and a header that cannot pass (crc and lengths nonsense)."""
+    words = ffi.cast("uint64_t *", plog._log.base + chunk_region_pos(plog, seq, 0))
+    w = lib.shmlog_frame_word(seq, kind, fl)
+    for pos in range(start, plog.chunk_bytes - 63, 64):
+        words[pos // 8] = w
+        words[pos // 8 + 1] = 0x0BAD0BAD0BAD0BAD
+
+
+@pytest.mark.parametrize("kind", ["DATA", "PAD", "CLAIMED"])
+def test_stale_words_with_this_generations_tag_are_never_read_as_frames(shm_prefix, kind):
+    k = getattr(lib, f"SHMLOG_FRAME_{kind}")
+    rng = random.Random(kind)
+    with new_log(shm_prefix) as plog:
+        slot = plog.register_producer()
+        reader = plog.reader()
+        c = plog.new_cursor()
+        planted_for = None
+        got_offsets: list = []
+        got_values: list = []
+        sent: list = []
+        while plog.hdr.rotations < 3 * plog.chunk_count:
+            seq = plog.hdr.active_seq
+            if planted_for != seq:
+                # the unclaimed rest of the active chunk, and all of the next
+                # slot (the oldest generation, read already) for when it is reused
+                _plant(plog, seq, tail_bytes(plog.hdr.chunks[seq % plog.chunk_count].tail), k)
+                _plant(plog, seq + 1, 0, k)
+                planted_for = seq
+            tb = tail_bytes(plog.hdr.chunks[seq % plog.chunk_count].tail)
+            # max_batch_bytes is 4096 here; sizes vary so frames move across generations
+            vals = [rng.randbytes(rng.randint(0, 400)) for _ in range(rng.randint(1, 8))]
+            base = plog.append(slot, vals)
+            sent += vals
+            if plog.hdr.active_seq == seq:
+                # the slack after the payload is zeroed, not left to the old bytes
+                f = frame_hdr(plog, chunk_region_pos(plog, seq, tb))
+                assert f.base_offset == base
+                fb = frame_bytes_for(f.payload_bytes)
+                start = chunk_region_pos(plog, seq, tb) + 64 + f.payload_bytes
+                assert plog._mm[start : chunk_region_pos(plog, seq, tb) + fb] == bytes(
+                    fb - 64 - f.payload_bytes)
+            offsets, values, *_ = read_all(plog, c, reader=reader)
+            assert offsets == list(range(base, base + len(vals))) and values == vals
+            # caught up, at a planted word: nothing, and no wake-up either
+            assert reader.read(c, 100) is None
+            assert plog.wait(c, 0) is False
+            got_offsets += offsets
+            got_values += values
+        assert got_offsets == list(range(len(sent))) and got_values == sent
+        # a second reader from the start sees the same (what is still in memory)
+        offsets, values, *_ = read_all(plog)
+        assert offsets == list(range(plog.start_offset, len(sent)))
+        assert values == sent[plog.start_offset:]
+        assert plog.hdr.aborted_batches == 0
+
+
+@contextlib.contextmanager
+def _stalled_claim(plog: PartitionLog):
+    """Records 0-3, a claimer stopped right after its fetch-add (9 records,
+    500 bytes, its slot knows the claim), records 13-15 after that hole.
+    Yields (claimer, its slot, seq, pos of the hole)."""
+    live = plog.register_producer()
+    plog.append(live, [value_of(j, 37) for j in range(4)])
+    with Child(_fetch_add_and_hang, plog.name, frame_bytes_for(500), 9, True) as claimer:
+        cslot, seq, prev = claimer.recv()
+        assert tail_records(prev) == 4
+        plog.append(live, [value_of(13 + j, 37) for j in range(3)])
+        yield claimer, cslot, seq, tail_bytes(prev)
+
+
+@pytest.mark.parametrize("kind", ["DATA", "PAD", "CLAIMED", "BAD_LENGTH"])
+def test_a_tagged_stale_word_inside_an_unstamped_claim_waits_for_the_claimer(shm_prefix, kind):
+    """Right after its fetch-add a producer has not yet stamped its word: if
+    the stale bytes there carry this generation's tag, readers must wait for
+    it (not skip a "pad", not report corruption), and the reaper must pad
+    the claim when the producer dies."""
+    fb = frame_bytes_for(500)
+    with new_log(shm_prefix) as plog:
+        reader = plog.reader()
+        c = plog.new_cursor()
+        with _stalled_claim(plog) as (claimer, cslot, seq, pos):
+            assert read_all(plog, c, reader=reader)[0] == [0, 1, 2, 3]
+            rp = chunk_region_pos(plog, seq, pos)
+            t = {"BAD_LENGTH": lib.SHMLOG_FRAME_DATA}.get(kind) or getattr(lib, f"SHMLOG_FRAME_{kind}")
+            fl = plog.chunk_bytes * 2 if kind == "BAD_LENGTH" else fb
+            ffi.cast("uint64_t *", plog._log.base + rp)[0] = lib.shmlog_frame_word(seq, t, fl)
+            assert reader.read(c, 100) is None
+            assert plog.wait(c, 0.05) is False
+            state, fseq, fpos = plog.frontier(plog.new_cursor())
+            assert (state, fseq, fpos) == (lib.SHMLOG_FRONTIER_BLOCKED, seq, pos)
+            claimer.kill()
+        # the slot knows the claim and that it was never stamped: padded
+        assert plog.reap_producer(cslot) == 1
+        assert frame_word(plog, rp) == lib.shmlog_frame_word(seq, lib.SHMLOG_FRAME_PAD, fb)
+        offsets, values, *_ = read_all(plog, c, reader=reader)
+        assert offsets == [13, 14, 15]
+        assert values == [value_of(13 + j, 37) for j in range(3)]
+
+
+def test_unblock_pads_an_unstamped_claim_over_a_tagged_stale_word(shm_prefix):
+    """The reaper's unblock (a claimer stalled past its timeout) takes a tagged
+    stale word at an unstamped claim for what it is: a hole to pad."""
+    fb = frame_bytes_for(500)
+    with new_log(shm_prefix) as plog:
+        with _stalled_claim(plog) as (claimer, cslot, seq, pos):
+            rp = chunk_region_pos(plog, seq, pos)
+            ffi.cast("uint64_t *", plog._log.base + rp)[0] = lib.shmlog_frame_word(
+                seq, lib.SHMLOG_FRAME_DATA, fb)
+            assert plog.unblock(seq, pos) == 1  # known position: padded, alive or not
+            assert frame_word(plog, rp) == lib.shmlog_frame_word(seq, lib.SHMLOG_FRAME_PAD, fb)
+            assert producer_slot(plog, cslot).fenced == 1  # it would give the claim up
+            offsets, *_ = read_all(plog)
+            assert offsets == [0, 1, 2, 3, 13, 14, 15]
+            claimer.kill()
+        assert plog.reap_producer(cslot) == 0  # already padded: counted once
+        assert plog.hdr.aborted_batches == 1
+
+

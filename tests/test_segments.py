@@ -22,6 +22,7 @@ from shmlog.segments import (
     dump_segment,
     scan_segment,
     segment_name,
+    stamp_disk_word,
 )
 
 
@@ -44,7 +45,9 @@ def frames_of(plog: PartitionLog) -> List[bytes]:
         if n == 0:
             return out
         for i in range(n):
-            out.append(plog._mm[pos[i] : pos[i] + lens[i]])
+            frame = bytearray(plog._mm[pos[i] : pos[i] + lens[i]])
+            stamp_disk_word(frame, 0, lens[i])
+            out.append(bytes(frame))
 
 
 @pytest.fixture
