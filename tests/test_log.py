@@ -1911,3 +1911,56 @@ def test_unblock_pads_an_unstamped_claim_over_a_tagged_stale_word(shm_prefix):
         assert plog.hdr.aborted_batches == 1
 
 
+
+# ------------------------------------------------------ large values and malloc
+
+_HEAP_PROBE = r"""
+import os, resource, sys
+
+def faults():
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(200):
+        # what a read of 32 large values allocates, freed before the next
+        vals = [b"x" * 65536 for _ in range(32)]
+        del vals
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r
+
+before = faults()  # before any import can move glibc's dynamic thresholds
+from shmlog.log import PartitionLog, keep_freed_heap
+if sys.argv[1] == "read":
+    # the reader sets it on its first large read
+    plog = PartitionLog.create(sys.argv[2], chunk_bytes=8 << 20, chunk_count=2)
+    try:
+        plog.append(plog.register_producer(), [os.urandom(65536) for _ in range(4)])
+        c = plog.new_cursor()
+        assert len(plog.reader().read(c, 100).values) == 4
+    finally:
+        plog.close()
+        plog.unlink()
+    set_now = not keep_freed_heap()  # already set: False now
+else:
+    set_now = keep_freed_heap()
+print(before, int(set_now), faults())
+"""
+
+
+@pytest.mark.skipif(not (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc"),
+                    reason="glibc's malloc only")
+@pytest.mark.parametrize("how", ["call", "read", "opted-out"])
+def test_large_reads_keep_freed_heap_instead_of_faulting_it_back(shm_prefix, how):
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES"))}
+    if how == "opted-out":
+        env["SHMLOG_MALLOC_TUNING"] = "0"
+    out = subprocess.run([sys.executable, "-c", _HEAP_PROBE, how, f"{shm_prefix}-heap"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    before, set_now, after = map(int, out.stdout.split())
+    # glibc trims the heap top after each round's free: ~480 faults a round
+    assert before > 200 * 128
+    if how == "opted-out":
+        assert set_now == 0 and after > 200 * 128
+    else:
+        assert set_now == 1 and after < before // 10
