@@ -4,8 +4,9 @@ No supervisor, no topics: the parent creates one region per partition
 ("/shmlog-bench-..." names, always unlinked), the producer process attaches
 and appends batches, the consumer process attaches, registers a gating
 reader (so a full buffer blocks the producer instead of overwriting unread
-data, as a memory topic does) and reads with RecordReader.read, waiting with
-PartitionLog.wait when caught up.
+data, as a memory topic does) and reads with RecordReader.read, which, in one
+crossing, reads, or waits when caught up (spin, then futex) and reads, and
+publishes the gating position.
 """
 
 from __future__ import annotations
@@ -113,7 +114,8 @@ class _Producer(Endpoint):
         self.timeout = deadline_s
 
     def send(self, value: bytes) -> None:
-        self.plog.append(self.slot, [value], timeout=self.timeout)
+        # a batch of one record in one crossing (the core's latency path)
+        self.plog.append_one(self.slot, value, time.time_ns() // 1_000_000, timeout=self.timeout)
 
     def send_batch(self, values: List[bytes]) -> None:
         self.plog.append(self.slot, values, timeout=self.timeout)
@@ -132,24 +134,24 @@ class _Consumer(Endpoint):
         self.cursor = self.plog.new_cursor()
         self.plog.seek(self.cursor, 0)
         self.reader = self.plog.reader()
-        self.spin_us = spin_us
+        self.spin_ns = int(spin_us * 1000)
         self.cap = cap
         self.expect = 0
         self.buf: List[bytes] = []
         self.i = 0
 
     def _read(self, max_n: int, timeout: float) -> Optional[List[bytes]]:
-        res = self.reader.read(self.cursor, max_n)
+        # one crossing: read, or wait (spinning spin_us first) and read, and
+        # publish the gating position (RecordReader.read with wait_ns, slot)
+        res = self.reader.read(self.cursor, max_n, slot=self.rslot, spin_ns=self.spin_ns,
+                               wait_ns=int(timeout * 1e9))
         if res is None:
-            if not self.plog.wait(self.cursor, timeout, spin_us=self.spin_us):
-                return None
-            res = self.reader.read(self.cursor, max_n)
-            if res is None:
-                return None
+            return None
         if res.offsets[0] != self.expect:
             raise RuntimeError(f"offsets not dense: expected {self.expect}, got {res.offsets[0]}")
         self.expect = res.offsets[-1] + 1
-        self.plog.set_reader_position(self.rslot, gate_position(self.cursor))
+        if not res.positioned:  # large values come back by the column path
+            self.plog.set_reader_position(self.rslot, gate_position(self.cursor))
         return res.values
 
     def recv(self, timeout: float) -> Optional[bytes]:
