@@ -818,12 +818,19 @@ int shmlog_log_claim_only(shmlog_log_t *log, int slot, uint32_t payload_bytes,
 #define NF_NOTYET   0   /* nothing committed at the cursor yet */
 
 /* Is the word w read at (seq, pos) perhaps bytes an earlier generation left
- * inside a claim whose producer has not stamped its CLAIMED word yet (they
- * carried this generation's tag by chance)? Then it means "not yet": not a
- * pad to skip, not corruption. A slow path: pads and bad frames only. */
-static int stale_in_window(shmlog_log_t *log, uint64_t seq, uint32_t pos,
-                           const volatile uint64_t *word, uint64_t w)
+ * there, carrying this generation's tag by chance? Where nobody has claimed
+ * yet, it is; inside a claim whose producer has not stamped its CLAIMED word
+ * yet, it may be. Either way it means "not yet": not a pad to skip, not
+ * corruption. A slow path, for pads and bad frames only: a good DATA frame
+ * (tag, header fields, CRC) is never stale bytes by chance, and skipping
+ * this keeps the tail's cache line away from readers. */
+static int stale_word(shmlog_log_t *log, uint64_t seq, uint32_t pos,
+                      const volatile uint64_t *word, uint64_t w)
 {
+    shmlog_chunk_t *d = chunk_of(log, seq);
+    if (shmlog_load_acquire_u64(&d->seal) == SHMLOG_NONE &&
+        pos >= SHMLOG_TAIL_BYTES(shmlog_load_acquire_u64(&d->tail)))
+        return 1;
     for (uint32_t i = 0; i < SHMLOG_MAX_PRODUCERS; i++) {
         shmlog_producer_slot_t *s = &log->hdr->producers[i];
         if (shmlog_load_acquire_u64(&s->claim_seq) != seq)
@@ -887,15 +894,10 @@ static int next_frame(shmlog_log_t *log, shmlog_cursor_t *c, shmlog_frame_hdr_t 
             uint64_t w = shmlog_load_acquire_u64(&f->frame);
             uint32_t type = frame_kind(w, c->seq), fl = FRAME_LEN(w);
             if (type == SHMLOG_FRAME_DATA || type == SHMLOG_FRAME_PAD) {
-                /* where nobody has claimed yet, even a word with this
-                 * generation's tag is stale bytes (one load, once a frame) */
-                if (seal == SHMLOG_NONE &&
-                    c->pos >= SHMLOG_TAIL_BYTES(shmlog_load_acquire_u64(&d->tail)))
-                    return NF_NOTYET;
                 int bad = fl < SHMLOG_FRAME_HEADER || fl > limit - c->pos ||
                           (type == SHMLOG_FRAME_DATA && !header_ok(log, d, f, fl));
                 if (bad || type == SHMLOG_FRAME_PAD) {
-                    if (stale_in_window(log, c->seq, c->pos, &f->frame, w))
+                    if (stale_word(log, c->seq, c->pos, &f->frame, w))
                         return NF_NOTYET;
                     if (bad)
                         return -EBADMSG;
@@ -958,7 +960,7 @@ int shmlog_log_read(shmlog_log_t *log, shmlog_cursor_t *c, shmlog_records_out_t 
             first = 0;
         }
         if (!crc_ok(f)) {
-            if (stale_in_window(log, c->seq, c->pos, &f->frame,
+            if (stale_word(log, c->seq, c->pos, &f->frame,
                                 FRAME_WORD(c->seq, SHMLOG_FRAME_DATA, fl)))
                 break;
             /* the header is not trusted: name the offset we were reading */
@@ -1069,7 +1071,7 @@ int shmlog_log_read_frames(shmlog_log_t *log, shmlog_cursor_t *c, uint64_t *fram
         if (rc == NF_FRAME && n == 0)
             info->first_seq = c->seq;
         if (rc == NF_FRAME && !crc_ok(f)) {
-            if (stale_in_window(log, c->seq, c->pos, &f->frame,
+            if (stale_word(log, c->seq, c->pos, &f->frame,
                                 FRAME_WORD(c->seq, SHMLOG_FRAME_DATA, fl)))
                 break;
             rc = -EBADMSG;
@@ -1364,7 +1366,7 @@ static int pad_frame(shmlog_log_t *log, uint64_t seq, uint32_t pos, uint64_t exp
 /* A claimer of (seq, pos) that has not stamped its word yet (stalled, or the
  * reaper was forced) must give the claim up rather than write over our pad:
  * fence it before padding. It then claims anew (claim()), and readers see
- * the fence and trust the pad (stale_in_window). A claimer whose position
+ * the fence and trust the pad (stale_word). A claimer whose position
  * is not known yet is fenced too when `unknown` says it may be this one. */
 static void fence_claimers(shmlog_log_t *log, uint64_t seq, uint32_t pos, int unknown)
 {
