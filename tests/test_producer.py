@@ -598,3 +598,40 @@ def test_threads_sending_on_one_producer_lose_and_reorder_nothing(data_dir, part
             tid, i = map(int, m.value[1:].split(b":"))
             assert i > last.get(tid, -1), f"thread {tid}'s order broken in partition {m.partition}"
             last[tid] = i
+
+
+def test_a_waiting_reader_gets_a_burst_at_once_and_a_stream_in_batches(data_dir):
+    """With a reader waiting (data_hungry), a lone send() commits at once, and
+    so does a burst of them (a paced producer catching up after a stall:
+    HUNGRY_BURST commits skip HUNGRY_GAP); a stream beyond that batches."""
+    from shmlog import producer as producer_module
+
+    with running_cluster(data_dir) as cluster:
+        cluster.create_topic("t", partitions=1, storage="memory")
+        with cluster.producer() as p:
+            p.send("t", b"first")
+            p.flush()
+            region = p._topics["t"].topic.regions[0]
+            region.hdr.data_hungry = 1  # what a reader in wait() or poll() sets
+            try:
+                for i in range(10):  # back to back, well inside HUNGRY_GAP
+                    p.send("t", b"burst %d" % i)
+                    assert region.end_offset() == 2 + i, f"send #{i} of the burst was held back"
+                n = 3000
+                for i in range(n):
+                    p.send("t", b"stream %d" % i)
+                p.flush()
+            finally:
+                region.hdr.data_hungry = 0
+            assert producer_module.HUNGRY_BURST < 100
+            # one frame per message for the burst and at most the rest of the
+            # tokens; the stream itself goes out in batches
+            nframes = len(frames(region))
+            assert nframes < 11 + producer_module.HUNGRY_BURST + 200, nframes
+        with cluster.consumer("t", auto_offset_reset="earliest") as c:
+            got = []
+            while len(got) < 11 + n:
+                batch = c.consume_batch(10_000, timeout=5)
+                assert batch is not None
+                got += batch.values
+        assert got == [b"first"] + [b"burst %d" % i for i in range(10)] + [b"stream %d" % i for i in range(n)]
