@@ -26,8 +26,16 @@ TOPIC_DEFAULTS: Dict[str, Any] = {
     "chunk_bytes": 16 << 20,
     "chunk_count": 4,
     "max_message_bytes": None,  # derived from chunk_bytes when None
-    "prefault": False,
+    "prefault": None,  # None: auto (PREFAULT_AUTO_BYTES)
 }
+
+# prefault=None resolves to True when the topic's shared memory (partitions x
+# chunk_count x chunk_bytes) is at most this: its pages are then allocated
+# when the topic is created and mapped when a client attaches, instead of
+# faulting one by one on the producer's path during the first pass through
+# the ring (+50% per batch measured, and a fault every ~30 small messages in
+# a latency-bound stream). Larger topics commit memory only as data arrives.
+PREFAULT_AUTO_BYTES = 256 << 20
 
 BROKER_DEFAULTS: Dict[str, Any] = {
     "idle_timeout_s": 5.0,
@@ -91,7 +99,12 @@ def topic_config(overrides: Optional[Dict[str, Any]] = None, base: Optional[Dict
     if cfg["max_message_bytes"] is None:
         cfg["max_message_bytes"] = limit
     _int(cfg, "max_message_bytes", 1, limit)
-    cfg["prefault"] = bool(cfg["prefault"])
+    if cfg["prefault"] is None:
+        ring = cfg["partitions"] * cfg["chunk_count"] * cfg["chunk_bytes"]
+        cfg["prefault"] = ring <= PREFAULT_AUTO_BYTES
+    elif not isinstance(cfg["prefault"], bool):
+        raise InvalidConfig(f"invalid prefault={cfg['prefault']!r}: must be True, False or None (auto)",
+                            what="prefault")
     return cfg
 
 

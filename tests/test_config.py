@@ -1,0 +1,52 @@
+"""shmlog/config.py: topic settings, their defaults and what they resolve to."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from _broker_helpers import running_cluster
+
+from shmlog import errors
+from shmlog.config import PREFAULT_AUTO_BYTES, TOPIC_DEFAULTS, topic_config
+
+
+def test_prefault_defaults_to_auto_by_the_topics_shared_memory():
+    assert TOPIC_DEFAULTS["prefault"] is None
+    ring = TOPIC_DEFAULTS["chunk_count"] * TOPIC_DEFAULTS["chunk_bytes"]
+    fits = PREFAULT_AUTO_BYTES // ring
+    assert topic_config({"partitions": 1})["prefault"] is True
+    assert topic_config({"partitions": fits})["prefault"] is True
+    assert topic_config({"partitions": fits + 1})["prefault"] is False
+    # small chunks: many partitions still fit
+    assert topic_config({"partitions": 256, "chunk_bytes": 64 << 10})["prefault"] is True
+    # what the user says wins
+    assert topic_config({"partitions": 1, "prefault": False})["prefault"] is False
+    assert topic_config({"partitions": fits + 1, "prefault": True})["prefault"] is True
+
+
+@pytest.mark.parametrize("bad", ["yes", 1, 0.5])
+def test_prefault_must_be_a_bool_or_none(bad):
+    with pytest.raises(errors.InvalidConfig, match="prefault"):
+        topic_config({"prefault": bad})
+
+
+def _resident(region) -> int:
+    st = os.stat("/dev/shm/" + region.name.lstrip("/"))
+    return st.st_blocks * 512
+
+
+def test_a_small_topic_is_resident_when_created_and_a_large_one_is_not(data_dir):
+    with running_cluster(data_dir) as cluster:
+        cluster.create_topic("small", partitions=1, storage="memory")
+        cluster.create_topic("large", partitions=2, storage="memory",
+                             chunk_bytes=PREFAULT_AUTO_BYTES // 4, chunk_count=4)
+        small = cluster.topic("small").regions[0]
+        large = cluster.topic("large").regions[0]
+        ring = TOPIC_DEFAULTS["chunk_count"] * TOPIC_DEFAULTS["chunk_bytes"]
+        # every page of the ring is there before the first message
+        assert _resident(small) >= ring
+        # the large one commits memory only as data arrives
+        assert _resident(large) < ring
+        assert cluster.describe_topic("small").config["prefault"] is True
+        assert cluster.describe_topic("large").config["prefault"] is False
