@@ -577,7 +577,7 @@ static int claim(shmlog_log_t *log, int slot, uint32_t fb, uint32_t records, uin
                 continue;
             }
             /* after the CAS: a reader that sees this and a pad at pb knows
-             * the pad is a reaper's, not stale bytes (claim_in_window) */
+             * the pad is a reaper's, not stale bytes (stale_word) */
             shmlog_store_release_u32(&ps->claim_stamped, 1);
             *seq_out = seq;
             *pos_out = pb;
@@ -1456,7 +1456,10 @@ int shmlog_log_unblock(shmlog_log_t *log, uint64_t seq, uint32_t pos, int force)
             break;
         }
     }
-    fence_claimers(log, seq, pos, 1);
+    /* a claimer whose position is unknown can own pos only if it was there
+     * before our scan, which let such claimers pass only when forced (or
+     * dead); one that started since claims beyond the tail we read */
+    fence_claimers(log, seq, pos, force);
     return pad_frame(log, seq, pos, w, end - pos);
 }
 
