@@ -1964,3 +1964,43 @@ def test_large_reads_keep_freed_heap_instead_of_faulting_it_back(shm_prefix, how
         assert set_now == 0 and after > 200 * 128
     else:
         assert set_now == 1 and after < before // 10
+
+
+def test_a_producer_fenced_mid_claim_gives_it_up_and_loses_nothing(shm_prefix):
+    """A reaper raises a claim's `fenced` before padding over it; a producer
+    that finds its claim fenced before it stamped the word must give the
+    claim up (pad it: a hole of its offsets) and append the batch again.
+    Here a thread fences the producer's slot over and over while it appends
+    (cffi releases the GIL in C, so the fence lands inside claims)."""
+    with new_log(shm_prefix, chunk_bytes=1 << 20) as plog:
+        slot = plog.register_producer()
+        ps = producer_slot(plog, slot)
+        stop = threading.Event()
+
+        def fencer():
+            while not stop.is_set():
+                ps.fenced = 1
+
+        t = threading.Thread(target=fencer, daemon=True)
+        t.start()
+        sent: list = []
+        bases: list = []
+        try:
+            deadline = time.monotonic() + 20
+            i = 0
+            while plog.hdr.aborted_batches < 20 and time.monotonic() < deadline:
+                vals = [value_of(i * 4 + j, 37) for j in range(4)]
+                bases.append(plog.append(slot, vals))
+                sent.append(vals)
+                i += 1
+        finally:
+            stop.set()
+            t.join()
+        assert plog.hdr.aborted_batches >= 20, "no claim was ever given up: the fence is ignored"
+        # every batch once, in order, at the offsets append() returned; the
+        # given-up claims are holes between them
+        offsets, values, *_ = read_all(plog)
+        want_offsets = [b + j for b in bases for j in range(4)]
+        assert values == [v for vals in sent for v in vals]
+        assert offsets == want_offsets
+        assert len(set(bases)) == len(bases) and bases == sorted(bases)
