@@ -529,3 +529,25 @@ def test_one_partition_poll_publishes_what_it_read_and_settles_what_it_returned(
             assert consumer.position("t", 0) == 11 and slot.position == 12
             assert consumer.poll(timeout=5).value == b"later"
             assert consumer.position("t", 0) == 12
+
+
+def test_caught_up_poll_hands_out_lone_messages_and_waits_its_whole_timeout(data_dir):
+    """poll() of one shared-memory partition with no group reads in one
+    crossing and hands a lone message out unbuffered: position() counts it at
+    once. With nothing to read it waits the whole timeout, also past the 1 s
+    a single wait in C is capped at."""
+    with running_cluster(data_dir) as cluster:
+        cluster.create_topic("t", partitions=1, **SMALL)
+        with cluster.consumer("t") as consumer, cluster.producer() as producer:
+            for k in range(5):
+                producer.send("t", b"lone %d" % k)
+                producer.flush()
+                m = consumer.poll(timeout=5)
+                assert (m.offset, m.value) == (k, b"lone %d" % k)
+                assert consumer.position("t", 0) == k + 1
+                assert not consumer._buffer
+            for timeout in (0.3, 1.4):
+                t0 = time.monotonic()
+                assert consumer.poll(timeout=timeout) is None
+                assert timeout <= time.monotonic() - t0 < timeout + 1.0
+            assert consumer.position("t", 0) == 5
