@@ -625,9 +625,10 @@ def test_a_waiting_reader_gets_a_burst_at_once_and_a_stream_in_batches(data_dir)
                 region.hdr.data_hungry = 0
             assert producer_module.HUNGRY_BURST < 100
             # one frame per message for the burst and at most the rest of the
-            # tokens; the stream itself goes out in batches
+            # tokens; the stream itself goes out in batches (a few hundred
+            # frames at most even on a slow host, not one per message)
             nframes = len(frames(region))
-            assert nframes < 11 + producer_module.HUNGRY_BURST + 200, nframes
+            assert nframes < 11 + producer_module.HUNGRY_BURST + n // 4, nframes
         with cluster.consumer("t", auto_offset_reset="earliest") as c:
             got = []
             while len(got) < 11 + n:
