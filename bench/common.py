@@ -32,7 +32,7 @@ import time
 import traceback
 from array import array
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 now_ns = time.monotonic_ns
 CTX = mp.get_context("fork")
@@ -397,31 +397,52 @@ def _recv(ep: Endpoint, mode: str, n: int, size: int, batch: int, ctl: Ctl) -> T
     return got, t
 
 
+class Pacer:
+    """W4's schedule, shared by every paced producer: iterating meets the
+    other processes, then waits for each send's slot (warm+n of them at
+    `rate`/s) and yields the message to send at once, stamped with
+    monotonic_ns; it stops early once ctl expires. result() says how many
+    went out and how many came >1 ms after their slot."""
+
+    def __init__(self, n: int, warm: int, size: int, rate: int, ctl: Ctl):
+        self.total = warm + n
+        self.size = size
+        self.rate = rate
+        self.ctl = ctl
+        self.sent = 0
+        self.late = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        pad = b"\0" * (self.size - LAT_STAMP.size)
+        pack = LAT_STAMP.pack
+        fine_timer_slack()
+        self.ctl.meet()
+        period = 1e9 / self.rate
+        start = now_ns() + 1_000_000
+        for i in range(self.total):
+            target = start + int(i * period)
+            if pace_until(target) - target > 1_000_000:
+                self.late += 1
+            yield pack(now_ns()) + pad
+            self.sent = i + 1
+            if (self.sent & 255) == 0 and self.ctl.expired():
+                return
+
+    def result(self) -> Dict[str, Any]:
+        return {"sent": self.sent, "late_sends": self.late, "timed_out": self.sent < self.total}
+
+
 def produce_paced(open_ep: Callable[[], Endpoint], n: int, warm: int, size: int, rate: int, *,
                   ctl: Ctl) -> Dict[str, Any]:
     """Send warm+n messages at `rate`/s, each stamped with monotonic_ns."""
     ep = open_ep()
     try:
-        pad = b"\0" * (size - LAT_STAMP.size)
-        pack = LAT_STAMP.pack
-        fine_timer_slack()
-        ctl.meet()
-        period = 1e9 / rate
-        start = now_ns() + 1_000_000
-        behind = 0
-        total = warm + n
-        i = 0
-        while i < total:
-            target = start + int(i * period)
-            t = pace_until(target)
-            if t - target > 1_000_000:
-                behind += 1
-            ep.send(pack(now_ns()) + pad)
-            i += 1
-            if (i & 255) == 0 and ctl.expired():
-                break
+        pacer = Pacer(n, warm, size, rate, ctl)
+        send = ep.send
+        for msg in pacer:
+            send(msg)
         ep.flush()
-        return {"sent": i, "late_sends": behind, "timed_out": i < total}
+        return pacer.result()
     finally:
         ep.close()
 

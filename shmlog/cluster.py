@@ -34,6 +34,22 @@ log = logging.getLogger("shmlog.client")
 FAILOVER_LOCK = "failover.lock"
 
 
+def supervisor_lock_free(data_dir) -> bool:
+    """Nobody holds data_dir's supervisor lock (probed without keeping it)."""
+    try:
+        fd = os.open(Path(data_dir) / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
 @dataclass
 class PartitionInfo:
     partition: int
@@ -213,19 +229,7 @@ class Cluster:
             os.close(fd)
 
     def _supervisor_lock_free(self) -> bool:
-        path = self.data_dir / LOCK_NAME
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError:
-            return True
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            return True
-        except BlockingIOError:
-            return False
-        finally:
-            os.close(fd)
+        return supervisor_lock_free(self.data_dir)
 
     def _wait_for_socket(self, deadline: float) -> socket.socket:
         while time.monotonic() < deadline:

@@ -14,7 +14,6 @@ consumer, reaper).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import multiprocessing
 import os
 import pickle
@@ -29,7 +28,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 import psutil
 
 import shmlog
-from shmlog.cluster import _connect_socket
+from shmlog.cluster import _connect_socket, supervisor_lock_free  # noqa: F401 (re-exported for tests)
 
 FORK = multiprocessing.get_context("fork")
 SHM_DIR = Path("/dev/shm")
@@ -150,17 +149,6 @@ def supervisors_of(data_dir: Path) -> List[int]:
     return out
 
 
-def supervisor_lock_free(data_dir: Path) -> bool:
-    """Nobody holds data_dir's supervisor lock (probed without keeping it)."""
-    fd = os.open(Path(data_dir) / "supervisor.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return True
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
 
 
 def pid_gone(pid: int) -> bool:

@@ -1176,6 +1176,18 @@ def _await(pred, what: str, timeout: float = 5.0) -> None:
         time.sleep(0.0002)
 
 
+def _await_waiting(h, counters: str, spin_us: float) -> None:
+    """A reader in wait() counts in `<counters>_hungry` while it spins and
+    also in `<counters>_waiters` once it sleeps on the futex."""
+    hungry, waiters = f"{counters}_hungry", f"{counters}_waiters"
+    if spin_us:
+        _await(lambda: getattr(h, hungry) == 1, f"the spinning reader to be counted in {hungry}")
+        assert getattr(h, waiters) == 0
+    else:
+        _await(lambda: getattr(h, waiters) == 1, f"the reader to sleep (counted in {waiters})")
+        assert getattr(h, hungry) == 1
+
+
 @pytest.mark.parametrize("spin_us", [3_000_000, 0], ids=["spinning", "asleep"])
 def test_a_waiting_reader_is_hungry_and_only_a_sleeper_is_a_waiter(shm_prefix, spin_us):
     """data_hungry counts every reader in wait() (producers commit at once
@@ -1188,12 +1200,7 @@ def test_a_waiting_reader_is_hungry_and_only_a_sleeper_is_a_waiter(shm_prefix, s
         assert (h.data_hungry, h.data_waiters) == (0, 0)
         with Child(_waiter, plog.name, spin_us, 10.0) as ch:
             assert ch.recv() == "waiting"
-            if spin_us:
-                _await(lambda: h.data_hungry == 1, "the spinning reader to be hungry")
-                assert h.data_waiters == 0
-            else:
-                _await(lambda: h.data_waiters == 1, "the reader to sleep")
-                assert h.data_hungry == 1
+            _await_waiting(h, "data", spin_us)
             assert not ch.conn.poll(0), "wait() returned with nothing committed"
             plog.append(slot, [b"new"])
             assert ch.recv() is True
@@ -1215,13 +1222,20 @@ def test_a_wait_that_times_out_or_finds_data_leaves_no_hungry_reader(shm_prefix)
         assert (h.data_hungry, h.data_waiters) == (0, 0)
 
 
-def _bell_waiter(conn, names, spin_us, timeout):
+def _attach_at_end(names):
+    """The regions attached, a cursor at each one's end, and both as the C
+    arrays shmlog_log_wait_any takes: (logs, cursors, larr, carr)."""
     logs = [PartitionLog.attach(n) for n in names]
     cursors = [p.new_cursor() for p in logs]
     for p, c in zip(logs, cursors):
         p.seek_end(c)
     larr = ffi.new("shmlog_log_t *[]", [p._handle() for p in logs])
     carr = ffi.new("shmlog_cursor_t *[]", cursors)
+    return logs, cursors, larr, carr
+
+
+def _bell_waiter(conn, names, spin_us, timeout):
+    logs, _, larr, carr = _attach_at_end(names)
     conn.send("waiting")
     conn.send(lib.shmlog_log_wait_any(larr, carr, len(logs), logs[0]._handle(),
                                       int(spin_us * 1000), int(timeout * 1e9)))
@@ -1238,12 +1252,7 @@ def test_wait_any_on_a_doorbell_is_hungry_on_the_bell(shm_prefix, spin_us):
         slot = p1.register_producer()
         with Child(_bell_waiter, [p0.name, p1.name], spin_us, 10.0) as ch:
             assert ch.recv() == "waiting"
-            if spin_us:
-                _await(lambda: h.bell_hungry == 1, "the spinning reader to be hungry")
-                assert h.bell_waiters == 0
-            else:
-                _await(lambda: h.bell_waiters == 1, "the reader to sleep on the doorbell")
-                assert h.bell_hungry == 1
+            _await_waiting(h, "bell", spin_us)
             # the doorbell counts it, not each partition
             assert (h.data_hungry, h.data_waiters, p1.hdr.data_hungry, p1.hdr.data_waiters) == (0, 0, 0, 0)
             assert not ch.conn.poll(0)
@@ -1254,12 +1263,7 @@ def test_wait_any_on_a_doorbell_is_hungry_on_the_bell(shm_prefix, spin_us):
 
 
 def _wait_any_consumer(conn, names, trials):
-    logs = [PartitionLog.attach(n) for n in names]
-    cursors = [p.new_cursor() for p in logs]
-    for p, c in zip(logs, cursors):
-        p.seek_end(c)
-    larr = ffi.new("shmlog_log_t *[]", [p._handle() for p in logs])
-    carr = ffi.new("shmlog_cursor_t *[]", cursors)
+    logs, cursors, larr, carr = _attach_at_end(names)
     bell = logs[0]._handle()
     readers = [p.reader() for p in logs]
     for _ in range(trials):

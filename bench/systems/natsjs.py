@@ -23,14 +23,13 @@ from ..common import (
     LAT_STAMP,
     Ctl,
     Endpoint,
+    Pacer,
     Params,
     Proc,
     Row,
     Skip,
     collect,
-    fine_timer_slack,
     now_ns,
-    pace_until,
     payloads,
     run_groups,
     run_procs,
@@ -194,30 +193,15 @@ def _produce_paced(url: str, subject: str, n: int, warm: int, size: int, rate: i
         nc = await _connect(url)
         try:
             js = nc.jetstream()
-            pad = b"\0" * (size - LAT_STAMP.size)
-            pack = LAT_STAMP.pack
-            fine_timer_slack()
-            ctl.meet()
-            period = 1e9 / rate
-            start = now_ns() + 1_000_000
+            pacer = Pacer(n, warm, size, rate, ctl)
             futs = []
-            behind = 0
-            total = warm + n
-            i = 0
-            while i < total:
-                target = start + int(i * period)
-                t = pace_until(target)
-                if t - target > 1_000_000:
-                    behind += 1
-                futs.append(await js.publish_async(subject, pack(now_ns()) + pad))
+            for msg in pacer:
+                futs.append(await js.publish_async(subject, msg))
                 # let the client's flusher task write it now (and acks come in)
                 await asyncio.sleep(0)
                 await asyncio.sleep(0)
-                i += 1
-                if (i & 255) == 0 and ctl.expired():
-                    break
             await asyncio.wait_for(asyncio.gather(*futs), timeout=max(ctl.left_s(), 1.0))
-            return {"sent": i, "late_sends": behind, "timed_out": i < total}
+            return pacer.result()
         finally:
             await nc.close()
 
