@@ -198,6 +198,10 @@ void shmlog_murmur2_partitions(const uint8_t *keys, const int32_t *lens, uint32_
 uint32_t shmlog_crc32c(uint32_t crc, const void *buf, size_t len);
 uint32_t shmlog_crc32c_sw(uint32_t crc, const void *buf, size_t len);
 int shmlog_crc32c_hw(void);
+uint32_t shmlog_crc32c_path(int path, uint32_t crc, const void *buf, size_t len);
+#define SHMLOG_CRC32C_PATH_TABLE 0
+#define SHMLOG_CRC32C_PATH_SSE42 1
+#define SHMLOG_CRC32C_PATH_FOLD 2
 
 int shmlog_futex_wait(uint32_t *word, uint32_t expected, uint64_t timeout_ns);
 int shmlog_futex_wake(uint32_t *word, int count);

@@ -1,6 +1,8 @@
-"""CRC32C (csrc/crc32c.c): both the SSE4.2 path and the portable table path
-against known answers and a bitwise pure-Python reference, at every length
-and alignment that could trip the three-stream stitching."""
+"""CRC32C (csrc/crc32c.c): the folding path (VPCLMULQDQ), the SSE4.2 path
+and the portable table path against known answers and a bitwise pure-Python
+reference, at every length and alignment that could trip the three-stream
+stitching or the folding's 256/64/16-byte steps. A path this CPU lacks is
+skipped, with the reason."""
 
 from __future__ import annotations
 
@@ -47,7 +49,10 @@ def crc32c_table(data: bytes, crc: int = 0) -> int:
 IMPLS = {
     "dispatch": lambda crc, buf, n: lib.shmlog_crc32c(crc, buf, n),
     "sw": lambda crc, buf, n: lib.shmlog_crc32c_sw(crc, buf, n),
+    "sse42": lambda crc, buf, n: lib.shmlog_crc32c_path(lib.SHMLOG_CRC32C_PATH_SSE42, crc, buf, n),
+    "fold": lambda crc, buf, n: lib.shmlog_crc32c_path(lib.SHMLOG_CRC32C_PATH_FOLD, crc, buf, n),
 }
+NEEDS = {"sse42": lib.SHMLOG_CRC32C_PATH_SSE42, "fold": lib.SHMLOG_CRC32C_PATH_FOLD}
 
 
 def crc_of(impl: str, data, crc: int = 0, offset: int = 0, length=None) -> int:
@@ -57,13 +62,20 @@ def crc_of(impl: str, data, crc: int = 0, offset: int = 0, length=None) -> int:
     return IMPLS[impl](crc, ptr, n)
 
 
+def _skip_unless_cpu_has(impl: str) -> None:
+    if lib.shmlog_crc32c_hw() < NEEDS.get(impl, 0):
+        pytest.skip(f"this CPU has no {impl} path (shmlog_crc32c_hw() = {lib.shmlog_crc32c_hw()})")
+
+
 @pytest.fixture(params=sorted(IMPLS))
 def impl(request):
+    _skip_unless_cpu_has(request.param)
     return request.param
 
 
 def test_reports_which_path_it_uses():
-    assert lib.shmlog_crc32c_hw() in (0, 1)
+    assert lib.shmlog_crc32c_hw() in (lib.SHMLOG_CRC32C_PATH_TABLE, lib.SHMLOG_CRC32C_PATH_SSE42,
+                                      lib.SHMLOG_CRC32C_PATH_FOLD)
 
 
 @pytest.mark.parametrize("data,expected", [
@@ -86,10 +98,12 @@ def test_zero_length_returns_the_previous_crc(impl):
     assert crc_of(impl, data, crc=0xDEADBEEF, length=0) == 0xDEADBEEF
 
 
-# lengths around the SSE path's block sizes (3 x 256 and 3 x 8192) and the
-# slicing-by-8 word size
-EDGE_LENGTHS = sorted({0, 1, 2, 3, 7, 8, 9, 15, 16, 17, 63, 64, 65, 255, 256, 257, 511, 767, 768,
-                       769, 1000, 3333, 8191, 8192, 8193, 24575, 24576, 24577, 24576 + 768,
+# lengths around the SSE path's block sizes (3 x 256 and 3 x 8192), the
+# slicing-by-8 word size, and the folding's steps (256 a loop, then 64, then
+# 16 bytes, then 8 and 1; folding starts at 256 bytes)
+EDGE_LENGTHS = sorted({0, 1, 2, 3, 7, 8, 9, 15, 16, 17, 63, 64, 65, 255, 256, 257, 271, 272, 279,
+                       319, 320, 335, 336, 383, 384, 447, 448, 511, 512, 513, 767, 768, 769,
+                       1000, 3333, 8191, 8192, 8193, 24575, 24576, 24577, 24576 + 768,
                        49152 + 5, 100_003})
 
 
@@ -109,13 +123,25 @@ def test_hw_and_sw_agree_on_long_buffers():
                 "sw", blob, offset=offset, length=n - offset)
 
 
+def test_every_path_agrees_around_the_folding_size_limit(impl):
+    """Folding covers 256 B..2 MiB; above that dispatch goes to three crc32
+    streams. Both sides of the limit, and a frame-sized buffer, agree."""
+    import os
+
+    blob = os.urandom((2 << 20) + 4099)
+    for n in (61_440, (2 << 20) - 1, 2 << 20, (2 << 20) + 1, (2 << 20) + 4097):
+        for offset in (0, 3):
+            assert crc_of(impl, blob, offset=offset, length=n) == crc_of(
+                "sw", blob, offset=offset, length=n), (n, offset)
+
+
 @settings(max_examples=200, deadline=None)
 @given(data=st.binary(max_size=1500), offset=st.integers(0, 7))
 def test_matches_bitwise_reference(data, offset):
     buf = bytearray(offset) + data  # data starts `offset` bytes into the buffer
     want = crc32c_bitwise(data)
-    assert crc_of("dispatch", buf, offset=offset) == want
-    assert crc_of("sw", buf, offset=offset) == want
+    for impl in IMPLS:  # a path the CPU lacks runs the best one below it
+        assert crc_of(impl, buf, offset=offset) == want, impl
 
 
 @settings(max_examples=200, deadline=None)
