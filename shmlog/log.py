@@ -11,7 +11,6 @@ It must never cross into C per message: every call here moves a batch.
 from __future__ import annotations
 
 import errno
-import io
 import mmap
 import os
 import pickle
@@ -632,20 +631,50 @@ _APPEND_FALLBACK = (-errno.EPROTO, -errno.EMSGSIZE, -errno.E2BIG)
 _SLOTS = lib.SHMLOG_MAX_PRODUCERS + lib.SHMLOG_MAX_READERS
 
 
-def pickle_values(values) -> Optional[memoryview]:
+class _Sink:
+    """A pickler's file that keeps the bytes object pickle hands it: protocol
+    3 writes the whole stream once, at the end of dump(), so nothing is
+    copied into a BytesIO."""
+
+    __slots__ = ("write",)
+
+    def __init__(self, write) -> None:
+        self.write = write
+
+
+_PICKLER_KEEP = 1 << 20  # a thread's pickler that grew past this is not kept
+
+
+def _new_pickler():
+    out: list = []
+    p = pickle.Pickler(_Sink(out.append), 3)
+    # documented as deprecated (not removed); without it the stream would
+    # carry memo opcodes, which C refuses (-EPROTO): append() then
+    p.fast = True
+    return p, out
+
+
+def pickle_values(values) -> Optional[bytes]:
     """The pickle of a list of bytes that append_pickled takes: protocol 3
     without a memo (Pickler.fast), so every value is written in place with
-    its length. None if the values do not pickle (the caller falls back)."""
-    f = io.BytesIO()
-    p = pickle.Pickler(f, 3)
+    its length. None if the values do not pickle (the caller falls back).
+
+    Each thread keeps its pickler: a new one starts from a 4 KiB buffer and
+    doubles it (copying) up to the batch's size on every call, ~2 us of a
+    600 x 100 B batch's ~30; a kept one starts at the size it last reached."""
+    tls = _tls.__dict__
+    kept = tls.pop("pickler", None)  # popped: a nested call (a value's __reduce__) gets its own
+    p, out = kept or _new_pickler()
     try:
-        # documented as deprecated (not removed); without it the stream
-        # would carry memo opcodes, which C refuses (-EPROTO): append() then
-        p.fast = True
         p.dump(values)
     except Exception:  # a value pickle refuses: append() names it
         return None
-    return f.getbuffer()
+    finally:
+        stream = b"".join(out) if len(out) != 1 else out[0]
+        out.clear()
+    if len(stream) <= _PICKLER_KEEP:
+        tls["pickler"] = (p, out)
+    return stream
 
 
 _READ_FRAME = lib.SHMLOG_READ_FRAME

@@ -454,6 +454,57 @@ def test_append_pickled_writes_the_records_append_writes(shm_prefix):
             assert (f.base_offset, f.producer_id, f.producer_seq) == (base, 77, k), name
 
 
+def _plain_pickle(values) -> bytes:
+    f = io.BytesIO()
+    p = pickle.Pickler(f, 3)
+    p.fast = True
+    p.dump(values)
+    return f.getvalue()
+
+
+class _Reentrant:
+    """A value whose pickling sends another batch on the same thread (a
+    __reduce__ that calls back into the producer)."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.nested = None
+
+    def __reduce__(self):
+        self.nested = pickle_values(self.inner)
+        return (bytes, (b"r",))
+
+
+def test_pickle_values_keeps_a_pickler_per_thread_and_stays_exact():
+    """pickle_values reuses its thread's pickler: every stream is exactly a
+    fresh pickler's, also after a batch pickle refused, a batch too big to
+    keep the pickler for, a nested call from a value, and in other threads."""
+    small = [b"a" * 100] * 3 + [None, b""]
+    assert pickle_values(small) == _plain_pickle(small)
+    assert pickle_values([b"x", lambda: 0]) is None  # refused mid-dump
+    assert pickle_values(small) == _plain_pickle(small)
+    big = [bytes([i % 251]) * 4000 for i in range(600)]  # > 1 MiB: not kept
+    assert pickle_values(big) == _plain_pickle(big)
+    assert pickle_values(small[:1]) == _plain_pickle(small[:1])
+    r = _Reentrant([b"inner", b"batch"])
+    outer = pickle_values([b"o", r, b"p"])
+    assert r.nested == _plain_pickle([b"inner", b"batch"])
+    assert outer == _plain_pickle([b"o", _Reentrant([b"z"]), b"p"])  # REDUCE, not bytes
+    assert pickle_values(small) == _plain_pickle(small)
+    results = {}
+
+    def worker(k: int) -> None:
+        vals = [b"%d-%d" % (k, i) for i in range(700 + k)]
+        results[k] = all(pickle_values(vals) == _plain_pickle(vals) for _ in range(50))
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == {0: True, 1: True, 2: True, 3: True}
+
+
 def test_append_pickled_accepts_a_value_of_exactly_max_value(shm_prefix):
     with new_log(shm_prefix, max_batch_bytes=16384) as plog:
         slot = plog.register_producer()
