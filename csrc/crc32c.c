@@ -215,6 +215,21 @@ static inline uint64_t crc32c_hw_3way(uint64_t c0, const unsigned char **pp,
     return c0;
 }
 
+/* what is left after the blocks: one crc32 stream, 8 bytes then 1 */
+__attribute__((target("sse4.2")))
+static inline uint32_t crc32c_hw_tail(uint64_t c, const unsigned char *p, size_t len)
+{
+    while (len >= 8) {
+        c = _mm_crc32_u64(c, load_u64(p));
+        p += 8;
+        len -= 8;
+    }
+    uint32_t crc = (uint32_t)c;
+    while (len--)
+        crc = _mm_crc32_u8(crc, *p++);
+    return crc;
+}
+
 __attribute__((target("sse4.2")))
 static uint32_t crc32c_hw_raw(uint32_t crc, const unsigned char *p, size_t len)
 {
@@ -226,15 +241,7 @@ static uint32_t crc32c_hw_raw(uint32_t crc, const unsigned char *p, size_t len)
     uint64_t c = crc;
     c = crc32c_hw_3way(c, &p, &len, LONG_BLOCK, &shift_long);
     c = crc32c_hw_3way(c, &p, &len, SHORT_BLOCK, &shift_short);
-    while (len >= 8) {
-        c = _mm_crc32_u64(c, load_u64(p));
-        p += 8;
-        len -= 8;
-    }
-    crc = (uint32_t)c;
-    while (len--)
-        crc = _mm_crc32_u8(crc, *p++);
-    return crc;
+    return crc32c_hw_tail(c, p, len);
 }
 #endif
 
@@ -350,15 +357,7 @@ FOLD_TARGET static uint32_t crc32c_fold_raw(uint32_t crc, const unsigned char *p
      * instruction gives its remainder, and goes on over the tail */
     uint64_t c = _mm_crc32_u64(0, (uint64_t)_mm_cvtsi128_si64(v));
     c = _mm_crc32_u64(c, (uint64_t)_mm_extract_epi64(v, 1));
-    while (len >= 8) {
-        c = _mm_crc32_u64(c, load_u64(p));
-        p += 8;
-        len -= 8;
-    }
-    crc = (uint32_t)c;
-    while (len--)
-        crc = _mm_crc32_u8(crc, *p++);
-    return crc;
+    return crc32c_hw_tail(c, p, len);
 }
 #endif
 
