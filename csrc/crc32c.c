@@ -77,13 +77,11 @@ static uint32_t gf2_mulmod(uint32_t a, uint32_t b)
     return prod;
 }
 
-/* x^(8*nbytes) mod P: multiplying a register by this advances it over
- * nbytes zero bytes. */
-static uint32_t x_pow_8n(uint32_t nbytes)
+/* x^e mod P, by squaring */
+static uint32_t x_pow_bits(uint64_t e)
 {
     uint32_t result = 0x80000000u; /* x^0 */
     uint32_t base = 0x40000000u;   /* x^1 */
-    uint64_t e = (uint64_t)nbytes * 8u;
     while (e) {
         if (e & 1u)
             result = gf2_mulmod(result, base);
@@ -91,6 +89,13 @@ static uint32_t x_pow_8n(uint32_t nbytes)
         e >>= 1;
     }
     return result;
+}
+
+/* x^(8*nbytes) mod P: multiplying a register by this advances it over
+ * nbytes zero bytes. */
+static uint32_t x_pow_8n(uint32_t nbytes)
+{
+    return x_pow_bits((uint64_t)nbytes * 8u);
 }
 
 static void build_shift_table(struct shift_table *st, uint32_t nbytes)
@@ -270,18 +275,6 @@ static uint32_t crc32c_hw_raw(uint32_t crc, const unsigned char *p, size_t len)
 #define FOLD_PREFETCH 2048
 static uint64_t fold_k[7][2]; /* lane constants to fold 256, 192, 128, 64, 48, 32, 16 bytes on */
 static const uint32_t fold_dist[7] = {256, 192, 128, 64, 48, 32, 16};
-
-static uint32_t x_pow_bits(uint64_t e)
-{
-    uint32_t result = 0x80000000u, base = 0x40000000u;
-    while (e) {
-        if (e & 1u)
-            result = gf2_mulmod(result, base);
-        base = gf2_mulmod(base, base);
-        e >>= 1;
-    }
-    return result;
-}
 
 static void build_fold_constants(void)
 {
