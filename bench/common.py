@@ -45,6 +45,9 @@ LARGE = 64 * KIB  # bytes, W3
 BATCH = 600  # records per batch in every batch mode (~64 KiB of 100-byte records)
 LARGE_BATCH = 8  # 64 KiB records per batch (512 KiB) in W3's batch mode
 BUFFER_BYTES = 64 * MIB  # the in-flight budget every bounded queue gets (shmlog: 4 x 16 MiB)
+# W4, shmlog's latency-tuned consumer: spin this long before a futex sleep
+# (10x the paced gap, so a producer's hiccup does not put it to sleep)
+LATENCY_SPIN_US = 1000.0
 
 LAT_STAMP = struct.Struct("<q")
 

@@ -20,6 +20,7 @@ from typing import Dict, Iterator, List, Optional, Set
 from ..common import (
     BATCH,
     KIB,
+    LATENCY_SPIN_US,
     MIB,
     Ctl,
     Endpoint,
@@ -198,7 +199,7 @@ class ShmlogCore(System):
             raise Skip(f"shmlog.log does not import: {exc}") from None
 
     def latency_variants(self):
-        return [("msg", 200.0), ("msg", 0.0)]
+        return [("msg", LATENCY_SPIN_US), ("msg", 0.0)]
 
     def durable(self, spec: Spec, p: Params) -> Row:
         raise Skip("the core level has no disk: W5 is measured at the API level (disk topics)")
