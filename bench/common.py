@@ -178,14 +178,21 @@ class Ctl:
         return max((self.deadline_ns - now_ns()) / 1e9, 0.0)
 
 
-def _child(conn, fn, args, ctl: Ctl) -> None:
-    # a parent killed by a signal must not leave us running: die with it
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """Have the kernel send `sig` to this process when its parent dies
+    (PR_SET_PDEATHSIG), so a suite killed by a signal, or crashed, leaves
+    nothing running. Also usable as a Popen preexec_fn."""
     try:
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        ctypes.CDLL(None, use_errno=True).prctl(1, sig)
     except Exception:
         pass
+
+
+def _child(conn, fn, args, ctl: Ctl) -> None:
+    # a parent killed by a signal must not leave us running: die with it
+    die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # what a forked worker should do (Python's gc docs, "prefork"): the
     # objects inherited from the suite's parent go to the permanent

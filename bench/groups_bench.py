@@ -42,6 +42,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import shmlog
 
+from .common import die_with_parent
+
 CTX = mp.get_context("fork")
 now_ns = time.monotonic_ns
 SIZE = 100
@@ -57,18 +59,9 @@ def _flush_exit(q) -> None:
         os._exit(0)
 
 
-def _die_with_parent() -> None:
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
-
-
 # ------------------------------------------------------------------ 1. rebalance
 def _rb_producer(data_dir: str, topic: str, stop) -> None:
-    _die_with_parent()
+    die_with_parent()
     try:
         c = shmlog.connect(data_dir)
         p = c.producer()
@@ -90,7 +83,7 @@ def _rb_member(data_dir: str, topic: str, group: str, events, stop) -> None:
     the first message of each newly assigned partition, on this member's own
     pipe (a queue shared by all would have a writer lock that the SIGKILLed
     member can take to its grave)."""
-    _die_with_parent()
+    die_with_parent()
     try:
         c = shmlog.connect(data_dir)
         fresh = set()
@@ -342,7 +335,7 @@ class RedisSides(_Sides):
 
 
 def _tp_producer(sides: _Sides, k: int, n: int, barrier, out, deadline_ns: int) -> None:
-    _die_with_parent()
+    die_with_parent()
     try:
         send, close = sides.producer(k)
         values = [b"\x5a" * SIZE] * BATCH
@@ -362,7 +355,7 @@ def _tp_producer(sides: _Sides, k: int, n: int, barrier, out, deadline_ns: int) 
 
 
 def _tp_consumer(sides: _Sides, m: int, n_total: int, counters, lasts, barrier, out, deadline_ns: int) -> None:
-    _die_with_parent()
+    die_with_parent()
     try:
         ready, recv, close = sides.consumer(m)
         ready()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -34,6 +35,7 @@ from ..common import (
     Row,
     Skip,
     collect,
+    die_with_parent,
     now_ns,
     payloads,
     proc_mem,
@@ -170,8 +172,11 @@ class _Broker:
                "serve", "--data-dir", self.data_dir]
         has_cli = subprocess.run(cmd[:3] + ["--help"], capture_output=True, timeout=30)
         if has_cli.returncode == 0 and b"serve" in has_cli.stdout:
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            # SIGTERM (a clean shutdown: segments unlinked) if the suite
+            # dies without stopping it, e.g. killed or crashed
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL,
+                                         preexec_fn=functools.partial(die_with_parent, signal.SIGTERM))
         else:
             open(self.stop_path, "w").close()
             self.helper = CTX.Process(target=_supervise_embedded,
