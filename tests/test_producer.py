@@ -600,6 +600,39 @@ def test_threads_sending_on_one_producer_lose_and_reorder_nothing(data_dir, part
             last[tid] = i
 
 
+def test_a_lone_send_commits_at_once_without_a_waiting_reader_and_a_stream_batches(data_dir):
+    """linger_ms=0: a lone send() commits before it returns even when no
+    reader waits at that instant (one may be busy with the previous message;
+    the flusher thread would take tens of us), on the lone-commit budget;
+    sends back to back right after a commit are a stream, and batch."""
+    from shmlog import producer as producer_module
+
+    with running_cluster(data_dir) as cluster:
+        cluster.create_topic("t", partitions=1, storage="memory")
+        with cluster.producer() as p:
+            p.send("t", b"first")
+            p.flush()
+            region = p._topics["t"].topic.regions[0]
+            assert region.hdr.data_hungry == 0
+            for i in range(10):
+                time.sleep(20 * producer_module.LONE_AFTER)
+                p.send("t", b"lone %d" % i)
+                assert region.end_offset() == 2 + i, f"lone send #{i} was left to the flusher"
+            n = 3000
+            for i in range(n):
+                p.send("t", b"stream %d" % i)
+            p.flush()
+            nframes = len(frames(region))
+            assert nframes < 11 + producer_module.HUNGRY_BURST + n // 4, nframes
+        with cluster.consumer("t", auto_offset_reset="earliest") as c:
+            got = []
+            while len(got) < 11 + n:
+                batch = c.consume_batch(10_000, timeout=5)
+                assert batch is not None
+                got += batch.values
+        assert got == [b"first"] + [b"lone %d" % i for i in range(10)] + [b"stream %d" % i for i in range(n)]
+
+
 def test_a_waiting_reader_gets_a_burst_at_once_and_a_stream_in_batches(data_dir):
     """With a reader waiting (data_hungry), a lone send() commits at once, and
     so does a burst of them (a paced producer catching up after a stall:
