@@ -16,7 +16,7 @@ import time
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 
 from . import errors
-from ._core import lib
+from ._core import ffi, lib
 from .codec import _bytes_error, encode_headers
 from .log import _POINTER_BATCH, _POINTER_VALUE, pickle_values
 from .partitioner import KeyPartitioner
@@ -49,6 +49,9 @@ HUNGRY_RATE = 20_000.0
 # keeps batching (W1 lost 14% when every new batch went out alone).
 LONE_AFTER = 1e-6
 _clock = time.perf_counter
+# header words read through a memoryview (no crossing, no cffi attribute)
+_HDR_FLAGS = ffi.offsetof("shmlog_part_hdr_t", "flags") // 4
+_F_CLOSED = lib.SHMLOG_F_CLOSED
 _append_one = lib.shmlog_log_append_one
 _BYTES_LIKE = (bytes, bytearray, memoryview)
 
@@ -204,6 +207,20 @@ class Producer:
                     # commits a prefix of this very list (_commit_plain), so a
                     # value appended meanwhile is never lost or reordered.
                     vals = st.plain[p]
+                    if not vals and not self.linger_ms:
+                        # nothing queued: a lone message goes at once when a
+                        # reader waits, or (linger_ms=0 means now, as in
+                        # Kafka) within the lone-commit budget when none
+                        # waits at this instant, one may be busy with the
+                        # previous message; not right after a commit, which
+                        # is a stream that batches. At most one commit per
+                        # HUNGRY_GAP past the budget.
+                        now = _clock()
+                        if now >= st.next_hungry[p] and (
+                                st.waiters[p][68] or st.bell[69]
+                                or (st.hungry_tokens[p] >= 1.0 and now - st.tokens_at[p] >= LONE_AFTER)):
+                            if self._send_one(st, p, value):
+                                return
                     vals.append(value)
                     # racy across threads, and only sizes the batch
                     nb = st.plain_bytes[p] = st.plain_bytes[p] + size + _RECORD_OVERHEAD
@@ -212,24 +229,14 @@ class Producer:
                         if len(st.plain) > 1:
                             st.sticky = (p + 1) % len(st.plain)
                         return
-                    if not self.linger_ms:
-                        # a reader waits: send now, but at most one batch per
-                        # HUNGRY_GAP so a fast reader cannot turn a burst into
-                        # one commit per message
-                        if st.waiters[p][68] or st.bell[69]:
-                            if _clock() >= st.next_hungry[p]:
-                                self._commit_plain(st, p)
-                                return
-                        elif len(vals) == 1 and st.hungry_tokens[p] >= 1.0:
-                            # a lone message, with no reader waiting at this
-                            # instant (one may be busy with the previous
-                            # message): linger_ms=0 means now, as in Kafka,
-                            # within the lone-commit budget. Not right after
-                            # a commit: that is a stream, which batches
-                            now = _clock()
-                            if now >= st.next_hungry[p] and now - st.tokens_at[p] >= LONE_AFTER:
-                                self._commit_plain(st, p)
-                                return
+                    # values queued behind a commit and a reader waits:
+                    # send them now, but at most one batch per HUNGRY_GAP so
+                    # a fast reader cannot turn a burst into one commit per
+                    # message
+                    if (not self.linger_ms and (st.waiters[p][68] or st.bell[69])
+                            and _clock() >= st.next_hungry[p]):
+                        self._commit_plain(st, p)
+                        return
                     if len(vals) == 1:
                         # a new pending batch: the flusher honours linger_ms.
                         # Not woken for a batch already committed above: a
@@ -543,12 +550,30 @@ class Producer:
                     cb(err, None)
         raise err from exc
 
+    def _send_one(self, st: _TopicState, partition: int, value: bytes) -> bool:
+        """send()'s lone message, committed at once in one crossing; False
+        (nothing done) when other threads queued values meanwhile: not
+        needed for any thread's own order (each queues behind its own), it
+        keeps arrival order across threads where that costs nothing.
+        A paced producer runs this cold after every pause, where each call
+        and list operation costs several times what it does in a loop: no
+        queueing, no _commit_plain."""
+        self._acquire()
+        try:
+            if st.plain[partition]:
+                return False
+            self._commit_one(st, partition, value)
+            return True
+        finally:
+            self._release()
+
     def _commit_one(self, st: _TopicState, partition: int, value: bytes) -> None:
         """A hungry reader's path: one plain message, committed at once in
         one crossing (what _append does for it, minus the generality)."""
         plog = st.topic.regions[partition]
         slot = st.slots[partition]
-        if slot < 0 or plog._closed or plog.hdr.flags & 4:  # first use, or deleted: the long way
+        # first use, or the topic deleted (SHMLOG_F_CLOSED): the long way
+        if slot < 0 or plog._closed or st.waiters[partition][_HDR_FLAGS] & _F_CLOSED:
             self._append(st, partition, [value], None, None, None, None)
             return
         self._seq += 1
