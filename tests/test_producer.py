@@ -600,11 +600,14 @@ def test_threads_sending_on_one_producer_lose_and_reorder_nothing(data_dir, part
             last[tid] = i
 
 
-def test_a_lone_send_commits_at_once_without_a_waiting_reader_and_a_stream_batches(data_dir):
-    """linger_ms=0: a lone send() commits before it returns even when no
-    reader waits at that instant (one may be busy with the previous message;
-    the flusher thread would take tens of us), on the lone-commit budget;
-    sends back to back right after a commit are a stream, and batch."""
+@pytest.mark.parametrize("reader_waits", [True, False], ids=["reader-waits", "none-waits"])
+def test_lone_sends_commit_at_once_and_a_stream_batches(data_dir, reader_waits):
+    """linger_ms=0: a lone send() commits before it returns. With a reader
+    waiting (data_hungry) so does a burst of them, back to back (a paced
+    producer catching up after a stall: HUNGRY_BURST commits skip
+    HUNGRY_GAP). With none waiting at that instant (one may be busy with the
+    previous message; the flusher thread would take tens of us) paced ones
+    do, on the same budget. A stream after them batches."""
     from shmlog import producer as producer_module
 
     with running_cluster(data_dir) as cluster:
@@ -613,15 +616,23 @@ def test_a_lone_send_commits_at_once_without_a_waiting_reader_and_a_stream_batch
             p.send("t", b"first")
             p.flush()
             region = p._topics["t"].topic.regions[0]
-            assert region.hdr.data_hungry == 0
-            for i in range(10):
-                time.sleep(20 * producer_module.LONE_AFTER)
-                p.send("t", b"lone %d" % i)
-                assert region.end_offset() == 2 + i, f"lone send #{i} was left to the flusher"
-            n = 3000
-            for i in range(n):
-                p.send("t", b"stream %d" % i)
-            p.flush()
+            region.hdr.data_hungry = 1 if reader_waits else 0  # what a reader in poll() sets
+            try:
+                for i in range(10):
+                    if not reader_waits:  # paced: back to back they are a stream
+                        time.sleep(20 * producer_module.LONE_AFTER)
+                    p.send("t", b"lone %d" % i)
+                    assert region.end_offset() == 2 + i, f"lone send #{i} was held back"
+                n = 3000
+                for i in range(n):
+                    p.send("t", b"stream %d" % i)
+                p.flush()
+            finally:
+                region.hdr.data_hungry = 0
+            assert producer_module.HUNGRY_BURST < 100
+            # one frame per lone message and at most the rest of the tokens;
+            # the stream itself goes out in batches (a few hundred frames at
+            # most even on a slow host, not one per message)
             nframes = len(frames(region))
             assert nframes < 11 + producer_module.HUNGRY_BURST + n // 4, nframes
         with cluster.consumer("t", auto_offset_reset="earliest") as c:
@@ -631,41 +642,3 @@ def test_a_lone_send_commits_at_once_without_a_waiting_reader_and_a_stream_batch
                 assert batch is not None
                 got += batch.values
         assert got == [b"first"] + [b"lone %d" % i for i in range(10)] + [b"stream %d" % i for i in range(n)]
-
-
-def test_a_waiting_reader_gets_a_burst_at_once_and_a_stream_in_batches(data_dir):
-    """With a reader waiting (data_hungry), a lone send() commits at once, and
-    so does a burst of them (a paced producer catching up after a stall:
-    HUNGRY_BURST commits skip HUNGRY_GAP); a stream beyond that batches."""
-    from shmlog import producer as producer_module
-
-    with running_cluster(data_dir) as cluster:
-        cluster.create_topic("t", partitions=1, storage="memory")
-        with cluster.producer() as p:
-            p.send("t", b"first")
-            p.flush()
-            region = p._topics["t"].topic.regions[0]
-            region.hdr.data_hungry = 1  # what a reader in wait() or poll() sets
-            try:
-                for i in range(10):  # back to back, well inside HUNGRY_GAP
-                    p.send("t", b"burst %d" % i)
-                    assert region.end_offset() == 2 + i, f"send #{i} of the burst was held back"
-                n = 3000
-                for i in range(n):
-                    p.send("t", b"stream %d" % i)
-                p.flush()
-            finally:
-                region.hdr.data_hungry = 0
-            assert producer_module.HUNGRY_BURST < 100
-            # one frame per message for the burst and at most the rest of the
-            # tokens; the stream itself goes out in batches (a few hundred
-            # frames at most even on a slow host, not one per message)
-            nframes = len(frames(region))
-            assert nframes < 11 + producer_module.HUNGRY_BURST + n // 4, nframes
-        with cluster.consumer("t", auto_offset_reset="earliest") as c:
-            got = []
-            while len(got) < 11 + n:
-                batch = c.consume_batch(10_000, timeout=5)
-                assert batch is not None
-                got += batch.values
-        assert got == [b"first"] + [b"burst %d" % i for i in range(10)] + [b"stream %d" % i for i in range(n)]
