@@ -59,8 +59,10 @@ typedef struct {
     uint32_t frame_uncompressed_bytes;
     uint64_t bad_offset;         /* with -EBADMSG: offset (or cursor offset) of the bad frame */
     uint32_t records;            /* records decoded into the out arrays */
-    uint32_t _pad2;
+    uint32_t one_len;            /* SHMLOG_READ_ONE: the value's length (its bytes are in dst) */
     shmlog_cursor_t start;       /* the cursor before the read: restored if it must be redone */
+    uint64_t one_offset;         /* SHMLOG_READ_ONE: the record's offset and timestamp */
+    int64_t one_timestamp;
 } shmlog_read_info_t;
 
 /* frontier states (shmlog_log_frontier) */
@@ -134,7 +136,8 @@ int64_t shmlog_log_poll_pickled(shmlog_log_t *log, shmlog_cursor_t *cursor,
                                 shmlog_records_out_t *out, uint32_t max_records,
                                 uint64_t max_bytes, uint32_t small_below,
                                 shmlog_read_info_t *info, uint8_t *dst, size_t cap,
-                                int reader_slot, uint64_t spin_ns, uint64_t timeout_ns);
+                                int reader_slot, uint64_t spin_ns, uint64_t timeout_ns,
+                                uint32_t read_flags);
 /* Raw committed frames (for the spiller): positions and lengths. */
 int shmlog_log_read_frames(shmlog_log_t *log, shmlog_cursor_t *cursor, uint64_t *frame_pos,
                            uint32_t *frame_bytes, uint64_t *frame_end_offsets,
@@ -151,6 +154,13 @@ int shmlog_log_validate_read(shmlog_log_t *log, shmlog_cursor_t *cursor,
 #define SHMLOG_READ_COLUMNS (-1001)  /* info->records records in the out arrays
                                       * (headers, large values, or dst too small):
                                       * copy them out, then shmlog_log_validate_read */
+#define SHMLOG_READ_ONE     (-1002)  /* with SHMLOG_READ_ONE_OK: the read found one
+                                      * record, unkeyed, without headers, not null:
+                                      * its value is in dst (info->one_len bytes),
+                                      * its offset and timestamp in info; validated */
+#define SHMLOG_READ_ONE_OK  1u       /* read_flags: a lone record may come back as
+                                      * SHMLOG_READ_ONE (a caught-up poll() builds
+                                      * its message from that, no pickle) */
 /* Read up to max_records (<= out's arrays) and, when the records are small
  * and carry no headers, write the whole result as one pickle stream into
  * dst: a tuple (values, keys|None, offsets|None, base_offset,
@@ -162,7 +172,8 @@ int shmlog_log_validate_read(shmlog_log_t *log, shmlog_cursor_t *cursor,
 int64_t shmlog_log_read_pickled(shmlog_log_t *log, shmlog_cursor_t *cursor,
                                 shmlog_records_out_t *out, uint32_t max_records,
                                 uint64_t max_bytes, uint32_t small_below,
-                                shmlog_read_info_t *info, uint8_t *dst, size_t cap);
+                                shmlog_read_info_t *info, uint8_t *dst, size_t cap,
+                                uint32_t read_flags);
 /* 1 when data is ready at the cursor, 0 on timeout; spins spin_ns first */
 int shmlog_log_wait(shmlog_log_t *log, const shmlog_cursor_t *cursor, uint64_t spin_ns,
                     uint64_t timeout_ns);

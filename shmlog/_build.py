@@ -188,7 +188,10 @@ typedef struct {
     uint32_t frame_uncompressed_bytes;
     uint64_t bad_offset;
     uint32_t records;
+    uint32_t one_len;
     shmlog_cursor_t start;
+    uint64_t one_offset;
+    int64_t one_timestamp;
     ...;
 } shmlog_read_info_t;
 
@@ -252,15 +255,19 @@ int shmlog_log_validate_read(shmlog_log_t *log, shmlog_cursor_t *cursor,
                              const shmlog_read_info_t *info);
 #define SHMLOG_READ_FRAME ...
 #define SHMLOG_READ_COLUMNS ...
+#define SHMLOG_READ_ONE ...
+#define SHMLOG_READ_ONE_OK ...
 int64_t shmlog_log_read_pickled(shmlog_log_t *log, shmlog_cursor_t *cursor,
                                 shmlog_records_out_t *out, uint32_t max_records,
                                 uint64_t max_bytes, uint32_t small_below,
-                                shmlog_read_info_t *info, uint8_t *dst, size_t cap);
+                                shmlog_read_info_t *info, uint8_t *dst, size_t cap,
+                                uint32_t read_flags);
 int64_t shmlog_log_poll_pickled(shmlog_log_t *log, shmlog_cursor_t *cursor,
                                 shmlog_records_out_t *out, uint32_t max_records,
                                 uint64_t max_bytes, uint32_t small_below,
                                 shmlog_read_info_t *info, uint8_t *dst, size_t cap,
-                                int reader_slot, uint64_t spin_ns, uint64_t timeout_ns);
+                                int reader_slot, uint64_t spin_ns, uint64_t timeout_ns,
+                                uint32_t read_flags);
 int shmlog_log_read_frames(shmlog_log_t *log, shmlog_cursor_t *cursor, uint64_t *frame_pos,
                            uint32_t *frame_bytes, uint64_t *frame_end_offsets,
                            uint32_t max_frames, uint64_t max_bytes, shmlog_read_info_t *info);

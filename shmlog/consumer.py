@@ -402,9 +402,11 @@ class Consumer:
         return out
 
     # ------------------------------------------------------------ reading
-    def _read(self, a: _Assigned, max_records: int, wait_ns: int = 0) -> Optional[ReadResult]:
+    def _read(self, a: _Assigned, max_records: int, wait_ns: int = 0, one: bool = False):
         """Up to max_records from a's position; wait_ns > 0 (shared memory,
-        nothing committed yet) waits for data first, spinning spin_us."""
+        nothing committed yet) waits for data first, spinning spin_us.
+        one=True: a lone plain record may come back as a tuple (offset,
+        timestamp, value), see RecordReader.read."""
         if a.disk is not None:
             res = a.disk.read(max_records)
             if res is None or not len(res):
@@ -424,15 +426,17 @@ class Consumer:
             try:
                 # C publishes the position after the read, except where the
                 # durable isolation below may move the cursor back
-                res = a.reader.read(a.cursor, max_records,
-                                    slot=a.slot if self.isolation != "durable" else -1,
-                                    spin_ns=self.spin_ns, wait_ns=wait_ns)
+                durable = self.isolation == "durable"
+                res = a.reader.read(a.cursor, max_records, slot=-1 if durable else a.slot,
+                                    spin_ns=self.spin_ns, wait_ns=wait_ns, one=one and not durable)
             except errors.OffsetOutOfRange:
                 # fell behind the shared-memory window (the chunk was reused)
                 self._seek(a, a.cursor.next_offset)
                 return None
             if res is None:
                 return None
+            if res.__class__ is tuple:  # one record; C published the position
+                return res
         if self.isolation == "durable" and a.storage == "disk":
             durable = a.plog.hdr.durable_offset
             offs = res.offsets
@@ -455,8 +459,8 @@ class Consumer:
             a.plog.set_reader_position(a.slot, a.cursor.next_offset)
         return res
 
-    def _fetch(self, max_records: int, timeout: Optional[float], one_partition: bool = False
-               ) -> List[Tuple[_Assigned, ReadResult]]:
+    def _fetch(self, max_records: int, timeout: Optional[float], one_partition: bool = False,
+               one: bool = False) -> List[Tuple[_Assigned, Any]]:
         if self._closed:
             raise errors.Closed("this Consumer is closed")
         # callers settle poll()'s positions first (see _settle)
@@ -475,7 +479,7 @@ class Consumer:
                 # and publish the position, in one crossing
                 a = order[0]
                 res = self._read(a, left if left < READ_SLICE else READ_SLICE,
-                                 int(min(wait, 1.0) * 1e9))
+                                 int(min(wait, 1.0) * 1e9), one)
                 if res is not None and len(res):
                     return [(a, res)]
                 now = time.monotonic()
@@ -487,7 +491,7 @@ class Consumer:
                 a = order[(self._rr + i) % n]
                 # decode in slices: 100k fresh objects at once thrash the caches
                 # and the GC; ~2k per read keeps the per-record cost flat
-                res = self._read(a, left if left < READ_SLICE else READ_SLICE)
+                res = self._read(a, left if left < READ_SLICE else READ_SLICE, 0, one)
                 if res is not None and len(res):
                     out.append((a, res))
                     left -= len(res)
@@ -631,7 +635,13 @@ class Consumer:
         if buf:
             return buf.popleft()
         self._settle()
-        for a, res in self._fetch(10_000, timeout):
+        for a, res in self._fetch(10_000, timeout, one=True):
+            if res.__class__ is tuple:  # a lone record: (offset, timestamp, value)
+                off = res[0]
+                buf.append(_new_message(Message, (a.topic, a.partition, off, None, res[2], (), res[1])))
+                a.polled_end = off + 1
+                self._polled.append(a)
+                continue
             offsets = res.offsets
             if len(offsets) == 1:  # a caught-up reader: skip the column machinery
                 buf.append(_new_message(Message, (a.topic, a.partition, offsets[0], res.keys[0],

@@ -468,8 +468,11 @@ class RecordReader:
         self._info = ffi.new("shmlog_read_info_t *")
 
     def read(self, cursor, max_records: int, max_bytes: int = 1 << 62, *, slot: int = -1,
-             spin_ns: int = 0, wait_ns: int = 0) -> Optional[ReadResult]:
+             spin_ns: int = 0, wait_ns: int = 0, one: bool = False):
         """Up to max_records decoded records, or None if nothing is committed.
+        one=True: a read that found a single unkeyed record without headers
+        returns it as a tuple (offset, timestamp, value) instead of a
+        ReadResult (a caught-up poll(): no pickle, no result object).
 
         Raises OffsetOutOfRange if the cursor's chunk was reused (the reader
         fell behind) and CorruptBatch for bad data, naming the offset."""
@@ -481,7 +484,9 @@ class RecordReader:
         k = lib.shmlog_log_poll_pickled(plog._handle(), cursor, self._out,
                                         max_records if max_records < self.capacity else self.capacity,
                                         max_bytes, _PICKLE_BELOW, info, _tls.cbuf, len(buf),
-                                        slot, spin_ns, wait_ns)
+                                        slot, spin_ns, wait_ns, _READ_ONE_OK if one else 0)
+        if k == _READ_ONE:
+            return info.one_offset, info.one_timestamp, _tls.view[: info.one_len].tobytes()
         if k > 0:
             # one crossing, one loads: the stream was validated in C
             values, keys, offsets, base, timestamps, ts, first_seq, nbytes = pickle.loads(
@@ -679,6 +684,8 @@ def pickle_values(values) -> Optional[bytes]:
 
 _READ_FRAME = lib.SHMLOG_READ_FRAME
 _READ_COLUMNS = lib.SHMLOG_READ_COLUMNS
+_READ_ONE = lib.SHMLOG_READ_ONE
+_READ_ONE_OK = lib.SHMLOG_READ_ONE_OK
 
 
 def _grow_tls(need: int) -> bytearray:

@@ -818,6 +818,42 @@ def test_read_of_more_small_values_than_the_pickle_buffer_holds(shm_prefix, monk
         assert columns_reads == [20000]  # only the first read did not fit
 
 
+def test_read_one_gives_a_lone_plain_record_as_a_tuple_and_anything_else_as_a_result(shm_prefix):
+    """read(one=True): exactly one unkeyed record without headers, not null,
+    comes back as (offset, timestamp, value), a bytes copy, with the reader
+    slot's position published; two records, a key, headers, a null value or
+    a compressed frame come back as a ReadResult, the same as one=False."""
+    with new_log(shm_prefix) as plog:
+        slot = plog.register_producer()
+        rslot = plog.register_reader(0, gating=False)
+        reader = plog.reader()
+        c = plog.new_cursor()
+        assert plog.seek(c, 0) == 0
+        assert reader.read(c, 100, slot=rslot, one=True) is None
+        plog.append_one(slot, b"lone value", 1_700_000_000_123)
+        got = reader.read(c, 100, slot=rslot, one=True)
+        assert got == (0, 1_700_000_000_123, b"lone value") and type(got[2]) is bytes
+        assert plog.hdr.readers[rslot].position == 1
+        others = [
+            dict(values=[b"a", b"b"]),
+            dict(values=[b"k"], keys=[b"key"]),
+            dict(values=[b"h"], headers=[[("h", b"1")]]),
+            dict(values=[None]),
+            dict(values=[b"z" * 300], compression="lz4"),
+        ]
+        end = 1
+        for kw in others:
+            values = kw.pop("values")
+            assert plog.append(slot, values, timestamp=7, **kw) == end
+            res = reader.read(c, 100, slot=rslot, one=True)
+            assert not isinstance(res, tuple), kw
+            assert list(res.offsets) == list(range(end, end + len(values)))
+            assert res.values == values
+            end += len(values)
+            if res.positioned:  # else (a compressed frame) the caller publishes it
+                assert plog.hdr.readers[rslot].position == end
+
+
 # ------------------------------------------------------------ backpressure, retention
 
 def test_gating_reader_blocks_append_until_it_moves(shm_prefix):
