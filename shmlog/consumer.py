@@ -635,8 +635,15 @@ class Consumer:
         if buf:
             return buf.popleft()
         self._settle()
-        for a, res in self._fetch(10_000, timeout, one=True):
-            if res.__class__ is tuple:  # a lone record: (offset, timestamp, value)
+        got = self._fetch(10_000, timeout, one=True)
+        if len(got) == 1 and got[0][1].__class__ is tuple:
+            # a lone record, (offset, timestamp, value), handed out at once:
+            # nothing buffered, so nothing for _settle to do later
+            a, (off, ts, value) = got[0]
+            a.returned = off + 1
+            return _new_message(Message, (a.topic, a.partition, off, None, value, (), ts))
+        for a, res in got:
+            if res.__class__ is tuple:  # a lone record of one partition among several
                 off = res[0]
                 buf.append(_new_message(Message, (a.topic, a.partition, off, None, res[2], (), res[1])))
                 a.polled_end = off + 1
