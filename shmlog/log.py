@@ -320,10 +320,12 @@ class PartitionLog:
     def append_one(self, slot: int, value: bytes, timestamp: int, *, timeout: float = 60.0,
                    producer_id: int = 0, producer_seq: int = 0) -> int:
         """Append a batch of one unkeyed bytes record in one crossing (the
-        latency path); returns its offset."""
-        rc = lib.shmlog_log_append_one(self._handle(), slot, value, len(value), timestamp,
-                                       producer_id, producer_seq & 0xFFFFFFFF,
-                                       int(max(timeout, 0) * 1e9))
+        latency path, often run cold after a pause: no calls but the one into
+        C); returns its offset."""
+        if self._closed:
+            self._handle()  # raises Closed
+        rc = _append_one(self._log, slot, value, len(value), timestamp, producer_id,
+                         producer_seq & 0xFFFFFFFF, int(timeout * 1e9) if timeout > 0 else 0)
         if rc < 0:
             errors.check(rc, self.what)
         return rc
@@ -682,6 +684,7 @@ def pickle_values(values) -> Optional[bytes]:
     return stream
 
 
+_append_one = lib.shmlog_log_append_one
 _READ_FRAME = lib.SHMLOG_READ_FRAME
 _READ_COLUMNS = lib.SHMLOG_READ_COLUMNS
 _READ_ONE = lib.SHMLOG_READ_ONE

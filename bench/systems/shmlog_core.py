@@ -154,9 +154,14 @@ class _Consumer(Endpoint):
         # one crossing: read, or wait (spinning spin_us first) and read, and
         # publish the gating position (RecordReader.read with wait_ns, slot)
         res = self.reader.read(self.cursor, max_n, slot=self.rslot, spin_ns=self.spin_ns,
-                               wait_ns=int(timeout * 1e9))
+                               wait_ns=int(timeout * 1e9), one=True)
         if res is None:
             return None
+        if res.__class__ is tuple:  # one record: (offset, timestamp, value), position published
+            if res[0] != self.expect:
+                raise RuntimeError(f"offsets not dense: expected {self.expect}, got {res[0]}")
+            self.expect = res[0] + 1
+            return [res[2]]
         if res.offsets[0] != self.expect:
             raise RuntimeError(f"offsets not dense: expected {self.expect}, got {res.offsets[0]}")
         self.expect = res.offsets[-1] + 1
