@@ -13,15 +13,17 @@ suite ends or fails, and its temp dir is removed.
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 import time
 from typing import Dict, List, Optional
 
-from .common import Skip
+from .common import Skip, die_with_parent
 
 _RUNNING: List[Server] = []
 
@@ -37,8 +39,10 @@ class Server:
     def start(self) -> None:
         log = open(self.log_path, "wb")
         try:
+            # SIGTERM if the suite dies without stopping it (killed, crashed)
             self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, cwd=self.dir)
+                                         stdin=subprocess.DEVNULL, cwd=self.dir,
+                                         preexec_fn=functools.partial(die_with_parent, signal.SIGTERM))
         finally:
             log.close()
         _RUNNING.append(self)
