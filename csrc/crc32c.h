@@ -7,7 +7,8 @@
  *
  * The library picks at run time the fastest path the CPU has: carry-less
  * multiply folding (AVX-512 VPCLMULQDQ), the SSE4.2 `crc32` instruction, or
- * a portable slicing-by-8 table; all give identical results. All functions are thread-safe, allocate nothing and touch no errno.
+ * a portable slicing-by-8 table; all give identical results. All functions
+ * are thread-safe, allocate nothing and touch no errno.
  */
 #ifndef SHMLOG_CRC32C_H
 #define SHMLOG_CRC32C_H

@@ -51,6 +51,8 @@ LONE_AFTER = 1e-6
 _clock = time.perf_counter
 # header words read through a memoryview (no crossing, no cffi attribute)
 _HDR_FLAGS = ffi.offsetof("shmlog_part_hdr_t", "flags") // 4
+_HDR_HUNGRY = ffi.offsetof("shmlog_part_hdr_t", "data_hungry") // 4  # a reader waits here
+_HDR_BELL_HUNGRY = ffi.offsetof("shmlog_part_hdr_t", "bell_hungry") // 4  # ... or on the doorbell
 _F_CLOSED = lib.SHMLOG_F_CLOSED
 _append_one = lib.shmlog_log_append_one
 _BYTES_LIKE = (bytes, bytearray, memoryview)
@@ -217,7 +219,7 @@ class Producer:
                         # HUNGRY_GAP past the budget.
                         now = _clock()
                         if now >= st.next_hungry[p] and (
-                                st.waiters[p][68] or st.bell[69]
+                                st.waiters[p][_HDR_HUNGRY] or st.bell[_HDR_BELL_HUNGRY]
                                 or (st.hungry_tokens[p] >= 1.0 and now - st.tokens_at[p] >= LONE_AFTER)):
                             if self._send_one(st, p, value):
                                 return
@@ -233,7 +235,7 @@ class Producer:
                     # send them now, but at most one batch per HUNGRY_GAP so
                     # a fast reader cannot turn a burst into one commit per
                     # message
-                    if (not self.linger_ms and (st.waiters[p][68] or st.bell[69])
+                    if (not self.linger_ms and (st.waiters[p][_HDR_HUNGRY] or st.bell[_HDR_BELL_HUNGRY])
                             and _clock() >= st.next_hungry[p]):
                         self._commit_plain(st, p)
                         return
@@ -309,7 +311,7 @@ class Producer:
                 w = st.waiters
                 # someone waits on this partition or on the topic doorbell:
                 # latency matters more than batching right now
-                if (w[partition][68] or w[0][69]) and _clock() >= st.next_hungry[partition]:
+                if (w[partition][_HDR_HUNGRY] or w[0][_HDR_BELL_HUNGRY]) and _clock() >= st.next_hungry[partition]:
                     self._commit(st, partition)
                     return
             if n == 0:  # a new pending batch: the flusher honours linger_ms
