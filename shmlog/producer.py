@@ -218,9 +218,12 @@ class Producer:
                         # is a stream that batches. At most one commit per
                         # HUNGRY_GAP past the budget.
                         now = _clock()
+                        since = now - st.tokens_at[p]  # the last commit
                         if now >= st.next_hungry[p] and (
                                 st.waiters[p][_HDR_HUNGRY] or st.bell[_HDR_BELL_HUNGRY]
-                                or (st.hungry_tokens[p] >= 1.0 and now - st.tokens_at[p] >= LONE_AFTER)):
+                                # the budget as refilled by now (it is stored at commits)
+                                or (since >= LONE_AFTER
+                                    and st.hungry_tokens[p] + since * HUNGRY_RATE >= 1.0)):
                             if self._send_one(st, p, value):
                                 return
                     vals.append(value)

@@ -600,6 +600,30 @@ def test_threads_sending_on_one_producer_lose_and_reorder_nothing(data_dir, part
             last[tid] = i
 
 
+def test_the_lone_commit_budget_refills_between_commits(data_dir):
+    """The budget is stored at commits: once a burst spent it, a lone send a
+    few ms later (refilled by then, and past HUNGRY_GAP) still goes at once,
+    although no commit happened in between to store the refill."""
+    from shmlog import producer as producer_module
+
+    with running_cluster(data_dir) as cluster:
+        cluster.create_topic("t", partitions=1, storage="memory")
+        with cluster.producer() as p:
+            p.send("t", b"first")
+            p.flush()
+            st = p._topics["t"]
+            region = st.topic.regions[0]
+            # what a commit at the end of a long burst stores
+            now = time.perf_counter()
+            st.hungry_tokens[0] = 0.0
+            st.tokens_at[0] = now
+            st.next_hungry[0] = now + producer_module.HUNGRY_GAP
+            time.sleep(0.005)  # refills ~100 tokens, far past HUNGRY_GAP
+            with p._lock:  # the flusher thread cannot commit meanwhile; send() here can
+                p.send("t", b"after")
+                assert region.end_offset() == 2, "a lone send after the refill was held back"
+
+
 @pytest.mark.parametrize("reader_waits", [True, False], ids=["reader-waits", "none-waits"])
 def test_lone_sends_commit_at_once_and_a_stream_batches(data_dir, reader_waits):
     """linger_ms=0: a lone send() commits before it returns. With a reader
