@@ -7,6 +7,7 @@ from typing import Dict, List, Optional, Tuple
 
 from .common import BATCH, BUFFER_BYTES, LARGE_BATCH, MIB, Params, Row
 from .workloads import (
+    LATE_SENDS,
     NOISY,
     ORDER,
     UNCOMPARED_MODES,
@@ -149,7 +150,9 @@ def write_markdown(path: str, rows: List[Row], p: Params, command: str, date: st
       "used by processes that are not the suite's (from /proc/stat, hypervisor steal "
       f"included) and rows where that exceeded {NOISY:.0%} of the host say NOISY. The suite "
       "waits (bounded) for a quiet moment before each run and re-runs a disturbed run, "
-      "keeping the least disturbed result (within a time budget). "
+      "keeping the least disturbed result (within a time budget); a W4 run also counts as "
+      f"disturbed when its producer woke >1 ms after its slot on {LATE_SENDS:.1%} of its "
+      "sends or more (a stall the CPU counters do not show), for every system alike. "
       f"Load average when the suite started: {load}.")
     a("- **vs best peer**: this row's figure / the best peer's on the same workload "
       "(throughput), or the best peer's p50 / this row's p50 (W4): above 1 is better "
