@@ -573,8 +573,9 @@ class Producer:
             self._release()
 
     def _commit_one(self, st: _TopicState, partition: int, value: bytes) -> None:
-        """A hungry reader's path: one plain message, committed at once in
-        one crossing (what _append does for it, minus the generality)."""
+        """One plain message committed in one crossing (what _append does
+        for it, minus the generality): a lone send() (_send_one) or a lone
+        queued value (_commit_plain). Called with the lock held."""
         plog = st.topic.regions[partition]
         slot = st.slots[partition]
         # first use, or the topic deleted (SHMLOG_F_CLOSED): the long way
