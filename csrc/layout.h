@@ -16,7 +16,7 @@
 #include <stdint.h>
 
 #define SHMLOG_MAGIC            0x31474F4C4D485300ULL /* "\0SHMLOG1" little-endian */
-#define SHMLOG_VERSION          2u  /* 2: generation-tagged frame words */
+#define SHMLOG_VERSION          3u  /* 2: generation-tagged frame words; 3: counted chunk states */
 #define SHMLOG_MAX_CHUNKS       64u
 #define SHMLOG_MAX_PRODUCERS    64u
 #define SHMLOG_MAX_READERS      64u
@@ -31,9 +31,12 @@
 #define SHMLOG_F_GATE_SPILL     2u  /* disk topic: the spiller must have copied it */
 #define SHMLOG_F_CLOSED         4u  /* topic deleted: clients detach */
 
-/* chunk states (low 32 bits of shmlog_chunk_t.state; the high 32 bits hold
- * the pid of the process that holds a RECLAIMING or OPENING chunk, so a reaper can repair a
- * chunk whose owner died mid-rotation or mid-reclaim) */
+/* chunk states: the low 8 bits of shmlog_chunk_t.state. Bits 8-31 count the
+ * slot's transitions (so a CAS from a word loaded before a stall fails once
+ * the slot went round the ring, instead of acting on its next generation);
+ * the high 32 bits hold the pid of the process that holds a RECLAIMING or
+ * OPENING chunk, so a reaper can repair a chunk whose owner died
+ * mid-rotation or mid-reclaim */
 #define SHMLOG_CHUNK_FREE       0u
 #define SHMLOG_CHUNK_ACTIVE     1u
 #define SHMLOG_CHUNK_SEALED     2u
@@ -82,7 +85,7 @@ typedef struct {
     uint8_t _pad0[120];
     volatile uint64_t seq;            /* which chunk sequence number the slot holds */
     volatile uint64_t base_offset;    /* offset of the chunk's first record */
-    volatile uint64_t state;          /* (owner_pid << 32) | SHMLOG_CHUNK_* */
+    volatile uint64_t state;          /* owner_pid << 32 | transitions << 8 | SHMLOG_CHUNK_* */
     volatile uint64_t seal;           /* TAIL_PACK(final bytes, final records) or SHMLOG_NONE;
                                        * set by one CAS, so a reaper's seal and a slow
                                        * overflower's seal can never mix */

@@ -23,12 +23,32 @@
 #include "crc32c.h"
 #include "futex.h"
 
-#define STATE_OF(w)       ((uint32_t)((w) & 0xffffffffu))
+/* chunk state word (layout.h): owner pid << 32 | transitions << 8 | state.
+ * Every transition counts itself, so a word loaded before a stall never
+ * equals the word after the slot went round the ring and came back to the
+ * same state: the stalled CAS fails instead of acting on the next generation
+ * (ABA). 24 bits wrap after 3 million generations of the slot, far more than
+ * one stall lasts. */
+#define STATE_OF(w)       ((uint32_t)(w) & 0xffu)
 #define OWNER_OF(w)       ((uint32_t)((w) >> 32))
-#define STATE_WORD(s, p)  (((uint64_t)(p) << 32) | (uint64_t)(s))
+#define STATE_NEXT(w, s, p) \
+    (((uint64_t)(p) << 32) | (((uint64_t)(w) + 0x100u) & 0xffffff00u) | (uint64_t)(s))
 #define FRAME_LEN(w)      ((uint32_t)(w) & ~SHMLOG_FRAME_TYPE_MASK)
 #define FRAME_WORD(seq, t, l) \
     (((uint64_t)shmlog_frame_tag(seq) << 32) | (uint64_t)(l) | (uint64_t)(t))
+
+static shmlog_point_fn test_point;
+
+void shmlog_set_test_point(shmlog_point_fn fn)
+{
+    test_point = fn;
+}
+
+#define AT_POINT(p)                                   \
+    do {                                              \
+        if (__builtin_expect(test_point != NULL, 0)) \
+            test_point(p);                            \
+    } while (0)
 
 /* The type a frame word has in chunk `seq`: NONE for anything an earlier
  * generation of the slot left there (layout.h, frame word) */
@@ -157,7 +177,7 @@ int shmlog_log_format(void *base, size_t len, uint32_t chunk_bytes, uint32_t chu
     c->seq = 0;
     c->base_offset = initial_offset;
     c->tail = 0;
-    c->state = STATE_WORD(SHMLOG_CHUNK_ACTIVE, 0);
+    c->state = SHMLOG_CHUNK_ACTIVE;
     h->active_seq = 0;
     /* chunk memory is not touched here (that would commit every page of
      * every partition up front): a zero word is NONE in any generation */
@@ -305,8 +325,10 @@ void shmlog_log_reader_set_pin(shmlog_log_t *log, int slot, uint64_t pin)
 static void complete_seal_state(shmlog_chunk_t *d)
 {
     uint64_t st = shmlog_load_acquire_u64(&d->state);
-    if (STATE_OF(st) == SHMLOG_CHUNK_ACTIVE && shmlog_load_acquire_u64(&d->seal) != SHMLOG_NONE)
-        shmlog_cas_u64(&d->state, &st, STATE_WORD(SHMLOG_CHUNK_SEALED, 0));
+    if (STATE_OF(st) == SHMLOG_CHUNK_ACTIVE && shmlog_load_acquire_u64(&d->seal) != SHMLOG_NONE) {
+        AT_POINT(SHMLOG_POINT_SEAL);
+        shmlog_cas_u64(&d->state, &st, STATE_NEXT(st, SHMLOG_CHUNK_SEALED, 0));
+    }
 }
 
 static void seal_chunk(shmlog_log_t *log, uint64_t seq, uint32_t bytes, uint32_t records)
@@ -334,6 +356,7 @@ static int try_rotate(shmlog_log_t *log, uint64_t seq)
     if (seal == SHMLOG_NONE || shmlog_load_acquire_u64(&d->seq) != seq)
         return -EAGAIN;
     complete_seal_state(d);
+    AT_POINT(SHMLOG_POINT_ROTATE);
     shmlog_chunk_t *n = chunk_of(log, seq + 1);
     uint64_t st = shmlog_load_acquire_u64(&n->state);
     if (STATE_OF(st) == SHMLOG_CHUNK_ACTIVE && shmlog_load_acquire_u64(&n->seq) == seq + 1) {
@@ -344,13 +367,21 @@ static int try_rotate(shmlog_log_t *log, uint64_t seq)
     }
     if (STATE_OF(st) != SHMLOG_CHUNK_FREE)
         return -EAGAIN;
-    if (!shmlog_cas_u64(&n->state, &st, STATE_WORD(SHMLOG_CHUNK_OPENING, log->pid)))
+    uint64_t opening = STATE_NEXT(st, SHMLOG_CHUNK_OPENING, log->pid);
+    if (!shmlog_cas_u64(&n->state, &st, opening))
         return shmlog_load_acquire_u64(&h->active_seq) != seq ? 0 : -EAGAIN;
+    if (shmlog_load_acquire_u64(&h->active_seq) != seq) {
+        /* we stalled after checking seq was active, and the ring moved on:
+         * this FREE slot is someone else's next chunk, not seq + 1 */
+        shmlog_store_release_u64(&n->state, STATE_NEXT(opening, SHMLOG_CHUNK_FREE, 0));
+        wake_space(log);
+        return 0;
+    }
     n->base_offset = d->base_offset + SHMLOG_TAIL_RECORDS(seal);
     n->seal = SHMLOG_NONE;
     shmlog_store_release_u64(&n->tail, 0);
     shmlog_store_release_u64(&n->seq, seq + 1);
-    shmlog_store_release_u64(&n->state, STATE_WORD(SHMLOG_CHUNK_ACTIVE, 0));
+    shmlog_store_release_u64(&n->state, STATE_NEXT(opening, SHMLOG_CHUNK_ACTIVE, 0));
     uint64_t expected = seq;
     shmlog_cas_u64(&h->active_seq, &expected, seq + 1);
     __atomic_fetch_add(&h->rotations, 1, __ATOMIC_RELAXED);
@@ -436,7 +467,11 @@ static int reclaim_oldest(shmlog_log_t *log)
     uint64_t end = n->base_offset + SHMLOG_TAIL_RECORDS(seal);
     if (chunk_gated(log, end))
         return -EAGAIN;
-    if (!shmlog_cas_u64(&n->state, &st, STATE_WORD(SHMLOG_CHUNK_RECLAIMING, log->pid)))
+    AT_POINT(SHMLOG_POINT_RECLAIM);
+    /* fails if the slot changed at all since we loaded st (STATE_NEXT): then
+     * nseq, end and the gating check above are another generation's */
+    uint64_t reclaiming = STATE_NEXT(st, SHMLOG_CHUNK_RECLAIMING, log->pid);
+    if (!shmlog_cas_u64(&n->state, &st, reclaiming))
         return -EAGAIN;
     /* Dekker with claim(): it publishes claim_seq, fences, then re-checks the
      * chunk state; we publish RECLAIMING, fence, then look at the slots. One
@@ -445,7 +480,7 @@ static int reclaim_oldest(shmlog_log_t *log)
     /* and with a zero-copy reader: it publishes its pin, fences, then
      * validates the chunk state; we re-check pins after our CAS */
     if (claimers_inside(log, nseq) || pinned_below(log, end)) {
-        shmlog_store_release_u64(&n->state, STATE_WORD(SHMLOG_CHUNK_SEALED, 0));
+        shmlog_store_release_u64(&n->state, STATE_NEXT(reclaiming, SHMLOG_CHUNK_SEALED, 0));
         return -EAGAIN;
     }
     /* No zeroing: the next generation's frame words carry its own tag, so
@@ -456,7 +491,7 @@ static int reclaim_oldest(shmlog_log_t *log)
         ;
     shmlog_store_release_u64(&n->tail, 0);
     __atomic_fetch_add(&h->reclaimed_chunks, 1, __ATOMIC_RELAXED);
-    shmlog_store_release_u64(&n->state, STATE_WORD(SHMLOG_CHUNK_FREE, 0));
+    shmlog_store_release_u64(&n->state, STATE_NEXT(reclaiming, SHMLOG_CHUNK_FREE, 0));
     return 0;
 }
 
@@ -1549,10 +1584,16 @@ int shmlog_log_repair_chunks(shmlog_log_t *log, uint32_t dead_pid)
         uint32_t s = STATE_OF(st), owner = OWNER_OF(st);
         if ((s != SHMLOG_CHUNK_RECLAIMING && s != SHMLOG_CHUNK_OPENING) || owner != dead_pid)
             continue;
-        /* both are redone from scratch: a reclaim only moves state words,
-         * and an opening that never published is as if it never began */
-        shmlog_store_release_u64(&d->tail, 0);
-        if (shmlog_cas_u64(&d->state, &st, STATE_WORD(SHMLOG_CHUNK_FREE, 0)))
+        /* Both are redone from scratch. A reclaim goes back to SEALED, not on
+         * to FREE: it may have died before it checked claims and pins, and
+         * its data is intact (only state words moved; a chunk is not
+         * zeroed). An opening that never published is as if it never began. */
+        uint64_t to = STATE_NEXT(st, SHMLOG_CHUNK_SEALED, 0);
+        if (s == SHMLOG_CHUNK_OPENING) {
+            shmlog_store_release_u64(&d->tail, 0);
+            to = STATE_NEXT(st, SHMLOG_CHUNK_FREE, 0);
+        }
+        if (shmlog_cas_u64(&d->state, &st, to))
             repaired++;
     }
     if (repaired)

@@ -118,6 +118,15 @@ int shmlog_log_append_section(shmlog_log_t *log, int slot, const uint8_t *payloa
                               int64_t max_timestamp, uint64_t producer_id,
                               uint32_t producer_seq, uint32_t uncompressed_bytes,
                               uint64_t timeout_ns, uint64_t *base_offset);
+/* Test points: the slow-path steps where another process may run a whole
+ * ring cycle between a load and the CAS that acts on it. A test installs a
+ * function that does exactly that; NULL (one predicted branch) otherwise. */
+#define SHMLOG_POINT_RECLAIM 1  /* reclaim: oldest chunk checked, before its CAS */
+#define SHMLOG_POINT_ROTATE  2  /* rotation: seq seen active, before the next chunk's CAS */
+#define SHMLOG_POINT_SEAL    3  /* seal: ACTIVE state loaded, before its CAS */
+typedef void (*shmlog_point_fn)(int point);
+void shmlog_set_test_point(shmlog_point_fn fn);
+
 /* Test hook for fault tests: claim space and write the CLAIMED header, then
  * return without committing, as a producer SIGKILLed mid-batch would. */
 int shmlog_log_claim_only(shmlog_log_t *log, int slot, uint32_t payload_bytes,
@@ -205,6 +214,8 @@ int shmlog_log_reap_producer(shmlog_log_t *log, int slot);
 int shmlog_log_reap_reader(shmlog_log_t *log, int slot);
 int shmlog_log_unblock(shmlog_log_t *log, uint64_t seq, uint32_t pos, int force);
 int shmlog_log_force_seal(shmlog_log_t *log, uint64_t seq);
+/* undo what dead_pid left mid-transition: its RECLAIMING chunks go back to
+ * SEALED (reclaimed again later, with every check), its OPENING ones to FREE */
 int shmlog_log_repair_chunks(shmlog_log_t *log, uint32_t dead_pid);
 /* the word a frame of chunk `seq` carries (layout.h): for tools and tests */
 uint64_t shmlog_frame_word(uint64_t seq, uint32_t type, uint32_t frame_bytes);

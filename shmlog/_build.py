@@ -247,6 +247,11 @@ int shmlog_log_append_section(shmlog_log_t *log, int slot, const uint8_t *payloa
                               int64_t max_timestamp, uint64_t producer_id,
                               uint32_t producer_seq, uint32_t uncompressed_bytes,
                               uint64_t timeout_ns, uint64_t *base_offset);
+#define SHMLOG_POINT_RECLAIM ...
+#define SHMLOG_POINT_ROTATE ...
+#define SHMLOG_POINT_SEAL ...
+typedef void (*shmlog_point_fn)(int point);
+void shmlog_set_test_point(shmlog_point_fn fn);
 int shmlog_log_claim_only(shmlog_log_t *log, int slot, uint32_t payload_bytes,
                           uint32_t record_count, uint64_t *base_offset);
 int shmlog_log_read(shmlog_log_t *log, shmlog_cursor_t *cursor, shmlog_records_out_t *out,

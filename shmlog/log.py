@@ -199,6 +199,10 @@ class PartitionLog:
     def claimed_end(self) -> int:
         return lib.shmlog_log_claimed_end(self._handle())
 
+    def chunks_in_use(self) -> int:
+        """Chunks holding data (not FREE): the fill gauge's numerator."""
+        return lib.shmlog_log_chunks_in_use(self._handle())
+
     def end_offset(self) -> int:
         """The committed end (next offset a reader at the end would get)."""
         c = ffi.new("shmlog_cursor_t *")

@@ -601,7 +601,7 @@ class Supervisor:
         h = plog.hdr
         end = plog.end_offset()
         start = plog.start_offset
-        in_use = sum(1 for i in range(plog.chunk_count) if h.chunks[i].state & 0xFFFFFFFF)
+        in_use = plog.chunks_in_use()
         return {
             "partition": p,
             "start_offset": start,

@@ -132,6 +132,35 @@ def read_all(plog: PartitionLog, cursor=None, max_records: int = 100_000, reader
         timestamps += res.timestamps
 
 
+@contextlib.contextmanager
+def at_point(point: int, action: Callable[[], None]) -> Iterator[list]:
+    """Run action() once, the first time the C core reaches test point `point`
+    (SHMLOG_POINT_*): it stands for another process that runs while this one
+    is stalled between a load and its CAS. Yields a list that holds the point
+    once it fired; an exception in action() is raised on the way out (cffi
+    would only print it)."""
+    fired: list = []
+    failed: list = []
+
+    @ffi.callback("void(int)")
+    def hook(p):
+        if p != point or fired:
+            return
+        fired.append(p)
+        try:
+            action()
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            failed.append(exc)
+
+    lib.shmlog_set_test_point(hook)
+    try:
+        yield fired
+    finally:
+        lib.shmlog_set_test_point(ffi.NULL)
+    if failed:
+        raise failed[0]
+
+
 def fill_until_rotation(plog: PartitionLog, slot: int, value_size: int = 333, per_batch: int = 3,
                         seq: int = 0, timeout: float = 2.0) -> int:
     """Append batches until the active chunk rotates; returns records appended."""

@@ -154,7 +154,7 @@ def test_header_bytes_and_constants():
     hdr = ffi.sizeof("shmlog_part_hdr_t")
     assert lib.SHMLOG_HEADER_BYTES == (hdr + 4095) // 4096 * 4096 == 36864
     assert struct.pack("<Q", lib.SHMLOG_MAGIC) == b"\0SHMLOG1"
-    assert lib.SHMLOG_VERSION == 2
+    assert lib.SHMLOG_VERSION == 3
     assert (lib.SHMLOG_MAX_CHUNKS, lib.SHMLOG_MAX_PRODUCERS, lib.SHMLOG_MAX_READERS) == (64, 64, 64)
     assert lib.SHMLOG_FRAME_HEADER == ffi.sizeof("shmlog_frame_hdr_t") == 64
     assert lib.SHMLOG_FRAME_ALIGN == 64

@@ -24,6 +24,7 @@ import time
 import pytest
 from _core_helpers import (
     Child,
+    at_point,
     fast_pickle,
     fill_until_rotation,
     frame_bytes_for,
@@ -1019,6 +1020,176 @@ def test_read_starting_at_a_chunk_end_validates_the_chunk_it_read(shm_prefix, mo
         assert res.offsets[0] == base1
 
 
+# A process can stall (preempted, stopped) between loading a chunk's state and
+# the CAS that acts on it, while the others take the ring round once and the
+# chunk's slot comes back to the very same state. Each test stalls one step at
+# its test point, runs that cycle, and checks the stale CAS did nothing.
+
+def _drain(plog, reader, cursor, rslot, upto=None):
+    """Read (and release) every committed record, or those below `upto`."""
+    offsets = []
+    while upto is None or cursor.next_offset < upto:
+        res = reader.read(cursor, 100_000 if upto is None else upto - cursor.next_offset)
+        if res is None:
+            break
+        offsets += res.offsets
+    plog.set_reader_position(rslot, cursor.next_offset)
+    return offsets
+
+
+class _Ring:
+    """A log with two producer slots and one gating reader, all in this process."""
+
+    def __init__(self, plog):
+        self.plog, self.k = plog, plog.chunk_count
+        self.slot, self.other = plog.register_producer(), plog.register_producer()
+        self.rslot = plog.register_reader(0, gating=True)
+        self.reader, self.c = plog.reader(), plog.new_cursor()
+        self.got = []
+
+    def drain(self, upto=None):
+        self.got += _drain(self.plog, self.reader, self.c, self.rslot, upto)
+
+    def go_round(self, to_seq):
+        """The other producer appends (the reader keeping up) until chunk to_seq is active."""
+        while self.plog.hdr.active_seq < to_seq:
+            self.plog.append(self.other, [b"b" * 333] * 3, timeout=1)
+            self.drain()
+
+    def check(self):
+        _cycle_checked(self.plog, self.slot, self.reader, self.c, self.rslot, self.got, 2 * self.k)
+
+
+def _cycle_checked(plog, slot, reader, cursor, rslot, got, rotations):
+    """Go on for `rotations` more rotations, reading everything: nothing may
+    block (a broken ring would) and every offset must arrive once, in order."""
+    target = plog.hdr.active_seq + rotations
+    while plog.hdr.active_seq < target:
+        plog.append(slot, [b"c" * 333] * 3, timeout=1)
+        got += _drain(plog, reader, cursor, rslot)
+    assert got == list(range(plog.end_offset()))
+
+
+def test_reclaim_stalled_before_its_cas_spares_the_slots_next_generation(shm_prefix):
+    with new_log(shm_prefix) as plog:
+        r = _Ring(plog)
+        r.go_round(r.k - 1)  # the ring is full; the reader is done with chunk 0 only
+        r.drain(upto=plog.hdr.chunks[1].base_offset)
+
+        def ring_goes_round():
+            # chunk 0 is freed, its slot reopened as chunk k and sealed; the
+            # reader stops at chunk k's start, so chunk k is still needed
+            assert lib.shmlog_log_reclaim(plog._handle()) == 1
+            while plog.hdr.active_seq < r.k + 1:
+                r.drain(plog.hdr.chunks[0].base_offset if plog.hdr.active_seq >= r.k else None)
+                plog.append(r.slot, [b"b" * 333] * 3, timeout=1)
+            assert plog.hdr.chunks[0].seq == r.k
+            assert r.c.next_offset == plog.hdr.chunks[0].base_offset
+
+        with at_point(lib.SHMLOG_POINT_RECLAIM, ring_goes_round) as fired:
+            lib.shmlog_log_reclaim(plog._handle())  # checks chunk 0, stalls, then CASes
+        assert fired
+        assert plog.hdr.chunks[0].seq == r.k
+        assert plog.hdr.chunks[0].state & 0xFF == lib.SHMLOG_CHUNK_SEALED  # not freed under the reader
+        r.check()
+
+
+def test_rotation_stalled_before_its_cas_does_not_open_a_stale_chunk(shm_prefix):
+    with new_log(shm_prefix) as plog:
+        r = _Ring(plog)
+
+        def ring_goes_round():
+            # chunk 0 is sealed and still the active one. Meanwhile another
+            # producer opens chunk 1 there, fills the ring, and slot 1 is
+            # freed again, ready for chunk k + 1
+            r.go_round(r.k)
+            assert lib.shmlog_log_reclaim(plog._handle()) == 1
+            assert plog.hdr.chunks[1].state & 0xFF == lib.SHMLOG_CHUNK_FREE
+
+        with at_point(lib.SHMLOG_POINT_ROTATE, ring_goes_round) as fired:
+            fill_until_rotation(plog, r.slot)  # overflows chunk 0, stalls rotating
+        assert fired
+        assert plog.hdr.active_seq == r.k
+        assert plog.hdr.chunks[1].state & 0xFF == lib.SHMLOG_CHUNK_FREE  # not reopened as chunk 1
+        r.drain()
+        r.check()
+
+
+def test_seal_stalled_before_its_cas_does_not_seal_the_next_generation(shm_prefix):
+    with new_log(shm_prefix) as plog:
+        r = _Ring(plog)
+        for _ in range(5):
+            plog.append(r.slot, [b"a" * 333] * 3, timeout=1)
+        # a sealer that was stopped between its seal word and its state CAS
+        # (a claimer holds the chunk until it is done: it is never the one to stall)
+        plog.hdr.chunks[0].seal = plog.hdr.chunks[0].tail
+
+        def ring_goes_round():
+            # a producer found chunk 0 ACTIVE with its seal set and went to
+            # finish the seal. Meanwhile the ring goes round and slot 0 is
+            # the active chunk k
+            r.go_round(r.k)
+
+        with at_point(lib.SHMLOG_POINT_SEAL, ring_goes_round) as fired:
+            plog.append(r.slot, [b"a" * 333] * 3, timeout=1)  # finds chunk 0 sealed, stalls
+        assert fired
+        assert plog.hdr.chunks[0].seq == plog.hdr.active_seq == r.k
+        assert plog.hdr.chunks[0].state & 0xFF == lib.SHMLOG_CHUNK_ACTIVE  # still takes claims
+        r.drain()
+        r.check()
+
+
+def _dead_pid() -> int:
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    return pid
+
+
+def _plant_state(chunk, state: int, pid: int) -> None:
+    """What a process SIGKILLed right after its CAS into `state` leaves."""
+    chunk.state = (pid << 32) | ((chunk.state + 0x100) & 0xFFFFFF00) | state
+
+
+def test_repair_of_a_dead_reclaimer_keeps_a_pinned_chunk(shm_prefix):
+    with new_log(shm_prefix) as plog:
+        r = _Ring(plog)
+        r.go_round(r.k - 1)  # the reader's position releases chunk 0 ...
+        plog.set_reader_pin(r.rslot, 0)  # ... but a zero-copy view still pins it
+        dead = _dead_pid()
+        # a reclaimer that died after its CAS, before it looked at the pins
+        _plant_state(plog.hdr.chunks[0], lib.SHMLOG_CHUNK_RECLAIMING, dead)
+        assert plog.repair_chunks(dead) == 1
+        assert plog.hdr.chunks[0].state & 0xFF == lib.SHMLOG_CHUNK_SEALED
+        assert lib.shmlog_log_reclaim(plog._handle()) == 0  # the pin holds it
+        c2 = plog.new_cursor()
+        assert read_all(plog, c2)[0][:3] == [0, 1, 2]
+        plog.set_reader_pin(r.rslot, None)
+        assert lib.shmlog_log_reclaim(plog._handle()) == 1  # reclaimed again, with every check
+        assert plog.start_offset == plog.hdr.chunks[1].base_offset
+        r.check()
+
+
+def test_repair_of_a_dead_opener_frees_the_slot_for_the_next_rotation(shm_prefix):
+    with new_log(shm_prefix) as plog:
+        r = _Ring(plog)
+        dead = _dead_pid()
+        # an opener that died after its CAS, with the slot half written
+        plog.hdr.chunks[1].seq = 1
+        plog.hdr.chunks[1].tail = 12345
+        _plant_state(plog.hdr.chunks[1], lib.SHMLOG_CHUNK_OPENING, dead)
+        with pytest.raises(errors.BufferFull):
+            fill_until_rotation(plog, r.slot, timeout=0.05)
+        assert plog.repair_chunks(dead) == 1
+        assert plog.repair_chunks(dead) == 0
+        assert plog.hdr.chunks[1].state & 0xFF == lib.SHMLOG_CHUNK_FREE
+        fill_until_rotation(plog, r.slot)
+        assert plog.hdr.chunks[1].seq == plog.hdr.active_seq == 1
+        r.drain()
+        r.check()
+
+
 def test_producer_and_reader_slots_are_listed_and_released(shm_prefix):
     with new_log(shm_prefix) as plog:
         assert plog.producer_slots() == [] and plog.reader_slots() == []
@@ -1467,7 +1638,6 @@ def _stress_consumer(conn, name, producers, per_producer):
     expect_seq = [0] * producers
     next_off = 0
     total = 0
-    reseeks = 0
     problems = []
     unpack = _TAG.unpack_from
     fill = STRESS_FILL
@@ -1476,17 +1646,12 @@ def _stress_consumer(conn, name, producers, per_producer):
     while total < want and len(problems) < 20:
         try:
             res = reader.read(c, rng.randint(200, 4096))  # batches hold <= 200 records
-        except errors.OffsetOutOfRange:
-            # Workaround for the bug pinned by test_reader_at_chunk_end_* and
-            # test_read_starting_at_a_chunk_end_*: the cursor sat at the sealed
-            # end of a chunk our position had released. The data must still be
-            # there: re-seeking to the very next offset has to succeed.
-            reseeks += 1
-            rc = p.seek(c, c.next_offset)
-            if rc != 0:
-                problems.append(("reseek", c.next_offset, rc, p.start_offset))
-                break
-            continue
+        except errors.OffsetOutOfRange as exc:
+            # a gating reader is never overtaken. (It was, once in ~75 runs,
+            # when a producer stalled between checking the oldest chunk and
+            # its CAS: test_reclaim_stalled_before_its_cas_*)
+            problems.append(("out of range", c.next_offset, p.start_offset, str(exc)))
+            break
         if res is None:
             if time.monotonic() > deadline:
                 problems.append(("timeout", total))
@@ -1508,7 +1673,7 @@ def _stress_consumer(conn, name, producers, per_producer):
         total += len(res)
         p.set_reader_position(slot, c.next_offset)
     extra = reader.read(c, 4096)
-    conn.send({"total": total, "next_off": next_off, "expect_seq": expect_seq, "reseeks": reseeks,
+    conn.send({"total": total, "next_off": next_off, "expect_seq": expect_seq,
                "problems": problems[:20], "extra": None if extra is None else len(extra)})
     p.release_reader(slot)
     p.close()
@@ -1555,8 +1720,7 @@ def test_four_producers_one_consumer_every_record_once_in_order(shm_prefix):
         rotations = plog.hdr.rotations
         print(f"\n{total} records from {STRESS_PRODUCERS} producers in {sum(batches)} batches: "
               f"{elapsed:.1f} s, {rotations} chunk rotations, "
-              f"{plog.hdr.reclaimed_chunks} chunks reclaimed, {result['reseeks']} re-seeks "
-              f"after a spurious OffsetOutOfRange")
+              f"{plog.hdr.reclaimed_chunks} chunks reclaimed")
         assert result["problems"] == []
         assert result["total"] == total and result["next_off"] == total
         assert result["expect_seq"] == [STRESS_RECORDS] * STRESS_PRODUCERS
