@@ -391,30 +391,47 @@ static int try_rotate(shmlog_log_t *log, uint64_t seq)
 
 /* Does anything still need chunk `d` (sealed, ending at offset `end`)?
  * Dead readers found on the way are released (this is a slow path). */
-static int chunk_gated(shmlog_log_t *log, uint64_t end)
+/* The lowest offset something still needs: the spiller of a disk topic,
+ * gating readers of a memory topic, zero-copy pins. A holder below `below`
+ * is checked for life (a dead one is released, this is a slow path) and
+ * ends the search: the caller only asks whether anything is below. */
+static uint64_t lowest_needed(shmlog_log_t *log, uint64_t below)
 {
     shmlog_part_hdr_t *h = log->hdr;
     uint32_t flags = shmlog_load_relaxed_u32(&h->flags);
-    if ((flags & SHMLOG_F_GATE_SPILL) && shmlog_load_acquire_u64(&h->spilled_offset) < end)
-        return 1;
+    uint64_t need = SHMLOG_NONE;
+    if (flags & SHMLOG_F_GATE_SPILL) {
+        need = shmlog_load_acquire_u64(&h->spilled_offset);
+        if (need < below)
+            return need;
+    }
     for (uint32_t i = 0; i < SHMLOG_MAX_READERS; i++) {
         shmlog_reader_slot_t *r = &h->readers[i];
         uint32_t pid = shmlog_load_acquire_u32(&r->pid);
         if (!pid)
             continue;
-        int holds = shmlog_load_acquire_u64(&r->pin) < end;
-        if ((flags & SHMLOG_F_GATE_READERS) && r->gating &&
-            shmlog_load_acquire_u64(&r->position) < end)
-            holds = 1;
-        if (!holds)
-            continue;
-        if (!shmlog_pid_alive(pid)) {
-            shmlog_log_reap_reader(log, (int)i);
-            continue;
+        uint64_t v = shmlog_load_acquire_u64(&r->pin);
+        if ((flags & SHMLOG_F_GATE_READERS) && r->gating) {
+            uint64_t pos = shmlog_load_acquire_u64(&r->position);
+            if (pos < v)
+                v = pos;
         }
-        return 1;
+        if (v < below) {
+            if (!shmlog_pid_alive(pid)) {
+                shmlog_log_reap_reader(log, (int)i);
+                continue;
+            }
+            return v;
+        }
+        if (v < need)
+            need = v;
     }
-    return 0;
+    return need;
+}
+
+static int chunk_gated(shmlog_log_t *log, uint64_t end)
+{
+    return lowest_needed(log, end) < end;
 }
 
 /* does a live reader pin an offset below `end` (a zero-copy view)? */
@@ -1385,6 +1402,27 @@ uint32_t shmlog_log_chunks_in_use(shmlog_log_t *log)
     for (uint32_t i = 0; i < log->chunk_count; i++)
         if (STATE_OF(shmlog_load_acquire_u64(&log->hdr->chunks[i].state)) != SHMLOG_CHUNK_FREE)
             n++;
+    return n;
+}
+
+uint32_t shmlog_log_chunks_held(shmlog_log_t *log)
+{
+    /* below 0: read only, dead holders are the reaper's business */
+    shmlog_part_hdr_t *h = log->hdr;
+    uint64_t need = lowest_needed(log, 0);
+    uint64_t aseq = shmlog_load_acquire_u64(&h->active_seq);
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < log->chunk_count; i++) {
+        shmlog_chunk_t *d = &h->chunks[i];
+        uint32_t s = STATE_OF(shmlog_load_acquire_u64(&d->state));
+        uint64_t seal = shmlog_load_acquire_u64(&d->seal);
+        /* the active chunk counts even when sealed (full, before rotation) */
+        if (s == SHMLOG_CHUNK_ACTIVE || s == SHMLOG_CHUNK_OPENING ||
+            (s == SHMLOG_CHUNK_SEALED &&
+             (shmlog_load_acquire_u64(&d->seq) == aseq || seal == SHMLOG_NONE ||
+              d->base_offset + SHMLOG_TAIL_RECORDS(seal) > need)))
+            n++;
+    }
     return n;
 }
 

@@ -202,6 +202,10 @@ uint64_t shmlog_log_start_offset(shmlog_log_t *log);
 uint64_t shmlog_log_claimed_end(shmlog_log_t *log);
 /* bytes claimed in the active chunk and chunks in use, for fill gauges */
 uint32_t shmlog_log_chunks_in_use(shmlog_log_t *log);
+/* chunks that cannot be reused now: the active one and those a gating
+ * reader, a pin or the spiller still needs. chunk_count of them and
+ * producers block; the rest of chunks_in_use is retained data (replay) */
+uint32_t shmlog_log_chunks_held(shmlog_log_t *log);
 
 /* spiller / supervisor */
 void shmlog_log_set_spilled(shmlog_log_t *log, uint64_t offset);

@@ -287,6 +287,7 @@ int shmlog_log_seek_end(shmlog_log_t *log, shmlog_cursor_t *cursor);
 uint64_t shmlog_log_start_offset(shmlog_log_t *log);
 uint64_t shmlog_log_claimed_end(shmlog_log_t *log);
 uint32_t shmlog_log_chunks_in_use(shmlog_log_t *log);
+uint32_t shmlog_log_chunks_held(shmlog_log_t *log);
 void shmlog_log_set_spilled(shmlog_log_t *log, uint64_t offset);
 void shmlog_log_set_durable(shmlog_log_t *log, uint64_t offset);
 int shmlog_log_reclaim(shmlog_log_t *log);

@@ -405,7 +405,9 @@ class _Run:
     def snapshot(self) -> Dict[str, Any]:
         info = self.cluster.describe_topic(self.topic)
         ends = {p.partition: p.end_offset for p in info.partitions}
-        used = sum(p.extra.get("chunks_in_use", 0) for p in info.partitions)
+        # held, not in use: consumed chunks stay in use as retention until
+        # a producer needs them; held ones are what producers would wait on
+        used = sum(p.extra.get("chunks_held", 0) for p in info.partitions)
         total = sum(p.extra.get("chunk_count", 0) for p in info.partitions) or 1
         positions: Dict[int, int] = {}
         for pr in self.progress.values():

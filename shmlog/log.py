@@ -200,8 +200,14 @@ class PartitionLog:
         return lib.shmlog_log_claimed_end(self._handle())
 
     def chunks_in_use(self) -> int:
-        """Chunks holding data (not FREE): the fill gauge's numerator."""
+        """Chunks holding data (not FREE): retained for replay, or still needed."""
         return lib.shmlog_log_chunks_in_use(self._handle())
+
+    def chunks_held(self) -> int:
+        """Chunks that cannot be reused now (the active one, and what gating
+        readers, pins or the spiller still need): producers block when this
+        reaches chunk_count. The fill gauge's numerator."""
+        return lib.shmlog_log_chunks_held(self._handle())
 
     def end_offset(self) -> int:
         """The committed end (next offset a reader at the end would get)."""

@@ -11,7 +11,7 @@ that are missing are left out of the output, never invented):
     {"supervisor_pid": int, "clients": int, "reaped_processes": int,
      "topics": {name: {"config": {...}, "partitions": [
          {"partition", "start_offset", "end_offset", "durable_offset", "bytes",
-          "chunks_in_use", "chunk_count", "aborted_batches", "rotations",
+          "chunks_in_use", "chunks_held", "chunk_count", "aborted_batches", "rotations",
           "disk_bytes", "producers": [{"pid", "batches", "records"}],
           "readers": [{"pid", "position"}],
           # optional, from the storage role ("bytes" is then on disk):
@@ -127,10 +127,12 @@ def shm_bytes(part: Dict[str, Any]) -> Optional[int]:
 
 
 def fill_ratio(part: Dict[str, Any]) -> Optional[float]:
-    used, count = part.get("chunks_in_use"), part.get("chunk_count")
-    if used is None or not count:
+    """The share of the ring producers cannot reuse yet (1: they block).
+    Chunks in use but not held are retained data, free to be overwritten."""
+    held, count = part.get("chunks_held"), part.get("chunk_count")
+    if held is None or not count:
         return None
-    return used / count
+    return held / count
 
 
 # ---------------------------------------------------------------- groups
@@ -256,11 +258,15 @@ def prometheus(stats: Dict[str, Any]) -> str:
               "shared memory in use for memory topics).", part.get("bytes"), lb)
         r.add("shmlog_shm_bytes", "gauge", "Bytes of shared memory held by chunks in use.", shm_bytes(part), lb)
         r.add("shmlog_disk_bytes", "gauge", "Bytes of segment files on disk.", part.get("disk_bytes"), lb)
-        r.add("shmlog_chunks_in_use", "gauge", "Shared-memory chunks holding data.",
+        r.add("shmlog_chunks_in_use", "gauge",
+              "Shared-memory chunks holding data (retained for replay, or still needed).",
               part.get("chunks_in_use"), lb)
+        r.add("shmlog_chunks_held", "gauge",
+              "Chunks that cannot be reused yet: the active one and those gating readers, "
+              "zero-copy pins or the spiller still need.", part.get("chunks_held"), lb)
         r.add("shmlog_chunk_count", "gauge", "Shared-memory chunks of the partition.",
               part.get("chunk_count"), lb)
-        r.add("shmlog_chunk_fill_ratio", "gauge", "chunks_in_use / chunk_count (1 = producers may block).",
+        r.add("shmlog_chunk_fill_ratio", "gauge", "chunks_held / chunk_count (at 1 producers block).",
               fill_ratio(part), lb)
         r.add("shmlog_aborted_batches_total", "counter",
               "Claims of dead or stuck producers the reaper turned into holes.",

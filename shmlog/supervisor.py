@@ -609,6 +609,7 @@ class Supervisor:
             "durable_offset": h.durable_offset if t["config"]["storage"] == "disk" else end,
             "bytes": in_use * plog.chunk_bytes,
             "chunks_in_use": in_use,
+            "chunks_held": plog.chunks_held(),
             "chunk_count": plog.chunk_count,
             "aborted_batches": h.aborted_batches,
             "rotations": h.rotations,

@@ -114,7 +114,7 @@ def snapshot(stats: Dict[str, Any], prev: Optional[Dict[str, Any]], dt: float,
         pin, pout = r.get((t, p["partition"]), (None, None))
         parts.append({"topic": t, "partition": p["partition"], "end_offset": p.get("end_offset"),
                       "produce_rate": pin, "consume_rate": pout, "chunks_in_use": p.get("chunks_in_use"),
-                      "chunk_count": p.get("chunk_count"), "fill": m.fill_ratio(p),
+                      "chunks_held": p.get("chunks_held"), "chunk_count": p.get("chunk_count"), "fill": m.fill_ratio(p),
                       "disk_bytes": p.get("disk_bytes"), "producers": len(p.get("producers") or []),
                       "readers": len(consumers(p, sup))})
     groups = [{"group": g, **row} for g in sorted(stats.get("groups") or {}) for row in stats["groups"][g]]
@@ -134,12 +134,14 @@ def render(snap: Dict[str, Any], data_dir: str, width: int = 120) -> str:
     if snap["partitions"]:
         rows = []
         for p in snap["partitions"]:
-            chunks = f"{p['chunks_in_use']}/{p['chunk_count']}" if p["chunk_count"] else "-"
+            # held (what producers wait on) / in use (held + retained) / all
+            held = "-" if p["chunks_held"] is None else p["chunks_held"]
+            chunks = f"{held}/{p['chunks_in_use']}/{p['chunk_count']}" if p["chunk_count"] else "-"
             fill = "-" if p["fill"] is None else f"{p['fill']:.0%}"
             rows.append([p["topic"], p["partition"], p["end_offset"], m.human_rate(p["produce_rate"]),
                          m.human_rate(p["consume_rate"]), chunks, fill, m.human_bytes(p["disk_bytes"]),
                          p["producers"], p["readers"]])
-        lines += _table(rows, ["TOPIC", "PART", "END-OFFSET", "IN/s", "OUT/s", "CHUNKS", "FILL", "DISK",
+        lines += _table(rows, ["TOPIC", "PART", "END-OFFSET", "IN/s", "OUT/s", "HELD/USED/CHUNKS", "FILL", "DISK",
                                "PRODUCERS", "READERS"])
     else:
         lines.append("no topics")

@@ -884,6 +884,39 @@ def test_gating_reader_blocks_append_until_it_moves(shm_prefix):
         assert plog.hdr.active_seq == plog.chunk_count
 
 
+def test_chunks_held_counts_what_producers_would_wait_on(shm_prefix):
+    """chunks_in_use counts retained data too; chunks_held only what cannot be
+    reused now (the fill gauge): the active chunk, and what a gating reader,
+    a pin or the spiller still needs."""
+    with new_log(shm_prefix, gate_spill=True) as plog:
+        k = plog.chunk_count
+        slot = plog.register_producer()
+        rslot = plog.register_reader(0, gating=True)
+        assert plog.chunks_held() == 1  # the active chunk
+        fill_until_full(plog, slot)
+        assert plog.chunks_in_use() == plog.chunks_held() == k
+        base = [plog.hdr.chunks[i].base_offset for i in range(k)]
+        plog.set_reader_position(rslot, base[2])
+        assert plog.chunks_held() == k  # the spiller has copied nothing yet
+        plog.set_spilled(base[3] - 1)
+        assert plog.chunks_held() == k - 2  # chunks 0 and 1 are free to reuse ...
+        assert plog.chunks_in_use() == k  # ... but still hold data until a producer needs them
+        plog.set_reader_pin(rslot, base[1])  # a zero-copy view in chunk 1
+        assert plog.chunks_held() == k - 1
+        plog.set_reader_pin(rslot, None)
+        plog.set_reader_position(rslot, plog.end_offset())
+        plog.set_spilled(plog.end_offset())
+        assert plog.chunks_held() == 1
+        plog.release_reader(rslot)
+        assert plog.chunks_held() == 1
+    with new_log(shm_prefix, suffix="p1", gate_readers=False) as plog:
+        slot = plog.register_producer()
+        rslot = plog.register_reader(0, gating=True)  # gating, but the topic gates nothing on readers
+        while plog.hdr.active_seq < plog.chunk_count - 1:
+            plog.append(slot, [b"a" * 333] * 3, timeout=1)
+        assert (plog.chunks_held(), plog.chunks_in_use()) == (1, plog.chunk_count)
+
+
 def test_a_pin_holds_its_chunk_even_without_gating(shm_prefix):
     """Zero-copy readers pin the lowest offset they still read in place: that
     chunk is not reused, whatever the topic's gating, until the pin moves."""

@@ -92,16 +92,17 @@ STATS = {
     "topics": {
         'we"ird\\name': {"config": {}, "partitions": [
             {"partition": 0, "start_offset": 0, "end_offset": 7, "durable_offset": 7, "bytes": 65536,
-             "chunks_in_use": 1, "chunk_count": 4, "aborted_batches": 0, "rotations": 0, "disk_bytes": 0,
-             "producers": [], "readers": []}]},
+             "chunks_in_use": 1, "chunks_held": 1, "chunk_count": 4, "aborted_batches": 0, "rotations": 0,
+             "disk_bytes": 0, "producers": [], "readers": []}]},
         "events": {"config": {}, "partitions": [
             {"partition": 0, "start_offset": 10, "end_offset": 1000, "durable_offset": 900, "bytes": 1 << 20,
-             "chunks_in_use": 3, "chunk_count": 4, "aborted_batches": 5, "rotations": 12, "disk_bytes": 4096,
+             "chunks_in_use": 4, "chunks_held": 3, "chunk_count": 4, "aborted_batches": 5, "rotations": 12,
+             "disk_bytes": 4096,
              "producers": [{"pid": 1, "batches": 40, "records": 1000}],
              "readers": [{"pid": 2, "position": 990}], "fsync_latency_ms": 1.5},
             {"partition": 1, "start_offset": 0, "end_offset": 3, "durable_offset": 3, "bytes": 0,
-             "chunks_in_use": 0, "chunk_count": 4, "aborted_batches": 0, "rotations": 0, "disk_bytes": 0,
-             "producers": [], "readers": []},
+             "chunks_in_use": 0, "chunks_held": 0, "chunk_count": 4, "aborted_batches": 0, "rotations": 0,
+             "disk_bytes": 0, "producers": [], "readers": []},
         ]},
     },
     "groups": {"billing": [
@@ -134,7 +135,10 @@ def test_prometheus_values_and_labels():
     assert fams["shmlog_messages_in_total"]["type"] == "counter"
     assert value("shmlog_messages_in_total", topic="events", partition=0) == 1000
     assert value("shmlog_messages_in_total", topic="events", partition=1) == 3
+    # fill is what producers would wait on (held), not what holds data (in use)
     assert value("shmlog_chunk_fill_ratio", topic="events", partition=0) == 0.75
+    assert value("shmlog_chunks_in_use", topic="events", partition=0) == 4
+    assert value("shmlog_chunks_held", topic="events", partition=0) == 3
     assert value("shmlog_aborted_batches_total", topic="events", partition=0) == 5
     assert value("shmlog_rotations_total", topic="events", partition=0) == 12
     assert value("shmlog_shm_bytes", topic="events", partition=0) == 1 << 20
@@ -245,7 +249,8 @@ def test_top_rates_roles_and_render():
 
     def stats(end, pos, gate):
         return {"supervisor_pid": 9, "clients": 2, "topics": {"t": {"partitions": [
-            {"partition": 0, "end_offset": end, "chunks_in_use": 2, "chunk_count": 4, "disk_bytes": 2048,
+            {"partition": 0, "end_offset": end, "chunks_in_use": 3, "chunks_held": 2, "chunk_count": 4,
+             "disk_bytes": 2048,
              "producers": [{"pid": 5}], "readers": [{"pid": 6, "position": pos}, {"pid": 9, "position": gate}]}]}},
             "groups": {"g": [{"topic": "t", "partition": 0, "committed": gate, "end_offset": end,
                               "lag": end - gate, "consumer": "m"}]}}
@@ -263,5 +268,5 @@ def test_top_rates_roles_and_render():
     assert snap["groups"] == [{"group": "g", "topic": "t", "partition": 0, "committed": 250, "end_offset": 300,
                                "lag": 50, "consumer": "m"}]
     text = top.render(snap, "/data")
-    assert "2/4" in text and "50%" in text and "2.0 KiB" in text and "12.5" in text and "1.0 MiB" in text
+    assert "HELD/USED/CHUNKS" in text and "2/3/4" in text and "50%" in text and "2.0 KiB" in text and "12.5" in text and "1.0 MiB" in text
     assert "\x1b" not in text
