@@ -389,8 +389,6 @@ static int try_rotate(shmlog_log_t *log, uint64_t seq)
     return 0;
 }
 
-/* Does anything still need chunk `d` (sealed, ending at offset `end`)?
- * Dead readers found on the way are released (this is a slow path). */
 /* The lowest offset something still needs: the spiller of a disk topic,
  * gating readers of a memory topic, zero-copy pins. A holder below `below`
  * is checked for life (a dead one is released, this is a slow path) and
@@ -429,6 +427,8 @@ static uint64_t lowest_needed(shmlog_log_t *log, uint64_t below)
     return need;
 }
 
+/* Does anything still need the sealed chunk ending at offset `end`? Dead
+ * readers found on the way are released (this is a slow path). */
 static int chunk_gated(shmlog_log_t *log, uint64_t end)
 {
     return lowest_needed(log, end) < end;
