@@ -6,8 +6,9 @@ POSIX shared memory.
     cluster = shmlog.connect("./data")
 """
 
-from .cluster import Cluster, PartitionInfo, TopicInfo, connect
-from .consumer import Consumer, Message, MessageBatch
+from .client.cluster import Cluster, PartitionInfo, TopicInfo, connect
+from .client.consumer import Consumer, Message, MessageBatch
+from .client.producer import Producer, RecordMetadata
 from .errors import (
     BrokerNotRunning,
     BufferFull,
@@ -25,7 +26,6 @@ from .errors import (
     UnknownPartition,
     UnknownTopic,
 )
-from .producer import Producer, RecordMetadata
 
 __version__ = "0.1.0"
 

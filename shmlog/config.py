@@ -119,3 +119,32 @@ def broker_config(overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
             raise InvalidConfig(f"invalid {k}={v!r}: must be a non-negative number", what=k)
         cfg[k] = v
     return cfg
+
+
+# ------------------------------------------------------------------ groups
+GROUP_RE = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+MIN_SESSION_MS = 100
+MAX_SESSION_MS = 3_600_000
+# the partition assignors the coordinator runs (shmlog.broker.assignors); a
+# member names one when it joins
+ASSIGNOR_NAMES = ("range", "roundrobin", "sticky")
+DEFAULT_ASSIGNOR = "sticky"
+
+
+def validate_group_name(name: Any) -> str:
+    if not isinstance(name, str) or not GROUP_RE.match(name) or name in (".", ".."):
+        raise InvalidConfig(
+            f"invalid group name {name!r}: use 1-200 characters of [A-Za-z0-9._-], not '.' or '..'",
+            what=str(name),
+        )
+    return name
+
+
+def validate_assignor(name: Any) -> str:
+    """`name` if it is a known partition assignor, else InvalidConfig listing them."""
+    if not isinstance(name, str) or name not in ASSIGNOR_NAMES:
+        raise InvalidConfig(
+            f"unknown partition assignor {name!r}; use one of {', '.join(sorted(ASSIGNOR_NAMES))}",
+            what="assignor",
+        )
+    return name

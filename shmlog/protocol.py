@@ -9,9 +9,17 @@ Never pickle: anyone who can reach the socket must not be able to run code.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import struct
+from pathlib import Path
 from typing import Any, Dict, Optional
+
+from . import errors
+
+# the files by which a client finds the supervisor of a data dir
+SOCKET_NAME = "shmlog.sock"
+LOCK_NAME = "supervisor.lock"
 
 MAX_FRAME = 1 << 20
 _LEN = struct.Struct(">I")
@@ -81,3 +89,23 @@ def field(msg: Dict[str, Any], name: str, kind, *, required: bool = True, defaul
         kn = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
         raise ProtocolError(f"field {name!r} must be {kn}, got {type(v).__name__}")
     return v
+
+
+def ensure_data_dir(data_dir: Path) -> Path:
+    """Create the data dir 0700 (invariant 6) or say why it cannot be used."""
+    data_dir = Path(data_dir).absolute()
+    try:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise errors.ShmlogError(
+            f"cannot create data dir {data_dir}: {exc.strerror}; choose a writable path "
+            f"with --data-dir or $SHMLOG_DATA_DIR",
+            what=str(data_dir),
+        ) from None
+    if not os.access(data_dir, os.W_OK | os.X_OK):
+        raise errors.ShmlogError(
+            f"data dir {data_dir} is not writable; choose a writable path with --data-dir "
+            f"or $SHMLOG_DATA_DIR",
+            what=str(data_dir),
+        )
+    return data_dir

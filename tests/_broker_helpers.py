@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 import psutil
 
 import shmlog
-from shmlog.cluster import _connect_socket, supervisor_lock_free  # noqa: F401 (re-exported for tests)
+from shmlog.client.cluster import _connect_socket, supervisor_lock_free  # noqa: F401 (re-exported for tests)
 
 FORK = multiprocessing.get_context("fork")
 SHM_DIR = Path("/dev/shm")

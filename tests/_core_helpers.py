@@ -17,10 +17,10 @@ import struct
 import traceback
 from typing import Callable, Iterator, List, Optional, Tuple
 
-from shmlog._core import ffi, lib
+from shmlog.core._core import ffi, lib
 
 from shmlog import errors
-from shmlog.log import PartitionLog
+from shmlog.core.log import PartitionLog
 
 FORK = multiprocessing.get_context("fork")
 

@@ -1,4 +1,4 @@
-"""Assignors (shmlog.assignors): every partition exactly once, to a member
+"""Assignors (shmlog.broker.assignors): every partition exactly once, to a member
 subscribed to its topic; balanced within one; sticky moves the minimum."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shmlog import assignors
+from shmlog.broker import assignors
 from shmlog.errors import InvalidConfig
 
 NAMES = ["range", "roundrobin", "sticky"]

@@ -7,7 +7,6 @@ fixture fails the test if a supervisor or a region outlives it."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -17,9 +16,6 @@ import sys
 import pytest
 
 import shmlog
-
-HAS_GROUPS = importlib.util.find_spec("shmlog.groups") is not None
-HAS_STORAGE = importlib.util.find_spec("shmlog.storage") is not None
 
 
 @pytest.fixture
@@ -133,13 +129,9 @@ def test_bad_config_values(broker):
 
 def test_dump_errors(broker, tmp_path):
     r = cli(broker, "dump", str(tmp_path / "missing.log"), data_dir_flag=False)
-    if HAS_STORAGE:
-        assert_error(r, "missing.log")
-    else:
-        assert_error(r, "shmlog.storage")
+    assert_error(r, "missing.log")
 
 
-@pytest.mark.skipif(not HAS_STORAGE, reason="needs shmlog.storage")
 def test_dump_prints_batches_and_fails_on_a_bad_crc(broker):
     with shmlog.connect(broker) as c:
         c.create_topic("seg", partitions=1, storage="disk")
@@ -271,11 +263,6 @@ def test_groups(broker):
     assert cli(broker, "topics", "create", "gt", "--partitions", "2").returncode == 0
     assert cli(broker, "produce", "gt", "--partition", "0", stdin=b"".join(b"a%d\n" % i for i in range(10))).returncode == 0
     assert cli(broker, "produce", "gt", "--partition", "1", stdin=b"".join(b"b%d\n" % i for i in range(4))).returncode == 0
-    if not HAS_GROUPS:
-        assert_error(cli(broker, "groups", "list"), "groups")
-        assert_error(cli(broker, "groups", "describe", "g"), "groups")
-        assert_error(cli(broker, "consume", "gt", "--group", "g", "--timeout-ms", "100"), "groups")
-        return
     r = cli(broker, "consume", "gt", "--group", "g1", "--from-beginning", "--max-messages", "6",
             "--timeout-ms", "10000")
     assert r.returncode == 0, r.err

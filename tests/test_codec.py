@@ -14,11 +14,11 @@ import pytest
 from _core_helpers import Child, frame_records, frames, new_log
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from shmlog._core import ffi, lib
+from shmlog.core._core import ffi, lib
 
 from shmlog import errors
-from shmlog.codec import columns, decode_headers, encode_headers
-from shmlog.log import pickle_values
+from shmlog.core.codec import columns, decode_headers, encode_headers
+from shmlog.core.log import pickle_values
 
 INT64 = st.integers(-(2**63), 2**63 - 1)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from shmlog._core import ffi, lib
+from shmlog.core._core import ffi, lib
 
 POLY = 0x82F63B78
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import shmlog
-from shmlog import demo
+from shmlog.cli import demo
 
 
 def _run_demo(data_dir: Path, *extra: str, timeout: float = 120, code: str = ""):
@@ -103,17 +103,6 @@ def test_demo_stops_early_on_ctrl_c(data_dir):
     text = "".join(lines) + out.decode()
     assert p.returncode == 0, (text, err.decode())
     assert "interrupted after" in text and "verified   yes" in text
-    _assert_nothing_left(data_dir)
-
-
-def test_demo_falls_back_to_manual_assignment_without_groups(data_dir):
-    # shmlog.groups made unimportable in the demo's process only
-    code = ("import sys; sys.modules['shmlog.groups'] = None; "
-            "from shmlog.cli import main; sys.argv[0] = 'shmlog'; raise SystemExit(main(sys.argv[1:]))")
-    r = _run_demo(data_dir, "--seconds", "2", code=code)
-    _assert_verified(r)
-    assert "falling back to 2 workers with manual assignment" in r.out
-    assert "manual assignment, 2 partitions per worker" in r.out
     _assert_nothing_left(data_dir)
 
 

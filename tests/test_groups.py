@@ -1,4 +1,4 @@
-"""Consumer groups (shmlog.groups): the coordinator in the supervisor and the
+"""Consumer groups (shmlog.broker.coordinator, shmlog.client.member): the coordinator in the supervisor and the
 member in each consumer.
 
 The fault tests run members as real forked processes that log every event
@@ -28,8 +28,11 @@ import psutil
 import pytest
 
 import shmlog
-from shmlog import errors, groups
-from shmlog.groups import OffsetStore
+from shmlog import errors
+from shmlog.broker import offsets as offsets_mod
+from shmlog.broker.offsets import OffsetStore
+from shmlog.client import member as member_mod
+from shmlog.core import groups_region as groups
 
 FORK = multiprocessing.get_context("fork")
 MEM = {"storage": "memory", "chunk_bytes": 1 << 20, "chunk_count": 4}
@@ -854,7 +857,7 @@ def test_poll_makes_no_request_on_the_normal_path(cluster, monkeypatch):
     per = (time.perf_counter() - t0) / 20_000
     assert per < 20e-6, f"poll() costs {per * 1e6:.1f} us"
     monkeypatch.undo()
-    assert 0 < member.poll_interval() <= groups.POLL_INTERVAL_S
+    assert 0 < member.poll_interval() <= member_mod.POLL_INTERVAL_S
     k.close()
 
 
@@ -918,7 +921,7 @@ def test_offset_store_torn_tail_and_compaction(tmp_path):
         s.append([("t", 1, 0, 100 + i), ("gone", 9, 0, i)], durable=False)
         if s.needs_compaction():
             s.compact({"t": 1})
-    assert path.stat().st_size < 2 * groups.COMPACT_BYTES + 200
+    assert path.stat().st_size < 2 * offsets_mod.COMPACT_BYTES + 200
     s.close()
     s = OffsetStore(path)
     assert s.get("t", 0, 1) == 3099 and s.get("t", 1, 1) == 20

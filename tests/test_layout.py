@@ -1,4 +1,4 @@
-"""Layout cross-check: what Python sees through cffi (shmlog/_build.py's cdef,
+"""Layout cross-check: what Python sees through cffi (shmlog/core/_build.py's cdef,
 with `...` filled in by the compiler) against what csrc/layout.h pins.
 
 Two sources, so C and Python can never drift apart silently:
@@ -17,7 +17,7 @@ import struct
 from pathlib import Path
 
 import pytest
-from shmlog._core import ffi, lib
+from shmlog.core._core import ffi, lib
 
 LAYOUT_H = Path(__file__).resolve().parents[1] / "csrc" / "layout.h"
 

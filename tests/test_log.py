@@ -41,11 +41,11 @@ from _core_helpers import (
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from shmlog._core import ffi, lib
+from shmlog.core._core import ffi, lib
 
 from shmlog import errors
-from shmlog import log as log_module
-from shmlog.log import NONE, PartitionLog, RecordReader, pickle_values
+from shmlog.core import log as log_module
+from shmlog.core.log import NONE, PartitionLog, RecordReader, pickle_values
 
 
 def frame_word(plog: PartitionLog, region_pos: int) -> int:
@@ -1023,7 +1023,7 @@ def test_reader_at_chunk_end_survives_reuse_of_that_chunk(shm_prefix):
 
 
 def test_read_starting_at_a_chunk_end_validates_the_chunk_it_read(shm_prefix, monkeypatch):
-    import shmlog.log
+    import shmlog.core.log
 
     with new_log(shm_prefix) as plog:
         slot = plog.register_producer()
@@ -1034,7 +1034,7 @@ def test_read_starting_at_a_chunk_end_validates_the_chunk_it_read(shm_prefix, mo
         c = plog.new_cursor()
         assert list(reader.read(c, base1).offsets) == list(range(base1))  # parked at chunk 0's end
         plog.set_reader_position(rslot, base1)
-        real = shmlog.log.lib
+        real = shmlog.core.log.lib
 
         class RacingLib:
             """A producer reuses chunk 0 between the reader's copy and its validation."""
@@ -1048,7 +1048,7 @@ def test_read_starting_at_a_chunk_end_validates_the_chunk_it_read(shm_prefix, mo
                     plog.append(slot, [b"z" * 333] * 3, timeout=1)
                 return n
 
-        monkeypatch.setattr(shmlog.log, "lib", RacingLib())
+        monkeypatch.setattr(shmlog.core.log, "lib", RacingLib())
         res = reader.read(c, 100)  # every record it copied came from chunk 1, still valid
         assert res.offsets[0] == base1
 
@@ -2214,7 +2214,7 @@ def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r
 
 before = faults()  # before any import can move glibc's dynamic thresholds
-from shmlog.log import PartitionLog, keep_freed_heap
+from shmlog.core.log import PartitionLog, keep_freed_heap
 if sys.argv[1] == "read":
     # the reader sets it on its first large read
     plog = PartitionLog.create(sys.argv[2], chunk_bytes=8 << 20, chunk_count=2)

@@ -1,4 +1,4 @@
-"""shmlog.metrics: the stats dict as Prometheus text (format 0.0.4) and JSON.
+"""shmlog.broker.metrics: the stats dict as Prometheus text (format 0.0.4) and JSON.
 
 The formatting is pure, so most tests feed it a literal dict; one runs
 `shmlog stats --prometheus` against a real supervisor and parses its output
@@ -15,7 +15,7 @@ import sys
 import pytest
 
 import shmlog
-from shmlog import metrics
+from shmlog.broker import metrics
 
 NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
 LABEL_NAME = r"[a-zA-Z_][a-zA-Z0-9_]*"
@@ -245,7 +245,7 @@ def test_stats_prometheus_from_a_live_broker(broker):
 
 # ---------------------------------------------------------------- top's arithmetic
 def test_top_rates_roles_and_render():
-    from shmlog import top
+    from shmlog.cli import top
 
     def stats(end, pos, gate):
         return {"supervisor_pid": 9, "clients": 2, "topics": {"t": {"partitions": [

@@ -20,7 +20,7 @@ from _broker_helpers import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shmlog.partitioner import KeyPartitioner, murmur2, partition_for
+from shmlog.core.partitioner import KeyPartitioner, murmur2, partition_for
 
 # Kafka UtilsTest.testMurmur2
 KAFKA_VECTORS = {

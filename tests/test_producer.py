@@ -25,7 +25,7 @@ from _broker_helpers import (
 from _core_helpers import frames
 
 import shmlog
-from shmlog.log import PartitionLog
+from shmlog.core.log import PartitionLog
 
 TOPIC = "orders"
 
@@ -604,7 +604,7 @@ def test_the_lone_commit_budget_refills_between_commits(data_dir):
     """The budget is stored at commits: once a burst spent it, a lone send a
     few ms later (refilled by then, and past HUNGRY_GAP) still goes at once,
     although no commit happened in between to store the refill."""
-    from shmlog import producer as producer_module
+    from shmlog.client import producer as producer_module
 
     with running_cluster(data_dir) as cluster:
         cluster.create_topic("t", partitions=1, storage="memory")
@@ -632,7 +632,7 @@ def test_lone_sends_commit_at_once_and_a_stream_batches(data_dir, reader_waits):
     HUNGRY_GAP). With none waiting at that instant (one may be busy with the
     previous message; the flusher thread would take tens of us) paced ones
     do, on the same budget. A stream after them batches."""
-    from shmlog import producer as producer_module
+    from shmlog.client import producer as producer_module
 
     with running_cluster(data_dir) as cluster:
         cluster.create_topic("t", partitions=1, storage="memory")

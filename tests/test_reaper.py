@@ -20,7 +20,7 @@ from collections import Counter
 import psutil
 import pytest
 from _broker_helpers import FORK, SMALL, Children, collect, running_cluster, wait_for
-from shmlog._core import ffi, lib
+from shmlog.core._core import ffi, lib
 
 import shmlog
 

@@ -10,11 +10,11 @@ from typing import List, Tuple
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hs
-from shmlog._core import ffi, lib
+from shmlog.core._core import ffi, lib
 
 import shmlog
-from shmlog.log import PartitionLog
-from shmlog.segments import (
+from shmlog.core.log import PartitionLog
+from shmlog.core.segments import (
     INDEX_INTERVAL,
     IndexBuilder,
     SegmentStore,
@@ -82,7 +82,7 @@ def write_partition(pdir: Path, segments: List[List[bytes]], bases: List[int]) -
         b = IndexBuilder()
         pos = 0
         for f in frames:
-            hdr = shmlog.segments.FRAME.unpack_from(f, 0)
+            hdr = shmlog.core.segments.FRAME.unpack_from(f, 0)
             b.add(pos, hdr[3], hdr[8])
             pos += len(f)
         b.seal()

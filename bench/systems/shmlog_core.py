@@ -1,4 +1,4 @@
-"""shmlog at the core level: shmlog.log.PartitionLog used directly.
+"""shmlog at the core level: shmlog.core.log.PartitionLog used directly.
 
 No supervisor, no topics: the parent creates one region per partition
 ("/shmlog-bench-..." names, always unlinked), the producer process attaches
@@ -63,7 +63,7 @@ def unlink_all() -> None:
 
 @contextmanager
 def regions(count: int, chunk_bytes: int, chunk_count: int, prefault: bool) -> Iterator[List[str]]:
-    from shmlog.log import PartitionLog
+    from shmlog.core.log import PartitionLog
 
     names: List[str] = []
     try:
@@ -108,7 +108,7 @@ def gate_position(cursor) -> int:
 
 class _Producer(Endpoint):
     def __init__(self, name: str, deadline_s: float = 60.0):
-        from shmlog.log import _POINTER_VALUE, PartitionLog, pickle_values
+        from shmlog.core.log import _POINTER_VALUE, PartitionLog, pickle_values
 
         self.plog = PartitionLog.attach(name, prefault=True)
         self.slot = self.plog.register_producer()
@@ -137,7 +137,7 @@ class _Producer(Endpoint):
 
 class _Consumer(Endpoint):
     def __init__(self, name: str, spin_us: float = THROUGHPUT_SPIN_US, cap: int = BATCH):
-        from shmlog.log import PartitionLog
+        from shmlog.core.log import PartitionLog
 
         self.plog = PartitionLog.attach(name, prefault=True)
         self.rslot = self.plog.register_reader(0, gating=True)
@@ -199,9 +199,9 @@ class ShmlogCore(System):
 
     def check(self) -> None:
         try:
-            import shmlog.log  # noqa: F401
+            import shmlog.core.log  # noqa: F401
         except Exception as exc:  # the C core is not built
-            raise Skip(f"shmlog.log does not import: {exc}") from None
+            raise Skip(f"shmlog.core.log does not import: {exc}") from None
 
     def latency_variants(self):
         return [("msg", LATENCY_SPIN_US), ("msg", 0.0)]
@@ -254,7 +254,7 @@ class ShmlogCore(System):
 
 def _scale_producer(names: List[str], k: int, n: int, warm: int, size: int, batch: int, *,
                     ctl: Ctl) -> dict:
-    from shmlog.log import PartitionLog
+    from shmlog.core.log import PartitionLog
 
     plogs = [PartitionLog.attach(nm) for nm in names]
     slots = [pl.register_producer() for pl in plogs]
@@ -283,7 +283,7 @@ def _scale_producer(names: List[str], k: int, n: int, warm: int, size: int, batc
 
 
 def _scale_consumer(names: List[str], n: int, warm: int, batch: int, *, ctl: Ctl) -> dict:
-    from shmlog.log import PartitionLog
+    from shmlog.core.log import PartitionLog
 
     plogs = [PartitionLog.attach(nm) for nm in names]
     rslots = [pl.register_reader(0, gating=True) for pl in plogs]
@@ -340,7 +340,7 @@ def crc_bench(p: Params, size: int = 64 * MIB, mode: str = "64 MiB buffer") -> R
     """CRC32C GB/s over one buffer of `size`, in this one process (no IPC):
     64 MiB (from memory), or 64 KiB (a batch, in cache: what a frame's CRC
     costs). A pass is as many CRCs of the buffer as make 64 MiB."""
-    from shmlog._core import ffi, lib
+    from shmlog.core._core import ffi, lib
 
     row = Row("CRC", "shmlog-core", mode=mode, procs="1 process (no IPC)")
     buf = bytearray(os.urandom(size))

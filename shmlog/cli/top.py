@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import psutil
 
-from . import metrics as m
+from ..broker import metrics as m
 from .tools import _table, collect_stats, connect
 
 CLEAR = "\x1b[H\x1b[2J"

@@ -26,7 +26,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from . import errors
+from .. import errors
 
 # event id, send time (CLOCK_MONOTONIC ns: the same clock in every process of
 # the host), producer id, key index
@@ -81,7 +81,7 @@ def _quiet_child() -> None:
 
 def producer_main(data_dir: str, topic: str, index: int, rate: float, stop, results) -> None:
     _quiet_child()
-    from .cluster import connect
+    from ..client.cluster import connect
 
     sent = 0
     try:
@@ -115,7 +115,7 @@ def producer_main(data_dir: str, topic: str, index: int, rate: float, stop, resu
 def worker_main(data_dir: str, topic: str, index: int, generation: int, mode: str,
                 partitions: List[int], drain, abort, results) -> None:
     _quiet_child()
-    from .cluster import connect
+    from ..client.cluster import connect
 
     def put(kind: str, payload: Any) -> None:
         results.put((kind, (generation, index), payload))
@@ -252,7 +252,7 @@ class _Display:
 
 
 def _supervisor_answers(data_dir: Path) -> bool:
-    from .cluster import connect
+    from ..client.cluster import connect
 
     try:
         c = connect(data_dir, start=False)
@@ -426,7 +426,7 @@ def run(args) -> int:
     if args.seconds <= 0:
         raise errors.InvalidConfig(f"--seconds must be > 0, got {args.seconds}")
     was_running = _supervisor_answers(data_dir)
-    from .cluster import connect
+    from ..client.cluster import connect
 
     cluster = connect(data_dir, start=not no_start)
     started_here = not was_running
@@ -456,18 +456,13 @@ def _run(r: _Run, started_here: bool) -> int:
     out.say(f"shmlog demo — data dir {cluster.data_dir} (supervisor pid {cluster.supervisor_pid}, {sup})")
     out.say(f"topic {topic}: {PARTITIONS} partitions, storage={args.storage}, 4 x 1 MiB shared-memory chunks each")
 
-    try:
-        import shmlog.groups  # noqa: F401  (only whether it is there)
-    except ImportError as exc:
-        r.fallback_reason = f"shmlog.groups cannot be imported: {exc}"
-    else:
-        # committed offsets of an earlier run point into the old topic
-        for forget in (lambda: cluster.delete_group(GROUP),
-                       lambda: cluster.reset_offsets(GROUP, topic, to="earliest")):
-            try:
-                forget()
-            except errors.ShmlogError:
-                pass
+    # committed offsets of an earlier run point into the old topic
+    for forget in (lambda: cluster.delete_group(GROUP),
+                   lambda: cluster.reset_offsets(GROUP, topic, to="earliest")):
+        try:
+            forget()
+        except errors.ShmlogError:
+            pass
     ok = False
     if r.fallback_reason is None:
         r.start_workers("group")

@@ -20,9 +20,9 @@ from itertools import accumulate, repeat
 from operator import itemgetter
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
-from . import errors
-from ._core import ffi, lib
-from .log import ReadResult
+from .. import errors
+from ..core._core import ffi, lib
+from ..core.log import ReadResult, scan_for_time
 
 TP = Tuple[str, int]
 NONE = (1 << 64) - 1
@@ -241,7 +241,7 @@ class Consumer:
         for t in self.topics:
             self.cluster.topic(t)  # UnknownTopic now, not at the first poll
         if group is not None:
-            from .groups import GroupMember
+            from .member import GroupMember
 
             self._member = GroupMember(self, group, self.topics, **group_options)
         elif self.topics:
@@ -397,7 +397,7 @@ class Consumer:
             if seg is not None and t.config["storage"] == "disk":
                 found = seg.offset_for_time(topic, p, ts)
             if found is None:
-                found = _scan_for_time(t.regions[p], ts)
+                found = scan_for_time(t.regions[p], ts)
             out[p] = found
         return out
 
@@ -749,22 +749,3 @@ def _copied_view(a: _Assigned, res: ReadResult) -> MessageView:
     kblob, kpos, klens = _packed(res.keys, len(blob))
     cols = (array("Q", res.offsets), array("q", res.timestamps), pos, lens, kpos, klens)
     return MessageView(a.topic, a.partition, cols, blob + kblob, lambda v: None)
-
-
-def _scan_for_time(plog, ts: int) -> Optional[int]:
-    """First offset in shared memory with timestamp >= ts (memory topics, or
-    the tail of disk topics)."""
-    cur = plog.new_cursor()
-    plog.seek(cur, 0)
-    reader = plog.reader()
-    while True:
-        try:
-            res = reader.read(cur, reader.capacity)
-        except errors.OffsetOutOfRange:
-            plog.seek(cur, 0)
-            continue
-        if res is None:
-            return None
-        for off, t in zip(res.offsets, res.timestamps):
-            if t >= ts:
-                return off

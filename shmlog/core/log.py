@@ -22,7 +22,7 @@ from typing import List, Optional, Sequence
 import lz4.block
 import posix_ipc
 
-from . import errors
+from .. import errors
 from ._core import ffi, lib
 from .codec import columns, decode_headers, encode_headers
 
@@ -812,3 +812,22 @@ def decode_section(raw: bytes, count: int, base_offset: int, first_ts: int, skip
         headers = [decode_headers(raw[p : p + ln]) if ln else [] for p, ln in zip(hpos, hlen)]
     return ReadResult(ffi.unpack(o.offsets, n), ffi.unpack(o.timestamps, n), values, keys,
                       headers, 0, len(raw))
+
+
+def scan_for_time(plog, ts: int) -> Optional[int]:
+    """First offset in shared memory with timestamp >= ts (memory topics, or
+    the tail of disk topics)."""
+    cur = plog.new_cursor()
+    plog.seek(cur, 0)
+    reader = plog.reader()
+    while True:
+        try:
+            res = reader.read(cur, reader.capacity)
+        except errors.OffsetOutOfRange:
+            plog.seek(cur, 0)
+            continue
+        if res is None:
+            return None
+        for off, t in zip(res.offsets, res.timestamps):
+            if t >= ts:
+                return off

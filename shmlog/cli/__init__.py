@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from . import config as cfgmod
-from . import errors
+from .. import config as cfgmod
+from .. import errors
 
 
 def _parse_value(v: str):
@@ -41,7 +41,7 @@ def _kv(items: Optional[List[str]]) -> dict:
 
 
 def cmd_serve(args) -> int:
-    from .supervisor import serve
+    from ..broker.supervisor import serve
 
     if args.detach:
         # double fork: the supervisor is nobody's child and outlives the

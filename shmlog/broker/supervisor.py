@@ -28,40 +28,20 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import posix_ipc
 
-from . import config as cfgmod
-from . import errors, protocol
-from .log import PartitionLog, unlink_region
+from .. import config as cfgmod
+from .. import errors, protocol
+from ..core.log import PartitionLog, unlink_region
+from ..osutil import pid_alive, write_json_atomic
+from ..protocol import LOCK_NAME, SOCKET_NAME, ensure_data_dir
 
 log = logging.getLogger("shmlog.supervisor")
 
-SOCKET_NAME = "shmlog.sock"
-LOCK_NAME = "supervisor.lock"
 META_NAME = "meta.json"
 CLUSTER_ID_NAME = "cluster_id"
 
 
 def region_name(cluster_id: str, topic_id: int, partition: int) -> str:
     return f"/shmlog-{cluster_id}-{topic_id}-{partition}"
-
-
-def ensure_data_dir(data_dir: Path) -> Path:
-    """Create the data dir 0700 (invariant 6) or say why it cannot be used."""
-    data_dir = Path(data_dir).absolute()
-    try:
-        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as exc:
-        raise errors.ShmlogError(
-            f"cannot create data dir {data_dir}: {exc.strerror}; choose a writable path "
-            f"with --data-dir or $SHMLOG_DATA_DIR",
-            what=str(data_dir),
-        ) from None
-    if not os.access(data_dir, os.W_OK | os.X_OK):
-        raise errors.ShmlogError(
-            f"data dir {data_dir} is not writable; choose a writable path with --data-dir "
-            f"or $SHMLOG_DATA_DIR",
-            what=str(data_dir),
-        )
-    return data_dir
 
 
 def cluster_id_of(data_dir: Path) -> str:
@@ -77,41 +57,6 @@ def cluster_id_of(data_dir: Path) -> str:
     tmp.write_text(cid + "\n")
     os.replace(tmp, p)
     return cid
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
-def pid_alive(pid: int) -> bool:
-    """Alive, and not a zombie (killed but not yet reaped by its parent: it
-    will never commit or read again, though kill(pid, 0) still succeeds)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except FileNotFoundError:
-        return False
-    except OSError:
-        return True
-    return stat[stat.rfind(b")") + 2:][:1] not in (b"Z", b"X")
 
 
 class AlreadyRunning(errors.ShmlogError):
@@ -741,12 +686,8 @@ def serve(data_dir: Path, *, auto: bool = False, **broker_config: Any) -> int:
 
 
 def _install_roles(sup: Supervisor) -> None:
-    """Attach the optional roles (groups, storage) that live in their own modules."""
-    for modname in ("shmlog.groups", "shmlog.storage"):
-        try:
-            mod = __import__(modname, fromlist=["install"])
-        except ImportError:
-            continue
-        install = getattr(mod, "install", None)
-        if install is not None:
-            install(sup)
+    """Attach the roles that live in their own modules: the group coordinator and storage."""
+    from . import coordinator, storage
+
+    coordinator.install(sup)
+    storage.install(sup)

@@ -1,5 +1,6 @@
-"""Consumer groups: the coordinator (in the supervisor) and the member (in
-each consumer of a group).
+"""Consumer groups, supervisor side: the coordinator. The member that runs in
+each consumer is shmlog.client.member; the heartbeat slots they share are
+shmlog.core.groups_region; committed offsets are shmlog.broker.offsets.
 
 Protocol (JSON ops over the supervisor socket; every request is answered at
 once, so the supervisor's single-threaded loop never waits on a member):
@@ -19,341 +20,62 @@ once, so the supervisor's single-threaded loop never waits on a member):
   on gets FencedMember, as Kafka fences a stale generation.
 * admin: ``groups``, ``describe_group``, ``delete_group``, ``reset_offsets``.
 
-The coordinator tells a member to sync through its heartbeat slot in the
-groups region ``/shmlog-<cluster_id>-groups`` (0600): the member's poll()
-compares the slot's notify and token words with what it saw last, writes its
-poll time into the slot, and makes no syscall unless something changed. The
-coordinator's own ticker thread (at the reaper's interval) removes a member
+The coordinator's own ticker thread (at the reaper's interval) removes a member
 whose process is gone (a zombie counts as gone, a reused pid is told apart by
 its start time) or which has not polled for ``session_timeout_ms``, and
-rebalances; on_revoke/on_assign run in the members' processes.
+rebalances; on_revoke/on_assign run in the members' processes. On memory
+topics the coordinator also holds a gating reader slot per (group, partition)
+at the committed offset, so producers never overwrite what a group has not
+committed; members auto-commit each time they move into the next chunk of a
+memory partition, so that gate trails the readers by less than a chunk.
 
-Committed offsets live in ``<data_dir>/groups/<group>.offsets``: one line
-per commit, ``<crc32 of the json, 8 hex digits> <json>``, fsynced when it
-holds a disk topic's offsets (a memory topic's data dies with the machine
-anyway, and the page cache survives a supervisor crash), compacted by
-rewrite-and-rename. On memory topics the coordinator also holds a gating
-reader slot per (group, partition) at the committed offset, so producers
-never overwrite what a group has not committed; members auto-commit each
-time they move into the next chunk of a memory partition, so that gate
-trails the readers by less than a chunk.
-
-Region layout (little-endian u64 words; pinned by tests/test_groups.py):
-
-    header, 128 bytes: magic, version, slot_count, incarnation, supervisor_pid
-    slot i at 128 + 128*i: pid, token, group_hash, generation, notify,
-                           last_poll_ns (CLOCK_MONOTONIC), session_timeout_ms
-
-A slot is 128 bytes so a member's poll touches one cache line nobody else
-writes on the normal path. The region survives a supervisor crash: the next
-supervisor re-attaches it, treats the slots it finds as members that must
-rejoin (``notify`` = REJOIN), and grants nothing in their groups until each
-has rejoined, died or timed out.
-
-The member must never make a syscall in poll() on the normal path, and the
-coordinator must never block the supervisor's loop.
+The coordinator must never block the supervisor's loop.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import mmap
 import os
-import re
 import secrets
 import threading
 import time
-import zlib
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
 
-import posix_ipc
-
-from . import assignors, errors, protocol
-from .config import validate_topic_name
-from .log import unlink_region
+from .. import errors, protocol
+from ..config import (
+    GROUP_RE,
+    MAX_SESSION_MS,
+    MIN_SESSION_MS,
+    validate_group_name,
+    validate_topic_name,
+)
+from ..core.groups_region import (
+    H_SUPERVISOR,
+    REJOIN,
+    S_GENERATION,
+    S_GROUP,
+    S_NOTIFY,
+    S_PID,
+    S_POLL,
+    S_SESSION,
+    S_TOKEN,
+    SLOT_COUNT,
+    GroupsRegion,
+    group_hash,
+    region_name,
+    slot_index,
+)
+from ..core.log import scan_for_time
+from ..core.segments import SegmentStore
+from ..osutil import pid_alive, proc_start_time
+from . import assignors
+from .offsets import MAX_OFFSET, OFFSETS_SUFFIX, OffsetStore
 
 log = logging.getLogger("shmlog.groups")
 
 TP = Tuple[str, int]
-
-# ------------------------------------------------------------------ region
-MAGIC = int.from_bytes(b"SHMLGRP1", "little")
-VERSION = 1
-HEADER_BYTES = 128
-SLOT_BYTES = 128
-SLOT_COUNT = 1024
-REGION_BYTES = HEADER_BYTES + SLOT_BYTES * SLOT_COUNT
-H_MAGIC, H_VERSION, H_SLOTS, H_INCARNATION, H_SUPERVISOR = range(5)
-S_PID, S_TOKEN, S_GROUP, S_GENERATION, S_NOTIFY, S_POLL, S_SESSION = range(7)
-REJOIN = (1 << 64) - 1  # notify value: the coordinator restarted, rejoin with your claims
-
-POLL_INTERVAL_S = 0.1  # longest a member sleeps before looking at its slot again
-RETRY_NS = 100_000_000  # back-off after a failed control request
-SUPERVISOR_CHECK_NS = 1_000_000_000  # how often a member checks that its coordinator lives
-MIN_SESSION_MS = 100
-MAX_SESSION_MS = 3_600_000
-MAX_OFFSET = (1 << 63) - 1
-
-GROUP_RE = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
-OFFSETS_SUFFIX = ".offsets"
-COMPACT_BYTES = 64 << 10
-
 _now = time.monotonic_ns
-
-
-def region_name(cluster_id: str) -> str:
-    return f"/shmlog-{cluster_id}-groups"
-
-
-def validate_group_name(name: Any) -> str:
-    if not isinstance(name, str) or not GROUP_RE.match(name) or name in (".", ".."):
-        raise errors.InvalidConfig(
-            f"invalid group name {name!r}: use 1-200 characters of [A-Za-z0-9._-], not '.' or '..'",
-            what=str(name),
-        )
-    return name
-
-
-def group_hash(name: str) -> int:
-    h = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little")
-    return h or 1
-
-
-def slot_index(slot: int, word: int) -> int:
-    """Index of a slot's word in the region's u64 view."""
-    return (HEADER_BYTES + slot * SLOT_BYTES) // 8 + word
-
-
-class GroupsRegion:
-    """The heartbeat region, mapped in this process (as a u64 view)."""
-
-    def __init__(self, name: str, mm: mmap.mmap, created: bool):
-        self.name = name
-        self._mm = mm
-        self.words = memoryview(mm).cast("Q")
-        self.created = created
-
-    @classmethod
-    def open(cls, name: str) -> GroupsRegion:
-        """Supervisor side: re-attach a surviving region, else create one."""
-        try:
-            region = cls.attach(name)
-            log.info("re-attached groups region %s", name)
-            return region
-        except posix_ipc.ExistentialError:
-            pass
-        except errors.ShmlogError as exc:
-            log.error("groups region %s is unusable (%s); recreating it", name, exc)
-            unlink_region(name)
-        shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=REGION_BYTES)
-        try:
-            mm = mmap.mmap(shm.fd, REGION_BYTES, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        finally:
-            shm.close_fd()
-        region = cls(name, mm, created=True)
-        w = region.words
-        w[H_VERSION] = VERSION
-        w[H_SLOTS] = SLOT_COUNT
-        w[H_INCARNATION] = secrets.randbits(63) | 1
-        w[H_MAGIC] = MAGIC  # last: a half-formatted region never looks valid
-        return region
-
-    @classmethod
-    def attach(cls, name: str) -> GroupsRegion:
-        shm = posix_ipc.SharedMemory(name)
-        try:
-            size = shm.size
-            if size < REGION_BYTES:
-                raise errors.CorruptBatch(f"groups region {name} is only {size} bytes", what=name)
-            mm = mmap.mmap(shm.fd, REGION_BYTES, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        finally:
-            shm.close_fd()
-        region = cls(name, mm, created=False)
-        w = region.words
-        if w[H_MAGIC] != MAGIC or w[H_VERSION] != VERSION or w[H_SLOTS] != SLOT_COUNT:
-            region.close()
-            raise errors.CorruptBatch(
-                f"groups region {name} has a bad magic, version or slot count", what=name)
-        return region
-
-    @property
-    def incarnation(self) -> int:
-        return self.words[H_INCARNATION]
-
-    def close(self) -> None:
-        if self.words is None:
-            return
-        self.words.release()
-        self.words = None
-        try:
-            self._mm.close()
-        except BufferError:
-            pass
-
-    def unlink(self) -> None:
-        unlink_region(self.name)
-
-
-# ------------------------------------------------------------------ offsets file
-class OffsetStore:
-    """Committed offsets of one group: ``<data_dir>/groups/<group>.offsets``.
-
-    Append-only lines ``<crc32 hex> <json>\\n``; json is
-    {"o": [[topic, topic_id, partition, offset], ...], "g": generation,
-    "m": member_id, "t": time_ms}. Loading stops at the first line whose CRC
-    or JSON is bad (a torn append) and truncates the file there; offsets of a
-    topic id that no longer exists are ignored and dropped by compaction."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.offsets: Dict[TP, Tuple[int, int]] = {}  # (topic, p) -> (topic_id, offset)
-        self._fd: Optional[int] = None
-        self._size = 0
-        self._base = 0  # size right after the last compaction
-        self.load()
-
-    def load(self) -> None:
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            return
-        pos = 0
-        good = 0
-        while pos < len(data):
-            nl = data.find(b"\n", pos)
-            if nl < 0:
-                break
-            line = data[pos:nl]
-            rec = _parse_record(line)
-            if rec is None:
-                break
-            self._apply(rec)
-            pos = nl + 1
-            good = pos
-        if good < len(data):
-            log.error("%s: bad or torn record at byte %d; dropped the %d byte(s) after it",
-                      self.path, good, len(data) - good)
-            with open(self.path, "r+b") as f:
-                f.truncate(good)
-                f.flush()
-                os.fsync(f.fileno())
-        self._size = good
-        self._base = good
-
-    def _apply(self, rec: Dict[str, Any]) -> None:
-        for topic, tid, p, off in rec.get("o", ()):
-            self.offsets[(topic, p)] = (tid, off)
-
-    def get(self, topic: str, p: int, topic_id: int) -> Optional[int]:
-        v = self.offsets.get((topic, p))
-        if v is None or v[0] != topic_id:
-            return None
-        return v[1]
-
-    def _open(self) -> int:
-        if self._fd is None:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        return self._fd
-
-    def append(self, entries: Sequence[Tuple[str, int, int, int]], *, durable: bool,
-               generation: int = 0, member_id: str = "") -> None:
-        """Record offsets; with durable=True they survive a machine crash
-        once this returns (fsync)."""
-        if not entries:
-            return
-        rec = {"o": [list(e) for e in entries], "g": generation, "m": member_id,
-               "t": int(time.time() * 1000)}
-        line = _format_record(rec)
-        fd = self._open()
-        _write_all(fd, line)
-        if durable:
-            os.fsync(fd)
-        self._size += len(line)
-        for topic, tid, p, off in entries:
-            self.offsets[(topic, p)] = (tid, off)
-
-    def needs_compaction(self) -> bool:
-        return self._size > COMPACT_BYTES and self._size > 2 * self._base
-
-    def compact(self, live_topic_ids: Dict[str, int]) -> None:
-        """Rewrite the file with one record of the current offsets (of live
-        topics), fsync, rename over the old one, fsync the directory."""
-        keep = {tp: v for tp, v in self.offsets.items() if live_topic_ids.get(tp[0]) == v[0]}
-        self.offsets = keep
-        entries = [[t, tid, p, off] for (t, p), (tid, off) in sorted(keep.items())]
-        line = _format_record({"o": entries, "g": 0, "m": "compaction", "t": int(time.time() * 1000)})
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            _write_all(fd, line)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        _fsync_dir(self.path.parent)
-        self.close()
-        self._size = self._base = len(line)
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def delete(self) -> None:
-        self.close()
-        self.offsets.clear()
-        try:
-            self.path.unlink()
-        except FileNotFoundError:
-            pass
-        _fsync_dir(self.path.parent)
-
-
-def _format_record(rec: Dict[str, Any]) -> bytes:
-    body = json.dumps(rec, separators=(",", ":"), sort_keys=True).encode()
-    return b"%08x %s\n" % (zlib.crc32(body), body)
-
-
-def _parse_record(line: bytes) -> Optional[Dict[str, Any]]:
-    if len(line) < 10 or line[8:9] != b" ":
-        return None
-    body = line[9:]
-    try:
-        if int(line[:8], 16) != zlib.crc32(body):
-            return None
-        rec = json.loads(body)
-    except ValueError:
-        return None
-    if not isinstance(rec, dict) or not isinstance(rec.get("o", []), list):
-        return None
-    for e in rec.get("o", []):
-        if not (isinstance(e, list) and len(e) == 4 and isinstance(e[0], str)
-                and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in e[1:])):
-            return None
-    return rec
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except FileNotFoundError:
-        return
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 # ------------------------------------------------------------------ wire helpers
@@ -406,8 +128,7 @@ class _Member:
         self.owned: Set[TP] = set()
         self.generation = 0
         self.joined_ms = int(time.time() * 1000)
-        st = _proc_stat(pid)
-        self.started = st[1] if st is not None and st[0] != "X" else None
+        self.started = proc_start_time(pid)
 
 
 class _Orphan:
@@ -1006,27 +727,19 @@ class Coordinator:
 
     def _offset_for_time(self, topic: str, t: Dict[str, Any], p: int, ts: int) -> Optional[int]:
         """First offset with timestamp >= ts: the segment time indexes of a
-        disk topic first (shmlog.segments, when installed), then the
-        shared-memory window."""
+        disk topic first, then the shared-memory window."""
         if t["config"]["storage"] == "disk":
             try:
-                from .segments import SegmentStore
-            except ImportError:
-                SegmentStore = None
-            if SegmentStore is not None:
-                try:
-                    off = SegmentStore(self.sup.data_dir).offset_for_time(topic, p, ts)
-                except (errors.ShmlogError, OSError) as exc:
-                    log.warning("time index of %s[%d] unusable (%s); scanning memory", topic, p, exc)
-                    off = None
-                if off is not None:
-                    return off
+                off = SegmentStore(self.sup.data_dir).offset_for_time(topic, p, ts)
+            except (errors.ShmlogError, OSError) as exc:
+                log.warning("time index of %s[%d] unusable (%s); scanning memory", topic, p, exc)
+                off = None
+            if off is not None:
+                return off
         plog = self._plog(topic, p)
         if plog is None:
             return None
-        from .consumer import _scan_for_time
-
-        return _scan_for_time(plog, ts)
+        return scan_for_time(plog, ts)
 
     # ------------------------------------------------------------ hooks
     def topic_created(self, name: str) -> None:
@@ -1056,7 +769,7 @@ class Coordinator:
             now = _now()
             for g in list(self.groups.values()):
                 for m in list(g.members.values()):
-                    if not _pid_alive(m.pid, m.started):
+                    if not pid_alive(m.pid, m.started):
                         self._remove(g, m, f"its process {m.pid} is gone")
                         continue
                     idle = now - w[slot_index(m.slot, S_POLL)]
@@ -1083,7 +796,7 @@ class Coordinator:
             return False
         w = self.region.words
         for slot, o in list(orphans.items()):
-            dead = not _pid_alive(o.pid)
+            dead = not pid_alive(o.pid)
             silent = now - w[slot_index(slot, S_POLL)] > o.session_ns
             late = now > self.orphan_deadline_ns
             if dead or silent or late:
@@ -1092,48 +805,6 @@ class Coordinator:
                 del orphans[slot]
                 self._free_slot(slot)
         return not orphans
-
-
-def _pid_alive(pid: int, started: Optional[int] = None) -> bool:
-    """Is the process alive and still the one that joined? A zombie (killed,
-    not yet reaped by its parent) is dead, and so is a pid reused by another
-    process (a different start time)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    st = _proc_stat(pid)
-    if st is None:
-        return True  # no /proc: trust kill(0)
-    state, start = st
-    if state in ("Z", "X", "x"):
-        return False
-    return started is None or start == started
-
-
-_HAVE_PROC = os.path.exists("/proc/self/stat")
-
-
-def _proc_stat(pid: int) -> Optional[Tuple[str, int]]:
-    """(state, start time in clock ticks) from /proc/<pid>/stat, or None."""
-    if not _HAVE_PROC:
-        return None
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        return ("X", 0)
-    except OSError:
-        return None
-    try:
-        rest = data[data.rindex(b")") + 2:].split()
-        return rest[0].decode(), int(rest[19])
-    except (ValueError, IndexError):
-        return None
 
 
 class _NameOnly:
@@ -1190,409 +861,3 @@ def install(sup) -> Coordinator:
 
     sup._reclaim_stale_regions = sweep_keeping_groups
     return coord
-
-
-# ------------------------------------------------------------------ member
-class GroupMember:
-    """This consumer's membership in a group (built by Consumer(group=...)).
-
-    poll() runs at every fetch-loop iteration: it compares two words of the
-    heartbeat slot and a deadline, writes the poll time, and only when
-    something changed talks to the coordinator (sync, rejoin, auto-commit).
-    """
-
-    def __init__(self, consumer, group: str, topics: Sequence[str], *, assignor: str = assignors.DEFAULT,
-                 session_timeout_ms: Optional[int] = None, auto_commit_interval_ms: int = 5000,
-                 client_id: Optional[str] = None, **unknown: Any):
-        if unknown:
-            raise errors.InvalidConfig(
-                f"unknown consumer setting(s) {', '.join(sorted(unknown))}; group settings are "
-                f"assignor, session_timeout_ms, auto_commit_interval_ms, client_id",
-                what=sorted(unknown)[0])
-        self.group = validate_group_name(group)
-        assignors.get(assignor)
-        if not topics:
-            raise errors.InvalidConfig(f"a member of group {group!r} needs at least one topic", what=group)
-        if session_timeout_ms is None:
-            from .config import BROKER_DEFAULTS
-
-            asked = consumer.cluster.broker_config.get("session_timeout_ms")
-            if asked != BROKER_DEFAULTS["session_timeout_ms"]:
-                session_timeout_ms = asked  # connect(..., session_timeout_ms=...) asked for it
-        if session_timeout_ms is not None:
-            if isinstance(session_timeout_ms, bool) or not isinstance(session_timeout_ms, (int, float)) \
-                    or not MIN_SESSION_MS <= session_timeout_ms <= MAX_SESSION_MS:
-                raise errors.InvalidConfig(
-                    f"invalid session_timeout_ms={session_timeout_ms!r}: must be in "
-                    f"[{MIN_SESSION_MS}, {MAX_SESSION_MS}]", what="session_timeout_ms")
-            session_timeout_ms = int(session_timeout_ms)
-        if isinstance(auto_commit_interval_ms, bool) or not isinstance(auto_commit_interval_ms, (int, float)) \
-                or auto_commit_interval_ms < 0:
-            raise errors.InvalidConfig(
-                f"invalid auto_commit_interval_ms={auto_commit_interval_ms!r}: must be >= 0",
-                what="auto_commit_interval_ms")
-        self.consumer = consumer
-        self.cluster = consumer.cluster
-        self.topics = sorted(set(topics))
-        self.assignor = assignor
-        self.session_timeout_ms = session_timeout_ms
-        self.auto_commit_ns = int(auto_commit_interval_ms * 1_000_000)
-        self.client_id = client_id or f"pid{os.getpid()}"
-        self.member_id: Optional[str] = None
-        self.generation = 0
-        self.owned: Set[TP] = set()
-        self.rebalances = 0  # syncs that changed this member's partitions
-        self._token = 0
-        self._slot = -1
-        self._region: Optional[GroupsRegion] = None
-        self._incarnation = 0
-        self._sup_pid = 0
-        self._words = memoryview(bytearray(REGION_BYTES)).cast("Q")  # until joined
-        self._i_token = self._i_notify = self._i_poll = 0
-        self._seen: Optional[int] = None
-        self._due = 0
-        self._commit_due = 0
-        self._need_join = False
-        self._retry_at = 0
-        self._sup_check_at = 0
-        self._failing = False
-        self._closed = False
-        self._in_revoke = False
-        self._committed_in_revoke: Set[TP] = set()
-        self._last_committed: Dict[TP, int] = {}
-        # memory topics: [cursor, chunk seq at the last commit] per owned partition
-        self._watch: List[List[Any]] = []
-        self._user_exc: Optional[BaseException] = None
-        self._join(rejoin=False)
-
-    # ------------------------------------------------------------ hot path
-    def poll(self) -> None:
-        """Heartbeat, and act on what the coordinator asked (cheap; no syscall
-        unless something changed)."""
-        w = self._words
-        now = _now()
-        if (w[self._i_token] != self._token or w[self._i_notify] != self._seen or now >= self._due
-                or self.cluster.supervisor_pid != self._sup_pid):
-            self._slow(now)
-            return
-        w[self._i_poll] = now
-        for cw in self._watch:
-            if cw[0].seq != cw[1]:
-                self._slow(now)
-                return
-
-    def poll_interval(self) -> float:
-        """The longest the consumer may sleep before calling poll() again."""
-        left = (self._due - _now()) / 1e9
-        return max(0.0, min(POLL_INTERVAL_S, left))
-
-    # ------------------------------------------------------------ slow path
-    def _slow(self, now: int) -> None:
-        if self._closed:
-            return
-        if now < self._retry_at:
-            # the coordinator was unreachable a moment ago: keep reading what
-            # we own, heartbeat, and try again after the back-off
-            w = self._words
-            if w[self._i_token] == self._token:
-                w[self._i_poll] = now
-            return
-        try:
-            w = self._words
-            if self._need_join or w[self._i_token] != self._token:
-                if not self._need_join:
-                    self._lost("the coordinator removed this member (session timeout, or its "
-                               "supervisor did not see it rejoin)")
-                    self._need_join = True
-                self._join(rejoin=False)
-                w = self._words
-            elif self.cluster.supervisor_pid != self._sup_pid or w[self._i_notify] == REJOIN \
-                    or self._coordinator_died(now):
-                self._join(rejoin=True)
-                w = self._words
-            if w[self._i_notify] != self._seen:
-                self._sync()
-            if self.consumer.enable_auto_commit and self.owned:
-                if now >= self._commit_due or self._crossed():
-                    self._auto_commit(now)
-            else:
-                for cw in self._watch:
-                    cw[1] = cw[0].seq
-            self._schedule(now)
-            self._failing = False
-        except errors.FencedMember as exc:
-            log.warning("group %r: %s; rejoining", self.group, exc)
-            self._lost(str(exc))
-            self._need_join = True
-            self._due = 0
-        except errors.ShmlogError as exc:
-            if isinstance(exc, errors.Closed):
-                raise
-            log.log(logging.DEBUG if self._failing else logging.WARNING,
-                    "group %r: coordinator request failed (%s); retrying every %d ms", self.group, exc,
-                    RETRY_NS // 1_000_000)
-            self._failing = True
-            self._retry_at = now + RETRY_NS
-            self._due = 0
-        finally:
-            w = self._words
-            if w[self._i_token] == self._token:
-                w[self._i_poll] = _now()
-        exc2, self._user_exc = self._user_exc, None
-        if exc2 is not None:
-            raise exc2
-
-    def _coordinator_died(self, now: int) -> bool:
-        """About once a second: is the supervisor we joined gone? The
-        Cluster's session watcher normally notices first and reconnects;
-        this is the member's own check, so the group recovers even when it
-        did not (the rejoin request itself starts a new supervisor)."""
-        if now < self._sup_check_at:
-            return False
-        self._sup_check_at = now + SUPERVISOR_CHECK_NS
-        return not _pid_alive(self._sup_pid)
-
-    def _schedule(self, now: int) -> None:
-        due = min(now + 10_000_000_000, self._sup_check_at)
-        if self.consumer.enable_auto_commit and self.owned:
-            due = min(due, self._commit_due)
-        self._due = due
-
-    def _crossed(self) -> bool:
-        """Has the consumer moved into another chunk of a memory partition
-        since the last commit? Producers of a memory topic wait for the
-        group's committed offset, so the chunk just left is only reusable
-        once it is committed: auto-commit then, not only every
-        auto_commit_interval_ms (poll() checks this on its normal path)."""
-        for cw in self._watch:
-            if cw[0].seq != cw[1]:
-                return True
-        return False
-
-    def _request(self, op: str, **fields: Any) -> Dict[str, Any]:
-        return self.cluster.request(op, group=self.group, **fields)
-
-    def _join(self, *, rejoin: bool) -> None:
-        fields: Dict[str, Any] = {"topics": self.topics, "assignor": self.assignor, "pid": os.getpid(),
-                                  "client_id": self.client_id}
-        if self.session_timeout_ms is not None:
-            fields["session_timeout_ms"] = self.session_timeout_ms
-        if rejoin and self.member_id is not None:
-            fields.update(member_id=self.member_id, token=self._token, slot=self._slot,
-                          generation=self.generation, owned=[list(tp) for tp in sorted(self.owned)])
-        reply = self._request("group_join", **fields)
-        self._sup_pid = self.cluster.supervisor_pid
-        if self._region is None or reply["region"] != self._region.name \
-                or reply["incarnation"] != self._incarnation:
-            old = self._region
-            self._region = GroupsRegion.attach(reply["region"])
-            self._incarnation = self._region.incarnation
-            if old is not None:
-                old.close()
-        self.member_id = reply["member_id"]
-        self._token = reply["token"]
-        self._slot = reply["slot"]
-        self.generation = reply["generation"]
-        self._words = self._region.words
-        self._i_token = slot_index(self._slot, S_TOKEN)
-        self._i_notify = slot_index(self._slot, S_NOTIFY)
-        self._i_poll = slot_index(self._slot, S_POLL)
-        self._words[self._i_poll] = _now()
-        self._seen = None  # sync at once
-        self._need_join = False
-        self._due = 0
-
-    def _sync(self) -> None:
-        try:
-            self._sync_rounds()
-        except BaseException:
-            self._seen = None  # whatever happened, tell the coordinator where we are next poll
-            raise
-
-    def _sync_rounds(self) -> None:
-        offsets: Dict[TP, int] = {}
-        for _round in range(16):
-            seen = self._words[self._i_notify]
-            reply = self._request(
-                "group_sync", member_id=self.member_id, token=self._token, generation=self.generation,
-                owned=[list(tp) for tp in sorted(self.owned)],
-                offsets=[[t, p, o] for (t, p), o in sorted(offsets.items())])
-            self._seen = seen
-            self.generation = reply["generation"]
-            for tp, off in offsets.items():
-                self._last_committed[tp] = off
-            revoke = {(t, p) for t, p in reply["revoke"]} & self.owned
-            grants = {(t, p): pos for t, p, pos in reply["assign"]}
-            if not revoke and not grants:
-                return
-            self.rebalances += 1
-            # what we give up is committed as we release it (unless the
-            # application committed it itself in on_revoke)
-            positions = {}
-            if self.consumer.enable_auto_commit:
-                self.consumer._settle()
-                for tp in revoke:
-                    a = self.consumer._assigned.get(tp)
-                    if a is not None:
-                        positions[tp] = a.returned
-            self._refresh_topics(grants)
-            self.owned = (self.owned - revoke) | set(grants)
-            self._apply(sorted(self.owned), grants)
-            offsets = {tp: o for tp, o in positions.items() if tp not in self._committed_in_revoke}
-            for tp in revoke:
-                self._last_committed.pop(tp, None)
-            for tp, pos in grants.items():
-                a = self.consumer._assigned.get(tp)
-                if pos is not None:
-                    self._last_committed[tp] = pos
-                elif a is not None:
-                    # nothing committed yet: no commit until we move past the reset point
-                    self._last_committed[tp] = a.returned
-            if not revoke:
-                return
-        # unreachable in practice: the coordinator never asks to revoke twice
-        log.warning("group %r: sync did not settle after 16 rounds", self.group)
-
-    def _refresh_topics(self, grants: Dict[TP, Optional[int]]) -> None:
-        """Partitions added since this process mapped the topic: remap."""
-        for topic in {tp[0] for tp in grants}:
-            t = self.cluster.topic(topic)
-            if any(p >= t.num_partitions for tt, p in grants if tt == topic):
-                self.cluster.topic(topic, refresh=True)
-
-    def _apply(self, wanted: List[TP], positions: Dict[TP, Optional[int]]) -> None:
-        """Drive the consumer's assignment; callbacks run here, in this
-        process. An exception from a callback is re-raised once the group
-        state is consistent again."""
-        c = self.consumer
-        user_revoke, user_assign = c.on_revoke, c.on_assign
-
-        def on_revoke(tps):
-            self._in_revoke = True
-            try:
-                if user_revoke is not None:
-                    user_revoke(tps)
-            except BaseException as exc:  # noqa: B036 - re-raised after the protocol step
-                self._user_exc = self._user_exc or exc
-            finally:
-                self._in_revoke = False
-
-        def on_assign(tps):
-            try:
-                if user_assign is not None:
-                    user_assign(tps)
-            except BaseException as exc:  # noqa: B036
-                self._user_exc = self._user_exc or exc
-
-        self._committed_in_revoke = set()
-        c.on_revoke, c.on_assign = on_revoke, on_assign
-        try:
-            c._apply_assignment(wanted, positions)
-        finally:
-            c.on_revoke, c.on_assign = user_revoke, user_assign
-        self._watch = [[a.cursor, a.cursor.seq] for tp, a in sorted(c._assigned.items())
-                       if a.storage == "memory"]
-
-    def _lost(self, reason: str) -> None:
-        """Our partitions went to others without us: drop them (on_revoke,
-        as Kafka's default onPartitionsLost does) and commit nothing."""
-        if self.owned or self.consumer._assigned:
-            log.warning("group %r: member %s lost %d partition(s): %s", self.group, self.member_id,
-                        len(self.owned), reason)
-        self.owned = set()
-        self._last_committed.clear()
-        self._apply([], {})
-
-    def _auto_commit(self, now: int) -> None:
-        self.consumer._settle()
-        offsets = {}
-        for tp in self.owned:
-            a = self.consumer._assigned.get(tp)
-            if a is not None and self._last_committed.get(tp) != a.returned:
-                offsets[tp] = a.returned
-        self._commit_due = now + self.auto_commit_ns
-        for cw in self._watch:
-            cw[1] = cw[0].seq
-        if offsets:
-            self._commit_request(offsets)
-
-    def _commit_request(self, offsets: Dict[TP, int]) -> None:
-        for attempt in (0, 1):
-            try:
-                self._request("group_commit", member_id=self.member_id, token=self._token,
-                              generation=self.generation,
-                              offsets=[[t, p, int(o)] for (t, p), o in sorted(offsets.items())])
-                break
-            except errors.FencedMember:
-                # a new supervisor does not know us yet: rejoin with our
-                # partitions and try once more; otherwise we really are out
-                if attempt == 0 and not self._need_join and (
-                        self.cluster.supervisor_pid != self._sup_pid or self._words[self._i_notify] == REJOIN):
-                    self._join(rejoin=True)
-                    self._sync()
-                    continue
-                self._need_join = True
-                self._due = 0
-                raise
-        self._last_committed.update(offsets)
-
-    # ------------------------------------------------------------ consumer API
-    def commit(self, offsets: Dict[TP, int]) -> None:
-        """Synchronous commit; FencedMember if this member no longer owns a
-        partition (it moved, or this member was removed from the group)."""
-        if self._closed:
-            raise errors.Closed(f"this member of group {self.group!r} is closed")
-        offsets = {(t, int(p)): int(o) for (t, p), o in offsets.items()}
-        if not offsets:
-            return
-        if self._in_revoke:
-            self._committed_in_revoke.update(offsets)
-        self._commit_request(offsets)
-
-    def committed(self, partitions: Sequence[TP]) -> Dict[TP, Optional[int]]:
-        reply = self._request("group_committed", partitions=[[t, int(p)] for t, p in partitions])
-        return {(t, p): off for t, p, off in reply["offsets"]}
-
-    def close(self) -> None:
-        """Leave the group: revoke (on_revoke runs), commit what was consumed
-        (auto-commit), and hand the partitions over at once."""
-        if self._closed:
-            return
-        try:
-            ours = self.member_id is not None and not self._need_join \
-                and self._words[self._i_token] == self._token
-            positions = {}
-            if ours and self.consumer.enable_auto_commit:
-                self.consumer._settle()
-                for tp in self.owned:
-                    a = self.consumer._assigned.get(tp)
-                    if a is not None and self._last_committed.get(tp) != a.returned:
-                        positions[tp] = a.returned
-            self._apply([], {})
-            offsets = {tp: o for tp, o in positions.items() if tp not in self._committed_in_revoke}
-            self.owned = set()
-            # after a clean supervisor shutdown ("bye") there is nobody to
-            # leave, and asking would start a new supervisor
-            if ours and not getattr(self.cluster, "_clean_bye", False):
-                self._request("group_leave", member_id=self.member_id, token=self._token,
-                              offsets=[[t, p, o] for (t, p), o in sorted(offsets.items())])
-        except errors.ShmlogError as exc:
-            log.warning("group %r: member %s could not leave cleanly (%s); the coordinator will "
-                        "time it out", self.group, self.member_id, exc)
-        finally:
-            self._closed = True
-            self._words = memoryview(bytearray(REGION_BYTES)).cast("Q")
-            self._watch = []
-            if self._region is not None:
-                self._region.close()
-                self._region = None
-        exc2, self._user_exc = self._user_exc, None
-        if exc2 is not None:
-            raise exc2
-
-    def __repr__(self) -> str:
-        return (f"<GroupMember {self.member_id} of {self.group!r} generation {self.generation}, "
-                f"{len(self.owned)} partition(s)>")
-
-
-__all__ = ["Coordinator", "GroupMember", "GroupsRegion", "OffsetStore", "install", "region_name"]

@@ -24,10 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from . import config as cfgmod
-from . import errors, protocol
-from .log import PartitionLog
-from .supervisor import LOCK_NAME, SOCKET_NAME, ensure_data_dir
+from .. import config as cfgmod
+from .. import errors, protocol
+from ..core.log import PartitionLog
+from ..core.segments import SegmentStore
+from ..osutil import pid_alive
+from ..protocol import LOCK_NAME, SOCKET_NAME, ensure_data_dir
 
 log = logging.getLogger("shmlog.client")
 
@@ -253,7 +255,8 @@ class Cluster:
         # this package's root first and relative PYTHONPATH entries made
         # absolute.
         env = dict(os.environ)
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        # the directory that holds the shmlog package (this file is shmlog/client/cluster.py)
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         paths = [root] + [os.path.abspath(p) for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
         env["PYTHONPATH"] = os.pathsep.join(paths)
         logf = open(self.data_dir / "supervisor.log", "ab")
@@ -411,10 +414,6 @@ class Cluster:
     def segments(self):
         """Client-side reader of segment files (shmlog.storage), or None."""
         if self._segments is None:
-            try:
-                from .storage import SegmentStore
-            except ImportError:
-                return None
             self._segments = SegmentStore(self.data_dir, self)
         return self._segments
 
@@ -497,7 +496,7 @@ class Cluster:
             pass
         self.close()
         deadline = time.monotonic() + timeout
-        while pid and time.monotonic() < deadline and _running(pid):
+        while pid and time.monotonic() < deadline and pid_alive(pid):
             time.sleep(0.01)
 
     @property
@@ -512,16 +511,6 @@ class Cluster:
 
     def __repr__(self) -> str:
         return f"<Cluster {self.data_dir} supervisor pid {self.supervisor_pid}>"
-
-
-def _running(pid: int) -> bool:
-    """Alive and not a zombie: the detached supervisor is reaped by pid 1,
-    which may take seconds on some hosts."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return False
 
 
 def connect(data_dir: Union[str, Path, None] = None, *, start: bool = True, **broker_config: Any) -> Cluster:

@@ -24,9 +24,10 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from . import errors
-from . import metrics as m
-from .cli import _parse_value
+from .. import errors
+from ..broker import metrics as m
+from ..core.segments import dump_segment
+from . import _parse_value
 
 # ---------------------------------------------------------------- plumbing
 
@@ -86,7 +87,7 @@ def _flag(args: argparse.Namespace, name: str) -> bool:
 
 def connect(args: argparse.Namespace):
     """The cluster of --data-dir; with --no-start, BrokerNotRunning if none runs."""
-    from .cluster import connect as _connect
+    from ..client.cluster import connect as _connect
 
     no_start = _flag(args, "no_start")
     if no_start and not Path(args.data_dir).is_dir():
@@ -135,15 +136,6 @@ def disk_bytes(data_dir: Path, topic: str, partition: int) -> int:
     except OSError:
         return 0
     return total
-
-
-def _no_groups(exc: Exception) -> bool:
-    text = str(exc)
-    return isinstance(exc, errors.ShmlogError) and "unknown op" in text
-
-
-GROUPS_MISSING = ("consumer groups are not available: this supervisor has no group coordinator "
-                  "(shmlog.groups is not installed)")
 
 
 def _region_slots(plog) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
@@ -358,15 +350,8 @@ def cmd_consume(args) -> int:
     # (auto-commit would also commit what was fetched but not printed)
     printed: Dict[Tuple[str, int], int] = {}
     with connect(args) as cluster:
-        try:
-            consumer = cluster.consumer(args.topic if args.partition is None else [], group=args.group,
-                                        auto_offset_reset=reset, enable_auto_commit=False)
-        except ImportError:
-            raise errors.GroupError(f"{GROUPS_MISSING}; consume without --group") from None
-        except errors.ShmlogError as exc:
-            if _no_groups(exc):
-                raise errors.GroupError(f"{GROUPS_MISSING}; consume without --group") from None
-            raise
+        consumer = cluster.consumer(args.topic if args.partition is None else [], group=args.group,
+                                    auto_offset_reset=reset, enable_auto_commit=False)
         try:
             if args.partition is not None:
                 cluster.describe_topic(args.topic)
@@ -425,27 +410,18 @@ def cmd_consume(args) -> int:
 
 
 # ---------------------------------------------------------------- groups
-def _groups_call(fn, *a, **kw):
-    try:
-        return fn(*a, **kw)
-    except errors.ShmlogError as exc:
-        if _no_groups(exc):
-            raise errors.GroupError(GROUPS_MISSING) from None
-        raise
-
-
 def cmd_groups(args) -> int:
     action = getattr(args, "groups_action", None) or "list"
     with connect(args) as cluster:
         if action == "list":
-            answer = _groups_call(cluster.groups)
+            answer = cluster.groups()
             if _flag(args, "json"):
                 _print_json(answer)
             else:
                 for g in _group_names(answer):
                     _out(g)
         elif action == "describe":
-            desc = _groups_call(cluster.describe_group, args.group)
+            desc = cluster.describe_group(args.group)
             ends = _end_offsets(cluster)
             rows = m.group_rows(desc, ends)
             if _flag(args, "json"):
@@ -482,7 +458,7 @@ def cmd_groups(args) -> int:
                 to, kw["offset"] = "offset", args.to_offset
             else:
                 to, kw["timestamp_ms"] = "timestamp", _parse_datetime(args.to_datetime)
-            answer = _groups_call(cluster.reset_offsets, args.group, args.topic, to=to, **kw)
+            answer = cluster.reset_offsets(args.group, args.topic, to=to, **kw)
             rows = _offset_rows(args.topic, answer)
             if _flag(args, "json"):
                 _print_json({"group": args.group, "topic": args.topic, "offsets": rows})
@@ -555,7 +531,7 @@ def perf_produce(data_dir: str, topic: str, num_records: int, record_size: int, 
     """Send num_records of record_size bytes; latency is send() to commit.
     Values start with the send time (monotonic ns) so a consumer can measure
     end-to-end latency."""
-    from .cluster import connect as _connect
+    from ..client.cluster import connect as _connect
 
     tail = bytes(max(0, record_size - 8))
     stamped = record_size >= 8
@@ -616,7 +592,7 @@ def perf_consume(data_dir: str, topic: str, num_records: int, *, group: Optional
                  ready=None) -> Dict[str, Any]:
     """Read num_records; end-to-end latency from the send time a perf
     producer writes at the start of each value (when plausible)."""
-    from .cluster import connect as _connect
+    from ..client.cluster import connect as _connect
 
     lat: List[float] = []
     n = 0
@@ -770,23 +746,8 @@ def cmd_perf(args) -> int:
 
 
 # ---------------------------------------------------------------- dump
-def _dump_segment_fn():
-    """shmlog.storage.dump_segment (or shmlog.segments', where it lives), imported only now."""
-    for modname in ("shmlog.storage", "shmlog.segments"):
-        try:
-            mod = __import__(modname, fromlist=["dump_segment"])
-        except ImportError:
-            continue
-        fn = getattr(mod, "dump_segment", None)
-        if fn is not None:
-            return fn
-    raise errors.StorageError("cannot dump segments: this install has no storage module "
-                              "(shmlog.storage.dump_segment)")
-
-
 def cmd_dump(args) -> int:
     path = Path(args.segment)
-    dump_segment = _dump_segment_fn()
     if not path.is_file():
         raise errors.StorageError(f"no such segment file: {path}", what=str(path))
     bad = []

@@ -39,9 +39,9 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from . import errors, protocol
-from ._core import ffi, lib
-from .segments import (
+from .. import errors, protocol
+from ..core._core import ffi, lib
+from ..core.segments import (
     F_BASE,
     F_COUNT,
     F_MAX_TS,
@@ -64,6 +64,7 @@ from .segments import (
     segment_name,
     stamp_disk_word,
 )
+from ..osutil import fsync_dir, write_all
 
 __all__ = ["SegmentStore", "SegmentReader", "Storage", "install", "dump_segment", "check_segment"]
 
@@ -120,21 +121,6 @@ def install(sup) -> Storage:
     return st
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_all(fd: int, data) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
 def _writev_all(fd: int, pieces: List[Any]) -> None:
     pieces = [memoryview(x) for x in pieces]
     while pieces:
@@ -153,7 +139,7 @@ def _write_file(path: Path, data: bytes, *, sync: bool) -> None:
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        _write_all(fd, data)
+        write_all(fd, data)
         if sync:
             os.fdatasync(fd)
     finally:
@@ -319,8 +305,8 @@ class Storage:
             self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
             d.mkdir(mode=0o700)
             _write_file(d / TOPIC_MARKER, f"{t['id']}\n".encode(), sync=True)
-            _fsync_dir(d)
-            _fsync_dir(self.root)
+            fsync_dir(d)
+            fsync_dir(self.root)
         self._checked_dirs[name] = t["id"]
         return d
 
@@ -451,7 +437,7 @@ class Storage:
             part.active = _Active(base, path, fd, idx_fd, tidx_fd, res.valid_end, res.builder,
                                   res.end_offset)
             part.written = part.durable = res.end_offset
-            _fsync_dir(d)
+            fsync_dir(d)
             self._write_recovery_point(part, base)
         elif segs:
             part.written = part.durable = segs[-1].end_offset
@@ -912,7 +898,7 @@ class Storage:
         b.seal()
         try:
             if len(b.timeindex) > act.tidx_written:
-                _write_all(act.tidx_fd, b.timeindex[act.tidx_written:])
+                write_all(act.tidx_fd, b.timeindex[act.tidx_written:])
         except OSError:
             b.restore(snap)
             try:
@@ -984,9 +970,9 @@ class Storage:
         try:
             _writev_all(act.fd, pieces)
             if len(b.index) > act.idx_written:
-                _write_all(act.idx_fd, b.index[act.idx_written:])
+                write_all(act.idx_fd, b.index[act.idx_written:])
             if len(b.timeindex) > act.tidx_written:
-                _write_all(act.tidx_fd, b.timeindex[act.tidx_written:])
+                write_all(act.tidx_fd, b.timeindex[act.tidx_written:])
         except OSError as exc:
             if exc.filename is None:
                 exc.filename = str(act.path)
@@ -1069,7 +1055,7 @@ class Storage:
             for fd in fds:
                 os.fdatasync(fd)
             if dir_dirty:
-                _fsync_dir(part.dir)
+                fsync_dir(part.dir)
         except OSError as exc:
             with part.lock:
                 part.dir_dirty |= dir_dirty

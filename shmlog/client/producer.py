@@ -15,11 +15,11 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 
-from . import errors
-from ._core import ffi, lib
-from .codec import _bytes_error, encode_headers
-from .log import _POINTER_BATCH, _POINTER_VALUE, pickle_values
-from .partitioner import KeyPartitioner
+from .. import errors
+from ..core._core import ffi, lib
+from ..core.codec import _bytes_error, encode_headers
+from ..core.log import _POINTER_BATCH, _POINTER_VALUE, pickle_values
+from ..core.partitioner import KeyPartitioner
 
 _ids = itertools.count(1)
 # upper bound of the per-record framing (length, attributes, deltas, key and

@@ -32,7 +32,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import lz4.block
 
-from . import errors
+from .. import errors
 from ._core import ffi, lib
 from .codec import decode_headers
 from .log import _PICKLE_BELOW, ReadResult, _pickled

@@ -1,4 +1,4 @@
-"""cffi build script for shmlog._core (out-of-line API mode).
+"""cffi build script for shmlog.core._core (out-of-line API mode).
 
 Run by setuptools through ``cffi_modules`` in setup.py. The cdef below only
 names what Python calls; the C headers in csrc/ stay the source of truth for
@@ -10,7 +10,7 @@ from pathlib import Path
 from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
-CSRC = HERE.parent / "csrc"
+CSRC = HERE.parent.parent / "csrc"
 
 CDEF = r"""
 #define SHMLOG_MAGIC ...
@@ -306,7 +306,7 @@ SOURCES = ["codec.c", "crc32c.c", "futex.c", "log.c", "partitioner.c"]
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
-    "shmlog._core",
+    "shmlog.core._core",
     '#include "shmlog.h"',
     sources=[str(Path("csrc") / s) for s in SOURCES],
     include_dirs=["csrc"],

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
-from .errors import InvalidConfig
+from ..config import ASSIGNOR_NAMES, DEFAULT_ASSIGNOR, validate_assignor
 
 TP = Tuple[str, int]
 Subscriptions = Mapping[str, Sequence[str]]
@@ -159,18 +159,13 @@ ASSIGNORS: Dict[str, Assignor] = {
     "sticky": sticky_assign,
 }
 
-DEFAULT = "sticky"
+DEFAULT = DEFAULT_ASSIGNOR
+assert set(ASSIGNORS) == set(ASSIGNOR_NAMES), "config.ASSIGNOR_NAMES must list every assignor"
 
 
 def get(name: str) -> Assignor:
     """The assignor called `name`, or InvalidConfig listing the known ones."""
-    fn = ASSIGNORS.get(name) if isinstance(name, str) else None
-    if fn is None:
-        raise InvalidConfig(
-            f"unknown partition assignor {name!r}; use one of {', '.join(sorted(ASSIGNORS))}",
-            what="assignor",
-        )
-    return fn
+    return ASSIGNORS[validate_assignor(name)]
 
 
 def moves(before: Mapping[str, Iterable[TP]], after: Mapping[str, Iterable[TP]]) -> Set[TP]:
