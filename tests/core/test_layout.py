@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from shmlog.core._core import ffi, lib
 
-LAYOUT_H = Path(__file__).resolve().parents[1] / "csrc" / "layout.h"
+LAYOUT_H = Path(__file__).resolve().parents[2] / "csrc" / "layout.h"
 
 # struct -> {field: (offset, C type)}; sizes below. From csrc/layout.h.
 FIELDS = {
