@@ -301,7 +301,8 @@ int shmlog_log_frontier(shmlog_log_t *log, shmlog_cursor_t *cursor, uint64_t *se
                         uint32_t *pos);
 """
 
-SOURCES = ["codec.c", "crc32c.c", "futex.c", "log.c", "partitioner.c"]
+SOURCES = ["chunk.c", "claim.c", "codec.c", "crc32c.c", "futex.c", "partitioner.c", "read.c",
+           "region.c", "repair.c"]
 
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
