@@ -2,13 +2,20 @@
  * read, wait, chunk rotation and reuse, and the reaper's repair calls.
  *
  * The core works on memory it is handed: it never maps, allocates or
- * unlinks. Every function returns >= 0 (a count, a slot) or -errno:
- *   -EAGAIN   buffer full until the deadline (no free chunk)
- *   -EMSGSIZE batch larger than the region's max_batch_bytes
- *   -EINVAL   bad argument, -EPROTO bad magic/version/geometry
- *   -EBADMSG  corrupt frame (bad CRC, bad length), offset in info->bad_offset
- *   -ERANGE   cursor's chunk was reused (the reader fell behind)
- *   -ENOSPC   no free slot / output arrays too small
+ * unlinks. Every function returns >= 0 (a count, a slot, an offset, a kind)
+ * or -errno, and nothing else is negative:
+ *   -EAGAIN    buffer full until the deadline (no free chunk)
+ *   -EMSGSIZE  batch larger than the region's max_batch_bytes
+ *   -E2BIG     (append_pickled) batch above the frame limit: split it
+ *   -EINVAL    bad argument, -EPROTO bad magic/version/geometry
+ *   -EBADMSG   corrupt batch (bad CRC, bad length), offset in info->bad_offset
+ *   -ERANGE    cursor's chunk was reused (the reader fell behind)
+ *   -ENOSPC    no free slot / output arrays too small
+ *   -ETIMEDOUT a wait found no data before its timeout
+ * The files: region.c (format, attach, slots), claim.c (claim, commit,
+ * append), chunk.c (seal, rotate, reclaim, gauges), read.c (read, validate,
+ * seek, wait, frontier), repair.c (the reaper's calls); log_internal.h is
+ * what they share.
  */
 #ifndef SHMLOG_LOG_H
 #define SHMLOG_LOG_H
@@ -63,6 +70,7 @@ typedef struct {
     shmlog_cursor_t start;       /* the cursor before the read: restored if it must be redone */
     uint64_t one_offset;         /* SHMLOG_READ_ONE: the record's offset and timestamp */
     int64_t one_timestamp;
+    uint64_t pickle_bytes;       /* SHMLOG_READ_PICKLE: the stream's length in dst */
 } shmlog_read_info_t;
 
 /* frontier states (shmlog_log_frontier) */
@@ -141,12 +149,10 @@ int shmlog_log_read(shmlog_log_t *log, shmlog_cursor_t *cursor, shmlog_records_o
  * nothing is committed yet, and publishing the reader slot's position after
  * a pickled read (reader_slot >= 0): a caught-up consumer's whole poll is
  * one crossing. */
-int64_t shmlog_log_poll_pickled(shmlog_log_t *log, shmlog_cursor_t *cursor,
-                                shmlog_records_out_t *out, uint32_t max_records,
-                                uint64_t max_bytes, uint32_t small_below,
-                                shmlog_read_info_t *info, uint8_t *dst, size_t cap,
-                                int reader_slot, uint64_t spin_ns, uint64_t timeout_ns,
-                                uint32_t read_flags);
+int shmlog_log_poll_pickled(shmlog_log_t *log, shmlog_cursor_t *cursor, shmlog_records_out_t *out,
+                            uint32_t max_records, uint64_t max_bytes, uint32_t small_below,
+                            shmlog_read_info_t *info, uint8_t *dst, size_t cap, int reader_slot,
+                            uint64_t spin_ns, uint64_t timeout_ns, uint32_t read_flags);
 /* Raw committed frames (for the spiller): positions and lengths. */
 int shmlog_log_read_frames(shmlog_log_t *log, shmlog_cursor_t *cursor, uint64_t *frame_pos,
                            uint32_t *frame_bytes, uint64_t *frame_end_offsets,
@@ -158,15 +164,19 @@ int shmlog_log_validate(shmlog_log_t *log, uint64_t seq);
 int shmlog_log_validate_read(shmlog_log_t *log, shmlog_cursor_t *cursor,
                              const shmlog_read_info_t *info);
 
-/* shmlog_log_read_pickled: what to do instead of pickle.loads */
-#define SHMLOG_READ_FRAME   (-1000)  /* a compressed frame, at info->frame_pos */
-#define SHMLOG_READ_COLUMNS (-1001)  /* info->records records in the out arrays
-                                      * (headers, large values, or dst too small):
-                                      * copy them out, then shmlog_log_validate_read */
-#define SHMLOG_READ_ONE     (-1002)  /* with SHMLOG_READ_ONE_OK: the read found one
+/* shmlog_log_read_pickled: what the read found, so the caller knows what to
+ * do with it (a kind, never negative: negative returns are -errno only) */
+#define SHMLOG_READ_NONE    0        /* nothing committed at the cursor */
+#define SHMLOG_READ_PICKLE  1        /* info->pickle_bytes of pickle stream in dst;
+                                      * validated */
+#define SHMLOG_READ_ONE     2        /* with SHMLOG_READ_ONE_OK: the read found one
                                       * record, unkeyed, without headers, not null:
                                       * its value is in dst (info->one_len bytes),
                                       * its offset and timestamp in info; validated */
+#define SHMLOG_READ_FRAME   3        /* a compressed frame, at info->frame_pos */
+#define SHMLOG_READ_COLUMNS 4        /* info->records records in the out arrays
+                                      * (headers, large values, or dst too small):
+                                      * copy them out, then shmlog_log_validate_read */
 #define SHMLOG_READ_ONE_OK  1u       /* read_flags: a lone record may come back as
                                       * SHMLOG_READ_ONE (a caught-up poll() builds
                                       * its message from that, no pickle) */
@@ -176,20 +186,20 @@ int shmlog_log_validate_read(shmlog_log_t *log, shmlog_cursor_t *cursor,
  * timestamps|None, first_timestamp, first_seq, bytes), where None means
  * "all null keys", "dense from base_offset" and "all first_timestamp".
  * Validated before it returns: one crossing and one pickle.loads per read,
- * nothing per record in Python. Returns the stream's length, 0 when nothing
- * is committed, SHMLOG_READ_FRAME/COLUMNS, or -errno. */
-int64_t shmlog_log_read_pickled(shmlog_log_t *log, shmlog_cursor_t *cursor,
-                                shmlog_records_out_t *out, uint32_t max_records,
-                                uint64_t max_bytes, uint32_t small_below,
-                                shmlog_read_info_t *info, uint8_t *dst, size_t cap,
-                                uint32_t read_flags);
-/* 1 when data is ready at the cursor, 0 on timeout; spins spin_ns first */
+ * nothing per record in Python. Returns a SHMLOG_READ_* kind, or -errno. */
+int shmlog_log_read_pickled(shmlog_log_t *log, shmlog_cursor_t *cursor, shmlog_records_out_t *out,
+                            uint32_t max_records, uint64_t max_bytes, uint32_t small_below,
+                            shmlog_read_info_t *info, uint8_t *dst, size_t cap,
+                            uint32_t read_flags);
+/* 0 when data is ready at the cursor, -ETIMEDOUT when none came within
+ * timeout_ns; spins spin_ns first */
 int shmlog_log_wait(shmlog_log_t *log, const shmlog_cursor_t *cursor, uint64_t spin_ns,
                     uint64_t timeout_ns);
 /* ring the doorbell of `bell` (partition 0 of a topic) for this log's commits */
 void shmlog_log_set_bell(shmlog_log_t *log, shmlog_log_t *bell);
-/* Wait until any of n cursors has data: returns its index, or -1 on timeout.
- * Sleeps on bell's doorbell (all logs must ring it), spinning spin_ns first. */
+/* Wait until any of n cursors has data: returns its index, -ETIMEDOUT when
+ * none had data within timeout_ns, -EINVAL for n == 0. Sleeps on bell's
+ * doorbell (all logs must ring it), spinning spin_ns first. */
 int shmlog_log_wait_any(shmlog_log_t **logs, shmlog_cursor_t **cursors, uint32_t n,
                         shmlog_log_t *bell, uint64_t spin_ns, uint64_t timeout_ns);
 /* Position the cursor at offset. 0 ok; -ERANGE if offset < start offset (the

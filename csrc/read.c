@@ -213,11 +213,10 @@ int shmlog_log_read(shmlog_log_t *log, shmlog_cursor_t *c, shmlog_records_out_t 
     return (int)n;
 }
 
-int64_t shmlog_log_read_pickled(shmlog_log_t *log, shmlog_cursor_t *c,
-                                shmlog_records_out_t *out, uint32_t max_records,
-                                uint64_t max_bytes, uint32_t small_below,
-                                shmlog_read_info_t *info, uint8_t *dst, size_t cap,
-                                uint32_t read_flags)
+int shmlog_log_read_pickled(shmlog_log_t *log, shmlog_cursor_t *c, shmlog_records_out_t *out,
+                            uint32_t max_records, uint64_t max_bytes, uint32_t small_below,
+                            shmlog_read_info_t *info, uint8_t *dst, size_t cap,
+                            uint32_t read_flags)
 {
     out->capacity = max_records;
     int n = shmlog_log_read(log, c, out, max_bytes, info);
@@ -225,7 +224,7 @@ int64_t shmlog_log_read_pickled(shmlog_log_t *log, shmlog_cursor_t *c,
         return n;
     info->records = (uint32_t)n;
     if (n == 0)
-        return info->frame_pos ? SHMLOG_READ_FRAME : 0;
+        return info->frame_pos ? SHMLOG_READ_FRAME : SHMLOG_READ_NONE;
     /* large values are sliced straight out of the mapping (one copy, no
      * pickle framing); header lists are decoded in Python */
     if ((out->flags & SHMLOG_REC_HEADERS) || info->bytes >= (uint64_t)n * small_below)
@@ -245,23 +244,22 @@ int64_t shmlog_log_read_pickled(shmlog_log_t *log, shmlog_cursor_t *c,
                                      dst, cap);
     if (k < 0)
         return SHMLOG_READ_COLUMNS;
+    info->pickle_bytes = (uint64_t)k;
     int rc = shmlog_log_validate_read(log, c, info);
-    return rc < 0 ? rc : k;
+    return rc < 0 ? rc : SHMLOG_READ_PICKLE;
 }
 
-int64_t shmlog_log_poll_pickled(shmlog_log_t *log, shmlog_cursor_t *c,
-                                shmlog_records_out_t *out, uint32_t max_records,
-                                uint64_t max_bytes, uint32_t small_below,
-                                shmlog_read_info_t *info, uint8_t *dst, size_t cap,
-                                int reader_slot, uint64_t spin_ns, uint64_t timeout_ns,
-                                uint32_t read_flags)
+int shmlog_log_poll_pickled(shmlog_log_t *log, shmlog_cursor_t *c, shmlog_records_out_t *out,
+                            uint32_t max_records, uint64_t max_bytes, uint32_t small_below,
+                            shmlog_read_info_t *info, uint8_t *dst, size_t cap, int reader_slot,
+                            uint64_t spin_ns, uint64_t timeout_ns, uint32_t read_flags)
 {
-    int64_t k = shmlog_log_read_pickled(log, c, out, max_records, max_bytes, small_below, info,
+    int k = shmlog_log_read_pickled(log, c, out, max_records, max_bytes, small_below, info,
                                         dst, cap, read_flags);
-    if (k == 0 && timeout_ns && shmlog_log_wait(log, c, spin_ns, timeout_ns))
+    if (k == SHMLOG_READ_NONE && timeout_ns && shmlog_log_wait(log, c, spin_ns, timeout_ns) == 0)
         k = shmlog_log_read_pickled(log, c, out, max_records, max_bytes, small_below, info, dst,
                                     cap, read_flags);
-    if ((k > 0 || k == SHMLOG_READ_ONE) && reader_slot >= 0)
+    if ((k == SHMLOG_READ_PICKLE || k == SHMLOG_READ_ONE) && reader_slot >= 0)
         shmlog_log_reader_set_position(log, reader_slot, c->next_offset);
     return k;
 }
@@ -342,10 +340,10 @@ int shmlog_log_wait(shmlog_log_t *log, const shmlog_cursor_t *cursor, uint64_t s
 {
     shmlog_part_hdr_t *h = log->hdr;
     if (data_ready(log, cursor))
-        return 1;
+        return 0;
     uint64_t start = shmlog_now_ns();
     uint64_t deadline = start + timeout_ns;
-    int ready = 0;
+    int rc = -ETIMEDOUT;
     /* hungry while spinning and while asleep: producers read it to commit
      * now instead of batching on. Only a sleeper counts in data_waiters, so
      * a committer makes no futex syscall for a reader that spins. */
@@ -357,7 +355,7 @@ int shmlog_log_wait(shmlog_log_t *log, const shmlog_cursor_t *cursor, uint64_t s
                 shmlog_cpu_relax();
             if (data_ready(log, cursor)) {
                 shmlog_fetch_sub_u32(&h->data_hungry, 1);
-                return 1;
+                return 0;
             }
             if ((i & 15) == 15 && shmlog_now_ns() - start >= spin_ns)
                 break;
@@ -370,7 +368,7 @@ int shmlog_log_wait(shmlog_log_t *log, const shmlog_cursor_t *cursor, uint64_t s
         uint32_t v = shmlog_load_acquire_u32(&h->data_futex);
         shmlog_fence_seq_cst(); /* pairs with the committer's CAS before wake_data */
         if (data_ready(log, cursor)) {
-            ready = 1;
+            rc = 0;
             break;
         }
         uint64_t now = shmlog_now_ns();
@@ -383,25 +381,28 @@ int shmlog_log_wait(shmlog_log_t *log, const shmlog_cursor_t *cursor, uint64_t s
     }
     shmlog_fetch_sub_u32(&h->data_waiters, 1);
     shmlog_fetch_sub_u32(&h->data_hungry, 1);
-    return ready;
+    return rc;
 }
 
+/* the index of the first cursor with data, or -ETIMEDOUT if none has yet */
 static int any_ready(shmlog_log_t **logs, shmlog_cursor_t **cursors, uint32_t n)
 {
     for (uint32_t i = 0; i < n; i++)
         if (data_ready(logs[i], cursors[i]))
             return (int)i;
-    return -1;
+    return -ETIMEDOUT;
 }
 
 int shmlog_log_wait_any(shmlog_log_t **logs, shmlog_cursor_t **cursors, uint32_t n,
                         shmlog_log_t *bell, uint64_t spin_ns, uint64_t timeout_ns)
 {
+    if (n == 0)
+        return -EINVAL;
     int r = any_ready(logs, cursors, n);
-    if (r >= 0 || n == 0)
+    if (r >= 0)
         return r;
     if (n == 1 && !bell)
-        return shmlog_log_wait(logs[0], cursors[0], spin_ns, timeout_ns) ? 0 : -1;
+        return shmlog_log_wait(logs[0], cursors[0], spin_ns, timeout_ns);
     uint64_t start = shmlog_now_ns();
     uint64_t deadline = start + timeout_ns;
     volatile uint32_t *fw = bell ? &bell->hdr->bell_futex : &logs[0]->hdr->data_futex;

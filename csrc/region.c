@@ -136,8 +136,7 @@ void shmlog_log_producer_release(shmlog_log_t *log, int slot)
     if (slot < 0 || (uint32_t)slot >= SHMLOG_MAX_PRODUCERS)
         return;
     shmlog_producer_slot_t *s = &log->hdr->producers[slot];
-    s->claim_seq = SHMLOG_NONE;
-    s->claim_tail = SHMLOG_NONE;
+    clear_claim(s);
     shmlog_store_release_u32(&s->pid, 0);
 }
 

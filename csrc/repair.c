@@ -177,11 +177,8 @@ int shmlog_log_reap_reader(shmlog_log_t *log, int slot)
 {
     if (slot < 0 || (uint32_t)slot >= SHMLOG_MAX_READERS)
         return -EINVAL;
-    shmlog_reader_slot_t *r = &log->hdr->readers[slot];
-    shmlog_store_release_u64(&r->position, SHMLOG_NONE);
-    shmlog_store_release_u64(&r->pin, SHMLOG_NONE);
-    shmlog_store_release_u32(&r->pid, 0);
-    wake_space(log);
+    /* the same release the reader itself would have done */
+    shmlog_log_reader_release(log, slot);
     return 0;
 }
 

@@ -13,6 +13,7 @@ data path.
 
 from __future__ import annotations
 
+import errno
 import time
 from array import array
 from collections import deque
@@ -26,7 +27,7 @@ from ..core.log import ReadResult, scan_for_time
 
 TP = Tuple[str, int]
 NONE = (1 << 64) - 1
-ERANGE = -34
+ERANGE = -errno.ERANGE
 READ_SLICE = 2048
 
 

@@ -192,6 +192,7 @@ typedef struct {
     shmlog_cursor_t start;
     uint64_t one_offset;
     int64_t one_timestamp;
+    uint64_t pickle_bytes;
     ...;
 } shmlog_read_info_t;
 
@@ -258,21 +259,20 @@ int shmlog_log_read(shmlog_log_t *log, shmlog_cursor_t *cursor, shmlog_records_o
                     uint64_t max_bytes, shmlog_read_info_t *info);
 int shmlog_log_validate_read(shmlog_log_t *log, shmlog_cursor_t *cursor,
                              const shmlog_read_info_t *info);
+#define SHMLOG_READ_NONE ...
+#define SHMLOG_READ_PICKLE ...
+#define SHMLOG_READ_ONE ...
 #define SHMLOG_READ_FRAME ...
 #define SHMLOG_READ_COLUMNS ...
-#define SHMLOG_READ_ONE ...
 #define SHMLOG_READ_ONE_OK ...
-int64_t shmlog_log_read_pickled(shmlog_log_t *log, shmlog_cursor_t *cursor,
-                                shmlog_records_out_t *out, uint32_t max_records,
-                                uint64_t max_bytes, uint32_t small_below,
-                                shmlog_read_info_t *info, uint8_t *dst, size_t cap,
-                                uint32_t read_flags);
-int64_t shmlog_log_poll_pickled(shmlog_log_t *log, shmlog_cursor_t *cursor,
-                                shmlog_records_out_t *out, uint32_t max_records,
-                                uint64_t max_bytes, uint32_t small_below,
-                                shmlog_read_info_t *info, uint8_t *dst, size_t cap,
-                                int reader_slot, uint64_t spin_ns, uint64_t timeout_ns,
-                                uint32_t read_flags);
+int shmlog_log_read_pickled(shmlog_log_t *log, shmlog_cursor_t *cursor, shmlog_records_out_t *out,
+                            uint32_t max_records, uint64_t max_bytes, uint32_t small_below,
+                            shmlog_read_info_t *info, uint8_t *dst, size_t cap,
+                            uint32_t read_flags);
+int shmlog_log_poll_pickled(shmlog_log_t *log, shmlog_cursor_t *cursor, shmlog_records_out_t *out,
+                            uint32_t max_records, uint64_t max_bytes, uint32_t small_below,
+                            shmlog_read_info_t *info, uint8_t *dst, size_t cap, int reader_slot,
+                            uint64_t spin_ns, uint64_t timeout_ns, uint32_t read_flags);
 int shmlog_log_read_frames(shmlog_log_t *log, shmlog_cursor_t *cursor, uint64_t *frame_pos,
                            uint32_t *frame_bytes, uint64_t *frame_end_offsets,
                            uint32_t max_frames, uint64_t max_bytes, shmlog_read_info_t *info);

@@ -369,9 +369,9 @@ class PartitionLog:
         lib.shmlog_log_seek_end(self._handle(), cursor)
 
     def wait(self, cursor, timeout: float, spin_us: float = 0.0) -> bool:
-        return bool(
-            lib.shmlog_log_wait(self._handle(), cursor, int(spin_us * 1000), int(max(timeout, 0) * 1e9))
-        )
+        """True when data is ready at the cursor, False on timeout."""
+        rc = lib.shmlog_log_wait(self._handle(), cursor, int(spin_us * 1000), int(max(timeout, 0) * 1e9))
+        return rc == 0
 
     def reader(self, capacity: Optional[int] = None) -> RecordReader:
         return RecordReader(self, capacity or max(self.max_records_per_batch, 4096))
@@ -499,10 +499,10 @@ class RecordReader:
                                         slot, spin_ns, wait_ns, _READ_ONE_OK if one else 0)
         if k == _READ_ONE:
             return info.one_offset, info.one_timestamp, _tls.view[: info.one_len].tobytes()
-        if k > 0:
+        if k == _READ_PICKLE:
             # one crossing, one loads: the stream was validated in C
             values, keys, offsets, base, timestamps, ts, first_seq, nbytes = pickle.loads(
-                _tls.view[:k])
+                _tls.view[: info.pickle_bytes])
             n = len(values)
             if offsets is None:
                 # dense: a range, not 600 int objects nobody may look at
@@ -510,12 +510,12 @@ class RecordReader:
             return ReadResult(offsets, [ts] * n if timestamps is None else timestamps, values,
                               [None] * n if keys is None else keys, None, first_seq, nbytes,
                               slot >= 0)
-        if k == 0:
+        if k == _READ_NONE:
             return None
         if k == _READ_FRAME:
             s = info.start
             return self._read_compressed(cursor, (s.seq, s.pos, s.next_offset), self._out.capacity)
-        if k != _READ_COLUMNS:
+        if k < 0:
             errors.check(k, plog.what, offset=info.bad_offset)
         if not self._out.flags & _REC_HEADERS and info.bytes < info.records * _PICKLE_BELOW:
             _grow_tls(len(buf) + 1)  # small records that did not fit: a roomier stream next time
@@ -558,7 +558,7 @@ class RecordReader:
         timestamps = ffi.unpack(o.timestamps, n)
         if lib.shmlog_log_validate_read(plog._handle(), cursor, info) != 0:
             # the chunk was reused while we copied: nothing we copied is trusted
-            errors.check(-34, plog.what, offset=info.start.next_offset)  # -ERANGE
+            errors.check(-errno.ERANGE, plog.what, offset=info.start.next_offset)
         return ReadResult(offsets, timestamps, values, keys, headers, info.first_seq, info.bytes)
 
     def read_view(self, cursor, max_records: int):
@@ -574,7 +574,7 @@ class RecordReader:
         info = self._info
         saved = (cursor.seq, cursor.pos, cursor.next_offset)
         if lib.shmlog_log_validate(log, cursor.seq) != 0:
-            errors.check(-34, plog.what, offset=saved[2])
+            errors.check(-errno.ERANGE, plog.what, offset=saved[2])
         n = lib.shmlog_log_read(log, cursor, o, 1 << 62, info)
         if n < 0:
             errors.check(n, plog.what, offset=info.bad_offset)
@@ -592,7 +592,7 @@ class RecordReader:
         )
         if lib.shmlog_log_validate(log, info.first_seq) != 0:
             cursor.seq, cursor.pos, cursor.next_offset = saved
-            errors.check(-34, plog.what, offset=saved[2])
+            errors.check(-errno.ERANGE, plog.what, offset=saved[2])
         return cols
 
     def _read_compressed(self, cursor, saved, max_records: int) -> ReadResult:
@@ -603,13 +603,13 @@ class RecordReader:
         packed = mm[start : start + info.frame_payload_bytes]
         if lib.shmlog_log_validate(plog._handle(), info.first_seq) != 0:
             cursor.seq, cursor.pos, cursor.next_offset = saved
-            errors.check(-34, plog.what, offset=saved[2])
+            errors.check(-errno.ERANGE, plog.what, offset=saved[2])
         try:
             raw = lz4.block.decompress(packed, uncompressed_size=info.frame_uncompressed_bytes)
         except Exception as exc:  # lz4 raises LZ4BlockError
             raise errors.CorruptBatch(
                 f"{plog.what} at offset {saved[2]}: lz4 payload does not decompress ({exc})",
-                what=plog.what, code=74,
+                what=plog.what, code=errno.EBADMSG,
             ) from None
         res = decode_section(
             raw, info.frame_record_count, info.frame_base_offset, info.frame_first_timestamp,
@@ -695,8 +695,9 @@ def pickle_values(values) -> Optional[bytes]:
 
 
 _append_one = lib.shmlog_log_append_one
+_READ_NONE = lib.SHMLOG_READ_NONE
+_READ_PICKLE = lib.SHMLOG_READ_PICKLE
 _READ_FRAME = lib.SHMLOG_READ_FRAME
-_READ_COLUMNS = lib.SHMLOG_READ_COLUMNS
 _READ_ONE = lib.SHMLOG_READ_ONE
 _READ_ONE_OK = lib.SHMLOG_READ_ONE_OK
 

@@ -1513,6 +1513,23 @@ def test_a_wait_that_times_out_or_finds_data_leaves_no_hungry_reader(shm_prefix)
         assert (h.data_hungry, h.data_waiters) == (0, 0)
 
 
+def test_waits_return_0_or_an_index_or_minus_errno(shm_prefix):
+    """The C convention (>= 0 or -errno): a timeout is -ETIMEDOUT, never a
+    value that could pass for a count or an index."""
+    with new_log(shm_prefix) as plog:
+        c = plog.new_cursor()
+        plog.seek_end(c)
+        logs = ffi.new("shmlog_log_t *[]", [plog._handle()])
+        cursors = ffi.new("shmlog_cursor_t *[]", [c])
+        assert lib.shmlog_log_wait(plog._handle(), c, 0, 10**6) == -errno.ETIMEDOUT
+        assert lib.shmlog_log_wait_any(logs, cursors, 1, ffi.NULL, 0, 10**6) == -errno.ETIMEDOUT
+        assert lib.shmlog_log_wait_any(logs, cursors, 1, plog._handle(), 0, 10**6) == -errno.ETIMEDOUT
+        assert lib.shmlog_log_wait_any(logs, cursors, 0, ffi.NULL, 0, 10**6) == -errno.EINVAL
+        plog.append(plog.register_producer(), [b"x"])
+        assert lib.shmlog_log_wait(plog._handle(), c, 0, 10**6) == 0
+        assert lib.shmlog_log_wait_any(logs, cursors, 1, ffi.NULL, 0, 10**6) == 0
+
+
 def _attach_at_end(names):
     """The regions attached, a cursor at each one's end, and both as the C
     arrays shmlog_log_wait_any takes: (logs, cursors, larr, carr)."""
@@ -1594,7 +1611,7 @@ def test_wait_any_wakes_on_a_commit_in_any_partition_through_the_doorbell(shm_pr
                 lat_ms.append((t1 - t0) / 1e6)
             i, elapsed = ch.recv()
             assert ch.join() == 0
-        assert i == -1 and 0.29 <= elapsed < 1.5, (i, elapsed)
+        assert i == -errno.ETIMEDOUT and 0.29 <= elapsed < 1.5, (i, elapsed)
         med = statistics.median(lat_ms)
         print(f"\nwait_any doorbell wake latency over {trials} trials: median {med:.3f} ms, "
               f"max {max(lat_ms):.3f} ms")
