@@ -60,6 +60,16 @@ static inline uint64_t shmlog_fetch_add_u64(volatile uint64_t *p, uint64_t v)
     return __atomic_fetch_add(p, v, __ATOMIC_ACQ_REL);
 }
 
+/* Statistics counters (rotations, reclaimed chunks, aborted batches): read
+ * by gauges only, they order nothing, so relaxed. */
+static inline uint64_t shmlog_fetch_add_relaxed_u64(volatile uint64_t *p, uint64_t v)
+{
+    return __atomic_fetch_add(p, v, __ATOMIC_RELAXED);
+}
+
+/* Waiter counters and futex words: seq_cst, because a waiter's increment
+ * and a waker's later load of the counter form a Dekker pair (see
+ * wake_data and wake_space in log_internal.h). */
 static inline uint32_t shmlog_fetch_add_u32(volatile uint32_t *p, uint32_t v)
 {
     return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST);
@@ -74,7 +84,7 @@ static inline uint32_t shmlog_fetch_sub_u32(volatile uint32_t *p, uint32_t v)
  * reaper that aborts a batch and the (slow, not dead) producer that commits
  * it can never both win. seq_cst: on x86 a locked instruction is a full
  * barrier anyway, and the committer relies on that before it reads the
- * waiter counter (see shmlog_log_commit). */
+ * waiter counter (commit() in claim.c, then wake_data). */
 static inline int shmlog_cas_u64(volatile uint64_t *p, uint64_t *expected, uint64_t desired)
 {
     return __atomic_compare_exchange_n(p, expected, desired, 0,

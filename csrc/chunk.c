@@ -76,6 +76,9 @@ static int try_rotate(shmlog_log_t *log, uint64_t seq)
     }
     if (STATE_OF(st) != SHMLOG_CHUNK_FREE)
         return -EAGAIN;
+    /* the acquire-load of a FREE state above pairs with the release that
+     * freed it (reclaim_oldest, or an undone opening below): we see its
+     * tail reset */
     uint64_t opening = STATE_NEXT(st, SHMLOG_CHUNK_OPENING, log->pid);
     if (!shmlog_cas_u64(&n->state, &st, opening))
         return shmlog_load_acquire_u64(&h->active_seq) != seq ? 0 : -EAGAIN;
@@ -86,14 +89,21 @@ static int try_rotate(shmlog_log_t *log, uint64_t seq)
         wake_space(log);
         return 0;
     }
+    /* Publish the opened chunk: base_offset and seal (plain stores) and the
+     * tail, then seq, then state, each a release. The seq and state stores
+     * pair with the acquire-loads of d->seq and d->state in claim()
+     * (claim.c), next_frame() and shmlog_log_validate() (read.c): whoever
+     * sees seq + 1 ACTIVE sees its base offset, an unset seal and tail 0. */
     n->base_offset = d->base_offset + SHMLOG_TAIL_RECORDS(seal);
     n->seal = SHMLOG_NONE;
     shmlog_store_release_u64(&n->tail, 0);
     shmlog_store_release_u64(&n->seq, seq + 1);
     shmlog_store_release_u64(&n->state, STATE_NEXT(opening, SHMLOG_CHUNK_ACTIVE, 0));
+    /* seq_cst CAS: pairs with the acquire-load of active_seq that starts
+     * every claim, so a claimer that sees seq + 1 finds the chunk open */
     uint64_t expected = seq;
     shmlog_cas_u64(&h->active_seq, &expected, seq + 1);
-    __atomic_fetch_add(&h->rotations, 1, __ATOMIC_RELAXED);
+    shmlog_fetch_add_relaxed_u64(&h->rotations, 1);
     wake_space(log);
     return 0;
 }
@@ -206,17 +216,22 @@ static int reclaim_oldest(shmlog_log_t *log)
     /* and with a zero-copy reader: it publishes its pin, fences, then
      * validates the chunk state; we re-check pins after our CAS */
     if (claimers_inside(log, nseq) || pinned_below(log, end)) {
+        /* back to SEALED, untouched: pairs with the acquire-loads of the
+         * state in shmlog_log_validate, so a reader's copy stays good */
         shmlog_store_release_u64(&n->state, STATE_NEXT(reclaiming, SHMLOG_CHUNK_SEALED, 0));
         return -EAGAIN;
     }
     /* No zeroing: the next generation's frame words carry its own tag, so
-     * what this one leaves behind reads as "not yet" (layout.h). Zeroing
-     * 16 MiB cost a third of a producer's time with 64 KiB records. */
+     * what this one leaves behind reads as "not yet" (layout.h), and the
+     * producers' path never pays for writing a whole chunk of zeros. */
     uint64_t cur = shmlog_load_acquire_u64(&h->start_offset);
     while (cur < end && !shmlog_cas_u64(&h->start_offset, &cur, end))
         ;
     shmlog_store_release_u64(&n->tail, 0);
-    __atomic_fetch_add(&h->reclaimed_chunks, 1, __ATOMIC_RELAXED);
+    shmlog_fetch_add_relaxed_u64(&h->reclaimed_chunks, 1);
+    /* FREE last: pairs with the acquire-load of the state in try_rotate,
+     * so the rotator that opens this slot sees its tail reset and the
+     * start offset moved past it */
     shmlog_store_release_u64(&n->state, STATE_NEXT(reclaiming, SHMLOG_CHUNK_FREE, 0));
     return 0;
 }
@@ -314,11 +329,16 @@ uint32_t shmlog_log_chunks_held(shmlog_log_t *log)
 
 void shmlog_log_set_spilled(shmlog_log_t *log, uint64_t offset)
 {
+    /* pairs with the acquire-load of spilled_offset in lowest_needed: the
+     * spiller copied everything below before it published this */
     shmlog_store_release_u64(&log->hdr->spilled_offset, offset);
     wake_space(log);
 }
 
 void shmlog_log_set_durable(shmlog_log_t *log, uint64_t offset)
 {
+    /* read from the header by clients and tools (a consumer's durable-only
+     * reads, metrics); nothing in C waits on it. Release, so a process that
+     * sees it also sees the spilled_offset it never passes. */
     shmlog_store_release_u64(&log->hdr->durable_offset, offset);
 }

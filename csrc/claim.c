@@ -24,6 +24,8 @@ static int claim(shmlog_log_t *log, int slot, uint32_t fb, uint32_t records, uin
     shmlog_producer_slot_t *ps = &h->producers[slot];
     const uint32_t cap = log->chunk_bytes;
     for (;;) {
+        /* pairs with the rotator's CAS of active_seq (try_rotate, chunk.c),
+         * made after it published the new chunk's seq, state and tail */
         uint64_t seq = shmlog_load_acquire_u64(&h->active_seq);
         shmlog_chunk_t *d = chunk_of(log, seq);
         uint64_t t = shmlog_load_relaxed_u64(&d->tail);
@@ -39,6 +41,10 @@ static int claim(shmlog_log_t *log, int slot, uint32_t fb, uint32_t records, uin
         shmlog_store_relaxed_u32(&ps->claim_stamped, 0);
         shmlog_store_relaxed_u32(&ps->fenced, 0);
         shmlog_store_relaxed_u64(&ps->claim_tail, SHMLOG_NONE);
+        /* the claim is announced: this release pairs with the acquire-loads
+         * of claim_seq that find claims (claimers_inside in chunk.c,
+         * stale_word in read.c, the reaper in repair.c), which then see the
+         * fields above reset for this claim */
         shmlog_store_release_u64(&ps->claim_seq, seq);
         shmlog_fence_seq_cst(); /* pairs with the fence in reclaim_oldest */
         uint64_t st = shmlog_load_acquire_u64(&d->state);
@@ -50,6 +56,9 @@ static int claim(shmlog_log_t *log, int slot, uint32_t fb, uint32_t records, uin
             continue;
         }
         uint64_t prev = shmlog_fetch_add_u64(&d->tail, SHMLOG_TAIL_PACK(fb, records));
+        /* pairs with the acquire-loads of claim_tail by readers (stale_word)
+         * and the reaper (fence_claimers, unblock, reap_producer): from now
+         * on the claim's position and size are known */
         shmlog_store_release_u64(&ps->claim_tail, prev);
         uint32_t pb = SHMLOG_TAIL_BYTES(prev);
         if ((uint64_t)pb + fb <= cap) {
@@ -71,8 +80,10 @@ static int claim(shmlog_log_t *log, int slot, uint32_t fb, uint32_t records, uin
                 clear_claim(ps);
                 continue;
             }
-            /* after the CAS: a reader that sees this and a pad at pb knows
-             * the pad is a reaper's, not stale bytes (stale_word) */
+            /* after the CAS, a release that pairs with the acquire-loads of
+             * claim_stamped in stale_word (read.c) and in unstamped_claim_at
+             * and reap_producer (repair.c): who sees it sees our CLAIMED
+             * word, so a pad found at pb is a reaper's, not stale bytes */
             shmlog_store_release_u32(&ps->claim_stamped, 1);
             *seq_out = seq;
             *pos_out = pb;

@@ -89,6 +89,9 @@ static int next_frame(shmlog_log_t *log, shmlog_cursor_t *c, shmlog_frame_hdr_t 
             return -EBADMSG;
         if (c->pos + SHMLOG_FRAME_HEADER <= limit) {
             shmlog_frame_hdr_t *f = frame_at(log, c->seq, c->pos);
+            /* pairs with the committer's CAS to DATA (commit() in claim.c)
+             * and the reaper's to PAD (shmlog_frame_pad): a DATA word seen
+             * here means the header, payload and CRC behind it are written */
             uint64_t w = shmlog_load_acquire_u64(&f->frame);
             uint32_t type = frame_kind(w, c->seq), fl = FRAME_LEN(w);
             if (type == SHMLOG_FRAME_DATA || type == SHMLOG_FRAME_PAD) {
@@ -317,7 +320,9 @@ int shmlog_log_validate_read(shmlog_log_t *log, shmlog_cursor_t *cursor,
 int shmlog_log_validate(shmlog_log_t *log, uint64_t seq)
 {
     /* seqlock check: our copies happened before this acquire fence; a
-     * reclaimer flips the state to RECLAIMING before anyone may reuse it */
+     * reclaimer flips the state to RECLAIMING (a seq_cst CAS, reclaim_oldest
+     * in chunk.c) before anyone may reuse it, and the rotator publishes a
+     * reused slot's new seq with a release (try_rotate) */
     shmlog_fence_acquire();
     shmlog_chunk_t *d = chunk_of(log, seq);
     uint32_t s = STATE_OF(shmlog_load_acquire_u64(&d->state));

@@ -76,7 +76,8 @@ int shmlog_log_format(void *base, size_t len, uint32_t chunk_bytes, uint32_t chu
     h->active_seq = 0;
     /* chunk memory is not touched here (that would commit every page of
      * every partition up front): a zero word is NONE in any generation */
-    /* magic last: an attacher that sees it sees a formatted header */
+    /* magic last: pairs with the acquire-load of magic in
+     * shmlog_log_attach, so an attacher that sees it sees a formatted header */
     shmlog_store_release_u64((volatile uint64_t *)&h->magic, SHMLOG_MAGIC);
     return 0;
 }
@@ -86,6 +87,7 @@ int shmlog_log_attach(shmlog_log_t *log, void *base, size_t len, uint32_t pid)
     if (!log || !base || len < SHMLOG_HEADER_BYTES)
         return -EINVAL;
     shmlog_part_hdr_t *h = (shmlog_part_hdr_t *)base;
+    /* pairs with the release of magic at the end of shmlog_log_format */
     if (shmlog_load_acquire_u64((volatile uint64_t *)&h->magic) != SHMLOG_MAGIC ||
         h->version != SHMLOG_VERSION || h->header_bytes != SHMLOG_HEADER_BYTES)
         return -EPROTO;
@@ -124,6 +126,8 @@ int shmlog_log_producer_register(shmlog_log_t *log)
         if (shmlog_load_relaxed_u32(&s->pid) == 0 && shmlog_cas_u32(&s->pid, &zero, log->pid)) {
             s->fenced = 0;
             s->claim_tail = SHMLOG_NONE;
+            /* pairs with the acquire-loads of claim_seq that find claims
+             * (see clear_claim): the slot is known to hold none */
             shmlog_store_release_u64(&s->claim_seq, SHMLOG_NONE);
             return (int)i;
         }
@@ -137,6 +141,8 @@ void shmlog_log_producer_release(shmlog_log_t *log, int slot)
         return;
     shmlog_producer_slot_t *s = &log->hdr->producers[slot];
     clear_claim(s);
+    /* pid last: pairs with the acquire-loads of pid in shmlog_log_slot_pids
+     * and claimers_inside; the next owner's CAS on pid sees the slot clear */
     shmlog_store_release_u32(&s->pid, 0);
 }
 
@@ -150,6 +156,8 @@ int shmlog_log_reader_register(shmlog_log_t *log, uint64_t position, uint32_t ga
             r->gating = gating;
             r->group_id = group_id;
             r->pin = SHMLOG_NONE;
+            /* pairs with the acquire-load of position in lowest_needed
+             * (chunk.c), which then sees gating and pin set for this reader */
             shmlog_store_release_u64(&r->position, position);
             /* a reclaimer that scanned the slots before we published may be
              * freeing our chunk right now: the reader's seq validation after
@@ -166,6 +174,9 @@ void shmlog_log_reader_release(shmlog_log_t *log, int slot)
     if (slot < 0 || (uint32_t)slot >= SHMLOG_MAX_READERS)
         return;
     shmlog_reader_slot_t *r = &log->hdr->readers[slot];
+    /* position and pin first, pid last: each pairs with its acquire-load in
+     * lowest_needed and pinned_below (chunk.c); a reclaimer that still sees
+     * the pid sees at most positions that gate nothing */
     shmlog_store_release_u64(&r->position, SHMLOG_NONE);
     shmlog_store_release_u64(&r->pin, SHMLOG_NONE);
     shmlog_store_release_u32(&r->pid, 0);
@@ -177,7 +188,8 @@ void shmlog_log_reader_set_position(shmlog_log_t *log, int slot, uint64_t positi
     if (slot < 0 || (uint32_t)slot >= SHMLOG_MAX_READERS)
         return;
     /* The reader does not free the chunk it finished itself: the producer
-     * does when it rotates, which keeps old data replayable until then. */
+     * does when it rotates, which keeps old data replayable until then.
+     * Pairs with the acquire-load of position in lowest_needed (chunk.c). */
     shmlog_store_release_u64(&log->hdr->readers[slot].position, position);
     wake_space(log);
 }
@@ -206,6 +218,7 @@ void shmlog_log_reader_set_pin(shmlog_log_t *log, int slot, uint64_t pin)
 {
     if (slot < 0 || (uint32_t)slot >= SHMLOG_MAX_READERS)
         return;
+    /* pairs with the acquire-loads of pin in lowest_needed and pinned_below */
     shmlog_store_release_u64(&log->hdr->readers[slot].pin, pin);
     /* pairs with the fence in reclaim_oldest: after this, either the
      * reclaimer sees our pin, or our next validate sees its RECLAIMING */

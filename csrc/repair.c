@@ -16,7 +16,7 @@ int shmlog_frame_pad(shmlog_log_t *log, uint64_t seq, uint32_t pos, uint64_t exp
     shmlog_frame_hdr_t *f = frame_at(log, seq, pos);
     if (!shmlog_cas_u64(&f->frame, &expected, FRAME_WORD(seq, SHMLOG_FRAME_PAD, fl)))
         return 0;
-    __atomic_fetch_add(&log->hdr->aborted_batches, 1, __ATOMIC_RELAXED);
+    shmlog_fetch_add_relaxed_u64(&log->hdr->aborted_batches, 1);
     wake_data(log);
     return 1;
 }
@@ -36,6 +36,8 @@ static void fence_claimers(shmlog_log_t *log, uint64_t seq, uint32_t pos, int un
         if (ct == SHMLOG_NONE ? unknown
                               : SHMLOG_TAIL_BYTES(ct) == pos &&
                                     !shmlog_load_acquire_u32(&s->claim_stamped))
+            /* pairs with the claimer's acquire-load of fenced in its
+             * stamping loop (claim.c), and with stale_word's (read.c) */
             shmlog_store_release_u32(&s->fenced, 1);
     }
 }
@@ -197,6 +199,8 @@ int shmlog_log_repair_chunks(shmlog_log_t *log, uint32_t dead_pid)
          * zeroed). An opening that never published is as if it never began. */
         uint64_t to = STATE_NEXT(st, SHMLOG_CHUNK_SEALED, 0);
         if (s == SHMLOG_CHUNK_OPENING) {
+            /* published to the next rotator by the state CAS below, which
+             * its acquire-load of a FREE state pairs with (try_rotate) */
             shmlog_store_release_u64(&d->tail, 0);
             to = STATE_NEXT(st, SHMLOG_CHUNK_FREE, 0);
         }
