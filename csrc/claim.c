@@ -195,21 +195,21 @@ static int64_t append_frame(shmlog_log_t *log, int slot, const frame_src_t *m,
 
 static int write_batch(const void *src, uint8_t *dst, uint32_t len)
 {
-    return shmlog_batch_encode((const shmlog_batch_in_t *)src, dst, len) == (int64_t)len ? 0
+    return shmlog_codec_encode((const shmlog_batch_in_t *)src, dst, len) == (int64_t)len ? 0
                                                                                          : -EPROTO;
 }
 
 int shmlog_log_append(shmlog_log_t *log, int slot, const shmlog_batch_in_t *in,
                       uint64_t timeout_ns, uint64_t *base_offset)
 {
-    int64_t section = shmlog_batch_encoded_size(in);
+    int64_t section = shmlog_codec_encoded_size(in);
     if (section < 0)
         return (int)section;
     frame_src_t m = {.payload_bytes = (uint32_t)section, .record_count = in->count,
                      .attributes = in->attributes, .uncompressed_bytes = (uint32_t)section,
                      .producer_id = in->producer_id, .producer_seq = in->producer_seq,
                      .write = write_batch, .src = in};
-    shmlog_batch_timestamps(in, &m.first_timestamp, &m.max_timestamp);
+    shmlog_codec_timestamps(in, &m.first_timestamp, &m.max_timestamp);
     int64_t base = append_frame(log, slot, &m, timeout_ns, -EMSGSIZE);
     if (base < 0)
         return (int)base;
@@ -227,7 +227,7 @@ static int write_pickled(const void *src, uint8_t *dst, uint32_t len)
     const pickled_src_t *p = src;
     /* sized by the same stream a moment ago: a mismatch means someone
      * wrote to the caller's buffer meanwhile */
-    return shmlog_pickled_encode(p->stream, p->len, dst, len) == (int64_t)len ? 0 : -EPROTO;
+    return shmlog_codec_pickled_encode(p->stream, p->len, dst, len) == (int64_t)len ? 0 : -EPROTO;
 }
 
 int64_t shmlog_log_append_pickled(shmlog_log_t *log, int slot, const uint8_t *stream,
@@ -236,7 +236,7 @@ int64_t shmlog_log_append_pickled(shmlog_log_t *log, int slot, const uint8_t *st
                                   uint64_t timeout_ns)
 {
     uint32_t count;
-    int64_t section = shmlog_pickled_section_size(stream, stream_len, max_value, &count);
+    int64_t section = shmlog_codec_pickled_size(stream, stream_len, max_value, &count);
     if (section < 0)
         return section;
     pickled_src_t src = {stream, stream_len};

@@ -5,6 +5,7 @@
  * value (same), then the header section (zigzag varint count, each header a
  * key and a nullable value). The encoder writes straight into a claimed
  * chunk; the decoder never trusts a length it has not bounds-checked.
+ * Functions are shmlog_codec_*; they return >= 0 (a size, a count) or -errno.
  */
 #ifndef SHMLOG_CODEC_H
 #define SHMLOG_CODEC_H
@@ -52,36 +53,36 @@ typedef struct {
 #define SHMLOG_REC_NULLS     4u     /* some record has a null value */
 
 /* bytes the record section of this batch needs, or -EINVAL / -EMSGSIZE */
-int64_t shmlog_batch_encoded_size(const shmlog_batch_in_t *in);
+int64_t shmlog_codec_encoded_size(const shmlog_batch_in_t *in);
 /* encode the record section into dst (cap bytes); returns bytes written or -errno */
-int64_t shmlog_batch_encode(const shmlog_batch_in_t *in, uint8_t *dst, size_t cap);
+int64_t shmlog_codec_encode(const shmlog_batch_in_t *in, uint8_t *dst, size_t cap);
 /* the first and max timestamps of the batch */
-void shmlog_batch_timestamps(const shmlog_batch_in_t *in, int64_t *first, int64_t *max);
+void shmlog_codec_timestamps(const shmlog_batch_in_t *in, int64_t *first, int64_t *max);
 
 /* Decode `record_count` records of a section at `payload` (len bytes).
  * Records with offset < skip_below are skipped. Writes from out[index] and
  * stops when out is full (the caller resumes by offset); returns the number
  * written or -EBADMSG (anything out of bounds or inconsistent). Records past
  * a full `out` are not validated by this call. */
-int64_t shmlog_records_decode(const uint8_t *payload, size_t len, uint32_t record_count,
-                              uint64_t base_offset, int64_t first_timestamp,
-                              uint64_t pos_base, uint64_t skip_below,
-                              shmlog_records_out_t *out, uint32_t index);
+int64_t shmlog_codec_decode(const uint8_t *payload, size_t len, uint32_t record_count,
+                            uint64_t base_offset, int64_t first_timestamp,
+                            uint64_t pos_base, uint64_t skip_below,
+                            shmlog_records_out_t *out, uint32_t index);
 
-/* Copy n values (region positions and lengths, -1 = null) into dst as a
- * pickled list of bytes (see codec.c); returns bytes written or -ENOSPC. */
 /* Unkeyed values given as the pickle of a list of bytes/None (protocol 3,
  * no memo): the record section's size and record count (values above
  * max_value: -EMSGSIZE; a stream of any other shape: -EPROTO), and the
- * encoder, which writes what shmlog_batch_encode would for those values. */
-int64_t shmlog_pickled_section_size(const uint8_t *s, size_t len, int32_t max_value,
-                                    uint32_t *count);
-int64_t shmlog_pickled_encode(const uint8_t *s, size_t len, uint8_t *dst, size_t cap);
+ * encoder, which writes what shmlog_codec_encode would for those values. */
+int64_t shmlog_codec_pickled_size(const uint8_t *s, size_t len, int32_t max_value,
+                                  uint32_t *count);
+int64_t shmlog_codec_pickled_encode(const uint8_t *s, size_t len, uint8_t *dst, size_t cap);
 /* The result of a read as a pickle stream (see shmlog_log_read_pickled):
  * returns its length, or -ENOSPC if cap is too small. */
-int64_t shmlog_result_pickle(const uint8_t *base, const shmlog_records_out_t *out, uint32_t n,
-                             uint64_t first_seq, uint64_t bytes, uint8_t *dst, size_t cap);
-int64_t shmlog_values_pickle(const uint8_t *base, const uint64_t *pos, const int32_t *lens,
-                             uint32_t n, uint8_t *dst, size_t cap);
+int64_t shmlog_codec_result_pickle(const uint8_t *base, const shmlog_records_out_t *out, uint32_t n,
+                                   uint64_t first_seq, uint64_t bytes, uint8_t *dst, size_t cap);
+/* Copy n values (region positions and lengths, -1 = null) into dst as a
+ * pickled list of bytes (see codec.c); returns bytes written or -ENOSPC. */
+int64_t shmlog_codec_values_pickle(const uint8_t *base, const uint64_t *pos, const int32_t *lens,
+                                   uint32_t n, uint8_t *dst, size_t cap);
 
 #endif

@@ -262,16 +262,16 @@ static uint32_t crc32c_hw_raw(uint32_t crc, const unsigned char *p, size_t len)
  * less product comes out multiplied by x once more, hence the -1 in the
  * exponents. Four zmm registers are 16 lanes, folded 256 bytes a loop;
  * what is left at the end is one lane, whose CRC the crc32 instruction
- * computes, then the tail. Measured on this project's 2-core Xeon: ~85
- * GB/s on a 64 KiB buffer in cache against ~29 for the three crc32
- * streams. From memory (buffers past the L2) one folding stream keeps
- * fewer loads in flight than three crc32 streams, so those go there. */
+ * computes, then the tail. In cache, folding is several times faster than
+ * three interleaved crc32 streams (figures: bench/README.md, CRC). From
+ * memory (buffers past the L2) one folding stream keeps fewer loads in
+ * flight than three crc32 streams, so those go there. */
 #define FOLD_MIN 256u
 #define FOLD_MAX (2u << 20)
 /* A consumer's CRC is the first touch of a batch the producer's core just
  * wrote: each line crosses between the cores' caches, and prefetching 2 KiB
- * ahead keeps more of those transfers in flight (W2 end to end: ~15.5 ->
- * ~16.6 M msg/s). Prefetching past the buffer is harmless, never a fault. */
+ * ahead keeps more of those transfers in flight (bench/README.md has the
+ * W2 figures). Prefetching past the buffer is harmless, never a fault. */
 #define FOLD_PREFETCH 2048
 static uint64_t fold_k[7][2]; /* lane constants to fold 256, 192, 128, 64, 48, 32, 16 bytes on */
 static const uint32_t fold_dist[7] = {256, 192, 128, 64, 48, 32, 16};

@@ -2,12 +2,21 @@
  *
  * A region is: one header (geometry, hot words each on their own 128 bytes,
  * the chunk table, producer slots, reader slots), then chunk_count chunks of
- * chunk_bytes each. Frames (record batches) are laid one after another in a
- * chunk, each 64-byte aligned, and are copied unchanged into segment files.
+ * chunk_bytes each, filled with frames one after another.
+ *
+ * Words: a *batch* is what a producer commits and a consumer reads
+ * (DESIGN.md, "Batch": a header, then the record section; Python and the
+ * docs say batch too). A *frame* is the span of a chunk that one claim
+ * takes: 64-byte aligned, it starts with the 64-bit frame word (below),
+ * then the rest of the batch header (shmlog_frame_hdr_t), the record
+ * section and zero slack up to the alignment. A DATA frame holds exactly
+ * one batch; a CLAIMED frame's batch is still being written; a PAD frame
+ * holds none (an aborted claim, or dead space). Frames, not batches, are
+ * what the log walks, pads and copies unchanged into segment files.
  *
  * Nothing here may hold a pointer: the region is mapped at different
  * addresses in different processes. Python re-checks every offset through
- * ffi.offsetof (tests/test_layout.py), so C and Python can never drift.
+ * ffi.offsetof (tests/core/test_layout.py), so C and Python can never drift.
  */
 #ifndef SHMLOG_LAYOUT_H
 #define SHMLOG_LAYOUT_H
@@ -69,7 +78,7 @@ static inline uint32_t shmlog_frame_tag(uint64_t seq)
     return (uint32_t)seq * 0x9E3779B1u;
 }
 
-/* frame attributes */
+/* batch attributes (shmlog_frame_hdr_t.attributes) */
 #define SHMLOG_ATTR_COMPRESSION_MASK 0x7u
 #define SHMLOG_ATTR_LZ4              0x1u
 #define SHMLOG_BATCH_VERSION         1u
@@ -170,9 +179,12 @@ typedef struct {
     shmlog_reader_slot_t readers[SHMLOG_MAX_READERS];
 } shmlog_part_hdr_t;
 
-/* The 64-byte frame header at the start of every batch. */
+/* The 64-byte header at the start of every frame: the frame word, then the
+ * batch header (DESIGN.md, "Batch"). */
 typedef struct {
-    volatile uint64_t frame;          /* (type << 32) | frame_bytes; see above */
+    volatile uint64_t frame;          /* frame word: (tag << 32) | frame_bytes | type
+                                       * in shm, (SHMLOG_DISK_FRAME_DATA << 32) |
+                                       * frame_bytes in a segment file; see above */
     uint32_t crc;                     /* CRC32C of bytes [12, 64) of this header + payload */
     uint32_t payload_bytes;           /* record section (compressed if lz4) */
     uint64_t base_offset;

@@ -56,7 +56,7 @@ typedef struct {
     uint32_t frames;             /* data frames consumed */
     uint32_t _pad;
     uint64_t bytes;              /* frame bytes consumed */
-    /* a compressed frame the caller must decompress and decode itself */
+    /* a frame whose batch is compressed (lz4): the caller decompresses and decodes it */
     uint64_t frame_pos;          /* region position of its 64-byte header, 0 = none */
     uint64_t frame_base_offset;
     int64_t frame_first_timestamp;
@@ -111,7 +111,7 @@ int64_t shmlog_log_append_one(shmlog_log_t *log, int slot, const char *value,
                               int32_t value_len, int64_t timestamp, uint64_t producer_id,
                               uint32_t producer_seq, uint64_t timeout_ns);
 /* Append an unkeyed batch whose values come as the pickle of a list of
- * bytes (codec.h, shmlog_pickled_section_size): one pass in Python, lengths
+ * bytes (codec.h, shmlog_codec_pickled_size): one pass in Python, lengths
  * read in C. Returns the base offset, or -errno: -EPROTO for a stream of
  * another shape, -EMSGSIZE for a value above max_value, -E2BIG for a batch
  * above the frame limit (the caller falls back to columns or splits). */
@@ -173,7 +173,8 @@ int shmlog_log_validate_read(shmlog_log_t *log, shmlog_cursor_t *cursor,
                                       * record, unkeyed, without headers, not null:
                                       * its value is in dst (info->one_len bytes),
                                       * its offset and timestamp in info; validated */
-#define SHMLOG_READ_FRAME   3        /* a compressed frame, at info->frame_pos */
+#define SHMLOG_READ_FRAME   3        /* a frame whose batch is compressed, at
+                                      * info->frame_pos */
 #define SHMLOG_READ_COLUMNS 4        /* info->records records in the out arrays
                                       * (headers, large values, or dst too small):
                                       * copy them out, then shmlog_log_validate_read */

@@ -192,11 +192,11 @@ int shmlog_log_read(shmlog_log_t *log, shmlog_cursor_t *c, shmlog_records_out_t 
         uint32_t wanted = (uint32_t)(end - (f->base_offset > skip ? f->base_offset : skip));
         if (wanted > out->capacity - n && n)
             break; /* whole batches when we can; a partial one only alone */
-        int64_t got = shmlog_records_decode((const uint8_t *)f + SHMLOG_FRAME_HEADER,
-                                            f->payload_bytes, f->record_count, f->base_offset,
-                                            f->first_timestamp,
-                                            region_pos(log, c->seq, c->pos) + SHMLOG_FRAME_HEADER,
-                                            skip, out, n);
+        int64_t got = shmlog_codec_decode((const uint8_t *)f + SHMLOG_FRAME_HEADER,
+                                          f->payload_bytes, f->record_count, f->base_offset,
+                                          f->first_timestamp,
+                                          region_pos(log, c->seq, c->pos) + SHMLOG_FRAME_HEADER,
+                                          skip, out, n);
         if (got < 0) {
             info->bad_offset = f->base_offset;
             return n ? (int)n : (int)got;
@@ -235,7 +235,7 @@ int shmlog_log_read_pickled(shmlog_log_t *log, shmlog_cursor_t *c, shmlog_record
     if (n == 1 && (read_flags & SHMLOG_READ_ONE_OK) && out->flags == 0 &&
         (size_t)out->value_lens[0] <= cap) {
         /* a paced consumer's message: the value and two numbers, no pickle
-         * to build or to load (~1 us of Python per message) */
+         * to build or to load (that would be most of its Python time) */
         memcpy(dst, log->base + out->value_pos[0], (size_t)out->value_lens[0]);
         info->one_len = (uint32_t)out->value_lens[0];
         info->one_offset = out->offsets[0];
@@ -243,8 +243,8 @@ int shmlog_log_read_pickled(shmlog_log_t *log, shmlog_cursor_t *c, shmlog_record
         int rc = shmlog_log_validate_read(log, c, info);
         return rc < 0 ? rc : SHMLOG_READ_ONE;
     }
-    int64_t k = shmlog_result_pickle(log->base, out, (uint32_t)n, info->first_seq, info->bytes,
-                                     dst, cap);
+    int64_t k = shmlog_codec_result_pickle(log->base, out, (uint32_t)n, info->first_seq,
+                                           info->bytes, dst, cap);
     if (k < 0)
         return SHMLOG_READ_COLUMNS;
     info->pickle_bytes = (uint64_t)k;

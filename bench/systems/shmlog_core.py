@@ -102,7 +102,7 @@ def shm_bytes(names: List[str]) -> Dict[str, int]:
 def gate_position(cursor) -> int:
     """The position a gating reader publishes after a read: everything below
     the cursor's next offset has been consumed. (A reader parked exactly at a
-    reused chunk's end moves on into the next chunk: csrc/log.c next_frame.)"""
+    reused chunk's end moves on into the next chunk: csrc/read.c next_frame.)"""
     return cursor.next_offset
 
 

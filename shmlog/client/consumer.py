@@ -595,7 +595,7 @@ class Consumer:
                 if a.view is not None:
                     a.view.release()
                 # pin first, then read: the reclaimer re-checks pins after it
-                # claims a chunk (csrc/log.c, reclaim_oldest)
+                # claims a chunk (csrc/chunk.c, reclaim_oldest)
                 a.plog.set_reader_pin(a.slot, a.cursor.next_offset)
                 try:
                     cols = a.reader.read_view(a.cursor, min(max_messages, a.reader.capacity))

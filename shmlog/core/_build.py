@@ -211,15 +211,15 @@ int shmlog_futex_wait(uint32_t *word, uint32_t expected, uint64_t timeout_ns);
 int shmlog_futex_wake(uint32_t *word, int count);
 uint64_t shmlog_now_ns(void);
 
-int64_t shmlog_batch_encoded_size(const shmlog_batch_in_t *in);
-int64_t shmlog_batch_encode(const shmlog_batch_in_t *in, uint8_t *dst, size_t cap);
-int64_t shmlog_records_decode(const uint8_t *payload, size_t len, uint32_t record_count,
-                              uint64_t base_offset, int64_t first_timestamp,
-                              uint64_t pos_base, uint64_t skip_below,
-                              shmlog_records_out_t *out, uint32_t index);
+int64_t shmlog_codec_encoded_size(const shmlog_batch_in_t *in);
+int64_t shmlog_codec_encode(const shmlog_batch_in_t *in, uint8_t *dst, size_t cap);
+int64_t shmlog_codec_decode(const uint8_t *payload, size_t len, uint32_t record_count,
+                            uint64_t base_offset, int64_t first_timestamp,
+                            uint64_t pos_base, uint64_t skip_below,
+                            shmlog_records_out_t *out, uint32_t index);
 
-int64_t shmlog_values_pickle(const uint8_t *base, const uint64_t *pos, const int32_t *lens,
-                             uint32_t n, uint8_t *dst, size_t cap);
+int64_t shmlog_codec_values_pickle(const uint8_t *base, const uint64_t *pos, const int32_t *lens,
+                                   uint32_t n, uint8_t *dst, size_t cap);
 size_t shmlog_log_region_bytes(uint32_t chunk_bytes, uint32_t chunk_count);
 int shmlog_log_format(void *base, size_t len, uint32_t chunk_bytes, uint32_t chunk_count,
                       uint32_t max_batch_bytes, uint32_t flags, uint32_t partition,

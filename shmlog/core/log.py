@@ -296,10 +296,10 @@ class PartitionLog:
         if attrs is None:
             raise errors.InvalidConfig(f"compression must be None or 'lz4', got {compression!r}")
         if attrs:
-            size = lib.shmlog_batch_encoded_size(bi)
+            size = lib.shmlog_codec_encoded_size(bi)
             errors.check(size, self.what)
             raw = bytearray(size)
-            lib.shmlog_batch_encode(bi, ffi.from_buffer(raw), size)
+            lib.shmlog_codec_encode(bi, ffi.from_buffer(raw), size)
             packed = lz4.block.compress(bytes(raw), store_size=False)
             first = ts if timestamps is None else bi.timestamps[0]
             mx = ts if timestamps is None else max(bi.timestamps[i] for i in range(n))
@@ -633,7 +633,7 @@ class RecordReader:
 
 
 # Small values are copied out through a pickle stream the C core writes
-# (shmlog_values_pickle): pickle.loads makes the bytes objects in C, ~3x
+# (shmlog_codec_values_pickle): pickle.loads makes the bytes objects in C, ~3x
 # faster than slicing the mapping per value. Large values are sliced (one
 # copy instead of two). The stream's opcodes all come from our C code.
 _PICKLE_BELOW = 1024  # average frame bytes per record
@@ -721,7 +721,7 @@ def _grow_tls(need: int) -> bytearray:
 
 def _pickled(base, pos, lens, n: int) -> Optional[list]:
     buf = _tls.__dict__.get("buf") or _grow_tls(0)
-    k = lib.shmlog_values_pickle(base, pos, lens, n, _tls.cbuf, len(buf))
+    k = lib.shmlog_codec_values_pickle(base, pos, lens, n, _tls.cbuf, len(buf))
     if k < 0:
         if len(buf) >= 16 << 20:
             return None
@@ -785,8 +785,8 @@ def decode_section(raw: bytes, count: int, base_offset: int, first_ts: int, skip
     o = reader._out
     o.capacity = min(capacity or reader.capacity, reader.capacity)
     o.flags = 0
-    n = lib.shmlog_records_decode(ffi.from_buffer(raw), len(raw), count, base_offset, first_ts,
-                                  0, skip_below, o, 0)
+    n = lib.shmlog_codec_decode(ffi.from_buffer(raw), len(raw), count, base_offset, first_ts,
+                                0, skip_below, o, 0)
     if n < 0:
         errors.check(n, what, offset=base_offset)
     flags = o.flags

@@ -580,8 +580,8 @@ class SegmentReader:
                     break
                 out.grow(count + max_records)
                 o = out.out
-            got = lib.shmlog_records_decode(cbuf + p + FRAME_HEADER, fh[F_PAYLOAD], count, fbase,
-                                            fh[F_FIRST_TS], p + FRAME_HEADER, self.next_offset, o, n)
+            got = lib.shmlog_codec_decode(cbuf + p + FRAME_HEADER, fh[F_PAYLOAD], count, fbase,
+                                          fh[F_FIRST_TS], p + FRAME_HEADER, self.next_offset, o, n)
             if got < 0:
                 raise self._corrupt("record section does not decode", start + p)
             n += got
@@ -626,8 +626,8 @@ class SegmentReader:
         count = fh[F_COUNT]
         out = self._out
         out.grow(count)
-        got = lib.shmlog_records_decode(ffi.from_buffer(raw), len(raw), count, fh[F_BASE],
-                                        fh[F_FIRST_TS], 0, self.next_offset, out.out, 0)
+        got = lib.shmlog_codec_decode(ffi.from_buffer(raw), len(raw), count, fh[F_BASE],
+                                      fh[F_FIRST_TS], 0, self.next_offset, out.out, 0)
         if got < 0:
             raise self._corrupt("record section does not decode", start + p)
         fend = fh[F_BASE] + count
@@ -772,11 +772,11 @@ def _find_time(path: Path, from_offset: int, ts: int, limit: Optional[int], what
                 except Exception:
                     raise errors.CorruptBatch(f"corrupt batch in {what} at offset {fh[F_BASE]}: lz4 "
                                               f"payload does not decompress ({path})", what=what) from None
-                got = lib.shmlog_records_decode(ffi.from_buffer(raw), len(raw), fh[F_COUNT], fh[F_BASE],
-                                                fh[F_FIRST_TS], 0, 0, out.out, 0)
+                got = lib.shmlog_codec_decode(ffi.from_buffer(raw), len(raw), fh[F_COUNT], fh[F_BASE],
+                                              fh[F_FIRST_TS], 0, 0, out.out, 0)
             else:
-                got = lib.shmlog_records_decode(cbuf + p + 64, fh[F_PAYLOAD], fh[F_COUNT], fh[F_BASE],
-                                                fh[F_FIRST_TS], 0, 0, out.out, 0)
+                got = lib.shmlog_codec_decode(cbuf + p + 64, fh[F_PAYLOAD], fh[F_COUNT], fh[F_BASE],
+                                              fh[F_FIRST_TS], 0, 0, out.out, 0)
             if got < 0:
                 raise errors.CorruptBatch(f"corrupt batch in {what} at offset {fh[F_BASE]}: record "
                                           f"section does not decode ({path})", what=what)

@@ -87,10 +87,10 @@ class Out:
 
 
 def encode(batch: Batch) -> bytes:
-    size = lib.shmlog_batch_encoded_size(batch.bi)
+    size = lib.shmlog_codec_encoded_size(batch.bi)
     assert size >= 0
     buf = bytearray(size)
-    assert lib.shmlog_batch_encode(batch.bi, ffi.from_buffer(buf), size) == size
+    assert lib.shmlog_codec_encode(batch.bi, ffi.from_buffer(buf), size) == size
     return bytes(buf)
 
 
@@ -98,7 +98,7 @@ def decode(section: bytes, count, base=0, first_ts=0, pos_base=0, skip_below=0, 
            index=0):
     out = Out(capacity if capacity is not None else max(count, 1) + index)
     buf = ffi.from_buffer(section) if section else ffi.new("uint8_t[1]")
-    n = lib.shmlog_records_decode(buf, len(section), count, base, first_ts, pos_base, skip_below,
+    n = lib.shmlog_codec_decode(buf, len(section), count, base, first_ts, pos_base, skip_below,
                                   out.o, index)
     return n, out
 
@@ -194,15 +194,15 @@ def test_decode_needs_room_and_the_exact_record_count():
 
 def test_encode_rejects_bad_input():
     good = Batch([{"value": b"abc", "key": None, "headers": []}] * 3)
-    size = lib.shmlog_batch_encoded_size(good.bi)
+    size = lib.shmlog_codec_encoded_size(good.bi)
     buf = bytearray(size)
-    assert lib.shmlog_batch_encode(good.bi, ffi.from_buffer(buf), size - 1) == -errno.ENOSPC
+    assert lib.shmlog_codec_encode(good.bi, ffi.from_buffer(buf), size - 1) == -errno.ENOSPC
     empty = Batch([{"value": b"x", "key": None, "headers": []}])
     empty.bi.count = 0
-    assert lib.shmlog_batch_encoded_size(empty.bi) == -errno.EINVAL
+    assert lib.shmlog_codec_encoded_size(empty.bi) == -errno.EINVAL
     bad_len = Batch([{"value": b"x", "key": None, "headers": []}])
     bad_len.bi.value_lens = ffi.new("int32_t[]", [-2])
-    assert lib.shmlog_batch_encoded_size(bad_len.bi) == -errno.EINVAL
+    assert lib.shmlog_codec_encoded_size(bad_len.bi) == -errno.EINVAL
 
 
 # ------------------------------------------------------------ untrusted input
@@ -234,7 +234,7 @@ def decode_guarded(guarded, data: bytes, count: int, capacity: int = 64):
     start = PAGE - len(data)
     mm[start:PAGE] = data
     out = Out(capacity)
-    n = lib.shmlog_records_decode(base + start, len(data), count, 0, 0, 0, 0, out.o, 0)
+    n = lib.shmlog_codec_decode(base + start, len(data), count, 0, 0, 0, 0, out.o, 0)
     if n >= 0:  # whatever it accepts lies inside the section
         for _off, _ts, vp, vl, kp, kl, hp, hl in out.rows(n):
             for pos, ln in ((vp, vl), (kp, kl), (hp, hl)):

@@ -1,4 +1,5 @@
-"""The partition log in shared memory (csrc/log.c through shmlog/log.py).
+"""The partition log in shared memory (csrc/region.c, claim.c, chunk.c, read.c
+and repair.c, through shmlog/core/log.py).
 
 Each test creates its regions under the `shm_prefix` fixture and closes and
 unlinks them; every child process is forked, and killed or joined before the
