@@ -253,6 +253,7 @@ int shmlog_log_reclaim(shmlog_log_t *log)
     return freed;
 }
 
+/* log_internal.h: help the full chunk `seq` rotate, or wait for space */
 int shmlog_chunk_wait_rotation(shmlog_log_t *log, uint64_t seq, uint64_t deadline)
 {
     shmlog_part_hdr_t *h = log->hdr;
@@ -273,6 +274,9 @@ int shmlog_chunk_wait_rotation(shmlog_log_t *log, uint64_t seq, uint64_t deadlin
         uint64_t now = shmlog_now_ns();
         if (now >= deadline)
             return -EAGAIN;
+        /* seq_cst increment, then one more look at the chunk: pairs with the
+         * fence in wake_space, so either we see the freed space or the
+         * waker sees us counted and bumps space_futex */
         shmlog_fetch_add_u32(&h->space_waiters, 1);
         uint32_t v = shmlog_load_acquire_u32(&h->space_futex);
         if (shmlog_load_acquire_u64(&h->active_seq) == seq && try_rotate(log, seq) != 0) {
