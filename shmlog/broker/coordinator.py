@@ -171,7 +171,7 @@ class _Group:
 
 
 class Coordinator:
-    """The group coordinator, living in the supervisor (see install())."""
+    """The group coordinator, living in the supervisor (built by it; see attach())."""
 
     def __init__(self, sup):
         self.sup = sup
@@ -181,6 +181,33 @@ class Coordinator:
         self.orphan_deadline_ns = 0
         self.dir = Path(sup.data_dir) / "groups"
         self._closed = False
+
+    def attach(self) -> None:
+        """Register with the supervisor's hooks (called once, before start)."""
+        sup = self.sup
+        sup.handlers.update({
+            "group_join": self.op_join,
+            "group_sync": self.op_sync,
+            "group_commit": self.op_commit,
+            "group_committed": self.op_committed,
+            "group_leave": self.op_leave,
+            "groups": self.op_groups,
+            "describe_group": self.op_describe,
+            "delete_group": self.op_delete,
+            "reset_offsets": self.op_reset,
+        })
+        # liveness runs on the coordinator's own thread, at the reaper's pace: a
+        # failing pass of another role (sup.tickers share one try block with the
+        # partition reaper) must never stop dead members from being noticed
+        sup.on_start.append(self.start)
+        sup.on_start.append(self.start_ticker)
+        sup.on_stop.append(self.stop)
+        sup.on_topic_created.append(self.topic_created)
+        sup.on_topic_deleted.append(self.topic_deleted)
+        sup.on_partitions_added.append(self.partitions_added)
+        # the stale-region sweep at start must keep the groups region, so that
+        # it survives a supervisor crash
+        sup.keep_regions.append(lambda: [self.region_name()])
 
     # ------------------------------------------------------------ lifecycle
     def region_name(self) -> str:
@@ -217,11 +244,11 @@ class Coordinator:
     def start_ticker(self) -> None:
         t = threading.Thread(target=self._tick_loop, name="shmlog-groups", daemon=True)
         t.start()
-        self.sup._threads.append(t)  # joined by Supervisor.shutdown()
+        self.sup.threads.append(t)  # joined by Supervisor.shutdown()
 
     def _tick_loop(self) -> None:
         interval = max(float(self.sup.cfg["reaper_interval_ms"]), 10.0) / 1000.0
-        stop = self.sup._stop
+        stop = self.sup.stop_event
         while not stop.wait(interval) and not self._closed:
             try:
                 self.tick()
@@ -805,59 +832,3 @@ class Coordinator:
                 del orphans[slot]
                 self._free_slot(slot)
         return not orphans
-
-
-class _NameOnly:
-    """Stands in a PartitionLog's place so the supervisor's stale-region sweep
-    keeps the groups region (see install)."""
-
-    def __init__(self, name: str):
-        self.name = name
-
-
-def install(sup) -> Coordinator:
-    """Plug the coordinator into a Supervisor (called before sup.start())."""
-    coord = Coordinator(sup)
-    sup.group_coordinator = coord
-    sup.handlers.update({
-        "group_join": coord.op_join,
-        "group_sync": coord.op_sync,
-        "group_commit": coord.op_commit,
-        "group_committed": coord.op_committed,
-        "group_leave": coord.op_leave,
-        "groups": coord.op_groups,
-        "describe_group": coord.op_describe,
-        "delete_group": coord.op_delete,
-        "reset_offsets": coord.op_reset,
-    })
-    # liveness runs on the coordinator's own thread, at the reaper's pace: a
-    # failing pass of another role (sup.tickers share one try block with the
-    # partition reaper) must never stop dead members from being noticed
-    sup.on_start.append(coord.start)
-    sup.on_start.append(coord.start_ticker)
-    sup.on_stop.append(coord.stop)
-    sup.on_topic_created.append(coord.topic_created)
-    sup.on_topic_deleted.append(coord.topic_deleted)
-
-    if hasattr(sup, "on_partitions_added"):
-        sup.on_partitions_added.append(coord.partitions_added)
-    if hasattr(sup, "keep_regions"):
-        sup.keep_regions.append(lambda: [coord.region_name()])
-        return coord
-    # Supervisor.start() sweeps every /shmlog-<cluster_id>-* name that is not a
-    # partition region before on_start runs; the groups region must survive
-    # that sweep to survive a supervisor crash. Until the supervisor has the
-    # keep_regions hook (see the issue note), show the sweep our name as if it
-    # were a partition region.
-    sweep = sup._reclaim_stale_regions
-
-    def sweep_keeping_groups() -> None:
-        key = ("shmlog.groups", -1)
-        sup.logs[key] = _NameOnly(coord.region_name())
-        try:
-            sweep()
-        finally:
-            sup.logs.pop(key, None)
-
-    sup._reclaim_stale_regions = sweep_keeping_groups
-    return coord

@@ -1,7 +1,7 @@
-"""Storage: the supervisor's spiller, fsyncer, retention and recovery, plus
-the client-side segment reader (re-exported from shmlog.segments).
+"""Storage: the supervisor's spiller, fsyncer, retention and recovery (the
+read side of segment files, which clients use too, is shmlog.core.segments).
 
-install(sup) plugs a Storage into the supervisor before it starts:
+The supervisor builds one Storage and calls attach() before it starts:
 
 - recovery, per disk partition, before its region is opened or re-attached:
   the last segment (and any segment not known durable) is checked frame by
@@ -55,18 +55,12 @@ from ..core.segments import (
     TIME_SUFFIX,
     TOPICS_DIR,
     IndexBuilder,
-    SegmentReader,
-    SegmentStore,
-    check_segment,
-    dump_segment,
     scan_segment,
     segment_bases,
     segment_name,
     stamp_disk_word,
 )
 from ..osutil import fsync_dir, write_all
-
-__all__ = ["SegmentStore", "SegmentReader", "Storage", "install", "dump_segment", "check_segment"]
 
 log = logging.getLogger("shmlog.storage")
 
@@ -83,42 +77,6 @@ BACKOFF_MAX = 1.0
 RECOVERY_POINT = "recovery-point"
 TOPIC_MARKER = "topic_id"
 
-
-
-def install(sup) -> Storage:
-    """Attach storage to a supervisor (called before sup.start())."""
-    st = Storage(sup)
-    sup.storage = st
-    sup.spills = lambda: True
-    sup.initial_offset = st.initial_offset
-    sup.handlers["sync"] = st.op_sync
-    sup.on_start.append(st.start)
-    sup.on_stop.append(st.stop)
-    sup.on_topic_created.append(st.topic_created)
-    sup.on_topic_deleted.append(st.topic_deleted)
-    orig_info = sup.partition_info
-    orig_stats = sup.stats
-
-    def partition_info(name: str, t: Dict[str, Any], p: int) -> Dict[str, Any]:
-        info = orig_info(name, t, p)
-        if t["config"]["storage"] == "disk":
-            st.describe_into(t, p, info)
-        return info
-
-    def stats() -> Dict[str, Any]:
-        try:
-            out = orig_stats()
-        except Exception as exc:
-            # another role's bug must not hide the storage figures
-            log.exception("supervisor stats failed; answering with topic info only")
-            out = {"supervisor_pid": os.getpid(), "stats_error": repr(exc),
-                   "topics": {n: sup.topic_info(n) for n in sup.meta["topics"]}}
-        out["storage"] = st.stats()
-        return out
-
-    sup.partition_info = partition_info
-    sup.stats = stats
-    return st
 
 
 def _writev_all(fd: int, pieces: List[Any]) -> None:
@@ -284,6 +242,15 @@ class Storage:
         self.truncated_bytes = 0
         self.deleted_segments = 0
         self.write_errors = 0
+
+    def attach(self) -> None:
+        """Register with the supervisor's hooks (called once, before start)."""
+        sup = self.sup
+        sup.handlers["sync"] = self.op_sync
+        sup.on_start.append(self.start)
+        sup.on_stop.append(self.stop)
+        sup.on_topic_created.append(self.topic_created)
+        sup.on_topic_deleted.append(self.topic_deleted)
 
     # ------------------------------------------------------------ directories
     def _topic_dir(self, name: str, t: Dict[str, Any]) -> Path:
@@ -625,7 +592,7 @@ class Storage:
         partition = protocol.field(m, "partition", int)
         offset = protocol.field(m, "offset", int)
         timeout = protocol.field(m, "timeout", (int, float), required=False, default=-1)
-        t = self.sup._topic(topic)
+        t = self.sup.topic_meta(topic)
         n = t["config"]["partitions"]
         if not 0 <= partition < n:
             raise errors.UnknownPartition(f"topic {topic!r} has no partition {partition} (it has {n})",
@@ -664,7 +631,7 @@ class Storage:
                     keep.append(s)
             self._syncs = keep
         for s, msg in replies:
-            self.sup._send(s.conn, msg)
+            self.sup.send_reply(s.conn, msg)
 
     # ------------------------------------------------------------ spiller
     def _targets(self) -> List[Tuple[_Partition, Any]]:

@@ -395,6 +395,23 @@ class PartitionLog:
     def producer_slots(self):
         return self.slot_pids()[0]
 
+    def slot_table(self):
+        """([producer dict], [reader dict]) of the slots in use, with their
+        counters: what `shmlog stats` shows when the supervisor cannot. A
+        racy snapshot (plain loads), for display only."""
+        hdr = self.hdr
+        producers, readers = [], []
+        for i in range(lib.SHMLOG_MAX_PRODUCERS):
+            s = hdr.producers[i]
+            if s.pid:
+                producers.append({"pid": s.pid, "batches": s.batches, "records": s.records, "aborted": s.aborted})
+        for i in range(lib.SHMLOG_MAX_READERS):
+            r = hdr.readers[i]
+            if r.pid:
+                readers.append({"pid": r.pid, "position": r.position, "gating": bool(r.gating),
+                                "group_id": r.group_id})
+        return producers, readers
+
     def reader_slots(self):
         return self.slot_pids()[1]
 

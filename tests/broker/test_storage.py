@@ -28,7 +28,7 @@ from _broker_helpers import (
 )
 
 import shmlog
-from shmlog.broker.storage import SegmentStore, check_segment, dump_segment
+from shmlog.core.segments import SegmentStore, check_segment, dump_segment
 
 SMALL_DISK = {"storage": "disk", "chunk_bytes": 65536, "chunk_count": 4}
 
