@@ -66,7 +66,7 @@ from ..core.groups_region import (
     region_name,
     slot_index,
 )
-from ..core.log import scan_for_time
+from ..core.reader import scan_for_time
 from ..core.segments import SegmentStore
 from ..osutil import pid_alive, proc_start_time
 from . import assignors
