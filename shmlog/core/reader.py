@@ -5,7 +5,7 @@ and the scan for a timestamp in shared memory."""
 from __future__ import annotations
 
 import pickle
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import lz4.block
 
@@ -26,9 +26,6 @@ from .records import (
     pickled_values,
 )
 
-if TYPE_CHECKING:
-    from .log import PartitionLog
-
 _READ_FRAME = lib.SHMLOG_READ_FRAME
 _READ_COLUMNS = lib.SHMLOG_READ_COLUMNS
 _READ_ONE = lib.SHMLOG_READ_ONE
@@ -43,7 +40,7 @@ class RecordReader:
     the chunk is reused the next instant (a seqlock, not a lock).
     """
 
-    def __init__(self, plog: PartitionLog, capacity: int):
+    def __init__(self, plog, capacity: int):  # plog: a PartitionLog
         self.plog = plog
         self.capacity = capacity
         self.out = ffi.new("shmlog_records_out_t *")

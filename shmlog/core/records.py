@@ -10,14 +10,11 @@ from __future__ import annotations
 import pickle
 import threading
 from array import array
-from typing import TYPE_CHECKING, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 from .. import errors
 from ._core import ffi, lib
 from .codec import decode_headers
-
-if TYPE_CHECKING:
-    from .reader import RecordReader
 
 NONE = (1 << 64) - 1
 REC_KEYS = lib.SHMLOG_REC_KEYS
@@ -143,7 +140,7 @@ def c_array(code: str, cdata, nbytes: int) -> array:
 
 
 def decode_section(raw: bytes, count: int, base_offset: int, first_ts: int, skip_below: int,
-                   reader: RecordReader, what: str, capacity: Optional[int] = None) -> ReadResult:
+                   reader, what: str, capacity: Optional[int] = None) -> ReadResult:
     """Decode a record section held in a Python buffer (lz4 frames, segments).
     Stops after `capacity` records (default: the reader's capacity)."""
     o = reader.out
