@@ -360,11 +360,11 @@ class Coordinator(GroupAdmin):
             return None
         end = self._end_offset(*tp)
         if end is not None and off > end:
-            # the log restarted below what was committed (reboot of a memory
-            # topic, or a torn tail dropped): auto_offset_reset decides
-            log.warning("group %r: committed offset %d of %s[%d] is past its end %d; resetting",
+            # a torn tail of a disk topic dropped what was committed (memory
+            # topics restart at or above every committed offset): the
+            # member's auto_offset_reset decides, "error" raises
+            log.warning("group %r: committed offset %d of %s[%d] is past its end %d",
                         g.name, off, tp[0], tp[1], end)
-            return None
         return off
 
     # ------------------------------------------------------------ offsets

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from .. import errors, protocol
 from ..config import (
@@ -43,6 +43,24 @@ class GroupAdmin:
                         | {tp[0] for tp in g.store.offsets if self._topic(tp[0]) is not None})
         return {"state": g.state(), "members": len(g.members), "generation": g.generation,
                 "assignor": g.assignor, "topics": topics, "lag": lag}
+
+    def unconsumed_memory(self) -> List[Tuple[str, str, int, int]]:
+        """(group, topic, partition, lag) of every memory partition holding
+        messages that a group with a committed offset on it has not consumed
+        yet: what an idle exit would lose (the supervisor stays up for them)."""
+        out = []
+        for g in self.groups.values():
+            for (topic, p), (tid, off) in sorted(g.store.offsets.items()):
+                t = self._topic(topic)
+                if t is None or t["id"] != tid or t["config"]["storage"] != "memory":
+                    continue
+                plog = self._plog(topic, p)
+                if plog is None:
+                    continue
+                lag = plog.end_offset() - max(off, plog.start_offset)
+                if lag > 0:
+                    out.append((g.name, topic, p, lag))
+        return out
 
     def op_groups(self, msg: Dict[str, Any], conn) -> Dict[str, Any]:
         return {"groups": {name: self._summary(g) for name, g in sorted(self.groups.items())

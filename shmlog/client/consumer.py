@@ -28,6 +28,7 @@ from ..core.records import ReadResult
 TP = Tuple[str, int]
 NONE = (1 << 64) - 1
 ERANGE = -34
+MAX_OFFSET = (1 << 63) - 1
 READ_SLICE = 2048
 
 
@@ -186,7 +187,7 @@ class _Assigned:
     """One assigned partition's reading state in this process."""
 
     __slots__ = ("topic", "partition", "plog", "cursor", "reader", "slot", "returned", "storage",
-                 "disk", "tp", "view", "polled_end")
+                 "disk", "tp", "view", "polled_end", "error")
 
     def __init__(self, topic: str, partition: int, plog, storage: str, gating: bool):
         self.topic = topic
@@ -201,6 +202,9 @@ class _Assigned:
         self.storage = storage
         self.disk = None  # a segment reader while behind the shared-memory window
         self.view: Optional[MessageView] = None  # the outstanding zero-copy batch
+        # auto_offset_reset="error" and a position out of range that a group
+        # assignment handed us: raised by the next poll, until a seek
+        self.error: Optional[errors.OffsetOutOfRange] = None
 
     def release(self) -> None:
         if self.view is not None:
@@ -243,6 +247,7 @@ class Consumer:
         self._polled: List[_Assigned] = []
         self._wait_args = None
         self._closed = False
+        self._has_errors = False  # some _Assigned.error is set
         self._member = None
         for t in self.topics:
             self.cluster.topic(t)  # UnknownTopic now, not at the first poll
@@ -287,7 +292,14 @@ class Consumer:
             if pos is None:
                 self._reset(a, self.auto_offset_reset if self.auto_offset_reset != "error" else "earliest")
             else:
-                self._seek(a, pos)
+                try:
+                    self._seek(a, pos)
+                except errors.OffsetOutOfRange as exc:
+                    # a committed offset out of range: the group protocol
+                    # step must complete; the application hears of it at
+                    # its next poll (as in Kafka)
+                    a.error = exc
+                    self._has_errors = True
         self._order = list(self.assigned_state.values())
         self._wait_args = None
         if added and callbacks and self.on_assign is not None:
@@ -327,6 +339,7 @@ class Consumer:
         return a.plog.start_offset
 
     def _seek(self, a: _Assigned, offset: int) -> None:
+        a.error = None
         if a.disk is not None:
             a.disk.close()
             a.disk = None
@@ -356,6 +369,21 @@ class Consumer:
             offset = a.cursor.next_offset
         elif rc < 0:
             errors.check(rc, a.plog.what, offset=offset)
+        elif a.cursor.next_offset < offset:
+            # past the end (C stopped the cursor at the end): the offset
+            # does not exist yet, and waiting for it would silently skip
+            # whatever is produced up to it; auto_offset_reset decides
+            end = a.cursor.next_offset
+            if self.auto_offset_reset == "error":
+                a.returned = offset
+                raise errors.OffsetOutOfRange(
+                    f"topic {a.topic!r} partition {a.partition}: offset {offset} is past the end "
+                    f"offset {end}", what=a.topic)
+            if self.auto_offset_reset == "latest":
+                offset = end
+            else:
+                self._seek(a, self._start_offset(a))
+                return
         self._set_position(a, offset)
 
     def _set_position(self, a: _Assigned, offset: int) -> None:
@@ -364,6 +392,16 @@ class Consumer:
             a.plog.set_reader_position(a.slot, offset)
 
     def seek(self, topic: str, partition: int, offset: int) -> None:
+        """Read topic[partition] from offset next. An offset outside the
+        partition's range follows auto_offset_reset ("error" raises
+        OffsetOutOfRange here)."""
+        if isinstance(offset, bool) or not isinstance(offset, int):
+            raise TypeError(f"seek({topic!r}, {partition!r}, offset): offset must be an int, "
+                            f"got {type(offset).__name__}")
+        if not 0 <= offset <= MAX_OFFSET:
+            raise errors.OffsetOutOfRange(
+                f"topic {topic!r} partition {partition}: cannot seek to offset {offset}; offsets are "
+                f"0..{MAX_OFFSET}", what=topic)
         a = self._get(topic, partition)
         self._forget_polled(a.tp)
         self._buffer = deque(m for m in self._buffer if (m[0], m[1]) != (topic, partition))
@@ -465,16 +503,26 @@ class Consumer:
             a.plog.set_reader_position(a.slot, a.cursor.next_offset)
         return res
 
+    def _raise_pending(self) -> None:
+        if not self._has_errors:
+            return
+        for a in self._order:
+            if a.error is not None:
+                raise a.error
+        self._has_errors = False
+
     def _fetch(self, max_records: int, timeout: Optional[float], one_partition: bool = False,
                one: bool = False) -> List[Tuple[_Assigned, Any]]:
         if self._closed:
             raise errors.Closed("this Consumer is closed")
+        self._raise_pending()
         # callers settle poll()'s positions first (see settle_positions)
         deadline = None if timeout is None else time.monotonic() + timeout
         wait = 1.0 if timeout is None else max(timeout, 0.0)
         while True:
             if self._member is not None:
                 self._member.poll()
+                self._raise_pending()
                 wait = min(wait, self._member.poll_interval())
             out = []
             order = self._order
@@ -586,6 +634,7 @@ class Consumer:
         while True:
             if self._member is not None:
                 self._member.poll()
+                self._raise_pending()
             order = self._order
             n = len(order)
             for i in range(n):
