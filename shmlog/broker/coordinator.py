@@ -448,6 +448,9 @@ class Coordinator(GroupAdmin):
         slot = int_field(msg, "slot", None, 0, SLOT_COUNT - 1)
         gen = int_field(msg, "generation", 0, 0, MAX_OFFSET)
         claims = tp_list(msg, "owned")
+        reset = protocol.field(msg, "auto_offset_reset", str, required=False, default="earliest")
+        if reset not in ("earliest", "latest", "error"):
+            raise protocol.ProtocolError("field 'auto_offset_reset' must be 'earliest', 'latest' or 'error'")
         g = self._group(name)
         if g.assignor is not None and g.assignor != assignor and (g.members or g.barrier):
             raise errors.GroupError(
@@ -468,8 +471,9 @@ class Coordinator(GroupAdmin):
                 mid = f"{client_id or 'member'}-{secrets.token_hex(6)}"
             if mid in g.members:
                 mid = f"{mid}-{secrets.token_hex(3)}"
-        m = Member(mid, client_id, pid, slot, token, topics, session_ms)
+        m = Member(mid, client_id, pid, slot, token, topics, session_ms, reset)
         g.assignor = assignor
+        g.reset = reset
         g.members[mid] = m
         self._fill_slot(m, g, session_ms)
         if rejoin and claims:

@@ -57,6 +57,7 @@ def cmd_consume(args) -> int:
     # what has been printed, per partition: a group commits exactly that
     # (auto-commit would also commit what was fetched but not printed)
     printed: Dict[Tuple[str, int], int] = {}
+    unprinted: Dict[Tuple[str, int], int] = {}  # fetched past --max-messages: first offset not printed
     with connect(args) as cluster:
         consumer = cluster.consumer(args.topic if args.partition is None else [], group=args.group,
                                     auto_offset_reset=reset, enable_auto_commit=False)
@@ -65,7 +66,13 @@ def cmd_consume(args) -> int:
                 cluster.describe_topic(args.topic)
                 consumer.assign([(args.topic, args.partition)])
                 if args.offset is not None:
-                    consumer.seek(args.topic, args.partition, args.offset)
+                    # an offset the partition does not have is an error to
+                    # report, not a reason to wait silently (or to read elsewhere)
+                    consumer.auto_offset_reset = "error"
+                    try:
+                        consumer.seek(args.topic, args.partition, args.offset)
+                    finally:
+                        consumer.auto_offset_reset = reset
                 elif args.from_beginning:
                     consumer.seek_to_beginning()
                 else:
@@ -84,6 +91,8 @@ def cmd_consume(args) -> int:
                     continue
                 last = time.monotonic()
                 if limit is not None:
+                    for msg in msgs[limit - n:]:
+                        unprinted.setdefault((msg.topic, msg.partition), msg.offset)
                     msgs = msgs[:limit - n]
                 chunks = []
                 for msg in msgs:
@@ -109,12 +118,26 @@ def cmd_consume(args) -> int:
             os.dup2(devnull, sys.stdout.fileno())
         finally:
             try:
-                if args.group and printed:
-                    consumer.commit(offsets=printed)
+                if args.group:
+                    consumer.commit(offsets=_group_positions(consumer, printed, unprinted))
             finally:
                 consumer.close()
     print(f"Processed a total of {n} messages", file=sys.stderr)
     return 0
+
+
+def _group_positions(consumer, printed: Dict[Tuple[str, int], int],
+                     unprinted: Dict[Tuple[str, int], int]) -> Dict[Tuple[str, int], int]:
+    """What the group commits on exit: after the last message printed, and
+    for a partition with nothing printed its current position (the reset
+    point), as Kafka's consumer commits on close: a group that read nothing
+    must not reset to "latest" again next time and skip what came meanwhile."""
+    owned = consumer.assignment()
+    offsets = {tp: consumer.position(*tp) for tp in owned}
+    offsets.update(printed)
+    offsets.update(unprinted)
+    # a partition that moved to another member is that member's to commit
+    return {tp: o for tp, o in offsets.items() if tp in owned}
 
 
 def register(sub, add) -> None:
