@@ -701,8 +701,10 @@ class Supervisor:
                 stuck.pop(key, None)
 
 
-def serve(data_dir: Path, *, auto: bool = False, **broker_config: Any) -> int:
-    """Run a supervisor in this process until SIGTERM/SIGINT, shutdown, or idle."""
+def serve(data_dir: Path, *, auto: bool = False, ready: Optional[Callable[[Supervisor], None]] = None,
+          **broker_config: Any) -> int:
+    """Run a supervisor in this process until SIGTERM/SIGINT, shutdown, or
+    idle; ready(sup) is called once it serves (`serve --detach` reports then)."""
     sup = Supervisor(data_dir, auto=auto, **broker_config)
     sup.start()
 
@@ -713,6 +715,8 @@ def serve(data_dir: Path, *, auto: bool = False, **broker_config: Any) -> int:
     signal.signal(signal.SIGINT, on_signal)
     log.info("serving %s (cluster %s, pid %d)", sup.data_dir, sup.cluster_id, os.getpid())
     try:
+        if ready is not None:
+            ready(sup)
         sup.serve_forever()
     finally:
         sup.shutdown()

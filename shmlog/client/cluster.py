@@ -268,6 +268,12 @@ class Cluster:
         finally:
             logf.close()
         if rc != 0:
+            s = self._try_connect()
+            if s is not None:
+                # another supervisor got there first (`shmlog serve` by hand):
+                # somebody serves, which is all this client asked for
+                s.close()
+                return
             tail = ""
             try:
                 tail = (self.data_dir / "supervisor.log").read_text()[-600:]
