@@ -17,7 +17,7 @@ from .common import (
 
 def cmd_produce(args) -> int:
     sep = args.key_separator.encode() if args.key_separator else None
-    n = 0
+    n = skipped = 0
     with connect(args) as cluster:
         cluster.describe_topic(args.topic)  # unknown topic: fail before reading stdin
         with cluster.producer(linger_ms=args.linger_ms, compression=args.compression) as producer:
@@ -31,17 +31,24 @@ def cmd_produce(args) -> int:
                     key = None
                     if sep is not None:
                         if sep not in line:
+                            if args.skip_bad_lines:
+                                skipped += 1
+                                print(f"shmlog produce: skipped line {lineno} of stdin: no key separator "
+                                      f"{args.key_separator!r}", file=sys.stderr)
+                                continue
                             producer.flush()
                             raise errors.ShmlogError(
-                                f"line {lineno} of stdin has no key separator {args.key_separator!r} "
-                                f"({n} messages sent before it)")
+                                f"line {lineno} of stdin has no key separator {args.key_separator!r}: "
+                                f"{n} message(s) before it sent, nothing from it on (--skip-bad-lines "
+                                f"skips such lines and goes on)")
                         key, line = line.split(sep, 1)
                     producer.send(args.topic, line, key=key, partition=args.partition)
                     n += 1
             finally:
                 producer.flush()
-    if args.verbose:
-        print(f"{n} messages sent to {args.topic}", file=sys.stderr)
+    if args.verbose or skipped:
+        print(f"{n} messages sent to {args.topic}" + (f", {skipped} line(s) skipped" if skipped else ""),
+              file=sys.stderr)
     return 0
 
 
@@ -147,6 +154,8 @@ def register(sub, add) -> None:
     p.add_argument("topic", metavar="TOPIC")
     p.add_argument("--key-separator", type=separator_arg, default=None, metavar="SEP",
                    help="each line is KEY SEP VALUE (e.g. ':' or '\\t')")
+    p.add_argument("--skip-bad-lines", action="store_true",
+                   help="with --key-separator: skip (and report) a line without it instead of stopping there")
     p.add_argument("--partition", type=nonneg_int, default=None, help="send everything to this partition")
     p.add_argument("--linger-ms", type=float, default=5.0, help="batching delay (default 5)")
     p.add_argument("--compression", choices=["none", "lz4"], default=None)

@@ -431,6 +431,7 @@ class Cluster:
     def producer(self, **kwargs: Any) -> Producer:
         from .producer import Producer
 
+        self._check_open()
         p = Producer(self, **kwargs)
         self._children.append(p)
         return p
@@ -438,6 +439,7 @@ class Cluster:
     def consumer(self, topics: Union[str, Sequence[str]], group: Optional[str] = None, **kwargs: Any) -> Consumer:
         from .consumer import Consumer
 
+        self._check_open()
         c = Consumer(self, topics, group=group, **kwargs)
         self._children.append(c)
         return c
@@ -512,6 +514,12 @@ class Cluster:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    def _check_open(self) -> None:
+        # at creation, not at the first send or poll: the mistake is here
+        if self._closed:
+            raise errors.Closed("this Cluster is closed; connect again (shmlog.connect) for new producers "
+                                "and consumers")
 
     def __enter__(self) -> Cluster:
         return self

@@ -685,6 +685,11 @@ class Consumer:
         self._polled = [a for a in self._polled if a.tp != tp]
 
     def __iter__(self) -> Iterator[Message]:
+        if self._closed:
+            raise errors.Closed("this Consumer is closed")
+        return self._messages_until_closed()
+
+    def _messages_until_closed(self) -> Iterator[Message]:
         while not self._closed:
             m = self.poll(timeout=1.0)
             if m is not None:

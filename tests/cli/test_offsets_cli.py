@@ -64,3 +64,23 @@ def test_consume_from_an_offset_past_the_end_says_so(broker):
     assert "'t4' partition 0" in r.err and "offset 99 is past the end offset 3" in r.err
     r = run(broker, "consume", "t4", "--partition", "0", "--offset", "3", "--timeout-ms", "300")
     assert r.returncode == 0 and r.out == "", r.err
+
+
+def test_produce_skip_bad_lines_reports_them(broker):
+    assert run(broker, "topics", "create", "ks").returncode == 0
+    r = run(broker, "produce", "ks", "--key-separator", "=", stdin=b"k=v\nnokey\nk2=v2\n")
+    assert r.returncode == 1 and "line 2" in r.err and "--skip-bad-lines" in r.err, r.err
+    r = run(broker, "produce", "ks", "--key-separator", "=", "--skip-bad-lines", stdin=b"a=1\nbad\nb=2\n")
+    assert r.returncode == 0, r.err
+    assert "skipped line 2" in r.err and "2 messages sent to ks, 1 line(s) skipped" in r.err
+    r = run(broker, "consume", "ks", "--from-beginning", "--print-key", "--max-messages", "3",
+            "--timeout-ms", "5000")
+    assert r.out.splitlines() == ["k\tv", "a\t1", "b\t2"]
+
+
+def test_a_data_dir_that_is_a_file(tmp_path):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    r = subprocess.run([sys.executable, "-m", "shmlog", "topics", "list", "--data-dir", str(f)],
+                       capture_output=True, timeout=60)
+    assert r.returncode == 1 and b"is not a directory" in r.stderr, r.stderr

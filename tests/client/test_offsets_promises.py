@@ -122,3 +122,38 @@ def test_a_bad_seek_names_the_partition(data_dir, offset):
                 c.seek("t", 0, offset)
             with pytest.raises(TypeError, match="offset must be an int"):
                 c.seek("t", 0, "5")
+
+
+# ---------------------------------------------------------------- smaller promises
+def test_closed_objects_say_closed(data_dir):
+    with running_cluster(data_dir) as cluster:
+        cluster.create_topic("t", **SMALL)
+        c = cluster.consumer("t")
+        c.close()
+        with pytest.raises(shmlog.Closed, match="Consumer is closed"):
+            next(iter(c))
+        other = shmlog.connect(data_dir)
+        other.close()
+        with pytest.raises(shmlog.Closed, match="Cluster is closed"):
+            other.producer()
+        with pytest.raises(shmlog.Closed, match="Cluster is closed"):
+            other.consumer("t")
+
+
+def test_header_values_must_be_bytes_like_as_keys_and_values(data_dir):
+    with running_cluster(data_dir) as cluster:
+        cluster.create_topic("t", **SMALL)
+        with cluster.producer() as producer:
+            with pytest.raises(TypeError, match=r"header 'trace': value must be bytes-like .* got str"):
+                producer.send("t", b"v", headers=[("trace", "abc")])
+            producer.send("t", b"v", headers=[("trace", b"abc"), ("none", None)])
+        with cluster.consumer("t") as c:
+            m = collect(c, 1, timeout=5)[0]
+            assert m.value == b"v" and list(m.headers) == [("trace", b"abc"), ("none", None)]
+
+
+def test_a_data_dir_that_is_a_file_is_named_as_such(tmp_path):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    with pytest.raises(shmlog.ShmlogError, match="is not a directory"):
+        shmlog.connect(f)
