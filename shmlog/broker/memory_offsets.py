@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -54,11 +55,12 @@ class MemoryOffsets:
         self._committed: Optional[Dict[Tuple[int, int], int]] = None
         self._last_checkpoint = 0.0
         self._loaded = False
+        self._write_mu = threading.Lock()
 
     def attach(self) -> None:
-        sup = self.sup
-        sup.tickers.append(self.tick)
-        sup.on_topic_deleted.append(self.topic_deleted)
+        # a deleted topic's entry goes with the next write (its id is gone
+        # from the metadata, and ids are never reused)
+        self.sup.tickers.append(self.tick)
 
     # ------------------------------------------------------------ reading
     def _load(self) -> None:
@@ -94,21 +96,28 @@ class MemoryOffsets:
                         self._committed[key] = off
         return self._committed
 
-    def initial_offset(self, t: Dict[str, Any], p: int, default: int) -> int:
+    def initial_offset(self, name: str, t: Dict[str, Any], p: int, default: int) -> int:
         """Where a re-created region of memory partition p starts."""
         self._load()
         offs = self.next.get(str(t["id"]), [])
-        start = max(default, offs[p] if p < len(offs) else 0,
-                    self._highest_committed().get((t["id"], p), 0))
+        # the files as they were at start, and what groups committed since
+        # (a region found unusable later is re-created mid-life)
+        live = [off for g in self.sup.coordinator.groups.values()
+                for (tid, off) in [g.store.offsets.get((name, p), (None, 0))] if tid == t["id"]]
+        start = max([default, offs[p] if p < len(offs) else 0,
+                     self._highest_committed().get((t["id"], p), 0)] + live)
         if start:
             log.info("memory topic id %d partition %d: region re-created at offset %d (offsets are "
                      "never reused; the messages before it are gone)", t["id"], p, start)
         return start
 
     # ------------------------------------------------------------ writing
-    def _current(self) -> Dict[str, List[int]]:
+    def snapshot(self) -> Optional[Dict[str, List[int]]]:
+        """The next offsets of every live memory partition now (call with
+        sup.lock held: it reads the regions), or None when nothing moved."""
+        self._load()
         sup = self.sup
-        out = dict(self.next)
+        out = {}
         for t in sup.meta["topics"].values():
             if t["config"]["storage"] != "memory":
                 continue
@@ -125,33 +134,37 @@ class MemoryOffsets:
                 # offsets too (it commits or becomes an aborted hole)
                 offs.append(max(prev, plog.end_offset(), plog.claimed_end))
             out[key] = offs
-        live = {str(t["id"]) for t in sup.meta["topics"].values()}
-        return {k: v for k, v in out.items() if k in live}
+        if out == self.next and (self.path.exists() or not out):
+            return None
+        return out
 
-    def checkpoint(self, *, force: bool = False) -> None:
-        """Persist the next offsets if they moved (force: even if the last
-        checkpoint was a moment ago). Call with sup.lock held."""
-        self._load()
-        now = time.monotonic()
-        if not force and now - self._last_checkpoint < CHECKPOINT_INTERVAL_S:
+    def write(self, cur: Optional[Dict[str, List[int]]]) -> None:
+        """Persist a snapshot (fsynced). Never called while waiting for
+        sup.lock: the fsync must not stall the supervisor's loop, and the
+        write lock is never held while taking sup.lock (no deadlock)."""
+        if cur is None:
             return
-        cur = self._current()
-        if cur == self.next and (self.path.exists() or not cur):
-            self._last_checkpoint = now
-            return
-        try:
-            write_json_atomic(self.path, {"topics": cur})
-        except OSError as exc:
-            log.error("cannot write %s (%s); memory topics' offsets may repeat after a reboot",
-                      self.path, exc)
-            return
-        self.next = cur
-        self._last_checkpoint = now
+        with self._write_mu:
+            # an older snapshot written late must not move an offset back:
+            # keep the higher of the two (ids absent from cur are deleted topics)
+            merged = {}
+            for key, offs in cur.items():
+                old = self.next.get(key, [])
+                merged[key] = [max(o, old[p] if p < len(old) else 0) for p, o in enumerate(offs)]
+            try:
+                write_json_atomic(self.path, {"topics": merged})
+            except OSError as exc:
+                log.error("cannot write %s (%s); memory topics' offsets may repeat after a reboot",
+                          self.path, exc)
+                return
+            self.next = merged
 
     def tick(self) -> None:
+        """A reaper pass: checkpoint at most every CHECKPOINT_INTERVAL_S."""
+        now = time.monotonic()
+        if now - self._last_checkpoint < CHECKPOINT_INTERVAL_S:
+            return
+        self._last_checkpoint = now
         with self.sup.lock:
-            self.checkpoint()
-
-    def topic_deleted(self, name: str, t: Dict[str, Any]) -> None:
-        if self.next.pop(str(t["id"]), None) is not None:
-            self.checkpoint(force=True)
+            cur = self.snapshot()
+        self.write(cur)

@@ -241,7 +241,7 @@ class Supervisor:
 
     def initial_offset(self, name: str, t: Dict[str, Any], p: int, default: int) -> int:
         if t["config"]["storage"] == "memory":
-            return self.memory_offsets.initial_offset(t, p, default)
+            return self.memory_offsets.initial_offset(name, t, p, default)
         return self.storage.initial_offset(name, t, p, default)
 
     def _reclaim_stale_regions(self) -> None:
@@ -329,7 +329,7 @@ class Supervisor:
                 pass
         with self.lock:
             # the memory topics' offsets resume here next time (never reused)
-            self.memory_offsets.checkpoint(force=True)
+            self.memory_offsets.write(self.memory_offsets.snapshot())
             for plog in self.logs.values():
                 plog.close()
                 plog.unlink()
