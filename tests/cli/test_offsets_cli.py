@@ -7,19 +7,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
-
 import shmlog
 
-
-@pytest.fixture
-def broker(data_dir):
-    yield data_dir
-    try:
-        c = shmlog.connect(data_dir, start=False)
-    except shmlog.BrokerNotRunning:
-        return
-    c.shutdown()
+# the `broker` fixture (the data dir, its supervisor stopped after) is in conftest.py
 
 
 def run(data_dir, *args, stdin=None):
