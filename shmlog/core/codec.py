@@ -67,8 +67,8 @@ def encode_headers(headers: Optional[Iterable[Header]]) -> bytes:
             # as for keys and values: a str has no single byte form, the
             # caller picks the encoding
             if not isinstance(value, (bytes, bytearray, memoryview)):
-                raise TypeError(f"header {key!r}: value must be bytes-like (bytes, bytearray, memoryview) "
-                                f"or None, got {type(value).__name__}; encode str with .encode()")
+                raise TypeError(f"header value must be bytes-like (bytes, bytearray, memoryview) or None, "
+                                f"got {type(value).__name__} (header {key!r}); encode str with .encode()")
             vb = bytes(value)
             _put_varint(out, _zigzag(len(vb)))
             out += vb

@@ -6,6 +6,7 @@ a deleted and re-created topic does not inherit the old one's offsets."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -99,6 +100,13 @@ def _kill_and_lose_shared_memory(data_dir, pid):
         os.unlink(f"/dev/shm/{name}")
 
 
+def _checkpointed(data_dir, topic_id):
+    try:
+        return json.loads((data_dir / "memory_offsets.json").read_text())["topics"][topic_id][0]
+    except (OSError, ValueError, KeyError):
+        return -1
+
+
 def test_offsets_continue_after_sigkill_and_after_a_reboot(data_dir):
     with running_cluster(data_dir) as cluster:
         cluster.create_topic(TOPIC, partitions=1, **SMALL)
@@ -127,7 +135,8 @@ def test_offsets_continue_after_sigkill_and_after_a_reboot(data_dir):
             assert _read_group(cluster, 1) == [(start, b"after-reboot")]
             # messages no group has read, then a checkpoint (about a second)
             _produce(cluster, [b"p%d" % i for i in range(5)])
-            time.sleep(1.5)
+            tid = str(cluster.describe_topic(TOPIC).topic_id)
+            wait_for(lambda: _checkpointed(data_dir, tid) >= start + 6, 10, what="a checkpoint")
             pid = cluster.supervisor_pid
 
         _kill_and_lose_shared_memory(data_dir, pid)
