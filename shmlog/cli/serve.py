@@ -74,8 +74,12 @@ def _detach(data_dir: Path, auto: bool, settings: Dict[str, Any]) -> int:
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
 
     def ready(sup) -> None:
-        os.write(wfd, f"ok {os.getpid()}".encode())
-        os.close(wfd)
+        try:
+            os.write(wfd, f"ok {os.getpid()}".encode())
+        except OSError:
+            pass  # the launcher gave up waiting (EPIPE): serve all the same
+        finally:
+            os.close(wfd)
 
     try:
         return serve(data_dir, auto=auto, ready=ready, **settings)

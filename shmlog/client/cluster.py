@@ -268,7 +268,12 @@ class Cluster:
             # --detach forks again and exits, so the supervisor is nobody's child
             p = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
                                  start_new_session=True, close_fds=True, cwd="/", env=env)
-            rc = p.wait(timeout=self._timeout)
+            try:
+                rc = p.wait(timeout=self._timeout)
+            except subprocess.TimeoutExpired:
+                # `serve --detach` returns once the supervisor serves; it may
+                # still be recovering: the caller's wait for the socket decides
+                return
         finally:
             logf.close()
         if rc != 0:
