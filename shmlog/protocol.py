@@ -94,6 +94,10 @@ def field(msg: Dict[str, Any], name: str, kind, *, required: bool = True, defaul
 def ensure_data_dir(data_dir: Path) -> Path:
     """Create the data dir 0700 (invariant 6) or say why it cannot be used."""
     data_dir = Path(data_dir).absolute()
+    if data_dir.exists() and not data_dir.is_dir():
+        raise errors.ShmlogError(
+            f"data dir {data_dir} is not a directory (a file is in the way); choose another path "
+            f"with --data-dir or $SHMLOG_DATA_DIR", what=str(data_dir))
     try:
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:

@@ -360,11 +360,11 @@ class Coordinator(GroupAdmin):
             return None
         end = self._end_offset(*tp)
         if end is not None and off > end:
-            # the log restarted below what was committed (reboot of a memory
-            # topic, or a torn tail dropped): auto_offset_reset decides
-            log.warning("group %r: committed offset %d of %s[%d] is past its end %d; resetting",
+            # a torn tail of a disk topic dropped what was committed (memory
+            # topics restart at or above every committed offset): the
+            # member's auto_offset_reset decides, "error" raises
+            log.warning("group %r: committed offset %d of %s[%d] is past its end %d",
                         g.name, off, tp[0], tp[1], end)
-            return None
         return off
 
     # ------------------------------------------------------------ offsets
@@ -448,6 +448,9 @@ class Coordinator(GroupAdmin):
         slot = int_field(msg, "slot", None, 0, SLOT_COUNT - 1)
         gen = int_field(msg, "generation", 0, 0, MAX_OFFSET)
         claims = tp_list(msg, "owned")
+        reset = protocol.field(msg, "auto_offset_reset", str, required=False, default="earliest")
+        if reset not in ("earliest", "latest", "error"):
+            raise protocol.ProtocolError("field 'auto_offset_reset' must be 'earliest', 'latest' or 'error'")
         g = self._group(name)
         if g.assignor is not None and g.assignor != assignor and (g.members or g.barrier):
             raise errors.GroupError(
@@ -468,8 +471,9 @@ class Coordinator(GroupAdmin):
                 mid = f"{client_id or 'member'}-{secrets.token_hex(6)}"
             if mid in g.members:
                 mid = f"{mid}-{secrets.token_hex(3)}"
-        m = Member(mid, client_id, pid, slot, token, topics, session_ms)
+        m = Member(mid, client_id, pid, slot, token, topics, session_ms, reset)
         g.assignor = assignor
+        g.reset = reset
         g.members[mid] = m
         self._fill_slot(m, g, session_ms)
         if rejoin and claims:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from .. import errors, protocol
 from ..config import (
@@ -31,18 +31,76 @@ _now = time.monotonic_ns
 class GroupAdmin:
     """The coordinator's admin ops (a mixin: uses its groups, store and sup)."""
 
-    def _summary(self, g: Group) -> Dict[str, Any]:
-        lag = 0
-        for (topic, p), (tid, off) in g.store.offsets.items():
+    def _group_topics(self, g: Group) -> List[str]:
+        """The topics a group reads: its members' subscriptions and the
+        (live) topics it has committed offsets on."""
+        topics = {t for m in g.members.values() for t in m.topics}
+        for (topic, _p), (tid, _off) in g.store.offsets.items():
             t = self._topic(topic)
             if t is not None and t["id"] == tid:
-                end = self._end_offset(topic, p)
-                if end is not None:
-                    lag += max(end - off, 0)
-        topics = sorted({t for m in g.members.values() for t in m.topics}
-                        | {tp[0] for tp in g.store.offsets if self._topic(tp[0]) is not None})
+                topics.add(topic)
+        return sorted(t for t in topics if self._topic(t) is not None)
+
+    def _reset_policy(self, g: Group, topic: str, p: int) -> str:
+        """Where a member of g starts on a partition with no committed
+        offset: its owner's auto_offset_reset, else any member's, else the
+        API's default ("error" starts at the earliest until told otherwise)."""
+        owner = g.members.get(g.owner.get((topic, p), ""))
+        for m in ([owner] if owner is not None else []) + list(g.members.values()):
+            if topic in m.topics:
+                return m.reset
+        return g.reset
+
+    def _partition_rows(self, g: Group) -> List[Dict[str, Any]]:
+        """One row per partition of every topic the group reads, as Kafka's
+        kafka-consumer-groups lists them: committed None where nothing is
+        committed, and the lag then counted from where a member would start
+        (the start offset for "earliest", none for "latest")."""
+        rows = []
+        for topic in self._group_topics(g):
+            t = self._topic(topic)
+            for p in range(t["config"]["partitions"]):
+                committed = self._committed(g, topic, p)
+                plog = self._plog(topic, p)
+                end = start = None
+                if plog is not None:
+                    end = plog.end_offset()
+                    start = self.sup.partition_info(topic, t, p)["start_offset"] \
+                        if t["config"]["storage"] == "disk" else plog.start_offset
+                if end is None:
+                    lag = None
+                elif committed is not None:
+                    lag = max(end - committed, 0)
+                elif self._reset_policy(g, topic, p) == "latest":
+                    lag = 0
+                else:
+                    lag = max(end - start, 0)
+                rows.append({"topic": topic, "partition": p, "member_id": g.owner.get((topic, p)),
+                             "committed": committed, "end_offset": end, "start_offset": start, "lag": lag})
+        return rows
+
+    def _summary(self, g: Group) -> Dict[str, Any]:
+        lag = sum(r["lag"] or 0 for r in self._partition_rows(g))
         return {"state": g.state(), "members": len(g.members), "generation": g.generation,
-                "assignor": g.assignor, "topics": topics, "lag": lag}
+                "assignor": g.assignor, "topics": self._group_topics(g), "lag": lag}
+
+    def unconsumed_memory(self) -> List[Tuple[str, str, int, int]]:
+        """(group, topic, partition, lag) of every memory partition holding
+        messages that a group with a committed offset on it has not consumed
+        yet: what an idle exit would lose (the supervisor stays up for them)."""
+        out = []
+        for g in self.groups.values():
+            for (topic, p), (tid, off) in sorted(g.store.offsets.items()):
+                t = self._topic(topic)
+                if t is None or t["id"] != tid or t["config"]["storage"] != "memory":
+                    continue
+                plog = self._plog(topic, p)
+                if plog is None:
+                    continue
+                lag = plog.end_offset() - max(off, plog.start_offset)
+                if lag > 0:
+                    out.append((g.name, topic, p, lag))
+        return out
 
     def op_groups(self, msg: Dict[str, Any], conn) -> Dict[str, Any]:
         return {"groups": {name: self._summary(g) for name, g in sorted(self.groups.items())
@@ -66,23 +124,7 @@ class GroupAdmin:
                 "last_poll_ms_ago": None if w is None else max(now - w[slot_index(m.slot, S_POLL)], 0) // 1_000_000,
                 "session_timeout_ms": m.session_ns // 1_000_000,
             })
-        topics = {t for m in g.members.values() for t in m.topics}
-        topics |= {tp[0] for tp in g.store.offsets}
-        parts = []
-        for topic in sorted(topics):
-            t = self._topic(topic)
-            if t is None:
-                continue
-            for p in range(t["config"]["partitions"]):
-                committed = self._committed(g, topic, p)
-                if committed is None and not any(topic in m.topics for m in g.members.values()):
-                    continue
-                end = self._end_offset(topic, p)
-                parts.append({
-                    "topic": topic, "partition": p, "member_id": g.owner.get((topic, p)),
-                    "committed": committed, "end_offset": end,
-                    "lag": None if committed is None or end is None else max(end - committed, 0),
-                })
+        parts = self._partition_rows(g)
         return {"group": {
             "group": g.name, "state": g.state(), "generation": g.generation, "assignor": g.assignor,
             "members": members, "partitions": parts, "rebalances": g.rebalances,

@@ -54,10 +54,10 @@ def int_field(msg: Dict[str, Any], name: str, default: Optional[int], lo: int, h
 # ------------------------------------------------------------------ coordinator
 class Member:
     __slots__ = ("member_id", "client_id", "pid", "slot", "token", "topics", "session_ns",
-                 "owned", "generation", "joined_ms", "started")
+                 "owned", "generation", "joined_ms", "started", "reset")
 
     def __init__(self, member_id: str, client_id: str, pid: int, slot: int, token: int,
-                 topics: List[str], session_ms: int):
+                 topics: List[str], session_ms: int, reset: str = "earliest"):
         self.member_id = member_id
         self.client_id = client_id
         self.pid = pid
@@ -69,6 +69,7 @@ class Member:
         self.generation = 0
         self.joined_ms = int(time.time() * 1000)
         self.started = proc_start_time(pid)
+        self.reset = reset  # its auto_offset_reset: where lag counts from with no commit
 
 
 class Orphan:
@@ -98,6 +99,7 @@ class Group:
         self.barrier: Dict[int, Orphan] = {}
         self.gates: Dict[TP, Tuple[Any, int]] = {}  # memory topics: (PartitionLog, reader slot)
         self.rebalances = 0
+        self.reset = "earliest"  # the last member's auto_offset_reset (lag with no commit)
 
     def state(self) -> str:
         if not self.members and not self.barrier:

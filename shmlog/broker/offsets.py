@@ -15,7 +15,7 @@ import os
 import time
 import zlib
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..osutil import fsync_dir, write_all
 
@@ -141,6 +141,22 @@ class OffsetStore:
         except FileNotFoundError:
             pass
         fsync_dir(self.path.parent)
+
+
+def read_committed(path: Path) -> List[Tuple[str, int, int, int]]:
+    """Every (topic, topic_id, partition, offset) committed in a group's file,
+    read without changing it (a torn tail ends the reading, as in load())."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return []
+    out: List[Tuple[str, int, int, int]] = []
+    for line in data.split(b"\n")[:-1]:
+        rec = _parse_record(line)
+        if rec is None:
+            break
+        out.extend((t, tid, p, off) for t, tid, p, off in rec.get("o", ()))
+    return out
 
 
 def _format_record(rec: Dict[str, Any]) -> bytes:

@@ -34,6 +34,7 @@ from ..core.log import PartitionLog, unlink_region
 from ..osutil import pid_alive, write_json_atomic
 from ..protocol import LOCK_NAME, SOCKET_NAME, ensure_data_dir
 from .coordinator import Coordinator
+from .memory_offsets import MemoryOffsets
 from .storage import Storage
 
 log = logging.getLogger("shmlog.supervisor")
@@ -125,8 +126,11 @@ class Supervisor:
         # the roles that live in their own modules, wired here explicitly
         self.coordinator = Coordinator(self)
         self.storage = Storage(self)
+        self.memory_offsets = MemoryOffsets(self)
         self.coordinator.attach()
         self.storage.attach()
+        self.memory_offsets.attach()
+        self._held_log_at = 0.0
 
     # ------------------------------------------------------------ start/stop
     def acquire_lock(self) -> None:
@@ -236,6 +240,8 @@ class Supervisor:
         return True  # every disk topic is spilled by self.storage
 
     def initial_offset(self, name: str, t: Dict[str, Any], p: int, default: int) -> int:
+        if t["config"]["storage"] == "memory":
+            return self.memory_offsets.initial_offset(name, t, p, default)
         return self.storage.initial_offset(name, t, p, default)
 
     def _reclaim_stale_regions(self) -> None:
@@ -269,11 +275,30 @@ class Supervisor:
                     if events & selectors.EVENT_READ and key.data.sock.fileno() >= 0:
                         self._readable(sel, key.data)
                 if self.auto and not self._conns:
-                    if time.monotonic() - self._idle_since >= self.cfg["idle_timeout_s"]:
+                    if time.monotonic() - self._idle_since >= self.cfg["idle_timeout_s"] \
+                            and not self._holds_unconsumed():
                         log.info("no clients for %.1fs: exiting", self.cfg["idle_timeout_s"])
                         break
         finally:
             sel.close()
+
+    def _holds_unconsumed(self) -> bool:
+        """An auto-started supervisor never drops messages on its own: it
+        stays up while a memory topic holds messages that a group with
+        committed offsets on it has not consumed (its lag > 0). Stopping it
+        explicitly (shutdown, SIGTERM, `serve --stop`) still drops them."""
+        with self.lock:
+            held = self.coordinator.unconsumed_memory()
+        if held:
+            now = time.monotonic()
+            if now - self._held_log_at >= 60:
+                self._held_log_at = now
+                g, topic, p, lag = held[0]
+                log.info("idle, but not exiting: group %r has not consumed %d message(s) of memory "
+                         "topic %r partition %d (%d partition(s) in all); they would be lost. "
+                         "`shmlog serve --stop` stops it anyway", g, lag, topic, p, len(held))
+            self._idle_since = now - self.cfg["idle_timeout_s"] + 1.0  # look again in a second
+        return bool(held)
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -303,6 +328,8 @@ class Supervisor:
             except FileNotFoundError:
                 pass
         with self.lock:
+            # the memory topics' offsets resume here next time (never reused)
+            self.memory_offsets.write(self.memory_offsets.snapshot())
             for plog in self.logs.values():
                 plog.close()
                 plog.unlink()
@@ -674,8 +701,10 @@ class Supervisor:
                 stuck.pop(key, None)
 
 
-def serve(data_dir: Path, *, auto: bool = False, **broker_config: Any) -> int:
-    """Run a supervisor in this process until SIGTERM/SIGINT, shutdown, or idle."""
+def serve(data_dir: Path, *, auto: bool = False, ready: Optional[Callable[[Supervisor], None]] = None,
+          **broker_config: Any) -> int:
+    """Run a supervisor in this process until SIGTERM/SIGINT, shutdown, or
+    idle; ready(sup) is called once it serves (`serve --detach` reports then)."""
     sup = Supervisor(data_dir, auto=auto, **broker_config)
     sup.start()
 
@@ -686,6 +715,8 @@ def serve(data_dir: Path, *, auto: bool = False, **broker_config: Any) -> int:
     signal.signal(signal.SIGINT, on_signal)
     log.info("serving %s (cluster %s, pid %d)", sup.data_dir, sup.cluster_id, os.getpid())
     try:
+        if ready is not None:
+            ready(sup)
         sup.serve_forever()
     finally:
         sup.shutdown()

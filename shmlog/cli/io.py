@@ -17,7 +17,7 @@ from .common import (
 
 def cmd_produce(args) -> int:
     sep = args.key_separator.encode() if args.key_separator else None
-    n = 0
+    n = skipped = 0
     with connect(args) as cluster:
         cluster.describe_topic(args.topic)  # unknown topic: fail before reading stdin
         with cluster.producer(linger_ms=args.linger_ms, compression=args.compression) as producer:
@@ -31,17 +31,24 @@ def cmd_produce(args) -> int:
                     key = None
                     if sep is not None:
                         if sep not in line:
+                            if args.skip_bad_lines:
+                                skipped += 1
+                                print(f"shmlog produce: skipped line {lineno} of stdin: no key separator "
+                                      f"{args.key_separator!r}", file=sys.stderr)
+                                continue
                             producer.flush()
                             raise errors.ShmlogError(
-                                f"line {lineno} of stdin has no key separator {args.key_separator!r} "
-                                f"({n} messages sent before it)")
+                                f"line {lineno} of stdin has no key separator {args.key_separator!r}: "
+                                f"{n} message(s) before it sent, nothing from it on (--skip-bad-lines "
+                                f"skips such lines and goes on)")
                         key, line = line.split(sep, 1)
                     producer.send(args.topic, line, key=key, partition=args.partition)
                     n += 1
             finally:
                 producer.flush()
-    if args.verbose:
-        print(f"{n} messages sent to {args.topic}", file=sys.stderr)
+    if args.verbose or skipped:
+        print(f"{n} messages sent to {args.topic}" + (f", {skipped} line(s) skipped" if skipped else ""),
+              file=sys.stderr)
     return 0
 
 
@@ -57,6 +64,7 @@ def cmd_consume(args) -> int:
     # what has been printed, per partition: a group commits exactly that
     # (auto-commit would also commit what was fetched but not printed)
     printed: Dict[Tuple[str, int], int] = {}
+    unprinted: Dict[Tuple[str, int], int] = {}  # fetched past --max-messages: first offset not printed
     with connect(args) as cluster:
         consumer = cluster.consumer(args.topic if args.partition is None else [], group=args.group,
                                     auto_offset_reset=reset, enable_auto_commit=False)
@@ -65,7 +73,13 @@ def cmd_consume(args) -> int:
                 cluster.describe_topic(args.topic)
                 consumer.assign([(args.topic, args.partition)])
                 if args.offset is not None:
-                    consumer.seek(args.topic, args.partition, args.offset)
+                    # an offset the partition does not have is an error to
+                    # report, not a reason to wait silently (or to read elsewhere)
+                    consumer.auto_offset_reset = "error"
+                    try:
+                        consumer.seek(args.topic, args.partition, args.offset)
+                    finally:
+                        consumer.auto_offset_reset = reset
                 elif args.from_beginning:
                     consumer.seek_to_beginning()
                 else:
@@ -84,6 +98,8 @@ def cmd_consume(args) -> int:
                     continue
                 last = time.monotonic()
                 if limit is not None:
+                    for msg in msgs[limit - n:]:
+                        unprinted.setdefault((msg.topic, msg.partition), msg.offset)
                     msgs = msgs[:limit - n]
                 chunks = []
                 for msg in msgs:
@@ -109,12 +125,26 @@ def cmd_consume(args) -> int:
             os.dup2(devnull, sys.stdout.fileno())
         finally:
             try:
-                if args.group and printed:
-                    consumer.commit(offsets=printed)
+                if args.group:
+                    consumer.commit(offsets=_group_positions(consumer, printed, unprinted))
             finally:
                 consumer.close()
     print(f"Processed a total of {n} messages", file=sys.stderr)
     return 0
+
+
+def _group_positions(consumer, printed: Dict[Tuple[str, int], int],
+                     unprinted: Dict[Tuple[str, int], int]) -> Dict[Tuple[str, int], int]:
+    """What the group commits on exit: after the last message printed, and
+    for a partition with nothing printed its current position (the reset
+    point), as Kafka's consumer commits on close: a group that read nothing
+    must not reset to "latest" again next time and skip what came meanwhile."""
+    owned = consumer.assignment()
+    offsets = {tp: consumer.position(*tp) for tp in owned}
+    offsets.update(printed)
+    offsets.update(unprinted)
+    # a partition that moved to another member is that member's to commit
+    return {tp: o for tp, o in offsets.items() if tp in owned}
 
 
 def register(sub, add) -> None:
@@ -124,6 +154,8 @@ def register(sub, add) -> None:
     p.add_argument("topic", metavar="TOPIC")
     p.add_argument("--key-separator", type=separator_arg, default=None, metavar="SEP",
                    help="each line is KEY SEP VALUE (e.g. ':' or '\\t')")
+    p.add_argument("--skip-bad-lines", action="store_true",
+                   help="with --key-separator: skip (and report) a line without it instead of stopping there")
     p.add_argument("--partition", type=nonneg_int, default=None, help="send everything to this partition")
     p.add_argument("--linger-ms", type=float, default=5.0, help="batching delay (default 5)")
     p.add_argument("--compression", choices=["none", "lz4"], default=None)

@@ -268,10 +268,21 @@ class Cluster:
             # --detach forks again and exits, so the supervisor is nobody's child
             p = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
                                  start_new_session=True, close_fds=True, cwd="/", env=env)
-            rc = p.wait(timeout=self._timeout)
+            try:
+                rc = p.wait(timeout=self._timeout)
+            except subprocess.TimeoutExpired:
+                # `serve --detach` returns once the supervisor serves; it may
+                # still be recovering: the caller's wait for the socket decides
+                return
         finally:
             logf.close()
         if rc != 0:
+            s = self._try_connect()
+            if s is not None:
+                # another supervisor got there first (`shmlog serve` by hand):
+                # somebody serves, which is all this client asked for
+                s.close()
+                return
             tail = ""
             try:
                 tail = (self.data_dir / "supervisor.log").read_text()[-600:]
@@ -425,6 +436,7 @@ class Cluster:
     def producer(self, **kwargs: Any) -> Producer:
         from .producer import Producer
 
+        self._check_open()
         p = Producer(self, **kwargs)
         self._children.append(p)
         return p
@@ -432,6 +444,7 @@ class Cluster:
     def consumer(self, topics: Union[str, Sequence[str]], group: Optional[str] = None, **kwargs: Any) -> Consumer:
         from .consumer import Consumer
 
+        self._check_open()
         c = Consumer(self, topics, group=group, **kwargs)
         self._children.append(c)
         return c
@@ -506,6 +519,12 @@ class Cluster:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    def _check_open(self) -> None:
+        # at creation, not at the first send or poll: the mistake is here
+        if self._closed:
+            raise errors.Closed("this Cluster is closed; connect again (shmlog.connect) for new producers "
+                                "and consumers")
 
     def __enter__(self) -> Cluster:
         return self

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import errno
 import time
-from array import array
 from collections import deque
-from itertools import accumulate, repeat
+from itertools import repeat
 from operator import itemgetter
 from typing import (
     TYPE_CHECKING,
@@ -37,10 +36,12 @@ from .. import errors
 from ..core._core import ffi, lib
 from ..core.reader import scan_for_time
 from ..core.records import ReadResult
+from .views import MessageView, RecordRun, copied_view
 
 TP = Tuple[str, int]
 NONE = (1 << 64) - 1
 ERANGE = -errno.ERANGE
+MAX_OFFSET = (1 << 63) - 1
 READ_SLICE = 2048
 
 
@@ -87,24 +88,7 @@ class Message(tuple):
 _new_message = tuple.__new__
 
 
-class _Run:
-    """What a batch and a view share: one partition's run of offsets."""
-
-    __slots__ = ()
-
-    @property
-    def base_offset(self) -> int:
-        return self.offsets[0]
-
-    @property
-    def next_offset(self) -> int:
-        return self.offsets[-1] + 1
-
-    def __len__(self) -> int:
-        return len(self.offsets)
-
-
-class MessageBatch(_Run):
+class MessageBatch(RecordRun):
     """One partition's run of records, as columns; no object per message
     until you iterate."""
 
@@ -139,83 +123,11 @@ def _messages(topic, partition, offsets, keys, values, headers, timestamps) -> L
                     zip(repeat(topic, n), repeat(partition, n), offsets, keys, values, hs, timestamps)))
 
 
-class MessageView(_Run):
-    """A zero-copy run of one partition's records: values stay in shared
-    memory, addressed by position, and nothing is materialised until asked.
-
-    Lifetime is explicit: the chunks are pinned (never reused) until
-    release() — or the consumer's next consume_batch(copy=False) on the same
-    partition, or close(). After that, any access raises shmlog.Closed.
-    Use it as a context manager to release promptly."""
-
-    __slots__ = ("topic", "partition", "offsets", "timestamps_ms", "value_positions", "value_lengths",
-                 "_key_pos", "_key_lens", "_mm", "_owner", "_released")
-
-    def __init__(self, topic, partition, cols, mm, owner):
-        self.topic = topic
-        self.partition = partition
-        (self.offsets, self.timestamps_ms, self.value_positions, self.value_lengths,
-         self._key_pos, self._key_lens) = cols
-        self._mm = mm
-        self._owner = owner
-        self._released = False
-
-    def mark_released(self) -> None:
-        """Its chunks are no longer pinned (the partition moved on or closed):
-        any later access raises Closed."""
-        self._released = True
-
-    def _check(self) -> None:
-        if self._released:
-            raise errors.Closed(f"zero-copy batch of {self.topic}[{self.partition}] was released")
-
-    @property
-    def buffer(self) -> memoryview:
-        """The whole mapping; values are buffer[value_positions[i]:+value_lengths[i]]."""
-        self._check()
-        return memoryview(self._mm)
-
-    def value(self, i: int) -> Optional[bytes]:
-        """Copy one value out (bytes), or None for a null value."""
-        self._check()
-        ln = self.value_lengths[i]
-        if ln < 0:
-            return None
-        p = self.value_positions[i]
-        return self._mm[p : p + ln]
-
-    def key(self, i: int) -> Optional[bytes]:
-        self._check()
-        ln = self._key_lens[i]
-        if ln < 0:
-            return None
-        p = self._key_pos[i]
-        return self._mm[p : p + ln]
-
-    @property
-    def values(self) -> List[Optional[bytes]]:
-        """Materialise every value (copies)."""
-        self._check()
-        mm = self._mm
-        return [None if ln < 0 else mm[p : p + ln] for p, ln in zip(self.value_positions, self.value_lengths)]
-
-    def release(self) -> None:
-        if not self._released:
-            self._released = True
-            self._owner(self)
-
-    def __enter__(self) -> MessageView:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-
 class _Assigned:
     """One assigned partition's reading state in this process."""
 
     __slots__ = ("topic", "partition", "plog", "cursor", "reader", "slot", "returned", "storage",
-                 "disk", "tp", "view", "polled_end")
+                 "disk", "tp", "view", "polled_end", "error")
 
     def __init__(self, topic: str, partition: int, plog, storage: str, gating: bool):
         self.topic = topic
@@ -230,6 +142,9 @@ class _Assigned:
         self.storage = storage
         self.disk = None  # a segment reader while behind the shared-memory window
         self.view: Optional[MessageView] = None  # the outstanding zero-copy batch
+        # auto_offset_reset="error" and a position out of range that a group
+        # assignment handed us: raised by the next poll, until a seek
+        self.error: Optional[errors.OffsetOutOfRange] = None
 
     def release(self) -> None:
         if self.view is not None:
@@ -272,6 +187,7 @@ class Consumer:
         self._polled: List[_Assigned] = []
         self._wait_args = None
         self._closed = False
+        self._has_errors = False  # some _Assigned.error is set
         self._member = None
         for t in self.topics:
             self.cluster.topic(t)  # UnknownTopic now, not at the first poll
@@ -316,7 +232,14 @@ class Consumer:
             if pos is None:
                 self._reset(a, self.auto_offset_reset if self.auto_offset_reset != "error" else "earliest")
             else:
-                self._seek(a, pos)
+                try:
+                    self._seek(a, pos)
+                except errors.OffsetOutOfRange as exc:
+                    # a committed offset out of range: the group protocol
+                    # step must complete; the application hears of it at
+                    # its next poll (as in Kafka)
+                    a.error = exc
+                    self._has_errors = True
         self._order = list(self.assigned_state.values())
         self._wait_args = None
         if added and callbacks and self.on_assign is not None:
@@ -356,6 +279,7 @@ class Consumer:
         return a.plog.start_offset
 
     def _seek(self, a: _Assigned, offset: int) -> None:
+        a.error = None
         if a.disk is not None:
             a.disk.close()
             a.disk = None
@@ -385,6 +309,21 @@ class Consumer:
             offset = a.cursor.next_offset
         elif rc < 0:
             errors.check(rc, a.plog.what, offset=offset)
+        elif a.cursor.next_offset < offset:
+            # past the end (C stopped the cursor at the end): the offset
+            # does not exist yet, and waiting for it would silently skip
+            # whatever is produced up to it; auto_offset_reset decides
+            end = a.cursor.next_offset
+            if self.auto_offset_reset == "error":
+                a.returned = offset
+                raise errors.OffsetOutOfRange(
+                    f"topic {a.topic!r} partition {a.partition}: offset {offset} is past the end "
+                    f"offset {end}", what=a.topic)
+            if self.auto_offset_reset == "latest":
+                offset = end
+            else:
+                self._seek(a, self._start_offset(a))
+                return
         self._set_position(a, offset)
 
     def _set_position(self, a: _Assigned, offset: int) -> None:
@@ -393,6 +332,16 @@ class Consumer:
             a.plog.set_reader_position(a.slot, offset)
 
     def seek(self, topic: str, partition: int, offset: int) -> None:
+        """Read topic[partition] from offset next. An offset outside the
+        partition's range follows auto_offset_reset ("error" raises
+        OffsetOutOfRange here)."""
+        if isinstance(offset, bool) or not isinstance(offset, int):
+            raise TypeError(f"seek({topic!r}, {partition!r}, offset): offset must be an int, "
+                            f"got {type(offset).__name__}")
+        if not 0 <= offset <= MAX_OFFSET:
+            raise errors.OffsetOutOfRange(
+                f"topic {topic!r} partition {partition}: cannot seek to offset {offset}; offsets are "
+                f"0..{MAX_OFFSET}", what=topic)
         a = self._get(topic, partition)
         self._forget_polled(a.tp)
         self._buffer = deque(m for m in self._buffer if (m[0], m[1]) != (topic, partition))
@@ -494,16 +443,26 @@ class Consumer:
             a.plog.set_reader_position(a.slot, a.cursor.next_offset)
         return res
 
+    def _raise_pending(self) -> None:
+        if not self._has_errors:
+            return
+        for a in self._order:
+            if a.error is not None:
+                raise a.error
+        self._has_errors = False
+
     def _fetch(self, max_records: int, timeout: Optional[float], one_partition: bool = False,
                one: bool = False) -> List[Tuple[_Assigned, Any]]:
         if self._closed:
             raise errors.Closed("this Consumer is closed")
+        self._raise_pending()
         # callers settle poll()'s positions first (see settle_positions)
         deadline = None if timeout is None else time.monotonic() + timeout
         wait = 1.0 if timeout is None else max(timeout, 0.0)
         while True:
             if self._member is not None:
                 self._member.poll()
+                self._raise_pending()
                 wait = min(wait, self._member.poll_interval())
             out = []
             order = self._order
@@ -615,6 +574,7 @@ class Consumer:
         while True:
             if self._member is not None:
                 self._member.poll()
+                self._raise_pending()
             order = self._order
             n = len(order)
             for i in range(n):
@@ -624,7 +584,7 @@ class Consumer:
                     if res is not None and len(res):
                         self._rr = (self._rr + i + 1) % n
                         a.returned = res.offsets[-1] + 1
-                        return _copied_view(a, res)
+                        return copied_view(a.topic, a.partition, res)
                     continue
                 if a.view is not None:
                     a.view.release()
@@ -647,7 +607,7 @@ class Consumer:
                     a.returned = cols.offsets[-1] + 1
                     a.plog.set_reader_position(a.slot, a.cursor.next_offset)
                     self._rr = (self._rr + i + 1) % n
-                    return _copied_view(a, cols)
+                    return copied_view(a.topic, a.partition, cols)
                 a.plog.set_reader_position(a.slot, a.cursor.next_offset)
                 a.returned = cols[0][-1] + 1
                 self._rr = (self._rr + i + 1) % n
@@ -726,6 +686,11 @@ class Consumer:
         self._polled = [a for a in self._polled if a.tp != tp]
 
     def __iter__(self) -> Iterator[Message]:
+        if self._closed:
+            raise errors.Closed("this Consumer is closed")
+        return self._messages_until_closed()
+
+    def _messages_until_closed(self) -> Iterator[Message]:
         while not self._closed:
             m = self.poll(timeout=1.0)
             if m is not None:
@@ -768,19 +733,3 @@ class Consumer:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _packed(items: List[Optional[bytes]], start: int):
-    """(blob, positions, lengths) for values laid end to end from `start`;
-    a None keeps its slot with length -1."""
-    lens = [-1 if v is None else len(v) for v in items]
-    pos = list(accumulate((max(ln, 0) for ln in lens), initial=start))[:-1]
-    return b"".join(v for v in items if v is not None), array("Q", pos), array("i", lens)
-
-
-def _copied_view(a: _Assigned, res: ReadResult) -> MessageView:
-    """A MessageView over values that were copied anyway (disk, lz4)."""
-    blob, pos, lens = _packed(res.values, 0)
-    kblob, kpos, klens = _packed(res.keys, len(blob))
-    cols = (array("Q", res.offsets), array("q", res.timestamps), pos, lens, kpos, klens)
-    return MessageView(a.topic, a.partition, cols, blob + kblob, lambda v: None)

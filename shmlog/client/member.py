@@ -228,7 +228,8 @@ class GroupMember:
 
     def _join(self, *, rejoin: bool) -> None:
         fields: Dict[str, Any] = {"topics": self.topics, "assignor": self.assignor, "pid": os.getpid(),
-                                  "client_id": self.client_id}
+                                  "client_id": self.client_id,
+                                  "auto_offset_reset": self.consumer.auto_offset_reset}
         if self.session_timeout_ms is not None:
             fields["session_timeout_ms"] = self.session_timeout_ms
         if rejoin and self.member_id is not None:
@@ -296,12 +297,12 @@ class GroupMember:
             for tp in revoke:
                 self._last_committed.pop(tp, None)
             for tp, pos in grants.items():
-                a = self.consumer.assigned_state.get(tp)
                 if pos is not None:
                     self._last_committed[tp] = pos
-                elif a is not None:
-                    # nothing committed yet: no commit until we move past the reset point
-                    self._last_committed[tp] = a.returned
+                # nothing committed yet: the reset point is committed by the
+                # next auto-commit or on close, as Kafka does, even if nothing
+                # is read; otherwise a group that read nothing would reset
+                # again next time ("latest" skipping what came meanwhile)
             if not revoke:
                 return
         # unreachable in practice: the coordinator never asks to revoke twice

@@ -64,10 +64,11 @@ def encode_headers(headers: Optional[Iterable[Header]]) -> bytes:
         if value is None:
             _put_varint(out, _zigzag(-1))
         else:
-            if isinstance(value, str):
-                value = value.encode()
+            # as for keys and values: a str has no single byte form, the
+            # caller picks the encoding
             if not isinstance(value, (bytes, bytearray, memoryview)):
-                raise TypeError(f"header value must be bytes, got {type(value).__name__}")
+                raise TypeError(f"header value must be bytes-like (bytes, bytearray, memoryview) or None, "
+                                f"got {type(value).__name__} (header {key!r}); encode str with .encode()")
             vb = bytes(value)
             _put_varint(out, _zigzag(len(vb)))
             out += vb

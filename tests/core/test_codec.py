@@ -128,8 +128,10 @@ def test_encode_decode_headers_round_trip(headers):
     assert (section == b"") == (not headers)
 
 
-def test_encode_headers_accepts_bytes_keys_and_str_values_and_rejects_the_rest():
-    assert decode_headers(encode_headers([(b"k", "v")])) == [("k", b"v")]
+def test_encode_headers_accepts_bytes_keys_and_rejects_str_values_as_keys_and_values_do():
+    assert decode_headers(encode_headers([(b"k", b"v")])) == [("k", b"v")]
+    with pytest.raises(TypeError, match=r"header value must be bytes-like .* got str \(header b'k'\)"):
+        encode_headers([(b"k", "v")])
     with pytest.raises(TypeError, match="header key must be str"):
         encode_headers([(1, b"v")])
     with pytest.raises(TypeError, match="header value must be bytes"):
