@@ -13,9 +13,31 @@ from .common import (
     nonneg_int,
     separator_arg,
 )
+from .lines import (
+    CONSUME_PROPERTIES,
+    FORMAT_HELP,
+    PRODUCE_PROPERTIES,
+    apply_properties,
+    format_arg,
+    header_arg,
+    headers_text,
+    property_arg,
+)
 
 
 def cmd_produce(args) -> int:
+    apply_properties(args)
+    if args.property_key_separator is not None and not args.parse_key:
+        raise errors.InvalidConfig("--property key.separator needs --property parse.key=true (as in "
+                                   "kafka-console-producer), or use --key-separator")
+    if args.parse_key:
+        # Kafka's console producer: parse.key=true splits at key.separator (tab by default)
+        args.key_separator = args.key_separator or args.property_key_separator or "\t"
+    if args.key is not None and args.key_separator:
+        raise errors.InvalidConfig("--key gives every line the same key and --key-separator (parse.key) "
+                                   "reads a key from each line: use one of them")
+    fixed_key = None if args.key is None else args.key.encode()
+    headers = args.header or None
     sep = args.key_separator.encode() if args.key_separator else None
     n = 0
     with connect(args) as cluster:
@@ -28,7 +50,7 @@ def cmd_produce(args) -> int:
                         line = line[:-1]
                         if line.endswith(b"\r"):
                             line = line[:-1]
-                    key = None
+                    key = fixed_key
                     if sep is not None:
                         if sep not in line:
                             producer.flush()
@@ -36,7 +58,7 @@ def cmd_produce(args) -> int:
                                 f"line {lineno} of stdin has no key separator {args.key_separator!r} "
                                 f"({n} messages sent before it)")
                         key, line = line.split(sep, 1)
-                    producer.send(args.topic, line, key=key, partition=args.partition)
+                    producer.send(args.topic, line, key=key, headers=headers, partition=args.partition)
                     n += 1
             finally:
                 producer.flush()
@@ -46,6 +68,12 @@ def cmd_produce(args) -> int:
 
 
 def cmd_consume(args) -> int:
+    apply_properties(args)
+    if args.format is not None and (args.print_key or args.print_offset or args.print_partition
+                                    or args.print_timestamp or args.print_headers):
+        raise errors.InvalidConfig("--format says what to print; drop the --print-* options "
+                                   "(or print.* properties), or --format")
+    fmt = args.format
     reset = "earliest" if args.from_beginning else "latest"
     if args.group and (args.partition is not None or args.offset is not None):
         raise errors.InvalidConfig("--partition/--offset read without a group; drop --group or them")
@@ -87,12 +115,17 @@ def cmd_consume(args) -> int:
                     msgs = msgs[:limit - n]
                 chunks = []
                 for msg in msgs:
+                    if fmt is not None:
+                        chunks.append(fmt(msg))
+                        continue
                     if args.print_timestamp:
                         chunks.append(b"CreateTime:%d\t" % msg.timestamp_ms)
                     if args.print_partition:
                         chunks.append(b"Partition:%d\t" % msg.partition)
                     if args.print_offset:
                         chunks.append(b"Offset:%d\t" % msg.offset)
+                    if args.print_headers:
+                        chunks.append((headers_text(msg.headers, b":", b",") or b"NO_HEADERS") + b"\t")
                     if args.print_key:
                         chunks.append((b"null" if msg.key is None else bytes(msg.key)) + sep)
                     chunks.append((b"null" if msg.value is None else bytes(msg.value)) + b"\n")
@@ -127,7 +160,13 @@ def register(sub, add) -> None:
     p.add_argument("--partition", type=nonneg_int, default=None, help="send everything to this partition")
     p.add_argument("--linger-ms", type=float, default=5.0, help="batching delay (default 5)")
     p.add_argument("--compression", choices=["none", "lz4"], default=None)
+    p.add_argument("--key", default=None, metavar="KEY", help="the same key for every line")
+    p.add_argument("--header", type=header_arg, action="append", metavar="KEY=VALUE",
+                   help="a header on every message (repeatable)")
+    p.add_argument("--property", type=property_arg(PRODUCE_PROPERTIES), action="append", metavar="NAME=VALUE",
+                   help="kafka-console-producer's parse.key=true and key.separator=SEP (repeatable)")
     p.add_argument("-v", "--verbose", action="store_true", help="say how many messages were sent")
+    p.set_defaults(parse_key=False, property_key_separator=None)
     p.set_defaults(func=cmd_produce)
 
     p = add("consume", "print a topic's messages to stdout")
@@ -145,6 +184,11 @@ def register(sub, add) -> None:
     p.add_argument("--print-offset", action="store_true", help="prefix Offset:N")
     p.add_argument("--print-partition", action="store_true", help="prefix Partition:N")
     p.add_argument("--print-timestamp", action="store_true", help="prefix CreateTime:MS")
+    p.add_argument("--print-headers", action="store_true", help="prefix k:v,k2:v2 (or NO_HEADERS)")
     p.add_argument("--key-separator", type=separator_arg, default="\t", metavar="SEP",
                    help="between key and value with --print-key (default tab)")
+    p.add_argument("--format", type=format_arg, default=None, metavar="FMT", help=FORMAT_HELP)
+    p.add_argument("--property", type=property_arg(CONSUME_PROPERTIES), action="append", metavar="NAME=VALUE",
+                   help="kafka-console-consumer's print.key, print.timestamp, print.partition, print.offset, "
+                        "print.headers (=true/false) and key.separator=SEP (repeatable)")
     p.set_defaults(func=cmd_consume)

@@ -281,11 +281,51 @@ def _index_lookup(path: Path, offset: int) -> int:
 
 
 # ------------------------------------------------------------------ dump/check
-def dump_segment(path) -> Iterator[Dict[str, Any]]:
+def not_a_segment(path) -> Optional[str]:
+    """Why the file at path cannot be a segment (an index or time index by
+    its name, or its first 8 bytes are not a data frame's word), or None. An
+    empty .log file is a segment with no batches yet."""
+    name = Path(path).name
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if name.endswith(INDEX_SUFFIX) or name.endswith(TIME_SUFFIX):
+        what = "an offset index" if name.endswith(INDEX_SUFFIX) else "a time index"
+    elif head and (len(head) < 8 or _U64.unpack(head)[0] >> 32 != FRAME_DATA):
+        what = "a file that does not start with a shmlog batch"
+    else:
+        return None
+    return (f"{what}, not a segment (segments are the <base offset>{LOG_SUFFIX} files "
+            f"under <data dir>/{TOPICS_DIR}/<topic>/<partition>/)")
+
+
+def frame_records(frame) -> ReadResult:
+    """The records of one whole frame whose CRC checked (as `frame_at` says
+    OK), decoded; ValueError if its record section does not decode."""
+    fh = FRAME.unpack_from(frame, 0)
+    count = fh[F_COUNT]
+    out = _Out(count)
+    if fh[F_ATTRS] & COMPRESSION_MASK:
+        try:
+            buf = lz4.block.decompress(bytes(frame[FRAME_HEADER:FRAME_HEADER + fh[F_PAYLOAD]]),
+                                       uncompressed_size=fh[F_UNCOMPRESSED])
+        except Exception as exc:  # lz4 raises LZ4BlockError
+            raise ValueError(f"lz4 payload does not decompress ({exc})") from None
+        start, size = 0, len(buf)
+    else:
+        buf, start, size = frame, FRAME_HEADER, fh[F_PAYLOAD]
+    got = lib.shmlog_records_decode(ffi.from_buffer(buf) + start, size, count, fh[F_BASE], fh[F_FIRST_TS],
+                                    start, 0, out.out, 0)
+    if got < 0:
+        raise ValueError("record section does not decode")
+    return out.result(buf, got, got, len(frame))
+
+
+def dump_segment(path, records: bool = False) -> Iterator[Dict[str, Any]]:
     """One dict per batch of a segment file, for `shmlog dump`: offset,
     last_offset, position, count, first/max timestamp, compression,
-    crc_valid, bytes. A header that cannot be parsed ends the walk with a
-    dict that has crc_valid False and an "error"."""
+    crc_valid, bytes; with records=True also "records", the batch's decoded
+    ReadResult. A header that cannot be parsed ends the walk with a dict
+    that has crc_valid False and an "error"."""
     path = Path(path)
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -324,6 +364,11 @@ def dump_segment(path) -> Iterator[Dict[str, Any]]:
             entry["crc_valid"] = st == OK
             if st != OK:
                 entry["error"] = why
+            elif records:
+                try:
+                    entry["records"] = frame_records(frame)
+                except ValueError as exc:
+                    entry["error"] = str(exc)
             yield entry
             pos += flen
     finally:
