@@ -17,27 +17,17 @@ from .lines import (
     CONSUME_PROPERTIES,
     FORMAT_HELP,
     PRODUCE_PROPERTIES,
-    apply_properties,
+    consume_options,
     format_arg,
     header_arg,
     headers_text,
+    produce_options,
     property_arg,
 )
 
 
 def cmd_produce(args) -> int:
-    apply_properties(args)
-    if args.property_key_separator is not None and not args.parse_key:
-        raise errors.InvalidConfig("--property key.separator needs --property parse.key=true (as in "
-                                   "kafka-console-producer), or use --key-separator")
-    if args.parse_key:
-        # Kafka's console producer: parse.key=true splits at key.separator (tab by default)
-        args.key_separator = args.key_separator or args.property_key_separator or "\t"
-    if args.key is not None and args.key_separator:
-        raise errors.InvalidConfig("--key gives every line the same key and --key-separator (parse.key) "
-                                   "reads a key from each line: use one of them")
-    fixed_key = None if args.key is None else args.key.encode()
-    headers = args.header or None
+    fixed_key, headers = produce_options(args)
     sep = args.key_separator.encode() if args.key_separator else None
     n = 0
     with connect(args) as cluster:
@@ -68,12 +58,7 @@ def cmd_produce(args) -> int:
 
 
 def cmd_consume(args) -> int:
-    apply_properties(args)
-    if args.format is not None and (args.print_key or args.print_offset or args.print_partition
-                                    or args.print_timestamp or args.print_headers):
-        raise errors.InvalidConfig("--format says what to print; drop the --print-* options "
-                                   "(or print.* properties), or --format")
-    fmt = args.format
+    fmt = consume_options(args)
     reset = "earliest" if args.from_beginning else "latest"
     if args.group and (args.partition is not None or args.offset is not None):
         raise errors.InvalidConfig("--partition/--offset read without a group; drop --group or them")

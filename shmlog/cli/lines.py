@@ -8,14 +8,17 @@ spellings people bring from Kafka's console tools and kcat:
   `key.separator`, mapped onto shmlog's own options;
 - `--format FMT`: kcat's `-f` (see FORMAT_HELP).
 
-Everything is checked while the command line is parsed (argparse types), so
-a misspelt property or format field is a usage error (exit 2) before any
-supervisor is started. Nothing here talks to the cluster."""
+Each item is checked while the command line is parsed (argparse types), so a
+misspelt property or format field is a usage error (exit 2); options that
+contradict each other are an InvalidConfig (exit 1) from produce_options /
+consume_options - both before any supervisor is started. Nothing here talks
+to the cluster."""
 from __future__ import annotations
 
 import argparse
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from .. import errors
 from .common import separator_arg
 
 FORMAT_FIELDS = {
@@ -79,6 +82,33 @@ def apply_properties(args: argparse.Namespace) -> None:
     """Set the options the --property items stand for (later ones win)."""
     for attr, value in getattr(args, "property", None) or []:
         setattr(args, attr, value)
+
+
+def produce_options(args: argparse.Namespace) -> Tuple[Optional[bytes], Optional[List[Tuple[str, bytes]]]]:
+    """Settle produce's key options (--property onto --key-separator) and
+    return (the fixed key of --key, the headers of --header)."""
+    apply_properties(args)
+    if args.property_key_separator is not None and not args.parse_key:
+        raise errors.InvalidConfig("--property key.separator needs --property parse.key=true (as in "
+                                   "kafka-console-producer), or use --key-separator")
+    if args.parse_key:
+        # Kafka's console producer: parse.key=true splits at key.separator (tab by default)
+        args.key_separator = args.key_separator or args.property_key_separator or "\t"
+    if args.key is not None and args.key_separator:
+        raise errors.InvalidConfig("--key gives every line the same key and --key-separator (parse.key) "
+                                   "reads a key from each line: use one of them")
+    return (None if args.key is None else args.key.encode()), (args.header or None)
+
+
+def consume_options(args: argparse.Namespace) -> Optional[MessageFormat]:
+    """Settle consume's print options (--property onto --print-*); the
+    --format to print with, if any."""
+    apply_properties(args)
+    if args.format is not None and (args.print_key or args.print_offset or args.print_partition
+                                    or args.print_timestamp or args.print_headers):
+        raise errors.InvalidConfig("--format says what to print; drop the --print-* options "
+                                   "(or print.* properties), or --format")
+    return args.format
 
 
 class MessageFormat:
