@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from .. import errors
-from ..core.segments import dump_segment, not_a_segment
+from ..core.segment_dump import dump_segment, not_a_segment
 from .common import (
     add_common,
     flag,
