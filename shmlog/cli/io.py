@@ -66,6 +66,7 @@ def cmd_consume(args) -> int:
         raise errors.InvalidConfig("--offset needs --partition")
     n = 0
     out = sys.stdout.buffer
+    # between every printed column, as kafka-console-consumer's key.separator
     sep = args.key_separator.encode()
     # what has been printed, per partition: a group commits exactly that
     # (auto-commit would also commit what was fetched but not printed)
@@ -104,13 +105,13 @@ def cmd_consume(args) -> int:
                         chunks.append(fmt(msg))
                         continue
                     if args.print_timestamp:
-                        chunks.append(b"CreateTime:%d\t" % msg.timestamp_ms)
+                        chunks.append(b"CreateTime:%d" % msg.timestamp_ms + sep)
                     if args.print_partition:
-                        chunks.append(b"Partition:%d\t" % msg.partition)
+                        chunks.append(b"Partition:%d" % msg.partition + sep)
                     if args.print_offset:
-                        chunks.append(b"Offset:%d\t" % msg.offset)
+                        chunks.append(b"Offset:%d" % msg.offset + sep)
                     if args.print_headers:
-                        chunks.append((headers_text(msg.headers, b":", b",") or b"NO_HEADERS") + b"\t")
+                        chunks.append((headers_text(msg.headers, b":", b",") or b"NO_HEADERS") + sep)
                     if args.print_key:
                         chunks.append((b"null" if msg.key is None else bytes(msg.key)) + sep)
                     chunks.append((b"null" if msg.value is None else bytes(msg.value)) + b"\n")
@@ -171,7 +172,7 @@ def register(sub, add) -> None:
     p.add_argument("--print-timestamp", action="store_true", help="prefix CreateTime:MS")
     p.add_argument("--print-headers", action="store_true", help="prefix k:v,k2:v2 (or NO_HEADERS)")
     p.add_argument("--key-separator", type=separator_arg, default="\t", metavar="SEP",
-                   help="between key and value with --print-key (default tab)")
+                   help="between the columns the --print-* options print (default tab)")
     p.add_argument("--format", type=format_arg, default=None, metavar="FMT", help=FORMAT_HELP)
     p.add_argument("--property", type=property_arg(CONSUME_PROPERTIES), action="append", metavar="NAME=VALUE",
                    help="kafka-console-consumer's print.key, print.timestamp, print.partition, print.offset, "
