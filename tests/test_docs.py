@@ -9,6 +9,8 @@ here rather than left to its idle timeout."""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import os
 import re
 import subprocess
@@ -48,6 +50,37 @@ def test_docs_exist_and_the_readme_points_at_them():
     for path in DOCS:
         for link in re.findall(r"\]\(([\w./-]+\.md)(?:#[\w-]+)?\)", path.read_text()):
             assert (path.parent / link).exists(), (path.name, link)
+
+
+def _has(owner, name: str) -> bool:
+    """An attribute, a dataclass field, or one __init__ & co. set on self."""
+    if hasattr(owner, name):
+        return True
+    if not isinstance(owner, type):
+        return False
+    if dataclasses.is_dataclass(owner) and name in {f.name for f in dataclasses.fields(owner)}:
+        return True
+    return re.search(rf"self\.{name}\b(: [^=]+)? = ", inspect.getsource(owner)) is not None
+
+
+def test_names_the_docs_use_exist():
+    """`cluster.x`, `producer.x`, `consumer.x`, `msg.x`, `batch.x`,
+    `view.x` and `shmlog.X` in any page name something real."""
+    from shmlog.client.consumer import MessageView
+
+    owners = {"cluster": shmlog.Cluster, "producer": shmlog.Producer, "consumer": shmlog.Consumer,
+              "msg": shmlog.Message, "m": shmlog.Message, "batch": shmlog.MessageBatch, "view": MessageView,
+              "shmlog": shmlog, "info": shmlog.TopicInfo, "p0": shmlog.PartitionInfo}
+    seen = 0
+    for path in DOCS:
+        text = path.read_text()
+        for var, owner in owners.items():
+            for name in set(re.findall(rf"(?<![\w.]){var}\.([A-Za-z_]\w*)", text)):
+                if var == "shmlog" and not (name[0].isupper() or name == "connect"):
+                    continue  # module paths and logger names in prose
+                assert _has(owner, name), f"{path.name} uses {var}.{name}, which does not exist"
+                seen += 1
+    assert seen >= 40, f"only {seen} names found: did the docs' spelling change?"
 
 
 @pytest.mark.parametrize("lang,code", blocks())
