@@ -168,6 +168,34 @@ def parse_value(v: str) -> Any:
         return v
 
 
+# Kafka's topic-level names whose meaning shmlog's settings share; any other
+# dotted name whose underscored form is a setting (chunk.bytes) maps too
+KAFKA_TOPIC_NAMES = {
+    "retention.ms": "retention_ms",
+    "retention.bytes": "retention_bytes",
+    "segment.bytes": "segment_bytes",
+    "segment.ms": "segment_ms",
+    "max.message.bytes": "max_message_bytes",
+    "flush.ms": "fsync_interval_ms",
+}
+# Kafka spells "no limit" -1 for these; shmlog spells it None
+_KAFKA_UNLIMITED = ("retention_ms", "retention_bytes")
+
+
+def kafka_topic_setting(key: str, value: Any) -> tuple[str, Any]:
+    """A topic setting given with Kafka's name (retention.ms=-1) as shmlog's
+    (retention_ms=None); shmlog's own names and unknown names pass unchanged,
+    so topic_config names whatever it rejects as the user typed it."""
+    name = KAFKA_TOPIC_NAMES.get(key)
+    if name is None and "." in key and key.replace(".", "_") in TOPIC_DEFAULTS:
+        name = key.replace(".", "_")
+    if name is None:
+        return key, value
+    if name in _KAFKA_UNLIMITED and value == -1 and not isinstance(value, bool):
+        value = None
+    return name, value
+
+
 def parse_setting(item: str) -> tuple[str, Any]:
     """("key", value) from "key=value"; ValueError naming the item otherwise."""
     k, sep, v = item.partition("=")

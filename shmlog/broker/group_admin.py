@@ -154,6 +154,9 @@ class GroupAdmin:
         to = protocol.field(msg, "to", str, required=False, default="earliest")
         offset = int_field(msg, "offset", None, 0, MAX_OFFSET)
         ts = int_field(msg, "timestamp_ms", None, 0, MAX_OFFSET)
+        # dry_run: the offsets a reset would commit, computed the same way,
+        # with nothing committed (and no group created)
+        dry_run = protocol.field(msg, "dry_run", bool, required=False, default=False)
         if to == "earliest" and offset is not None:
             to = "offset"
         elif to == "earliest" and ts is not None:
@@ -171,8 +174,9 @@ class GroupAdmin:
         t = self._topic(topic)
         if t is None:
             raise errors.UnknownTopic(f"unknown topic {topic!r}", what=topic)
-        g = self._group(name)
-        self._require_inactive(g, "reset the offsets of")
+        g = self._group(name, create=not dry_run)
+        if g is not None:
+            self._require_inactive(g, "reset the offsets of")
         new: Dict[TP, int] = {}
         for p in range(t["config"]["partitions"]):
             info = self.sup.partition_info(topic, t, p)
@@ -187,9 +191,12 @@ class GroupAdmin:
                 off = self._offset_for_time(topic, t, p, ts)
                 off = end if off is None else min(max(off, start), end)
             new[(topic, p)] = off
+        answer = {"offsets": {str(p): off for (_t, p), off in sorted(new.items())}}
+        if dry_run:
+            return answer
         self._commit(g, None, new, check=False)
         log.info("group %r: offsets of %r reset to %s", name, topic, to)
-        return {"offsets": {str(p): off for (_t, p), off in sorted(new.items())}}
+        return answer
 
     def _offset_for_time(self, topic: str, t: Dict[str, Any], p: int, ts: int) -> Optional[int]:
         """First offset with timestamp >= ts: the segment time indexes of a

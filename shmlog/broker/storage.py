@@ -266,7 +266,11 @@ class Storage(Recovery, SegmentWriting):
             return
         start = part.start_offset()
         if start is not None:
-            info["start_offset"] = min(start, info["start_offset"])
+            # the oldest retained segment is the log's start (Kafka's log
+            # start offset), even while shared memory still holds older
+            # records: consumers treat offsets below it as out of range
+            # (Consumer._seek), so what is reported is what can be read
+            info["start_offset"] = start
         info["shm_bytes"] = info.get("bytes", 0)
         info["bytes"] = part.disk_bytes()
         info["durable_offset"] = part.durable

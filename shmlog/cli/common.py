@@ -14,6 +14,8 @@ from typing import Any, Dict, List, Sequence, Tuple
 from .. import errors
 from ..config import parse_setting
 
+DATA_DIR_HELP = "data dir (default $SHMLOG_DATA_DIR or ./shmlog-data)"
+
 
 def kv_arg(item: str) -> Tuple[str, Any]:
     try:
@@ -45,7 +47,7 @@ def add_common(p: argparse.ArgumentParser, *, json_flag: bool = True, nested: bo
     --data-dir, so `shmlog topics create X --data-dir D` works."""
     sup = argparse.SUPPRESS
     if nested:
-        p.add_argument("--data-dir", default=sup, help="data dir (default $SHMLOG_DATA_DIR or ./shmlog-data)")
+        p.add_argument("--data-dir", default=sup, help=DATA_DIR_HELP)
     p.add_argument("--no-start", action="store_true", default=sup if nested else False,
                    help="fail instead of starting a supervisor when none runs")
     if json_flag:
@@ -95,6 +97,6 @@ def topic_dict(info) -> Dict[str, Any]:
 
 def add_nested(parent_sub, name: str, help_: str, *, json_flag: bool = True) -> argparse.ArgumentParser:
     """A sub-command of a command family (`topics create`, `groups describe`)."""
-    sp = parent_sub.add_parser(name, help=help_, description=help_)
+    sp = parent_sub.add_parser(name, help=help_, description=help_, allow_abbrev=False)
     add_common(sp, json_flag=json_flag, nested=True)
     return sp

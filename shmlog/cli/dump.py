@@ -1,10 +1,13 @@
-"""`shmlog dump`: print a segment file's batches and check their CRCs."""
+"""`shmlog dump`: print a segment file's batches and check their CRCs; with
+--print-data-log (Kafka's DumpLogSegments name) also each record's key,
+value and headers."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Dict, List
 
 from .. import errors
-from ..core.segments import dump_segment
+from ..core.segment_dump import dump_segment, not_a_segment
 from .common import (
     add_common,
     flag,
@@ -13,10 +16,28 @@ from .common import (
 )
 
 
+def _text(b) -> str:
+    # keys and values are bytes: show text as text, anything else escaped
+    return "null" if b is None else bytes(b).decode("utf-8", "backslashreplace")
+
+
+def _records(res) -> List[Dict[str, Any]]:
+    headers = res.headers or [()] * len(res)
+    return [{"offset": o, "timestamp": ts, "key": _text(k), "value": _text(v),
+             "headers": [[hk, _text(hv)] for hk, hv in h]}
+            for o, ts, k, v, h in zip(res.offsets, res.timestamps, res.keys, res.values, headers)]
+
+
 def cmd_dump(args) -> int:
     path = Path(args.segment)
     if not path.is_file():
         raise errors.StorageError(f"no such segment file: {path}", what=str(path))
+    try:
+        why = not_a_segment(path)
+    except OSError as exc:
+        raise errors.StorageError(f"cannot read segment {path}: {exc.strerror or exc}", what=str(path)) from None
+    if why is not None:
+        raise errors.StorageError(f"{path} is {why}", what=str(path))
     bad = []
     n = 0
     as_json = flag(args, "json")
@@ -24,9 +45,12 @@ def cmd_dump(args) -> int:
         out(f"Dumping {path}")
     items = []
     try:
-        for b in dump_segment(str(path)):
+        for b in dump_segment(str(path), records=args.print_data_log):
             n += 1
+            recs = _records(b.pop("records")) if "records" in b else None
             if as_json:
+                if recs is not None:
+                    b["records"] = recs
                 items.append(b)
             else:
                 line = (f"offset: {b.get('offset')} position: {b.get('position')} count: {b.get('count')} "
@@ -36,7 +60,12 @@ def cmd_dump(args) -> int:
                 if b.get("error"):
                     line += f" error: {b['error']}"
                 out(line)
-            if not b.get("crc_valid"):
+                for r in recs or ():
+                    text = f"| offset: {r['offset']} timestamp: {r['timestamp']} key: {r['key']} value: {r['value']}"
+                    if r["headers"]:
+                        text += " headers: " + ",".join(f"{k}={v}" for k, v in r["headers"])
+                    out(text)
+            if not b.get("crc_valid") or b.get("error"):
                 bad.append(b)
     except OSError as exc:
         raise errors.StorageError(f"cannot read segment {path}: {exc.strerror or exc}", what=str(path)) from None
@@ -46,7 +75,8 @@ def cmd_dump(args) -> int:
         out(f"{n} batches")
     if bad:
         b = bad[0]
-        raise errors.CorruptBatch(f"{len(bad)} batch(es) with a bad CRC in {path}, the first at offset "
+        what = "a bad CRC" if not b.get("crc_valid") else "records that do not decode"
+        raise errors.CorruptBatch(f"{len(bad)} bad batch(es) in {path}, the first ({what}) at offset "
                                   f"{b.get('offset')} position {b.get('position')}", what=str(path))
     return 0
 
@@ -56,5 +86,7 @@ def register(sub, add) -> None:
     p = add("dump", "print a segment file's batches and check their CRCs (exit 1 on a bad one)")
     add_common(p)
     p.add_argument("segment", metavar="SEGMENT_FILE")
+    p.add_argument("--print-data-log", action="store_true",
+                   help="also print each record: offset, timestamp, key, value, headers")
     p.add_argument("-q", "--quiet", action="store_true", help="no closing count line")
     p.set_defaults(func=cmd_dump)

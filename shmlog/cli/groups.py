@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import sys
 from typing import Any, Dict, List, Tuple
 
 from .. import errors
@@ -67,14 +68,18 @@ def cmd_groups(args) -> int:
                 to, kw["offset"] = "offset", args.to_offset
             else:
                 to, kw["timestamp_ms"] = "timestamp", _parse_datetime(args.to_datetime)
-            answer = cluster.reset_offsets(args.group, args.topic, to=to, **kw)
+            # Kafka's habit: show what would change unless told --execute
+            dry_run = not args.execute
+            answer = cluster.reset_offsets(args.group, args.topic, to=to, dry_run=dry_run, **kw)
             rows = _offset_rows(args.topic, answer)
             if flag(args, "json"):
-                print_json({"group": args.group, "topic": args.topic, "offsets": rows})
+                print_json({"group": args.group, "topic": args.topic, "offsets": rows, "dry_run": dry_run})
             else:
                 for line in table([[args.group, t, p, o] for t, p, o in rows],
                                    ["GROUP", "TOPIC", "PARTITION", "NEW-OFFSET"]):
                     out(line)
+            if dry_run:
+                print("(dry run: nothing was changed; add --execute to commit these offsets)", file=sys.stderr)
     return 0
 
 
@@ -132,7 +137,8 @@ def register(sub, add) -> None:
     add_nested(gs, "list", "list group names")
     sp = add_nested(gs, "describe", "committed offset, log-end offset, lag and owner per partition")
     sp.add_argument("group", metavar="GROUP")
-    sp = add_nested(gs, "reset-offsets", "move a group's committed offsets (members must be stopped)")
+    sp = add_nested(gs, "reset-offsets", "show, or with --execute commit, new offsets for a group "
+                                         "(members must be stopped)")
     sp.add_argument("group", metavar="GROUP")
     sp.add_argument("--topic", required=True)
     to = sp.add_mutually_exclusive_group(required=True)
@@ -140,3 +146,6 @@ def register(sub, add) -> None:
     to.add_argument("--to-latest", action="store_true")
     to.add_argument("--to-offset", type=nonneg_int, metavar="N")
     to.add_argument("--to-datetime", metavar="ISO", help="e.g. 2024-05-01T12:00:00Z")
+    mode = sp.add_mutually_exclusive_group()
+    mode.add_argument("--execute", action="store_true", help="commit the new offsets")
+    mode.add_argument("--dry-run", action="store_true", help="only print the new offsets (the default)")

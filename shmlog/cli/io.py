@@ -13,9 +13,21 @@ from .common import (
     nonneg_int,
     separator_arg,
 )
+from .lines import (
+    CONSUME_PROPERTIES,
+    FORMAT_HELP,
+    PRODUCE_PROPERTIES,
+    consume_options,
+    format_arg,
+    header_arg,
+    headers_text,
+    produce_options,
+    property_arg,
+)
 
 
 def cmd_produce(args) -> int:
+    fixed_key, headers = produce_options(args)
     sep = args.key_separator.encode() if args.key_separator else None
     n = skipped = 0
     with connect(args) as cluster:
@@ -28,7 +40,7 @@ def cmd_produce(args) -> int:
                         line = line[:-1]
                         if line.endswith(b"\r"):
                             line = line[:-1]
-                    key = None
+                    key = fixed_key
                     if sep is not None:
                         if sep not in line:
                             if args.skip_bad_lines:
@@ -42,7 +54,7 @@ def cmd_produce(args) -> int:
                                 f"{n} message(s) before it sent, nothing from it on (--skip-bad-lines "
                                 f"skips such lines and goes on)")
                         key, line = line.split(sep, 1)
-                    producer.send(args.topic, line, key=key, partition=args.partition)
+                    producer.send(args.topic, line, key=key, headers=headers, partition=args.partition)
                     n += 1
             finally:
                 producer.flush()
@@ -53,6 +65,7 @@ def cmd_produce(args) -> int:
 
 
 def cmd_consume(args) -> int:
+    fmt = consume_options(args)
     reset = "earliest" if args.from_beginning else "latest"
     if args.group and (args.partition is not None or args.offset is not None):
         raise errors.InvalidConfig("--partition/--offset read without a group; drop --group or them")
@@ -60,6 +73,7 @@ def cmd_consume(args) -> int:
         raise errors.InvalidConfig("--offset needs --partition")
     n = 0
     out = sys.stdout.buffer
+    # between every printed column, as kafka-console-consumer's key.separator
     sep = args.key_separator.encode()
     # what has been printed, per partition: a group commits exactly that
     # (auto-commit would also commit what was fetched but not printed)
@@ -103,12 +117,17 @@ def cmd_consume(args) -> int:
                     msgs = msgs[:limit - n]
                 chunks = []
                 for msg in msgs:
+                    if fmt is not None:
+                        chunks.append(fmt(msg))
+                        continue
                     if args.print_timestamp:
-                        chunks.append(b"CreateTime:%d\t" % msg.timestamp_ms)
+                        chunks.append(b"CreateTime:%d" % msg.timestamp_ms + sep)
                     if args.print_partition:
-                        chunks.append(b"Partition:%d\t" % msg.partition)
+                        chunks.append(b"Partition:%d" % msg.partition + sep)
                     if args.print_offset:
-                        chunks.append(b"Offset:%d\t" % msg.offset)
+                        chunks.append(b"Offset:%d" % msg.offset + sep)
+                    if args.print_headers:
+                        chunks.append((headers_text(msg.headers, b":", b",") or b"NO_HEADERS") + sep)
                     if args.print_key:
                         chunks.append((b"null" if msg.key is None else bytes(msg.key)) + sep)
                     chunks.append((b"null" if msg.value is None else bytes(msg.value)) + b"\n")
@@ -159,7 +178,13 @@ def register(sub, add) -> None:
     p.add_argument("--partition", type=nonneg_int, default=None, help="send everything to this partition")
     p.add_argument("--linger-ms", type=float, default=5.0, help="batching delay (default 5)")
     p.add_argument("--compression", choices=["none", "lz4"], default=None)
+    p.add_argument("--key", default=None, metavar="KEY", help="the same key for every line")
+    p.add_argument("--header", type=header_arg, action="append", metavar="KEY=VALUE",
+                   help="a header on every message (repeatable)")
+    p.add_argument("--property", type=property_arg(PRODUCE_PROPERTIES), action="append", metavar="NAME=VALUE",
+                   help="kafka-console-producer's parse.key=true and key.separator=SEP (repeatable)")
     p.add_argument("-v", "--verbose", action="store_true", help="say how many messages were sent")
+    p.set_defaults(parse_key=False, property_key_separator=None)
     p.set_defaults(func=cmd_produce)
 
     p = add("consume", "print a topic's messages to stdout")
@@ -177,6 +202,11 @@ def register(sub, add) -> None:
     p.add_argument("--print-offset", action="store_true", help="prefix Offset:N")
     p.add_argument("--print-partition", action="store_true", help="prefix Partition:N")
     p.add_argument("--print-timestamp", action="store_true", help="prefix CreateTime:MS")
+    p.add_argument("--print-headers", action="store_true", help="prefix k:v,k2:v2 (or NO_HEADERS)")
     p.add_argument("--key-separator", type=separator_arg, default="\t", metavar="SEP",
-                   help="between key and value with --print-key (default tab)")
+                   help="between the columns the --print-* options print (default tab)")
+    p.add_argument("--format", type=format_arg, default=None, metavar="FMT", help=FORMAT_HELP)
+    p.add_argument("--property", type=property_arg(CONSUME_PROPERTIES), action="append", metavar="NAME=VALUE",
+                   help="kafka-console-consumer's print.key, print.timestamp, print.partition, print.offset, "
+                        "print.headers (=true/false) and key.separator=SEP (repeatable)")
     p.set_defaults(func=cmd_consume)

@@ -5,6 +5,7 @@ from typing import List
 
 from .. import errors
 from ..broker import metrics as m
+from ..config import kafka_topic_setting
 from .common import (
     add_common,
     add_nested,
@@ -24,7 +25,7 @@ def cmd_topics(args) -> int:
     action = getattr(args, "topics_action", None) or "list"
     with connect(args) as cluster:
         if action == "create":
-            config = dict(args.config or [])
+            config = dict(kafka_topic_setting(k, v) for k, v in args.config or [])
             if args.partitions is not None:
                 config["partitions"] = args.partitions
             partitions = config.pop("partitions", 1)
@@ -63,7 +64,7 @@ def cmd_topics(args) -> int:
                     for line in describe_lines(cluster, info):
                         out(line)
         elif action == "alter":
-            config = dict(args.config or [])
+            config = dict(kafka_topic_setting(k, v) for k, v in args.config or [])
             if args.partitions is None and not config:
                 raise errors.InvalidConfig("topics alter needs --partitions N and/or --config KEY=VALUE")
             info = None
@@ -117,7 +118,8 @@ def register(sub, add) -> None:
     sp.add_argument("name", metavar="NAME")
     sp.add_argument("--partitions", type=nonneg_int, default=None, help="number of partitions (default 1)")
     sp.add_argument("--config", type=kv_arg, action="append", metavar="KEY=VALUE",
-                    help="topic setting, e.g. storage=memory, retention_ms=60000 (repeatable)")
+                    help="topic setting, e.g. storage=memory, retention_ms=60000; Kafka's names work too "
+                         "(retention.ms=60000, retention.ms=-1 for forever) (repeatable)")
     sp.add_argument("--if-not-exists", action="store_true", help="succeed if the topic already exists")
     add_nested(ts, "list", "list topic names")
     sp = add_nested(ts, "describe", "partitions with start/end/durable offsets, bytes, and the config")
@@ -126,7 +128,8 @@ def register(sub, add) -> None:
     sp.add_argument("name", metavar="NAME")
     sp.add_argument("--partitions", type=nonneg_int, default=None, help="new, larger partition count")
     sp.add_argument("--config", type=kv_arg, action="append", metavar="KEY=VALUE",
-                    help="retention_ms, retention_bytes, segment_bytes, segment_ms, fsync_interval_ms")
+                    help="retention_ms, retention_bytes, segment_bytes, segment_ms, fsync_interval_ms "
+                         "(or Kafka's retention.ms, ..., flush.ms; -1 for no retention limit)")
     sp = add_nested(ts, "delete", "delete a topic and its data")
     sp.add_argument("name", metavar="NAME")
     sp.add_argument("--if-exists", action="store_true", help="succeed if the topic does not exist")

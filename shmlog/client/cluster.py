@@ -460,9 +460,12 @@ class Cluster:
         self.request("delete_group", group=group)
 
     def reset_offsets(self, group: str, topic: str, *, to: str = "earliest", offset: Optional[int] = None,
-                      timestamp_ms: Optional[int] = None) -> Dict[str, Any]:
+                      timestamp_ms: Optional[int] = None, dry_run: bool = False) -> Dict[int, int]:
+        """Move a stopped group's committed offsets on `topic` to the
+        earliest/latest offset, an offset, or the first at a timestamp;
+        {partition: new offset}. dry_run=True computes them, commits nothing."""
         offsets = self.request("reset_offsets", group=group, topic=topic, to=to, offset=offset,
-                               timestamp_ms=timestamp_ms)["offsets"]
+                               timestamp_ms=timestamp_ms, dry_run=dry_run)["offsets"]
         return {int(p): o for p, o in offsets.items()}  # JSON object keys are strings
 
     # ------------------------------------------------------------ lifecycle

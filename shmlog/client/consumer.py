@@ -271,19 +271,28 @@ class Consumer:
         self._seek(a, self._start_offset(a))
 
     def _start_offset(self, a: _Assigned) -> int:
+        s = self._disk_start(a)
+        return a.plog.start_offset if s is None else s
+
+    def _disk_start(self, a: _Assigned) -> Optional[int]:
+        """A disk partition's oldest retained offset (None: no segment yet).
+        It is the log's start, as describe_topic reports it: what retention
+        deleted from disk is gone even while shared memory still holds it,
+        as in Kafka, so every consumer sees the same start whatever the
+        state of the ring."""
         seg = self._storage()
-        if seg is not None and a.storage == "disk":
-            s = seg.start_offset(a.topic, a.partition)
-            if s is not None:
-                return min(s, a.plog.start_offset)
-        return a.plog.start_offset
+        if seg is None or a.storage != "disk":
+            return None
+        return seg.start_offset(a.topic, a.partition)
 
     def _seek(self, a: _Assigned, offset: int) -> None:
         a.error = None
         if a.disk is not None:
             a.disk.close()
             a.disk = None
-        rc = a.plog.seek(a.cursor, offset)
+        start = self._disk_start(a)
+        # below the retained segments: out of range, auto_offset_reset decides
+        rc = ERANGE if start is not None and offset < start else a.plog.seek(a.cursor, offset)
         if rc == ERANGE:
             seg = self._storage()
             if seg is not None and a.storage == "disk":

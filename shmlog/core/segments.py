@@ -28,7 +28,7 @@ import struct
 import weakref
 from array import array
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import lz4.block
 
@@ -280,66 +280,6 @@ def _index_lookup(path: Path, offset: int) -> int:
     return pos if pos % 64 == 0 else 0
 
 
-# ------------------------------------------------------------------ dump/check
-def dump_segment(path) -> Iterator[Dict[str, Any]]:
-    """One dict per batch of a segment file, for `shmlog dump`: offset,
-    last_offset, position, count, first/max timestamp, compression,
-    crc_valid, bytes. A header that cannot be parsed ends the walk with a
-    dict that has crc_valid False and an "error"."""
-    path = Path(path)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        size = os.fstat(fd).st_size
-        pos = 0
-        while pos < size:
-            want = min(FRAME_HEADER, size - pos)
-            head = os.pread(fd, want, pos)
-            if len(head) < FRAME_HEADER:
-                yield {"position": pos, "bytes": len(head), "crc_valid": False,
-                       "error": f"truncated: {len(head)} bytes left, a frame header needs 64"}
-                return
-            f = FRAME.unpack_from(head, 0)
-            word = f[F_WORD]
-            flen = word & 0xFFFFFFFF
-            entry: Dict[str, Any] = {
-                "offset": f[F_BASE], "last_offset": f[F_BASE] + f[F_COUNT] - 1, "position": pos,
-                "count": f[F_COUNT], "first_timestamp": f[F_FIRST_TS], "max_timestamp": f[F_MAX_TS],
-                "compression": "lz4" if f[F_ATTRS] & COMPRESSION_MASK == ATTR_LZ4 else
-                ("none" if f[F_ATTRS] & COMPRESSION_MASK == 0 else f"unknown({f[F_ATTRS] & 7})"),
-                "bytes": flen, "payload_bytes": f[F_PAYLOAD], "producer_id": f[F_PRODUCER_ID],
-                "producer_seq": f[F_PRODUCER_SEQ],
-            }
-            if word >> 32 != FRAME_DATA or flen < FRAME_HEADER or flen % 64 or flen > MAX_FRAME_BYTES:
-                entry.update(crc_valid=False, bytes=size - pos,
-                             error=f"not a data frame (frame word {word:#018x}); the rest of the file is unreadable")
-                yield entry
-                return
-            if pos + flen > size:
-                entry.update(crc_valid=False, bytes=size - pos,
-                             error=f"truncated: frame of {flen} bytes, {size - pos} left in the file")
-                yield entry
-                return
-            frame = os.pread(fd, flen, pos)
-            st, _fh, why = frame_at(frame, ffi.from_buffer(frame), 0, len(frame))
-            entry["crc_valid"] = st == OK
-            if st != OK:
-                entry["error"] = why
-            yield entry
-            pos += flen
-    finally:
-        os.close(fd)
-
-
-def check_segment(path) -> Tuple[int, int]:
-    """(batches, bad batches) of a segment file: every CRC and length checked."""
-    n = bad = 0
-    for e in dump_segment(path):
-        n += 1
-        if not e["crc_valid"]:
-            bad += 1
-    return n, bad
-
-
 # ------------------------------------------------------------------ client side
 class _Out:
     """Reusable C arrays a record section decodes into."""
@@ -399,6 +339,28 @@ class _Out:
 _FAST_K = 1 << 16
 _NULL_LENS = b"\xff\xff\xff\xff" * _FAST_K
 _ZERO_LENS = bytes(4 * _FAST_K)
+
+
+def decode_frame(frame) -> ReadResult:
+    """The records of one whole frame whose CRC checked (as `frame_at` says
+    OK), decoded; ValueError if its record section does not decode."""
+    fh = FRAME.unpack_from(frame, 0)
+    count = fh[F_COUNT]
+    out = _Out(count)
+    if fh[F_ATTRS] & COMPRESSION_MASK:
+        try:
+            buf = lz4.block.decompress(bytes(frame[FRAME_HEADER:FRAME_HEADER + fh[F_PAYLOAD]]),
+                                       uncompressed_size=fh[F_UNCOMPRESSED])
+        except Exception as exc:  # lz4 raises LZ4BlockError
+            raise ValueError(f"lz4 payload does not decompress ({exc})") from None
+        start, size = 0, len(buf)
+    else:
+        buf, start, size = frame, FRAME_HEADER, fh[F_PAYLOAD]
+    got = lib.shmlog_records_decode(ffi.from_buffer(buf) + start, size, count, fh[F_BASE], fh[F_FIRST_TS],
+                                    start, 0, out.out, 0)
+    if got < 0:
+        raise ValueError("record section does not decode")
+    return out.result(buf, got, got, len(frame))
 
 
 class SegmentReader:

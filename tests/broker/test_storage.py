@@ -28,7 +28,8 @@ from _broker_helpers import (
 )
 
 import shmlog
-from shmlog.core.segments import SegmentStore, check_segment, dump_segment
+from shmlog.core.segment_dump import check_segment, dump_segment
+from shmlog.core.segments import SegmentStore
 
 SMALL_DISK = {"storage": "disk", "chunk_bytes": 65536, "chunk_count": 4}
 

@@ -287,12 +287,12 @@ def test_groups(broker):
         assert int(row[5]) == int(row[4]) - int(row[3])
     d = json.loads(cli(broker, "groups", "describe", "g1", "--json").out)
     assert sum(p["committed"] for p in d["partitions"]) == 6
-    r = cli(broker, "groups", "reset-offsets", "g1", "--topic", "gt", "--to-earliest")
+    r = cli(broker, "groups", "reset-offsets", "g1", "--topic", "gt", "--to-earliest", "--execute")
     assert r.returncode == 0, r.err
     assert [ln.split() for ln in r.out.strip().splitlines()[1:]] == [["g1", "gt", "0", "0"], ["g1", "gt", "1", "0"]]
     d = json.loads(cli(broker, "groups", "describe", "g1", "--json").out)
     assert sorted((p["partition"], p["lag"]) for p in d["partitions"]) == [(0, 10), (1, 4)]
-    r = cli(broker, "groups", "reset-offsets", "g1", "--topic", "gt", "--to-offset", "3", "--json")
+    r = cli(broker, "groups", "reset-offsets", "g1", "--topic", "gt", "--to-offset", "3", "--json", "--execute")
     assert r.returncode == 0, r.err
     assert [o[2] for o in json.loads(r.out)["offsets"]] == [3, 3]
     r = cli(broker, "consume", "gt", "--group", "g1", "--max-messages", "8", "--timeout-ms", "10000")

@@ -14,12 +14,11 @@ from shmlog.core._core import ffi, lib
 
 import shmlog
 from shmlog.core.log import PartitionLog
+from shmlog.core.segment_dump import check_segment, dump_segment
 from shmlog.core.segments import (
     INDEX_INTERVAL,
     IndexBuilder,
     SegmentStore,
-    check_segment,
-    dump_segment,
     scan_segment,
     segment_name,
     stamp_disk_word,
