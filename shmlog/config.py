@@ -42,7 +42,13 @@ BROKER_DEFAULTS: Dict[str, Any] = {
     "claim_timeout_ms": 2000,
     "reaper_interval_ms": 100,
     "session_timeout_ms": 10000,
+    # the shared memory (bytes of partition regions, reserved when they are
+    # created) this data dir may hold; None: SHM_BUDGET_FRACTION of the
+    # smaller of RAM and the shared-memory tmpfs (shmlog.broker.shm_budget)
+    "shm_budget_bytes": None,
 }
+# broker settings that may be None (meaning: derived on this host)
+_BROKER_NONE_OK = {"shm_budget_bytes"}
 
 
 def default_data_dir() -> Path:
@@ -115,6 +121,9 @@ def broker_config(overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
             raise InvalidConfig(
                 f"unknown broker setting {k!r}; known: {', '.join(sorted(BROKER_DEFAULTS))}", what=k
             )
+        if v is None and k in _BROKER_NONE_OK:
+            cfg[k] = v
+            continue
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
             raise InvalidConfig(f"invalid {k}={v!r}: must be a non-negative number", what=k)
         cfg[k] = v

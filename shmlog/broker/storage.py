@@ -267,8 +267,7 @@ class Storage(Recovery, SegmentWriting):
         start = part.start_offset()
         if start is not None:
             info["start_offset"] = min(start, info["start_offset"])
-        info["shm_bytes"] = info.get("bytes", 0)
-        info["bytes"] = part.disk_bytes()
+        info["bytes"] = part.disk_bytes()  # the partition's log is on disk
         info["durable_offset"] = part.durable
         info["spilled_offset"] = part.written
         info["segments"] = len(part.segments) + (1 if part.active is not None else 0)
