@@ -65,53 +65,37 @@ def _own_cpu(pids: List[int]) -> float:
 
 
 def _shm_usage(data_dir: Path) -> Dict[str, int]:
+    """Regions of the data dir's cluster in /dev/shm: apparent and resident bytes."""
+    from shmlog.core.log import SHM_DIR, region_usage
+
     try:
         cid = (data_dir / "cluster_id").read_text().strip()
     except OSError:
         return {}
-    apparent = resident = files = 0
-    for n in os.listdir("/dev/shm"):
-        if n.startswith(f"shmlog-{cid}-"):
-            try:
-                st = os.stat(os.path.join("/dev/shm", n))
-            except OSError:
-                continue
-            files += 1
-            apparent += st.st_size
-            resident += st.st_blocks * 512
-    return {"regions": files, "apparent": apparent, "resident": resident}
+    names = [n for n in os.listdir(SHM_DIR) if n.startswith(f"shmlog-{cid}-")]
+    sizes = [u for u in map(region_usage, names) if u]
+    return {"regions": len(sizes), "apparent": sum(a for a, _ in sizes), "resident": sum(r for _, r in sizes)}
 
 
-def _producer(data_dir: str, topic: str, n: int, size: int, q) -> None:
+def _producer(data_dir: str, topic: str, n: int, size: int, keys: List[bytes], q) -> None:
+    """send_batch() of BATCH values (sticky partitioning), or with keys one
+    send() each, keys[i % len(keys)] (round-robin over the partitions)."""
     import shmlog
 
     try:
-        with shmlog.connect(data_dir, start=False) as c, c.producer(linger_ms=0) as p:
+        with shmlog.connect(data_dir, start=False) as c, c.producer(linger_ms=5 if keys else 0) as p:
             values = [os.urandom(size) for _ in range(BATCH)]
             q.put(("ready", os.getpid()))
             t0 = time.monotonic_ns()
             sent = 0
+            if keys:
+                for sent in range(1, n + 1):
+                    p.send(topic, values[sent % BATCH], key=keys[sent % len(keys)])
             while sent < n:
                 p.send_batch(topic, values)
                 sent += BATCH
             p.flush()
         q.put(("done", {"t0": t0, "sent": sent}))
-    except BaseException as exc:
-        q.put(("error", repr(exc)))
-
-
-def _keyed_producer(data_dir: str, topic: str, n: int, size: int, keys: List[bytes], q) -> None:
-    import shmlog
-
-    try:
-        with shmlog.connect(data_dir, start=False) as c, c.producer(linger_ms=5) as p:
-            value = b"k" * size
-            q.put(("ready", os.getpid()))
-            t0 = time.monotonic_ns()
-            for i in range(n):
-                p.send(topic, value, key=keys[i % len(keys)])
-            p.flush()
-        q.put(("done", {"t0": t0, "sent": n}))
     except BaseException as exc:
         q.put(("error", repr(exc)))
 
@@ -224,14 +208,14 @@ def run_one(partitions: int, args, root: Path) -> Dict[str, Any]:
         row["chunk_count"] = info.config["chunk_count"]
         row["max_message_bytes"] = info.config["max_message_bytes"]
         n = args.messages - args.messages % BATCH
-        r = _run_pair(_producer, (n, args.size), ("bench", n, []), str(data_dir), "scale")
+        r = _run_pair(_producer, (n, args.size, []), ("bench", n, []), str(data_dir), "scale")
         row["throughput"] = {"messages": r["got"], "seconds": r["seconds"], "msgs_per_s": r["got"] / r["seconds"],
                              "MBps": r["got"] * args.size / r["seconds"] / 1e6,
                              "partitions_read": r["partitions"], "host_busy": r["host_busy"],
                              "others_busy": r["others_busy"], "load1": r["load1"]}
         keys = round_robin_keys(partitions)
         k = max(args.keyed, 5 * partitions)
-        r = _run_pair(_keyed_producer, (k, args.size, keys), ("keyed", k, keys), str(data_dir), "scale")
+        r = _run_pair(_producer, (k, args.size, keys), ("keyed", k, keys), str(data_dir), "scale")
         row["keyed"] = {"messages": r["got"], "sent": k, "seconds": r["seconds"], "msgs_per_s": r["got"] / r["seconds"],
                         "partitions_read": r["partitions"], "misplaced": r["misplaced"],
                         "others_busy": r["others_busy"], "load1": r["load1"]}
