@@ -51,17 +51,20 @@ def _cpu_busy() -> tuple:
     return sum(parts) - idle, sum(parts)
 
 
-def _own_cpu(pids: List[int]) -> float:
-    """User+system jiffies of these processes (the run's own CPU)."""
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
-        except (OSError, IndexError, ValueError):
-            pass
-    return total
+def _cpu_s() -> float:
+    """This process's user+system CPU seconds (its threads included)."""
+    t = os.times()
+    return t.user + t.system
+
+
+def _proc_cpu_jiffies(pid: int) -> int:
+    """User+system jiffies of a live process (the supervisor: spiller, fsync)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    except (OSError, IndexError, ValueError):
+        return 0
 
 
 def _shm_usage(data_dir: Path) -> Dict[str, int]:
@@ -86,6 +89,7 @@ def _producer(data_dir: str, topic: str, n: int, size: int, keys: List[bytes], q
         with shmlog.connect(data_dir, start=False) as c, c.producer(linger_ms=5 if keys else 0) as p:
             values = [os.urandom(size) for _ in range(BATCH)]
             q.put(("ready", os.getpid()))
+            cpu0 = _cpu_s()
             t0 = time.monotonic_ns()
             sent = 0
             if keys:
@@ -95,7 +99,7 @@ def _producer(data_dir: str, topic: str, n: int, size: int, keys: List[bytes], q
                 p.send_batch(topic, values)
                 sent += BATCH
             p.flush()
-        q.put(("done", {"t0": t0, "sent": sent}))
+        q.put(("done", {"t0": t0, "sent": sent, "cpu_p": _cpu_s() - cpu0}))
     except BaseException as exc:
         q.put(("error", repr(exc)))
 
@@ -112,6 +116,7 @@ def _consumer(data_dir: str, topic: str, group: str, n: int, keys: List[bytes], 
             misplaced = 0
             parts = set()
             q.put(("ready", os.getpid()))
+            cpu0 = _cpu_s()
             deadline = time.monotonic() + 600
             if keys:
                 nparts = len(keys)
@@ -129,8 +134,9 @@ def _consumer(data_dir: str, topic: str, group: str, n: int, keys: List[bytes], 
                         got += len(b)
                         parts.add(b.partition)
             t1 = time.monotonic_ns()
+            cpu_c = _cpu_s() - cpu0
             k.commit()
-        q.put(("done", {"t1": t1, "got": got, "partitions": len(parts), "misplaced": misplaced}))
+        q.put(("done", {"t1": t1, "got": got, "partitions": len(parts), "misplaced": misplaced, "cpu_c": cpu_c}))
     except BaseException as exc:
         q.put(("error", repr(exc)))
 
@@ -151,11 +157,12 @@ def _run_pair(prod_target, prod_args, cons_args, data_dir: str, topic: str) -> D
         prod.join(5)
         raise RuntimeError(f"producer: {ppid}")
     busy0, total0 = _cpu_busy()
-    own0 = _own_cpu([cpid, ppid, _supervisor_pid(data_dir)])
+    sup = _supervisor_pid(data_dir)
+    sup0 = _proc_cpu_jiffies(sup)
     load0 = os.getloadavg()[0]
     pk, pres = qp.get(timeout=900)
     ck, cres = qc.get(timeout=900)
-    own1 = _own_cpu([cpid, ppid, _supervisor_pid(data_dir)])
+    sup1 = _proc_cpu_jiffies(sup)
     busy1, total1 = _cpu_busy()
     for p in (prod, cons):
         p.join(30)
@@ -165,8 +172,10 @@ def _run_pair(prod_target, prod_args, cons_args, data_dir: str, topic: str) -> D
     if pk == "error" or ck == "error":
         raise RuntimeError(f"producer: {pres}; consumer: {cres}")
     span = max(total1 - total0, 1)
+    hz = os.sysconf("SC_CLK_TCK")
+    own = (pres["cpu_p"] + cres["cpu_c"]) * hz + (sup1 - sup0)  # jiffies of the run's processes
     return {**pres, **cres, "seconds": (cres["t1"] - pres["t0"]) / 1e9,
-            "host_busy": (busy1 - busy0) / span, "others_busy": max(0.0, (busy1 - busy0 - (own1 - own0)) / span),
+            "host_busy": (busy1 - busy0) / span, "others_busy": max(0.0, (busy1 - busy0 - own) / span),
             "load1": max(load0, os.getloadavg()[0])}
 
 
