@@ -97,13 +97,6 @@ class StorageError(ShmlogError):
     pass
 
 
-class ShmBudgetExceeded(InvalidConfig):
-    """A request would take the data dir's partition regions past its
-    shared-memory budget (broker setting shm_budget_bytes); nothing was
-    created. The message names the budget, what is reserved, what the
-    request needs and what to change."""
-
-
 def check(rc: int, what: str, *, offset: Optional[int] = None) -> int:
     """Turn a negative C return into the right exception; pass counts through."""
     if rc >= 0:

@@ -137,7 +137,9 @@ class ShmBudget:
         budget = self.budget
         reserved = self.reserved()
         if reserved + needed > budget:
-            raise errors.ShmBudgetExceeded(
+            # InvalidConfig: the request's settings do not fit the budget
+            # (the public error classes stay those of API.md)
+            raise errors.InvalidConfig(
                 f"{request} needs {human(needed)} of shared memory ({needed} bytes), but the data dir "
                 f"{self.sup.data_dir} has {human(reserved)} of its budget of {human(budget)} reserved "
                 f"({human(max(budget - reserved, 0))} left; shm_budget_bytes={budget}): use fewer "
