@@ -133,7 +133,8 @@ def write_markdown(path: str, rows: List[Row], p: Params, command: str, date: st
       "(W6 and the API rows of W7: no warm-up, clock from the barrier).")
     a(f"- **Buffers**: shmlog core: one region of 4 x 16 MiB chunks, prefaulted (W7: 4 x 1 MiB "
       f"per partition); shmlog API: topics with the default config (4 x 16 MiB a partition, "
-      f"prefaulted by default up to 256 MiB a topic); bounded peers get the same in-flight budget ({BUFFER_BYTES // MIB} MiB: "
+      f"prefaulted by default up to 256 MiB a topic; W7: a disk topic with default settings, whose "
+      f"ring the supervisor sizes from its shared-memory budget and the partition count); bounded peers get the same in-flight budget ({BUFFER_BYTES // MIB} MiB: "
       "mp.Queue maxsize, faster-fifo max_size_bytes, zmq HWM); Redis and NATS are unbounded "
       "servers.")
     a("- **Bounded**: every run has a count and a wall-clock limit "

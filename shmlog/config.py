@@ -30,11 +30,12 @@ TOPIC_DEFAULTS: Dict[str, Any] = {
 }
 
 # prefault=None resolves to True when the topic's shared memory (partitions x
-# chunk_count x chunk_bytes) is at most this: its pages are then allocated
-# when the topic is created and mapped when a client attaches, instead of
-# faulting one by one on the producer's path during the first pass through
-# the ring (+50% per batch measured, and a fault every ~30 small messages in
-# a latency-bound stream). Larger topics commit memory only as data arrives.
+# chunk_count x chunk_bytes) is at most this: its pages are then mapped when
+# a client attaches, instead of faulting one by one on the producer's path
+# during the first pass through the ring (+50% per batch measured, and a
+# fault every ~30 small messages in a latency-bound stream). Larger topics
+# are mapped as data arrives. (Every region's pages are allocated when it is
+# created, whatever this says: shmlog.broker.shm_budget.)
 PREFAULT_AUTO_BYTES = 256 << 20
 
 BROKER_DEFAULTS: Dict[str, Any] = {
@@ -42,7 +43,13 @@ BROKER_DEFAULTS: Dict[str, Any] = {
     "claim_timeout_ms": 2000,
     "reaper_interval_ms": 100,
     "session_timeout_ms": 10000,
+    # the shared memory (bytes of partition regions, reserved when they are
+    # created) this data dir may hold; None: SHM_BUDGET_FRACTION of the
+    # smaller of RAM and the shared-memory tmpfs (shmlog.broker.shm_budget)
+    "shm_budget_bytes": None,
 }
+# broker settings that may be None (meaning: derived on this host)
+_BROKER_NONE_OK = {"shm_budget_bytes"}
 
 
 def default_data_dir() -> Path:
@@ -115,6 +122,9 @@ def broker_config(overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
             raise InvalidConfig(
                 f"unknown broker setting {k!r}; known: {', '.join(sorted(BROKER_DEFAULTS))}", what=k
             )
+        if v is None and k in _BROKER_NONE_OK:
+            cfg[k] = v
+            continue
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
             raise InvalidConfig(f"invalid {k}={v!r}: must be a non-negative number", what=k)
         cfg[k] = v

@@ -36,7 +36,24 @@ def _resident(region) -> int:
     return st.st_blocks * 512
 
 
-def test_a_small_topic_is_resident_when_created_and_a_large_one_is_not(data_dir):
+def _mapped(region) -> int:
+    """Bytes of the region mapped into this process (Rss of its mapping)."""
+    from shmlog.core._core import ffi
+
+    addr = int(ffi.cast("uintptr_t", region.base))
+    with open("/proc/self/smaps") as f:
+        inside = False
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and ":" not in head:
+                lo, hi = (int(x, 16) for x in head.split("-"))
+                inside = lo <= addr < hi
+            elif inside and head == "Rss:":
+                return int(line.split()[1]) * 1024
+    raise AssertionError("region mapping not found in /proc/self/smaps")
+
+
+def test_every_region_is_reserved_and_a_small_topic_is_mapped_when_attached(data_dir):
     with running_cluster(data_dir) as cluster:
         cluster.create_topic("small", partitions=1, storage="memory")
         cluster.create_topic("large", partitions=2, storage="memory",
@@ -44,9 +61,13 @@ def test_a_small_topic_is_resident_when_created_and_a_large_one_is_not(data_dir)
         small = cluster.topic("small").regions[0]
         large = cluster.topic("large").regions[0]
         ring = TOPIC_DEFAULTS["chunk_count"] * TOPIC_DEFAULTS["chunk_bytes"]
-        # every page of the ring is there before the first message
+        # every region's pages are allocated when it is created (a full
+        # tmpfs is an error then, never a SIGBUS later: issue 18)
         assert _resident(small) >= ring
-        # the large one commits memory only as data arrives
-        assert _resident(large) < ring
+        assert _resident(large) >= 4 * (PREFAULT_AUTO_BYTES // 4)
+        # prefault decides whether a client maps them all when it attaches
+        # (no page faults on the producer's first pass) or as it goes
+        assert _mapped(small) >= ring
+        assert _mapped(large) < ring
         assert cluster.describe_topic("small").config["prefault"] is True
         assert cluster.describe_topic("large").config["prefault"] is False

@@ -403,7 +403,11 @@ class ShmlogApi(System):
         per = spec.n // producers
         per -= per % spec.batch
         n = per * producers
-        with self.topic("W7", partitions=partitions, storage="memory") as t:
+        # default settings: a disk topic, whose ring the supervisor sizes
+        # from its shared-memory budget and the partition count (a memory
+        # topic of default geometry is 64 MiB a partition: 256 of them are
+        # past the default budget of this host)
+        with self.topic("W7", partitions=partitions) as t:
             d = self.broker.data_dir
             procs = [Proc("consumer", _scale_consumer, (d, t, n, spec.batch))]
             procs += [Proc(f"producer{k}", _scale_producer, (d, t, per, spec.size, spec.batch))
@@ -420,8 +424,8 @@ class ShmlogApi(System):
         row.extra["producer_rss"] = max(o["mem"].get("VmHWM", 0) for o in prods)
         row.extra["rss_shmem"] = max([cons["mem"].get("RssShmem", 0)]
                                      + [o["mem"].get("RssShmem", 0) for o in prods])
-        row.note = ("no warm-up; memory topic with default buffer geometry; shm = every region "
-                    "of the cluster (this topic + the groups region)")
+        row.note = ("no warm-up; disk topic with default settings (ring sized from the shm budget); "
+                    "shm = every region of the cluster (this topic + the groups region)")
         return row
 
 

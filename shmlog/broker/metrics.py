@@ -11,15 +11,28 @@ that are missing are left out of the output, never invented):
     {"supervisor_pid": int, "clients": int, "reaped_processes": int,
      "topics": {name: {"config": {...}, "partitions": [
          {"partition", "start_offset", "end_offset", "durable_offset", "bytes",
+          "shm_reserved_bytes", "shm_resident_bytes", "shm_used_bytes", "fill",
           "chunks_in_use", "chunks_held", "chunk_count", "aborted_batches", "rotations",
           "disk_bytes", "producers": [{"pid", "batches", "records"}],
           "readers": [{"pid", "position"}],
           # optional, from the storage role ("bytes" is then on disk):
-          "shm_bytes", "spilled_offset", "segments", "spill_error",
+          "spilled_offset", "segments", "spill_error",
           "spill_latency_ms", "fsync_latency_ms"}]}},
      "storage": {"spilled_bytes", "spilled_frames", "fsyncs", "write_errors",
                  "truncated_bytes", "deleted_segments",
                  "spill_latency_ms", "fsync_latency_ms"},                 # optional
+     "shm": {"budget_bytes", "reserved_bytes", "apparent_bytes", "resident_bytes",
+             "tmpfs_bytes", "tmpfs_free_bytes"},                          # optional
+
+Sizes are named for what they measure, the same in every view:
+  shm reserved  the partition region's size; its pages are allocated when it
+                is created, so this is what it takes from /dev/shm
+  shm resident  the region's pages in memory (st_blocks of its tmpfs file)
+  shm used      bytes of batches in the chunks that hold data
+  fill          what producers cannot overwrite yet, over the ring
+  disk          segment files and their indexes
+  bytes         the partition's log as describe_topic reports it: disk bytes
+                for a disk topic, shm used for a memory topic
      "groups": {group: [ {"topic", "partition", "committed", "end_offset",
                           "lag", "consumer"} ]}}                         # optional
 """
@@ -118,17 +131,22 @@ _STORAGE_COUNTERS = (
 )
 
 
-def shm_bytes(part: Dict[str, Any]) -> Optional[int]:
-    """Shared memory in use: storage reports it as shm_bytes (its "bytes" are
-    on disk); without storage, "bytes" is the shared memory."""
-    if "shm_bytes" in part:
-        return part["shm_bytes"]
-    return part.get("bytes")
+_SHM_GAUGES = (
+    ("budget_bytes", "shmlog_shm_budget_bytes", "Shared memory the data dir's regions may reserve."),
+    ("reserved_bytes", "shmlog_shm_reserved_total_bytes", "Shared memory the data dir's regions reserve."),
+    ("resident_bytes", "shmlog_shm_resident_total_bytes", "Pages of the data dir's regions in memory."),
+    ("tmpfs_bytes", "shmlog_shm_tmpfs_bytes", "Size of the tmpfs behind /dev/shm."),
+    ("tmpfs_free_bytes", "shmlog_shm_tmpfs_free_bytes", "Free space of the tmpfs behind /dev/shm."),
+)
 
 
 def fill_ratio(part: Dict[str, Any]) -> Optional[float]:
     """The share of the ring producers cannot reuse yet (1: they block).
-    Chunks in use but not held are retained data, free to be overwritten."""
+    Chunks in use but not held are retained data, free to be overwritten.
+    The supervisor reports it ("fill", counting the active chunk by the
+    bytes it holds); from chunk counts alone, the active chunk counts whole."""
+    if part.get("fill") is not None:
+        return part["fill"]
     held, count = part.get("chunks_held"), part.get("chunk_count")
     if held is None or not count:
         return None
@@ -256,7 +274,13 @@ def prometheus(stats: Dict[str, Any]) -> str:
         r.add("shmlog_bytes", "gauge",
               "The partition's bytes as describe_topic reports them (segment bytes for disk topics, "
               "shared memory in use for memory topics).", part.get("bytes"), lb)
-        r.add("shmlog_shm_bytes", "gauge", "Bytes of shared memory held by chunks in use.", shm_bytes(part), lb)
+        r.add("shmlog_shm_reserved_bytes", "gauge",
+              "Size of the partition's shared-memory region (its pages are allocated at creation).",
+              part.get("shm_reserved_bytes"), lb)
+        r.add("shmlog_shm_resident_bytes", "gauge", "Pages of the partition's region in memory.",
+              part.get("shm_resident_bytes"), lb)
+        r.add("shmlog_shm_used_bytes", "gauge", "Bytes of batches in the chunks that hold data.",
+              part.get("shm_used_bytes"), lb)
         r.add("shmlog_disk_bytes", "gauge", "Bytes of segment files on disk.", part.get("disk_bytes"), lb)
         r.add("shmlog_chunks_in_use", "gauge",
               "Shared-memory chunks holding data (retained for replay, or still needed).",
@@ -266,7 +290,8 @@ def prometheus(stats: Dict[str, Any]) -> str:
               "zero-copy pins or the spiller still need.", part.get("chunks_held"), lb)
         r.add("shmlog_chunk_count", "gauge", "Shared-memory chunks of the partition.",
               part.get("chunk_count"), lb)
-        r.add("shmlog_chunk_fill_ratio", "gauge", "chunks_held / chunk_count (at 1 producers block).",
+        r.add("shmlog_chunk_fill_ratio", "gauge",
+              "What producers cannot overwrite yet, over the ring (at 1 producers block).",
               fill_ratio(part), lb)
         r.add("shmlog_aborted_batches_total", "counter",
               "Claims of dead or stuck producers the reaper turned into holes.",
@@ -300,6 +325,10 @@ def prometheus(stats: Dict[str, Any]) -> str:
               _ms_to_s(storage.get("spill_latency_ms")))
         r.add("shmlog_storage_fsync_latency_seconds", "gauge", "Fsync latency reported by the storage role.",
               _ms_to_s(storage.get("fsync_latency_ms")))
+    shm = stats.get("shm") or {}
+    if isinstance(shm, dict):
+        for key, name, help_ in _SHM_GAUGES:
+            r.add(name, "gauge", help_, shm.get(key))
     for group in sorted(stats.get("groups") or {}):
         for row in stats["groups"][group]:
             lb = (("group", group), ("topic", row["topic"]), ("partition", row["partition"]))
@@ -320,13 +349,13 @@ def totals(stats: Dict[str, Any]) -> Dict[str, Any]:
     aborted = 0
     for _topic, part in partitions(stats):
         msgs += int(part.get("end_offset") or 0)
-        shm += int(shm_bytes(part) or 0)
+        shm += int(part.get("shm_reserved_bytes") or 0)
         disk += int(part.get("disk_bytes") or 0)
         in_use += int(part.get("chunks_in_use") or 0)
         chunks += int(part.get("chunk_count") or 0)
         aborted += int(part.get("aborted_batches") or 0)
     lag = sum(int(row.get("lag") or 0) for rows in (stats.get("groups") or {}).values() for row in rows)
-    return {"topics": len(stats.get("topics") or {}), "messages": msgs, "shm_bytes": shm,
+    return {"topics": len(stats.get("topics") or {}), "messages": msgs, "shm_reserved_bytes": shm,
             "disk_bytes": disk, "chunks_in_use": in_use, "chunk_count": chunks,
             "aborted_batches": aborted, "group_lag": lag}
 

@@ -271,8 +271,7 @@ class Storage(Recovery, SegmentWriting):
             # records: consumers treat offsets below it as out of range
             # (Consumer._seek), so what is reported is what can be read
             info["start_offset"] = start
-        info["shm_bytes"] = info.get("bytes", 0)
-        info["bytes"] = part.disk_bytes()
+        info["bytes"] = part.disk_bytes()  # the partition's log is on disk
         info["durable_offset"] = part.durable
         info["spilled_offset"] = part.written
         info["segments"] = len(part.segments) + (1 if part.active is not None else 0)

@@ -30,11 +30,12 @@ import posix_ipc
 
 from .. import config as cfgmod
 from .. import errors, protocol
-from ..core.log import PartitionLog, unlink_region
+from ..core.log import PartitionLog, region_usage, reserve_region, unlink_region
 from ..osutil import pid_alive, write_json_atomic
 from ..protocol import LOCK_NAME, SOCKET_NAME, ensure_data_dir
 from .coordinator import Coordinator
 from .memory_offsets import MemoryOffsets
+from .shm_budget import ShmBudget, human, region_bytes
 from .storage import Storage
 
 log = logging.getLogger("shmlog.supervisor")
@@ -124,6 +125,7 @@ class Supervisor:
         self.reaped_processes = 0
         self.started_ns = time.time_ns()
         # the roles that live in their own modules, wired here explicitly
+        self.shm = ShmBudget(self)
         self.coordinator = Coordinator(self)
         self.storage = Storage(self)
         self.memory_offsets = MemoryOffsets(self)
@@ -213,13 +215,20 @@ class Supervisor:
         try:
             plog = PartitionLog.attach(rname, what=what)
             log.info("re-attached surviving region %s", rname)
+            try:
+                # a region from an older supervisor may have pages that were
+                # never allocated: allocate them now, so a full tmpfs is this
+                # warning and not a SIGBUS in a producer
+                reserve_region(rname, what)
+            except (errors.StorageError, OSError) as exc:
+                log.warning("%s: %s", what, exc)
         except posix_ipc.ExistentialError:
             plog = PartitionLog.create(
                 rname, chunk_bytes=c["chunk_bytes"], chunk_count=c["chunk_count"],
                 max_batch_bytes=cfgmod.max_batch_bytes(c["chunk_bytes"]),
                 gate_readers=self.gates_readers(c), gate_spill=self.gates_spill(c),
                 partition=p, initial_offset=self.initial_offset(name, t, p, initial_offset),
-                what=what,
+                prefault=False, reserve=True, what=what,
             )
         except errors.ShmlogError as exc:
             log.error("region %s is unusable (%s); recreating it", rname, exc)
@@ -476,18 +485,17 @@ class Supervisor:
         conf = protocol.field(m, "config", dict, required=False, default={})
         if name in self.meta["topics"]:
             raise errors.TopicExists(f"topic {name!r} already exists", what=name)
-        cfg = cfgmod.topic_config(conf)
+        cfg = cfgmod.topic_config(self.shm.topic_defaults(conf))
+        self.shm.check(name, region_bytes(cfg) * cfg["partitions"],
+                       f"creating topic {name!r} with {cfg['partitions']} partition(s) of "
+                       f"{self._geometry(cfg)}")
         tid = self.meta["next_topic_id"]
         t = {"id": tid, "config": cfg, "created_ms": int(time.time() * 1000)}
-        opened = []
         try:
             for p in range(cfg["partitions"]):
-                opened.append(self._open_partition(name, t, p))
+                self._open_partition(name, t, p)
         except BaseException:
-            for plog in opened:
-                plog.close()
-                plog.unlink()
-                self.logs.pop((tid, plog.hdr.partition if plog.hdr else 0), None)
+            self._drop_partitions(tid, 0, cfg["partitions"])
             raise
         self.meta["next_topic_id"] = tid + 1
         self.meta["topics"][name] = t
@@ -539,13 +547,32 @@ class Supervisor:
                 what=name,
             )
         new_cfg = cfgmod.topic_config({"partitions": total}, base=t["config"])
-        for p in range(cur, total):
-            self._open_partition(name, t, p)
+        self.shm.check(name, region_bytes(new_cfg) * (total - cur),
+                       f"adding {total - cur} partition(s) of {self._geometry(new_cfg)} to topic {name!r}")
+        try:
+            for p in range(cur, total):
+                self._open_partition(name, t, p)
+        except BaseException:
+            self._drop_partitions(t["id"], cur, total)
+            raise
         t["config"] = new_cfg
         self.save_meta()
         for fn in self.on_partitions_added:
             fn(name, cur, total)
         return {"topic": self.topic_info(name)}
+
+    def _drop_partitions(self, tid: int, first: int, end: int) -> None:
+        """Undo a create or add that failed part way: the regions it made go."""
+        for p in range(first, end):
+            plog = self.logs.pop((tid, p), None)
+            if plog is not None:
+                plog.close()
+                plog.unlink()
+
+    @staticmethod
+    def _geometry(cfg: Dict[str, Any]) -> str:
+        return (f"{human(region_bytes(cfg))} each (chunk_count={cfg['chunk_count']} x "
+                f"chunk_bytes={cfg['chunk_bytes']}, plus the header)")
 
     def _op_topics(self, m, c):
         return {"topics": {n: self.topic_info(n) for n in sorted(self.meta["topics"])}}
@@ -581,15 +608,30 @@ class Supervisor:
         end = plog.end_offset()
         start = plog.start_offset
         in_use = plog.chunks_in_use()
+        held = plog.chunks_held()
+        used, active = plog.used_bytes()
+        ring = plog.chunk_count * plog.chunk_bytes
+        usage = region_usage(plog.name)
         info = {
             "partition": p,
             "start_offset": start,
             "end_offset": end,
             "durable_offset": h.durable_offset if t["config"]["storage"] == "disk" else end,
-            "bytes": in_use * plog.chunk_bytes,
+            # a memory topic's log is its shared memory: the bytes of data it
+            # holds (a disk topic's storage replaces this with segment bytes)
+            "bytes": used,
+            # sizes, each named for what it measures (the same words in
+            # stats, topics describe, top and Prometheus):
+            "shm_reserved_bytes": usage[0] if usage else len(plog.mapping),  # the region, allocated
+            "shm_resident_bytes": usage[1] if usage else None,  # its pages in memory
+            "shm_used_bytes": used,  # bytes of batches in chunks that hold data
+            # what producers cannot overwrite yet, over the ring: an empty
+            # partition is 0 (its active chunk counts by what it holds)
+            "fill": 0.0 if held <= 0 else min(1.0, ((held - 1) * plog.chunk_bytes + active) / ring),
             "chunks_in_use": in_use,
-            "chunks_held": plog.chunks_held(),
+            "chunks_held": held,
             "chunk_count": plog.chunk_count,
+            "chunk_bytes": plog.chunk_bytes,
             "aborted_batches": h.aborted_batches,
             "rotations": h.rotations,
         }
@@ -625,6 +667,11 @@ class Supervisor:
             out["stats_error"] = repr(exc)
             out["topics"] = {n: self.topic_info(n) for n in self.meta["topics"]}
         out["storage"] = self.storage.stats()
+        try:
+            out["shm"] = self.shm.stats()
+        except Exception as exc:
+            log.exception("shared-memory stats failed")
+            out["shm"] = {"error": repr(exc)}
         return out
 
     # ------------------------------------------------------------ reaper

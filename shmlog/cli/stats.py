@@ -38,6 +38,30 @@ def disk_bytes(data_dir: Path, topic: str, partition: int) -> int:
     return total
 
 
+# the size columns of every view, named for what each measures (metrics.py)
+SIZE_HEADERS = ["SHM-RESERVED", "SHM-RESIDENT", "SHM-USED", "FILL", "DISK-BYTES"]
+
+
+def size_cells(part: Dict[str, Any]) -> List[str]:
+    """SIZE_HEADERS' cells for one partition of a stats/describe dict."""
+    fill = m.fill_ratio(part)
+    return [m.human_bytes(part.get("shm_reserved_bytes")), m.human_bytes(part.get("shm_resident_bytes")),
+            m.human_bytes(part.get("shm_used_bytes")), "-" if fill is None else f"{fill:.0%}",
+            m.human_bytes(part.get("disk_bytes"))]
+
+
+def shm_summary(shm: Optional[Dict[str, Any]]) -> str:
+    """One line: the data dir's shared-memory budget, what its regions
+    reserve and what is resident, and the tmpfs's free space."""
+    if not shm or "budget_bytes" not in shm:
+        return "shared memory: -"
+    budget, reserved = shm.get("budget_bytes"), shm.get("reserved_bytes")
+    share = f" ({reserved / budget:.0%})" if budget and reserved is not None else ""
+    return (f"shared memory: budget {m.human_bytes(budget)}  reserved {m.human_bytes(reserved)}{share}  "
+            f"resident {m.human_bytes(shm.get('resident_bytes'))}  "
+            f"tmpfs free {m.human_bytes(shm.get('tmpfs_free_bytes'))} of {m.human_bytes(shm.get('tmpfs_bytes'))}")
+
+
 def _client_side_stats(cluster) -> Dict[str, Any]:
     """What the stats op answers, built from describe calls (used when the
     supervisor's op fails; _fill_slots adds the slot tables)."""
@@ -116,15 +140,14 @@ def cmd_stats(args) -> int:
         out(f"supervisor pid {stats.get('supervisor_pid')}  clients {_dash(stats.get('clients'))}  "
              f"reaped processes {_dash(stats.get('reaped_processes'))}  topics {tot['topics']}  "
              f"messages {tot['messages']}  group lag {tot['group_lag']}")
+        out(shm_summary(stats.get("shm")))
         rows = []
         for topic, p in m.partitions(stats):
-            fill = m.fill_ratio(p)
-            rows.append([topic, p["partition"], p.get("start_offset"), p.get("end_offset"),
-                         m.human_bytes(p.get("bytes")), "-" if fill is None else f"{fill:.0%}",
-                         m.human_bytes(p.get("disk_bytes")), p.get("aborted_batches"), p.get("rotations"),
+            rows.append([topic, p["partition"], p.get("start_offset"), p.get("end_offset"), *size_cells(p),
+                         p.get("aborted_batches"), p.get("rotations"),
                          len(p.get("producers") or []), len(p.get("readers") or [])])
         if rows:
-            for line in table(rows, ["TOPIC", "PARTITION", "START", "END", "SHM-BYTES", "FILL", "DISK-BYTES",
+            for line in table(rows, ["TOPIC", "PARTITION", "START", "END", *SIZE_HEADERS,
                                       "ABORTED", "ROTATIONS", "PRODUCERS", "READERS"]):
                 out(line)
     return 0

@@ -19,7 +19,7 @@ import psutil
 
 from ..broker import metrics as m
 from .common import add_common, connect, nonneg_int, table
-from .stats import collect_stats
+from .stats import collect_stats, shm_summary
 
 CLEAR = "\x1b[H\x1b[2J"
 
@@ -116,7 +116,9 @@ def snapshot(stats: Dict[str, Any], prev: Optional[Dict[str, Any]], dt: float,
         parts.append({"topic": t, "partition": p["partition"], "end_offset": p.get("end_offset"),
                       "produce_rate": pin, "consume_rate": pout, "chunks_in_use": p.get("chunks_in_use"),
                       "chunks_held": p.get("chunks_held"), "chunk_count": p.get("chunk_count"), "fill": m.fill_ratio(p),
-                      "disk_bytes": p.get("disk_bytes"), "producers": len(p.get("producers") or []),
+                      "disk_bytes": p.get("disk_bytes"), "shm_reserved_bytes": p.get("shm_reserved_bytes"),
+                      "shm_resident_bytes": p.get("shm_resident_bytes"),
+                      "shm_used_bytes": p.get("shm_used_bytes"), "producers": len(p.get("producers") or []),
                       "readers": len(consumers(p, sup))})
     groups = [{"group": g, **row} for g in sorted(stats.get("groups") or {}) for row in stats["groups"][g]]
     processes = []
@@ -125,13 +127,15 @@ def snapshot(stats: Dict[str, Any], prev: Optional[Dict[str, Any]], dt: float,
         processes.append({"pid": pid, "role": "+".join(sorted(info["roles"])), "partitions": info["partitions"],
                           "cpu_percent": ps.get("cpu"), "rss_bytes": ps.get("rss"), "command": ps.get("name")})
     return {"time": stats.get("collected_at", time.time()), "supervisor_pid": stats.get("supervisor_pid"),
-            "clients": stats.get("clients"), "partitions": parts, "groups": groups, "processes": processes}
+            "clients": stats.get("clients"), "shm": stats.get("shm"), "partitions": parts, "groups": groups,
+            "processes": processes}
 
 
 def render(snap: Dict[str, Any], data_dir: str, width: int = 120) -> str:
     when = time.strftime("%H:%M:%S", time.localtime(snap["time"]))
     lines = [f"shmlog top — {data_dir}  supervisor pid {snap['supervisor_pid']}  "
-             f"clients {snap['clients'] if snap['clients'] is not None else '-'}  {when}", ""]
+             f"clients {snap['clients'] if snap['clients'] is not None else '-'}  {when}",
+             shm_summary(snap.get("shm")), ""]
     if snap["partitions"]:
         rows = []
         for p in snap["partitions"]:
@@ -140,10 +144,12 @@ def render(snap: Dict[str, Any], data_dir: str, width: int = 120) -> str:
             chunks = f"{held}/{p['chunks_in_use']}/{p['chunk_count']}" if p["chunk_count"] else "-"
             fill = "-" if p["fill"] is None else f"{p['fill']:.0%}"
             rows.append([p["topic"], p["partition"], p["end_offset"], m.human_rate(p["produce_rate"]),
-                         m.human_rate(p["consume_rate"]), chunks, fill, m.human_bytes(p["disk_bytes"]),
+                         m.human_rate(p["consume_rate"]), chunks, fill,
+                         m.human_bytes(p.get("shm_reserved_bytes")), m.human_bytes(p.get("shm_resident_bytes")),
+                         m.human_bytes(p.get("shm_used_bytes")), m.human_bytes(p["disk_bytes"]),
                          p["producers"], p["readers"]])
-        lines += table(rows, ["TOPIC", "PART", "END-OFFSET", "IN/s", "OUT/s", "HELD/USED/CHUNKS", "FILL", "DISK",
-                               "PRODUCERS", "READERS"])
+        lines += table(rows, ["TOPIC", "PART", "END-OFFSET", "IN/s", "OUT/s", "HELD/USED/CHUNKS", "FILL",
+                               "SHM-RESERVED", "SHM-RESIDENT", "SHM-USED", "DISK-BYTES", "PRODUCERS", "READERS"])
     else:
         lines.append("no topics")
     if snap["groups"]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 from typing import List
 
 from .. import errors
-from ..broker import metrics as m
 from ..config import kafka_topic_setting
 from .common import (
     add_common,
@@ -18,7 +17,7 @@ from .common import (
     table,
     topic_dict,
 )
-from .stats import disk_bytes
+from .stats import SIZE_HEADERS, disk_bytes, shm_summary, size_cells
 
 
 def cmd_topics(args) -> int:
@@ -63,6 +62,12 @@ def cmd_topics(args) -> int:
                         out()
                     for line in describe_lines(cluster, info):
                         out(line)
+                try:
+                    shm = cluster.stats().get("shm")
+                except errors.ShmlogError:
+                    shm = None
+                out()
+                out(shm_summary(shm))
         elif action == "alter":
             config = dict(kafka_topic_setting(k, v) for k, v in args.config or [])
             if args.partitions is None and not config:
@@ -98,12 +103,12 @@ def describe_lines(cluster, info) -> List[str]:
     for p in info.partitions:
         used, count = p.extra.get("chunks_in_use"), p.extra.get("chunk_count")
         chunks = f"{used}/{count}" if used is not None and count else "-"
-        part = {"bytes": p.bytes, **p.extra}
+        part = {"bytes": p.bytes, **p.extra,
+                "disk_bytes": disk_bytes(cluster.data_dir, info.name, p.partition)}
         rows.append([p.partition, p.start_offset, p.end_offset, p.durable_offset, p.end_offset - p.start_offset,
-                     p.bytes, m.human_bytes(disk_bytes(cluster.data_dir, info.name, p.partition)),
-                     m.human_bytes(m.shm_bytes(part)), chunks])
+                     p.bytes, *size_cells(part), chunks])
     lines += table(rows, ["PARTITION", "START-OFFSET", "END-OFFSET", "DURABLE-OFFSET", "MESSAGES", "BYTES",
-                           "DISK-BYTES", "SHM-BYTES", "SHM-CHUNKS"], indent="  ")
+                           *SIZE_HEADERS, "SHM-CHUNKS"], indent="  ")
     return lines
 
 

@@ -83,8 +83,12 @@ class PartitionLog:
         partition: int = 0,
         initial_offset: int = 0,
         prefault: bool = False,
+        reserve: bool = False,
         what: Optional[str] = None,
     ) -> PartitionLog:
+        """reserve: allocate every page of the region now (posix_fallocate),
+        so a full tmpfs is an error here and never a SIGBUS later in
+        whichever process first writes a page."""
         what = what or f"partition region {name}"
         if max_batch_bytes is None:
             max_batch_bytes = default_max_batch_bytes(chunk_bytes)
@@ -94,9 +98,14 @@ class PartitionLog:
         )
         shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=size)
         try:
+            if reserve:
+                reserve_fd(shm.fd, size, what, name)
             mm = _map(shm.fd, size, prefault)
-        finally:
+        except BaseException:
             shm.close_fd()
+            unlink_region(name)
+            raise
+        shm.close_fd()
         buf = ffi.from_buffer(mm)
         rc = lib.shmlog_log_format(
             buf, size, chunk_bytes, chunk_count, max_batch_bytes, flags, partition,
@@ -187,6 +196,25 @@ class PartitionLog:
         readers, pins or the spiller still need): producers block when this
         reaches chunk_count. The fill gauge's numerator."""
         return lib.shmlog_log_chunks_held(self.checked_log())
+
+    def used_bytes(self) -> tuple:
+        """(bytes of frames in chunks that hold data, bytes in the active
+        chunk): a racy snapshot for display (plain loads of the tail words)."""
+        hdr = self.hdr
+        if hdr is None:
+            return 0, 0
+        cb = self.chunk_bytes
+        active = hdr.active_seq % self.chunk_count
+        used = act = 0
+        for i in range(self.chunk_count):
+            c = hdr.chunks[i]
+            if c.state & 0xFF == lib.SHMLOG_CHUNK_FREE:
+                continue
+            b = min(c.tail >> 32, cb)
+            used += b
+            if i == active:
+                act = b
+        return used, act
 
     def end_offset(self) -> int:
         """The committed end (next offset a reader at the end would get)."""
@@ -438,6 +466,72 @@ def unlink_region(name: str) -> bool:
         return True
     except posix_ipc.ExistentialError:
         return False
+
+
+# glibc's shm_open() resolves a region name to a file here (a tmpfs); its
+# st_size is what the region reserves, its st_blocks what is resident
+SHM_DIR = "/dev/shm"
+
+
+def region_path(name: str) -> str:
+    return os.path.join(SHM_DIR, name.lstrip("/"))
+
+
+def region_usage(name: str) -> Optional[tuple]:
+    """(apparent bytes, resident bytes) of a region, None if it is gone."""
+    try:
+        st = os.stat(region_path(name))
+    except OSError:
+        return None
+    return st.st_size, st.st_blocks * 512
+
+
+def reserve_fd(fd: int, size: int, what: str, name: str = "") -> None:
+    """Allocate the pages of [0, size) of a shared-memory file now.
+
+    A page of a tmpfs file that is first touched through a mapping when the
+    tmpfs is full raises SIGBUS in the writer; posix_fallocate turns that
+    into ENOSPC here, where it can be reported (tmpfs supports fallocate
+    since Linux 3.5). Pages already allocated are left as they are."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.ENOMEM, errno.EFBIG):
+            free = shm_free_bytes()
+            raise errors.StorageError(
+                f"{what}: cannot reserve {size} bytes of shared memory for region {name or '?'} "
+                f"in {SHM_DIR} ({exc.strerror}; {free if free is not None else '?'} bytes free there): "
+                f"delete topics, use smaller chunk_bytes/chunk_count, or grow the tmpfs "
+                f"(mount -o remount,size=... {SHM_DIR})",
+                what=what, code=exc.errno,
+            ) from None
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+        # a filesystem without fallocate: nothing to reserve with; the
+        # supervisor's free-space check is all there is
+
+
+def reserve_region(name: str, what: str) -> None:
+    """reserve_fd for an existing region (one a supervisor re-attaches to:
+    it may come from a version that did not reserve)."""
+    shm = posix_ipc.SharedMemory(name)
+    try:
+        reserve_fd(shm.fd, shm.size, what, name)
+    finally:
+        shm.close_fd()
+
+
+def shm_space() -> tuple:
+    """(size, free bytes) of the tmpfs behind SHM_DIR; (None, None) if unknown."""
+    try:
+        st = os.statvfs(SHM_DIR)
+    except OSError:
+        return None, None
+    return st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
+
+
+def shm_free_bytes() -> Optional[int]:
+    return shm_space()[1]
 
 
 def _map(fd: int, size: int, prefault: bool) -> mmap.mmap:

@@ -97,7 +97,8 @@ STATS = {
         "events": {"config": {}, "partitions": [
             {"partition": 0, "start_offset": 10, "end_offset": 1000, "durable_offset": 900, "bytes": 1 << 20,
              "chunks_in_use": 4, "chunks_held": 3, "chunk_count": 4, "aborted_batches": 5, "rotations": 12,
-             "disk_bytes": 4096,
+             "disk_bytes": 4096, "shm_reserved_bytes": (4 << 20) + 36864, "shm_resident_bytes": 4 << 20,
+             "shm_used_bytes": 1 << 20,
              "producers": [{"pid": 1, "batches": 40, "records": 1000}],
              "readers": [{"pid": 2, "position": 990}], "fsync_latency_ms": 1.5},
             {"partition": 1, "start_offset": 0, "end_offset": 3, "durable_offset": 3, "bytes": 0,
@@ -105,6 +106,8 @@ STATS = {
              "disk_bytes": 0, "producers": [], "readers": []},
         ]},
     },
+    "shm": {"budget_bytes": 1 << 30, "reserved_bytes": (8 << 20) + 73728, "resident_bytes": 8 << 20,
+            "tmpfs_bytes": 8 << 30, "tmpfs_free_bytes": 7 << 30},
     "groups": {"billing": [
         {"topic": "events", "partition": 0, "committed": 990, "end_offset": 1000, "lag": 10, "consumer": "m-1"},
         {"topic": "events", "partition": 1, "committed": None, "end_offset": 3, "lag": 3, "consumer": None},
@@ -141,7 +144,11 @@ def test_prometheus_values_and_labels():
     assert value("shmlog_chunks_held", topic="events", partition=0) == 3
     assert value("shmlog_aborted_batches_total", topic="events", partition=0) == 5
     assert value("shmlog_rotations_total", topic="events", partition=0) == 12
-    assert value("shmlog_shm_bytes", topic="events", partition=0) == 1 << 20
+    assert value("shmlog_shm_reserved_bytes", topic="events", partition=0) == (4 << 20) + 36864
+    assert value("shmlog_shm_resident_bytes", topic="events", partition=0) == 4 << 20
+    assert value("shmlog_shm_used_bytes", topic="events", partition=0) == 1 << 20
+    assert fams["shmlog_shm_budget_bytes"]["samples"] == [((), float(1 << 30))]
+    assert fams["shmlog_shm_reserved_total_bytes"]["samples"] == [((), float((8 << 20) + 73728))]
     assert value("shmlog_disk_bytes", topic="events", partition=0) == 4096
     assert value("shmlog_group_lag", group="billing", topic="events", partition=0) == 10
     assert value("shmlog_group_lag", group="billing", topic="events", partition=1) == 3
@@ -235,7 +242,8 @@ def test_stats_prometheus_from_a_live_broker(broker):
     got = {dict(lb)["partition"]: v for lb, v in fams["shmlog_messages_in_total"]["samples"]}
     assert got == {'"0"': 0, '"1"': 3}
     for name in ("shmlog_chunk_fill_ratio", "shmlog_aborted_batches_total", "shmlog_rotations_total",
-                 "shmlog_shm_bytes", "shmlog_disk_bytes"):
+                 "shmlog_shm_reserved_bytes", "shmlog_shm_resident_bytes", "shmlog_shm_used_bytes",
+                 "shmlog_disk_bytes"):
         assert len(fams[name]["samples"]) == 2, name
     r = _cli(broker, "stats", "--json")
     assert r.returncode == 0, r.stderr

@@ -192,12 +192,14 @@ def test_describe_shows_offsets_bytes_and_config(broker):
     assert cli(broker, "produce", "ev", "--partition", "1", stdin=lines).returncode == 0
     r = cli(broker, "topics", "describe", "ev")
     assert r.returncode == 0, r.err
-    head, configs, header, p0, p1 = r.out.strip().splitlines()
+    lines = r.out.strip().splitlines()
+    head, configs, header, p0, p1 = lines[:5]
+    assert lines[-1].startswith("shared memory: budget ")
     assert "Topic: ev" in head and "PartitionCount: 2" in head
     assert "chunk_bytes=65536" in configs and "retention_ms=" in configs
     cols = header.split()
     assert cols[:4] == ["PARTITION", "START-OFFSET", "END-OFFSET", "DURABLE-OFFSET"]
-    assert "SHM-BYTES" in cols and "DISK-BYTES" in cols
+    assert {"SHM-RESERVED", "SHM-RESIDENT", "SHM-USED", "FILL", "DISK-BYTES"} <= set(cols)
     assert p0.split()[:3] == ["0", "0", "0"]
     assert p1.split()[:3] == ["1", "0", "25"]
     d = json.loads(cli(broker, "topics", "describe", "ev", "--json").out)

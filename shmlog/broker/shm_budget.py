@@ -1,0 +1,172 @@
+"""The shared-memory budget of one data dir, and the ring sizes that follow.
+
+Every partition region reserves its pages when it is created (core.log,
+posix_fallocate), so what a data dir holds in /dev/shm is known exactly from
+the topic configs: sum(header + chunk_count x chunk_bytes). The supervisor
+asks this module before it creates regions (create_topic, add_partitions)
+and refuses a request that would go past the budget, before anything is
+created, with an error that says what to change.
+
+A disk topic's ring only has to absorb what the spiller has not copied yet
+and what live readers have not read: readers further behind read segment
+files. So when the user does not set chunk_bytes/chunk_count, a disk topic
+gets a ring sized from the budget and its partition count (a 1,000-partition
+topic does not take 1,000 x 64 MiB). A memory topic's ring is its whole log:
+its size stays the user's choice (TOPIC_DEFAULTS), checked against the
+budget like any other.
+
+It never touches a region: it reads configs, and sizes of files in /dev/shm.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Optional
+
+from .. import config as cfgmod
+from .. import errors
+from ..core.log import PartitionLog, region_usage, shm_free_bytes, shm_space
+
+# default budget: this share of the smaller of RAM and the tmpfs behind
+# /dev/shm (other data dirs and other programs use both too)
+SHM_BUDGET_FRACTION = 0.25
+
+# a disk topic's default ring: at most TOPIC_DEFAULTS' 4 x 16 MiB (what one
+# partition had before, so topics of few partitions are unchanged), at most
+# 1/DISK_TOPIC_SHARE of the budget for the whole topic, and chunks of at
+# least DISK_CHUNK_MIN (a batch may take chunk/16: 16 KiB at the minimum)
+DISK_TOPIC_SHARE = 8
+DISK_CHUNK_MIN = 256 << 10
+CHUNK_ALIGN = 64 << 10  # chunk sizes in whole 64 KiB units (page multiples)
+GEOMETRY_KEYS = ("chunk_bytes", "chunk_count")
+
+
+def ram_bytes() -> Optional[int]:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return None
+
+
+def default_budget() -> int:
+    sizes = [s for s in (ram_bytes(), shm_space()[0]) if s]
+    base = min(sizes) if sizes else 1 << 30
+    return int(base * SHM_BUDGET_FRACTION)
+
+
+def region_bytes(cfg: Dict[str, Any]) -> int:
+    """Bytes one partition region of a topic with this config reserves."""
+    return PartitionLog.region_bytes(cfg["chunk_bytes"], cfg["chunk_count"])
+
+
+def topic_bytes(cfg: Dict[str, Any], partitions: Optional[int] = None) -> int:
+    n = cfg["partitions"] if partitions is None else partitions
+    return n * region_bytes(cfg)
+
+
+def human(n: Optional[float]) -> str:
+    if n is None:
+        return "?"
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def disk_ring_chunk_bytes(partitions: int, budget: int, available: int,
+                          max_message_bytes: Optional[int] = None) -> int:
+    """chunk_bytes of a disk topic whose user did not set its geometry
+    (chunk_count stays TOPIC_DEFAULTS'): the topic's share of the budget (or
+    what is left of it, if less) over its partitions, clamped to
+    [DISK_CHUNK_MIN, the default chunk], and large enough for
+    max_message_bytes if the user set that."""
+    count = cfgmod.TOPIC_DEFAULTS["chunk_count"]
+    top = cfgmod.TOPIC_DEFAULTS["chunk_bytes"]
+    share = min(budget // DISK_TOPIC_SHARE, max(available, 0))
+    header = PartitionLog.region_bytes(top, count) - top * count
+    per_partition = share // max(partitions, 1) - header
+    chunk = per_partition // count
+    chunk -= chunk % CHUNK_ALIGN
+    chunk = max(DISK_CHUNK_MIN, min(top, chunk))
+    if max_message_bytes is not None:
+        # config.max_batch_bytes: a batch may take chunk/16 (at least 4 KiB),
+        # and a message needs its batch's 96 bytes of framing on top
+        need = 16 * (max_message_bytes + 96 + 64)
+        need += -need % CHUNK_ALIGN
+        chunk = max(chunk, min(need, cfgmod.TOPIC_DEFAULTS["chunk_bytes"] * 64))
+    return chunk
+
+
+class ShmBudget:
+    """The supervisor's view of its data dir's shared memory."""
+
+    def __init__(self, sup):
+        self.sup = sup
+
+    @property
+    def budget(self) -> int:
+        b = self.sup.cfg.get("shm_budget_bytes")
+        return int(b) if b is not None else default_budget()
+
+    def reserved(self) -> int:
+        """What every partition region of the data dir reserves (by config:
+        the regions are created at this size and their pages allocated)."""
+        return sum(topic_bytes(t["config"]) for t in self.sup.meta["topics"].values())
+
+    def topic_defaults(self, conf: Dict[str, Any]) -> Dict[str, Any]:
+        """conf (what the user asked for) with a disk topic's ring sized from
+        the budget when the user set neither chunk_bytes nor chunk_count."""
+        storage = conf.get("storage", cfgmod.TOPIC_DEFAULTS["storage"])
+        if storage != "disk" or any(k in conf for k in GEOMETRY_KEYS):
+            return conf
+        partitions = conf.get("partitions", cfgmod.TOPIC_DEFAULTS["partitions"])
+        if isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1:
+            return conf  # topic_config names the bad value
+        mmb = conf.get("max_message_bytes")
+        if isinstance(mmb, bool) or not isinstance(mmb, int) or mmb < 1:
+            mmb = None
+        budget = self.budget
+        chunk = disk_ring_chunk_bytes(partitions, budget, budget - self.reserved(), mmb)
+        return {**conf, "chunk_bytes": chunk}
+
+    def check(self, name: str, needed: int, request: str) -> None:
+        """Refuse a request that needs `needed` more bytes of regions when
+        that goes past the budget, or past what the tmpfs has free."""
+        budget = self.budget
+        reserved = self.reserved()
+        if reserved + needed > budget:
+            # InvalidConfig: the request's settings do not fit the budget
+            # (the public error classes stay those of API.md)
+            raise errors.InvalidConfig(
+                f"{request} needs {human(needed)} of shared memory ({needed} bytes), but the data dir "
+                f"{self.sup.data_dir} has {human(reserved)} of its budget of {human(budget)} reserved "
+                f"({human(max(budget - reserved, 0))} left; shm_budget_bytes={budget}): use fewer "
+                f"partitions or smaller chunk_bytes/chunk_count (--config chunk_bytes=...), delete "
+                f"topics, or raise the broker setting shm_budget_bytes (shmlog serve --set "
+                f"shm_budget_bytes=...)",
+                what=name,
+            )
+        free = shm_free_bytes()
+        if free is not None and needed > free:
+            raise errors.StorageError(
+                f"{request} needs {human(needed)} of shared memory ({needed} bytes), but the tmpfs "
+                f"behind /dev/shm has only {human(free)} free (other programs use it too): free "
+                f"space there, grow it (mount -o remount,size=... /dev/shm), or ask for less",
+                what=name,
+            )
+
+    def stats(self) -> Dict[str, Any]:
+        """Data-dir totals: budget, reserved (by config), apparent and
+        resident size of the regions that exist, the tmpfs's size and free."""
+        apparent = resident = 0
+        for plog in list(self.sup.logs.values()):
+            u = region_usage(plog.name)
+            if u is not None:
+                apparent += u[0]
+                resident += u[1]
+        total, free = shm_space()
+        return {"budget_bytes": self.budget, "reserved_bytes": self.reserved(),
+                "apparent_bytes": apparent, "resident_bytes": resident,
+                "tmpfs_bytes": total, "tmpfs_free_bytes": free}

@@ -1,0 +1,262 @@
+"""The shared-memory budget of a data dir (issue 18): many partitions with
+default settings fit, a request past the budget is refused with the figures
+and harms nothing, and a full tmpfs is an error, never a SIGBUS."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections import defaultdict
+
+import pytest
+from _broker_helpers import SHM_DIR, murmur2_ref, partition_regions, running_cluster
+
+from shmlog import config as cfgmod
+from shmlog import errors
+from shmlog.broker import shm_budget
+from shmlog.core.log import PartitionLog
+
+MIB = 1 << 20
+
+
+def _usage(data_dir):
+    """(apparent, resident) bytes of the cluster's partition regions."""
+    apparent = resident = 0
+    for n in partition_regions(data_dir):
+        st = os.stat(SHM_DIR / n)
+        apparent += st.st_size
+        resident += st.st_blocks * 512
+    return apparent, resident
+
+
+def test_disk_ring_defaults_scale_with_partitions():
+    budget = 6 << 30
+    one = shm_budget.disk_ring_chunk_bytes(1, budget, budget)
+    assert one == cfgmod.TOPIC_DEFAULTS["chunk_bytes"]  # few partitions: as before
+    mid = shm_budget.disk_ring_chunk_bytes(256, budget, budget)
+    assert shm_budget.DISK_CHUNK_MIN < mid < one and mid % shm_budget.CHUNK_ALIGN == 0
+    assert 256 * PartitionLog.region_bytes(mid, 4) <= budget // shm_budget.DISK_TOPIC_SHARE
+    assert shm_budget.disk_ring_chunk_bytes(1000, budget, budget) == shm_budget.DISK_CHUNK_MIN
+    # what is left of the budget caps the share
+    left = shm_budget.disk_ring_chunk_bytes(16, budget, 64 * MIB)
+    assert left < MIB and 16 * PartitionLog.region_bytes(left, 4) <= 64 * MIB
+    # a max_message_bytes the user set still fits a batch of the ring
+    chunk = shm_budget.disk_ring_chunk_bytes(1000, budget, budget, max_message_bytes=100_000)
+    cfg = cfgmod.topic_config({"chunk_bytes": chunk, "max_message_bytes": 100_000})
+    assert cfg["max_message_bytes"] == 100_000
+
+
+def test_budget_setting_is_validated():
+    assert cfgmod.broker_config({})["shm_budget_bytes"] is None
+    assert cfgmod.broker_config({"shm_budget_bytes": 1 << 30})["shm_budget_bytes"] == 1 << 30
+    with pytest.raises(errors.InvalidConfig, match="shm_budget_bytes"):
+        cfgmod.broker_config({"shm_budget_bytes": -1})
+    assert 0 < shm_budget.default_budget() <= (os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")) // 4
+
+
+def test_many_partitions_default_disk_topic_within_budget(data_dir):
+    budget = 400 * MIB
+    with running_cluster(data_dir, shm_budget_bytes=budget) as c:
+        info = c.create_topic("wide", partitions=200)  # default settings: a disk topic
+        cfg = info.config
+        assert cfg["storage"] == "disk" and cfg["chunk_bytes"] < cfgmod.TOPIC_DEFAULTS["chunk_bytes"]
+        keys = [b"user-%d" % i for i in range(600)]
+        sent = [(k, b"%s/%d" % (k, r)) for r in range(3) for k in keys]
+        with c.producer() as p:
+            for k, v in sent:
+                p.send("wide", v, key=k)
+            p.flush()
+        got = []
+        with c.consumer("wide", group="readers", auto_offset_reset="earliest") as cons:
+            deadline = time.monotonic() + 60
+            while len(got) < len(sent) and time.monotonic() < deadline:
+                got += cons.consume(max_messages=10_000, timeout=0.5)
+            cons.commit()
+        assert sorted((m.key, m.value) for m in got) == sorted(sent)
+        by_key = defaultdict(list)
+        for m in got:
+            assert m.partition == (murmur2_ref(m.key) & 0x7FFFFFFF) % 200
+            by_key[m.key].append(m.value)
+        assert all(v == [b"%s/%d" % (k, r) for r in range(3)] for k, v in by_key.items())
+        assert len({m.partition for m in got}) > 150
+        apparent, resident = _usage(data_dir)
+        assert len(partition_regions(data_dir)) == 200
+        assert apparent <= budget and resident <= budget
+        shm = c.stats()["shm"]
+        assert shm["budget_bytes"] == budget and shm["reserved_bytes"] == apparent
+        assert shm["apparent_bytes"] == apparent and shm["resident_bytes"] <= budget
+        # reserved means allocated: every page is resident from the start
+        assert resident == apparent
+
+
+def test_past_the_budget_fails_with_the_figures_and_harms_nothing(data_dir):
+    budget = 48 * MIB
+    small = {"storage": "memory", "chunk_bytes": MIB, "chunk_count": 4}
+    with running_cluster(data_dir, shm_budget_bytes=budget) as c:
+        c.create_topic("kept", partitions=4, **small)
+        with c.producer() as p:
+            for i in range(100):
+                p.send("kept", b"m%d" % i, partition=i % 4)
+            p.flush()
+        before = sorted(partition_regions(data_dir))
+        with pytest.raises(errors.InvalidConfig) as ei:
+            c.create_topic("big", partitions=2, storage="memory")  # 2 x 64 MiB
+        msg = str(ei.value)
+        assert "topic 'big'" in msg and "budget of 48.0 MiB" in msg and "needs 128.1 MiB" in msg
+        assert "chunk_bytes" in msg and "shm_budget_bytes" in msg and "delete" in msg
+        with pytest.raises(errors.InvalidConfig, match="adding 8 partition.*budget"):
+            c.add_partitions("kept", 12)
+        assert sorted(partition_regions(data_dir)) == before
+        assert set(c.topics()) == {"kept"}
+        assert len(c.describe_topic("kept").partitions) == 4
+        with c.consumer("kept", group=None) as cons:
+            cons.assign([("kept", p) for p in range(4)])
+            got = []
+            deadline = time.monotonic() + 20
+            while len(got) < 100 and time.monotonic() < deadline:
+                got += cons.consume(max_messages=1000, timeout=0.5)
+        assert sorted(m.value for m in got) == sorted(b"m%d" % i for i in range(100))
+        # a disk topic with default settings takes its ring from what is left
+        wide = c.create_topic("wide", partitions=8)
+        assert wide.config["chunk_bytes"] == shm_budget.DISK_CHUNK_MIN
+        assert c.stats()["shm"]["reserved_bytes"] == _usage(data_dir)[0] <= budget
+
+
+# Runs in a private mount namespace whose /dev/shm is a 64 MiB tmpfs (the
+# host's /dev/shm and other tests never see it; it goes with the namespace).
+_TMPFS_CHILD = textwrap.dedent(r"""
+    import errno, json, os, signal, sys, time
+    import shmlog
+    from shmlog import errors
+    from shmlog.core.log import PartitionLog, unlink_region
+
+    data_dir = sys.argv[1]
+    res = {}
+
+    # 1. the hazard: a region larger than the tmpfs, pages not reserved,
+    #    kills its writer with SIGBUS (so this test can fail)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            log = PartitionLog.create("/shmlog-tmpfs-unreserved", chunk_bytes=16 << 20, chunk_count=5)
+            for off in range(0, len(log.mapping), 4096):
+                log.mapping[off] = 1
+        finally:
+            os._exit(3)
+    _, status = os.waitpid(pid, 0)
+    res["unreserved"] = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+    unlink_region("/shmlog-tmpfs-unreserved")
+
+    # 2. the same region, reserved: an error naming the space, nothing left
+    try:
+        PartitionLog.create("/shmlog-tmpfs-reserved", chunk_bytes=16 << 20, chunk_count=5, reserve=True)
+        res["reserved"] = "created"
+    except errors.StorageError as exc:
+        res["reserved"] = str(exc)
+    res["left_after_reserve"] = sorted(os.listdir("/dev/shm"))
+
+    # 3. through the supervisor, with a budget far past the tmpfs
+    with shmlog.connect(data_dir, shm_budget_bytes=1 << 40, idle_timeout_s=30) as c:
+        try:
+            c.create_topic("big", partitions=2, storage="memory")
+            res["big"] = "created"
+        except errors.ShmlogError as exc:
+            res["big"] = f"{type(exc).__name__}: {exc}"
+        c.create_topic("d", partitions=1, chunk_bytes=1 << 20, chunk_count=4)
+        # fill what is left of the tmpfs
+        with open("/dev/shm/filler", "wb") as f:
+            try:
+                while True:
+                    f.write(b"\0" * (1 << 20))
+                    f.flush()
+            except OSError as exc:
+                res["filler_errno"] = exc.errno
+        try:
+            c.create_topic("more", partitions=1, chunk_bytes=1 << 20, chunk_count=4)
+            res["more"] = "created"
+        except errors.ShmlogError as exc:
+            res["more"] = f"{type(exc).__name__}: {exc}"
+        # the ring goes round 4 times on a full tmpfs: its pages were reserved
+        n = 4 * 4 * 16
+        with c.producer() as p:
+            for i in range(n):
+                p.send("d", bytes([i % 251]) * 60_000)
+            p.flush()
+        got = 0
+        with c.consumer("d", group="g", auto_offset_reset="earliest") as cons:
+            deadline = time.monotonic() + 30
+            while got < n and time.monotonic() < deadline:
+                got += len(cons.consume(max_messages=1000, timeout=0.5))
+        res["sent"], res["got"] = n, got
+        res["stats_ok"] = "shm" in c.stats()  # the supervisor still answers
+        os.unlink("/dev/shm/filler")
+        c.shutdown()
+    print(json.dumps(res))
+""")
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                    reason="needs root and unshare(1) to mount a private 64 MiB tmpfs on /dev/shm")
+def test_full_tmpfs_is_an_error_never_a_sigbus(data_dir):
+    data_dir.mkdir(parents=True, exist_ok=True)
+    script = ("mount -t tmpfs -o size=64m,mode=1777 tmpfs /dev/shm || exit 77; "
+              'exec "$0" -c "$1" "$2"')
+    r = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
+                        sys.executable, _TMPFS_CHILD, str(data_dir)],
+                       capture_output=True, timeout=120)
+    if r.returncode == 77:
+        pytest.skip(f"cannot mount a tmpfs in a private mount namespace: {r.stderr.decode()[-300:]}")
+    assert r.returncode != -signal.SIGBUS, "a SIGBUS reached the test's child"
+    assert r.returncode == 0, r.stderr.decode()[-3000:]
+    res = json.loads(r.stdout.decode().strip().splitlines()[-1])
+    assert res["unreserved"] == -signal.SIGBUS  # the hazard is real on this tmpfs
+    assert "cannot reserve" in res["reserved"] and "bytes free" in res["reserved"]
+    assert res["left_after_reserve"] == []
+    assert res["big"].startswith("StorageError") and "/dev/shm" in res["big"] and "free" in res["big"]
+    assert res["filler_errno"] == 28  # ENOSPC: the tmpfs is full
+    assert res["more"].startswith("StorageError"), res["more"]
+    assert res["got"] == res["sent"] and res["stats_ok"]
+
+
+def test_a_failed_reservation_leaves_no_region_behind(data_dir, monkeypatch):
+    """posix_fallocate failing part way through a create or an add (the tmpfs
+    filled between the free-space check and the regions): the regions
+    already made go, the topic is as it was, the supervisor goes on."""
+    from shmlog.broker.supervisor import Supervisor
+    from shmlog.core import log as core_log
+
+    real = core_log.reserve_fd
+    calls = {"n": 0, "fail_at": 3}
+
+    def flaky(fd, size, what, name=""):
+        calls["n"] += 1
+        if calls["n"] == calls["fail_at"]:
+            raise errors.StorageError(f"{what}: cannot reserve {size} bytes (test)", what=what)
+        real(fd, size, what, name)
+
+    monkeypatch.setattr(core_log, "reserve_fd", flaky)
+    sup = Supervisor(data_dir, shm_budget_bytes=256 * MIB)
+    sup.start()
+    try:
+        small = {"storage": "memory", "chunk_bytes": 65536, "chunk_count": 4}
+        with pytest.raises(errors.StorageError, match="cannot reserve"):
+            sup._op_create_topic({"name": "t", "config": {"partitions": 4, **small}}, None)
+        assert partition_regions(data_dir) == [] and sup.meta["topics"] == {} and sup.logs == {}
+        calls.update(n=0, fail_at=4)
+        sup._op_create_topic({"name": "t", "config": {"partitions": 2, **small}}, None)
+        with pytest.raises(errors.StorageError, match="cannot reserve"):
+            sup._op_add_partitions({"name": "t", "partitions": 5}, None)
+        assert len(partition_regions(data_dir)) == 2 and len(sup.logs) == 2
+        assert sup.meta["topics"]["t"]["config"]["partitions"] == 2
+        calls.update(fail_at=0)
+        sup._op_add_partitions({"name": "t", "partitions": 5}, None)
+        assert len(partition_regions(data_dir)) == 5
+    finally:
+        sup.shutdown()
+    assert partition_regions(data_dir) == []
