@@ -54,7 +54,8 @@ def cluster_id_of(data_dir: Path) -> str:
         pass
     cid = secrets.token_hex(4)
     tmp = p.with_suffix(".tmp")
-    tmp.write_text(cid + "\n")
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:  # owner-only
+        f.write(cid + "\n")
     os.replace(tmp, p)
     return cid
 
