@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 SAMPLES = 5
 
 
-def _lines(path: Path):
+def read_lines(path: Path):
     data = path.read_bytes()
     if not data.endswith(b"\n"):
         data = data[: data.rfind(b"\n") + 1]  # a SIGKILL tore the last line
@@ -37,7 +37,7 @@ def reader_positions(run_dir: Path) -> Dict[int, int]:
     """The furthest next offset per partition any replay reader reached."""
     out: Dict[int, int] = {}
     for path in Path(run_dir).glob("reader-*.log"):
-        for f in _lines(path):
+        for f in read_lines(path):
             if f[0] == "P":
                 p, o = int(f[2]), int(f[3])
                 out[p] = max(out.get(p, 0), o)
@@ -53,7 +53,7 @@ def check(run_dir: Path, ends: Dict[str, List[int]], groups: Sequence[str], disk
     errors: Dict[str, int] = defaultdict(int)
     for path in sorted(run_dir.glob("prod-*.log")):
         tag = path.name[len("prod-"):-len(".log")]
-        for f in _lines(path):
+        for f in read_lines(path):
             if f[0] == "A":
                 key = (f[1], int(f[2]), int(f[3]))
                 val = (tag, int(f[4]))
@@ -77,7 +77,7 @@ def check(run_dir: Path, ends: Dict[str, List[int]], groups: Sequence[str], disk
         for path in sorted(run_dir.glob(f"mem-{g}-*.log")):
             last: Dict[Tuple[str, int], int] = {}
             t_fetch = 0.0
-            for f in _lines(path):
+            for f in read_lines(path):
                 k = f[0]
                 if k == "M":
                     key = (f[1], int(f[2]), int(f[3]))
@@ -123,7 +123,7 @@ def check(run_dir: Path, ends: Dict[str, List[int]], groups: Sequence[str], disk
                 beyond.append(f"{g} {topic}/{p} offset {off} fetched at {t_fetch:.3f} after offset {best} "
                               f"was committed")
     for path in sorted(run_dir.glob("reader-*.log")):
-        for f in _lines(path):
+        for f in read_lines(path):
             if f[0] == "G":
                 stalls.append(float(f[1]))
             elif f[0] == "V":

@@ -126,8 +126,9 @@ def run_producer(a: Dict[str, Any]) -> None:
                 for _ in range(per_round):
                     producer.send(topic, make_value(tag, seq), on_delivery=partial(on_delivery, seq))
                     seq += 1
-            # acknowledged = flush() returned: committed and visible (API.md)
-            producer.flush(timeout=a.get("max_block_ms", 30_000) / 1000)
+            # acknowledged = flush() returned: committed and visible (API.md);
+            # with durable, also fsynced: what must survive a power loss
+            producer.flush(timeout=a.get("max_block_ms", 30_000) / 1000, durable=a.get("durable", False))
             log.lines.extend(f"A {t} {p} {o} {s}" for t, p, o, s in acked)
         except errors.ShmlogError as exc:
             # what flush did not vouch for is not acknowledged, even if
