@@ -135,6 +135,15 @@ def _writev_all(fd: int, pieces: List[Any]) -> None:
                 n = 0
 
 
+def _read_fd(fd: int) -> bytes:
+    chunks = []
+    while True:
+        b = os.read(fd, 1 << 20)
+        if not b:
+            return b"".join(chunks)
+        chunks.append(b)
+
+
 def _write_file(path: Path, data: bytes, *, sync: bool) -> None:
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -284,6 +293,7 @@ class Storage:
         self.truncated_bytes = 0
         self.deleted_segments = 0
         self.write_errors = 0
+        self.restored_files = 0  # segment files deleted under us and put back
 
     # ------------------------------------------------------------ directories
     def _topic_dir(self, name: str, t: Dict[str, Any]) -> Path:
@@ -608,6 +618,7 @@ class Storage:
             "spilled_frames": self.spilled_frames,
             "fsyncs": self.fsyncs,
             "write_errors": self.write_errors,
+            "restored_files": self.restored_files,
             "errors": errs,
             "last_error": next(iter(errs.values()), None),
             "truncated_bytes": self.truncated_bytes,
@@ -1036,6 +1047,8 @@ class Storage:
             if end <= part.durable and not closing and not part.dir_dirty:
                 part.last_fsync = time.monotonic()
                 return
+            for a in closing + ([part.active] if part.active is not None else []):
+                self._restore_if_unlinked(part, a)
             dir_dirty = part.dir_dirty
             part.dir_dirty = False
             # dup: a topic delete may close the originals while we fsync
@@ -1087,6 +1100,38 @@ class Storage:
             plog = self.sup.logs.get(part.key)
             if plog is not None and not plog.closed and not part.deleted:
                 plog.set_durable(part.durable)
+
+    def _restore_if_unlinked(self, part: _Partition, act: _Active) -> None:
+        """Put back a segment file someone deleted while we write it (caller
+        holds part.lock). fsync on the open file still succeeds, so without
+        this everything spilled into it - durably acknowledged - would vanish
+        at the next start; its bytes are still in the open file."""
+        for attr, path in (("fd", act.path), ("idx_fd", act.path.with_suffix(INDEX_SUFFIX)),
+                           ("tidx_fd", act.path.with_suffix(TIME_SUFFIX))):
+            old = getattr(act, attr)
+            try:
+                if old < 0 or os.fstat(old).st_nlink > 0:
+                    continue
+                src = os.open(f"/proc/self/fd/{old}", os.O_RDONLY)  # readable even when unlinked
+                try:
+                    _write_file(path, _read_fd(src), sync=True)  # via .tmp, which recovery sweeps
+                finally:
+                    os.close(src)
+                new = os.open(path, os.O_WRONLY | os.O_APPEND)
+            except OSError as exc:
+                msg = (f"segment file {path} was deleted while in use and could not be restored: "
+                       f"{exc.strerror or exc}; what was spilled into it is lost at the next start")
+                if part.error != msg:
+                    log.error("%s: %s", part.what, msg)
+                self._set_error(part, msg)
+                continue
+            os.close(old)
+            setattr(act, attr, new)
+            part.dir_dirty = True
+            self.restored_files += 1
+            log.error("%s: %s was deleted while in use; restored it from the open file "
+                      "(do not delete segment files by hand: use retention or delete the topic)",
+                      part.what, path)
 
     # ------------------------------------------------------------ retention
     def _retention_pass(self) -> None:
