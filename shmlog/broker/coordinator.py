@@ -457,7 +457,12 @@ class Coordinator:
         for topic, _tid, p, off in entries:
             self._gate(g, topic, p, off)
         if g.store.needs_compaction():
-            g.store.compact({n: t["id"] for n, t in self.sup.meta["topics"].items()})
+            try:
+                g.store.compact({n: t["id"] for n, t in self.sup.meta["topics"].items()})
+            except OSError as exc:
+                # the commit itself is recorded: do not report it failed;
+                # compaction is retried at the next commit
+                log.warning("group %r: compacting %s failed (%s); retrying later", g.name, g.store.path, exc)
 
     def _gate(self, g: _Group, topic: str, p: int, offset: int) -> None:
         """Memory topics: hold the producers at this group's committed offset."""
