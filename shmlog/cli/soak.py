@@ -100,7 +100,7 @@ def register(sub, add) -> None:
     p.add_argument("--fuzz", action="store_true", help="also run the long fuzzers")
     p.add_argument("--fuzz-control", type=int, default=100_000, metavar="N", help="control-socket requests")
     p.add_argument("--fuzz-segments", type=int, default=1_000_000, metavar="N", help="corrupted batches")
-    p.add_argument("--fuzz-regions", type=int, default=2_000, metavar="N", help="corrupted regions read")
+    p.add_argument("--fuzz-regions", type=int, default=20_000, metavar="N", help="corrupted regions read")
     p.add_argument("--run-dir", default=None, help="where to run and keep logs (default: a temp dir, "
                    "removed after a passing run)")
     p.add_argument("--keep", action="store_true", help="keep the run dir even if the run passed")

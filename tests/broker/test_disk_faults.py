@@ -32,7 +32,7 @@ def test_disk_full_during_spill(tmp_path):
 @needs_root
 def test_disk_full_during_commits(tmp_path):
     res = _run(diskfault.case_disk_full_commit, tmp_path)
-    assert "No space left" in res["commit_error"]
+    assert "No space left" in res["commit_error"] and "g.offsets" in res["commit_error"]
 
 
 @needs_root
