@@ -592,7 +592,9 @@ class Storage(Recovery, SegmentWriting):
             if end <= part.durable and not closing and not part.dir_dirty:
                 part.last_fsync = time.monotonic()
                 return
-            for a in closing + ([part.active] if part.active is not None else []):
+            # a closing segment that retention already dropped is meant to be gone
+            kept = {seg.base for seg in part.segments}
+            for a in [a for a in closing if a.base in kept] + ([part.active] if part.active is not None else []):
                 self._restore_if_unlinked(part, a)
             dir_dirty = part.dir_dirty
             part.dir_dirty = False
