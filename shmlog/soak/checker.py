@@ -48,7 +48,8 @@ def check(run_dir: Path, ends: Dict[str, List[int]], groups: Sequence[str], disk
     run_dir = Path(run_dir)
     acked: Dict[Tuple[str, int, int], Tuple[str, int]] = {}
     ack_conflicts: List[str] = []
-    stalls: List[float] = []
+    stalls: List[Tuple[float, str]] = []
+    diagnoses: List[str] = []
     violations_seen: List[str] = []
     errors: Dict[str, int] = defaultdict(int)
     for path in sorted(run_dir.glob("prod-*.log")):
@@ -61,7 +62,7 @@ def check(run_dir: Path, ends: Dict[str, List[int]], groups: Sequence[str], disk
                     ack_conflicts.append(f"{key} acked as {acked[key]} and {val}")
                 acked[key] = val
             elif f[0] == "G":
-                stalls.append(float(f[1]))
+                stalls.append((float(f[1]), path.name))
             elif f[0] == "E":
                 errors[f"producer {f[1]}"] += 1
 
@@ -99,7 +100,9 @@ def check(run_dir: Path, ends: Dict[str, List[int]], groups: Sequence[str], disk
                 elif k == "R":
                     last = {}
                 elif k == "G":
-                    stalls.append(float(f[1]))
+                    stalls.append((float(f[1]), path.name))
+                elif k == "D":
+                    diagnoses.append(f"{path.name} at {f[1]}: {' '.join(f[2:])}")
                 elif k == "V":
                     violations_seen.append(f"{path.name}: {' '.join(f)}")
                 elif k == "E":
@@ -125,7 +128,7 @@ def check(run_dir: Path, ends: Dict[str, List[int]], groups: Sequence[str], disk
     for path in sorted(run_dir.glob("reader-*.log")):
         for f in read_lines(path):
             if f[0] == "G":
-                stalls.append(float(f[1]))
+                stalls.append((float(f[1]), path.name))
             elif f[0] == "V":
                 violations_seen.append(f"{path.name}: {' '.join(f)}")
             elif f[0] == "E":
@@ -170,7 +173,9 @@ def check(run_dir: Path, ends: Dict[str, List[int]], groups: Sequence[str], disk
         "holes_differ": holes_differ,
         "duplicates": dups, "duplicates_beyond_window": len(beyond), "beyond_window_samples": beyond[:SAMPLES],
         "reader_short": reader_short, "in_process_violations": violations_seen[:50],
-        "longest_stall_s": round(max(stalls, default=0.0), 3),
+        "longest_stall_s": round(max(stalls, default=(0.0, ""))[0], 3),
+        "longest_stall_in": max(stalls, default=(0.0, ""))[1],
+        "stall_diagnoses": diagnoses[:20],
         "client_errors": dict(errors),
     }
 

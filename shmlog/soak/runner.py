@@ -66,7 +66,7 @@ class Worker:
 class Runner:
     def __init__(self, run_dir: Path, *, seconds: float, seed: int, kill_every: float,
                  producers: int = 3, members: int = 2, rate: float = 200.0, max_stall: float = 30.0,
-                 log=print):
+                 kinds=KINDS, log=print):
         self.run_dir = Path(run_dir)
         self.data_dir = self.run_dir / "data"
         self.seconds = seconds
@@ -78,6 +78,7 @@ class Runner:
         self.max_stall = max_stall
         self.log = log
         self.rng = random.Random(seed)
+        self.kinds = tuple(kinds)
         # a supervisor whose clients are all being killed must not exit under us
         self.broker = {"idle_timeout_s": 30}
         self.kills: Dict[str, int] = {k: 0 for k in KINDS}
@@ -129,7 +130,7 @@ class Runner:
 
     def _chaos(self, cluster: shmlog.Cluster) -> None:
         while not self._stop.wait(self.kill_every):
-            kind = self.rng.choice(KINDS)
+            kind = self.rng.choice(self.kinds)
             if kind == "supervisor":
                 pid = self._supervisor_pid()
                 if pid is None:

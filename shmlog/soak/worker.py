@@ -15,6 +15,8 @@ member    ``B t``                               a fetch started at monotonic t
           ``M topic partition offset ptag seq`` a message of that fetch
           ``C t topic partition offset``        commit acknowledged at t
           ``R t``                               a rebalance callback ran
+          ``D wall json``                       no message for 5 s: [topic, partition,
+                                                position, end offset] owned
 all       ``G seconds``                         longest stall so far
           ``V kind topic partition offset ...`` a violation seen in-process
           ``E text``                            an error (figures, not violations)
@@ -81,10 +83,12 @@ class Stall:
         self.worst = 0.0
         self.reported = 0.0
         self.beat = self.last
+        self.diagnosed = False  # a long stall's state was logged ("D" line)
 
     def progress(self, now: float) -> None:
         self.worst = max(self.worst, now - self.last)
         self.last = now
+        self.diagnosed = False
 
     def pause(self) -> None:
         self.last = time.monotonic()
@@ -158,6 +162,16 @@ def _consume(consumer, log: Log, n: int):
         return None
 
 
+def _diagnose(consumer) -> str:
+    """What a member that gets nothing is holding: assignment, positions, ends."""
+    try:
+        tps = consumer.assignment()
+        ends = consumer.end_offsets(tps)
+        return json.dumps([[t, p, consumer.position(t, p), ends.get((t, p))] for t, p in tps])
+    except Exception as exc:  # a diagnosis must never kill the worker
+        return json.dumps(repr(exc))
+
+
 def run_member(a: Dict[str, Any]) -> None:
     """A group member: consume, log what arrived, then commit and log that."""
     run = Path(a["run_dir"])
@@ -203,6 +217,9 @@ def run_member(a: Dict[str, Any]) -> None:
                 stall.pause()
         elif quiet.exists():
             stall.pause()  # no data expected any more: not a stall
+        elif seen_first and time.monotonic() - stall.last > 5 and not stall.diagnosed:
+            stall.diagnosed = True
+            log.add(f"D {time.time():.3f} {_diagnose(consumer)}")
         stall.heartbeat()
         log.flush()
     consumer.close()
