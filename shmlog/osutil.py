@@ -88,7 +88,8 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     """Replace `path` with `obj` as JSON: write a temp file, fsync it, rename it
     over, fsync the directory. A crash leaves the old file or the new one."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
+    # owner-only (invariant 6) even in a data dir someone made 0755
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
         json.dump(obj, f, indent=1, sort_keys=True)
         f.flush()
         os.fsync(f.fileno())

@@ -387,12 +387,23 @@ class Coordinator(GroupAdmin):
             durable = durable or t["config"]["storage"] != "memory"
         if not entries:
             return
-        g.store.append(entries, durable=durable, generation=g.generation,
-                       member_id=m.member_id if m is not None else "admin")
+        try:
+            g.store.append(entries, durable=durable, generation=g.generation,
+                           member_id=m.member_id if m is not None else "admin")
+        except OSError as exc:
+            raise errors.StorageError(
+                f"group {g.name!r}: cannot record committed offsets in {g.store.path}: "
+                f"{exc.strerror or exc} (errno {exc.errno}); the commit did not take effect: free "
+                f"space or make the data dir writable, then commit again", what=g.name) from None
         for topic, _tid, p, off in entries:
             self._gate(g, topic, p, off)
         if g.store.needs_compaction():
-            g.store.compact({n: t["id"] for n, t in self.sup.meta["topics"].items()})
+            try:
+                g.store.compact({n: t["id"] for n, t in self.sup.meta["topics"].items()})
+            except OSError as exc:
+                # the commit itself is recorded: do not report it failed;
+                # compaction is retried at the next commit
+                log.warning("group %r: compacting %s failed (%s); retrying later", g.name, g.store.path, exc)
 
     def _gate(self, g: Group, topic: str, p: int, offset: int) -> None:
         """Memory topics: hold the producers at this group's committed offset."""

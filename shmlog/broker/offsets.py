@@ -98,9 +98,23 @@ class OffsetStore:
                "t": int(time.time() * 1000)}
         line = _format_record(rec)
         fd = self._open()
-        write_all(fd, line)
-        if durable:
-            os.fsync(fd)
+        before = os.fstat(fd).st_size
+        try:
+            write_all(fd, line)
+            if durable:
+                os.fsync(fd)
+        except OSError:
+            # A short write (disk full, EIO) must not leave a torn line for
+            # the next record to be appended to: load() stops at the first
+            # bad line, so every later commit would vanish at the next start.
+            # The commit failed, so take all of it back.
+            try:
+                os.ftruncate(fd, before)
+            except OSError:
+                self.close()  # reopened next time; load() drops the tail at the next start
+                log.error("%s: could not take back a failed append; commits after it may be "
+                          "dropped at the next start", self.path)
+            raise
         self._size += len(line)
         for topic, tid, p, off in entries:
             self.offsets[(topic, p)] = (tid, off)

@@ -42,6 +42,8 @@ from typing import Any, Dict, List, Optional, Tuple
 from .. import errors, protocol
 from ..core._core import ffi, lib
 from ..core.segments import (
+    INDEX_SUFFIX,
+    TIME_SUFFIX,
     TOPICS_DIR,
     stamp_disk_word,
 )
@@ -49,6 +51,7 @@ from ..osutil import fsync_dir
 from .partition_files import (
     BACKOFF_MAX,
     BACKOFF_MIN,
+    ActiveSegment,
     PartitionFiles,
     SegmentWriting,
     write_file,
@@ -56,6 +59,15 @@ from .partition_files import (
 from .recovery import Recovery
 
 log = logging.getLogger("shmlog.storage")
+
+
+def _read_fd(fd: int) -> bytes:
+    chunks = []
+    while True:
+        b = os.read(fd, 1 << 20)
+        if not b:
+            return b"".join(chunks)
+        chunks.append(b)
 
 ERANGE = -errno.ERANGE
 EAGAIN = -errno.EAGAIN
@@ -113,6 +125,7 @@ class Storage(Recovery, SegmentWriting):
         self.truncated_bytes = 0
         self.deleted_segments = 0
         self.write_errors = 0
+        self.restored_files = 0  # segment files deleted under us and put back
 
     def attach(self) -> None:
         """Register with the supervisor's hooks (called once, before start)."""
@@ -284,6 +297,7 @@ class Storage(Recovery, SegmentWriting):
             "spilled_frames": self.spilled_frames,
             "fsyncs": self.fsyncs,
             "write_errors": self.write_errors,
+            "restored_files": self.restored_files,
             "errors": errs,
             "last_error": next(iter(errs.values()), None),
             "truncated_bytes": self.truncated_bytes,
@@ -581,6 +595,10 @@ class Storage(Recovery, SegmentWriting):
             if end <= part.durable and not closing and not part.dir_dirty:
                 part.last_fsync = time.monotonic()
                 return
+            # a closing segment that retention already dropped is meant to be gone
+            kept = {seg.base for seg in part.segments}
+            for a in [a for a in closing if a.base in kept] + ([part.active] if part.active is not None else []):
+                self._restore_if_unlinked(part, a)
             dir_dirty = part.dir_dirty
             part.dir_dirty = False
             # dup: a topic delete may close the originals while we fsync
@@ -632,6 +650,38 @@ class Storage(Recovery, SegmentWriting):
             plog = self.sup.logs.get(part.key)
             if plog is not None and not plog.closed and not part.deleted:
                 plog.set_durable(part.durable)
+
+    def _restore_if_unlinked(self, part: PartitionFiles, act: ActiveSegment) -> None:
+        """Put back a segment file someone deleted while we write it (caller
+        holds part.lock). fsync on the open file still succeeds, so without
+        this everything spilled into it - durably acknowledged - would vanish
+        at the next start; its bytes are still in the open file."""
+        for attr, path in (("fd", act.path), ("idx_fd", act.path.with_suffix(INDEX_SUFFIX)),
+                           ("tidx_fd", act.path.with_suffix(TIME_SUFFIX))):
+            old = getattr(act, attr)
+            try:
+                if old < 0 or os.fstat(old).st_nlink > 0:
+                    continue
+                src = os.open(f"/proc/self/fd/{old}", os.O_RDONLY)  # readable even when unlinked
+                try:
+                    write_file(path, _read_fd(src), sync=True)  # via .tmp, which recovery sweeps
+                finally:
+                    os.close(src)
+                new = os.open(path, os.O_WRONLY | os.O_APPEND)
+            except OSError as exc:
+                msg = (f"segment file {path} was deleted while in use and could not be restored: "
+                       f"{exc.strerror or exc}; what was spilled into it is lost at the next start")
+                if part.error != msg:
+                    log.error("%s: %s", part.what, msg)
+                self._set_error(part, msg)
+                continue
+            os.close(old)
+            setattr(act, attr, new)
+            part.dir_dirty = True
+            self.restored_files += 1
+            log.error("%s: %s was deleted while in use; restored it from the open file "
+                      "(do not delete segment files by hand: use retention or delete the topic)",
+                      part.what, path)
 
     # ------------------------------------------------------------ retention
     def _retention_pass(self) -> None:

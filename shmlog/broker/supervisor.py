@@ -58,7 +58,8 @@ def cluster_id_of(data_dir: Path) -> str:
         pass
     cid = secrets.token_hex(4)
     tmp = p.with_suffix(".tmp")
-    tmp.write_text(cid + "\n")
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:  # owner-only
+        f.write(cid + "\n")
     os.replace(tmp, p)
     return cid
 
@@ -447,6 +448,7 @@ class Supervisor:
         self._process(sel, c)  # the frames that arrived meanwhile
 
     def _dispatch(self, c: _Conn, body: bytes) -> None:
+        op = "request"
         try:
             msg = protocol.decode_body(body)
             op = protocol.field(msg, "op", str)
@@ -463,6 +465,14 @@ class Supervisor:
             self._reply_error(c, "ProtocolError", str(exc))
         except errors.ShmlogError as exc:
             self._reply_error(c, type(exc).__name__, str(exc))
+        except OSError as exc:
+            # the data dir failed under a request (disk full, read-only, EIO):
+            # the user's problem to fix, so say which file and why
+            log.error("request %r: %s", op, exc)
+            self._reply_error(c, "StorageError",
+                              f"{op}: {exc.strerror or exc} ({exc.filename or 'data dir'}, errno {exc.errno}); "
+                              f"it did not take effect: free space or make {self.data_dir} writable, "
+                              f"then retry")
         except Exception as exc:  # never let one request take the supervisor down
             log.exception("request failed")
             self._reply_error(c, "ShmlogError", f"internal error: {exc!r}")

@@ -263,7 +263,8 @@ class Cluster:
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         paths = [root] + [os.path.abspath(p) for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
         env["PYTHONPATH"] = os.pathsep.join(paths)
-        logf = open(self.data_dir / "supervisor.log", "ab")
+        # owner-only (invariant 6): the log names topics, groups and paths
+        logf = open(os.open(self.data_dir / "supervisor.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
         try:
             # --detach forks again and exits, so the supervisor is nobody's child
             p = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
