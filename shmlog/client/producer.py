@@ -9,10 +9,12 @@ producer that goes quiet.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import threading
 import time
+from array import array
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 
 from .. import errors
@@ -48,6 +50,8 @@ HUNGRY_RATE = 20_000.0
 # the flusher thread); a stream's send() comes ~0.4 us after a commit and
 # keeps batching (W1 lost 14% when every new batch went out alone).
 LONE_AFTER = 1e-6
+# the keyed queue holds up to this many partitions' batch_bytes
+KQ_SPREAD = 64
 _clock = time.perf_counter
 # header words read through a memoryview (no crossing, no cffi attribute)
 _HDR_FLAGS = ffi.offsetof("shmlog_part_hdr_t", "flags") // 4
@@ -55,6 +59,9 @@ _HDR_HUNGRY = ffi.offsetof("shmlog_part_hdr_t", "data_hungry") // 4  # a reader 
 _HDR_BELL_HUNGRY = ffi.offsetof("shmlog_part_hdr_t", "bell_hungry") // 4  # ... or on the doorbell
 _F_CLOSED = lib.SHMLOG_F_CLOSED
 _append_one = lib.shmlog_log_append_one
+_key_partition = lib.shmlog_key_partition
+_keyed_one = lib.shmlog_keyed_append_one
+_keyed_append = lib.shmlog_keyed_append
 _BYTES_LIKE = (bytes, bytearray, memoryview)
 
 
@@ -99,7 +106,9 @@ class _Pending:
 class _TopicState:
     __slots__ = ("name", "topic", "pending", "plain", "plain_bytes", "plain_since", "slots", "keyed",
                  "sticky", "limit", "frame_limit", "max_message", "next_hungry",
-                 "hungry_tokens", "tokens_at", "waiters", "bell", "committed_end", "storage")
+                 "hungry_tokens", "tokens_at", "waiters", "bell", "committed_end", "storage",
+                 "nparts", "kq", "kq_limit", "kq_bytes", "kq_since", "kq_at", "kq_next", "kq_logs", "kq_slots",
+                 "kq_ends")
 
     def __init__(self, name, topic, batch_bytes: int):
         self.name = name
@@ -132,6 +141,25 @@ class _TopicState:
         self.hungry_tokens = [HUNGRY_BURST] * n  # lone commits that may skip the gap
         self.tokens_at = [0.0] * n
         self.storage = topic.config["storage"]
+        self.nparts = n
+        # send()'s keyed fast path: key, value, key, value, ... in arrival
+        # order, for every partition at once. The keys are hashed in C when
+        # the queue is committed (_commit_keyed), one crossing for the whole
+        # queue, not one per message. While it holds records no other list
+        # of this topic grows (send() commits it before queueing anything
+        # else), so everything else queued is older and goes first.
+        self.kq: List[bytes] = []
+        # the queue is committed at kq_limit bytes: spread over many
+        # partitions, each partition's frame would otherwise carry a record
+        # or two (a frame costs ~1 us to append, cold, at 256 partitions)
+        self.kq_limit = self.limit * min(n, KQ_SPREAD)
+        self.kq_bytes = 0
+        self.kq_since = 0.0   # monotonic() when the queue's oldest record came
+        self.kq_at = 0.0      # perf_counter() of the last commit of the queue
+        self.kq_next = 0.0    # when a waiting reader may trigger the next one
+        self.kq_logs = ffi.new("shmlog_log_t *[]", [r._log for r in topic.regions])
+        self.kq_slots = ffi.new("int32_t[]", [-1] * n)
+        self.kq_ends = ffi.new("uint64_t[]", n)  # end offsets committed through the queue
 
 
 class Producer:
@@ -181,26 +209,40 @@ class Producer:
             except errors.TopicExists:
                 pass
             t = self.cluster.topic(topic)
-        st = _TopicState(topic, t, self.batch_bytes)
-        self._topics[topic] = st
+        with self._lock:
+            # threads racing on a topic's first send must share one state:
+            # a second one would replace the first, and with it whatever was
+            # queued there
+            st = self._topics.get(topic)
+            if st is None:
+                st = self._topics[topic] = _TopicState(topic, t, self.batch_bytes)
         return st
 
     # ------------------------------------------------------------ send
     def send(self, topic: str, value, key=None, headers=None, partition: Optional[int] = None,
              timestamp_ms: Optional[int] = None, on_delivery: Optional[Callable] = None) -> None:
-        # fast path: an unkeyed bytes value to the sticky partition, whose
-        # pending batch holds only such values. Keep it to a few appends.
-        if (key is None and headers is None and partition is None and timestamp_ms is None
-                and on_delivery is None and value.__class__ is bytes):
+        # fast paths: a bytes value, unkeyed to the sticky or a given
+        # partition (whose pending batch holds only such values), or keyed
+        # (hashed later, per queue, in C). Keep them to a few appends.
+        if (headers is None and timestamp_ms is None and on_delivery is None
+                and value.__class__ is bytes):
             st = self._topics.get(topic)
-            if st is not None:
+            if st is None:
+                pass
+            elif key is None:
                 size = len(value)
                 if size > st.max_message:
                     raise errors.MessageTooLarge(
                         f"message of {size} bytes to topic {topic!r} exceeds "
                         f"max_message_bytes={st.max_message}", what=topic)
-                p = st.sticky
-                if not st.pending[p].values:  # nothing keyed/rich ahead of it
+                if partition is None:
+                    p = st.sticky
+                elif partition.__class__ is int and 0 <= partition < st.nparts:
+                    p = partition
+                else:
+                    p = -1  # the long way names the error
+                # nothing keyed/rich ahead of it
+                if p >= 0 and not st.kq and not st.pending[p].values:
                     if self._error is not None:
                         self._raise_async_error()
                     # No lock here: list.append is atomic under the GIL, and
@@ -231,7 +273,7 @@ class Producer:
                     nb = st.plain_bytes[p] = st.plain_bytes[p] + size + _RECORD_OVERHEAD
                     if nb >= st.limit:
                         self._commit_plain(st, p)
-                        if len(st.plain) > 1:
+                        if p == st.sticky and len(st.plain) > 1:
                             st.sticky = (p + 1) % len(st.plain)
                         return
                     # values queued behind a commit and a reader waits:
@@ -248,6 +290,40 @@ class Producer:
                         # woken thread would take the GIL (and maybe the
                         # reader's core) on the latency path
                         st.plain_since[p] = time.monotonic()
+                        self._wake.set()
+                    return
+            elif key.__class__ is bytes and partition is None:
+                size = len(value) + len(key)
+                if size <= st.max_message:  # else the long way raises
+                    if self._error is not None:
+                        self._raise_async_error()
+                    kq = st.kq
+                    if not kq and not self.linger_ms:
+                        # a lone keyed message: the same rule as the bare
+                        # form's, on its partition (one crossing to hash
+                        # it: only a paced producer comes here often; a
+                        # stream finds the queue filling, or just committed)
+                        p = _key_partition(key, len(key), st.nparts)
+                        now = _clock()
+                        since = now - st.tokens_at[p]
+                        if now >= st.next_hungry[p] and now - st.kq_at >= LONE_AFTER and (
+                                st.waiters[p][_HDR_HUNGRY] or st.bell[_HDR_BELL_HUNGRY]
+                                or (since >= LONE_AFTER
+                                    and st.hungry_tokens[p] + since * HUNGRY_RATE >= 1.0)):
+                            if self._send_keyed_one(st, p, key, value):
+                                return
+                    # one extend, atomic under the GIL: another thread's
+                    # pair never lands between this key and its value
+                    kq += key, value
+                    nb = st.kq_bytes = st.kq_bytes + size + _RECORD_OVERHEAD
+                    if nb >= st.kq_limit:
+                        self._commit_keyed(st)
+                        return
+                    if not self.linger_ms and st.bell[_HDR_BELL_HUNGRY] and _clock() >= st.kq_next:
+                        self._commit_keyed(st)
+                        return
+                    if len(kq) == 2:
+                        st.kq_since = time.monotonic()
                         self._wake.set()
                     return
         st = self._topics.get(topic) or self._state(topic)
@@ -283,6 +359,8 @@ class Producer:
         with self._lock:
             if self._error is not None:
                 self._raise_async_error()
+            if st.kq:  # queued keyed records are older than this one
+                self._commit_keyed(st)
             pend = st.pending[partition]
             vals = pend.values
             n = len(vals)
@@ -353,6 +431,8 @@ class Producer:
             if self._error is not None:
                 self._raise_async_error()
             # what is pending for this partition goes first (order)
+            if st.kq:
+                self._commit_keyed(st)
             if st.pending[partition].values or st.plain[partition]:
                 self._commit(st, partition)
             limit = st.frame_limit
@@ -585,6 +665,10 @@ class Producer:
         self._seq += 1
         rc = _append_one(plog._log, slot, value, len(value), time.time_ns() // 1_000_000,
                          self.producer_id, self._seq & 0xFFFFFFFF, self._max_block_ns)
+        self._lone_done(st, partition, plog, rc)
+
+    def _lone_done(self, st: _TopicState, partition: int, plog, rc: int) -> None:
+        """After a lone message's one crossing: its error, or its bookkeeping."""
         if rc < 0:
             try:
                 errors.check(rc, plog.what)
@@ -593,6 +677,86 @@ class Producer:
         _set_next_hungry(st, partition, 1)
         if rc >= st.committed_end[partition]:
             st.committed_end[partition] = rc + 1
+
+    def _commit_keyed(self, st: _TopicState) -> None:
+        """Commit a topic's keyed queue: every other list of the topic first
+        (older: nothing joins them while the queue holds records), then the
+        queue in one crossing that hashes each key and appends one frame per
+        partition touched (csrc/keyed.c). Like _commit_plain it commits a
+        prefix and deletes just that; a failed commit drops its prefix."""
+        self._acquire()
+        try:
+            kq = st.kq
+            n = len(kq)
+            if not n:
+                return
+            if any(st.plain) or any(pend.values for pend in st.pending):
+                for p in range(st.nparts):
+                    self._commit(st, p)
+            try:
+                if st.waiters[0][_HDR_FLAGS] & _F_CLOSED or st.topic.regions[0]._closed:
+                    self._topics.pop(st.name, None)
+                    raise errors.UnknownTopic(f"topic {st.name!r} was deleted while this producer used it",
+                                              what=st.name)
+                keys = kq[0:n:2]
+                values = kq[1:n:2]
+                klens = array("i", map(len, keys))
+                vlens = array("i", map(len, values))
+                failed = ffi.new("uint32_t *")
+                self._seq += 1
+                ts_now = time.time_ns() // 1_000_000
+                while True:
+                    rc = _keyed_append(st.kq_logs, st.kq_slots, st.nparts, b"".join(values),
+                                       ffi.from_buffer("int32_t[]", vlens), b"".join(keys),
+                                       ffi.from_buffer("int32_t[]", klens), n // 2, ts_now,
+                                       self.producer_id, self._seq & 0xFFFFFFFF, self._max_block_ns,
+                                       st.kq_ends, failed)
+                    if rc != -errno.ENOENT:
+                        break
+                    # first record for this partition: take a producer slot
+                    p = failed[0]
+                    if st.slots[p] < 0:
+                        st.slots[p] = st.topic.regions[p].register_producer()
+                    st.kq_slots[p] = st.slots[p]
+                if rc < 0:
+                    p = failed[0]
+                    try:
+                        errors.check(rc, st.topic.regions[p].what)
+                    except errors.BufferFull as exc:
+                        self._buffer_full(st, p, exc, None)
+            finally:
+                del kq[:n]
+                st.kq_bytes = (sum(map(len, kq)) + _RECORD_OVERHEAD * (len(kq) // 2)) if kq else 0
+                if kq:
+                    st.kq_since = time.monotonic()
+                    self._wake.set()
+                now = st.kq_at = _clock()
+                st.kq_next = now + (HUNGRY_GAP if n < 2 * STREAM_BATCH else STREAM_GAP)
+        finally:
+            self._release()
+
+    def _send_keyed_one(self, st: _TopicState, partition: int, key: bytes, value: bytes) -> bool:
+        """send()'s lone keyed message, committed at once in one crossing to
+        the partition its key hashed to; False (nothing done) when anything
+        is queued for the topic's keyed queue or that partition (order), or
+        on the partition's first use (the queue's commit registers)."""
+        self._acquire()
+        try:
+            plog = st.topic.regions[partition]
+            slot = st.slots[partition]
+            if (st.kq or st.plain[partition] or st.pending[partition].values or slot < 0
+                    or plog._closed or st.waiters[partition][_HDR_FLAGS] & _F_CLOSED):
+                return False
+            self._seq += 1
+            rc = _keyed_one(plog._log, slot, key, len(key), value, len(value), time.time_ns() // 1_000_000,
+                            self.producer_id, self._seq & 0xFFFFFFFF, self._max_block_ns)
+            self._lone_done(st, partition, plog, rc)
+            # a stream of keyed sends (each to another partition, with its
+            # own budget) finds this too recent and queues
+            st.kq_at = st.tokens_at[partition]
+            return True
+        finally:
+            self._release()
 
     def _raise_async_error(self) -> None:
         err, self._error = self._error, None
@@ -622,6 +786,15 @@ class Producer:
                                         self._error = exc
                                 elif oldest is None or due < oldest:
                                     oldest = due
+                        if st.kq:
+                            due = st.kq_since + self.linger_ms / 1000.0
+                            if due <= time.monotonic():
+                                try:
+                                    self._commit_keyed(st)
+                                except BaseException as exc:  # surfaced on the next send/flush
+                                    self._error = exc
+                            elif oldest is None or due < oldest:
+                                oldest = due
                 if oldest is None:
                     break
                 time.sleep(max(0.0, min(oldest - time.monotonic(), 0.05)))
@@ -636,12 +809,15 @@ class Producer:
             for st in list(self._topics.values()):
                 for p in range(len(st.pending)):
                     self._commit(st, p)
+                # the keyed queue last: it is newer than everything else
+                self._commit_keyed(st)
         if durable:
             deadline = None if timeout is None else time.monotonic() + timeout
             for st in list(self._topics.values()):
                 if st.storage != "disk":
                     continue
                 for p, end in enumerate(st.committed_end):
+                    end = max(end, st.kq_ends[p])
                     if end:
                         left = None if deadline is None else max(0.0, deadline - time.monotonic())
                         self.cluster.request("sync", topic=st.name, partition=p, offset=end,
