@@ -182,3 +182,46 @@ def test_keyed_bad_input_raises_at_send(data_dir):
         got = _read_all(cluster, 2)
     assert sorted(m.value for m in got) == [b"ok", b"ok2"]
     assert {m.partition for m in got} == {kafka_partition(b"k", 2)}
+
+
+def test_adaptive_wait_learns_the_gap(monkeypatch):
+    """The default consumer (spin_us=None) sleeps through most of a paced
+    gap and spins only around the next message that is due; a stream or an
+    unknown rate spins the fixed default."""
+    from shmlog.client import consumer as cmod
+
+    clock = [1_000_000_000]
+    monkeypatch.setattr(cmod, "_now_ns", lambda: clock[0])
+    monkeypatch.setattr(cmod, "_fine_timer_slack", lambda: None)
+    arr = cmod._Arrivals()
+    default = int(cmod.DEFAULT_SPIN_US * 1000)
+    assert arr.plan(10**9) == (0, default)
+    for _ in range(50):  # 10k msg/s
+        arr.arrived()
+        clock[0] += 100_000
+    clock[0] -= 100_000 - 5_000  # 5 us after the last arrival
+    sleep, spin = arr.plan(10**9)
+    margin = 25_000  # a quarter of the gap, within MARGIN
+    assert abs(arr.gap - 100_000) < 1_000
+    assert abs(sleep - (100_000 - 5_000 - margin)) < 1_500
+    assert spin == 3 * margin
+    # a long idle pause does not unlearn the rate in one step
+    clock[0] += 10**9
+    arr.arrived()
+    assert arr.gap < 200_000
+    # past the due time: spin for it, no sleep
+    clock[0] += arr.gap
+    sleep, spin = arr.plan(10**9)
+    assert sleep == 0 and spin > 0
+    # a stream (gaps of 1 us): no sleep, the fixed spin
+    s = cmod._Arrivals()
+    for _ in range(50):
+        s.arrived()
+        clock[0] += 1_000
+    assert s.plan(10**9) == (0, default)
+    # a rate too slow to spin for: the fixed spin, then the futex
+    slow = cmod._Arrivals()
+    for _ in range(5):
+        slow.arrived()
+        clock[0] += 50_000_000
+    assert slow.plan(10**9) == (0, default)
