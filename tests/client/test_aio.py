@@ -131,12 +131,16 @@ def test_async_producer_to_a_consumer_process(data_dir, tmp_path):
         assert m.partition == kafka_partition(b"u%d" % i, 4)
     per = {}
     for p, k, v in got:
-        per.setdefault(p, []).append(v)
+        if k is not None:
+            assert p == kafka_partition(k, 4)
+            per.setdefault(p, []).append(int(v))
+    for vals in per.values():
+        assert vals == sorted(vals)
     assert sorted(v for _, _, v in got) == sorted([b"%d" % i for i in range(n)] + [b"explicit", b"hdr"])
     offsets = {}
     for m in mds:
         offsets.setdefault(m.partition, []).append(m.offset)
-    for p, offs in offsets.items():
+    for offs in offsets.values():
         assert offs == sorted(offs)
 
 
