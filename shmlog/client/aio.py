@@ -406,7 +406,7 @@ class AIOConsumer:
         for m in list(self._buf):
             first.setdefault((m[0], m[1]), m[2])
         for tp, off in first.items():
-            a = self.sync._assigned.get(tp)
+            a = self.sync.assigned_state.get(tp)
             if a is not None and off < a.returned:
                 a.returned = off
 

@@ -5,7 +5,7 @@ out of shared memory by slicing the mapping, and the chunk is validated after
 the copy, so a value handed out never changes. An idle consumer sleeps on the
 topic's futex doorbell (after a short spin), not in a poll loop.
 
-Groups (shmlog.groups) drive the assignment through _apply_assignment; disk
+Groups (shmlog.client.member) drive the assignment through apply_assignment; disk
 reads behind the shared-memory window (shmlog.storage) plug in through the
 cluster's segment reader. This module must not talk to the supervisor on the
 data path.
@@ -13,17 +13,30 @@ data path.
 
 from __future__ import annotations
 
-import threading
 import time
 from array import array
 from collections import deque
 from itertools import accumulate, repeat
 from operator import itemgetter
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
 
 from .. import errors
 from ..core._core import ffi, lib
-from ..core.log import ReadResult, scan_for_time
+from ..core.reader import scan_for_time
+from ..core.records import ReadResult
+from .arrivals import DEFAULT_SPIN_US, Arrivals
 
 TP = Tuple[str, int]
 NONE = (1 << 64) - 1
@@ -37,13 +50,29 @@ class Message(tuple):
     A tuple subclass: building one costs what building a tuple costs."""
 
     __slots__ = ()
-    topic = property(itemgetter(0))
-    partition = property(itemgetter(1))
-    offset = property(itemgetter(2))
-    key = property(itemgetter(3))
-    value = property(itemgetter(4))
-    headers = property(itemgetter(5))
-    timestamp_ms = property(itemgetter(6))
+    if TYPE_CHECKING:  # what a type checker sees; at run time, itemgetters (faster)
+        @property
+        def topic(self) -> str: ...
+        @property
+        def partition(self) -> int: ...
+        @property
+        def offset(self) -> int: ...
+        @property
+        def key(self) -> Optional[bytes]: ...
+        @property
+        def value(self) -> Optional[bytes]: ...
+        @property
+        def headers(self) -> Sequence[Tuple[str, bytes]]: ...
+        @property
+        def timestamp_ms(self) -> int: ...
+    else:
+        topic = property(itemgetter(0))
+        partition = property(itemgetter(1))
+        offset = property(itemgetter(2))
+        key = property(itemgetter(3))
+        value = property(itemgetter(4))
+        headers = property(itemgetter(5))
+        timestamp_ms = property(itemgetter(6))
 
     def __new__(cls, topic, partition, offset, key, value, headers=(), timestamp_ms=0):
         return tuple.__new__(cls, (topic, partition, offset, key, value, headers, timestamp_ms))
@@ -131,6 +160,11 @@ class MessageView(_Run):
         self._owner = owner
         self._released = False
 
+    def mark_released(self) -> None:
+        """Its chunks are no longer pinned (the partition moved on or closed):
+        any later access raises Closed."""
+        self._released = True
+
     def _check(self) -> None:
         if self._released:
             raise errors.Closed(f"zero-copy batch of {self.topic}[{self.partition}] was released")
@@ -199,7 +233,7 @@ class _Assigned:
 
     def release(self) -> None:
         if self.view is not None:
-            self.view._released = True
+            self.view.mark_released()
             self.view = None
         if self.slot >= 0 and not self.plog.closed:
             self.plog.release_reader(self.slot)
@@ -207,80 +241,6 @@ class _Assigned:
         if self.disk is not None:
             self.disk.close()
             self.disk = None
-
-
-DEFAULT_SPIN_US = 50.0
-_now_ns = time.monotonic_ns
-
-
-class _Arrivals:
-    """When the next message is due, learnt from the gaps between arrivals:
-    a paced stream (10k msg/s: a message every 100 us) is waited for by a
-    futex sleep that ends shortly before the next one is due, then a spin
-    that catches it without a wake-up (~7 us here). A message that comes
-    earlier wakes the sleep as any commit does; a stream with no gap to
-    sleep in spins DEFAULT_SPIN_US, as a fixed spin_us would.
-
-    The sleep's end needs a fine timer: the thread's timer slack (50 us by
-    default, more than the margin) is set to 1 us on first use."""
-
-    __slots__ = ("last", "gap")
-
-    # lead of the wake-up over the due time: a share of the gap, within
-    # bounds that cover a late timer on a busy host
-    MARGIN = (15_000, 40_000)
-    # gaps longer than this are not waited out in a spin at all
-    MAX_GAP = 20_000_000
-
-    def __init__(self):
-        self.last = 0
-        self.gap = 0
-
-    def arrived(self) -> None:
-        now = _now_ns()
-        if self.last:
-            g = now - self.last
-            if not self.gap:
-                self.gap = g
-            else:
-                # an idle pause counts as 4 gaps at most: one pause must
-                # not unlearn a steady rate
-                self.gap += (min(g, 4 * self.gap) - self.gap) >> 3
-        self.last = now
-
-    def plan(self, wait_ns: int):
-        """(futex sleep first, spin after it) for a wait of up to wait_ns."""
-        gap = self.gap
-        if not gap or gap > self.MAX_GAP:
-            return 0, int(DEFAULT_SPIN_US * 1000)
-        lo, hi = self.MARGIN
-        margin = min(max(gap >> 2, lo), hi)
-        if gap <= 2 * margin:  # a stream: nothing to sleep through
-            return 0, int(DEFAULT_SPIN_US * 1000)
-        sleep = self.last + gap - margin - _now_ns()
-        spin = 3 * margin
-        if sleep <= 0:
-            # due already (or late): spin for it, but not for ever
-            return 0, spin
-        _fine_timer_slack()
-        return (sleep if sleep < wait_ns else wait_ns), spin
-
-
-_slack_set = threading.local()
-
-
-def _fine_timer_slack() -> None:
-    """PR_SET_TIMERSLACK 1 us for this thread, once: the default 50 us
-    would let a timed sleep end after the message it was to wake for."""
-    if getattr(_slack_set, "done", False):
-        return
-    _slack_set.done = True
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(29, 1000, 0, 0, 0)
-    except Exception:
-        pass
 
 
 class Consumer:
@@ -303,16 +263,16 @@ class Consumer:
         self.on_assign = on_assign
         self.on_revoke = on_revoke
         # spin_us=None (default): learn when messages arrive and spin only
-        # around the next one that is due (_Arrivals); a number: always
+        # around the next one that is due (arrivals.py); a number: always
         # spin that long before the futex sleep (the latency profile)
         self.spin_ns = int((DEFAULT_SPIN_US if spin_us is None else spin_us) * 1000)
-        self._arrivals = _Arrivals() if spin_us is None else None
-        self._assigned: Dict[TP, _Assigned] = {}
+        self._arrivals = Arrivals() if spin_us is None else None
+        self.assigned_state: Dict[TP, _Assigned] = {}
         self._order: List[_Assigned] = []
         self._rr = 0
         self._buffer: deque = deque()
         # partitions whose messages poll() buffered: their `returned` is
-        # settled lazily (_settle), so poll() itself is one popleft
+        # settled lazily (settle_positions), so poll() itself is one popleft
         self._polled: List[_Assigned] = []
         self._wait_args = None
         self._closed = False
@@ -333,19 +293,19 @@ class Consumer:
             raise errors.GroupError("assign() is for consumers without a group; this one is in "
                                     f"group {self.group!r}")
         wanted = [(t, int(p)) for t, p in partitions]
-        self._apply_assignment(wanted, {})
+        self.apply_assignment(wanted, {})
 
-    def _apply_assignment(self, wanted: Sequence[TP], positions: Dict[TP, Optional[int]],
+    def apply_assignment(self, wanted: Sequence[TP], positions: Dict[TP, Optional[int]],
                           *, callbacks: bool = True) -> None:
         wanted_set = set(wanted)
-        revoked = [tp for tp in self._assigned if tp not in wanted_set]
-        added = [tp for tp in wanted if tp not in self._assigned]
+        revoked = [tp for tp in self.assigned_state if tp not in wanted_set]
+        added = [tp for tp in wanted if tp not in self.assigned_state]
         if revoked:
             if callbacks and self.on_revoke is not None:
                 self.on_revoke(revoked)
             for tp in revoked:
                 self._forget_polled(tp)
-                self._assigned.pop(tp).release()
+                self.assigned_state.pop(tp).release()
             self._buffer = deque(m for m in self._buffer if (m[0], m[1]) in wanted_set)
         for tp in added:
             topic, p = tp
@@ -355,22 +315,22 @@ class Consumer:
                                               what=topic)
             a = _Assigned(topic, p, t.regions[p], t.config["storage"],
                           gating=t.config["storage"] == "memory")
-            self._assigned[tp] = a
+            self.assigned_state[tp] = a
             pos = positions.get(tp)
             if pos is None:
                 self._reset(a, self.auto_offset_reset if self.auto_offset_reset != "error" else "earliest")
             else:
                 self._seek(a, pos)
-        self._order = list(self._assigned.values())
+        self._order = list(self.assigned_state.values())
         self._wait_args = None
         if added and callbacks and self.on_assign is not None:
             self.on_assign(added)
 
     def assignment(self) -> List[TP]:
-        return sorted(self._assigned)
+        return sorted(self.assigned_state)
 
     def _get(self, topic: str, partition: int) -> _Assigned:
-        a = self._assigned.get((topic, partition))
+        a = self.assigned_state.get((topic, partition))
         if a is None:
             raise errors.UnknownPartition(f"partition {topic}[{partition}] is not assigned to this consumer",
                                           what=topic)
@@ -443,14 +403,14 @@ class Consumer:
         self._seek(a, offset)
 
     def seek_to_beginning(self, partitions: Optional[Iterable[TP]] = None) -> None:
-        for tp in list(partitions or self._assigned):
+        for tp in list(partitions or self.assigned_state):
             a = self._get(*tp)
             self._forget_polled(a.tp)
             self._buffer = deque(m for m in self._buffer if (m[0], m[1]) != tp)
             self._seek(a, self._start_offset(a))
 
     def seek_to_end(self, partitions: Optional[Iterable[TP]] = None) -> None:
-        for tp in list(partitions or self._assigned):
+        for tp in list(partitions or self.assigned_state):
             a = self._get(*tp)
             self._forget_polled(a.tp)
             self._buffer = deque(m for m in self._buffer if (m[0], m[1]) != tp)
@@ -460,11 +420,11 @@ class Consumer:
             self._reset(a, "latest")
 
     def position(self, topic: str, partition: int) -> int:
-        self._settle()
+        self.settle_positions()
         return self._get(topic, partition).returned
 
     def end_offsets(self, partitions: Optional[Iterable[TP]] = None) -> Dict[TP, int]:
-        return {tp: self._get(*tp).plog.end_offset() for tp in (partitions or self._assigned)}
+        return {tp: self._get(*tp).plog.end_offset() for tp in (partitions or self.assigned_state)}
 
     def offsets_for_times(self, topic: str, timestamps: Dict[int, int]) -> Dict[int, Optional[int]]:
         """The first offset whose timestamp is at or after each given timestamp."""
@@ -545,7 +505,7 @@ class Consumer:
                one: bool = False) -> List[Tuple[_Assigned, Any]]:
         if self._closed:
             raise errors.Closed("this Consumer is closed")
-        # callers settle poll()'s positions first (see _settle)
+        # callers settle poll()'s positions first (see settle_positions)
         deadline = None if timeout is None else time.monotonic() + timeout
         wait = 1.0 if timeout is None else max(timeout, 0.0)
         while True:
@@ -560,20 +520,10 @@ class Consumer:
                 # one shared-memory partition: read, wait and read again,
                 # and publish the position, in one crossing
                 a = order[0]
-                want = left if left < READ_SLICE else READ_SLICE
-                wait_ns = int(min(wait, 1.0) * 1e9)
+                want, wait_ns = min(left, READ_SLICE), int(min(wait, 1.0) * 1e9)
                 arr = self._arrivals
-                if arr is None:
-                    res = self._read(a, want, wait_ns, one)
-                else:
-                    # sleep (futex, woken by a commit) until shortly before
-                    # the next message is due, then spin for it
-                    sleep_ns, spin_ns = arr.plan(wait_ns)
-                    res = self._read(a, want, sleep_ns, one, 0) if sleep_ns else None
-                    if res is None:
-                        res = self._read(a, want, max(wait_ns - sleep_ns, 1), one, spin_ns)
-                    if res is not None:
-                        arr.arrived()
+                res = (self._read(a, want, wait_ns, one) if arr is None
+                       else arr.read(self._read, a, want, wait_ns, one))
                 if res is not None and len(res):
                     return [(a, res)]
                 now = time.monotonic()
@@ -610,32 +560,27 @@ class Consumer:
     def _wait(self, timeout: float) -> None:
         if self._wait_args is None:
             order = self._order
-            logs = ffi.new("shmlog_log_t *[]", [a.plog._log for a in order])
+            logs = ffi.new("shmlog_log_t *[]", [a.plog.c_log for a in order])
             cursors = ffi.new("shmlog_cursor_t *[]", [a.cursor for a in order])
             topics = {a.topic for a in order}
-            bell = order[0].plog._log if len(order) > 1 and len(topics) == 1 else ffi.NULL
+            bell = order[0].plog.c_log if len(order) > 1 and len(topics) == 1 else ffi.NULL
             if bell != ffi.NULL:
-                bell = self.cluster.topic(order[0].topic).regions[0]._log
+                bell = self.cluster.topic(order[0].topic).regions[0].c_log
             self._wait_args = (logs, cursors, len(order), bell)
         logs, cursors, n, bell = self._wait_args
-        timeout_ns = int(timeout * 1e9)
-        arr = self._arrivals
-        if arr is None:
-            lib.shmlog_log_wait_any(logs, cursors, n, bell, self.spin_ns, timeout_ns)
-            return
-        sleep_ns, spin_ns = arr.plan(timeout_ns)
-        if sleep_ns and lib.shmlog_log_wait_any(logs, cursors, n, bell, 0, sleep_ns) >= 0:
-            return
-        lib.shmlog_log_wait_any(logs, cursors, n, bell, spin_ns, timeout_ns - sleep_ns)
+        if self._arrivals is None:
+            lib.shmlog_log_wait_any(logs, cursors, n, bell, self.spin_ns, int(timeout * 1e9))
+        else:
+            self._arrivals.wait_any(logs, cursors, n, bell, int(timeout * 1e9))
 
     def consume(self, max_messages: int = 10_000, timeout: Optional[float] = 1.0) -> List[Message]:
         """Up to max_messages, waiting up to timeout for the first."""
-        self._settle()
+        self.settle_positions()
         msgs: List[Message] = []
         while self._buffer and len(msgs) < max_messages:
             m = self._buffer.popleft()
             msgs.append(m)
-            self._assigned[(m[0], m[1])].returned = m[2] + 1
+            self.assigned_state[(m[0], m[1])].returned = m[2] + 1
         if msgs:
             return msgs
         for a, res in self._fetch(max_messages, timeout):
@@ -650,7 +595,7 @@ class Consumer:
 
         copy=False returns a MessageView: values stay in shared memory until
         its release() (see MessageView for the lifetime rules)."""
-        self._settle()
+        self.settle_positions()
         if not copy:
             return self._consume_view(max_messages, timeout)
         if self._buffer:
@@ -659,7 +604,7 @@ class Consumer:
             while self._buffer and (self._buffer[0][0], self._buffer[0][1]) == (first[0], first[1]) \
                     and len(run) < max_messages:
                 run.append(self._buffer.popleft())
-            self._assigned[(first[0], first[1])].returned = run[-1][2] + 1
+            self.assigned_state[(first[0], first[1])].returned = run[-1][2] + 1
             res = ReadResult([m[2] for m in run], [m[6] for m in run], [m[4] for m in run],
                              [m[3] for m in run], [m[5] for m in run], 0, 0)
             return MessageBatch(first[0], first[1], res)
@@ -671,7 +616,7 @@ class Consumer:
         return MessageBatch(a.topic, a.partition, res)
 
     def _release_view(self, view: MessageView) -> None:
-        a = self._assigned.get((view.topic, view.partition))
+        a = self.assigned_state.get((view.topic, view.partition))
         if a is not None and a.view is view:
             a.view = None
             if a.slot >= 0:
@@ -720,7 +665,7 @@ class Consumer:
                 a.plog.set_reader_position(a.slot, a.cursor.next_offset)
                 a.returned = cols[0][-1] + 1
                 self._rr = (self._rr + i + 1) % n
-                a.view = MessageView(a.topic, a.partition, cols, a.plog._mm, self._release_view)
+                a.view = MessageView(a.topic, a.partition, cols, a.plog.mapping, self._release_view)
                 return a.view
             now = time.monotonic()
             if deadline is not None and now >= deadline:
@@ -738,11 +683,11 @@ class Consumer:
         buf = self._buffer
         if buf:
             return buf.popleft()
-        self._settle()
+        self.settle_positions()
         got = self._fetch(10_000, timeout, one=True)
         if len(got) == 1 and got[0][1].__class__ is tuple:
             # a lone record, (offset, timestamp, value), handed out at once:
-            # nothing buffered, so nothing for _settle to do later
+            # nothing buffered, so nothing for settle_positions to do later
             a, (off, ts, value) = got[0]
             a.returned = off + 1
             return _new_message(Message, (a.topic, a.partition, off, None, value, (), ts))
@@ -767,7 +712,7 @@ class Consumer:
             return None
         return buf.popleft()
 
-    def _settle(self) -> None:
+    def settle_positions(self) -> None:
         """Bring `returned` up to date for what poll() handed out: a partition
         resumes at its first message still buffered, or after the last
         message it buffered."""
@@ -791,7 +736,7 @@ class Consumer:
     def _forget_polled(self, tp: TP) -> None:
         """tp's buffered messages are dropped (seek, revoke): settle first,
         then stop settling it from what poll() had buffered."""
-        self._settle()
+        self.settle_positions()
         self._polled = [a for a in self._polled if a.tp != tp]
 
     def __iter__(self) -> Iterator[Message]:
@@ -805,29 +750,29 @@ class Consumer:
         """Commit positions (default: everything returned so far) for the group."""
         if self._member is None:
             raise errors.GroupError("commit() needs a consumer group: create the consumer with group=...")
-        self._settle()
+        self.settle_positions()
         if offsets is None:
-            offsets = {tp: a.returned for tp, a in self._assigned.items()}
+            offsets = {tp: a.returned for tp, a in self.assigned_state.items()}
         self._member.commit(offsets)
 
     def committed(self, partitions: Optional[Iterable[TP]] = None) -> Dict[TP, Optional[int]]:
         if self._member is None:
             raise errors.GroupError("committed() needs a consumer group")
-        return self._member.committed(list(partitions or self._assigned))
+        return self._member.committed(list(partitions or self.assigned_state))
 
     # ------------------------------------------------------------ lifecycle
     def close(self) -> None:
         if self._closed:
             return
         try:
-            self._settle()
+            self.settle_positions()
             if self._member is not None:
                 self._member.close()
         finally:
             self._closed = True
-            for a in self._assigned.values():
+            for a in self.assigned_state.values():
                 a.release()
-            self._assigned.clear()
+            self.assigned_state.clear()
             self._order = []
             self._wait_args = None
             self._buffer.clear()

@@ -9,59 +9,37 @@ producer that goes quiet.
 
 from __future__ import annotations
 
-import errno
 import itertools
 import os
 import threading
 import time
-from array import array
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 
 from .. import errors
 from ..core._core import ffi, lib
-from ..core.codec import _bytes_error, encode_headers
-from ..core.log import _POINTER_BATCH, _POINTER_VALUE, pickle_values
+from ..core.codec import bytes_error, encode_headers
 from ..core.partitioner import KeyPartitioner
+from ..core.records import POINTER_BATCH, POINTER_VALUE, pickle_values
+from .commit_rules import (
+    _F_CLOSED,
+    _HDR_BELL_HUNGRY,
+    _HDR_FLAGS,
+    _HDR_HUNGRY,
+    _RECORD_OVERHEAD,
+    HUNGRY_BURST,
+    HUNGRY_GAP,
+    HUNGRY_RATE,
+    KQ_SPREAD,
+    LONE_AFTER,
+    STREAM_BATCH,
+    STREAM_GAP,
+    _clock,
+)
+from .keyed_queue import commit_keyed, send_keyed_one
 
 _ids = itertools.count(1)
-# upper bound of the per-record framing (length, attributes, deltas, key and
-# value lengths, header count) for records up to a few MiB
-_RECORD_OVERHEAD = 16
-# with linger_ms=0 and a reader waiting, commit at once, but not more often
-# than this: paced sends go out one by one, bursts still batch
-HUNGRY_GAP = 50e-6
-# ... unless the last commit already carried a stream (STREAM_BATCH messages
-# or more): then a reader is kept busy anyway, and batches of ~4x the size
-# cost a quarter of the per-commit overhead on both sides
-STREAM_GAP = 200e-6
-STREAM_BATCH = 8
-# ... and a paced producer's bursts (catching up after the host stalled it)
-# skip the gap: up to HUNGRY_BURST lone commits at once, refilled at
-# HUNGRY_RATE a second. A stream (send() at ~2 M/s) spends them in its first
-# ~15 us and batches from then on; a 10k msg/s producer never runs out, so
-# none of its messages waits for the flusher thread (whose wakeup took
-# 20-50 us here: W4's p99).
-HUNGRY_BURST = 32.0
-HUNGRY_RATE = 20_000.0
-# A lone message with no reader waiting goes at once (on the budget above)
-# if the last commit is at least this old: a paced producer's catch-up burst
-# sends every ~1.5-2 us and gets its messages out one by one (a reader busy
-# with the previous message finds the next one committed, not waiting for
-# the flusher thread); a stream's send() comes ~0.4 us after a commit and
-# keeps batching (W1 lost 14% when every new batch went out alone).
-LONE_AFTER = 1e-6
-# the keyed queue holds up to this many partitions' batch_bytes
-KQ_SPREAD = 64
-_clock = time.perf_counter
-# header words read through a memoryview (no crossing, no cffi attribute)
-_HDR_FLAGS = ffi.offsetof("shmlog_part_hdr_t", "flags") // 4
-_HDR_HUNGRY = ffi.offsetof("shmlog_part_hdr_t", "data_hungry") // 4  # a reader waits here
-_HDR_BELL_HUNGRY = ffi.offsetof("shmlog_part_hdr_t", "bell_hungry") // 4  # ... or on the doorbell
-_F_CLOSED = lib.SHMLOG_F_CLOSED
 _append_one = lib.shmlog_log_append_one
 _key_partition = lib.shmlog_key_partition
-_keyed_one = lib.shmlog_keyed_append_one
-_keyed_append = lib.shmlog_keyed_append
 _BYTES_LIKE = (bytes, bytearray, memoryview)
 
 
@@ -134,7 +112,7 @@ class _TopicState:
         self.max_message = topic.config["max_message_bytes"]
         # data_hungry (offset 272) and the topic doorbell's bell_hungry (276),
         # read from Python without a crossing: a consumer waiting means "send now"
-        self.waiters = [memoryview(r._mm).cast("I") for r in topic.regions]
+        self.waiters = [memoryview(r.mapping).cast("I") for r in topic.regions]
         self.bell = self.waiters[0]
         self.committed_end = [0] * n
         self.next_hungry = [0.0] * n  # perf_counter() time the next hungry commit may go
@@ -157,7 +135,7 @@ class _TopicState:
         self.kq_since = 0.0   # monotonic() when the queue's oldest record came
         self.kq_at = 0.0      # perf_counter() of the last commit of the queue
         self.kq_next = 0.0    # when a waiting reader may trigger the next one
-        self.kq_logs = ffi.new("shmlog_log_t *[]", [r._log for r in topic.regions])
+        self.kq_logs = ffi.new("shmlog_log_t *[]", [r.c_log for r in topic.regions])
         self.kq_slots = ffi.new("int32_t[]", [-1] * n)
         self.kq_ends = ffi.new("uint64_t[]", n)  # end offsets committed through the queue
 
@@ -474,7 +452,7 @@ class Producer:
             # first, so a bad one late in the batch commits nothing
             for kind, items in (("value", values), ("key", keys)):
                 if items is not None and not all(v is None or isinstance(v, _BYTES_LIKE) for v in items):
-                    raise _bytes_error(kind, items)
+                    raise bytes_error(kind, items)
             i = 0
             while i < n:
                 j, acc = i, 0
@@ -565,8 +543,8 @@ class Producer:
                     # a paced producer commits message by message: one crossing
                     base = plog.append_one(slot, values[0], ts_now, timeout=self.max_block_ms / 1000.0,
                                            producer_id=self.producer_id, producer_seq=self._seq)
-                elif len(values) <= _POINTER_BATCH and values[0].__class__ is bytes \
-                        and len(values[0]) >= _POINTER_VALUE:
+                elif len(values) <= POINTER_BATCH and values[0].__class__ is bytes \
+                        and len(values[0]) >= POINTER_VALUE:
                     # few large values: append() hands C one pointer each
                     # (a pickle would copy them once more)
                     if probe:
@@ -659,11 +637,11 @@ class Producer:
         plog = st.topic.regions[partition]
         slot = st.slots[partition]
         # first use, or the topic deleted (SHMLOG_F_CLOSED): the long way
-        if slot < 0 or plog._closed or st.waiters[partition][_HDR_FLAGS] & _F_CLOSED:
+        if slot < 0 or plog.closed or st.waiters[partition][_HDR_FLAGS] & _F_CLOSED:
             self._append(st, partition, [value], None, None, None, None)
             return
         self._seq += 1
-        rc = _append_one(plog._log, slot, value, len(value), time.time_ns() // 1_000_000,
+        rc = _append_one(plog.c_log, slot, value, len(value), time.time_ns() // 1_000_000,
                          self.producer_id, self._seq & 0xFFFFFFFF, self._max_block_ns)
         self._lone_done(st, partition, plog, rc)
 
@@ -679,84 +657,10 @@ class Producer:
             st.committed_end[partition] = rc + 1
 
     def _commit_keyed(self, st: _TopicState) -> None:
-        """Commit a topic's keyed queue: every other list of the topic first
-        (older: nothing joins them while the queue holds records), then the
-        queue in one crossing that hashes each key and appends one frame per
-        partition touched (csrc/keyed.c). Like _commit_plain it commits a
-        prefix and deletes just that; a failed commit drops its prefix."""
-        self._acquire()
-        try:
-            kq = st.kq
-            n = len(kq)
-            if not n:
-                return
-            if any(st.plain) or any(pend.values for pend in st.pending):
-                for p in range(st.nparts):
-                    self._commit(st, p)
-            try:
-                if st.waiters[0][_HDR_FLAGS] & _F_CLOSED or st.topic.regions[0]._closed:
-                    self._topics.pop(st.name, None)
-                    raise errors.UnknownTopic(f"topic {st.name!r} was deleted while this producer used it",
-                                              what=st.name)
-                keys = kq[0:n:2]
-                values = kq[1:n:2]
-                klens = array("i", map(len, keys))
-                vlens = array("i", map(len, values))
-                failed = ffi.new("uint32_t *")
-                self._seq += 1
-                ts_now = time.time_ns() // 1_000_000
-                while True:
-                    rc = _keyed_append(st.kq_logs, st.kq_slots, st.nparts, b"".join(values),
-                                       ffi.from_buffer("int32_t[]", vlens), b"".join(keys),
-                                       ffi.from_buffer("int32_t[]", klens), n // 2, ts_now,
-                                       self.producer_id, self._seq & 0xFFFFFFFF, self._max_block_ns,
-                                       st.kq_ends, failed)
-                    if rc != -errno.ENOENT:
-                        break
-                    # first record for this partition: take a producer slot
-                    p = failed[0]
-                    if st.slots[p] < 0:
-                        st.slots[p] = st.topic.regions[p].register_producer()
-                    st.kq_slots[p] = st.slots[p]
-                if rc < 0:
-                    p = failed[0]
-                    try:
-                        errors.check(rc, st.topic.regions[p].what)
-                    except errors.BufferFull as exc:
-                        self._buffer_full(st, p, exc, None)
-            finally:
-                del kq[:n]
-                st.kq_bytes = (sum(map(len, kq)) + _RECORD_OVERHEAD * (len(kq) // 2)) if kq else 0
-                if kq:
-                    st.kq_since = time.monotonic()
-                    self._wake.set()
-                now = st.kq_at = _clock()
-                st.kq_next = now + (HUNGRY_GAP if n < 2 * STREAM_BATCH else STREAM_GAP)
-        finally:
-            self._release()
+        commit_keyed(self, st)
 
     def _send_keyed_one(self, st: _TopicState, partition: int, key: bytes, value: bytes) -> bool:
-        """send()'s lone keyed message, committed at once in one crossing to
-        the partition its key hashed to; False (nothing done) when anything
-        is queued for the topic's keyed queue or that partition (order), or
-        on the partition's first use (the queue's commit registers)."""
-        self._acquire()
-        try:
-            plog = st.topic.regions[partition]
-            slot = st.slots[partition]
-            if (st.kq or st.plain[partition] or st.pending[partition].values or slot < 0
-                    or plog._closed or st.waiters[partition][_HDR_FLAGS] & _F_CLOSED):
-                return False
-            self._seq += 1
-            rc = _keyed_one(plog._log, slot, key, len(key), value, len(value), time.time_ns() // 1_000_000,
-                            self.producer_id, self._seq & 0xFFFFFFFF, self._max_block_ns)
-            self._lone_done(st, partition, plog, rc)
-            # a stream of keyed sends (each to another partition, with its
-            # own budget) finds this too recent and queues
-            st.kq_at = st.tokens_at[partition]
-            return True
-        finally:
-            self._release()
+        return send_keyed_one(self, st, partition, key, value)
 
     def _raise_async_error(self) -> None:
         err, self._error = self._error, None

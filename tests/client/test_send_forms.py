@@ -188,13 +188,13 @@ def test_adaptive_wait_learns_the_gap(monkeypatch):
     """The default consumer (spin_us=None) sleeps through most of a paced
     gap and spins only around the next message that is due; a stream or an
     unknown rate spins the fixed default."""
-    from shmlog.client import consumer as cmod
+    from shmlog.client import arrivals as amod
 
     clock = [1_000_000_000]
-    monkeypatch.setattr(cmod, "_now_ns", lambda: clock[0])
-    monkeypatch.setattr(cmod, "_fine_timer_slack", lambda: None)
-    arr = cmod._Arrivals()
-    default = int(cmod.DEFAULT_SPIN_US * 1000)
+    monkeypatch.setattr(amod, "_now_ns", lambda: clock[0])
+    monkeypatch.setattr(amod, "_fine_timer_slack", lambda: None)
+    arr = amod.Arrivals()
+    default = int(amod.DEFAULT_SPIN_US * 1000)
     assert arr.plan(10**9) == (0, default)
     for _ in range(50):  # 10k msg/s
         arr.arrived()
@@ -214,13 +214,13 @@ def test_adaptive_wait_learns_the_gap(monkeypatch):
     sleep, spin = arr.plan(10**9)
     assert sleep == 0 and spin > 0
     # a stream (gaps of 1 us): no sleep, the fixed spin
-    s = cmod._Arrivals()
+    s = amod.Arrivals()
     for _ in range(50):
         s.arrived()
         clock[0] += 1_000
     assert s.plan(10**9) == (0, default)
     # a rate too slow to spin for: the fixed spin, then the futex
-    slow = cmod._Arrivals()
+    slow = amod.Arrivals()
     for _ in range(5):
         slow.arrived()
         clock[0] += 50_000_000
