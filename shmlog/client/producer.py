@@ -1,6 +1,9 @@
 """Producer: send() appends to a per-partition pending batch in Python; the
 batch crosses into C once (encode, claim, commit) when it is full, when a
 consumer is asleep waiting for data, when linger_ms passes, or on flush().
+Keyed sends queue per topic instead, and their keys are hashed in C when
+the queue is committed (keyed_queue.py): the partition is not known in
+send(), only at commit, where each partition's records keep send order.
 
 send() must stay a few list appends: no crossing into C, no syscall, per
 message. A background flusher thread only exists to honour linger_ms for a
@@ -311,7 +314,9 @@ class Producer:
         # fail here, not at commit time, where a bad message would take the
         # accepted messages of its pending batch down with it
         if headers:
-            encode_headers(headers)
+            # encoded once, here: a bad header fails this send, not the
+            # commit of the batch it would have joined
+            headers = encode_headers(headers)
         if timestamp_ms is not None and (timestamp_ms.__class__ is not int or timestamp_ms < 0):
             raise TypeError(f"timestamp_ms must be a non-negative int (ms since the epoch), got {timestamp_ms!r}")
         size = len(value) if value is not None else 0
