@@ -247,7 +247,7 @@ class Consumer:
     def __init__(self, cluster, topics: Union[str, Sequence[str]], *, group: Optional[str] = None,
                  auto_offset_reset: str = "earliest", enable_auto_commit: bool = True,
                  isolation: str = "committed", on_assign: Optional[Callable] = None,
-                 on_revoke: Optional[Callable] = None, spin_us: Optional[float] = None,
+                 on_revoke: Optional[Callable] = None, spin_us: Union[float, str, None] = None,
                  **group_options: Any):
         if auto_offset_reset not in ("earliest", "latest", "error"):
             raise errors.InvalidConfig(
@@ -262,11 +262,11 @@ class Consumer:
         self.isolation = isolation
         self.on_assign = on_assign
         self.on_revoke = on_revoke
-        # spin_us=None (default): learn when messages arrive and spin only
-        # around the next one that is due (arrivals.py); a number: always
-        # spin that long before the futex sleep (the latency profile)
-        self.spin_ns = int((DEFAULT_SPIN_US if spin_us is None else spin_us) * 1000)
-        self._arrivals = Arrivals() if spin_us is None else None
+        # None: spin DEFAULT_SPIN_US, then the futex; a number: that spin;
+        # "auto": spin only around the next message due (arrivals.py; not
+        # the default: W4 p50 14-42 us vs 7.4-7.7 us for the fixed spin)
+        self._arrivals = Arrivals() if spin_us == "auto" else None
+        self.spin_ns = int((float(spin_us) if spin_us not in (None, "auto") else DEFAULT_SPIN_US) * 1000)
         self.assigned_state: Dict[TP, _Assigned] = {}
         self._order: List[_Assigned] = []
         self._rr = 0
