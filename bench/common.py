@@ -368,8 +368,10 @@ def consume(open_ep: Callable[[], Endpoint], mode: str, n: int, warm: int, size:
         ctl.meet()
         got_w, _ = _recv(ep, mode, warm, size, batch, ctl)
         ctl.meet()
+        cpu0, w0 = time.process_time(), now_ns()
         got, t1 = _recv(ep, mode, n, size, batch, ctl)
-        return {"t1": t1, "received": got, "warm": got_w, "timed_out": got < n}
+        return {"t1": t1, "received": got, "warm": got_w, "timed_out": got < n,
+                "cpu": cpu_share(cpu0, w0)}
     finally:
         ep.close()
 
@@ -500,6 +502,7 @@ def consume_latency(open_ep: Callable[[], Endpoint], n: int, warm: int, *, ctl: 
         total = warm + n
         got = 0
         recv = ep.recv
+        cpu0 = w0 = None
         while got < total:
             v = recv(0.2)
             if v is None:
@@ -510,11 +513,21 @@ def consume_latency(open_ep: Callable[[], Endpoint], n: int, warm: int, *, ctl: 
             got += 1
             if got > warm:
                 lat.append(t - unpack(v)[0])
+            elif got == warm:
+                cpu0, w0 = time.process_time(), now_ns()
             if t >= ctl.deadline_ns:
                 break
-        return {"received": got, "lat": lat.tobytes(), "timed_out": got < total}
+        return {"received": got, "lat": lat.tobytes(), "timed_out": got < total,
+                "cpu": cpu_share(cpu0, w0) if cpu0 is not None else None}
     finally:
         ep.close()
+
+
+def cpu_share(cpu0: float, wall0_ns: int) -> float:
+    """CPU this process used since (process_time, monotonic_ns), as a share
+    of one core: what a consumer's wait costs (a busy-polling one shows ~1)."""
+    wall = (now_ns() - wall0_ns) / 1e9
+    return (time.process_time() - cpu0) / wall if wall > 0 else 0.0
 
 
 # ----------------------------------------------------------- machine facts

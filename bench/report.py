@@ -80,7 +80,9 @@ def _met(b: bool) -> str:
 def _cell(r: Row) -> str:
     mark = "*" if r.status == "partial" else ""
     if r.workload == "W4":
-        return (f"{r.lat['p50']:.1f} / {r.lat['p99']:.1f} us" if r.lat else "-") + mark
+        cpu = r.extra.get("consumer_cpu")
+        cpu = f" (CPU {cpu:.0%})" if cpu is not None else ""
+        return (f"{r.lat['p50']:.1f} / {r.lat['p99']:.1f} us{cpu}" if r.lat else "-") + mark
     if r.workload in ("W3", "CRC"):
         return f"{r.gbps:.2f} GB/s{mark}"
     return fmt_rate(r.rate) + mark

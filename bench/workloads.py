@@ -251,13 +251,15 @@ def figure(row: Row) -> str:
         return row.status
     if row.workload == "CRC":
         return f"{row.gbps:.2f} GB/s"
+    cpu = row.extra.get("consumer_cpu")
+    cpu = f", consumer CPU {cpu:.0%}" if cpu is not None else ""
     if row.workload == "W4":
         lat = row.lat
-        return (f"p50 {lat['p50']:.1f} us, p99 {lat['p99']:.1f} us, p99.9 {lat['p99.9']:.1f} us"
+        return (f"p50 {lat['p50']:.1f} us, p99 {lat['p99']:.1f} us, p99.9 {lat['p99.9']:.1f} us{cpu}"
                 if lat else "no samples")
     if row.workload == "W3":
         return f"{row.gbps:.2f} GB/s ({fmt_rate(row.rate)})"
-    return f"{fmt_rate(row.rate)} ({fmt_bytes(row.gbps * 1e9)})"
+    return f"{fmt_rate(row.rate)} ({fmt_bytes(row.gbps * 1e9)}){cpu}"
 
 
 def describe(row: Row) -> str:

@@ -45,3 +45,8 @@ void shmlog_murmur2_partitions(const uint8_t *keys, const int32_t *lens, uint32_
         keys += l;
     }
 }
+
+uint32_t shmlog_key_partition(const char *key, size_t len, uint32_t num_partitions)
+{
+    return ((uint32_t)shmlog_murmur2((const uint8_t *)key, len) & 0x7fffffffu) % num_partitions;
+}

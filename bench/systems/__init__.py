@@ -94,6 +94,8 @@ class System:
         cons, prod = outs
         throughput_row(row, cons["received"], spec.size, prod["t0"], cons["t1"])
         row.extra["producer_s"] = (prod["t_end"] - prod["t0"]) / 1e9
+        if cons.get("cpu") is not None:
+            row.extra["consumer_cpu"] = cons["cpu"]
         return row
 
     def latency(self, spec: Spec, p: Params) -> Row:
@@ -133,6 +135,8 @@ def latency_row(row: Row, spec: Spec, cons: dict, prod: dict) -> Row:
     row.size = spec.size
     row.lat = latency_stats(lat)
     row.extra["rate"] = spec.rate
+    if cons.get("cpu") is not None:
+        row.extra["consumer_cpu"] = cons["cpu"]
     late = prod.get("late_sends", 0)
     if late:
         row.extra["late_sends"] = late

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from array import array
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List
@@ -29,6 +30,7 @@ from ..common import (
     Row,
     Skip,
     collect,
+    cpu_share,
     now_ns,
     payloads,
     run_groups,
@@ -179,8 +181,10 @@ def _consume(url: str, subject: str, mode: str, n: int, warm: int, size: int, ba
             ctl.meet()
             got_w, _ = await _receive(sub, mode, warm, batch, size, ctl)
             ctl.meet()
+            cpu0, w0 = time.process_time(), now_ns()
             got, t1 = await _receive(sub, mode, n, batch, size, ctl)
-            return {"t1": t1, "received": got, "warm": got_w, "timed_out": got < n}
+            return {"t1": t1, "received": got, "warm": got_w, "timed_out": got < n,
+                    "cpu": cpu_share(cpu0, w0)}
         finally:
             await nc.close()
 
@@ -220,6 +224,7 @@ def _consume_latency(url: str, subject: str, n: int, warm: int, *, ctl: Ctl) -> 
             ctl.meet()
             total = warm + n
             got = 0
+            cpu0 = w0 = None
             while got < total:
                 try:
                     msg = await sub.next_msg(timeout=0.2)
@@ -231,9 +236,12 @@ def _consume_latency(url: str, subject: str, n: int, warm: int, *, ctl: Ctl) -> 
                 got += 1
                 if got > warm:
                     lat.append(t - unpack(msg.data)[0])
+                elif got == warm:
+                    cpu0, w0 = time.process_time(), now_ns()
                 if t >= ctl.deadline_ns:
                     break
-            return {"received": got, "lat": lat.tobytes(), "timed_out": got < total}
+            return {"received": got, "lat": lat.tobytes(), "timed_out": got < total,
+                    "cpu": cpu_share(cpu0, w0) if cpu0 is not None else None}
         finally:
             await nc.close()
 
@@ -348,6 +356,8 @@ class NatsJetStream(System):
             return row
         cons, prod = outs
         throughput_row(row, cons["received"], spec.size, prod["t0"], cons["t1"])
+        if cons.get("cpu") is not None:
+            row.extra["consumer_cpu"] = cons["cpu"]
         what = "memory stream" if not spec.durable else "file stream (temp dir on disk)"
         row.note = what + ("; " + row.note if row.note else "")
         return row

@@ -27,6 +27,7 @@ from typing import Any, Iterator, List, Optional
 
 from ..common import (
     CTX,
+    LAT_STAMP,
     LATENCY_SPIN_US,
     Ctl,
     Endpoint,
@@ -35,15 +36,17 @@ from ..common import (
     Row,
     Skip,
     collect,
+    cpu_share,
     die_with_parent,
     now_ns,
     payloads,
     proc_mem,
+    produce_paced,
     run_groups,
     run_procs,
     throughput_row,
 )
-from . import Channel, Spec, System
+from . import Channel, Spec, System, latency_row
 
 
 def _close(obj: Any) -> None:
@@ -62,13 +65,28 @@ def _connect(data_dir: str, start: bool = False):
     return shmlog.connect(data_dir, start=start)
 
 
+# W1's forms of send() beside the bare one: (mode, topic partitions)
+SEND_FORMS = {"msg keyed": 4, "msg headers": 1, "msg partition": 1}
+HEADERS = [("trace", b"00-4bf92f3577b34da6-00f067aa0ba902b7-01")]
+
+
 class _Prod(Endpoint):
-    def __init__(self, data_dir: str, topic: str):
+    def __init__(self, data_dir: str, topic: str, form: str = "msg"):
         self.c = _connect(data_dir)
         self.p = self.c.producer(linger_ms=0)
         self.topic = topic
         # what a user's loop calls: producer.send(topic, value) (Endpoint docstring)
         self.send = functools.partial(self.p.send, topic)
+        if form == "msg keyed":
+            # a key that never repeats (an event id): made before the clock
+            # starts, one lambda call of adapter per send
+            keys = iter([b"event-%012d" % i for i in range(2_000_000)])
+            psend = self.p.send
+            self.send = lambda v: psend(topic, v, key=next(keys))
+        elif form == "msg headers":
+            self.send = functools.partial(self.p.send, topic, headers=HEADERS)
+        elif form == "msg partition":
+            self.send = functools.partial(self.p.send, topic, partition=0)
 
     def send_batch(self, values: List[bytes]) -> None:
         self.p.send_batch(self.topic, values)
@@ -284,6 +302,12 @@ class ShmlogApi(System):
     kind = "shmlog"
     how = {"msg": "producer.send(topic, value) (the producer batches sends internally, as "
                   "Kafka's does; linger_ms=0) / consumer.poll()",
+           "msg keyed": "producer.send(topic, value, key=k), a key that never repeats, topic of 4 "
+                        "partitions / consumer.poll() over the 4",
+           "msg headers": "producer.send(topic, value, headers=[(\"trace\", 55 B)]) / consumer.poll()",
+           "msg partition": "producer.send(topic, value, partition=0) / consumer.poll()",
+           "msg async": "shmlog.aio: `await producer.send(topic, value)` / `async for msg in consumer` "
+                        "(W1), `await consumer.getone()` (W4)",
            "batch": "producer.send_batch(topic, values) / consumer.consume_batch(batch)",
            "batch-view": "producer.send_batch(topic, values) / consumer.consume_batch(batch, "
                          "copy=False): a zero-copy MessageView, released by the next call; "
@@ -293,7 +317,41 @@ class ShmlogApi(System):
     def modes(self, wid: str) -> List[str]:
         if wid == "W2":
             return ["batch", "batch-view"]
+        if wid == "W1":
+            return ["msg", *SEND_FORMS, "msg async"]
         return super().modes(wid)
+
+    def throughput(self, spec: Spec, p: Params) -> Row:
+        if spec.mode != "msg async":
+            return super().throughput(spec, p)
+        row = Row(spec.wid, self.name, mode=spec.mode, procs="1 producer proc -> 1 consumer proc")
+        with self.channel(spec) as ch:
+            res = run_procs([Proc("consumer", _aio_consume, (ch.data_dir, ch.topic, spec.n, spec.warm,
+                                                             spec.size)),
+                             Proc("producer", _aio_produce, (ch.data_dir, ch.topic, spec.n, spec.warm,
+                                                             spec.size))], p.run_limit_s)
+        outs = collect(row, res, partial_ok=True)
+        if outs is None:
+            return row
+        cons, prod = outs
+        throughput_row(row, cons["received"], spec.size, prod["t0"], cons["t1"])
+        row.extra["consumer_cpu"] = cons["cpu"]
+        return row
+
+    def latency(self, spec: Spec, p: Params) -> Row:
+        if spec.mode != "msg async":
+            return super().latency(spec, p)
+        row = Row(spec.wid, self.name, mode=spec.mode, procs="1 producer proc -> 1 consumer proc")
+        with self.channel(spec) as ch:
+            res = run_procs([Proc("consumer", _aio_consume_latency, (ch.data_dir, ch.topic, spec.n,
+                                                                     spec.warm)),
+                             Proc("producer", produce_paced, (ch.producer, spec.n, spec.warm, spec.size,
+                                                              spec.rate))], p.run_limit_s)
+        outs = collect(row, res, partial_ok=True)
+        if outs is None:
+            return row
+        cons, prod = outs
+        return latency_row(row, spec, cons, prod)
 
     def __init__(self):
         self.broker: Optional[_Broker] = None
@@ -362,19 +420,21 @@ class ShmlogApi(System):
         cfg = {"storage": storage}
         if spec.durable:
             cfg["fsync_interval_ms"] = 1000
-        with self.topic(spec.wid, **cfg) as t:
+        with self.topic(spec.wid, partitions=SEND_FORMS.get(spec.mode, 1), **cfg) as t:
             d = self.broker.data_dir
             kw = {} if spec.spin_us is None else {"spin_us": spec.spin_us}
             view = spec.mode == "batch-view"
-            yield Channel(producer=lambda: _Prod(d, t),
-                          consumer=lambda: _Cons(d, t, f"bench-{spec.wid}", view=view, **kw))
+            ch = Channel(producer=lambda: _Prod(d, t, spec.mode),
+                         consumer=lambda: _Cons(d, t, f"bench-{spec.wid}", view=view, **kw))
+            ch.data_dir, ch.topic = d, t
+            yield ch
 
     def latency_variants(self):
         # default consumer (spin 50 us, then futex) and a latency-tuned one
         # that spins 1 ms: at 10,000 msg/s it spins all the time either way,
         # but a producer hiccup of 0.2-1 ms no longer puts it to sleep, so
         # the next message does not pay a futex wake (~40 us here)
-        return [("msg", None), ("msg", LATENCY_SPIN_US)]
+        return [("msg", None), ("msg", LATENCY_SPIN_US), ("msg async", None)]
 
     def durable(self, spec: Spec, p: Params) -> Row:
         row = self.throughput(spec, p)
@@ -459,6 +519,114 @@ def _scale_consumer(d: str, t: str, n: int, batch: int, *, ctl: Ctl) -> dict:
         return {"t1": now_ns(), "received": got, "timed_out": got < n, "mem": proc_mem()}
     finally:
         ep.close()
+
+
+# ---------------------------------------------------------------- asyncio rows
+def _aio_produce(d: str, t: str, n: int, warm: int, size: int, *, ctl: Ctl) -> dict:
+    """W1 async: `await producer.send(topic, value)` per message."""
+    import asyncio
+
+    from shmlog import aio
+
+    async def main():
+        async with aio.connect(d, start=False) as cluster, cluster.producer(linger_ms=0) as p:
+            pool = payloads(size, 64)
+            send = p.send
+
+            async def run(k):
+                sent = 0
+                while sent < k and not ctl.expired():
+                    for v in pool[:min(64, k - sent)]:
+                        await send(t, v)
+                    sent += min(64, k - sent)
+                await p.flush()
+                return sent
+
+            ctl.meet()
+            await run(warm)
+            ctl.meet()
+            t0 = now_ns()
+            sent = await run(n)
+            return {"t0": t0, "t_end": now_ns(), "sent": sent, "timed_out": sent < n}
+
+    return asyncio.run(main())
+
+
+def _aio_consume(d: str, t: str, n: int, warm: int, size: int, *, ctl: Ctl) -> dict:
+    """W1 async: `async for msg in consumer`."""
+    import asyncio
+
+    from shmlog import aio
+
+    async def main():
+        async with aio.connect(d, start=False) as cluster, \
+                cluster.consumer(t, group="bench-W1-async") as c:
+            await c.getmany(max_messages=1, timeout=0.5)  # joined before anyone produces
+            ctl.meet()
+
+            async def run(k):
+                got = 0
+                while got < k and not ctl.expired():
+                    try:
+                        m = await asyncio.wait_for(c.getone(), 0.2)
+                    except asyncio.TimeoutError:
+                        continue
+                    got += 1
+                    if len(m.value) != size:
+                        raise RuntimeError("received a value of the wrong size")
+                return got
+
+            await run(warm)
+            ctl.meet()
+            cpu0, w0 = time.process_time(), now_ns()
+            got = 0
+            last = None
+            async for m in c:
+                got += 1
+                last = m
+                if got >= n or (not got & 1023 and ctl.expired()):
+                    break
+            if last is not None and len(last.value) != size:
+                raise RuntimeError("received a value of the wrong size")
+            return {"t1": now_ns(), "received": got, "timed_out": got < n, "cpu": cpu_share(cpu0, w0)}
+
+    return asyncio.run(main())
+
+
+def _aio_consume_latency(d: str, t: str, n: int, warm: int, *, ctl: Ctl) -> dict:
+    """W4 async: a sync paced producer, `await consumer.getone()` here."""
+    import asyncio
+    from array import array
+
+    from shmlog import aio
+
+    async def main():
+        async with aio.connect(d, start=False) as cluster, \
+                cluster.consumer(t, group="bench-W4-async") as c:
+            await c.getmany(max_messages=1, timeout=0.5)
+            lat = array("q")
+            unpack = LAT_STAMP.unpack_from
+            ctl.meet()
+            total, got = warm + n, 0
+            cpu0 = w0 = None
+            while got < total:
+                m = await c.getone(timeout=0.2)
+                if m is None:
+                    if ctl.expired():
+                        break
+                    continue
+                tn = now_ns()
+                got += 1
+                if got > warm:
+                    lat.append(tn - unpack(m.value)[0])
+                elif got == warm:
+                    cpu0, w0 = time.process_time(), now_ns()
+                if tn >= ctl.deadline_ns:
+                    break
+            return {"received": got, "lat": lat.tobytes(), "timed_out": got < total,
+                    "cpu": cpu_share(cpu0, w0) if cpu0 is not None else None}
+
+    return asyncio.run(main())
 
 
 def _probe(d: str, *, ctl: Ctl) -> dict:

@@ -1,6 +1,9 @@
 """Producer: send() appends to a per-partition pending batch in Python; the
 batch crosses into C once (encode, claim, commit) when it is full, when a
 consumer is asleep waiting for data, when linger_ms passes, or on flush().
+Keyed sends queue per topic instead, and their keys are hashed in C when
+the queue is committed (keyed_queue.py): the partition is not known in
+send(), only at commit, where each partition's records keep send order.
 
 send() must stay a few list appends: no crossing into C, no syscall, per
 message. A background flusher thread only exists to honour linger_ms for a
@@ -20,41 +23,26 @@ from ..core._core import ffi, lib
 from ..core.codec import bytes_error, encode_headers
 from ..core.partitioner import KeyPartitioner
 from ..core.records import POINTER_BATCH, POINTER_VALUE, pickle_values
+from .commit_rules import (
+    _F_CLOSED,
+    _HDR_BELL_HUNGRY,
+    _HDR_FLAGS,
+    _HDR_HUNGRY,
+    _RECORD_OVERHEAD,
+    HUNGRY_BURST,
+    HUNGRY_GAP,
+    HUNGRY_RATE,
+    KQ_SPREAD,
+    LONE_AFTER,
+    STREAM_BATCH,
+    STREAM_GAP,
+    _clock,
+)
+from .keyed_queue import commit_keyed, send_keyed_one
 
 _ids = itertools.count(1)
-# upper bound of the per-record framing (length, attributes, deltas, key and
-# value lengths, header count) for records up to a few MiB
-_RECORD_OVERHEAD = 16
-# with linger_ms=0 and a reader waiting, commit at once, but not more often
-# than this: paced sends go out one by one, bursts still batch
-HUNGRY_GAP = 50e-6
-# ... unless the last commit already carried a stream (STREAM_BATCH messages
-# or more): then a reader is kept busy anyway, and batches of ~4x the size
-# cost a quarter of the per-commit overhead on both sides
-STREAM_GAP = 200e-6
-STREAM_BATCH = 8
-# ... and a paced producer's bursts (catching up after the host stalled it)
-# skip the gap: up to HUNGRY_BURST lone commits at once, refilled at
-# HUNGRY_RATE a second. A stream (send() at ~2 M/s) spends them in its first
-# ~15 us and batches from then on; a 10k msg/s producer never runs out, so
-# none of its messages waits for the flusher thread (whose wakeup took
-# 20-50 us here: W4's p99).
-HUNGRY_BURST = 32.0
-HUNGRY_RATE = 20_000.0
-# A lone message with no reader waiting goes at once (on the budget above)
-# if the last commit is at least this old: a paced producer's catch-up burst
-# sends every ~1.5-2 us and gets its messages out one by one (a reader busy
-# with the previous message finds the next one committed, not waiting for
-# the flusher thread); a stream's send() comes ~0.4 us after a commit and
-# keeps batching (W1 lost 14% when every new batch went out alone).
-LONE_AFTER = 1e-6
-_clock = time.perf_counter
-# header words read through a memoryview (no crossing, no cffi attribute)
-_HDR_FLAGS = ffi.offsetof("shmlog_part_hdr_t", "flags") // 4
-_HDR_HUNGRY = ffi.offsetof("shmlog_part_hdr_t", "data_hungry") // 4  # a reader waits here
-_HDR_BELL_HUNGRY = ffi.offsetof("shmlog_part_hdr_t", "bell_hungry") // 4  # ... or on the doorbell
-_F_CLOSED = lib.SHMLOG_F_CLOSED
 _append_one = lib.shmlog_log_append_one
+_key_partition = lib.shmlog_key_partition
 _BYTES_LIKE = (bytes, bytearray, memoryview)
 
 
@@ -99,7 +87,9 @@ class _Pending:
 class _TopicState:
     __slots__ = ("name", "topic", "pending", "plain", "plain_bytes", "plain_since", "slots", "keyed",
                  "sticky", "limit", "frame_limit", "max_message", "next_hungry",
-                 "hungry_tokens", "tokens_at", "waiters", "bell", "committed_end", "storage")
+                 "hungry_tokens", "tokens_at", "waiters", "bell", "committed_end", "storage",
+                 "nparts", "kq", "kq_limit", "kq_bytes", "kq_since", "kq_at", "kq_next", "kq_logs", "kq_slots",
+                 "kq_ends")
 
     def __init__(self, name, topic, batch_bytes: int):
         self.name = name
@@ -132,6 +122,25 @@ class _TopicState:
         self.hungry_tokens = [HUNGRY_BURST] * n  # lone commits that may skip the gap
         self.tokens_at = [0.0] * n
         self.storage = topic.config["storage"]
+        self.nparts = n
+        # send()'s keyed fast path: key, value, key, value, ... in arrival
+        # order, for every partition at once. The keys are hashed in C when
+        # the queue is committed (_commit_keyed), one crossing for the whole
+        # queue, not one per message. While it holds records no other list
+        # of this topic grows (send() commits it before queueing anything
+        # else), so everything else queued is older and goes first.
+        self.kq: List[bytes] = []
+        # the queue is committed at kq_limit bytes: spread over many
+        # partitions, each partition's frame would otherwise carry a record
+        # or two (a frame costs ~1 us to append, cold, at 256 partitions)
+        self.kq_limit = self.limit * min(n, KQ_SPREAD)
+        self.kq_bytes = 0
+        self.kq_since = 0.0   # monotonic() when the queue's oldest record came
+        self.kq_at = 0.0      # perf_counter() of the last commit of the queue
+        self.kq_next = 0.0    # when a waiting reader may trigger the next one
+        self.kq_logs = ffi.new("shmlog_log_t *[]", [r.c_log for r in topic.regions])
+        self.kq_slots = ffi.new("int32_t[]", [-1] * n)
+        self.kq_ends = ffi.new("uint64_t[]", n)  # end offsets committed through the queue
 
 
 class Producer:
@@ -181,26 +190,40 @@ class Producer:
             except errors.TopicExists:
                 pass
             t = self.cluster.topic(topic)
-        st = _TopicState(topic, t, self.batch_bytes)
-        self._topics[topic] = st
+        with self._lock:
+            # threads racing on a topic's first send must share one state:
+            # a second one would replace the first, and with it whatever was
+            # queued there
+            st = self._topics.get(topic)
+            if st is None:
+                st = self._topics[topic] = _TopicState(topic, t, self.batch_bytes)
         return st
 
     # ------------------------------------------------------------ send
     def send(self, topic: str, value, key=None, headers=None, partition: Optional[int] = None,
              timestamp_ms: Optional[int] = None, on_delivery: Optional[Callable] = None) -> None:
-        # fast path: an unkeyed bytes value to the sticky partition, whose
-        # pending batch holds only such values. Keep it to a few appends.
-        if (key is None and headers is None and partition is None and timestamp_ms is None
-                and on_delivery is None and value.__class__ is bytes):
+        # fast paths: a bytes value, unkeyed to the sticky or a given
+        # partition (whose pending batch holds only such values), or keyed
+        # (hashed later, per queue, in C). Keep them to a few appends.
+        if (headers is None and timestamp_ms is None and on_delivery is None
+                and value.__class__ is bytes):
             st = self._topics.get(topic)
-            if st is not None:
+            if st is None:
+                pass
+            elif key is None:
                 size = len(value)
                 if size > st.max_message:
                     raise errors.MessageTooLarge(
                         f"message of {size} bytes to topic {topic!r} exceeds "
                         f"max_message_bytes={st.max_message}", what=topic)
-                p = st.sticky
-                if not st.pending[p].values:  # nothing keyed/rich ahead of it
+                if partition is None:
+                    p = st.sticky
+                elif partition.__class__ is int and 0 <= partition < st.nparts:
+                    p = partition
+                else:
+                    p = -1  # the long way names the error
+                # nothing keyed/rich ahead of it
+                if p >= 0 and not st.kq and not st.pending[p].values:
                     if self._error is not None:
                         self._raise_async_error()
                     # No lock here: list.append is atomic under the GIL, and
@@ -231,7 +254,7 @@ class Producer:
                     nb = st.plain_bytes[p] = st.plain_bytes[p] + size + _RECORD_OVERHEAD
                     if nb >= st.limit:
                         self._commit_plain(st, p)
-                        if len(st.plain) > 1:
+                        if p == st.sticky and len(st.plain) > 1:
                             st.sticky = (p + 1) % len(st.plain)
                         return
                     # values queued behind a commit and a reader waits:
@@ -250,6 +273,40 @@ class Producer:
                         st.plain_since[p] = time.monotonic()
                         self._wake.set()
                     return
+            elif key.__class__ is bytes and partition is None:
+                size = len(value) + len(key)
+                if size <= st.max_message:  # else the long way raises
+                    if self._error is not None:
+                        self._raise_async_error()
+                    kq = st.kq
+                    if not kq and not self.linger_ms:
+                        # a lone keyed message: the same rule as the bare
+                        # form's, on its partition (one crossing to hash
+                        # it: only a paced producer comes here often; a
+                        # stream finds the queue filling, or just committed)
+                        p = _key_partition(key, len(key), st.nparts)
+                        now = _clock()
+                        since = now - st.tokens_at[p]
+                        if now >= st.next_hungry[p] and now - st.kq_at >= LONE_AFTER and (
+                                st.waiters[p][_HDR_HUNGRY] or st.bell[_HDR_BELL_HUNGRY]
+                                or (since >= LONE_AFTER
+                                    and st.hungry_tokens[p] + since * HUNGRY_RATE >= 1.0)):
+                            if self._send_keyed_one(st, p, key, value):
+                                return
+                    # one extend, atomic under the GIL: another thread's
+                    # pair never lands between this key and its value
+                    kq += key, value
+                    nb = st.kq_bytes = st.kq_bytes + size + _RECORD_OVERHEAD
+                    if nb >= st.kq_limit:
+                        self._commit_keyed(st)
+                        return
+                    if not self.linger_ms and st.bell[_HDR_BELL_HUNGRY] and _clock() >= st.kq_next:
+                        self._commit_keyed(st)
+                        return
+                    if len(kq) == 2:
+                        st.kq_since = time.monotonic()
+                        self._wake.set()
+                    return
         st = self._topics.get(topic) or self._state(topic)
         if value.__class__ is not bytes and value is not None and not isinstance(value, (bytearray, memoryview)):
             raise TypeError(f"value must be bytes-like (bytes, bytearray, memoryview), got "
@@ -257,7 +314,9 @@ class Producer:
         # fail here, not at commit time, where a bad message would take the
         # accepted messages of its pending batch down with it
         if headers:
-            encode_headers(headers)
+            # encoded once, here: a bad header fails this send, not the
+            # commit of the batch it would have joined
+            headers = encode_headers(headers)
         if timestamp_ms is not None and (timestamp_ms.__class__ is not int or timestamp_ms < 0):
             raise TypeError(f"timestamp_ms must be a non-negative int (ms since the epoch), got {timestamp_ms!r}")
         size = len(value) if value is not None else 0
@@ -283,6 +342,8 @@ class Producer:
         with self._lock:
             if self._error is not None:
                 self._raise_async_error()
+            if st.kq:  # queued keyed records are older than this one
+                self._commit_keyed(st)
             pend = st.pending[partition]
             vals = pend.values
             n = len(vals)
@@ -353,6 +414,8 @@ class Producer:
             if self._error is not None:
                 self._raise_async_error()
             # what is pending for this partition goes first (order)
+            if st.kq:
+                self._commit_keyed(st)
             if st.pending[partition].values or st.plain[partition]:
                 self._commit(st, partition)
             limit = st.frame_limit
@@ -585,6 +648,10 @@ class Producer:
         self._seq += 1
         rc = _append_one(plog.c_log, slot, value, len(value), time.time_ns() // 1_000_000,
                          self.producer_id, self._seq & 0xFFFFFFFF, self._max_block_ns)
+        self._lone_done(st, partition, plog, rc)
+
+    def _lone_done(self, st: _TopicState, partition: int, plog, rc: int) -> None:
+        """After a lone message's one crossing: its error, or its bookkeeping."""
         if rc < 0:
             try:
                 errors.check(rc, plog.what)
@@ -593,6 +660,12 @@ class Producer:
         _set_next_hungry(st, partition, 1)
         if rc >= st.committed_end[partition]:
             st.committed_end[partition] = rc + 1
+
+    def _commit_keyed(self, st: _TopicState) -> None:
+        commit_keyed(self, st)
+
+    def _send_keyed_one(self, st: _TopicState, partition: int, key: bytes, value: bytes) -> bool:
+        return send_keyed_one(self, st, partition, key, value)
 
     def _raise_async_error(self) -> None:
         err, self._error = self._error, None
@@ -622,6 +695,15 @@ class Producer:
                                         self._error = exc
                                 elif oldest is None or due < oldest:
                                     oldest = due
+                        if st.kq:
+                            due = st.kq_since + self.linger_ms / 1000.0
+                            if due <= time.monotonic():
+                                try:
+                                    self._commit_keyed(st)
+                                except BaseException as exc:  # surfaced on the next send/flush
+                                    self._error = exc
+                            elif oldest is None or due < oldest:
+                                oldest = due
                 if oldest is None:
                     break
                 time.sleep(max(0.0, min(oldest - time.monotonic(), 0.05)))
@@ -636,12 +718,15 @@ class Producer:
             for st in list(self._topics.values()):
                 for p in range(len(st.pending)):
                     self._commit(st, p)
+                # the keyed queue last: it is newer than everything else
+                self._commit_keyed(st)
         if durable:
             deadline = None if timeout is None else time.monotonic() + timeout
             for st in list(self._topics.values()):
                 if st.storage != "disk":
                     continue
                 for p, end in enumerate(st.committed_end):
+                    end = max(end, st.kq_ends[p])
                     if end:
                         left = None if deadline is None else max(0.0, deadline - time.monotonic())
                         self.cluster.request("sync", topic=st.name, partition=p, offset=end,

@@ -197,6 +197,15 @@ typedef struct {
 } shmlog_read_info_t;
 
 int32_t shmlog_murmur2(const uint8_t *data, size_t len);
+uint32_t shmlog_key_partition(const char *key, size_t len, uint32_t num_partitions);
+int64_t shmlog_keyed_append(shmlog_log_t *const *logs, const int32_t *slots, uint32_t nparts,
+                            const char *values, const int32_t *value_lens,
+                            const char *keys, const int32_t *key_lens, uint32_t n,
+                            int64_t timestamp, uint64_t producer_id, uint32_t producer_seq,
+                            uint64_t timeout_ns, uint64_t *ends, uint32_t *failed);
+int64_t shmlog_keyed_append_one(shmlog_log_t *log, int slot, const char *key, int32_t key_len,
+                                const char *value, int32_t value_len, int64_t timestamp,
+                                uint64_t producer_id, uint32_t producer_seq, uint64_t timeout_ns);
 void shmlog_murmur2_partitions(const uint8_t *keys, const int32_t *lens, uint32_t n,
                                uint32_t num_partitions, uint32_t *out);
 uint32_t shmlog_crc32c(uint32_t crc, const void *buf, size_t len);
@@ -301,7 +310,7 @@ int shmlog_log_frontier(shmlog_log_t *log, shmlog_cursor_t *cursor, uint64_t *se
                         uint32_t *pos);
 """
 
-SOURCES = ["chunk.c", "claim.c", "codec.c", "crc32c.c", "futex.c", "partitioner.c", "read.c",
+SOURCES = ["chunk.c", "claim.c", "codec.c", "crc32c.c", "futex.c", "keyed.c", "partitioner.c", "read.c",
            "region.c", "repair.c"]
 
 ffibuilder = FFI()

@@ -283,7 +283,8 @@ class PartitionLog:
         if headers is not None and any(headers):
             if len(headers) != n:
                 raise ValueError(f"{len(headers)} header lists for {n} values")
-            sections = [encode_headers(h) for h in headers]
+            # bytes: a section send() already encoded (and so validated)
+            sections = [h if h.__class__ is bytes else encode_headers(h) for h in headers]
             hblob, hlens = columns(sections, "headers")
             hl = ffi.new("uint32_t[]", list(hlens))
             keep += [hblob, hl]

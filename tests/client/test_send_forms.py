@@ -1,0 +1,227 @@
+"""Every form of send() through its fast path: keyed (hashed per queue in C),
+explicit partition, and their mixes with the bare form, the rich forms
+(headers, timestamps, on_delivery) and send_batch. What must hold: Kafka's
+placement for every key, each partition in send order, nothing lost or
+doubled, with one thread and with several.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from _broker_helpers import ROOMY, by_partition, collect, kafka_partition, running_cluster
+
+TOPIC = "forms"
+
+
+def _read_all(cluster, want, topic=TOPIC):
+    with cluster.consumer(topic, auto_offset_reset="earliest") as consumer:
+        return collect(consumer, want, timeout=30)
+
+
+@pytest.mark.parametrize("partitions", [1, 4, 7, 256])
+def test_keyed_never_repeating_keys_land_on_murmur2(data_dir, partitions):
+    topic = {"storage": "memory", "chunk_bytes": 65536, "chunk_count": 4} if partitions == 256 else ROOMY
+    with running_cluster(data_dir) as cluster:
+        cluster.create_topic(TOPIC, partitions=partitions, **topic)
+        n = 3000
+        with cluster.producer() as producer:
+            for i in range(n):
+                producer.send(TOPIC, b"v%d" % i, key=b"user-%d" % i)
+        got = _read_all(cluster, n)
+    assert len(got) == n
+    for m in got:
+        i = int(m.value[1:])
+        assert m.key == b"user-%d" % i
+        assert m.partition == kafka_partition(m.key, partitions)
+    for msgs in by_partition(got).values():
+        seq = [int(m.value[1:]) for m in msgs]
+        assert seq == sorted(seq), "a partition's records left send order"
+        assert [m.offset for m in msgs] == list(range(msgs[0].offset, msgs[0].offset + len(msgs)))
+
+
+def test_explicit_partition_fast_path_keeps_order_and_placement(data_dir):
+    with running_cluster(data_dir) as cluster:
+        cluster.create_topic(TOPIC, partitions=3, **ROOMY)
+        n = 5000
+        with cluster.producer() as producer:
+            for i in range(n):
+                producer.send(TOPIC, b"%d" % i, partition=i % 3)
+            with pytest.raises(shmlog_errors().UnknownPartition):
+                producer.send(TOPIC, b"x", partition=3)
+            with pytest.raises(shmlog_errors().UnknownPartition):
+                producer.send(TOPIC, b"x", partition=-1)
+        got = _read_all(cluster, n)
+    for p, msgs in by_partition(got).items():
+        vals = [int(m.value) for m in msgs]
+        assert vals == list(range(p, n, 3))
+
+
+def shmlog_errors():
+    import shmlog
+
+    return shmlog
+
+
+def test_forms_mixed_keep_each_partitions_send_order(data_dir):
+    """Keyed sends queue per topic, the others per partition: whatever the
+    mix, each partition must see exactly send order."""
+    calls = []
+
+    def cb(err, md):
+        calls.append((err, md))
+
+    parts = 4
+    with running_cluster(data_dir) as cluster:
+        cluster.create_topic(TOPIC, partitions=parts, **ROOMY)
+        sent = []  # (partition, value) in send order
+        with cluster.producer() as producer:
+            st = None
+            for i in range(4000):
+                v = b"%d" % i
+                form = (i * 7919) % 9
+                if form in (0, 1, 2):
+                    k = b"k%d" % (i % 50)
+                    producer.send(TOPIC, v, key=k)
+                    sent.append((kafka_partition(k, parts), v))
+                    continue
+                if form == 3:
+                    producer.send(TOPIC, v, partition=i % parts)
+                    sent.append((i % parts, v))
+                    continue
+                if form == 4:
+                    k = b"k%d" % (i % 50)
+                    producer.send(TOPIC, v, key=k, headers=[("h", b"%d" % i)])
+                    sent.append((kafka_partition(k, parts), v))
+                    continue
+                if form == 5:
+                    k = b"k%d" % (i % 50)
+                    producer.send(TOPIC, v, key=k, on_delivery=cb)
+                    sent.append((kafka_partition(k, parts), v))
+                    continue
+                if form == 6:
+                    ks = [b"b%d" % (i + j) for j in range(3)]
+                    vs = [v + b".%d" % j for j in range(3)]
+                    producer.send_batch(TOPIC, vs, keys=ks)
+                    sent.extend((kafka_partition(k, parts), x) for k, x in zip(ks, vs))
+                    continue
+                if st is None:
+                    st = producer._topics[TOPIC]
+                p = st.sticky  # the bare form goes to the sticky partition
+                producer.send(TOPIC, v, timestamp_ms=1_700_000_000_000 + i) if form == 7 \
+                    else producer.send(TOPIC, v)
+                sent.append((p, v))
+            producer.flush()
+        got = _read_all(cluster, len(sent))
+    want = {}
+    for p, v in sent:
+        want.setdefault(p, []).append(v)
+    have = {p: [m.value for m in msgs] for p, msgs in by_partition(got).items()}
+    assert have == want
+    assert calls and all(err is None for err, _ in calls)
+
+
+def test_keyed_from_threads_pairs_each_key_with_its_value(data_dir):
+    """The keyed queue is appended without the lock (key and value in one
+    extend): another thread's pair must never split a pair."""
+    parts, threads, n = 5, 4, 4000
+    with running_cluster(data_dir) as cluster:
+        cluster.create_topic(TOPIC, partitions=parts, **ROOMY)
+        with cluster.producer() as producer:
+            def run(t):
+                for i in range(n):
+                    producer.send(TOPIC, b"%d:%d" % (t, i), key=b"%d:%d" % (t, i))
+
+            ts = [threading.Thread(target=run, args=(t,)) for t in range(threads)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
+            producer.flush()
+        got = _read_all(cluster, threads * n)
+    assert len(got) == threads * n
+    assert len({m.value for m in got}) == threads * n
+    per_thread = {}
+    for m in got:
+        assert m.key == m.value
+        assert m.partition == kafka_partition(m.key, parts)
+        t, i = map(int, m.value.split(b":"))
+        per_thread.setdefault((t, m.partition), []).append(i)
+    for seq in per_thread.values():
+        assert seq == sorted(seq)
+
+
+def test_keyed_lone_sends_to_a_waiting_reader(data_dir):
+    """A paced keyed producer (the latency path: one crossing, no queue)
+    with a reader waiting gets each message out at once, on its partition."""
+    parts = 3
+    with running_cluster(data_dir) as cluster:
+        cluster.create_topic(TOPIC, partitions=parts, **ROOMY)
+        with cluster.producer() as producer, \
+                cluster.consumer(TOPIC, auto_offset_reset="earliest") as consumer:
+            for i in range(60):
+                k = b"key-%d" % i
+                producer.send(TOPIC, b"%d" % i, key=k)
+                m = consumer.poll(timeout=5.0)
+                assert m is not None, f"message {i} was not committed at once"
+                assert (m.key, m.value, m.partition) == (k, b"%d" % i, kafka_partition(k, parts))
+
+
+def test_keyed_bad_input_raises_at_send(data_dir):
+    with running_cluster(data_dir) as cluster:
+        cluster.create_topic(TOPIC, partitions=2, storage="memory", max_message_bytes=1000)
+        with cluster.producer() as producer:
+            producer.send(TOPIC, b"ok", key=b"k")
+            with pytest.raises(shmlog_errors().MessageTooLarge):
+                producer.send(TOPIC, b"x" * 990, key=b"y" * 20)
+            with pytest.raises(TypeError):
+                producer.send(TOPIC, b"x", key="str-key")
+            producer.send(TOPIC, b"ok2", key=bytearray(b"k"))
+            producer.flush()
+        got = _read_all(cluster, 2)
+    assert sorted(m.value for m in got) == [b"ok", b"ok2"]
+    assert {m.partition for m in got} == {kafka_partition(b"k", 2)}
+
+
+def test_adaptive_wait_learns_the_gap(monkeypatch):
+    """The default consumer (spin_us=None) sleeps through most of a paced
+    gap and spins only around the next message that is due; a stream or an
+    unknown rate spins the fixed default."""
+    from shmlog.client import arrivals as amod
+
+    clock = [1_000_000_000]
+    monkeypatch.setattr(amod, "_now_ns", lambda: clock[0])
+    monkeypatch.setattr(amod, "_fine_timer_slack", lambda: None)
+    arr = amod.Arrivals()
+    default = int(amod.DEFAULT_SPIN_US * 1000)
+    assert arr.plan(10**9) == (0, default)
+    for _ in range(50):  # 10k msg/s
+        arr.arrived()
+        clock[0] += 100_000
+    clock[0] -= 100_000 - 5_000  # 5 us after the last arrival
+    sleep, spin = arr.plan(10**9)
+    margin = 25_000  # a quarter of the gap, within MARGIN
+    assert abs(arr.gap - 100_000) < 1_000
+    assert abs(sleep - (100_000 - 5_000 - margin)) < 1_500
+    assert spin == 3 * margin
+    # a long idle pause does not unlearn the rate in one step
+    clock[0] += 10**9
+    arr.arrived()
+    assert arr.gap < 200_000
+    # past the due time: spin for it, no sleep
+    clock[0] += arr.gap
+    sleep, spin = arr.plan(10**9)
+    assert sleep == 0 and spin > 0
+    # a stream (gaps of 1 us): no sleep, the fixed spin
+    s = amod.Arrivals()
+    for _ in range(50):
+        s.arrived()
+        clock[0] += 1_000
+    assert s.plan(10**9) == (0, default)
+    # a rate too slow to spin for: the fixed spin, then the futex
+    slow = amod.Arrivals()
+    for _ in range(5):
+        slow.arrived()
+        clock[0] += 50_000_000
+    assert slow.plan(10**9) == (0, default)
