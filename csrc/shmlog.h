@@ -5,6 +5,7 @@
 #include "codec.h"
 #include "crc32c.h"
 #include "futex.h"
+#include "kafka_batch.h"
 #include "layout.h"
 #include "log.h"
 #include "partitioner.h"

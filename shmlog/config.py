@@ -42,6 +42,17 @@ BROKER_DEFAULTS: Dict[str, Any] = {
     "claim_timeout_ms": 2000,
     "reaper_interval_ms": 100,
     "session_timeout_ms": 10000,
+    # the Kafka wire-protocol listener (shmlog.kafka): "host:port" or None
+    # (off); loopback unless the user names another address
+    "kafka_listener": None,
+    "kafka_auto_create_topics": True,  # Metadata may create topics clients ask for
+    "kafka_max_request_bytes": 100 << 20,  # a larger size prefix closes that connection
+}
+
+# broker settings that are not plain non-negative numbers: their check
+_BROKER_SPECIAL = {
+    "kafka_listener": lambda v: v is None or (isinstance(v, str) and ":" in v),
+    "kafka_auto_create_topics": lambda v: isinstance(v, bool),
 }
 
 
@@ -115,7 +126,12 @@ def broker_config(overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
             raise InvalidConfig(
                 f"unknown broker setting {k!r}; known: {', '.join(sorted(BROKER_DEFAULTS))}", what=k
             )
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+        special = _BROKER_SPECIAL.get(k)
+        if special is not None:
+            if not special(v):
+                need = "'host:port' or None" if k == "kafka_listener" else "True or False"
+                raise InvalidConfig(f"invalid {k}={v!r}: must be {need}", what=k)
+        elif isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
             raise InvalidConfig(f"invalid {k}={v!r}: must be a non-negative number", what=k)
         cfg[k] = v
     return cfg

@@ -687,7 +687,8 @@ def serve(data_dir: Path, *, auto: bool = False, **broker_config: Any) -> int:
 
 def _install_roles(sup: Supervisor) -> None:
     """Attach the roles that live in their own modules: the group coordinator and storage."""
-    from . import coordinator, storage
+    from . import coordinator, kafka_process, storage
 
     coordinator.install(sup)
     storage.install(sup)
+    kafka_process.install(sup)  # the Kafka listener's process, when kafka_listener is set

@@ -54,7 +54,10 @@ def cmd_serve(args) -> int:
             os._exit(0)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        return serve(Path(args.data_dir), auto=args.auto, **_kv(args.set))
+        settings = _kv(args.set)
+        if args.kafka_listener:
+            settings["kafka_listener"] = args.kafka_listener
+        return serve(Path(args.data_dir), auto=args.auto, **settings)
     except errors.ShmlogError as exc:
         print(f"shmlog serve: {exc}", file=sys.stderr)
         return 1
@@ -74,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--auto", action="store_true", help="exit when no client is left for idle_timeout_s")
     sp.add_argument("--detach", action="store_true", help="run in the background")
     sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="broker setting, e.g. idle_timeout_s=30")
+    sp.add_argument("--kafka-listener", metavar="HOST:PORT",
+                    help="also serve the Kafka wire protocol here (e.g. 127.0.0.1:9092)")
     sp.set_defaults(func=cmd_serve)
     try:
         from . import tools
