@@ -174,6 +174,8 @@ class Listener:
                     await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT_S)
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.TimeoutError):
             pass
+        except asyncio.CancelledError:
+            return  # the listener is shutting down
         except P.MalformedRequest as exc:
             self.closed_bad += 1
             log.info("closing %s: %s", conn.peer, exc)
