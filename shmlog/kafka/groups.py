@@ -228,7 +228,7 @@ class GroupBridge:
             self.state.log.warning("leave of group %r failed: %s", m.group, exc)
 
     def leave_group(self, req, version: int) -> Dict[str, Any]:
-        ids = [req.member_id] if version < 3 else [x.member_id for x in req.members]
+        ids = [req.member_id] if version < 3 else [x.member_id for x in req.members or ()]
         out = []
         for mid in ids:
             m = self.members.get((req.group_id, mid))
@@ -242,7 +242,7 @@ class GroupBridge:
     def offset_commit(self, req, version: int) -> Dict[str, Any]:
         gen = getattr(req, "generation_id_or_member_epoch", getattr(req, "generation_id", -1))
         m = self._member(req.group_id, req.member_id) if req.member_id else None
-        offsets = [(t.name, p.partition_index, p.committed_offset) for t in req.topics for p in t.partitions]
+        offsets = [(t.name, p.partition_index, p.committed_offset) for t in req.topics or () for p in t.partitions or ()]
         code = P.NONE
         if m is None:
             # a commit from outside a group (assign() + commit): the
@@ -273,7 +273,7 @@ class GroupBridge:
         return {"throttle_time": 0, "topics": [
             {"name": t.name, "partitions": [{"partition_index": p.partition_index,
                                              "error_code": code_of(t.name, p.partition_index)}
-                                            for p in t.partitions]} for t in req.topics]}
+                                            for p in t.partitions or ()]} for t in req.topics or ()]}
 
     def offset_fetch(self, req, version: int) -> Dict[str, Any]:
         if req.topics is None:
@@ -283,7 +283,7 @@ class GroupBridge:
             except errors.ShmlogError:
                 tps = []
         else:
-            tps = [(t.name, p) for t in req.topics for p in t.partition_indexes]
+            tps = [(t.name, p) for t in req.topics for p in t.partition_indexes or ()]
         committed: Dict[TP, Optional[int]] = {}
         code = P.NONE
         if tps:
@@ -304,7 +304,7 @@ class GroupBridge:
 
     def describe_groups(self, req, version: int) -> Dict[str, Any]:
         out = []
-        for g in req.groups:
+        for g in req.groups or ():
             try:
                 d = self._request("describe_group", group=g)["group"]
             except errors.ShmlogError:

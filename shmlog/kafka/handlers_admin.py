@@ -68,7 +68,7 @@ class Admin:
     def create_topics(self, req, version: int) -> Dict[str, Any]:
         cluster = self.state.cluster
         out = []
-        for t in req.topics:
+        for t in req.topics or ():
             code, msg = P.NONE, None
             n = t.num_partitions if t.num_partitions > 0 else self.state.default_partitions
             config = {}
@@ -96,7 +96,7 @@ class Admin:
     def delete_topics(self, req, version: int) -> Dict[str, Any]:
         cluster = self.state.cluster
         out = []
-        for name in req.topic_names:
+        for name in req.topic_names or ():
             code = P.NONE
             try:
                 cluster.delete_topic(name)

@@ -308,9 +308,9 @@ class DataPlane:
     def list_offsets(self, req, version: int) -> Dict[str, Any]:
         st = self.state
         topics = []
-        for t in req.topics:
+        for t in req.topics or ():
             parts = []
-            for pr in t.partitions:
+            for pr in t.partitions or ():
                 ts = int(pr.timestamp) if not hasattr(pr.timestamp, "timestamp") else \
                     int(pr.timestamp.timestamp() * 1000)
                 code, off = P.NONE, -1

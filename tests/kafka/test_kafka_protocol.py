@@ -1,0 +1,269 @@
+"""The listener at the byte level: version negotiation (KIP-511), old
+Produce/Fetch versions, CRC checks, acks=0, idempotent retries, the Fetch
+long poll, and bad input (oversized, unknown API, truncated, slowloris,
+never-reading clients, seeded fuzz) costing only the offending connection."""
+
+from __future__ import annotations
+
+import random
+import socket
+import struct
+import threading
+import time
+
+import psutil
+import pytest
+from _kafka_helpers import kafka_cluster
+from _kafka_wire import Wire, batch, fetch_body, fetch_result, produce_body, produce_result, string
+
+from shmlog.kafka import protocol as P
+
+TOPIC = {"storage": "memory", "chunk_bytes": 1 << 20, "chunk_count": 4}
+
+
+@pytest.fixture(scope="module")
+def kc(tmp_path_factory):
+    with kafka_cluster(tmp_path_factory.mktemp("kafka") / "data") as (cluster, bs):
+        for name in ("p", "idem", "poll", "fuzz", "acks0"):
+            cluster.create_topic(name, partitions=1, **TOPIC)
+        yield cluster, bs
+
+
+def listener_pid(cluster) -> int:
+    me = psutil.Process()
+    for p in me.children(recursive=True):
+        try:
+            if "shmlog.kafka" in " ".join(p.cmdline()):
+                return p.pid
+        except psutil.Error:
+            pass
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if "shmlog.kafka" in cmd and str(cluster.data_dir) in cmd:
+            return p.pid
+    raise AssertionError("no listener process")
+
+
+def records_of(raw: bytes):
+    from kafka.record import MemoryRecords
+
+    out = []
+    mr = MemoryRecords(raw)
+    while mr.has_next():
+        b = mr.next_batch()
+        out += [(r.offset, r.key, r.value) for r in b]
+    return out
+
+
+def test_api_versions_every_version_and_kip511(kc):
+    _c, bs = kc
+    with Wire(bs) as w:
+        for v in range(4):
+            resp = w.call(P.API_VERSIONS, v, b"" if v < 3 else b"\x05wire\x021\x00")
+            code = struct.unpack_from(">h", resp, 0)[0]
+            assert code == 0
+        # a version above ours: the v0 answer with UNSUPPORTED_VERSION and our ranges
+        resp = w.call(P.API_VERSIONS, 4, b"\x05wire\x021\x00")
+        code, n = struct.unpack_from(">hi", resp, 0)
+        assert code == P.UNSUPPORTED_VERSION
+        ranges = {struct.unpack_from(">hhh", resp, 6 + 6 * i)[0]: struct.unpack_from(">hhh", resp, 6 + 6 * i)[1:]
+                  for i in range(n)}
+        assert ranges == P.SUPPORTED
+        assert all(lo == 0 for lo, _hi in ranges.values())
+
+
+def test_old_produce_and_fetch_get_an_error_per_partition(kc):
+    _c, bs = kc
+    with Wire(bs) as w:
+        code, _ = produce_result(2, w.call(P.PRODUCE, 2, produce_body(2, "p", 0, b"\0" * 30)))
+        assert code == P.UNSUPPORTED_VERSION
+        code, _hw, recs = fetch_result(3, w.call(P.FETCH, 3, fetch_body(3, "p", 0, 0)))
+        assert code == P.UNSUPPORTED_VERSION and recs == b""
+
+
+@pytest.mark.parametrize("pv,fv", [(3, 4), (5, 7), (8, 11)])
+def test_produce_fetch_versions_and_bad_crc(kc, pv, fv):
+    cluster, bs = kc
+    with Wire(bs) as w:
+        start = cluster.topic("p").regions[0].end_offset()
+        good = batch([(b"k%d" % i, b"v%d" % i) for i in range(10)])
+        code, base = produce_result(pv, w.call(P.PRODUCE, pv, produce_body(pv, "p", 0, good)))
+        assert (code, base) == (0, start)
+        bad = bytearray(good)
+        bad[-1] ^= 0xFF  # the CRC covers this byte
+        code, _ = produce_result(pv, w.call(P.PRODUCE, pv, produce_body(pv, "p", 0, bytes(bad))))
+        assert code == P.CORRUPT_MESSAGE
+        code, hw, recs = fetch_result(fv, w.call(P.FETCH, fv, fetch_body(fv, "p", 0, start)))
+        assert code == 0 and hw == start + 10
+        assert records_of(recs) == [(start + i, b"k%d" % i, b"v%d" % i) for i in range(10)]
+        # unknown topic and out-of-range offsets are per-partition errors
+        code, _ = produce_result(pv, w.call(P.PRODUCE, pv, produce_body(pv, "nope", 0, good)))
+        assert code == P.UNKNOWN_TOPIC_OR_PARTITION
+        code, _hw, _r = fetch_result(fv, w.call(P.FETCH, fv, fetch_body(fv, "p", 0, start + 1000)))
+        assert code == P.OFFSET_OUT_OF_RANGE
+
+
+def test_acks_0_gets_no_response(kc):
+    cluster, bs = kc
+    with Wire(bs) as w:
+        w.send(P.PRODUCE, 7, produce_body(7, "acks0", 0, batch([(None, b"fire")]), acks=0))
+        # the next answer on this connection is for the next request
+        code = struct.unpack_from(">h", w.call(P.API_VERSIONS, 0, b""), 0)[0]
+        assert code == 0
+    deadline = time.monotonic() + 5
+    while cluster.topic("acks0").regions[0].end_offset() < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def test_idempotent_retry_is_acknowledged_once(kc):
+    cluster, bs = kc
+    plog = cluster.topic("idem").regions[0]
+    with Wire(bs) as w:
+        resp = w.call(P.INIT_PRODUCER_ID, 1, string(None) + struct.pack(">i", 30000))
+        _t, code, pid, epoch = struct.unpack_from(">ihqh", resp, 0)
+        assert code == 0 and pid > 0
+        b0 = batch([(b"a", b"1"), (b"b", b"2")], producer_id=pid, epoch=epoch, base_sequence=0)
+        b1 = batch([(b"c", b"3")], producer_id=pid, epoch=epoch, base_sequence=2)
+        assert produce_result(8, w.call(P.PRODUCE, 8, produce_body(8, "idem", 0, b0))) == (0, 0)
+        # the response to b1 is "lost": the producer closes and retries
+        w.send(P.PRODUCE, 8, produce_body(8, "idem", 0, b1))
+    deadline = time.monotonic() + 5
+    while plog.end_offset() < 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    with Wire(bs) as w:
+        assert produce_result(8, w.call(P.PRODUCE, 8, produce_body(8, "idem", 0, b1))) == (0, 2)
+        assert produce_result(8, w.call(P.PRODUCE, 8, produce_body(8, "idem", 0, b0))) == (0, 0)
+        gap = batch([(b"d", b"4")], producer_id=pid, epoch=epoch, base_sequence=7)
+        code, _ = produce_result(8, w.call(P.PRODUCE, 8, produce_body(8, "idem", 0, gap)))
+        assert code == P.OUT_OF_ORDER_SEQUENCE_NUMBER
+        old = batch([(b"e", b"5")], producer_id=pid, epoch=epoch - 1 if epoch > 0 else -5, base_sequence=3)
+        if epoch > 0:
+            code, _ = produce_result(8, w.call(P.PRODUCE, 8, produce_body(8, "idem", 0, old)))
+            assert code == P.INVALID_PRODUCER_EPOCH
+    assert plog.end_offset() == 3  # each message once
+
+
+def test_fetch_long_poll_is_woken_by_a_commit(kc):
+    cluster, bs = kc
+    end = cluster.topic("poll").regions[0].end_offset()
+
+    def later():
+        time.sleep(0.3)
+        with cluster.producer() as p:
+            p.send("poll", b"wake")
+            p.flush()
+
+    t = threading.Thread(target=later)
+    with Wire(bs) as w:
+        t0 = time.monotonic()
+        t.start()
+        code, _hw, recs = fetch_result(11, w.call(P.FETCH, 11, fetch_body(11, "poll", 0, end, max_wait=5000)))
+        took = time.monotonic() - t0
+        t.join()
+        assert code == 0 and [r[2] for r in records_of(recs)] == [b"wake"]
+        assert 0.25 < took < 2.0, took
+        # nothing arrives: the answer comes after max_wait, empty
+        t0 = time.monotonic()
+        code, _hw, recs = fetch_result(11, w.call(P.FETCH, 11, fetch_body(11, "poll", 0, end + 1, max_wait=300)))
+        assert code == 0 and recs == b"" and 0.25 < time.monotonic() - t0 < 2.0
+
+
+def _still_serves(bs: str) -> None:
+    with Wire(bs, timeout=5) as w:
+        assert struct.unpack_from(">h", w.call(P.API_VERSIONS, 0, b""), 0)[0] == 0
+
+
+def test_bad_frames_close_only_their_connection(kc):
+    cluster, bs = kc
+    pid = listener_pid(cluster)
+    host, port = bs.rsplit(":", 1)
+    # a size prefix over max_request_bytes, a negative one, an unknown API, a truncated header
+    for raw in (struct.pack(">i", 1 << 30), struct.pack(">i", -5),
+                struct.pack(">ihhi", 10, 999, 0, 1) + b"\xff\xff",
+                struct.pack(">ihhi", 12, 3, 99, 1) + b"\x00\x05ab"):
+        with socket.create_connection((host, int(port)), timeout=5) as s:
+            s.sendall(raw)
+            assert s.recv(100) == b""  # closed by the listener
+    # slowloris: half a request, then silence; another client is served meanwhile
+    slow = socket.create_connection((host, int(port)))
+    slow.sendall(struct.pack(">i", 100) + b"\x00\x12")
+    # a client that sends and never reads
+    hog = Wire(bs)
+    for _ in range(200):
+        hog.send(P.FETCH, 11, fetch_body(11, "p", 0, 0))
+    t0 = time.monotonic()
+    _still_serves(bs)
+    assert time.monotonic() - t0 < 1.0
+    slow.close()
+    hog.close()
+    assert listener_pid(cluster) == pid
+
+
+def test_seeded_fuzz_of_malformed_frames(kc):
+    """A few thousand malformed frames (mutated, truncated, random): none
+    crashes or stalls the listener; valid requests keep working."""
+    cluster, bs = kc
+    pid = listener_pid(cluster)
+    rng = random.Random(1414)
+    good = batch([(b"k", b"v")])
+    templates = [
+        (P.PRODUCE, 8, produce_body(8, "fuzz", 0, good)),
+        (P.PRODUCE, 3, produce_body(3, "fuzz", 0, good)),
+        (P.FETCH, 11, fetch_body(11, "fuzz", 0, 0)),
+        (P.FETCH, 4, fetch_body(4, "fuzz", 0, 0)),
+        (P.METADATA, 8, struct.pack(">i", 1) + string("fuzz") + b"\x00\x00\x00"),
+        (P.LIST_OFFSETS, 5, struct.pack(">ib", -1, 0) + struct.pack(">i", 1) + string("fuzz")
+         + struct.pack(">iiiq", 1, 0, -1, -1)),
+        (P.JOIN_GROUP, 5, string("fz") + struct.pack(">ii", 10000, 10000) + string("") + string(None)
+         + string("consumer") + struct.pack(">i", 1) + string("range") + struct.pack(">i", 0)),
+        (P.OFFSET_COMMIT, 7, string("fz") + struct.pack(">i", -1) + string("") + string(None)
+         + struct.pack(">i", 0)),
+    ]
+    host, port = bs.rsplit(":", 1)
+    s = None
+    sent = slow = 0
+    for _i in range(3000):
+        api, ver, body = rng.choice(templates)
+        head = struct.pack(">hhi", api, ver, 7) + string("fz")
+        frame = bytearray(head + body)
+        kind = rng.random()
+        if kind < 0.4:
+            for _ in range(rng.randint(1, 6)):
+                frame[rng.randrange(len(frame))] = rng.randrange(256)
+        elif kind < 0.7:
+            frame = frame[: rng.randrange(len(frame))]
+        elif kind < 0.8:
+            frame = bytearray(rng.randbytes(rng.randint(0, 200)))
+        else:
+            pos = rng.randrange(len(head), len(frame) or 1)
+            frame[pos:pos + 4] = struct.pack(">i", rng.choice([-1, 0x7FFFFFFF, -0x80000000, 1 << 20]))
+        if s is None:
+            s = socket.create_connection((host, int(port)), timeout=5)
+        try:
+            s.sendall(struct.pack(">i", len(frame)) + bytes(frame))
+            # an answer, or the close; a mutated Fetch may long-poll (up to
+            # its max_wait): leave that connection waiting and go on
+            s.settimeout(0.5)
+            data = s.recv(1 << 16)
+            if not data:
+                s.close()
+                s = None
+        except socket.timeout:
+            slow += 1
+            s.close()
+            s = None
+        except ConnectionError:
+            s.close()
+            s = None
+        sent += 1
+    if s is not None:
+        s.close()
+    assert sent == 3000
+    assert slow < 150, f"{slow} frames got neither an answer nor a close within 0.5 s"
+    _still_serves(bs)
+    with Wire(bs) as w:
+        code, _base = produce_result(8, w.call(P.PRODUCE, 8, produce_body(8, "fuzz", 0, good)))
+        assert code == 0
+    assert listener_pid(cluster) == pid
