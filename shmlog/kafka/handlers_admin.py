@@ -55,6 +55,10 @@ class Admin:
             if info is None:
                 topics.append({"error_code": P.UNKNOWN_TOPIC_OR_PARTITION, "name": name, "partitions": []})
                 continue
+            try:
+                st.map_topic(name)  # here, in the control thread: the data path finds it mapped
+            except errors.ShmlogError:
+                pass
             parts = [{"error_code": P.NONE, "partition_index": p.partition, "leader_id": NODE_ID,
                       "leader_epoch": -1, "replica_nodes": [NODE_ID], "isr_nodes": [NODE_ID],
                       "offline_replicas": []} for p in info.partitions]

@@ -66,6 +66,8 @@ class DataPlane:
             for _ in range(r.count(8)):
                 parts.append((r.i32(), r.nbytes()))
             topics.append((name, parts))
+        if version >= 3:
+            await self.state.ensure_mapped([name for name, _parts in topics])
         results: List[Tuple[str, List[Tuple[int, int, int, int, Optional[str]]]]] = []
         for name, parts in topics:
             res = []
@@ -194,6 +196,7 @@ class DataPlane:
             for name, p, _off, _pmax in wanted:
                 answers[(name, p)] = (P.UNSUPPORTED_VERSION, -1, -1, [])
         else:
+            await self.state.ensure_mapped(sorted({w[0] for w in wanted}))
             deadline = time.monotonic() + max_wait / 1000.0
             while True:
                 size = self._fetch_once(conn, wanted, answers, max(max_bytes, 1))

@@ -54,6 +54,31 @@ class State:
         self.wait_pool = ThreadPoolExecutor(WAIT_THREADS, thread_name_prefix="kafka-wait")
         self.ctl_pool = ThreadPoolExecutor(1, thread_name_prefix="kafka-control")
         self._slots: Dict[int, Tuple[Any, int]] = {}
+        self._mapped: Dict[str, Any] = {}
+
+    def mapped(self, topic: str) -> bool:
+        """Is the topic mapped here and current (cheap: no request)?"""
+        t = self._mapped.get(topic)
+        return t is not None and not any(r.closed or (r.hdr.flags & 4) for r in t.regions)
+
+    def map_topic(self, topic: str):
+        """Map a topic's regions (a supervisor request, and page faults for
+        prefaulted regions: up to a second for large rings). Control thread
+        only, never the event loop."""
+        t = self.cluster.topic(topic)
+        self._mapped[topic] = t
+        return t
+
+    async def ensure_mapped(self, topics) -> None:
+        """Map what a Produce or Fetch names and this process has not
+        mapped yet, in the control thread (other connections keep going)."""
+        loop = asyncio.get_running_loop()
+        for name in topics:
+            if not self.mapped(name):
+                try:
+                    await loop.run_in_executor(self.ctl_pool, self.map_topic, name)
+                except errors.ShmlogError:
+                    pass  # the handler answers UNKNOWN_TOPIC_OR_PARTITION
 
     def region(self, topic: str, p: int):
         t = self.cluster.topic(topic)

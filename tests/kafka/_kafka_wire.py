@@ -136,3 +136,73 @@ def fetch_result(version: int, resp: bytes) -> Tuple[int, int, bytes]:
         pos += 4
     (rl,) = struct.unpack_from(">i", resp, pos)
     return code, hw, resp[pos + 4 : pos + 4 + max(rl, 0)]
+
+
+def fuzz_templates(topic: str) -> List[Tuple[int, int, bytes]]:
+    """Valid requests (api, version, body) that fuzz_frame mutates."""
+    good = batch([(b"k", b"v")])
+    return [
+        (0, 8, produce_body(8, topic, 0, good)),
+        (0, 3, produce_body(3, topic, 0, good)),
+        (1, 11, fetch_body(11, topic, 0, 0)),
+        (1, 4, fetch_body(4, topic, 0, 0)),
+        (3, 8, struct.pack(">i", 1) + string(topic) + b"\x00\x00\x00"),
+        (2, 5, struct.pack(">ib", -1, 0) + struct.pack(">i", 1) + string(topic)
+         + struct.pack(">iiiq", 1, 0, -1, -1)),
+        (11, 5, string("fz") + struct.pack(">ii", 10000, 10000) + string("") + string(None)
+         + string("consumer") + struct.pack(">i", 1) + string("range") + struct.pack(">i", 0)),
+        (8, 7, string("fz") + struct.pack(">i", -1) + string("") + string(None) + struct.pack(">i", 0)),
+    ]
+
+
+def fuzz_frame(rng, templates) -> bytes:
+    """One malformed request (size prefix included): a valid one with bytes
+    flipped, truncated, a length field overwritten, or random bytes."""
+    api, ver, body = rng.choice(templates)
+    head = struct.pack(">hhi", api, ver, 7) + string("fz")
+    frame = bytearray(head + body)
+    kind = rng.random()
+    if kind < 0.4:
+        for _ in range(rng.randint(1, 6)):
+            frame[rng.randrange(len(frame))] = rng.randrange(256)
+    elif kind < 0.7:
+        frame = frame[: rng.randrange(len(frame))]
+    elif kind < 0.8:
+        frame = bytearray(rng.randbytes(rng.randint(0, 200)))
+    else:
+        pos = rng.randrange(len(head), len(frame))
+        frame[pos:pos + 4] = struct.pack(">i", rng.choice([-1, 0x7FFFFFFF, -0x80000000, 1 << 20]))
+    return struct.pack(">i", len(frame)) + bytes(frame)
+
+
+def fuzz_run(bootstrap: str, frames: int, seed: int) -> Tuple[int, int]:
+    """Send `frames` malformed requests, reconnecting whenever the listener
+    closes. Returns (frames sent, frames that got neither an answer nor a
+    close within 0.5 s: long polls a mutated Fetch asked for)."""
+    import random
+
+    rng = random.Random(seed)
+    templates = fuzz_templates("fuzz")
+    host, port = bootstrap.rsplit(":", 1)
+    s = None
+    sent = slow = 0
+    for _ in range(frames):
+        if s is None:
+            s = socket.create_connection((host, int(port)), timeout=5)
+        try:
+            s.sendall(fuzz_frame(rng, templates))
+            s.settimeout(0.5)
+            if not s.recv(1 << 16):
+                s.close()
+                s = None
+        except socket.timeout:
+            slow += 1
+            s.close()
+            s = None
+        except ConnectionError:
+            s.close()
+            s = None
+        sent += 1
+    if s is not None:
+        s.close()
+    return sent, slow
