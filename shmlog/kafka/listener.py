@@ -37,6 +37,14 @@ IDLE_TIMEOUT_S = 600.0  # Kafka's connections.max.idle.ms is 9 minutes
 REQUEST_TIMEOUT_S = 30.0  # a request's bytes must all arrive within this (slowloris)
 WRITE_TIMEOUT_S = 60.0  # a client that reads nothing for this long is dropped
 WAIT_THREADS = 32
+# Fault injection for tests only: every Nth Produce with acks is appended and
+# then answered by closing the connection (a lost response), so a client's
+# idempotent retry can be shown to append nothing twice.
+_DROP_EVERY = int(os.environ.get("SHMLOG_KAFKA_TEST_DROP_PRODUCE_RESPONSE", "0") or 0)
+
+
+class _DropResponse(Exception):
+    pass
 
 
 class State:
@@ -164,6 +172,7 @@ class Listener:
         self.groups = GroupBridge(state)
         self.connections = 0
         self.closed_bad = 0  # connections closed for bad input (tests look)
+        self._produces = 0
         self.control = {
             P.METADATA: self.admin.metadata,
             P.FIND_COORDINATOR: self.admin.find_coordinator,
@@ -201,6 +210,8 @@ class Listener:
             pass
         except asyncio.CancelledError:
             return  # the listener is shutting down
+        except _DropResponse:
+            log.info("test fault: dropped a Produce response to %s", conn.peer)
         except P.MalformedRequest as exc:
             self.closed_bad += 1
             log.info("closing %s: %s", conn.peer, exc)
@@ -225,6 +236,10 @@ class Listener:
             raise P.MalformedRequest(f"api {api} v{version} is not served here")
         if api == P.PRODUCE:
             body = await self.data.produce(conn, version, frame, pos)
+            if body is not None and _DROP_EVERY:
+                self._produces += 1
+                if self._produces % _DROP_EVERY == 0:
+                    raise _DropResponse()
             return None if body is None else P.frame_response(corr, body)
         if api == P.FETCH:
             return P.frame_response(corr, await self.data.fetch(conn, version, frame, pos))

@@ -166,3 +166,45 @@ def test_client_round_trip_differential_tansu(client):
             f.result(30)
         got = CLIENTS[client](bs, "events", f"g-{client}", msgs)
         check_once_on_murmur2(got, msgs)
+
+
+@pytest.mark.parametrize("client", ["kafka-python", "confluent"])
+def test_idempotent_producer_retry_after_lost_response(client, data_dir, monkeypatch):
+    """Every 7th Produce response is lost (the listener closes the connection
+    after the append): the idempotent producer retries and the listener
+    acknowledges the retry with the original offsets; each message once."""
+    monkeypatch.setenv("SHMLOG_KAFKA_TEST_DROP_PRODUCE_RESPONSE", "7")
+    n = 3000
+    with kafka_cluster(data_dir) as (cluster, bs):
+        cluster.create_topic("idem", partitions=2, **TOPIC)
+        if client == "kafka-python":
+            import kafka
+
+            p = kafka.KafkaProducer(bootstrap_servers=bs, enable_idempotence=True, acks="all",
+                                    linger_ms=2, retries=100, max_in_flight_requests_per_connection=1)
+            for i in range(n):
+                p.send("idem", key=b"%d" % i, value=b"m-%d" % i)
+                if i % 100 == 99:
+                    p.flush(30)
+            p.flush(30)
+            p.close()
+        else:
+            import confluent_kafka as ck
+
+            p = ck.Producer({"bootstrap.servers": bs, "enable.idempotence": True, "linger.ms": 2,
+                             "partitioner": "murmur2_random", "reconnect.backoff.ms": 20})
+            for i in range(n):
+                p.produce("idem", key=b"%d" % i, value=b"m-%d" % i)
+                if i % 100 == 99:
+                    p.flush(30)
+            assert p.flush(30) == 0
+        with cluster.consumer("idem") as c:
+            got = []
+            for _ in range(100):
+                got += c.consume(n, timeout=0.1)
+                if sum(r.end_offset() for r in cluster.topic("idem").regions) <= len(got):
+                    break
+        values = Counter(m.value for m in got)
+        assert sum(values.values()) == n, f"{sum(values.values()) - n} duplicates"
+        assert set(values) == {b"m-%d" % i for i in range(n)}
+        assert "dropped a Produce response" in (data_dir / "kafka-listener.log").read_text()
