@@ -83,13 +83,15 @@ class ListenerProcess:
             p.wait(timeout=5)
 
 
-def install(sup: Any) -> Optional[ListenerProcess]:
-    address = sup.cfg.get("kafka_listener")
-    if not address:
-        return None
-    lp = ListenerProcess(sup, address)
-    sup.on_start.append(lp.start)
-    sup.tickers.append(lp.tick)
-    sup.on_stop.append(lp.stop)
-    sup.kafka_listener = lp
-    return lp
+    @classmethod
+    def attach(cls, sup: Any) -> Optional[ListenerProcess]:
+        """Hook into the supervisor's start, tick and stop, when
+        kafka_listener is set; None otherwise."""
+        address = sup.cfg.get("kafka_listener")
+        if not address:
+            return None
+        lp = cls(sup, address)
+        sup.on_start.append(lp.start)
+        sup.tickers.append(lp.tick)
+        sup.on_stop.append(lp.stop)
+        return lp

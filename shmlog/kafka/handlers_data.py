@@ -262,7 +262,7 @@ class DataPlane:
             rd = conn.readers.get((name, p))
             if rd is None or rd.plog.closed:
                 continue
-            logs.append(rd.plog._log)
+            logs.append(rd.plog.c_log)
             cursors.append(rd.cursor)
             topics.add(name)
         if not logs:
@@ -270,7 +270,7 @@ class DataPlane:
             return
         bell = ffi.NULL
         if len(topics) == 1 and len(logs) > 1:
-            bell = self.state.region(next(iter(topics)), 0)._log
+            bell = self.state.region(next(iter(topics)), 0).c_log
         la = ffi.new("shmlog_log_t *[]", logs)
         ca = ffi.new("shmlog_cursor_t *[]", cursors)
         loop = asyncio.get_running_loop()

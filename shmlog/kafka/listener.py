@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from .. import errors
 from ..client.cluster import Cluster
-from ..core.log import scan_for_time
+from ..core.reader import scan_for_time
 from ..osutil import pid_alive
 from . import protocol as P
 from . import records as R

@@ -142,7 +142,7 @@ def append_batch(plog, slot: int, b: Batch, timeout_ns: int) -> int:
     -errno (-EAGAIN: no free chunk before the timeout, -EMSGSIZE)."""
     out = ffi.new("uint64_t *")
     rc = lib.shmlog_log_append_section(
-        plog._handle(), slot, b.section, b.nbytes, b.count, 0, b.first_ts, b.max_ts,
+        plog.checked_log(), slot, b.section, b.nbytes, b.count, 0, b.first_ts, b.max_ts,
         b.producer_id if b.producer_id > 0 else 0, b.base_sequence & 0xFFFFFFFF, b.nbytes,
         timeout_ns, out)
     return rc if rc < 0 else out[0]
@@ -184,7 +184,7 @@ class PartitionReader:
         any is there). Returns (batches, next offset, None) or ([], offset,
         'range') when offset is not in shared memory (below its window)."""
         plog = self.plog
-        log = plog._handle()
+        log = plog.checked_log()
         c = self.cursor
         if c.next_offset != offset:
             rc = plog.seek(c, offset)
@@ -218,7 +218,7 @@ class PartitionReader:
                 batches.append(b)
                 size += len(b)
                 continue
-            b = self._encode(plog._buf, n)
+            b = self._encode(plog.base, n)
             if lib.shmlog_log_validate(log, info.first_seq) != 0:
                 # the chunk was reused while we copied: nothing copied is trusted
                 c.seq, c.pos, c.next_offset = saved
@@ -236,8 +236,8 @@ class PartitionReader:
         encode from there."""
         plog, info, c = self.plog, self.info, self.cursor
         start = info.frame_pos + lib.SHMLOG_FRAME_HEADER
-        packed = plog._mm[start : start + info.frame_payload_bytes]
-        if lib.shmlog_log_validate(plog._handle(), info.first_seq) != 0:
+        packed = plog.mapping[start : start + info.frame_payload_bytes]
+        if lib.shmlog_log_validate(plog.checked_log(), info.first_seq) != 0:
             c.seq, c.pos, c.next_offset = saved
             return None
         raw = lz4.block.decompress(packed, uncompressed_size=info.frame_uncompressed_bytes)
