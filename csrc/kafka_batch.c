@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "crc32c.h"
+#include "varint.h"
 
 static inline uint64_t be64(const uint8_t *p)
 {
@@ -39,47 +40,6 @@ static inline uint8_t *put16(uint8_t *p, uint16_t v)
     p[0] = (uint8_t)(v >> 8);
     p[1] = (uint8_t)v;
     return p + 2;
-}
-
-static inline uint64_t zigzag(int64_t v) { return ((uint64_t)v << 1) ^ (uint64_t)(v >> 63); }
-static inline int64_t unzigzag(uint64_t v) { return (int64_t)(v >> 1) ^ -(int64_t)(v & 1); }
-
-static inline size_t varint_size(uint64_t v)
-{
-    size_t n = 1;
-    while (v >= 0x80) {
-        v >>= 7;
-        n++;
-    }
-    return n;
-}
-
-static inline uint8_t *put_varint(uint8_t *p, uint64_t v)
-{
-    while (v >= 0x80) {
-        *p++ = (uint8_t)(v | 0x80);
-        v >>= 7;
-    }
-    *p++ = (uint8_t)v;
-    return p;
-}
-
-/* bytes consumed, 0 on truncation or more than 64 bits */
-static size_t get_varint(const uint8_t *p, const uint8_t *end, uint64_t *out)
-{
-    uint64_t v = 0;
-    const uint8_t *s = p;
-    for (unsigned shift = 0; p < end && shift < 64; shift += 7) {
-        uint8_t b = *p++;
-        if (shift == 63 && b > 1)
-            return 0;
-        v |= (uint64_t)(b & 0x7f) << shift;
-        if (!(b & 0x80)) {
-            *out = v;
-            return (size_t)(p - s);
-        }
-    }
-    return 0;
 }
 
 int64_t shmlog_kafka_batch_parse(const uint8_t *buf, size_t len, shmlog_kafka_batch_t *out)

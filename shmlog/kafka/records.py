@@ -267,48 +267,31 @@ class PartitionReader:
 
 def encode_result(res) -> bytes:
     """A ReadResult from the segment reader as one batch. The replay of
-    files only: their reader hands out Python lists, so columns are built in
-    Python here (join and accumulate, no per-record codec work)."""
+    files only: their reader hands out Python lists, so the columns are
+    laid out in Python here (no per-record codec work: C encodes)."""
     n = len(res)
-    values = res.values
-    keys = res.keys
-    hdrs = [encode_headers(h) if h else b"" for h in res.headers] if res.headers else None
-    parts: List[bytes] = []
+    hdrs = [encode_headers(h) if h else None for h in res.headers] if res.headers else [None] * n
     o = ffi.new("shmlog_records_out_t *")
-    offs = ffi.new("uint64_t[]", list(res.offsets))
-    tss = ffi.new("int64_t[]", list(res.timestamps))
-    vpos = ffi.new("uint64_t[]", n)
-    vlen = ffi.new("int32_t[]", n)
-    kpos = ffi.new("uint64_t[]", n)
-    klen = ffi.new("int32_t[]", n)
-    hpos = ffi.new("uint64_t[]", n)
-    hlen = ffi.new("uint32_t[]", n)
-    pos = 0
-    for i in range(n):
-        k = keys[i]
-        kpos[i] = pos
-        if k is None:
-            klen[i] = -1
-        else:
-            klen[i] = len(k)
-            parts.append(k)
-            pos += len(k)
-        v = values[i]
-        vpos[i] = pos
-        if v is None:
-            vlen[i] = -1
-        else:
-            vlen[i] = len(v)
-            parts.append(v)
-            pos += len(v)
-        if hdrs is not None and hdrs[i]:
-            hpos[i] = pos
-            hlen[i] = len(hdrs[i])
-            parts.append(hdrs[i])
-            pos += len(hdrs[i])
     o.capacity = n
-    o.offsets, o.timestamps, o.value_pos, o.value_lens = offs, tss, vpos, vlen
-    o.key_pos, o.key_lens, o.header_pos, o.header_lens = kpos, klen, hpos, hlen
+    keep = [ffi.new("uint64_t[]", list(res.offsets)), ffi.new("int64_t[]", list(res.timestamps))]
+    cols = []
+    parts: List[bytes] = []
+    pos = 0
+    for column, kind in ((res.keys, "int32_t[]"), (res.values, "int32_t[]"), (hdrs, "uint32_t[]")):
+        starts = ffi.new("uint64_t[]", n)
+        lens = ffi.new(kind, n)
+        for i, item in enumerate(column):
+            starts[i] = pos
+            if item is None:
+                lens[i] = 0 if kind == "uint32_t[]" else -1
+            else:
+                lens[i] = len(item)
+                parts.append(item)
+                pos += len(item)
+        cols += [starts, lens]
+    keep += cols
+    o.offsets, o.timestamps = keep[0], keep[1]
+    o.key_pos, o.key_lens, o.value_pos, o.value_lens, o.header_pos, o.header_lens = cols
     base = b"".join(parts) or b"\0"
     need = lib.shmlog_kafka_encode_bound(o, n)
     dst = bytearray(need)

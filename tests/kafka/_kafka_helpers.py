@@ -8,12 +8,11 @@ import contextlib
 import socket
 import struct
 import subprocess
-import time
 from pathlib import Path
 from typing import Any, Iterator, Optional, Tuple
 
 import pytest
-from _broker_helpers import running_cluster
+from _broker_helpers import running_cluster, wait_for
 
 pytest.importorskip("kio", reason="the Kafka listener needs kio (Python 3.11+)")
 
@@ -47,11 +46,7 @@ def recv_exact(s: socket.socket, n: int) -> Optional[bytes]:
 
 
 def wait_listening(port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not api_versions_ok(port):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"nothing answers Kafka on port {port} after {timeout}s")
-        time.sleep(0.05)
+    wait_for(lambda: api_versions_ok(port), timeout, interval=0.05, what=f"a Kafka listener on port {port}")
 
 
 @contextlib.contextmanager

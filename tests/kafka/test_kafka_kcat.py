@@ -92,3 +92,21 @@ def test_shmlog_producer_to_kcat(data_dir):
         # shmlog's producer put each key where Kafka's murmur2 rule does
         for i in range(N):
             assert seen[f"key-{i}"][0] == kafka_partition(b"key-%d" % i, 3)
+
+
+def test_kcat_replays_from_segment_files(data_dir):
+    """A disk topic whose early data has left shared memory: a Fetch from
+    offset 0 is served from the segment files, then from shared memory."""
+    with kafka_cluster(data_dir) as (cluster, bs):
+        cluster.create_topic("d", partitions=1, storage="disk", chunk_bytes=65536, chunk_count=4)
+        n = 6000
+        with cluster.producer() as p:
+            for i in range(n):
+                p.send("d", b"disk-%d-" % i + b"x" * 100, key=b"%d" % i,
+                       headers=[("i", b"%d" % i)] if i % 3 == 0 else None)
+            p.flush(durable=True)
+        plog = cluster.topic("d").regions[0]
+        assert plog.start_offset > 0  # the window moved on: offset 0 is only on disk
+        out = kcat(bs, "-C", "-t", "d", "-o", "beginning", "-e", "-f", "%o|%k|%h\n")
+        rows = out.splitlines()
+        assert rows == [f"{i}|{i}|{'i=%d' % i if i % 3 == 0 else ''}" for i in range(n)]
