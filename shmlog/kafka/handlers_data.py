@@ -115,6 +115,11 @@ class DataPlane:
         first_base = -1
         for b in batches:
             key = (b.producer_id, topic, index) if b.producer_id >= 0 and b.base_sequence >= 0 else None
+            if key is not None and key not in self.seqs and b.base_sequence > 0:
+                # a producer this listener has not seen here, mid-stream: it
+                # may be retrying into a restarted listener; its recent
+                # batches are in the frame headers
+                await self._recover(key, plog, b.producer_epoch)
             if key is not None:
                 code, dup = self._check_sequence(key, b)
                 if code:
@@ -139,6 +144,18 @@ class DataPlane:
             if first_base < 0:
                 first_base = base
         return index, P.NONE, first_base, plog.start_offset, None
+
+    async def _recover(self, key, plog, epoch: int) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            recent = await loop.run_in_executor(self.state.ctl_pool, R.recover_producer, plog, key[0],
+                                                IDEMPOTENT_WINDOW)
+        except errors.ShmlogError:
+            return
+        if recent and key not in self.seqs:
+            s = self.seqs[key] = _Seqs(epoch)
+            s.recent.extend(recent)
+            s.last_seq = recent[-1][1]
 
     def _check_sequence(self, key, b) -> Tuple[int, Optional[int]]:
         """(error code, base offset of a duplicate or None)."""

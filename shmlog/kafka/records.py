@@ -14,6 +14,7 @@ segment files, which come back from shmlog's segment reader as lists.
 from __future__ import annotations
 
 import errno
+import struct
 import zlib
 from typing import List, Optional, Tuple
 
@@ -146,6 +147,50 @@ def append_batch(plog, slot: int, b: Batch, timeout_ns: int) -> int:
         b.producer_id if b.producer_id > 0 else 0, b.base_sequence & 0xFFFFFFFF, b.nbytes,
         timeout_ns, out)
     return rc if rc < 0 else out[0]
+
+
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_AT = {f: ffi.offsetof("shmlog_frame_hdr_t", f)
+       for f in ("frame", "base_offset", "record_count", "producer_id", "producer_seq")}
+RECOVER_FRAMES = 1024
+
+
+def recover_producer(plog, producer_id: int, window: int) -> List[Tuple[int, int, int]]:
+    """The last `window` batches (first seq, last seq, base offset) that
+    producer_id appended to this partition, read from the frame headers in
+    shared memory: an idempotent producer's retry after a listener restart
+    is then still recognised. Control thread only (it walks the window)."""
+    log = plog.checked_log()
+    cur = plog.new_cursor()
+    plog.seek(cur, plog.start_offset)
+    pos = ffi.new("uint64_t[]", RECOVER_FRAMES)
+    nbytes = ffi.new("uint32_t[]", RECOVER_FRAMES)
+    ends = ffi.new("uint64_t[]", RECOVER_FRAMES)
+    info = ffi.new("shmlog_read_info_t *")
+    mm = plog.mapping
+    found: List[Tuple[int, int, int]] = []
+    while True:
+        n = lib.shmlog_log_read_frames(log, cur, pos, nbytes, ends, RECOVER_FRAMES, 1 << 40, info)
+        if n <= 0:
+            break
+        batch = []
+        for i in range(n):
+            p = pos[i]
+            if _U64.unpack_from(mm, p + _AT["frame"])[0] & lib.SHMLOG_FRAME_TYPE_MASK != lib.SHMLOG_FRAME_DATA:
+                continue
+            if _U64.unpack_from(mm, p + _AT["producer_id"])[0] == producer_id:
+                seq = _U32.unpack_from(mm, p + _AT["producer_seq"])[0]
+                count = _U32.unpack_from(mm, p + _AT["record_count"])[0]
+                base = _U64.unpack_from(mm, p + _AT["base_offset"])[0]
+                batch.append((seq, (seq + count - 1) & 0x7FFFFFFF, base))
+        if lib.shmlog_log_validate(log, info.first_seq) != 0:
+            # the window moved while we looked: what we read is not trusted
+            found = []
+            plog.seek(cur, plog.start_offset)
+            continue
+        found = (found + batch)[-window:]
+    return found
 
 
 class PartitionReader:

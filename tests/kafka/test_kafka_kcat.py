@@ -109,4 +109,4 @@ def test_kcat_replays_from_segment_files(data_dir):
         assert plog.start_offset > 0  # the window moved on: offset 0 is only on disk
         out = kcat(bs, "-C", "-t", "d", "-o", "beginning", "-e", "-f", "%o|%k|%h\n")
         rows = out.splitlines()
-        assert rows == [f"{i}|{i}|{'i=%d' % i if i % 3 == 0 else ''}" for i in range(n)]
+        assert rows == [f"{i}|{i}|" + (f"i={i}" if i % 3 == 0 else "") for i in range(n)]

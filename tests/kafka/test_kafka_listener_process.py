@@ -100,3 +100,34 @@ def test_serve_kafka_listener_flag_and_clean_stop(data_dir):
         sup.wait(20)
     assert not listeners_of(data_dir)
     assert not api_versions_ok(port)
+
+
+def test_idempotent_retry_across_a_listener_restart(data_dir):
+    """The listener keeps producer sequences in memory; after a restart it
+    reads a producer's recent batches back from the frame headers, so a
+    retry into the new listener is still acknowledged, not appended."""
+    from _kafka_wire import batch, produce_body, produce_result
+
+    with kafka_cluster(data_dir) as (cluster, bs):
+        cluster.create_topic("ir", partitions=1, **TOPIC)
+        plog = cluster.topic("ir").regions[0]
+        with Wire(bs) as w:
+            resp = w.call(P.INIT_PRODUCER_ID, 1, string(None) + struct.pack(">i", 30000))
+            pid, epoch = struct.unpack_from(">qh", resp, 6)
+            bs_ = [batch([(b"k%d" % j, b"v%d-%d" % (i, j)) for j in range(3)], producer_id=pid, epoch=epoch,
+                         base_sequence=3 * i) for i in range(4)]
+            for i in range(3):
+                assert produce_result(8, w.call(P.PRODUCE, 8, produce_body(8, "ir", 0, bs_[i]))) == (0, 3 * i)
+        [old] = listeners_of(data_dir)
+        os.kill(old, signal.SIGKILL)
+        wait_for(lambda: [x for x in listeners_of(data_dir) if x != old], 20, what="a new listener")
+        wait_listening(int(bs.rsplit(":", 1)[1]))
+        with Wire(bs) as w:
+            # the response to batch 2 was "lost" with the old listener: the retry
+            assert produce_result(8, w.call(P.PRODUCE, 8, produce_body(8, "ir", 0, bs_[2]))) == (0, 6)
+            assert plog.end_offset() == 9
+            assert produce_result(8, w.call(P.PRODUCE, 8, produce_body(8, "ir", 0, bs_[3]))) == (0, 9)
+            gap = batch([(b"x", b"y")], producer_id=pid, epoch=epoch, base_sequence=40)
+            code, _ = produce_result(8, w.call(P.PRODUCE, 8, produce_body(8, "ir", 0, gap)))
+            assert code == P.OUT_OF_ORDER_SEQUENCE_NUMBER
+        assert plog.end_offset() == 12
