@@ -25,6 +25,7 @@ from .. import errors
 from ..client.cluster import Cluster
 from ..core.reader import scan_for_time
 from ..osutil import pid_alive
+from . import legacy
 from . import protocol as P
 from . import records as R
 from .groups import GroupBridge
@@ -243,14 +244,14 @@ class Listener:
             return None if body is None else P.frame_response(corr, body)
         if api == P.FETCH:
             return P.frame_response(corr, await self.data.fetch(conn, version, frame, pos))
-        req = P.decode(api, version, frame, pos)
+        req = legacy.decode(api, version, frame, pos)
         loop = asyncio.get_running_loop()
         if api == P.JOIN_GROUP:
             data = await loop.run_in_executor(self.state.ctl_pool, self.groups.join_group, req, version,
                                               client_id or "")
         else:
             data = await loop.run_in_executor(self.state.ctl_pool, self.control[api], req, version)
-        return P.frame_response(corr, P.encode(api, version, data))
+        return P.frame_response(corr, legacy.encode(api, version, data))
 
 
 def parse_address(addr: str) -> Tuple[str, int]:
