@@ -7,7 +7,9 @@ consumer, 100-byte values, shmlog's listener and tansu in the same run.
 
 Throughput: one partition; producer linger.ms=5, batch.num.messages=10000,
 acks=1, timed from the first produce() to the end of flush(); consumer with
-assign() from offset 0, timed until the last message. Latency: linger.ms=0,
+assign() from offset 0, timed until the last message (librdkafka's
+default fetch.queue.backoff.ms of 1 s idles the fetcher each time the
+application falls behind its queue; --queue-backoff-ms changes it for both). Latency: linger.ms=0,
 acks=1, one message at a time, produce() to its delivery report. Everything
 started here (supervisor, listener, tansu) is stopped on the way out.
 """
@@ -85,10 +87,11 @@ def produce(bs: str, count: int, size: int) -> float:
     return count / (t1 - t0)
 
 
-def consume(bs: str, count: int) -> float:
+def consume(bs: str, count: int, queue_backoff_ms=None) -> float:
     import confluent_kafka as ck
 
-    c = ck.Consumer({"bootstrap.servers": bs, "group.id": "bench", "enable.auto.commit": False})
+    c = ck.Consumer({"bootstrap.servers": bs, "group.id": "bench", "enable.auto.commit": False,
+                     **({"fetch.queue.backoff.ms": queue_backoff_ms} if queue_backoff_ms is not None else {})})
     c.assign([ck.TopicPartition(TOPIC, 0, 0)])
     got = 0
     t0 = time.perf_counter()
@@ -131,7 +134,7 @@ def run(args) -> int:
         with SYSTEMS[name](args.count) as bs:
             time.sleep(0.5)
             prod = produce(bs, args.count, args.size)
-            cons = consume(bs, args.count)
+            cons = consume(bs, args.count, args.queue_backoff_ms)
             lat = latency(bs, args.latency_count, args.size)
         rows.append((name, prod, cons, lat))
         print(f"{name:8s} produce {prod / 1e6:6.3f} M msg/s   consume {cons / 1e6:6.3f} M msg/s   "
@@ -166,6 +169,9 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=100)
     p.add_argument("--latency-count", type=int, default=5000)
     p.add_argument("--systems", default="shmlog,tansu")
+    p.add_argument("--queue-backoff-ms", type=int, default=None,
+                   help="consumer fetch.queue.backoff.ms (librdkafka's default 1000 ms idles the fetcher "
+                        "whenever the app is behind its queue)")
     p.add_argument("--frames", type=int, default=100_000)
     p.add_argument("--seed", type=int, default=1414)
     args = p.parse_args(argv)
