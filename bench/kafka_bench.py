@@ -155,6 +155,10 @@ def fuzz(args) -> int:
             ok = api_versions_ok(int(bs.rsplit(":", 1)[1]), timeout=2.0)
             log = (Path(d) / "data" / "kafka-listener.log").read_text()
     crashes = log.count("after an internal error")
+    for part in log.split("after an internal error")[1:]:
+        lines = [x for x in part.splitlines() if x.strip()]
+        tb = lines[: next((i for i, x in enumerate(lines) if not x.startswith((" ", "Traceback"))), 0) + 1]
+        print("handler error:", " | ".join(x.strip() for x in tb[-4:]))
     restarts = log.count("kafka listener on")
     print(f"fuzz: {sent} malformed frames in {time.perf_counter() - t0:.1f}s, {slow} long polls, "
           f"{crashes} handler errors, listener started {restarts}x, serving after: {ok}")

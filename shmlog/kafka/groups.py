@@ -24,7 +24,7 @@ import time
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 from .. import errors
-from ..config import MAX_SESSION_MS, MIN_SESSION_MS
+from ..config import MAX_SESSION_MS, MIN_SESSION_MS, validate_group_name
 from ..core.groups_region import REJOIN, S_NOTIFY, S_POLL, S_TOKEN, GroupsRegion, slot_index
 from . import protocol as P
 from .wire import assignment, subscription_topics
@@ -33,6 +33,15 @@ TP = Tuple[str, int]
 # protocols that revoke everything before rejoining, preferred when offered:
 # the bridge releases partitions at SyncGroup, which is right for them
 EAGER = ("range", "roundrobin", "roundrobin ")
+
+
+def valid_group(name) -> bool:
+    """shmlog's group name rule (Kafka's is looser): others get INVALID_GROUP_ID."""
+    try:
+        validate_group_name(name)
+        return True
+    except errors.InvalidConfig:
+        return False
 
 
 class KafkaMember:
@@ -127,6 +136,8 @@ class GroupBridge:
     def join_group(self, req, version: int, client_id: str) -> Dict[str, Any]:
         base = {"throttle_time": 0, "generation_id": -1, "protocol_name": "", "leader": "",
                 "member_id": req.member_id, "members": []}
+        if not valid_group(req.group_id):
+            return {**base, "error_code": P.INVALID_GROUP_ID}
         if req.protocol_type != "consumer" or not req.protocols:
             return {**base, "error_code": 23}  # INCONSISTENT_GROUP_PROTOCOL
         session_ms = P.ms(req.session_timeout)
@@ -159,7 +170,7 @@ class GroupBridge:
                 self._touch(m)
                 m.protocol = chosen.name if chosen.name in names else m.protocol
                 m.metadata = bytes(chosen.metadata)
-        except errors.GroupError as exc:
+        except errors.ShmlogError as exc:  # an invalid topic name, the coordinator away, ...
             self.state.log.warning("join of group %r failed: %s", req.group_id, exc)
             return {**base, "error_code": P.COORDINATOR_NOT_AVAILABLE}
         m.kgen += 1
@@ -244,7 +255,9 @@ class GroupBridge:
         m = self._member(req.group_id, req.member_id) if req.member_id else None
         offsets = [(t.name, p.partition_index, p.committed_offset) for t in req.topics or () for p in t.partitions or ()]
         code = P.NONE
-        if m is None:
+        if not valid_group(req.group_id):
+            code = P.INVALID_GROUP_ID
+        elif m is None:
             # a commit from outside a group (assign() + commit): the
             # coordinator takes commits from members only
             code = P.UNKNOWN_MEMBER_ID if req.member_id or gen >= 0 else P.ILLEGAL_GENERATION
@@ -276,6 +289,8 @@ class GroupBridge:
                                             for p in t.partitions or ()]} for t in req.topics or ()]}
 
     def offset_fetch(self, req, version: int) -> Dict[str, Any]:
+        if not valid_group(req.group_id):
+            return {"throttle_time": 0, "error_code": P.INVALID_GROUP_ID, "topics": []}
         if req.topics is None:
             try:
                 d = self._request("describe_group", group=req.group_id)["group"]
@@ -305,6 +320,10 @@ class GroupBridge:
     def describe_groups(self, req, version: int) -> Dict[str, Any]:
         out = []
         for g in req.groups or ():
+            if not valid_group(g):
+                out.append({"error_code": P.INVALID_GROUP_ID, "group_id": g, "group_state": "Dead",
+                            "protocol_type": "", "protocol_data": "", "members": []})
+                continue
             try:
                 d = self._request("describe_group", group=g)["group"]
             except errors.ShmlogError:

@@ -228,7 +228,7 @@ class Listener:
         conn.client_id = client_id
         if api == P.API_VERSIONS:
             lo, hi = P.SUPPORTED[api]
-            if version > hi:
+            if not lo <= version <= hi:
                 # KIP-511: answer in v0 with UNSUPPORTED_VERSION and our ranges
                 return P.frame_response(corr, api_versions_body(0, P.UNSUPPORTED_VERSION))
             return P.frame_response(corr, api_versions_body(version))
