@@ -6,6 +6,7 @@
 #include "crc32c.h"
 #include "futex.h"
 #include "keyed.h"
+#include "kafka_batch.h"
 #include "layout.h"
 #include "log.h"
 #include "partitioner.h"

@@ -47,6 +47,17 @@ BROKER_DEFAULTS: Dict[str, Any] = {
     # created) this data dir may hold; None: SHM_BUDGET_FRACTION of the
     # smaller of RAM and the shared-memory tmpfs (shmlog.broker.shm_budget)
     "shm_budget_bytes": None,
+    # the Kafka wire-protocol listener (shmlog.kafka): "host:port" or None
+    # (off); loopback unless the user names another address
+    "kafka_listener": None,
+    "kafka_auto_create_topics": True,  # Metadata may create topics clients ask for
+    "kafka_max_request_bytes": 100 << 20,  # a larger size prefix closes that connection
+}
+
+# broker settings that are not plain non-negative numbers: their check
+_BROKER_SPECIAL = {
+    "kafka_listener": lambda v: v is None or (isinstance(v, str) and ":" in v),
+    "kafka_auto_create_topics": lambda v: isinstance(v, bool),
 }
 # broker settings that may be None (meaning: derived on this host)
 _BROKER_NONE_OK = {"shm_budget_bytes"}
@@ -125,7 +136,12 @@ def broker_config(overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         if v is None and k in _BROKER_NONE_OK:
             cfg[k] = v
             continue
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+        special = _BROKER_SPECIAL.get(k)
+        if special is not None:
+            if not special(v):
+                need = "'host:port' or None" if k == "kafka_listener" else "True or False"
+                raise InvalidConfig(f"invalid {k}={v!r}: must be {need}", what=k)
+        elif isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
             raise InvalidConfig(f"invalid {k}={v!r}: must be a non-negative number", what=k)
         cfg[k] = v
     return cfg

@@ -34,6 +34,7 @@ from ..core.log import PartitionLog, region_usage, reserve_region, unlink_region
 from ..osutil import pid_alive, write_json_atomic
 from ..protocol import LOCK_NAME, SOCKET_NAME, ensure_data_dir
 from .coordinator import Coordinator
+from .kafka_process import ListenerProcess
 from .memory_offsets import MemoryOffsets
 from .shm_budget import ShmBudget, human, region_bytes
 from .storage import Storage
@@ -134,6 +135,8 @@ class Supervisor:
         self.storage.attach()
         self.memory_offsets.attach()
         self._held_log_at = 0.0
+        # the Kafka listener's process, when kafka_listener is set
+        self.kafka_listener = ListenerProcess.attach(self)
 
     # ------------------------------------------------------------ start/stop
     def acquire_lock(self) -> None:

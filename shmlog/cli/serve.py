@@ -24,6 +24,8 @@ def cmd_serve(args) -> int:
     if args.stop:
         return _stop(Path(args.data_dir))
     settings = dict(args.set or [])
+    if args.kafka_listener:
+        settings["kafka_listener"] = args.kafka_listener
     if args.detach:
         return _detach(Path(args.data_dir), args.auto, settings)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
@@ -120,4 +122,6 @@ def register(sub, add) -> None:
                     help="stop the supervisor serving the data dir (and drop memory topics' messages)")
     sp.add_argument("--set", action="append", type=kv_arg, metavar="KEY=VALUE",
                     help="broker setting, e.g. idle_timeout_s=30")
+    sp.add_argument("--kafka-listener", metavar="HOST:PORT",
+                    help="also serve the Kafka wire protocol here (e.g. 127.0.0.1:9092)")
     sp.set_defaults(func=cmd_serve)

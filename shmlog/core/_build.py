@@ -308,10 +308,34 @@ int shmlog_log_repair_chunks(shmlog_log_t *log, uint32_t dead_pid);
 uint64_t shmlog_frame_word(uint64_t seq, uint32_t type, uint32_t frame_bytes);
 int shmlog_log_frontier(shmlog_log_t *log, shmlog_cursor_t *cursor, uint64_t *seq,
                         uint32_t *pos);
+
+#define SHMLOG_KAFKA_BATCH_HEADER ...
+typedef struct {
+    int64_t base_offset;
+    int32_t batch_length;
+    int32_t leader_epoch;
+    uint32_t crc;
+    int16_t attributes;
+    int16_t producer_epoch;
+    int32_t last_offset_delta;
+    int64_t first_timestamp;
+    int64_t max_timestamp;
+    int64_t producer_id;
+    int32_t base_sequence;
+    int32_t record_count;
+    uint32_t records_pos;
+    uint32_t records_len;
+} shmlog_kafka_batch_t;
+int64_t shmlog_kafka_batch_parse(const uint8_t *buf, size_t len, shmlog_kafka_batch_t *out);
+int64_t shmlog_kafka_records_to_section(const uint8_t *p, size_t len, uint32_t count,
+                                        uint8_t *dst, size_t cap, int64_t *max_ts_delta);
+uint64_t shmlog_kafka_encode_bound(const shmlog_records_out_t *out, uint32_t n);
+int64_t shmlog_kafka_encode(const uint8_t *base, const shmlog_records_out_t *out, uint32_t n,
+                            uint8_t *dst, size_t cap);
 """
 
-SOURCES = ["chunk.c", "claim.c", "codec.c", "crc32c.c", "futex.c", "keyed.c", "partitioner.c", "read.c",
-           "region.c", "repair.c"]
+SOURCES = ["chunk.c", "claim.c", "codec.c", "crc32c.c", "futex.c", "kafka_batch.c", "keyed.c", "partitioner.c",
+           "read.c", "region.c", "repair.c"]
 
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)

@@ -1,0 +1,97 @@
+"""The supervisor's side of the Kafka listener: start it, restart it.
+
+The listener (shmlog.kafka) runs as its own process, attached to the
+partition regions like any producer or consumer, so a crash or a slow Kafka
+client there can never stall the supervisor or the shared-memory path. This
+module only spawns it, watches it from the reaper's tick and restarts it
+(with a back-off) when it dies; it never imports shmlog.kafka.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from typing import Any, Optional
+
+log = logging.getLogger("shmlog.kafka")
+
+RESTART_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)  # after 1, 2, ... crashes in a row
+STABLE_S = 30.0  # a listener that lived this long resets the back-off
+
+
+class ListenerProcess:
+    def __init__(self, sup, address: str):
+        self.sup = sup
+        self.address = address
+        self.proc: Optional[subprocess.Popen] = None
+        self.started = 0.0
+        self.crashes = 0
+        self.next_start = 0.0
+        self.restarts = 0
+
+    def _spawn(self) -> None:
+        cfg = self.sup.cfg
+        args = [sys.executable, "-m", "shmlog.kafka", "--data-dir", str(self.sup.data_dir),
+                "--listen", self.address, "--supervisor-pid", str(os.getpid()),
+                "--max-request-bytes", str(int(cfg["kafka_max_request_bytes"]))]
+        if not cfg["kafka_auto_create_topics"]:
+            args.append("--no-auto-create-topics")
+        logf = open(self.sup.data_dir / "kafka-listener.log", "ab")
+        try:
+            self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=logf,
+                                         stderr=subprocess.STDOUT, close_fds=True)
+        finally:
+            logf.close()
+        self.started = time.monotonic()
+        log.info("kafka listener on %s: pid %d", self.address, self.proc.pid)
+
+    def start(self) -> None:
+        try:
+            self._spawn()
+        except OSError as exc:
+            log.error("kafka listener could not start: %s", exc)
+
+    def tick(self) -> None:
+        p = self.proc
+        if p is not None and p.poll() is None:
+            return
+        now = time.monotonic()
+        if p is not None:
+            lived = now - self.started
+            self.crashes = 0 if lived >= STABLE_S else self.crashes + 1
+            delay = RESTART_BACKOFF_S[min(self.crashes, len(RESTART_BACKOFF_S) - 1)]
+            log.warning("kafka listener (pid %d) exited with %s after %.1fs; restarting in %.1fs",
+                        p.pid, p.returncode, lived, delay)
+            self.proc = None
+            self.next_start = now + delay
+        if now >= self.next_start:
+            self.restarts += 1
+            self.start()
+
+    def stop(self) -> None:
+        p, self.proc = self.proc, None
+        if p is None or p.poll() is not None:
+            return
+        p.terminate()
+        try:
+            p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(timeout=5)
+
+
+    @classmethod
+    def attach(cls, sup: Any) -> Optional[ListenerProcess]:
+        """Hook into the supervisor's start, tick and stop, when
+        kafka_listener is set; None otherwise."""
+        address = sup.cfg.get("kafka_listener")
+        if not address:
+            return None
+        lp = cls(sup, address)
+        sup.on_start.append(lp.start)
+        sup.tickers.append(lp.tick)
+        sup.on_stop.append(lp.stop)
+        return lp

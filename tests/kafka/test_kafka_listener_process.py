@@ -1,0 +1,133 @@
+"""The listener as a process of its own: started by the supervisor (config
+or `shmlog serve --kafka-listener`), restarted after a crash while Kafka
+clients reconnect, stopped with the supervisor; topic auto-creation can be
+turned off."""
+
+from __future__ import annotations
+
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+
+import psutil
+from _broker_helpers import wait_for
+from _kafka_helpers import api_versions_ok, free_port, kafka_cluster, wait_listening
+from _kafka_wire import Wire, string
+
+from shmlog.kafka import protocol as P
+
+TOPIC = {"storage": "memory", "chunk_bytes": 1 << 20, "chunk_count": 4}
+
+
+def listeners_of(data_dir) -> list:
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if "shmlog.kafka" in cmd and str(data_dir) in cmd:
+            out.append(p.pid)
+    return out
+
+
+def test_listener_is_restarted_after_sigkill(data_dir):
+    import confluent_kafka as ck
+
+    with kafka_cluster(data_dir) as (cluster, bs):
+        cluster.create_topic("r", partitions=2, **TOPIC)
+        p = ck.Producer({"bootstrap.servers": bs, "linger.ms": 1, "reconnect.backoff.ms": 50,
+                         "reconnect.backoff.max.ms": 200})
+        for i in range(500):
+            p.produce("r", key=b"%d" % i, value=b"before-%d" % i)
+        assert p.flush(30) == 0
+        [old] = listeners_of(data_dir)
+        os.kill(old, signal.SIGKILL)
+        new = wait_for(lambda: [x for x in listeners_of(data_dir) if x != old], 20, what="a new listener")
+        wait_listening(int(bs.rsplit(":", 1)[1]))
+        for i in range(500):
+            p.produce("r", key=b"%d" % i, value=b"after-%d" % i)
+        assert p.flush(30) == 0
+        assert sum(r.end_offset() for r in cluster.topic("r").regions) == 1000
+        assert new and old not in listeners_of(data_dir)
+        c = ck.Consumer({"bootstrap.servers": bs, "group.id": "r", "auto.offset.reset": "earliest"})
+        c.subscribe(["r"])
+        got = []
+        deadline = time.monotonic() + 30
+        while len(got) < 1000 and time.monotonic() < deadline:
+            got += [m.value() for m in c.consume(1000, 0.5) if m.error() is None]
+        c.close()
+        assert sorted(got) == sorted([b"before-%d" % i for i in range(500)] + [b"after-%d" % i for i in range(500)])
+
+
+def _metadata(bs: str, topic: str) -> int:
+    with Wire(bs) as w:
+        resp = w.call(P.METADATA, 4, struct.pack(">i", 1) + string(topic) + b"\x01")
+    # throttle, brokers (node, host, port, rack), cluster id, controller, topics
+    pos = 4
+    (nb,) = struct.unpack_from(">i", resp, pos)
+    pos += 4
+    for _ in range(nb):
+        pos += 4
+        (hl,) = struct.unpack_from(">h", resp, pos)
+        pos += 2 + hl + 4
+        (rl,) = struct.unpack_from(">h", resp, pos)
+        pos += 2 + max(rl, 0)
+    (cl,) = struct.unpack_from(">h", resp, pos)
+    pos += 2 + max(cl, 0) + 4 + 4
+    return struct.unpack_from(">h", resp, pos)[0]
+
+
+def test_auto_create_on_and_off(data_dir, tmp_path):
+    with kafka_cluster(data_dir) as (cluster, bs):
+        assert _metadata(bs, "made-on-demand") == 0
+        assert "made-on-demand" in cluster.topics()
+    with kafka_cluster(tmp_path / "off", kafka_auto_create_topics=False) as (cluster, bs):
+        assert _metadata(bs, "not-made") == P.UNKNOWN_TOPIC_OR_PARTITION
+        assert "not-made" not in cluster.topics()
+
+
+def test_serve_kafka_listener_flag_and_clean_stop(data_dir):
+    port = free_port()
+    sup = subprocess.Popen([sys.executable, "-m", "shmlog", "serve", "--data-dir", str(data_dir),
+                            "--kafka-listener", f"127.0.0.1:{port}"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_listening(port)
+        assert len(listeners_of(data_dir)) == 1
+    finally:
+        sup.send_signal(signal.SIGTERM)
+        sup.wait(20)
+    assert not listeners_of(data_dir)
+    assert not api_versions_ok(port)
+
+
+def test_idempotent_retry_across_a_listener_restart(data_dir):
+    """The listener keeps producer sequences in memory; after a restart it
+    reads a producer's recent batches back from the frame headers, so a
+    retry into the new listener is still acknowledged, not appended."""
+    from _kafka_wire import batch, produce_body, produce_result
+
+    with kafka_cluster(data_dir) as (cluster, bs):
+        cluster.create_topic("ir", partitions=1, **TOPIC)
+        plog = cluster.topic("ir").regions[0]
+        with Wire(bs) as w:
+            resp = w.call(P.INIT_PRODUCER_ID, 1, string(None) + struct.pack(">i", 30000))
+            pid, epoch = struct.unpack_from(">qh", resp, 6)
+            bs_ = [batch([(b"k%d" % j, b"v%d-%d" % (i, j)) for j in range(3)], producer_id=pid, epoch=epoch,
+                         base_sequence=3 * i) for i in range(4)]
+            for i in range(3):
+                assert produce_result(8, w.call(P.PRODUCE, 8, produce_body(8, "ir", 0, bs_[i]))) == (0, 3 * i)
+        [old] = listeners_of(data_dir)
+        os.kill(old, signal.SIGKILL)
+        wait_for(lambda: [x for x in listeners_of(data_dir) if x != old], 20, what="a new listener")
+        wait_listening(int(bs.rsplit(":", 1)[1]))
+        with Wire(bs) as w:
+            # the response to batch 2 was "lost" with the old listener: the retry
+            assert produce_result(8, w.call(P.PRODUCE, 8, produce_body(8, "ir", 0, bs_[2]))) == (0, 6)
+            assert plog.end_offset() == 9
+            assert produce_result(8, w.call(P.PRODUCE, 8, produce_body(8, "ir", 0, bs_[3]))) == (0, 9)
+            gap = batch([(b"x", b"y")], producer_id=pid, epoch=epoch, base_sequence=40)
+            code, _ = produce_result(8, w.call(P.PRODUCE, 8, produce_body(8, "ir", 0, gap)))
+            assert code == P.OUT_OF_ORDER_SEQUENCE_NUMBER
+        assert plog.end_offset() == 12
