@@ -686,8 +686,9 @@ def serve(data_dir: Path, *, auto: bool = False, **broker_config: Any) -> int:
 
 
 def _install_roles(sup: Supervisor) -> None:
-    """Attach the roles that live in their own modules: the group coordinator and storage."""
-    from . import coordinator, storage
+    """Attach the roles that live in their own modules: the group coordinator, storage, mirrors."""
+    from . import coordinator, mirrors, storage
 
     coordinator.install(sup)
     storage.install(sup)
+    mirrors.install(sup)

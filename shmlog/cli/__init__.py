@@ -13,6 +13,7 @@ from typing import List, Optional
 
 from .. import config as cfgmod
 from .. import errors
+from . import mirror
 
 
 def _parse_value(v: str):
@@ -81,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         tools = None
     if tools is not None:
         tools.register(sub, add)
+    mirror.register(sub, add)
     return p
 
 
