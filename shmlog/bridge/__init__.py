@@ -1,7 +1,7 @@
 """Mirrors to and from Kafka clusters (issue 15): MirrorOut, MirrorIn, and
-mirror(), the function behind Cluster.mirror(). confluent-kafka is an
+open_mirror(), the function behind Cluster.mirror(). confluent-kafka is an
 optional extra, imported on first use (kafka_client)."""
 
-from .mirror import DUPLICATE_BOUND, MirrorIn, MirrorOut, mirror
+from .mirror import DUPLICATE_BOUND, MirrorIn, MirrorOut, open_mirror
 
-__all__ = ["DUPLICATE_BOUND", "MirrorIn", "MirrorOut", "mirror"]
+__all__ = ["DUPLICATE_BOUND", "MirrorIn", "MirrorOut", "open_mirror"]

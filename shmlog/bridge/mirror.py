@@ -25,6 +25,7 @@ This module must never import shmlog.broker: it is a client like any other.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import re
@@ -36,7 +37,6 @@ from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple, Union
 
 from .. import errors
 from ..core.partitioner import KeyPartitioner
-from ..osutil import write_json_atomic
 from . import kafka_client
 
 log = logging.getLogger("shmlog.bridge")
@@ -81,6 +81,15 @@ def check_name(name: str) -> str:
 def default_name(direction: str, topics: Sequence[str], pattern: Optional[str]) -> str:
     base = "pattern" if pattern else "+".join(topics)
     return check_name(re.sub(r"[^A-Za-z0-9._-]", "_", f"{direction}.{base}")[:200])
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    """Replace path atomically (readers see the old or the new file), but
+    without fsync: a status is rewritten every second, and losing the last
+    one in a crash costs nothing."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
+    os.replace(tmp, path)
 
 
 class _QuietGapless(logging.Filter):
@@ -189,7 +198,7 @@ class _Mirror:
             return
         self._status_at = now
         try:
-            write_json_atomic(self.status_file, self.status())
+            _write_json(self.status_file, self.status())
         except OSError as exc:
             log.warning("mirror %s: could not write %s: %s", self.name, self.status_file, exc)
 
@@ -254,7 +263,8 @@ class MirrorOut(_Mirror):
                  pattern: Optional[str] = None, remote_topic: Optional[str] = None,
                  name: Optional[str] = None, config: Optional[Dict[str, Any]] = None,
                  max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, commit_interval_ms: float = 100.0,
-                 replication_factor: int = -1, create_remote: bool = True):
+                 replication_factor: int = -1, create_remote: bool = True,
+                 stall_timeout_s: float = 10.0):
         if isinstance(topics, str):
             topics = [t for t in topics.split(",") if t]
         topics = list(topics or [])
@@ -273,6 +283,9 @@ class MirrorOut(_Mirror):
         self.commit_interval = commit_interval_ms / 1000.0
         self.replication_factor = replication_factor
         self.create_remote = create_remote
+        self.stall_timeout = stall_timeout_s
+        self._ack_at = time.monotonic()
+        self._watch_at = 0.0
         kafka_client.kafka()  # fail now, naming the extra, not in the run loop
         self._producer = None
         self._consumer = None
@@ -376,6 +389,8 @@ class MirrorOut(_Mirror):
                 try:
                     self._open()
                     backoff = BACKOFF_MIN
+                    if self.state == "starting":
+                        self.state = "running"
                     self._pump()
                 except (kafka_client.KafkaError, kafka_client.kafka().KafkaException) as exc:
                     self._remote_error(f"Kafka {self.bootstrap}: {exc}")
@@ -404,7 +419,34 @@ class MirrorOut(_Mirror):
             else:
                 poll(0.01)  # the window is full: wait for acknowledgements
             self._settle()
+            self._watch()
             self._write_status()
+
+    def _watch(self) -> None:
+        """Once a second: is Kafka acknowledging what is in flight? A broker
+        that answers but never acknowledges (it restarted empty and no longer
+        knows this idempotent producer: librdkafka then retries forever,
+        silently) gets a new producer after stall_timeout_s, and what was not
+        committed is sent again. A broker that does not answer at all is
+        simply waited for: librdkafka reconnects by itself."""
+        now = time.monotonic()
+        if now < self._watch_at:
+            return
+        self._watch_at = now + 1.0
+        if not self._inflight:
+            return
+        stalled = now - self._ack_at
+        if stalled < self.stall_timeout:
+            return
+        what = f"Kafka {self.bootstrap}: no acknowledgement for {stalled:.0f}s ({self._inflight} messages in flight)"
+        try:
+            self._admin.list_topics(timeout=2)
+        except kafka_client.kafka().KafkaException:
+            if self.error is None or "no acknowledgement" in self.error:
+                self._remote_error(f"{what}; the cluster does not answer")
+            return
+        raise kafka_client.KafkaError(f"{what} although the cluster answers: starting a new producer and "
+                                      f"resending from the last commit")
 
     def _send(self, batch, produce, poll) -> None:
         topic = batch.topic
@@ -429,6 +471,8 @@ class MirrorOut(_Mirror):
             for i, rp in enumerate(parts):
                 lasts[rp] = i
             lasts = {i: rp for rp, i in lasts.items()}
+        if not self._inflight:
+            self._ack_at = time.monotonic()  # the stall clock starts with the first message in flight
         run = _Run(offsets[-1] + 1, len(lasts), n, stamps[0], self._gen)
         self._pending.setdefault(tp, deque()).append(run)
         self._inflight += n
@@ -484,7 +528,7 @@ class MirrorOut(_Mirror):
         if done:
             self._inflight -= done
             self._acked_since += done
-            self._last_progress = time.monotonic()
+            self._last_progress = self._ack_at = time.monotonic()
             if self.error is not None or self.state != "running":
                 self._remote_ok()
         now = time.monotonic()
@@ -657,6 +701,8 @@ class MirrorIn(_Mirror):
                 try:
                     self._open()
                     backoff = BACKOFF_MIN
+                    if self.state == "starting":
+                        self.state = "running"
                     self._pump()
                 except _Stopped:
                     self._uncommitted.clear()
@@ -799,7 +845,7 @@ class _Stopped(Exception):
     pass
 
 
-def mirror(cluster, topics: Union[str, Sequence[str], None] = None, *, to: Optional[str] = None,
+def open_mirror(cluster, topics: Union[str, Sequence[str], None] = None, *, to: Optional[str] = None,
            from_: Optional[str] = None, pattern: Optional[str] = None, as_: Optional[str] = None,
            name: Optional[str] = None, config: Optional[Dict[str, Any]] = None, start: bool = True,
            **options: Any) -> _Mirror:

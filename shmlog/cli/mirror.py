@@ -37,7 +37,7 @@ def _connect(args):
 
 
 def _spec(args) -> Dict[str, Any]:
-    from ..bridge import mirror as m
+    from ..bridge.mirror import check_name, default_name
 
     config = dict(args.X or [])
     if args.mirror_action == "out":
@@ -49,16 +49,16 @@ def _spec(args) -> Dict[str, Any]:
             options["max_in_flight"] = args.max_in_flight
         if args.replication_factor is not None:
             options["replication_factor"] = args.replication_factor
-        name = args.name or m.default_name("out", topics, args.pattern)
-        return {"name": m.check_name(name), "direction": "out", "topics": topics, "pattern": args.pattern,
+        name = args.name or default_name("out", topics, args.pattern)
+        return {"name": check_name(name), "direction": "out", "topics": topics, "pattern": args.pattern,
                 "bootstrap": args.to, "as": args.as_, "config": config, "options": options}
-    name = args.name or m.default_name("in", [args.as_ or args.topic], None)
+    name = args.name or default_name("in", [args.as_ or args.topic], None)
     options = {}
     if args.topic_config:
         from . import _parse_value
 
         options["topic_config"] = {k: _parse_value(v) for k, v in args.topic_config}
-    return {"name": m.check_name(name), "direction": "in", "topics": [args.topic], "pattern": None,
+    return {"name": check_name(name), "direction": "in", "topics": [args.topic], "pattern": None,
             "bootstrap": getattr(args, "from"), "as": args.as_, "config": config, "options": options}
 
 

@@ -436,12 +436,12 @@ class Cluster:
                from_: Optional[str] = None, **options: Any):
         """Mirror topics out to a Kafka cluster (to="host:9092") or a Kafka
         topic in (from_="host:9092"), running in a background thread until
-        its close(). See shmlog.bridge.mirror for the options; needs
+        its close(). See shmlog.bridge.open_mirror for the options; needs
         `pip install 'shmlog[kafka]'`."""
         # imported here: the bridge is a client of this module, not a dependency
-        from ..bridge.mirror import mirror
+        from ..bridge.mirror import open_mirror
 
-        return mirror(self, topics, to=to, from_=from_, **options)
+        return open_mirror(self, topics, to=to, from_=from_, **options)
 
     # groups (the coordinator lives in the supervisor, shmlog/groups.py)
     def groups(self) -> Dict[str, Any]:
