@@ -56,7 +56,10 @@ def _admin_conf(conf: Dict[str, Any]) -> Dict[str, Any]:
 
 def remote_partitions(adm: Any, topic: str, timeout: float = 10.0) -> int:
     """The partition count of a remote topic, or 0 if it does not exist."""
-    md = adm.list_topics(topic=topic, timeout=timeout)
+    # all topics, not list_topics(topic=...): a metadata request naming the
+    # topic lets a broker with auto.create.topics.enable create it, with
+    # its default partition count instead of ours
+    md = adm.list_topics(timeout=timeout)
     t = md.topics.get(topic)
     if t is None or t.error is not None or not t.partitions:
         return 0

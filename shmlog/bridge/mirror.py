@@ -61,6 +61,8 @@ DUPLICATE_BOUND = DEFAULT_MAX_IN_FLIGHT
 STATUS_INTERVAL = 1.0
 BACKOFF_MIN = 0.5
 BACKOFF_MAX = 30.0
+PROBE_INTERVAL = 3.0
+RESCAN_INTERVAL = 10.0  # --pattern: how often new local topics are looked for
 
 
 def mirrors_dir(data_dir: Union[str, Path]) -> Path:
@@ -133,6 +135,7 @@ class _Mirror:
         self._rate_at = time.monotonic()
         self._rate_count = 0
         self._status_at = 0.0
+        self._probe_at = 0.0
         self.started = time.time()
         d = mirrors_dir(cluster.data_dir)
         d.mkdir(mode=0o700, exist_ok=True)
@@ -157,6 +160,22 @@ class _Mirror:
         self.error = None
         self.error_since = None
         self.state = "running"
+
+    def _probe_idle(self, answers) -> None:
+        """An idle mirror with an error on show (say the broker closed an
+        idle connection, or was away and is back with nothing to carry)
+        asks the cluster for metadata every few seconds, and clears the
+        error once it answers. answers() raises if it does not."""
+        if self.error is None or time.monotonic() < self._probe_at:
+            return
+        self._probe_at = time.monotonic() + PROBE_INTERVAL
+        try:
+            answers()
+        except Exception as exc:  # still away: the error stays, librdkafka keeps retrying
+            log.debug("mirror %s: probe failed: %s", self.name, exc)
+            return
+        self._remote_ok()
+        self._write_status(force=True)
 
     def _sleep(self, seconds: float) -> None:
         self._stop.wait(seconds)
@@ -286,6 +305,9 @@ class MirrorOut(_Mirror):
         self.stall_timeout = stall_timeout_s
         self._ack_at = time.monotonic()
         self._watch_at = 0.0
+        self._rescan_at = time.monotonic() + RESCAN_INTERVAL
+        self._reopen = False
+        self.topics_now: List[str] = list(topics)
         kafka_client.kafka()  # fail now, naming the extra, not in the run loop
         self._producer = None
         self._consumer = None
@@ -312,6 +334,9 @@ class MirrorOut(_Mirror):
             "queue.buffering.max.messages": self.max_in_flight,
             "linger.ms": 5,
             "batch.num.messages": 10000,
+            # the mirror creates remote topics itself, with the local
+            # partition count; a broker's auto-creation would pick its own
+            "allow.auto.create.topics": False,
         }
         conf.update(self.config)
         for k in ("enable.idempotence", "enable.gapless.guarantee"):
@@ -397,6 +422,11 @@ class MirrorOut(_Mirror):
                     self._rewind()
                     self._sleep(backoff)
                     backoff = min(backoff * 2, BACKOFF_MAX)
+                except errors.UnknownTopic as exc:
+                    # a local topic is missing (or none matches yet): wait for it
+                    self._remote_error(str(exc))
+                    self._sleep(backoff)
+                    backoff = min(backoff * 2, BACKOFF_MAX)
         finally:
             self._shutdown()
 
@@ -408,6 +438,18 @@ class MirrorOut(_Mirror):
         while not self._stop.is_set():
             if self._broken is not None:
                 raise kafka_client.KafkaError(self._broken)
+            if self._reopen:
+                if self._inflight:
+                    poll(0.01)
+                    self._settle()
+                    continue
+                self._settle(force=True)
+                self._consumer.close()
+                self._consumer = None
+                self._pending.clear()
+                self._resume.clear()
+                self._reopen = False
+                return  # run() opens again, with the topics that match now
             if self._inflight < self.max_in_flight:
                 # wait for data only when nothing is in flight: delivery
                 # reports are served by poll() below, not while we sleep here
@@ -433,7 +475,16 @@ class MirrorOut(_Mirror):
         if now < self._watch_at:
             return
         self._watch_at = now + 1.0
+        if self.pattern is not None and now >= self._rescan_at:
+            self._rescan_at = now + RESCAN_INTERVAL
+            if set(self._local_topics()) != set(self.topics_now):
+                # new (or deleted) matching topics: finish what is in flight,
+                # commit, and reopen the consumer with the new set (_pump)
+                log.info("mirror %s: the topics matching %r changed; reopening", self.name,
+                         self.pattern.pattern)
+                self._reopen = True
         if not self._inflight:
+            self._probe_idle(lambda: self._admin.list_topics(timeout=2))
             return
         stalled = now - self._ack_at
         if stalled < self.stall_timeout:
@@ -735,8 +786,10 @@ class MirrorIn(_Mirror):
             msgs = kc.consume(self.batch, 0.1)
             if msgs:
                 self._mirror(msgs)
-            elif self._uncommitted:
-                self._commit_kafka()
+            else:
+                if self._uncommitted:
+                    self._commit_kafka()
+                self._probe_idle(lambda: kc.list_topics(timeout=2))
             self._write_status()
 
     def _mirror(self, msgs) -> None:

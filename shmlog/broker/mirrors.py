@@ -19,9 +19,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import psutil
+
+from ..osutil import pid_alive
 
 log = logging.getLogger("shmlog.mirrors")
 
@@ -187,8 +189,48 @@ class MirrorKeeper:
             self.retry_at.pop(name, None)
 
 
+def mirror_rows(data_dir: Path) -> List[Dict[str, Any]]:
+    """Every managed mirror, and every running foreground one, as its status
+    file says (rate, lag, state, error), with "managed" and a state of
+    "down" for a managed mirror whose process is gone. What `shmlog mirror
+    list` and the supervisor's stats ("mirrors") show."""
+    d = Path(data_dir) / MIRRORS_DIR
+    names = set(_spec_names(d))
+    try:
+        names |= {p.name[: -len(".status.json")] for p in d.iterdir() if p.name.endswith(".status.json")}
+    except FileNotFoundError:
+        pass
+    rows = []
+    for name in sorted(names):
+        try:
+            st = json.loads((d / f"{name}.status.json").read_text())
+            st = st if isinstance(st, dict) else {}
+        except (OSError, ValueError):
+            st = {}
+        managed = (d / f"{name}.json").exists()
+        alive = isinstance(st.get("pid"), int) and st["pid"] > 0 and pid_alive(st["pid"]) \
+            and st.get("state") != "stopped"
+        if not managed and not alive:
+            continue  # a foreground mirror that ended
+        row = {**st, "name": name, "managed": managed}
+        if not alive:
+            row.update(state="down" if managed else "stopped", rate=0.0)
+        rows.append(row)
+    return rows
+
+
 def install(sup) -> None:
     keeper = MirrorKeeper(sup.data_dir)
     sup.mirrors = keeper
     sup.tickers.append(keeper.tick)
     sup.on_stop.append(keeper.stop_all)
+    # the stats op (`shmlog stats`, --prometheus) shows each mirror's rate
+    # and lag; wrapped here so this role stays in this module
+    base_stats = sup.stats
+
+    def stats() -> Dict[str, Any]:
+        out = base_stats()
+        out["mirrors"] = mirror_rows(sup.data_dir)
+        return out
+
+    sup.stats = stats

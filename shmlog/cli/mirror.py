@@ -113,28 +113,9 @@ def cmd_start(args) -> int:
 
 
 def _rows(data_dir) -> List[Dict[str, Any]]:
-    from ..bridge import spec as specmod
-    from ..bridge.mirror import mirrors_dir
+    from ..broker.mirrors import mirror_rows
 
-    names = set(specmod.names(data_dir))
-    try:
-        names |= {p.name[: -len(".status.json")] for p in mirrors_dir(data_dir).iterdir()
-                  if p.name.endswith(".status.json")}
-    except FileNotFoundError:
-        pass
-    out = []
-    for name in sorted(names):
-        st = specmod.read_status(data_dir, name) or {}
-        managed = specmod.spec_path(data_dir, name).exists()
-        alive = bool(st.get("pid")) and pid_alive(st["pid"]) and st.get("state") != "stopped"
-        if not managed and not alive:
-            continue  # a foreground mirror that ended
-        row = {"name": name, "managed": managed, **st}
-        if not alive:
-            row["state"] = "down" if managed else "stopped"
-            row["rate"] = 0.0
-        out.append(row)
-    return out
+    return mirror_rows(data_dir)
 
 
 def cmd_list(args) -> int:

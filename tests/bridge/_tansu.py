@@ -87,6 +87,12 @@ def create_remote_topic(bootstrap: str, topic: str, partitions: int) -> None:
     adm.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])[topic].result(10)
 
 
+def remote_topics(bootstrap: str):
+    from confluent_kafka.admin import AdminClient
+
+    return set(AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10).topics)
+
+
 def read_all(bootstrap: str, topic: str, partitions: int, want: int, timeout: float = 60.0):
     """Every message of a remote topic from offset 0, by assign() (no group
     join to wait for), until `want` have arrived; fails on timeout."""

@@ -20,6 +20,7 @@ pytest.importorskip("confluent_kafka", reason="the bridge tests need confluent-k
 from _broker_helpers import ROOMY, collect, kafka_partition, running_cluster, wait_for  # noqa: E402
 from _tansu import create_remote_topic, read_all  # noqa: E402
 
+import shmlog.bridge.mirror as mirror_module  # noqa: E402
 from shmlog.bridge.mirror import DEFAULT_MAX_IN_FLIGHT, MirrorOut, status_path  # noqa: E402
 
 # tansu joins a Kafka consumer group after about half the session timeout
@@ -240,6 +241,8 @@ def test_mirror_out_survives_broker_restart(data_dir, tansu):
             # what `shmlog mirror list` shows (written just after the error is set)
             wait_for(lambda: json.loads(status_path(data_dir, "ev").read_text())["error"], 5, 0.05,
                      "the status file to show the error")
+            row = c.stats()["mirrors"][0]  # as `shmlog mirror list` and `stats` show it
+            assert row["name"] == "ev" and row["state"] == "retrying" and row["error"], row
             assert _committed(c, "mirror.ev") == 5000  # nothing committed while Kafka is away
             time.sleep(1.0)
             tansu.start()
@@ -276,9 +279,34 @@ def test_managed_mirror_restarts_after_sigkill(data_dir, tansu):
         _check_remote(msgs, 0, 4000, 4, max_dups=DEFAULT_MAX_IN_FLIGHT)
         table = cli("list").stdout
         assert "ev" in table and "running" in table, table
+        prom = subprocess.run([sys.executable, "-m", "shmlog", "stats", "--prometheus", "--data-dir", str(data_dir)],
+                              capture_output=True, text=True, timeout=60).stdout
+        assert 'shmlog_mirror_lag_messages{mirror="ev",direction="out"}' in prom, prom[-2000:]
+        assert 'shmlog_mirror_up{mirror="ev",direction="out"} 1' in prom
         r = cli("stop", "ev")
         assert r.returncode == 0, r.stderr
         assert json.loads(cli("list", "--json").stdout) == []
+
+
+def test_mirror_out_pattern_picks_up_new_topics(data_dir, tansu, monkeypatch):
+    monkeypatch.setattr(mirror_module, "RESCAN_INTERVAL", 0.3)
+    with running_cluster(data_dir) as c:
+        c.create_topic("logs-a", partitions=2, **ROOMY)
+        with c.mirror(to=tansu.bootstrap, pattern=r"logs-.*", name="logs"):
+            _wait_joined(c, "mirror.logs")
+            _produce(c, "logs-a", 0, 500)
+            c.create_topic("logs-b", partitions=2, **ROOMY)
+            c.create_topic("other", partitions=1, **ROOMY)
+            _produce(c, "other", 0, 10)
+            wait_for(lambda: ("logs-b", 0) in {(p["topic"], p["partition"])
+                                               for p in c.describe_group("mirror.logs")["partitions"]},
+                     20, 0.05, "the mirror to take logs-b")
+            _produce(c, "logs-b", 500, 1000)
+            _check_remote(read_all(tansu.bootstrap, "logs-a", 2, 500), 0, 500, 2)
+            _check_remote(read_all(tansu.bootstrap, "logs-b", 2, 500), 500, 1000, 2)
+        from _tansu import remote_topics
+
+        assert "other" not in remote_topics(tansu.bootstrap)
 
 
 def test_missing_extra_names_it(monkeypatch):
