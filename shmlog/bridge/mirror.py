@@ -112,6 +112,10 @@ def _bootstrap(conf: Dict[str, Any], bootstrap: str) -> Dict[str, Any]:
     return out
 
 
+class _Stopped(Exception):
+    """stop() while a batch waits for room in a full topic."""
+
+
 class _Mirror:
     """What both directions share: the run loop's stop flag, status file,
     backoff while the remote is down, and a background thread for the
@@ -223,7 +227,54 @@ class _Mirror:
 
     # ------------------------------------------------------------ lifecycle
     def run(self) -> None:
+        """Until stop(): open both sides and pump; while the remote (or a
+        local topic) is missing, show why and retry with backoff."""
+        backoff = BACKOFF_MIN
+        self._write_status(force=True)
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._open()
+                    backoff = BACKOFF_MIN
+                    if self.state == "starting":
+                        self.state = "running"
+                    self._pump()
+                    continue
+                except _Stopped:
+                    self._stopped_while_blocked()
+                    break
+                except (kafka_client.KafkaError, kafka_client.kafka().KafkaException) as exc:
+                    self._remote_error(f"Kafka {self.bootstrap}: {exc}")
+                    self._after_failure()
+                except errors.UnknownTopic as exc:
+                    # a local topic is missing (or none matches yet): wait for it
+                    self._remote_error(str(exc))
+                except (errors.BrokerNotRunning, errors.GroupError) as exc:
+                    # the local supervisor away for longer than a request
+                    # waits, or the group moved a partition: start over from
+                    # the last commit
+                    self._remote_error(f"shmlog {self.cluster.data_dir}: {exc}")
+                    self._after_failure()
+                self._sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+        finally:
+            self._shutdown()
+
+    # what each direction fills in
+    def _open(self) -> None:
         raise NotImplementedError
+
+    def _pump(self) -> None:
+        raise NotImplementedError
+
+    def _shutdown(self) -> None:
+        raise NotImplementedError
+
+    def _after_failure(self) -> None:
+        """After the remote failed, before the backoff."""
+
+    def _stopped_while_blocked(self) -> None:
+        """stop() came while a batch waited for room (MirrorIn)."""
 
     def stop(self) -> None:
         """Ask run() to finish: it drains what is in flight, commits, returns."""
@@ -406,29 +457,8 @@ class MirrorOut(_Mirror):
         run.left -= 1
 
     # ------------------------------------------------------------ the loop
-    def run(self) -> None:
-        backoff = BACKOFF_MIN
-        self._write_status(force=True)
-        try:
-            while not self._stop.is_set():
-                try:
-                    self._open()
-                    backoff = BACKOFF_MIN
-                    if self.state == "starting":
-                        self.state = "running"
-                    self._pump()
-                except (kafka_client.KafkaError, kafka_client.kafka().KafkaException) as exc:
-                    self._remote_error(f"Kafka {self.bootstrap}: {exc}")
-                    self._rewind()
-                    self._sleep(backoff)
-                    backoff = min(backoff * 2, BACKOFF_MAX)
-                except errors.UnknownTopic as exc:
-                    # a local topic is missing (or none matches yet): wait for it
-                    self._remote_error(str(exc))
-                    self._sleep(backoff)
-                    backoff = min(backoff * 2, BACKOFF_MAX)
-        finally:
-            self._shutdown()
+    def _after_failure(self) -> None:
+        self._rewind()
 
     def _pump(self) -> None:
         producer = self._producer
@@ -450,10 +480,13 @@ class MirrorOut(_Mirror):
                 self._resume.clear()
                 self._reopen = False
                 return  # run() opens again, with the topics that match now
-            if self._inflight < self.max_in_flight:
+            # the window: sent but not committed, whether acknowledged yet
+            # or not; never more than max_in_flight (the duplicate bound)
+            room = self.max_in_flight - self._inflight - self._acked_since
+            if room > 0:
                 # wait for data only when nothing is in flight: delivery
                 # reports are served by poll() below, not while we sleep here
-                batch = consumer.consume_batch(max_messages=min(10_000, self.max_in_flight - self._inflight),
+                batch = consumer.consume_batch(max_messages=min(10_000, room),
                                                timeout=0.01 if self._inflight else 0.1)
                 if batch is not None:
                     self._send(batch, produce, poll)
@@ -598,11 +631,14 @@ class MirrorOut(_Mirror):
         now = time.monotonic()
         if self._to_commit and (force or now >= self._commit_at
                                 or self._acked_since >= self.max_in_flight // 2):
-            offsets, self._to_commit = self._to_commit, {}
-            self._consumer.commit(offsets)
-            self._count(self._acked_since)
-            self._acked_since = 0
+            self._commit_now()
             self._commit_at = now + self.commit_interval
+
+    def _commit_now(self) -> None:
+        offsets, self._to_commit = self._to_commit, {}
+        self._consumer.commit(offsets)
+        self._count(self._acked_since)
+        self._acked_since = 0
 
     def lag(self) -> Tuple[int, float]:
         c = self._consumer
@@ -648,10 +684,7 @@ class MirrorOut(_Mirror):
                 log.debug("mirror %s: purging the old producer: %s", self.name, exc)
         if self._to_commit and self._consumer is not None:
             try:
-                offsets, self._to_commit = self._to_commit, {}
-                self._consumer.commit(offsets)
-                self._count(self._acked_since)
-                self._acked_since = 0
+                self._commit_now()
             except errors.ShmlogError as exc:
                 log.warning("mirror %s: commit before rewinding failed: %s", self.name, exc)
         if self._consumer is not None:
@@ -759,26 +792,29 @@ class MirrorIn(_Mirror):
         for tp in partitions:
             self._positions.pop(tp.partition, None)
 
-    def run(self) -> None:
-        backoff = BACKOFF_MIN
-        self._write_status(force=True)
+    def _stopped_while_blocked(self) -> None:
+        # the batch being sent is not committed to Kafka: read again next time
+        self._uncommitted.clear()
+
+    def _after_failure(self) -> None:
+        """A batch may be half in shmlog and the Kafka consumer past it:
+        commit what shmlog has, then rejoin from Kafka's committed offsets
+        (a new consumer), so nothing read but not written is skipped."""
+        if self._kc is None:
+            return
+        if self._uncommitted:
+            try:
+                self._producer.flush(durable=True)
+                self._commit_kafka()
+            except errors.ShmlogError as exc:
+                log.warning("mirror %s: could not commit before starting over: %s", self.name, exc)
         try:
-            while not self._stop.is_set():
-                try:
-                    self._open()
-                    backoff = BACKOFF_MIN
-                    if self.state == "starting":
-                        self.state = "running"
-                    self._pump()
-                except _Stopped:
-                    self._uncommitted.clear()
-                    break
-                except (kafka_client.KafkaError, kafka_client.kafka().KafkaException) as exc:
-                    self._remote_error(f"Kafka {self.bootstrap}: {exc}")
-                    self._sleep(backoff)
-                    backoff = min(backoff * 2, BACKOFF_MAX)
-        finally:
-            self._shutdown()
+            self._kc.close()
+        except Exception as exc:
+            log.debug("mirror %s: closing the Kafka consumer: %s", self.name, exc)
+        self._kc = None
+        self._uncommitted.clear()
+        self._positions.clear()
 
     def _pump(self) -> None:
         kc = self._kc
@@ -907,10 +943,6 @@ class MirrorIn(_Mirror):
             self._producer = None
         self.state = "stopped"
         self._write_status(force=True)
-
-
-class _Stopped(Exception):
-    pass
 
 
 def open_mirror(cluster, topics: Union[str, Sequence[str], None] = None, *, to: Optional[str] = None,
