@@ -165,6 +165,42 @@ def test_mirror_in(data_dir, tansu):
         assert sum(tp.offset for tp in committed) == n, committed
 
 
+def test_mirror_in_blocks_on_a_full_memory_topic(data_dir, tansu):
+    """A memory topic full of what its group has not read holds the inbound
+    mirror back (state "blocked", nothing committed to Kafka past it);
+    once the group reads on, everything arrives, in order, none dropped."""
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    n = 4000
+    create_remote_topic(tansu.bootstrap, "big", 1)
+    kp = Producer({"bootstrap.servers": tansu.bootstrap, "enable.idempotence": True})
+    for i in range(n):
+        kp.produce("big", value=b"value-%d-" % i + b"x" * 200, key=_key(i), partition=0)
+    assert kp.flush(30) == 0
+    del kp
+    with running_cluster(data_dir) as c:
+        c.create_topic("small", partitions=1, storage="memory", chunk_bytes=64 << 10, chunk_count=4)
+        with c.consumer("small", group="slow", enable_auto_commit=False) as slow:
+            slow.consume(timeout=0.5)  # joined: the topic now keeps what "slow" has not committed
+            with c.mirror("big", from_=tansu.bootstrap, as_="small", name="in-small", config=FAST_GROUP) as m:
+                wait_for(lambda: m.status()["state"] == "blocked", 30, 0.05, "the mirror to block")
+                kc = Consumer({"bootstrap.servers": tansu.bootstrap, "group.id": "shmlog-mirror-in-small"})
+                try:
+                    (tp,) = kc.committed([TopicPartition("big", 0)], timeout=10)
+                finally:
+                    kc.close()
+                assert tp.offset < n  # Kafka's commit waits for shmlog
+                got = []
+                deadline = time.monotonic() + 60
+                while len(got) < n and time.monotonic() < deadline:
+                    batch = slow.consume(max_messages=500, timeout=0.5)
+                    got.extend(batch)
+                    if batch:
+                        slow.commit()
+                assert [_index(x) for x in got] == list(range(n))
+                wait_for(lambda: m.status()["state"] == "running", 10, 0.05, "the mirror to run again")
+
+
 def _mirror_proc(data_dir, bootstrap: str, *extra: str) -> subprocess.Popen:
     args = [sys.executable, "-m", "shmlog", "mirror", "out", "--data-dir", str(data_dir), "--foreground",
             "--topic", "events", "--to", bootstrap, "--as", "events-remote", "--name", "ev", *extra]
