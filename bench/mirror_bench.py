@@ -88,7 +88,7 @@ def _hand_loop(bootstrap: str, topic: str, values, keys) -> float:
 
 
 def _mirror(cluster, bootstrap: str, local: str, remote: str, n: int) -> float:
-    from shmlog.bridge.mirror import MirrorOut
+    from shmlog.bridge.mirror_out import MirrorOut
 
     m = MirrorOut(cluster, local, to=bootstrap, remote_topic=remote, name=f"bench-{remote}")
     t0 = time.perf_counter()

@@ -148,3 +148,29 @@ def validate_assignor(name: Any) -> str:
             what="assignor",
         )
     return name
+
+
+# ------------------------------------------------------------------ KEY=VALUE
+def parse_value(v: str) -> Any:
+    """A setting's value as typed on a command line: none/null, true/false,
+    an int, a float, else the string itself."""
+    if v.lower() in ("none", "null"):
+        return None
+    if v.lower() in ("true", "false"):
+        return v.lower() == "true"
+    try:
+        return int(v)
+    except ValueError:
+        pass
+    try:
+        return float(v)
+    except ValueError:
+        return v
+
+
+def parse_setting(item: str) -> tuple[str, Any]:
+    """("key", value) from "key=value"; ValueError naming the item otherwise."""
+    k, sep, v = item.partition("=")
+    if not sep or not k.strip():
+        raise ValueError(f"expected KEY=VALUE, got {item!r}")
+    return k.strip(), parse_value(v.strip())

@@ -85,10 +85,10 @@ def fast_pickle(obj, protocol: int = 3) -> bytes:
 def frame_records(plog: PartitionLog, region_pos: int) -> tuple:
     """What a frame says about its records, minus where it is (base offset,
     CRC) and who wrote it: equal tuples mean byte-identical record sections."""
-    f = ffi.cast("shmlog_frame_hdr_t *", plog._log.base + region_pos)
+    f = ffi.cast("shmlog_frame_hdr_t *", plog.c_log.base + region_pos)
     start = region_pos + lib.SHMLOG_FRAME_HEADER
     return (f.record_count, f.attributes, f.batch_version, f.first_timestamp, f.max_timestamp,
-            f.uncompressed_bytes, f.payload_bytes, bytes(plog._mm[start : start + f.payload_bytes]))
+            f.uncompressed_bytes, f.payload_bytes, bytes(plog.mapping[start : start + f.payload_bytes]))
 
 
 def frames(plog: PartitionLog, cursor=None, max_frames: int = 4096) -> List[Tuple[int, int, int]]:
@@ -102,7 +102,7 @@ def frames(plog: PartitionLog, cursor=None, max_frames: int = 4096) -> List[Tupl
     info = ffi.new("shmlog_read_info_t *")
     out = []
     while True:
-        n = lib.shmlog_log_read_frames(plog._handle(), cursor, pos, fb, ends, max_frames,
+        n = lib.shmlog_log_read_frames(plog.checked_log(), cursor, pos, fb, ends, max_frames,
                                        1 << 62, info)
         errors.check(n, plog.what)
         if n == 0:

@@ -108,13 +108,14 @@ def gate_position(cursor) -> int:
 
 class _Producer(Endpoint):
     def __init__(self, name: str, deadline_s: float = 60.0):
-        from shmlog.core.log import _POINTER_VALUE, PartitionLog, pickle_values
+        from shmlog.core.log import PartitionLog
+        from shmlog.core.records import POINTER_VALUE, pickle_values
 
         self.plog = PartitionLog.attach(name, prefault=True)
         self.slot = self.plog.register_producer()
         self.timeout = deadline_s
         self.pickle_values = pickle_values
-        self.pointer_value = _POINTER_VALUE
+        self.pointer_value = POINTER_VALUE
 
     def send(self, value: bytes) -> None:
         # a batch of one record in one crossing (the core's latency path)

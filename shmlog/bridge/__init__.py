@@ -1,5 +1,5 @@
 """Mirrors to and from Kafka clusters (issue 15): MirrorOut, MirrorIn, and
-open_mirror(), the function behind Cluster.mirror(). confluent-kafka is an
+open_mirror(cluster, ...), the Python form. confluent-kafka is an
 optional extra, imported on first use (kafka_client)."""
 
 from .mirror import DUPLICATE_BOUND, MirrorIn, MirrorOut, open_mirror

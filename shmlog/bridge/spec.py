@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Union
 
 from .. import errors
 from ..osutil import write_json_atomic
-from .mirror import check_name, mirrors_dir, status_path
+from .base import check_name, mirrors_dir, status_path
 
 SPEC_KEYS = {"name", "direction", "topics", "pattern", "bootstrap", "as", "config", "options"}
 
@@ -69,7 +69,8 @@ def names(data_dir: Union[str, Path]) -> List[str]:
 
 def build(cluster, spec: Dict[str, Any]):
     """The MirrorOut/MirrorIn a spec describes (not started)."""
-    from .mirror import MirrorIn, MirrorOut
+    from .mirror_in import MirrorIn
+    from .mirror_out import MirrorOut
 
     opts = dict(spec.get("options") or {})
     if spec["direction"] == "out":

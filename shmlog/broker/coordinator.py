@@ -40,7 +40,7 @@ import secrets
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from .. import errors, protocol
 from ..config import (
@@ -66,10 +66,10 @@ from ..core.groups_region import (
     region_name,
     slot_index,
 )
-from ..core.log import scan_for_time
-from ..core.segments import SegmentStore
-from ..osutil import pid_alive, proc_start_time
+from ..osutil import pid_alive
 from . import assignors
+from .group_admin import GroupAdmin
+from .group_state import Group, Member, Orphan, int_field, offset_list, tp_list
 from .offsets import MAX_OFFSET, OFFSETS_SUFFIX, OffsetStore
 
 log = logging.getLogger("shmlog.groups")
@@ -78,109 +78,44 @@ TP = Tuple[str, int]
 _now = time.monotonic_ns
 
 
-# ------------------------------------------------------------------ wire helpers
-def _tp_list(msg: Dict[str, Any], name: str) -> List[TP]:
-    v = protocol.field(msg, name, list, required=False, default=[])
-    out = []
-    for e in v:
-        if not (isinstance(e, list) and len(e) == 2 and isinstance(e[0], str)
-                and isinstance(e[1], int) and not isinstance(e[1], bool) and 0 <= e[1] < 1 << 20):
-            raise protocol.ProtocolError(f"field {name!r} must be a list of [topic, partition]")
-        out.append((e[0], e[1]))
-    return out
-
-
-def _offset_list(msg: Dict[str, Any], name: str) -> Dict[TP, int]:
-    v = protocol.field(msg, name, list, required=False, default=[])
-    out = {}
-    for e in v:
-        if not (isinstance(e, list) and len(e) == 3 and isinstance(e[0], str)
-                and all(isinstance(x, int) and not isinstance(x, bool) for x in e[1:])
-                and 0 <= e[1] < 1 << 20 and 0 <= e[2] <= MAX_OFFSET):
-            raise protocol.ProtocolError(f"field {name!r} must be a list of [topic, partition, offset]")
-        out[(e[0], e[1])] = e[2]
-    return out
-
-
-def _int_field(msg: Dict[str, Any], name: str, default: Optional[int], lo: int, hi: int) -> Optional[int]:
-    v = protocol.field(msg, name, (int, type(None)), required=False, default=default)
-    if v is None:
-        return default
-    if isinstance(v, bool) or not lo <= v <= hi:
-        raise protocol.ProtocolError(f"field {name!r} must be an integer in [{lo}, {hi}]")
-    return v
-
-
-# ------------------------------------------------------------------ coordinator
-class _Member:
-    __slots__ = ("member_id", "client_id", "pid", "slot", "token", "topics", "session_ns",
-                 "owned", "generation", "joined_ms", "started")
-
-    def __init__(self, member_id: str, client_id: str, pid: int, slot: int, token: int,
-                 topics: List[str], session_ms: int):
-        self.member_id = member_id
-        self.client_id = client_id
-        self.pid = pid
-        self.slot = slot
-        self.token = token
-        self.topics = topics
-        self.session_ns = session_ms * 1_000_000
-        self.owned: Set[TP] = set()
-        self.generation = 0
-        self.joined_ms = int(time.time() * 1000)
-        self.started = proc_start_time(pid)
-
-
-class _Orphan:
-    """A slot found in a surviving region at start: a member of the previous
-    supervisor that has not rejoined yet."""
-
-    __slots__ = ("slot", "token", "pid", "session_ns")
-
-    def __init__(self, slot: int, token: int, pid: int, session_ns: int):
-        self.slot = slot
-        self.token = token
-        self.pid = pid
-        self.session_ns = session_ns
-
-
-class _Group:
-    def __init__(self, name: str, store: OffsetStore):
-        self.name = name
-        self.hash = group_hash(name)
-        self.store = store
-        self.generation = 0
-        self.assignor: Optional[str] = None
-        self.members: Dict[str, _Member] = {}
-        self.owner: Dict[TP, str] = {}
-        self.target: Optional[Dict[str, Set[TP]]] = {}
-        self.parts: Dict[str, int] = {}
-        self.barrier: Dict[int, _Orphan] = {}
-        self.gates: Dict[TP, Tuple[Any, int]] = {}  # memory topics: (PartitionLog, reader slot)
-        self.rebalances = 0
-
-    def state(self) -> str:
-        if not self.members and not self.barrier:
-            return "Empty"
-        if self.barrier or self.target is None:
-            return "Rebalancing"
-        for mid, m in self.members.items():
-            if m.owned != self.target.get(mid, set()):
-                return "Rebalancing"
-        return "Stable"
-
-
-class Coordinator:
-    """The group coordinator, living in the supervisor (see install())."""
+class Coordinator(GroupAdmin):
+    """The group coordinator, living in the supervisor (built by it; see attach())."""
 
     def __init__(self, sup):
         self.sup = sup
-        self.groups: Dict[str, _Group] = {}
+        self.groups: Dict[str, Group] = {}
         self.region: Optional[GroupsRegion] = None
-        self.orphans: Dict[int, Dict[int, _Orphan]] = {}
+        self.orphans: Dict[int, Dict[int, Orphan]] = {}
         self.orphan_deadline_ns = 0
         self.dir = Path(sup.data_dir) / "groups"
         self._closed = False
+
+    def attach(self) -> None:
+        """Register with the supervisor's hooks (called once, before start)."""
+        sup = self.sup
+        sup.handlers.update({
+            "group_join": self.op_join,
+            "group_sync": self.op_sync,
+            "group_commit": self.op_commit,
+            "group_committed": self.op_committed,
+            "group_leave": self.op_leave,
+            "groups": self.op_groups,
+            "describe_group": self.op_describe,
+            "delete_group": self.op_delete,
+            "reset_offsets": self.op_reset,
+        })
+        # liveness runs on the coordinator's own thread, at the reaper's pace: a
+        # failing pass of another role (sup.tickers share one try block with the
+        # partition reaper) must never stop dead members from being noticed
+        sup.on_start.append(self.start)
+        sup.on_start.append(self.start_ticker)
+        sup.on_stop.append(self.stop)
+        sup.on_topic_created.append(self.topic_created)
+        sup.on_topic_deleted.append(self.topic_deleted)
+        sup.on_partitions_added.append(self.partitions_added)
+        # the stale-region sweep at start must keep the groups region, so that
+        # it survives a supervisor crash
+        sup.keep_regions.append(lambda: [self.region_name()])
 
     # ------------------------------------------------------------ lifecycle
     def region_name(self) -> str:
@@ -197,7 +132,7 @@ class Coordinator:
             tok = w[slot_index(i, S_TOKEN)]
             if not tok:
                 continue
-            o = _Orphan(i, tok, w[slot_index(i, S_PID)],
+            o = Orphan(i, tok, w[slot_index(i, S_PID)],
                         max(w[slot_index(i, S_SESSION)], MIN_SESSION_MS) * 1_000_000)
             self.orphans.setdefault(w[slot_index(i, S_GROUP)], {})[i] = o
             # members may have been quiet while nobody watched: count from now
@@ -217,11 +152,11 @@ class Coordinator:
     def start_ticker(self) -> None:
         t = threading.Thread(target=self._tick_loop, name="shmlog-groups", daemon=True)
         t.start()
-        self.sup._threads.append(t)  # joined by Supervisor.shutdown()
+        self.sup.threads.append(t)  # joined by Supervisor.shutdown()
 
     def _tick_loop(self) -> None:
         interval = max(float(self.sup.cfg["reaper_interval_ms"]), 10.0) / 1000.0
-        stop = self.sup._stop
+        stop = self.sup.stop_event
         while not stop.wait(interval) and not self._closed:
             try:
                 self.tick()
@@ -240,18 +175,18 @@ class Coordinator:
                 self.region = None
 
     # ------------------------------------------------------------ helpers
-    def _group(self, name: str, *, create: bool = True) -> Optional[_Group]:
+    def _group(self, name: str, *, create: bool = True) -> Optional[Group]:
         g = self.groups.get(name)
         if g is None:
             path = self.dir / (name + OFFSETS_SUFFIX)
             if not create and not path.exists() and group_hash(name) not in self.orphans:
                 return None
-            g = _Group(name, OffsetStore(path))
+            g = Group(name, OffsetStore(path))
             g.barrier = self.orphans.pop(g.hash, {})
             self.groups[name] = g
         return g
 
-    def _known_group(self, name: str) -> _Group:
+    def _known_group(self, name: str) -> Group:
         validate_group_name(name)
         g = self._group(name, create=False)
         if g is None:
@@ -275,7 +210,7 @@ class Coordinator:
         plog = self._plog(topic, p)
         return None if plog is None else plog.end_offset()
 
-    def _committed(self, g: _Group, topic: str, p: int) -> Optional[int]:
+    def _committed(self, g: Group, topic: str, p: int) -> Optional[int]:
         t = self._topic(topic)
         if t is None:
             return None
@@ -294,7 +229,7 @@ class Coordinator:
             raise errors.GroupError("the group coordinator is not running")
         return self.region.words
 
-    def _notify(self, m: _Member) -> None:
+    def _notify(self, m: Member) -> None:
         w = self._words()
         i = slot_index(m.slot, S_NOTIFY)
         v = w[i]
@@ -309,7 +244,7 @@ class Coordinator:
                 return i
         raise errors.GroupError(f"no free member slot: at most {SLOT_COUNT} group members per data dir")
 
-    def _fill_slot(self, m: _Member, g: _Group, session_ms: int) -> None:
+    def _fill_slot(self, m: Member, g: Group, session_ms: int) -> None:
         w = self._words()
         w[slot_index(m.slot, S_PID)] = m.pid
         w[slot_index(m.slot, S_GROUP)] = g.hash
@@ -329,7 +264,7 @@ class Coordinator:
         for k in (S_PID, S_GROUP, S_GENERATION, S_POLL, S_SESSION):
             w[slot_index(slot, k)] = 0
 
-    def _member_group(self, msg: Dict[str, Any]) -> _Group:
+    def _member_group(self, msg: Dict[str, Any]) -> Group:
         """The group of a member request; a group this coordinator does not
         know fences the member (it rejoins)."""
         name = validate_group_name(protocol.field(msg, "group", str))
@@ -340,10 +275,10 @@ class Coordinator:
                 f"member was removed)", what=name)
         return g
 
-    def _member(self, g: _Group, msg: Dict[str, Any]) -> _Member:
+    def _member(self, g: Group, msg: Dict[str, Any]) -> Member:
         mid = protocol.field(msg, "member_id", str)
         m = g.members.get(mid)
-        gen = _int_field(msg, "generation", 0, 0, MAX_OFFSET)
+        gen = int_field(msg, "generation", 0, 0, MAX_OFFSET)
         if m is None:
             raise errors.FencedMember(
                 f"member {mid!r} is not in group {g.name!r} (its generation {gen} is stale; the group "
@@ -351,13 +286,13 @@ class Coordinator:
                 f"polling for longer than its session timeout, or the supervisor restarted",
                 what=g.name,
             )
-        tok = _int_field(msg, "token", None, 0, (1 << 64) - 1)
+        tok = int_field(msg, "token", None, 0, (1 << 64) - 1)
         if tok is not None and tok != m.token:
             raise errors.FencedMember(f"member {mid!r} of group {g.name!r}: token mismatch", what=g.name)
         return m
 
     # ------------------------------------------------------------ rebalance
-    def _rebalance(self, g: _Group, reason: str) -> None:
+    def _rebalance(self, g: Group, reason: str) -> None:
         if g.barrier:
             g.target = None  # wait until every member of the previous supervisor is back
             return
@@ -381,7 +316,7 @@ class Coordinator:
         log.info("group %r: generation %d (%s): %d member(s), %d partition(s) to move",
                  g.name, g.generation, reason, len(g.members), moving)
 
-    def _release(self, g: _Group, m: _Member, tps: Iterable[TP]) -> None:
+    def _release(self, g: Group, m: Member, tps: Iterable[TP]) -> None:
         """m no longer owns tps: free them and wake whoever should get them."""
         wake = set()
         for tp in tps:
@@ -395,7 +330,7 @@ class Coordinator:
         for mid in wake:
             self._notify(g.members[mid])
 
-    def _remove(self, g: _Group, m: _Member, reason: str) -> None:
+    def _remove(self, g: Group, m: Member, reason: str) -> None:
         if reason.endswith(" left"):
             log.info("group %r: member %s (pid %d) left", g.name, m.member_id, m.pid)
         else:
@@ -407,7 +342,7 @@ class Coordinator:
             g.assignor = None
         self._rebalance(g, reason)
 
-    def _grants(self, g: _Group, m: _Member) -> List[Tuple[str, int, Optional[int]]]:
+    def _grants(self, g: Group, m: Member) -> List[Tuple[str, int, Optional[int]]]:
         if g.barrier or g.target is None:
             return []
         out = []
@@ -419,7 +354,7 @@ class Coordinator:
             out.append((tp[0], tp[1], self._start_position(g, tp)))
         return out
 
-    def _start_position(self, g: _Group, tp: TP) -> Optional[int]:
+    def _start_position(self, g: Group, tp: TP) -> Optional[int]:
         off = self._committed(g, *tp)
         if off is None:
             return None
@@ -433,7 +368,7 @@ class Coordinator:
         return off
 
     # ------------------------------------------------------------ offsets
-    def _commit(self, g: _Group, m: Optional[_Member], offsets: Dict[TP, int], *, check: bool = True) -> None:
+    def _commit(self, g: Group, m: Optional[Member], offsets: Dict[TP, int], *, check: bool = True) -> None:
         entries = []
         durable = False
         for (topic, p), off in sorted(offsets.items()):
@@ -459,7 +394,7 @@ class Coordinator:
         if g.store.needs_compaction():
             g.store.compact({n: t["id"] for n, t in self.sup.meta["topics"].items()})
 
-    def _gate(self, g: _Group, topic: str, p: int, offset: int) -> None:
+    def _gate(self, g: Group, topic: str, p: int, offset: int) -> None:
         """Memory topics: hold the producers at this group's committed offset."""
         t = self._topic(topic)
         if t is None or t["config"]["storage"] != "memory":
@@ -478,13 +413,13 @@ class Coordinator:
             return
         g.gates[(topic, p)] = (plog, slot)
 
-    def _restore_gates(self, g: _Group) -> None:
+    def _restore_gates(self, g: Group) -> None:
         for (topic, p), (tid, off) in list(g.store.offsets.items()):
             t = self._topic(topic)
             if t is not None and t["id"] == tid and p < t["config"]["partitions"]:
                 self._gate(g, topic, p, off)
 
-    def _release_gates(self, g: _Group, topic: Optional[str] = None) -> None:
+    def _release_gates(self, g: Group, topic: Optional[str] = None) -> None:
         for tp, (plog, slot) in list(g.gates.items()):
             if topic is not None and tp[0] != topic:
                 continue
@@ -501,18 +436,18 @@ class Coordinator:
         topics = sorted({validate_topic_name(t) for t in topics})
         assignor = protocol.field(msg, "assignor", str, required=False, default=assignors.DEFAULT)
         assignors.get(assignor)
-        pid = _int_field(msg, "pid", None, 1, 1 << 31)
+        pid = int_field(msg, "pid", None, 1, 1 << 31)
         if pid is None:
             raise protocol.ProtocolError("request 'group_join' is missing field 'pid'")
         client_id = protocol.field(msg, "client_id", str, required=False, default="")[:200]
-        session_ms = _int_field(msg, "session_timeout_ms", None, MIN_SESSION_MS, MAX_SESSION_MS)
+        session_ms = int_field(msg, "session_timeout_ms", None, MIN_SESSION_MS, MAX_SESSION_MS)
         if session_ms is None:
             session_ms = int(self.sup.cfg["session_timeout_ms"])
         mid = protocol.field(msg, "member_id", (str, type(None)), required=False, default=None)
-        token = _int_field(msg, "token", None, 1, (1 << 64) - 1)
-        slot = _int_field(msg, "slot", None, 0, SLOT_COUNT - 1)
-        gen = _int_field(msg, "generation", 0, 0, MAX_OFFSET)
-        claims = _tp_list(msg, "owned")
+        token = int_field(msg, "token", None, 1, (1 << 64) - 1)
+        slot = int_field(msg, "slot", None, 0, SLOT_COUNT - 1)
+        gen = int_field(msg, "generation", 0, 0, MAX_OFFSET)
+        claims = tp_list(msg, "owned")
         g = self._group(name)
         if g.assignor is not None and g.assignor != assignor and (g.members or g.barrier):
             raise errors.GroupError(
@@ -533,7 +468,7 @@ class Coordinator:
                 mid = f"{client_id or 'member'}-{secrets.token_hex(6)}"
             if mid in g.members:
                 mid = f"{mid}-{secrets.token_hex(3)}"
-        m = _Member(mid, client_id, pid, slot, token, topics, session_ms)
+        m = Member(mid, client_id, pid, slot, token, topics, session_ms)
         g.assignor = assignor
         g.members[mid] = m
         self._fill_slot(m, g, session_ms)
@@ -549,7 +484,7 @@ class Coordinator:
         self._rebalance(g, f"member {mid} joined" if not rejoin else f"member {mid} rejoined")
         return self._join_reply(g, m)
 
-    def _join_reply(self, g: _Group, m: _Member) -> Dict[str, Any]:
+    def _join_reply(self, g: Group, m: Member) -> Dict[str, Any]:
         return {"member_id": m.member_id, "token": m.token, "slot": m.slot,
                 "region": self.region_name(), "incarnation": self.region.incarnation,
                 "generation": g.generation, "session_timeout_ms": m.session_ns // 1_000_000}
@@ -557,8 +492,8 @@ class Coordinator:
     def op_sync(self, msg: Dict[str, Any], conn) -> Dict[str, Any]:
         g = self._member_group(msg)
         m = self._member(g, msg)
-        claimed = set(_tp_list(msg, "owned"))
-        offsets = _offset_list(msg, "offsets")
+        claimed = set(tp_list(msg, "owned"))
+        offsets = offset_list(msg, "offsets")
         released = m.owned - claimed
         if offsets:
             ok = {tp: off for tp, off in offsets.items()
@@ -580,14 +515,14 @@ class Coordinator:
     def op_commit(self, msg: Dict[str, Any], conn) -> Dict[str, Any]:
         g = self._member_group(msg)
         m = self._member(g, msg)
-        self._commit(g, m, _offset_list(msg, "offsets"))
+        self._commit(g, m, offset_list(msg, "offsets"))
         return {"generation": g.generation}
 
     def op_committed(self, msg: Dict[str, Any], conn) -> Dict[str, Any]:
         name = validate_group_name(protocol.field(msg, "group", str))
         g = self._group(name, create=False)
         out = []
-        for topic, p in _tp_list(msg, "partitions"):
+        for topic, p in tp_list(msg, "partitions"):
             out.append([topic, p, None if g is None else self._committed(g, topic, p)])
         return {"offsets": out}
 
@@ -597,7 +532,7 @@ class Coordinator:
             m = self._member(g, msg)
         except errors.FencedMember:
             return {}  # already gone
-        offsets = _offset_list(msg, "offsets")
+        offsets = offset_list(msg, "offsets")
         ok = {tp: off for tp, off in offsets.items()
               if g.owner.get(tp) == m.member_id and self._topic(tp[0]) is not None}
         try:
@@ -605,141 +540,6 @@ class Coordinator:
         finally:
             self._remove(g, m, f"member {m.member_id} left")  # its partitions move either way
         return {}
-
-    # ------------------------------------------------------------ ops: admin
-    def _summary(self, g: _Group) -> Dict[str, Any]:
-        lag = 0
-        for (topic, p), (tid, off) in g.store.offsets.items():
-            t = self._topic(topic)
-            if t is not None and t["id"] == tid:
-                end = self._end_offset(topic, p)
-                if end is not None:
-                    lag += max(end - off, 0)
-        topics = sorted({t for m in g.members.values() for t in m.topics}
-                        | {tp[0] for tp in g.store.offsets if self._topic(tp[0]) is not None})
-        return {"state": g.state(), "members": len(g.members), "generation": g.generation,
-                "assignor": g.assignor, "topics": topics, "lag": lag}
-
-    def op_groups(self, msg: Dict[str, Any], conn) -> Dict[str, Any]:
-        return {"groups": {name: self._summary(g) for name, g in sorted(self.groups.items())
-                           if not self._phantom(g)}}
-
-    def _phantom(self, g: _Group) -> bool:
-        """Known only because someone named it: no members, nothing committed."""
-        return not (g.members or g.barrier or g.store.offsets or g.gates or g.store.path.exists())
-
-    def op_describe(self, msg: Dict[str, Any], conn) -> Dict[str, Any]:
-        g = self._known_group(protocol.field(msg, "group", str))
-        now = _now()
-        w = self.region.words if self.region is not None else None
-        members = []
-        for mid, m in sorted(g.members.items()):
-            members.append({
-                "member_id": mid, "client_id": m.client_id, "pid": m.pid, "topics": m.topics,
-                "assignment": [list(tp) for tp in sorted(m.owned)],
-                "target": [list(tp) for tp in sorted((g.target or {}).get(mid, ()))],
-                "generation": m.generation,
-                "last_poll_ms_ago": None if w is None else max(now - w[slot_index(m.slot, S_POLL)], 0) // 1_000_000,
-                "session_timeout_ms": m.session_ns // 1_000_000,
-            })
-        topics = {t for m in g.members.values() for t in m.topics}
-        topics |= {tp[0] for tp in g.store.offsets}
-        parts = []
-        for topic in sorted(topics):
-            t = self._topic(topic)
-            if t is None:
-                continue
-            for p in range(t["config"]["partitions"]):
-                committed = self._committed(g, topic, p)
-                if committed is None and not any(topic in m.topics for m in g.members.values()):
-                    continue
-                end = self._end_offset(topic, p)
-                parts.append({
-                    "topic": topic, "partition": p, "member_id": g.owner.get((topic, p)),
-                    "committed": committed, "end_offset": end,
-                    "lag": None if committed is None or end is None else max(end - committed, 0),
-                })
-        return {"group": {
-            "group": g.name, "state": g.state(), "generation": g.generation, "assignor": g.assignor,
-            "members": members, "partitions": parts, "rebalances": g.rebalances,
-            "assignment": {mid: [list(tp) for tp in sorted(m.owned)] for mid, m in sorted(g.members.items())},
-            "waiting_for_rejoin": len(g.barrier),
-        }}
-
-    def _require_inactive(self, g: _Group, what: str) -> None:
-        if g.members or g.barrier:
-            n = len(g.members) + len(g.barrier)
-            raise errors.GroupError(
-                f"cannot {what} group {g.name!r}: it has {n} active member(s); close its consumers "
-                f"first (or wait for their session timeout)", what=g.name)
-
-    def op_delete(self, msg: Dict[str, Any], conn) -> Dict[str, Any]:
-        g = self._known_group(protocol.field(msg, "group", str))
-        self._require_inactive(g, "delete")
-        self._release_gates(g)
-        g.store.delete()
-        del self.groups[g.name]
-        log.info("group %r deleted", g.name)
-        return {}
-
-    def op_reset(self, msg: Dict[str, Any], conn) -> Dict[str, Any]:
-        name = validate_group_name(protocol.field(msg, "group", str))
-        topic = protocol.field(msg, "topic", str)
-        to = protocol.field(msg, "to", str, required=False, default="earliest")
-        offset = _int_field(msg, "offset", None, 0, MAX_OFFSET)
-        ts = _int_field(msg, "timestamp_ms", None, 0, MAX_OFFSET)
-        if to == "earliest" and offset is not None:
-            to = "offset"
-        elif to == "earliest" and ts is not None:
-            to = "timestamp"
-        if to == "time":
-            to = "timestamp"
-        if to not in ("earliest", "latest", "offset", "timestamp"):
-            raise errors.InvalidConfig(
-                f"reset_offsets: to={to!r}; use 'earliest', 'latest', 'offset' (with offset=) or "
-                f"'timestamp' (with timestamp_ms=)", what="to")
-        if to == "offset" and offset is None:
-            raise errors.InvalidConfig("reset_offsets(to='offset') needs offset=", what="offset")
-        if to == "timestamp" and ts is None:
-            raise errors.InvalidConfig("reset_offsets(to='timestamp') needs timestamp_ms=", what="timestamp_ms")
-        t = self._topic(topic)
-        if t is None:
-            raise errors.UnknownTopic(f"unknown topic {topic!r}", what=topic)
-        g = self._group(name)
-        self._require_inactive(g, "reset the offsets of")
-        new: Dict[TP, int] = {}
-        for p in range(t["config"]["partitions"]):
-            info = self.sup.partition_info(topic, t, p)
-            start, end = info["start_offset"], info["end_offset"]
-            if to == "earliest":
-                off = start
-            elif to == "latest":
-                off = end
-            elif to == "offset":
-                off = min(max(offset, start), end)
-            else:
-                off = self._offset_for_time(topic, t, p, ts)
-                off = end if off is None else min(max(off, start), end)
-            new[(topic, p)] = off
-        self._commit(g, None, new, check=False)
-        log.info("group %r: offsets of %r reset to %s", name, topic, to)
-        return {"offsets": {str(p): off for (_t, p), off in sorted(new.items())}}
-
-    def _offset_for_time(self, topic: str, t: Dict[str, Any], p: int, ts: int) -> Optional[int]:
-        """First offset with timestamp >= ts: the segment time indexes of a
-        disk topic first, then the shared-memory window."""
-        if t["config"]["storage"] == "disk":
-            try:
-                off = SegmentStore(self.sup.data_dir).offset_for_time(topic, p, ts)
-            except (errors.ShmlogError, OSError) as exc:
-                log.warning("time index of %s[%d] unusable (%s); scanning memory", topic, p, exc)
-                off = None
-            if off is not None:
-                return off
-        plog = self._plog(topic, p)
-        if plog is None:
-            return None
-        return scan_for_time(plog, ts)
 
     # ------------------------------------------------------------ hooks
     def topic_created(self, name: str) -> None:
@@ -789,7 +589,7 @@ class Coordinator:
                 if not self.orphans[h]:
                     del self.orphans[h]
 
-    def _prune_orphans(self, orphans: Dict[int, _Orphan], now: int) -> bool:
+    def _prune_orphans(self, orphans: Dict[int, Orphan], now: int) -> bool:
         """Drop orphans that died, went silent or missed the rejoin deadline;
         True when the last one went."""
         if not orphans:
@@ -805,59 +605,3 @@ class Coordinator:
                 del orphans[slot]
                 self._free_slot(slot)
         return not orphans
-
-
-class _NameOnly:
-    """Stands in a PartitionLog's place so the supervisor's stale-region sweep
-    keeps the groups region (see install)."""
-
-    def __init__(self, name: str):
-        self.name = name
-
-
-def install(sup) -> Coordinator:
-    """Plug the coordinator into a Supervisor (called before sup.start())."""
-    coord = Coordinator(sup)
-    sup.group_coordinator = coord
-    sup.handlers.update({
-        "group_join": coord.op_join,
-        "group_sync": coord.op_sync,
-        "group_commit": coord.op_commit,
-        "group_committed": coord.op_committed,
-        "group_leave": coord.op_leave,
-        "groups": coord.op_groups,
-        "describe_group": coord.op_describe,
-        "delete_group": coord.op_delete,
-        "reset_offsets": coord.op_reset,
-    })
-    # liveness runs on the coordinator's own thread, at the reaper's pace: a
-    # failing pass of another role (sup.tickers share one try block with the
-    # partition reaper) must never stop dead members from being noticed
-    sup.on_start.append(coord.start)
-    sup.on_start.append(coord.start_ticker)
-    sup.on_stop.append(coord.stop)
-    sup.on_topic_created.append(coord.topic_created)
-    sup.on_topic_deleted.append(coord.topic_deleted)
-
-    if hasattr(sup, "on_partitions_added"):
-        sup.on_partitions_added.append(coord.partitions_added)
-    if hasattr(sup, "keep_regions"):
-        sup.keep_regions.append(lambda: [coord.region_name()])
-        return coord
-    # Supervisor.start() sweeps every /shmlog-<cluster_id>-* name that is not a
-    # partition region before on_start runs; the groups region must survive
-    # that sweep to survive a supervisor crash. Until the supervisor has the
-    # keep_regions hook (see the issue note), show the sweep our name as if it
-    # were a partition region.
-    sweep = sup._reclaim_stale_regions
-
-    def sweep_keeping_groups() -> None:
-        key = ("shmlog.groups", -1)
-        sup.logs[key] = _NameOnly(coord.region_name())
-        try:
-            sweep()
-        finally:
-            sup.logs.pop(key, None)
-
-    sup._reclaim_stale_regions = sweep_keeping_groups
-    return coord

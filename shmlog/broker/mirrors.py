@@ -56,8 +56,11 @@ def _is_mirror(pid: int, data_dir: Path, name: str) -> bool:
 
 
 class MirrorKeeper:
-    def __init__(self, data_dir: Path):
-        self.data_dir = Path(data_dir)
+    """The supervisor's mirrors role (Supervisor.mirrors)."""
+
+    def __init__(self, sup):
+        self.sup = sup
+        self.data_dir = Path(sup.data_dir)
         self.dir = self.data_dir / MIRRORS_DIR
         self.children: Dict[str, subprocess.Popen] = {}
         self.adopted: Dict[str, int] = {}  # pids started by an earlier supervisor
@@ -188,6 +191,21 @@ class MirrorKeeper:
             self.adopted.pop(name, None)
             self.retry_at.pop(name, None)
 
+    def attach(self) -> None:
+        sup = self.sup
+        sup.tickers.append(self.tick)
+        sup.on_stop.append(self.stop_all)
+        # the stats op (`shmlog stats`, --prometheus) shows each mirror's
+        # rate and lag; wrapped here so that this role stays in this module
+        base_stats = sup.stats
+
+        def stats() -> Dict[str, Any]:
+            out = base_stats()
+            out["mirrors"] = mirror_rows(self.data_dir)
+            return out
+
+        sup.stats = stats
+
 
 def mirror_rows(data_dir: Path) -> List[Dict[str, Any]]:
     """Every managed mirror, and every running foreground one, as its status
@@ -217,20 +235,3 @@ def mirror_rows(data_dir: Path) -> List[Dict[str, Any]]:
             row.update(state="down" if managed else "stopped", rate=0.0)
         rows.append(row)
     return rows
-
-
-def install(sup) -> None:
-    keeper = MirrorKeeper(sup.data_dir)
-    sup.mirrors = keeper
-    sup.tickers.append(keeper.tick)
-    sup.on_stop.append(keeper.stop_all)
-    # the stats op (`shmlog stats`, --prometheus) shows each mirror's rate
-    # and lag; wrapped here so this role stays in this module
-    base_stats = sup.stats
-
-    def stats() -> Dict[str, Any]:
-        out = base_stats()
-        out["mirrors"] = mirror_rows(sup.data_dir)
-        return out
-
-    sup.stats = stats

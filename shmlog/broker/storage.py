@@ -1,7 +1,7 @@
-"""Storage: the supervisor's spiller, fsyncer, retention and recovery, plus
-the client-side segment reader (re-exported from shmlog.segments).
+"""Storage: the supervisor's spiller, fsyncer, retention and recovery (the
+read side of segment files, which clients use too, is shmlog.core.segments).
 
-install(sup) plugs a Storage into the supervisor before it starts:
+The supervisor builds one Storage and calls attach() before it starts:
 
 - recovery, per disk partition, before its region is opened or re-attached:
   the last segment (and any segment not known durable) is checked frame by
@@ -42,31 +42,18 @@ from typing import Any, Dict, List, Optional, Tuple
 from .. import errors, protocol
 from ..core._core import ffi, lib
 from ..core.segments import (
-    F_BASE,
-    F_COUNT,
-    F_MAX_TS,
-    F_WORD,
-    FRAME,
-    FRAME_DATA,
-    INDEX_ENTRY,
-    INDEX_SUFFIX,
-    LOG_SUFFIX,
-    TIME_ENTRY,
-    TIME_SUFFIX,
     TOPICS_DIR,
-    IndexBuilder,
-    SegmentReader,
-    SegmentStore,
-    check_segment,
-    dump_segment,
-    scan_segment,
-    segment_bases,
-    segment_name,
     stamp_disk_word,
 )
-from ..osutil import fsync_dir, write_all
-
-__all__ = ["SegmentStore", "SegmentReader", "Storage", "install", "dump_segment", "check_segment"]
+from ..osutil import fsync_dir
+from .partition_files import (
+    BACKOFF_MAX,
+    BACKOFF_MIN,
+    PartitionFiles,
+    SegmentWriting,
+    write_file,
+)
+from .recovery import Recovery
 
 log = logging.getLogger("shmlog.storage")
 
@@ -78,166 +65,8 @@ MAX_FRAMES = 4096  # frames per read of the spiller
 MAX_BYTES = 8 << 20  # bytes per read of the spiller
 RETENTION_INTERVAL = 0.5  # seconds between retention passes
 SYNC_MAX_WAIT = 8.0  # a client's control socket times out after 10 s
-BACKOFF_MIN = 0.01
-BACKOFF_MAX = 1.0
-RECOVERY_POINT = "recovery-point"
 TOPIC_MARKER = "topic_id"
 
-
-
-def install(sup) -> Storage:
-    """Attach storage to a supervisor (called before sup.start())."""
-    st = Storage(sup)
-    sup.storage = st
-    sup.spills = lambda: True
-    sup.initial_offset = st.initial_offset
-    sup.handlers["sync"] = st.op_sync
-    sup.on_start.append(st.start)
-    sup.on_stop.append(st.stop)
-    sup.on_topic_created.append(st.topic_created)
-    sup.on_topic_deleted.append(st.topic_deleted)
-    orig_info = sup.partition_info
-    orig_stats = sup.stats
-
-    def partition_info(name: str, t: Dict[str, Any], p: int) -> Dict[str, Any]:
-        info = orig_info(name, t, p)
-        if t["config"]["storage"] == "disk":
-            st.describe_into(t, p, info)
-        return info
-
-    def stats() -> Dict[str, Any]:
-        try:
-            out = orig_stats()
-        except Exception as exc:
-            # another role's bug must not hide the storage figures
-            log.exception("supervisor stats failed; answering with topic info only")
-            out = {"supervisor_pid": os.getpid(), "stats_error": repr(exc),
-                   "topics": {n: sup.topic_info(n) for n in sup.meta["topics"]}}
-        out["storage"] = st.stats()
-        return out
-
-    sup.partition_info = partition_info
-    sup.stats = stats
-    return st
-
-
-def _writev_all(fd: int, pieces: List[Any]) -> None:
-    pieces = [memoryview(x) for x in pieces]
-    while pieces:
-        batch = pieces[:512]
-        n = os.writev(fd, batch)
-        while n and pieces:
-            if n >= len(pieces[0]):
-                n -= len(pieces[0])
-                pieces.pop(0)
-            else:
-                pieces[0] = pieces[0][n:]
-                n = 0
-
-
-def _write_file(path: Path, data: bytes, *, sync: bool) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        write_all(fd, data)
-        if sync:
-            os.fdatasync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
-class _Segment:
-    """A closed segment: it will not grow again."""
-
-    __slots__ = ("base", "size", "max_ts", "end_offset")
-
-    def __init__(self, base: int, size: int, max_ts: Optional[int], end_offset: int):
-        self.base = base
-        self.size = size
-        self.max_ts = max_ts
-        self.end_offset = end_offset
-
-
-class _Active:
-    """The segment being appended to, with its open files."""
-
-    __slots__ = ("base", "path", "fd", "idx_fd", "tidx_fd", "size", "idx_written", "tidx_written",
-                 "builder", "end_offset", "first_write")
-
-    def __init__(self, base: int, path: Path, fd: int, idx_fd: int, tidx_fd: int, size: int,
-                 builder: IndexBuilder, end_offset: int):
-        self.base = base
-        self.path = path
-        self.fd = fd
-        self.idx_fd = idx_fd
-        self.tidx_fd = tidx_fd
-        self.size = size
-        self.builder = builder
-        self.idx_written = len(builder.index)
-        self.tidx_written = len(builder.timeindex)
-        self.end_offset = end_offset
-        self.first_write: Optional[float] = time.monotonic() if size else None
-
-    def fds(self) -> List[int]:
-        return [self.fd, self.idx_fd, self.tidx_fd]
-
-    def close(self) -> None:
-        for fd in self.fds():
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self.fd = self.idx_fd = self.tidx_fd = -1
-
-
-class _Partition:
-    """One disk partition's storage state in the supervisor."""
-
-    def __init__(self, name: str, t: Dict[str, Any], p: int, pdir: Path):
-        self.name = name
-        self.t = t
-        self.tid = t["id"]
-        self.p = p
-        self.key = (t["id"], p)
-        self.what = f"topic {name!r} partition {p}"
-        self.dir = pdir
-        self.lock = threading.Lock()
-        self.segments: List[_Segment] = []
-        self.active: Optional[_Active] = None
-        self.written = 0  # end offset of what is in segment files
-        self.durable = 0  # end offset of what is fsynced
-        self.has_segments = False
-        self.cursor = None  # spiller cursor, once the region is known
-        self.need_seek = True
-        self.force_roll = False
-        self.unsynced: List[_Active] = []  # rolled segments awaiting fsync and close
-        self.dir_dirty = False
-        self.recovery_point = 0
-        self.last_fsync = time.monotonic()
-        self.error: Optional[str] = None
-        self.error_since = 0.0
-        self.retry_at = 0.0
-        self.backoff = BACKOFF_MIN
-        self.deleted = False
-        self.spilled_bytes = 0
-
-    def start_offset(self) -> Optional[int]:
-        if self.segments:
-            return self.segments[0].base
-        if self.active is not None:
-            return self.active.base
-        return None
-
-    def disk_bytes(self) -> int:
-        return sum(s.size for s in self.segments) + (self.active.size if self.active else 0)
-
-    def close_files(self) -> None:
-        if self.active is not None:
-            self.active.close()
-        for a in self.unsynced:
-            a.close()
-        self.unsynced = []
 
 
 class _PendingSync:
@@ -252,7 +81,7 @@ class _PendingSync:
         self.partition = partition
 
 
-class Storage:
+class Storage(Recovery, SegmentWriting):
     """The supervisor's storage role. Lock order: sup.lock, then self._mu,
     then a partition's lock; the spiller reads shared memory under sup.lock
     (a topic delete unmaps regions under it) and writes files outside it."""
@@ -261,7 +90,7 @@ class Storage:
         self.sup = sup
         self.root = Path(sup.data_dir) / TOPICS_DIR
         self._mu = threading.RLock()
-        self._parts: Dict[Tuple[int, int], _Partition] = {}
+        self._parts: Dict[Tuple[int, int], PartitionFiles] = {}
         self._checked_dirs: Dict[str, int] = {}
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -285,6 +114,15 @@ class Storage:
         self.deleted_segments = 0
         self.write_errors = 0
 
+    def attach(self) -> None:
+        """Register with the supervisor's hooks (called once, before start)."""
+        sup = self.sup
+        sup.handlers["sync"] = self.op_sync
+        sup.on_start.append(self.start)
+        sup.on_stop.append(self.stop)
+        sup.on_topic_created.append(self.topic_created)
+        sup.on_topic_deleted.append(self.topic_deleted)
+
     # ------------------------------------------------------------ directories
     def _topic_dir(self, name: str, t: Dict[str, Any]) -> Path:
         """The topic's directory, made sure to belong to this topic id: a
@@ -304,7 +142,7 @@ class Storage:
         if not d.exists():
             self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
             d.mkdir(mode=0o700)
-            _write_file(d / TOPIC_MARKER, f"{t['id']}\n".encode(), sync=True)
+            write_file(d / TOPIC_MARKER, f"{t['id']}\n".encode(), sync=True)
             fsync_dir(d)
             fsync_dir(self.root)
         self._checked_dirs[name] = t["id"]
@@ -333,171 +171,6 @@ class Storage:
             elif not n.startswith(".") and p.is_dir() and n not in topics:
                 log.warning("removing segment files of deleted topic %r", n)
                 self._trash(p)
-
-    # ------------------------------------------------------------ recovery
-    def _partition(self, name: str, t: Dict[str, Any], p: int) -> _Partition:
-        """The storage state of a disk partition, recovered on first use."""
-        key = (t["id"], p)
-        with self._mu:
-            part = self._parts.get(key)
-            if part is not None:
-                return part
-            pdir = self._topic_dir(name, t) / str(p)
-            part = _Partition(name, t, p, pdir)
-            self._recover(part)
-            self._parts[key] = part
-            return part
-
-    def _recover(self, part: _Partition) -> None:
-        """Check the segments, truncate a torn tail, rebuild indexes, and open
-        the last segment for appending (DESIGN.md, "On disk")."""
-        d = part.dir
-        d.mkdir(mode=0o700, parents=True, exist_ok=True)
-        names = os.listdir(d)
-        bases = segment_bases(d)
-        have = {segment_name(b)[:-len(LOG_SUFFIX)] for b in bases}
-        for n in names:
-            stem, _, suffix = n.partition(".")
-            if n.endswith(".tmp") or (("." + suffix) in (INDEX_SUFFIX, TIME_SUFFIX) and stem not in have):
-                try:
-                    os.unlink(d / n)
-                except OSError:
-                    pass
-        try:
-            rp = int((d / RECOVERY_POINT).read_text().strip())
-        except (OSError, ValueError):
-            rp = 0
-        part.recovery_point = rp
-        segs: List[_Segment] = []
-        tail: Optional[Tuple[int, Any]] = None
-        i = 0
-        while i < len(bases):
-            base = bases[i]
-            nxt = bases[i + 1] if i + 1 < len(bases) else None
-            path = d / segment_name(base)
-            size = path.stat().st_size
-            if nxt is not None and nxt <= rp:
-                max_ts = self._quick_check(path, base, size, nxt)
-                if max_ts is not None:
-                    segs.append(_Segment(base, size, max_ts, nxt))
-                    i += 1
-                    continue
-                log.warning("%s: indexes of %s are missing or stale: rebuilding them", part.what, path)
-            res = scan_segment(path, base, nxt)
-            if res.valid_end < size:
-                cut = size - res.valid_end
-                log.warning("%s: truncating %s to its last valid batch: %d bytes removed after "
-                            "offset %d (%s)", part.what, path, cut, res.end_offset, res.reason)
-                self.truncated_bytes += cut
-                fd = os.open(path, os.O_WRONLY)
-                try:
-                    os.ftruncate(fd, res.valid_end)
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                size = res.valid_end
-                if nxt is not None:
-                    # what follows a torn segment was never durable (it was
-                    # written after this one's unfinished fsync): Kafka's rule
-                    later = bases[i + 1 :]
-                    log.warning("%s: deleting %d segment(s) after the torn one, from offset %d",
-                                part.what, len(later), later[0])
-                    for b in later:
-                        self._unlink_segment(d, b)
-                    bases = bases[: i + 1]
-                    nxt = None
-            if nxt is not None:
-                if res.builder.frames == 0:
-                    self._unlink_segment(d, base)  # an empty closed segment helps nobody
-                    i += 1
-                    continue
-                res.builder.seal()
-                self._write_indexes(path, res.builder, sync=True)
-                # a dead supervisor may have left it in the page cache only;
-                # the recovery point written below vouches for it
-                fd = os.open(path, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                segs.append(_Segment(base, size, res.builder.max_ts, nxt))
-            else:
-                tail = (base, res)
-            i += 1
-        part.segments = segs
-        part.has_segments = bool(bases)
-        if tail is not None:
-            base, res = tail
-            path = d / segment_name(base)
-            self._write_indexes(path, res.builder, sync=False)
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-            os.fsync(fd)  # what a dead supervisor left in the page cache is durable from here
-            idx_fd = os.open(path.with_suffix(INDEX_SUFFIX), os.O_WRONLY | os.O_APPEND)
-            tidx_fd = os.open(path.with_suffix(TIME_SUFFIX), os.O_WRONLY | os.O_APPEND)
-            part.active = _Active(base, path, fd, idx_fd, tidx_fd, res.valid_end, res.builder,
-                                  res.end_offset)
-            part.written = part.durable = res.end_offset
-            fsync_dir(d)
-            self._write_recovery_point(part, base)
-        elif segs:
-            part.written = part.durable = segs[-1].end_offset
-
-    def _quick_check(self, path: Path, base: int, size: int, nxt: int) -> Optional[int]:
-        """The max timestamp of a closed segment whose indexes look sound
-        (sizes, first and last entries, the frame the last entry points at),
-        or None if they must be rebuilt."""
-        try:
-            isz = os.path.getsize(path.with_suffix(INDEX_SUFFIX))
-            tsz = os.path.getsize(path.with_suffix(TIME_SUFFIX))
-        except OSError:
-            return None
-        if size == 0 or isz == 0 or tsz == 0 or isz % 16 or tsz % 16:
-            return None
-        with open(path.with_suffix(INDEX_SUFFIX), "rb") as f:
-            first = INDEX_ENTRY.unpack(f.read(16))
-            f.seek(isz - 16)
-            last = INDEX_ENTRY.unpack(f.read(16))
-        with open(path.with_suffix(TIME_SUFFIX), "rb") as f:
-            f.seek(tsz - 16)
-            max_ts, t_off = TIME_ENTRY.unpack(f.read(16))
-        if first[1] != 0 or first[0] < base or last[1] >= size or last[1] % 64 or last[0] >= nxt:
-            return None
-        if t_off < base or t_off >= nxt:
-            return None
-        with open(path, "rb") as f:
-            f.seek(last[1])
-            head = f.read(64)
-        if len(head) < 64:
-            return None
-        fh = FRAME.unpack(head)
-        if fh[F_WORD] >> 32 != FRAME_DATA or fh[F_BASE] != last[0] or fh[F_BASE] + fh[F_COUNT] > nxt:
-            return None
-        return max_ts
-
-    def _write_indexes(self, path: Path, b: IndexBuilder, *, sync: bool) -> None:
-        _write_file(path.with_suffix(INDEX_SUFFIX), bytes(b.index), sync=sync)
-        _write_file(path.with_suffix(TIME_SUFFIX), bytes(b.timeindex), sync=sync)
-
-    def _unlink_segment(self, d: Path, base: int) -> None:
-        stem = segment_name(base)[: -len(LOG_SUFFIX)]
-        # the log first: an index without its log is an orphan recovery removes
-        for suffix in (LOG_SUFFIX, INDEX_SUFFIX, TIME_SUFFIX):
-            try:
-                os.unlink(d / (stem + suffix))
-            except FileNotFoundError:
-                pass
-
-    def _write_recovery_point(self, part: _Partition, rp: int) -> None:
-        """Every segment below rp is complete and fsynced with its indexes:
-        recovery trusts them without a scan. Not fsynced itself: a lost
-        update only makes the next recovery scan more."""
-        if rp == part.recovery_point:
-            return
-        try:
-            _write_file(part.dir / RECOVERY_POINT, f"{rp}\n".encode(), sync=False)
-            part.recovery_point = rp
-        except OSError as exc:
-            log.debug("%s: recovery point not written: %s", part.what, exc)
 
     # ------------------------------------------------------------ supervisor hooks
     def initial_offset(self, name: str, t: Dict[str, Any], p: int, default: int) -> int:
@@ -625,7 +298,7 @@ class Storage:
         partition = protocol.field(m, "partition", int)
         offset = protocol.field(m, "offset", int)
         timeout = protocol.field(m, "timeout", (int, float), required=False, default=-1)
-        t = self.sup._topic(topic)
+        t = self.sup.topic_meta(topic)
         n = t["config"]["partitions"]
         if not 0 <= partition < n:
             raise errors.UnknownPartition(f"topic {topic!r} has no partition {partition} (it has {n})",
@@ -664,10 +337,10 @@ class Storage:
                     keep.append(s)
             self._syncs = keep
         for s, msg in replies:
-            self.sup._send(s.conn, msg)
+            self.sup.send_reply(s.conn, msg)
 
     # ------------------------------------------------------------ spiller
-    def _targets(self) -> List[Tuple[_Partition, Any]]:
+    def _targets(self) -> List[Tuple[PartitionFiles, Any]]:
         """(partition state, region) of every disk partition with a region."""
         sup = self.sup
         with sup.lock:
@@ -732,7 +405,7 @@ class Storage:
             self._wake.clear()
             idle = min(idle * 2, 0.005)
 
-    def _seek_cursor(self, part: _Partition, plog) -> bool:
+    def _seek_cursor(self, part: PartitionFiles, plog) -> bool:
         """Point the spiller's cursor at the end of the segments (under sup.lock)."""
         if part.cursor is None:
             part.cursor = plog.new_cursor()
@@ -758,7 +431,7 @@ class Storage:
         part.need_seek = False
         return True
 
-    def _spill_one(self, part: _Partition, plog) -> int:
+    def _spill_one(self, part: PartitionFiles, plog) -> int:
         """Copy what is committed at the cursor into the active segment.
         Returns frames written."""
         if part.retry_at and time.monotonic() < part.retry_at:
@@ -768,7 +441,7 @@ class Storage:
         with sup.lock:
             if plog.closed or part.deleted:
                 return 0
-            handle = plog._log
+            handle = plog.c_log
             for _attempt in range(2):
                 if part.need_seek and not self._seek_cursor(part, plog):
                     return 0
@@ -831,7 +504,7 @@ class Storage:
             part.backoff = BACKOFF_MIN
         return written
 
-    def _read_failed(self, part: _Partition, rc: int, bad_offset: int) -> None:
+    def _read_failed(self, part: PartitionFiles, rc: int, bad_offset: int) -> None:
         if rc == ERANGE:
             # the cursor's chunk was reused: allowed only once everything in it
             # was spilled (it was parked at the chunk's end); the seek from the
@@ -849,14 +522,14 @@ class Storage:
             log.error("%s: %s", part.what, msg)
         self._set_error(part, msg)
 
-    def _set_error(self, part: _Partition, msg: str) -> None:
+    def _set_error(self, part: PartitionFiles, msg: str) -> None:
         if part.error is None:
             part.error_since = time.monotonic()
         part.error = msg
         part.retry_at = time.monotonic() + part.backoff
         part.backoff = min(part.backoff * 2, BACKOFF_MAX)
 
-    def _write_failed(self, part: _Partition, exc: OSError) -> None:
+    def _write_failed(self, part: PartitionFiles, exc: OSError) -> None:
         self.write_errors += 1
         where = exc.filename or (str(part.active.path) if part.active else str(part.dir))
         msg = (f"writing {where} failed: {exc.strerror or exc} (errno {exc.errno}); spilling is "
@@ -865,137 +538,6 @@ class Storage:
             log.error("%s: %s", part.what, msg)
         self._set_error(part, msg)
         part.need_seek = True  # re-read from what is really on disk
-
-    def _open_active(self, part: _Partition, base: int) -> _Active:
-        part.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        path = part.dir / segment_name(base)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
-        try:
-            fd = os.open(path, flags | os.O_EXCL, 0o600)
-        except FileExistsError:
-            if os.path.getsize(path):
-                raise OSError(errno.EEXIST, f"segment {path} already exists and is not empty "
-                              f"(spiller at offset {base})", str(path)) from None
-            fd = os.open(path, flags, 0o600)
-        fds = [fd]
-        try:
-            fds.append(os.open(path.with_suffix(INDEX_SUFFIX), flags | os.O_TRUNC, 0o600))
-            fds.append(os.open(path.with_suffix(TIME_SUFFIX), flags | os.O_TRUNC, 0o600))
-        except OSError:
-            for f in fds:
-                os.close(f)
-            raise
-        part.dir_dirty = True
-        part.has_segments = True
-        act = _Active(base, path, fds[0], fds[1], fds[2], 0, IndexBuilder(), base)
-        part.active = act
-        return act
-
-    def _roll(self, part: _Partition) -> _Active:
-        act = part.active
-        b = act.builder
-        snap = b.snapshot()
-        b.seal()
-        try:
-            if len(b.timeindex) > act.tidx_written:
-                write_all(act.tidx_fd, b.timeindex[act.tidx_written:])
-        except OSError:
-            b.restore(snap)
-            try:
-                os.ftruncate(act.tidx_fd, act.tidx_written)
-            except OSError:
-                pass
-            raise
-        act.tidx_written = len(b.timeindex)
-        part.segments.append(_Segment(act.base, act.size, b.max_ts, act.end_offset))
-        part.unsynced.append(act)
-        part.active = None
-        part.force_roll = False
-        return self._open_active(part, part.written)
-
-    def _append(self, part: _Partition, bufs: List[bytes], frames: List[tuple]) -> int:
-        """Append frames to the segments, rolling as needed (under part.lock).
-        A failed write is undone back to the last whole group, and raises."""
-        cfg = part.t["config"]
-        seg_bytes = cfg["segment_bytes"]
-        seg_s = cfg["segment_ms"] / 1000.0
-        now = time.monotonic()
-        act = part.active
-        if act is None:
-            act = self._open_active(part, part.written)
-        if part.force_roll and act.size:
-            act = self._roll(part)
-        part.force_roll = False
-        unpack = FRAME.unpack_from
-        views = [memoryview(b) for b in bufs]
-        written = 0
-        pieces: List[memoryview] = []
-        group = 0  # frames in the pending group
-        snap = act.builder.snapshot()
-        size = act.size
-        floor = part.written
-        cur = None  # (buf index, start, stop) of the pending piece
-        for bi, off, flen, end in frames:
-            if end <= floor:
-                continue  # already on disk (a re-attached region): never write twice
-            if size and (size + flen > seg_bytes or
-                         (act.first_write is not None and now - act.first_write >= seg_s)):
-                if group:
-                    pieces.append(views[cur[0]][cur[1]:cur[2]])
-                    written += self._flush(part, act, pieces, size, floor, snap, group)
-                pieces, group, cur = [], 0, None
-                act = self._roll(part)
-                snap = act.builder.snapshot()
-                size = 0
-            f = unpack(views[bi], off)
-            act.builder.add(size, f[F_BASE], f[F_MAX_TS])
-            if cur is not None and cur[0] == bi and cur[2] == off:
-                cur = (bi, cur[1], off + flen)
-            else:
-                if cur is not None:
-                    pieces.append(views[cur[0]][cur[1]:cur[2]])
-                cur = (bi, off, off + flen)
-            size += flen
-            floor = end
-            group += 1
-        if group:
-            pieces.append(views[cur[0]][cur[1]:cur[2]])
-            written += self._flush(part, act, pieces, size, floor, snap, group)
-        return written
-
-    def _flush(self, part: _Partition, act: _Active, pieces: List[memoryview], size: int,
-               end: int, snap: tuple, nframes: int) -> int:
-        """Write one group of frames and its index entries to the active segment."""
-        b = act.builder
-        try:
-            _writev_all(act.fd, pieces)
-            if len(b.index) > act.idx_written:
-                write_all(act.idx_fd, b.index[act.idx_written:])
-            if len(b.timeindex) > act.tidx_written:
-                write_all(act.tidx_fd, b.timeindex[act.tidx_written:])
-        except OSError as exc:
-            if exc.filename is None:
-                exc.filename = str(act.path)
-            for fd, n in ((act.fd, act.size), (act.idx_fd, act.idx_written),
-                          (act.tidx_fd, act.tidx_written)):
-                try:
-                    os.ftruncate(fd, n)
-                except OSError:
-                    pass
-            b.restore(snap)
-            raise
-        nbytes = size - act.size
-        act.size = size
-        act.idx_written = len(b.index)
-        act.tidx_written = len(b.timeindex)
-        act.end_offset = end
-        if act.first_write is None:
-            act.first_write = time.monotonic()
-        part.written = end
-        part.spilled_bytes += nbytes
-        self.spilled_bytes += nbytes
-        self.spilled_frames += nframes
-        return nframes
 
     # ------------------------------------------------------------ fsync
     def _fsync_loop(self) -> None:
@@ -1027,7 +569,7 @@ class Storage:
             if due:
                 self._fsync_part(part)
 
-    def _fsync_part(self, part: _Partition) -> None:
+    def _fsync_part(self, part: PartitionFiles) -> None:
         with part.lock:
             if part.deleted:
                 return

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from .. import errors
+from .common import add_common
 
 # event id, send time (CLOCK_MONOTONIC ns: the same clock in every process of
 # the host), producer id, key index
@@ -646,3 +647,17 @@ def _summary(r: _Run, produce_seconds: float, produced_by: float, consumed_by: f
     out.say(f"  verified   yes: every one of {total_sent:,} event ids arrived exactly once "
             f"(0 missing, 0 duplicated)")
     return 0
+
+
+def register(sub, add) -> None:
+    """Add these commands to the `shmlog` parser (called by shmlog.cli.build_parser)."""
+    p = add("demo", "a small real pipeline: 2 producer processes, a group of 2 workers, verified")
+    add_common(p, json_flag=False)
+    p.add_argument("--seconds", type=float, default=10.0, help="how long to produce (default 10)")
+    p.add_argument("--topic", default="demo-events")
+    p.add_argument("--rate", type=float, default=100_000,
+                   help="events/sec per producer (default 100000; 0: as fast as possible, which fills "
+                        "the buffer so latency becomes queueing time)")
+    p.add_argument("--storage", choices=["memory", "disk"], default="memory",
+                   help="topic storage (default memory: the buffer is the log, producers feel backpressure)")
+    p.set_defaults(func=run)

@@ -10,7 +10,6 @@ parses, registers and shows.
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 import time
@@ -18,6 +17,7 @@ from typing import Any, Dict, List, Tuple
 
 from .. import errors
 from ..osutil import pid_alive
+from .common import kv_arg, out, print_json, table
 
 START_WAIT = 20.0  # the supervisor scans every 0.5 s, a child starts in ~1 s
 
@@ -55,9 +55,7 @@ def _spec(args) -> Dict[str, Any]:
     name = args.name or default_name("in", [args.as_ or args.topic], None)
     options = {}
     if args.topic_config:
-        from . import _parse_value
-
-        options["topic_config"] = {k: _parse_value(v) for k, v in args.topic_config}
+        options["topic_config"] = dict(args.topic_config)
     return {"name": check_name(name), "direction": "in", "topics": [args.topic], "pattern": None,
             "bootstrap": getattr(args, "from"), "as": args.as_, "config": config, "options": options}
 
@@ -121,18 +119,17 @@ def _rows(data_dir) -> List[Dict[str, Any]]:
 def cmd_list(args) -> int:
     rows = _rows(args.data_dir)
     if args.json:
-        print(json.dumps(rows, indent=2, sort_keys=True, default=str))
+        print_json(rows)
         return 0
-    table = [("NAME", "DIR", "TOPICS", "REMOTE", "STATE", "PID", "MSG/S", "LAG", "LAG_S", "ERROR")]
+    cells = []
     for r in rows:
         topics = ",".join(r.get("topics") or [r.get("local_topic") or r.get("topic") or "-"])
-        remote = r.get("bootstrap") or "-"
-        table.append((r["name"], r.get("direction", "?"), topics, remote, r.get("state", "?"),
-                      r.get("pid", "-"), f"{r.get('rate') or 0:.0f}", r.get("lag_messages", "-"),
-                      r.get("lag_seconds", "-"), r.get("error") or ""))
-    widths = [max(len(str(row[i])) for row in table) for i in range(len(table[0]))]
-    for row in table:
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+        cells.append((r["name"], r.get("direction", "?"), topics, r.get("bootstrap"), r.get("state", "?"),
+                      r.get("pid"), f"{r.get('rate') or 0:.0f}", r.get("lag_messages"), r.get("lag_seconds"),
+                      r.get("error") or ""))
+    for line in table(cells, ("NAME", "DIR", "TOPICS", "REMOTE", "STATE", "PID", "MSG/S", "LAG", "LAG_S",
+                              "ERROR")):
+        out(line)
     return 0
 
 
@@ -191,7 +188,7 @@ def register(sub, add) -> None:
     sp = action("in", "mirror a Kafka topic into a shmlog topic")
     sp.add_argument("--topic", required=True, metavar="T", help="the remote topic")
     sp.add_argument("--from", required=True, metavar="BOOTSTRAP", help="Kafka bootstrap servers, host:port[,...]")
-    sp.add_argument("--topic-config", type=_setting, action="append", metavar="KEY=VALUE",
+    sp.add_argument("--topic-config", type=kv_arg, action="append", metavar="KEY=VALUE",
                     help="settings of the local topic if the mirror creates it, e.g. storage=disk")
     common(sp)
 

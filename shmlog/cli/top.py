@@ -18,7 +18,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import psutil
 
 from ..broker import metrics as m
-from .tools import _table, collect_stats, connect
+from .common import add_common, connect, nonneg_int, table
+from .stats import collect_stats
 
 CLEAR = "\x1b[H\x1b[2J"
 
@@ -141,13 +142,13 @@ def render(snap: Dict[str, Any], data_dir: str, width: int = 120) -> str:
             rows.append([p["topic"], p["partition"], p["end_offset"], m.human_rate(p["produce_rate"]),
                          m.human_rate(p["consume_rate"]), chunks, fill, m.human_bytes(p["disk_bytes"]),
                          p["producers"], p["readers"]])
-        lines += _table(rows, ["TOPIC", "PART", "END-OFFSET", "IN/s", "OUT/s", "HELD/USED/CHUNKS", "FILL", "DISK",
+        lines += table(rows, ["TOPIC", "PART", "END-OFFSET", "IN/s", "OUT/s", "HELD/USED/CHUNKS", "FILL", "DISK",
                                "PRODUCERS", "READERS"])
     else:
         lines.append("no topics")
     if snap["groups"]:
         lines.append("")
-        lines += _table([[g["group"], g["topic"], g["partition"], g["committed"], g["end_offset"], g["lag"],
+        lines += table([[g["group"], g["topic"], g["partition"], g["committed"], g["end_offset"], g["lag"],
                           g["consumer"]] for g in snap["groups"]],
                         ["GROUP", "TOPIC", "PART", "COMMITTED", "END-OFFSET", "LAG", "CONSUMER"])
     if snap["processes"]:
@@ -159,7 +160,7 @@ def render(snap: Dict[str, Any], data_dir: str, width: int = 120) -> str:
                 parts = parts[:37] + "..."
             cpu = "-" if p["cpu_percent"] is None else f"{p['cpu_percent']:.1f}"
             rows.append([p["pid"], p["role"], parts or "-", cpu, m.human_bytes(p["rss_bytes"]), p["command"]])
-        lines += _table(rows, ["PID", "ROLE", "PARTITIONS", "CPU%", "RSS", "COMMAND"])
+        lines += table(rows, ["PID", "ROLE", "PARTITIONS", "CPU%", "RSS", "COMMAND"])
     return "\n".join(line[:width] for line in lines) + "\n"
 
 
@@ -200,3 +201,12 @@ def run(args) -> int:
 
 
 __all__ = ["ProcessSampler", "consumers", "rates", "render", "roles", "run", "snapshot"]
+
+
+def register(sub, add) -> None:
+    """Add these commands to the `shmlog` parser (called by shmlog.cli.build_parser)."""
+    p = add("top", "live rates, lag, buffer fill and processes per partition")
+    add_common(p)
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (default 1)")
+    p.add_argument("--iterations", type=nonneg_int, default=0, help="stop after N refreshes (0: never)")
+    p.set_defaults(func=run)

@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from .. import config as cfgmod
 from .. import errors, protocol
@@ -30,6 +30,10 @@ from ..core.log import PartitionLog
 from ..core.segments import SegmentStore
 from ..osutil import pid_alive
 from ..protocol import LOCK_NAME, SOCKET_NAME, ensure_data_dir
+
+if TYPE_CHECKING:  # imported where used: producer and consumer import this module
+    from .consumer import Consumer
+    from .producer import Producer
 
 log = logging.getLogger("shmlog.client")
 
@@ -418,30 +422,19 @@ class Cluster:
         return self._segments
 
     # ------------------------------------------------------------ clients
-    def producer(self, **kwargs: Any):
+    def producer(self, **kwargs: Any) -> Producer:
         from .producer import Producer
 
         p = Producer(self, **kwargs)
         self._children.append(p)
         return p
 
-    def consumer(self, topics: Union[str, Sequence[str]], group: Optional[str] = None, **kwargs: Any):
+    def consumer(self, topics: Union[str, Sequence[str]], group: Optional[str] = None, **kwargs: Any) -> Consumer:
         from .consumer import Consumer
 
         c = Consumer(self, topics, group=group, **kwargs)
         self._children.append(c)
         return c
-
-    def mirror(self, topics: Union[str, Sequence[str], None] = None, *, to: Optional[str] = None,
-               from_: Optional[str] = None, **options: Any):
-        """Mirror topics out to a Kafka cluster (to="host:9092") or a Kafka
-        topic in (from_="host:9092"), running in a background thread until
-        its close(). See shmlog.bridge.open_mirror for the options; needs
-        `pip install 'shmlog[kafka]'`."""
-        # imported here: the bridge is a client of this module, not a dependency
-        from ..bridge.mirror import open_mirror
-
-        return open_mirror(self, topics, to=to, from_=from_, **options)
 
     # groups (the coordinator lives in the supervisor, shmlog/groups.py)
     def groups(self) -> Dict[str, Any]:

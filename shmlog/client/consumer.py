@@ -5,7 +5,7 @@ out of shared memory by slicing the mapping, and the chunk is validated after
 the copy, so a value handed out never changes. An idle consumer sleeps on the
 topic's futex doorbell (after a short spin), not in a poll loop.
 
-Groups (shmlog.groups) drive the assignment through _apply_assignment; disk
+Groups (shmlog.client.member) drive the assignment through apply_assignment; disk
 reads behind the shared-memory window (shmlog.storage) plug in through the
 cluster's segment reader. This module must not talk to the supervisor on the
 data path.
@@ -18,11 +18,24 @@ from array import array
 from collections import deque
 from itertools import accumulate, repeat
 from operator import itemgetter
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
 
 from .. import errors
 from ..core._core import ffi, lib
-from ..core.log import ReadResult, scan_for_time
+from ..core.reader import scan_for_time
+from ..core.records import ReadResult
 
 TP = Tuple[str, int]
 NONE = (1 << 64) - 1
@@ -36,13 +49,29 @@ class Message(tuple):
     A tuple subclass: building one costs what building a tuple costs."""
 
     __slots__ = ()
-    topic = property(itemgetter(0))
-    partition = property(itemgetter(1))
-    offset = property(itemgetter(2))
-    key = property(itemgetter(3))
-    value = property(itemgetter(4))
-    headers = property(itemgetter(5))
-    timestamp_ms = property(itemgetter(6))
+    if TYPE_CHECKING:  # what a type checker sees; at run time, itemgetters (faster)
+        @property
+        def topic(self) -> str: ...
+        @property
+        def partition(self) -> int: ...
+        @property
+        def offset(self) -> int: ...
+        @property
+        def key(self) -> Optional[bytes]: ...
+        @property
+        def value(self) -> Optional[bytes]: ...
+        @property
+        def headers(self) -> Sequence[Tuple[str, bytes]]: ...
+        @property
+        def timestamp_ms(self) -> int: ...
+    else:
+        topic = property(itemgetter(0))
+        partition = property(itemgetter(1))
+        offset = property(itemgetter(2))
+        key = property(itemgetter(3))
+        value = property(itemgetter(4))
+        headers = property(itemgetter(5))
+        timestamp_ms = property(itemgetter(6))
 
     def __new__(cls, topic, partition, offset, key, value, headers=(), timestamp_ms=0):
         return tuple.__new__(cls, (topic, partition, offset, key, value, headers, timestamp_ms))
@@ -130,6 +159,11 @@ class MessageView(_Run):
         self._owner = owner
         self._released = False
 
+    def mark_released(self) -> None:
+        """Its chunks are no longer pinned (the partition moved on or closed):
+        any later access raises Closed."""
+        self._released = True
+
     def _check(self) -> None:
         if self._released:
             raise errors.Closed(f"zero-copy batch of {self.topic}[{self.partition}] was released")
@@ -198,7 +232,7 @@ class _Assigned:
 
     def release(self) -> None:
         if self.view is not None:
-            self.view._released = True
+            self.view.mark_released()
             self.view = None
         if self.slot >= 0 and not self.plog.closed:
             self.plog.release_reader(self.slot)
@@ -228,12 +262,12 @@ class Consumer:
         self.on_assign = on_assign
         self.on_revoke = on_revoke
         self.spin_ns = int(spin_us * 1000)
-        self._assigned: Dict[TP, _Assigned] = {}
+        self.assigned_state: Dict[TP, _Assigned] = {}
         self._order: List[_Assigned] = []
         self._rr = 0
         self._buffer: deque = deque()
         # partitions whose messages poll() buffered: their `returned` is
-        # settled lazily (_settle), so poll() itself is one popleft
+        # settled lazily (settle_positions), so poll() itself is one popleft
         self._polled: List[_Assigned] = []
         self._wait_args = None
         self._closed = False
@@ -254,19 +288,19 @@ class Consumer:
             raise errors.GroupError("assign() is for consumers without a group; this one is in "
                                     f"group {self.group!r}")
         wanted = [(t, int(p)) for t, p in partitions]
-        self._apply_assignment(wanted, {})
+        self.apply_assignment(wanted, {})
 
-    def _apply_assignment(self, wanted: Sequence[TP], positions: Dict[TP, Optional[int]],
+    def apply_assignment(self, wanted: Sequence[TP], positions: Dict[TP, Optional[int]],
                           *, callbacks: bool = True) -> None:
         wanted_set = set(wanted)
-        revoked = [tp for tp in self._assigned if tp not in wanted_set]
-        added = [tp for tp in wanted if tp not in self._assigned]
+        revoked = [tp for tp in self.assigned_state if tp not in wanted_set]
+        added = [tp for tp in wanted if tp not in self.assigned_state]
         if revoked:
             if callbacks and self.on_revoke is not None:
                 self.on_revoke(revoked)
             for tp in revoked:
                 self._forget_polled(tp)
-                self._assigned.pop(tp).release()
+                self.assigned_state.pop(tp).release()
             self._buffer = deque(m for m in self._buffer if (m[0], m[1]) in wanted_set)
         for tp in added:
             topic, p = tp
@@ -276,22 +310,22 @@ class Consumer:
                                               what=topic)
             a = _Assigned(topic, p, t.regions[p], t.config["storage"],
                           gating=t.config["storage"] == "memory")
-            self._assigned[tp] = a
+            self.assigned_state[tp] = a
             pos = positions.get(tp)
             if pos is None:
                 self._reset(a, self.auto_offset_reset if self.auto_offset_reset != "error" else "earliest")
             else:
                 self._seek(a, pos)
-        self._order = list(self._assigned.values())
+        self._order = list(self.assigned_state.values())
         self._wait_args = None
         if added and callbacks and self.on_assign is not None:
             self.on_assign(added)
 
     def assignment(self) -> List[TP]:
-        return sorted(self._assigned)
+        return sorted(self.assigned_state)
 
     def _get(self, topic: str, partition: int) -> _Assigned:
-        a = self._assigned.get((topic, partition))
+        a = self.assigned_state.get((topic, partition))
         if a is None:
             raise errors.UnknownPartition(f"partition {topic}[{partition}] is not assigned to this consumer",
                                           what=topic)
@@ -364,14 +398,14 @@ class Consumer:
         self._seek(a, offset)
 
     def seek_to_beginning(self, partitions: Optional[Iterable[TP]] = None) -> None:
-        for tp in list(partitions or self._assigned):
+        for tp in list(partitions or self.assigned_state):
             a = self._get(*tp)
             self._forget_polled(a.tp)
             self._buffer = deque(m for m in self._buffer if (m[0], m[1]) != tp)
             self._seek(a, self._start_offset(a))
 
     def seek_to_end(self, partitions: Optional[Iterable[TP]] = None) -> None:
-        for tp in list(partitions or self._assigned):
+        for tp in list(partitions or self.assigned_state):
             a = self._get(*tp)
             self._forget_polled(a.tp)
             self._buffer = deque(m for m in self._buffer if (m[0], m[1]) != tp)
@@ -381,11 +415,11 @@ class Consumer:
             self._reset(a, "latest")
 
     def position(self, topic: str, partition: int) -> int:
-        self._settle()
+        self.settle_positions()
         return self._get(topic, partition).returned
 
     def end_offsets(self, partitions: Optional[Iterable[TP]] = None) -> Dict[TP, int]:
-        return {tp: self._get(*tp).plog.end_offset() for tp in (partitions or self._assigned)}
+        return {tp: self._get(*tp).plog.end_offset() for tp in (partitions or self.assigned_state)}
 
     def offsets_for_times(self, topic: str, timestamps: Dict[int, int]) -> Dict[int, Optional[int]]:
         """The first offset whose timestamp is at or after each given timestamp."""
@@ -463,7 +497,7 @@ class Consumer:
                one: bool = False) -> List[Tuple[_Assigned, Any]]:
         if self._closed:
             raise errors.Closed("this Consumer is closed")
-        # callers settle poll()'s positions first (see _settle)
+        # callers settle poll()'s positions first (see settle_positions)
         deadline = None if timeout is None else time.monotonic() + timeout
         wait = 1.0 if timeout is None else max(timeout, 0.0)
         while True:
@@ -514,24 +548,24 @@ class Consumer:
     def _wait(self, timeout: float) -> None:
         if self._wait_args is None:
             order = self._order
-            logs = ffi.new("shmlog_log_t *[]", [a.plog._log for a in order])
+            logs = ffi.new("shmlog_log_t *[]", [a.plog.c_log for a in order])
             cursors = ffi.new("shmlog_cursor_t *[]", [a.cursor for a in order])
             topics = {a.topic for a in order}
-            bell = order[0].plog._log if len(order) > 1 and len(topics) == 1 else ffi.NULL
+            bell = order[0].plog.c_log if len(order) > 1 and len(topics) == 1 else ffi.NULL
             if bell != ffi.NULL:
-                bell = self.cluster.topic(order[0].topic).regions[0]._log
+                bell = self.cluster.topic(order[0].topic).regions[0].c_log
             self._wait_args = (logs, cursors, len(order), bell)
         logs, cursors, n, bell = self._wait_args
         lib.shmlog_log_wait_any(logs, cursors, n, bell, self.spin_ns, int(timeout * 1e9))
 
     def consume(self, max_messages: int = 10_000, timeout: Optional[float] = 1.0) -> List[Message]:
         """Up to max_messages, waiting up to timeout for the first."""
-        self._settle()
+        self.settle_positions()
         msgs: List[Message] = []
         while self._buffer and len(msgs) < max_messages:
             m = self._buffer.popleft()
             msgs.append(m)
-            self._assigned[(m[0], m[1])].returned = m[2] + 1
+            self.assigned_state[(m[0], m[1])].returned = m[2] + 1
         if msgs:
             return msgs
         for a, res in self._fetch(max_messages, timeout):
@@ -546,7 +580,7 @@ class Consumer:
 
         copy=False returns a MessageView: values stay in shared memory until
         its release() (see MessageView for the lifetime rules)."""
-        self._settle()
+        self.settle_positions()
         if not copy:
             return self._consume_view(max_messages, timeout)
         if self._buffer:
@@ -555,7 +589,7 @@ class Consumer:
             while self._buffer and (self._buffer[0][0], self._buffer[0][1]) == (first[0], first[1]) \
                     and len(run) < max_messages:
                 run.append(self._buffer.popleft())
-            self._assigned[(first[0], first[1])].returned = run[-1][2] + 1
+            self.assigned_state[(first[0], first[1])].returned = run[-1][2] + 1
             res = ReadResult([m[2] for m in run], [m[6] for m in run], [m[4] for m in run],
                              [m[3] for m in run], [m[5] for m in run], 0, 0)
             return MessageBatch(first[0], first[1], res)
@@ -567,7 +601,7 @@ class Consumer:
         return MessageBatch(a.topic, a.partition, res)
 
     def _release_view(self, view: MessageView) -> None:
-        a = self._assigned.get((view.topic, view.partition))
+        a = self.assigned_state.get((view.topic, view.partition))
         if a is not None and a.view is view:
             a.view = None
             if a.slot >= 0:
@@ -616,7 +650,7 @@ class Consumer:
                 a.plog.set_reader_position(a.slot, a.cursor.next_offset)
                 a.returned = cols[0][-1] + 1
                 self._rr = (self._rr + i + 1) % n
-                a.view = MessageView(a.topic, a.partition, cols, a.plog._mm, self._release_view)
+                a.view = MessageView(a.topic, a.partition, cols, a.plog.mapping, self._release_view)
                 return a.view
             now = time.monotonic()
             if deadline is not None and now >= deadline:
@@ -634,11 +668,11 @@ class Consumer:
         buf = self._buffer
         if buf:
             return buf.popleft()
-        self._settle()
+        self.settle_positions()
         got = self._fetch(10_000, timeout, one=True)
         if len(got) == 1 and got[0][1].__class__ is tuple:
             # a lone record, (offset, timestamp, value), handed out at once:
-            # nothing buffered, so nothing for _settle to do later
+            # nothing buffered, so nothing for settle_positions to do later
             a, (off, ts, value) = got[0]
             a.returned = off + 1
             return _new_message(Message, (a.topic, a.partition, off, None, value, (), ts))
@@ -663,7 +697,7 @@ class Consumer:
             return None
         return buf.popleft()
 
-    def _settle(self) -> None:
+    def settle_positions(self) -> None:
         """Bring `returned` up to date for what poll() handed out: a partition
         resumes at its first message still buffered, or after the last
         message it buffered."""
@@ -687,7 +721,7 @@ class Consumer:
     def _forget_polled(self, tp: TP) -> None:
         """tp's buffered messages are dropped (seek, revoke): settle first,
         then stop settling it from what poll() had buffered."""
-        self._settle()
+        self.settle_positions()
         self._polled = [a for a in self._polled if a.tp != tp]
 
     def __iter__(self) -> Iterator[Message]:
@@ -701,29 +735,29 @@ class Consumer:
         """Commit positions (default: everything returned so far) for the group."""
         if self._member is None:
             raise errors.GroupError("commit() needs a consumer group: create the consumer with group=...")
-        self._settle()
+        self.settle_positions()
         if offsets is None:
-            offsets = {tp: a.returned for tp, a in self._assigned.items()}
+            offsets = {tp: a.returned for tp, a in self.assigned_state.items()}
         self._member.commit(offsets)
 
     def committed(self, partitions: Optional[Iterable[TP]] = None) -> Dict[TP, Optional[int]]:
         if self._member is None:
             raise errors.GroupError("committed() needs a consumer group")
-        return self._member.committed(list(partitions or self._assigned))
+        return self._member.committed(list(partitions or self.assigned_state))
 
     # ------------------------------------------------------------ lifecycle
     def close(self) -> None:
         if self._closed:
             return
         try:
-            self._settle()
+            self.settle_positions()
             if self._member is not None:
                 self._member.close()
         finally:
             self._closed = True
-            for a in self._assigned.values():
+            for a in self.assigned_state.values():
                 a.release()
-            self._assigned.clear()
+            self.assigned_state.clear()
             self._order = []
             self._wait_args = None
             self._buffer.clear()

@@ -284,9 +284,9 @@ class GroupMember:
             # application committed it itself in on_revoke)
             positions = {}
             if self.consumer.enable_auto_commit:
-                self.consumer._settle()
+                self.consumer.settle_positions()
                 for tp in revoke:
-                    a = self.consumer._assigned.get(tp)
+                    a = self.consumer.assigned_state.get(tp)
                     if a is not None:
                         positions[tp] = a.returned
             self._refresh_topics(grants)
@@ -296,7 +296,7 @@ class GroupMember:
             for tp in revoke:
                 self._last_committed.pop(tp, None)
             for tp, pos in grants.items():
-                a = self.consumer._assigned.get(tp)
+                a = self.consumer.assigned_state.get(tp)
                 if pos is not None:
                     self._last_committed[tp] = pos
                 elif a is not None:
@@ -341,16 +341,16 @@ class GroupMember:
         self._committed_in_revoke = set()
         c.on_revoke, c.on_assign = on_revoke, on_assign
         try:
-            c._apply_assignment(wanted, positions)
+            c.apply_assignment(wanted, positions)
         finally:
             c.on_revoke, c.on_assign = user_revoke, user_assign
-        self._watch = [[a.cursor, a.cursor.seq] for tp, a in sorted(c._assigned.items())
+        self._watch = [[a.cursor, a.cursor.seq] for tp, a in sorted(c.assigned_state.items())
                        if a.storage == "memory"]
 
     def _lost(self, reason: str) -> None:
         """Our partitions went to others without us: drop them (on_revoke,
         as Kafka's default onPartitionsLost does) and commit nothing."""
-        if self.owned or self.consumer._assigned:
+        if self.owned or self.consumer.assigned_state:
             log.warning("group %r: member %s lost %d partition(s): %s", self.group, self.member_id,
                         len(self.owned), reason)
         self.owned = set()
@@ -358,10 +358,10 @@ class GroupMember:
         self._apply([], {})
 
     def _auto_commit(self, now: int) -> None:
-        self.consumer._settle()
+        self.consumer.settle_positions()
         offsets = {}
         for tp in self.owned:
-            a = self.consumer._assigned.get(tp)
+            a = self.consumer.assigned_state.get(tp)
             if a is not None and self._last_committed.get(tp) != a.returned:
                 offsets[tp] = a.returned
         self._commit_due = now + self.auto_commit_ns
@@ -417,9 +417,9 @@ class GroupMember:
                 and self._words[self._i_token] == self._token
             positions = {}
             if ours and self.consumer.enable_auto_commit:
-                self.consumer._settle()
+                self.consumer.settle_positions()
                 for tp in self.owned:
-                    a = self.consumer._assigned.get(tp)
+                    a = self.consumer.assigned_state.get(tp)
                     if a is not None and self._last_committed.get(tp) != a.returned:
                         positions[tp] = a.returned
             self._apply([], {})

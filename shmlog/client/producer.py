@@ -17,9 +17,9 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 
 from .. import errors
 from ..core._core import ffi, lib
-from ..core.codec import _bytes_error, encode_headers
-from ..core.log import _POINTER_BATCH, _POINTER_VALUE, pickle_values
+from ..core.codec import bytes_error, encode_headers
 from ..core.partitioner import KeyPartitioner
+from ..core.records import POINTER_BATCH, POINTER_VALUE, pickle_values
 
 _ids = itertools.count(1)
 # upper bound of the per-record framing (length, attributes, deltas, key and
@@ -125,7 +125,7 @@ class _TopicState:
         self.max_message = topic.config["max_message_bytes"]
         # data_hungry (offset 272) and the topic doorbell's bell_hungry (276),
         # read from Python without a crossing: a consumer waiting means "send now"
-        self.waiters = [memoryview(r._mm).cast("I") for r in topic.regions]
+        self.waiters = [memoryview(r.mapping).cast("I") for r in topic.regions]
         self.bell = self.waiters[0]
         self.committed_end = [0] * n
         self.next_hungry = [0.0] * n  # perf_counter() time the next hungry commit may go
@@ -394,7 +394,7 @@ class Producer:
             # first, so a bad one late in the batch commits nothing
             for kind, items in (("value", values), ("key", keys)):
                 if items is not None and not all(v is None or isinstance(v, _BYTES_LIKE) for v in items):
-                    raise _bytes_error(kind, items)
+                    raise bytes_error(kind, items)
             i = 0
             while i < n:
                 j, acc = i, 0
@@ -485,8 +485,8 @@ class Producer:
                     # a paced producer commits message by message: one crossing
                     base = plog.append_one(slot, values[0], ts_now, timeout=self.max_block_ms / 1000.0,
                                            producer_id=self.producer_id, producer_seq=self._seq)
-                elif len(values) <= _POINTER_BATCH and values[0].__class__ is bytes \
-                        and len(values[0]) >= _POINTER_VALUE:
+                elif len(values) <= POINTER_BATCH and values[0].__class__ is bytes \
+                        and len(values[0]) >= POINTER_VALUE:
                     # few large values: append() hands C one pointer each
                     # (a pickle would copy them once more)
                     if probe:
@@ -579,11 +579,11 @@ class Producer:
         plog = st.topic.regions[partition]
         slot = st.slots[partition]
         # first use, or the topic deleted (SHMLOG_F_CLOSED): the long way
-        if slot < 0 or plog._closed or st.waiters[partition][_HDR_FLAGS] & _F_CLOSED:
+        if slot < 0 or plog.closed or st.waiters[partition][_HDR_FLAGS] & _F_CLOSED:
             self._append(st, partition, [value], None, None, None, None)
             return
         self._seq += 1
-        rc = _append_one(plog._log, slot, value, len(value), time.time_ns() // 1_000_000,
+        rc = _append_one(plog.c_log, slot, value, len(value), time.time_ns() // 1_000_000,
                          self.producer_id, self._seq & 0xFFFFFFFF, self._max_block_ns)
         if rc < 0:
             try:

@@ -96,7 +96,7 @@ def decode_headers(section) -> List[Header]:
     return headers
 
 
-def _bytes_error(kind: str, items: Sequence, index_hint: Optional[int] = None) -> TypeError:
+def bytes_error(kind: str, items: Sequence, index_hint: Optional[int] = None) -> TypeError:
     for i, v in enumerate(items):
         if v is not None and not isinstance(v, (bytes, bytearray, memoryview)):
             return TypeError(
@@ -127,5 +127,5 @@ def columns(items: Sequence, kind: str = "value", lens: Optional[List[int]] = No
             parts.append(b)
             lens.append(len(b))
         else:
-            raise _bytes_error(kind, items)
+            raise bytes_error(kind, items)
     return b"".join(parts), lens

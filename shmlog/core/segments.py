@@ -35,7 +35,7 @@ import lz4.block
 from .. import errors
 from ._core import ffi, lib
 from .codec import decode_headers
-from .log import _PICKLE_BELOW, ReadResult, _pickled
+from .records import PICKLE_BELOW, ReadResult, pickled_values
 
 # the frame header of csrc/layout.h, shmlog_frame_hdr_t
 FRAME = struct.Struct("<QIIQIHHqqQII")
@@ -369,8 +369,8 @@ class _Out:
         o = self.out
         k = min(n, keep)
         # small values: the C-written pickle stream, as for shared-memory reads
-        values = _pickled(ffi.from_buffer(buf), o.value_pos, o.value_lens, k) \
-            if k and nbytes < k * _PICKLE_BELOW else None
+        values = pickled_values(ffi.from_buffer(buf), o.value_pos, o.value_lens, k) \
+            if k and nbytes < k * PICKLE_BELOW else None
         if values is None:
             vpos = ffi.unpack(o.value_pos, k)
             vlen = ffi.unpack(o.value_lens, k)

@@ -20,8 +20,8 @@ pytest.importorskip("confluent_kafka", reason="the bridge tests need confluent-k
 from _broker_helpers import ROOMY, collect, kafka_partition, running_cluster, wait_for  # noqa: E402
 from _tansu import create_remote_topic, read_all  # noqa: E402
 
-import shmlog.bridge.mirror as mirror_module  # noqa: E402
-from shmlog.bridge.mirror import DEFAULT_MAX_IN_FLIGHT, MirrorOut, status_path  # noqa: E402
+import shmlog.bridge.mirror_out as mirror_out_module  # noqa: E402
+from shmlog.bridge.mirror import DEFAULT_MAX_IN_FLIGHT, MirrorOut, open_mirror, status_path  # noqa: E402
 
 # tansu joins a Kafka consumer group after about half the session timeout
 FAST_GROUP = {"session.timeout.ms": "6000", "heartbeat.interval.ms": "500"}
@@ -95,7 +95,7 @@ def _check_remote(msgs, lo: int, hi: int, partitions: int, *, max_dups: int = 0,
 def test_mirror_out_keyed_four_partitions(data_dir, tansu):
     with running_cluster(data_dir) as c:
         c.create_topic("events", partitions=4, **TIGHT)
-        with c.mirror("events", to=tansu.bootstrap, as_="events-remote", name="ev") as m:
+        with open_mirror(c, "events", to=tansu.bootstrap, as_="events-remote", name="ev") as m:
             _wait_joined(c, "mirror.ev")
             t0 = time.monotonic()
             _produce(c, "events", 0, N_OUT)
@@ -119,7 +119,7 @@ def test_mirror_out_partition_counts_differ(data_dir, tansu):
     with running_cluster(data_dir) as c:
         c.create_topic("three", partitions=3, **ROOMY)
         _produce(c, "three", 0, 3000)  # before the mirror: a memory topic this small keeps it all
-        with c.mirror("three", to=tansu.bootstrap, as_="five", name="three"):
+        with open_mirror(c, "three", to=tansu.bootstrap, as_="five", name="three"):
             msgs = read_all(tansu.bootstrap, "five", 5, 3000)
         _check_remote(msgs, 0, 3000, 5, order_by="key")
         assert len(msgs) == 3000
@@ -140,7 +140,7 @@ def test_mirror_in(data_dir, tansu):
     assert kp.flush(30) == 0
     del kp  # no reconnect noise from it after the broker stops
     with running_cluster(data_dir) as c:
-        with c.mirror("remote-in", from_=tansu.bootstrap, as_="local-in", name="in1", config=FAST_GROUP) as m:
+        with open_mirror(c, "remote-in", from_=tansu.bootstrap, as_="local-in", name="in1", config=FAST_GROUP) as m:
             wait_for(lambda: "local-in" in c.topics(), 30, 0.05, "the local topic")
             assert c.describe_topic("local-in").config["partitions"] == 3  # created like the remote one
             with c.consumer("local-in") as cons:
@@ -182,7 +182,7 @@ def test_mirror_in_blocks_on_a_full_memory_topic(data_dir, tansu):
         c.create_topic("small", partitions=1, storage="memory", chunk_bytes=64 << 10, chunk_count=4)
         with c.consumer("small", group="slow", enable_auto_commit=False) as slow:
             slow.consume(timeout=0.5)  # joined: the topic now keeps what "slow" has not committed
-            with c.mirror("big", from_=tansu.bootstrap, as_="small", name="in-small", config=FAST_GROUP) as m:
+            with open_mirror(c, "big", from_=tansu.bootstrap, as_="small", name="in-small", config=FAST_GROUP) as m:
                 wait_for(lambda: m.status()["state"] == "blocked", 30, 0.05, "the mirror to block")
                 kc = Consumer({"bootstrap.servers": tansu.bootstrap, "group.id": "shmlog-mirror-in-small"})
                 try:
@@ -263,7 +263,7 @@ def test_mirror_out_survives_broker_restart(data_dir, tansu):
     gets everything not committed before, and the state is clean again."""
     with running_cluster(data_dir) as c:
         c.create_topic("events", partitions=4, **ROOMY)
-        with c.mirror("events", to=tansu.bootstrap, as_="events-remote", name="ev",
+        with open_mirror(c, "events", to=tansu.bootstrap, as_="events-remote", name="ev",
                       config={"reconnect.backoff.max.ms": "500"}, stall_timeout_s=2.0) as m:
             _wait_joined(c, "mirror.ev")
             _produce(c, "events", 0, 5000)
@@ -325,10 +325,10 @@ def test_managed_mirror_restarts_after_sigkill(data_dir, tansu):
 
 
 def test_mirror_out_pattern_picks_up_new_topics(data_dir, tansu, monkeypatch):
-    monkeypatch.setattr(mirror_module, "RESCAN_INTERVAL", 0.3)
+    monkeypatch.setattr(mirror_out_module, "RESCAN_INTERVAL", 0.3)
     with running_cluster(data_dir) as c:
         c.create_topic("logs-a", partitions=2, **ROOMY)
-        with c.mirror(to=tansu.bootstrap, pattern=r"logs-.*", name="logs"):
+        with open_mirror(c, to=tansu.bootstrap, pattern=r"logs-.*", name="logs"):
             _wait_joined(c, "mirror.logs")
             _produce(c, "logs-a", 0, 500)
             c.create_topic("logs-b", partitions=2, **ROOMY)

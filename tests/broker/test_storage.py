@@ -28,7 +28,7 @@ from _broker_helpers import (
 )
 
 import shmlog
-from shmlog.broker.storage import SegmentStore, check_segment, dump_segment
+from shmlog.core.segments import SegmentStore, check_segment, dump_segment
 
 SMALL_DISK = {"storage": "disk", "chunk_bytes": 65536, "chunk_count": 4}
 
@@ -184,7 +184,7 @@ def test_replay_a_lot_from_disk_then_memory(data_dir):
         with cluster.consumer("big") as c:
             c.assign([("big", 0)])
             c.seek_to_beginning()
-            a = c._assigned[("big", 0)]
+            a = c.assigned_state[("big", 0)]
             nxt = 0
             while nxt < n:
                 b = c.consume_batch(100_000, timeout=5.0)

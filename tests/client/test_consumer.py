@@ -509,7 +509,7 @@ def test_one_partition_poll_publishes_what_it_read_and_settles_what_it_returned(
         cluster.create_topic("t", partitions=1, **SMALL)
         _produce(cluster, "t", [b"m%d" % i for i in range(10)], partition=0)
         with cluster.consumer("t") as consumer, cluster.producer() as producer:
-            a = consumer._assigned[("t", 0)]
+            a = consumer.assigned_state[("t", 0)]
             slot = a.plog.hdr.readers[a.slot]
             for k in range(10):
                 m = consumer.poll(timeout=5)

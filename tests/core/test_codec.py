@@ -18,7 +18,7 @@ from shmlog.core._core import ffi, lib
 
 from shmlog import errors
 from shmlog.core.codec import columns, decode_headers, encode_headers
-from shmlog.core.log import pickle_values
+from shmlog.core.records import pickle_values
 
 INT64 = st.integers(-(2**63), 2**63 - 1)
 

@@ -44,20 +44,23 @@ from hypothesis import strategies as st
 from shmlog.core._core import ffi, lib
 
 from shmlog import errors
-from shmlog.core import log as log_module
-from shmlog.core.log import NONE, PartitionLog, RecordReader, pickle_values
+from shmlog.core import reader as reader_module
+from shmlog.core import records as records_module
+from shmlog.core.log import PartitionLog
+from shmlog.core.reader import RecordReader
+from shmlog.core.records import NONE, pickle_values
 
 
 def frame_word(plog: PartitionLog, region_pos: int) -> int:
-    return ffi.cast("uint64_t *", plog._log.base + region_pos)[0]
+    return ffi.cast("uint64_t *", plog.c_log.base + region_pos)[0]
 
 
 def frame_hdr(plog: PartitionLog, region_pos: int):
-    return ffi.cast("shmlog_frame_hdr_t *", plog._log.base + region_pos)
+    return ffi.cast("shmlog_frame_hdr_t *", plog.c_log.base + region_pos)
 
 
 def chunk_region_pos(plog: PartitionLog, seq: int, pos: int) -> int:
-    return plog._log.header_bytes + (seq % plog.chunk_count) * plog.chunk_bytes + pos
+    return plog.c_log.header_bytes + (seq % plog.chunk_count) * plog.chunk_bytes + pos
 
 
 def fill_until_full(plog: PartitionLog, slot: int, limit: int = 100_000) -> int:
@@ -79,7 +82,7 @@ def _claim_and_hang(conn, name, payload_bytes, records):
     p = PartitionLog.attach(name)
     s = p.register_producer()
     out = ffi.new("uint64_t *")
-    rc = lib.shmlog_log_claim_only(p._handle(), s, payload_bytes, records, out)
+    rc = lib.shmlog_log_claim_only(p.checked_log(), s, payload_bytes, records, out)
     conn.send((s, rc, int(out[0])))
     time.sleep(60)
 
@@ -265,7 +268,7 @@ def test_seek_end_end_offset_and_claimed_end(shm_prefix):
         assert list(reader.read(c, 10).offsets) == [15, 16, 17, 18]
         # an in-flight claim: the claimed end moves, the committed end does not
         out = ffi.new("uint64_t *")
-        assert lib.shmlog_log_claim_only(plog._handle(), slot, 100, 6, out) == 0
+        assert lib.shmlog_log_claim_only(plog.checked_log(), slot, 100, 6, out) == 0
         assert out[0] == 19
         assert plog.claimed_end == 25
         assert plog.end_offset() == 19
@@ -378,7 +381,7 @@ def test_lz4_garbage_with_valid_crc_is_corrupt_batch(shm_prefix):
         plog.append(slot, [b"ok" * 20] * 3)
         garbage = bytes(range(200, 256)) * 3
         out = ffi.new("uint64_t *")
-        rc = lib.shmlog_log_append_section(plog._handle(), slot, garbage, len(garbage), 4,
+        rc = lib.shmlog_log_append_section(plog.checked_log(), slot, garbage, len(garbage), 4,
                                            lib.SHMLOG_ATTR_LZ4, 0, 0, 0, 0, 0xFFFFFFFF, 10**9, out)
         assert rc == 0 and out[0] == 3
         reader = plog.reader()
@@ -393,7 +396,7 @@ def test_lz4_corrupt_batch_carries_what(shm_prefix):
         slot = plog.register_producer()
         garbage = bytes(range(200, 256)) * 3
         out = ffi.new("uint64_t *")
-        lib.shmlog_log_append_section(plog._handle(), slot, garbage, len(garbage), 4,
+        lib.shmlog_log_append_section(plog.checked_log(), slot, garbage, len(garbage), 4,
                                       lib.SHMLOG_ATTR_LZ4, 0, 0, 0, 0, 1000, 10**9, out)
         with pytest.raises(errors.CorruptBatch) as ei:
             plog.reader().read(plog.new_cursor(), 100)
@@ -676,7 +679,7 @@ def test_read_across_an_aborted_batch_skips_the_hole(shm_prefix, columns_reads, 
         # one timestamp for both batches: time_ns() may tick a millisecond between them
         assert plog.append(slot, [value_of(j, 37) for j in range(5)], timestamp=1234) == b
         out = ffi.new("uint64_t *")
-        assert lib.shmlog_log_claim_only(plog._handle(), slot, 100, 6, out) == 0
+        assert lib.shmlog_log_claim_only(plog.checked_log(), slot, 100, 6, out) == 0
         assert out[0] == b + 5
         assert plog.reap_producer(slot) == 1  # aborted: offsets b+5..b+10 are a hole
         slot = plog.register_producer()
@@ -797,7 +800,7 @@ def test_read_of_more_small_values_than_the_pickle_buffer_holds(shm_prefix, monk
     """20,000 values of 100 bytes (2 MiB) in one read: the 1 MiB per-thread
     pickle buffer is too small, so that read takes the column path and the
     buffer grows; the next reads of that size are one pickle each."""
-    monkeypatch.setattr(log_module, "_tls", threading.local())  # start from 1 MiB
+    monkeypatch.setattr(records_module, "thread_local", threading.local())  # start from 1 MiB
     with new_log(shm_prefix, chunk_bytes=4 << 20, max_batch_bytes=1 << 18) as plog:
         slot = plog.register_producer()
         reader = plog.reader(capacity=40000)
@@ -815,7 +818,7 @@ def test_read_of_more_small_values_than_the_pickle_buffer_holds(shm_prefix, monk
             assert res.keys == [None] * n
             assert reader.read(c, 40000) is None
             total += n
-            assert len(log_module._tls.buf) > 1 << 20
+            assert len(records_module.thread_local.buf) > 1 << 20
         assert columns_reads == [20000]  # only the first read did not fit
 
 
@@ -862,7 +865,7 @@ def test_gating_reader_blocks_append_until_it_moves(shm_prefix):
         rslot = plog.register_reader(0, gating=True)
         slot = plog.register_producer()
         n = fill_until_full(plog, slot)
-        assert lib.shmlog_log_chunks_in_use(plog._handle()) == plog.chunk_count
+        assert lib.shmlog_log_chunks_in_use(plog.checked_log()) == plog.chunk_count
         assert plog.hdr.active_seq == plog.chunk_count - 1
         t0 = time.monotonic()
         with pytest.raises(errors.BufferFull) as ei:
@@ -1023,8 +1026,6 @@ def test_reader_at_chunk_end_survives_reuse_of_that_chunk(shm_prefix):
 
 
 def test_read_starting_at_a_chunk_end_validates_the_chunk_it_read(shm_prefix, monkeypatch):
-    import shmlog.core.log
-
     with new_log(shm_prefix) as plog:
         slot = plog.register_producer()
         fill_until_rotation(plog, slot)  # chunk 0 sealed; chunk 1 holds one batch
@@ -1034,7 +1035,7 @@ def test_read_starting_at_a_chunk_end_validates_the_chunk_it_read(shm_prefix, mo
         c = plog.new_cursor()
         assert list(reader.read(c, base1).offsets) == list(range(base1))  # parked at chunk 0's end
         plog.set_reader_position(rslot, base1)
-        real = shmlog.core.log.lib
+        real = reader_module.lib
 
         class RacingLib:
             """A producer reuses chunk 0 between the reader's copy and its validation."""
@@ -1048,7 +1049,7 @@ def test_read_starting_at_a_chunk_end_validates_the_chunk_it_read(shm_prefix, mo
                     plog.append(slot, [b"z" * 333] * 3, timeout=1)
                 return n
 
-        monkeypatch.setattr(shmlog.core.log, "lib", RacingLib())
+        monkeypatch.setattr(reader_module, "lib", RacingLib())
         res = reader.read(c, 100)  # every record it copied came from chunk 1, still valid
         assert res.offsets[0] == base1
 
@@ -1112,7 +1113,7 @@ def test_reclaim_stalled_before_its_cas_spares_the_slots_next_generation(shm_pre
         def ring_goes_round():
             # chunk 0 is freed, its slot reopened as chunk k and sealed; the
             # reader stops at chunk k's start, so chunk k is still needed
-            assert lib.shmlog_log_reclaim(plog._handle()) == 1
+            assert lib.shmlog_log_reclaim(plog.checked_log()) == 1
             while plog.hdr.active_seq < r.k + 1:
                 r.drain(plog.hdr.chunks[0].base_offset if plog.hdr.active_seq >= r.k else None)
                 plog.append(r.slot, [b"b" * 333] * 3, timeout=1)
@@ -1120,7 +1121,7 @@ def test_reclaim_stalled_before_its_cas_spares_the_slots_next_generation(shm_pre
             assert r.c.next_offset == plog.hdr.chunks[0].base_offset
 
         with at_point(lib.SHMLOG_POINT_RECLAIM, ring_goes_round) as fired:
-            lib.shmlog_log_reclaim(plog._handle())  # checks chunk 0, stalls, then CASes
+            lib.shmlog_log_reclaim(plog.checked_log())  # checks chunk 0, stalls, then CASes
         assert fired
         assert plog.hdr.chunks[0].seq == r.k
         assert plog.hdr.chunks[0].state & 0xFF == lib.SHMLOG_CHUNK_SEALED  # not freed under the reader
@@ -1136,7 +1137,7 @@ def test_rotation_stalled_before_its_cas_does_not_open_a_stale_chunk(shm_prefix)
             # producer opens chunk 1 there, fills the ring, and slot 1 is
             # freed again, ready for chunk k + 1
             r.go_round(r.k)
-            assert lib.shmlog_log_reclaim(plog._handle()) == 1
+            assert lib.shmlog_log_reclaim(plog.checked_log()) == 1
             assert plog.hdr.chunks[1].state & 0xFF == lib.SHMLOG_CHUNK_FREE
 
         with at_point(lib.SHMLOG_POINT_ROTATE, ring_goes_round) as fired:
@@ -1195,11 +1196,11 @@ def test_repair_of_a_dead_reclaimer_keeps_a_pinned_chunk(shm_prefix):
         _plant_state(plog.hdr.chunks[0], lib.SHMLOG_CHUNK_RECLAIMING, dead)
         assert plog.repair_chunks(dead) == 1
         assert plog.hdr.chunks[0].state & 0xFF == lib.SHMLOG_CHUNK_SEALED
-        assert lib.shmlog_log_reclaim(plog._handle()) == 0  # the pin holds it
+        assert lib.shmlog_log_reclaim(plog.checked_log()) == 0  # the pin holds it
         c2 = plog.new_cursor()
         assert read_all(plog, c2)[0][:3] == [0, 1, 2]
         plog.set_reader_pin(r.rslot, None)
-        assert lib.shmlog_log_reclaim(plog._handle()) == 1  # reclaimed again, with every check
+        assert lib.shmlog_log_reclaim(plog.checked_log()) == 1  # reclaimed again, with every check
         assert plog.start_offset == plog.hdr.chunks[1].base_offset
         r.check()
 
@@ -1520,7 +1521,7 @@ def _attach_at_end(names):
     cursors = [p.new_cursor() for p in logs]
     for p, c in zip(logs, cursors):
         p.seek_end(c)
-    larr = ffi.new("shmlog_log_t *[]", [p._handle() for p in logs])
+    larr = ffi.new("shmlog_log_t *[]", [p.checked_log() for p in logs])
     carr = ffi.new("shmlog_cursor_t *[]", cursors)
     return logs, cursors, larr, carr
 
@@ -1528,7 +1529,7 @@ def _attach_at_end(names):
 def _bell_waiter(conn, names, spin_us, timeout):
     logs, _, larr, carr = _attach_at_end(names)
     conn.send("waiting")
-    conn.send(lib.shmlog_log_wait_any(larr, carr, len(logs), logs[0]._handle(),
+    conn.send(lib.shmlog_log_wait_any(larr, carr, len(logs), logs[0].checked_log(),
                                       int(spin_us * 1000), int(timeout * 1e9)))
     for p in logs:
         p.close()
@@ -1555,7 +1556,7 @@ def test_wait_any_on_a_doorbell_is_hungry_on_the_bell(shm_prefix, spin_us):
 
 def _wait_any_consumer(conn, names, trials):
     logs, cursors, larr, carr = _attach_at_end(names)
-    bell = logs[0]._handle()
+    bell = logs[0].checked_log()
     readers = [p.reader() for p in logs]
     for _ in range(trials):
         conn.send("sleeping")
@@ -1835,10 +1836,10 @@ def test_corruption_never_crashes_hangs_or_alters_data(shm_prefix):
         expected = _write_corruption_fixture(plog)
         fr = frames(plog)
         assert fr[-1][2] == len(expected)
-        mm = plog._mm
+        mm = plog.mapping
         snapshot = bytes(mm)
         targets = _part_header_targets()
-        header_bytes = plog._log.header_bytes
+        header_bytes = plog.c_log.header_bytes
 
         @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
         @given(where=st.sampled_from(["payload", "header", "slack", "frame_word",
@@ -1905,7 +1906,7 @@ def test_corrupt_frame_length_is_detected_not_skipped(shm_prefix):
         fr = frames(plog)
         pos1, fb1, _ = fr[1]
         w = frame_word(plog, pos1)
-        ffi.cast("uint64_t *", plog._log.base + pos1)[0] = w + fr[2][1]  # swallow batch 2
+        ffi.cast("uint64_t *", plog.c_log.base + pos1)[0] = w + fr[2][1]  # swallow batch 2
         offsets = []
         with pytest.raises(errors.CorruptBatch):
             c = plog.new_cursor()
@@ -2082,7 +2083,7 @@ def test_slot_pids_lists_exactly_the_slots_in_use(shm_prefix):
 def _plant(plog: PartitionLog, seq: int, start: int, kind: int, fl: int = 128) -> None:
     """At every 64-byte position of chunk `seq` from `start` on, a word with
     seq's own tag and a header that cannot pass (crc and lengths nonsense)."""
-    words = ffi.cast("uint64_t *", plog._log.base + chunk_region_pos(plog, seq, 0))
+    words = ffi.cast("uint64_t *", plog.c_log.base + chunk_region_pos(plog, seq, 0))
     w = lib.shmlog_frame_word(seq, kind, fl)
     for pos in range(start, plog.chunk_bytes - 63, 64):
         words[pos // 8] = w
@@ -2120,7 +2121,7 @@ def test_stale_words_with_this_generations_tag_are_never_read_as_frames(shm_pref
                 assert f.base_offset == base
                 fb = frame_bytes_for(f.payload_bytes)
                 start = chunk_region_pos(plog, seq, tb) + 64 + f.payload_bytes
-                assert plog._mm[start : chunk_region_pos(plog, seq, tb) + fb] == bytes(
+                assert plog.mapping[start : chunk_region_pos(plog, seq, tb) + fb] == bytes(
                     fb - 64 - f.payload_bytes)
             offsets, values, *_ = read_all(plog, c, reader=reader)
             assert offsets == list(range(base, base + len(vals))) and values == vals
@@ -2166,7 +2167,7 @@ def test_a_tagged_stale_word_inside_an_unstamped_claim_waits_for_the_claimer(shm
             rp = chunk_region_pos(plog, seq, pos)
             t = {"BAD_LENGTH": lib.SHMLOG_FRAME_DATA}.get(kind) or getattr(lib, f"SHMLOG_FRAME_{kind}")
             fl = plog.chunk_bytes * 2 if kind == "BAD_LENGTH" else fb
-            ffi.cast("uint64_t *", plog._log.base + rp)[0] = lib.shmlog_frame_word(seq, t, fl)
+            ffi.cast("uint64_t *", plog.c_log.base + rp)[0] = lib.shmlog_frame_word(seq, t, fl)
             assert reader.read(c, 100) is None
             assert plog.wait(c, 0.05) is False
             state, fseq, fpos = plog.frontier(plog.new_cursor())
@@ -2187,7 +2188,7 @@ def test_unblock_pads_an_unstamped_claim_over_a_tagged_stale_word(shm_prefix):
     with new_log(shm_prefix) as plog:
         with _stalled_claim(plog) as (claimer, cslot, seq, pos):
             rp = chunk_region_pos(plog, seq, pos)
-            ffi.cast("uint64_t *", plog._log.base + rp)[0] = lib.shmlog_frame_word(
+            ffi.cast("uint64_t *", plog.c_log.base + rp)[0] = lib.shmlog_frame_word(
                 seq, lib.SHMLOG_FRAME_DATA, fb)
             assert plog.unblock(seq, pos) == 1  # known position: padded, alive or not
             assert frame_word(plog, rp) == lib.shmlog_frame_word(seq, lib.SHMLOG_FRAME_PAD, fb)
@@ -2214,7 +2215,8 @@ def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r
 
 before = faults()  # before any import can move glibc's dynamic thresholds
-from shmlog.core.log import PartitionLog, keep_freed_heap
+from shmlog.core.heap import keep_freed_heap
+from shmlog.core.log import PartitionLog
 if sys.argv[1] == "read":
     # the reader sets it on its first large read
     plog = PartitionLog.create(sys.argv[2], chunk_bytes=8 << 20, chunk_count=2)

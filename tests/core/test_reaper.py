@@ -101,7 +101,7 @@ def _claim_then_signal(data_dir, partition, sig):
     plog = cluster.topic(TOPIC).regions[partition]
     slot = plog.register_producer()
     base = ffi.new("uint64_t *")
-    assert lib.shmlog_log_claim_only(plog._handle(), slot, 2000, 40, base) == 0
+    assert lib.shmlog_log_claim_only(plog.checked_log(), slot, 2000, 40, base) == 0
     os.kill(os.getpid(), sig)
     with cluster.producer() as producer:
         producer.send_batch(TOPIC, [b"late:%d" % i for i in range(10)], partition=partition)

@@ -40,12 +40,12 @@ def frames_of(plog: PartitionLog) -> List[bytes]:
     info = ffi.new("shmlog_read_info_t *")
     out = []
     while True:
-        n = lib.shmlog_log_read_frames(plog._log, cur, pos, lens, ends, 4096, 1 << 30, info)
+        n = lib.shmlog_log_read_frames(plog.c_log, cur, pos, lens, ends, 4096, 1 << 30, info)
         assert n >= 0
         if n == 0:
             return out
         for i in range(n):
-            frame = bytearray(plog._mm[pos[i] : pos[i] + lens[i]])
+            frame = bytearray(plog.mapping[pos[i] : pos[i] + lens[i]])
             stamp_disk_word(frame, 0, lens[i])
             out.append(bytes(frame))
 
