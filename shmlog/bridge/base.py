@@ -84,7 +84,7 @@ class _QuietGapless(logging.Filter):
         return "enable.gapless.guarantee is experimental" not in record.getMessage()
 
 
-_rdkafka_log = logging.getLogger("shmlog.bridge.librdkafka")
+_rdkafka_log = kafka_client.LIBRDKAFKA_LOG
 _rdkafka_log.addFilter(_QuietGapless())
 
 

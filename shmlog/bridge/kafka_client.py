@@ -8,9 +8,12 @@ mirror.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Dict
 
 from .. import errors
+
+LIBRDKAFKA_LOG = logging.getLogger("shmlog.bridge.librdkafka")
 
 EXTRA_HINT = "install the Kafka extra: pip install 'shmlog[kafka]'"
 
@@ -37,7 +40,9 @@ def admin(conf: Dict[str, Any]) -> Any:
     kafka()  # the clear error first
     from confluent_kafka.admin import AdminClient
 
-    return AdminClient(_admin_conf(conf))
+    conf = _admin_conf(conf)
+    conf.setdefault("logger", LIBRDKAFKA_LOG)  # its reconnect noise goes to logging, not stderr
+    return AdminClient(conf)
 
 
 # settings that only the producer or only the consumer understands: the
@@ -66,7 +71,8 @@ def remote_partitions(adm: Any, topic: str, timeout: float = 10.0) -> int:
     return len(t.partitions)
 
 
-def ensure_remote_topic(adm: Any, topic: str, partitions: int, timeout: float = 10.0) -> int:
+def ensure_remote_topic(adm: Any, topic: str, partitions: int, timeout: float = 10.0,
+                        replication_factor: int = -1) -> int:
     """Create the remote topic with `partitions` if it is missing; return
     the count it has (which may differ if someone else created it)."""
     n = remote_partitions(adm, topic, timeout)
@@ -75,7 +81,8 @@ def ensure_remote_topic(adm: Any, topic: str, partitions: int, timeout: float = 
     ck = kafka()
     from confluent_kafka.admin import NewTopic
 
-    fs = adm.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=-1)],
+    # -1: the cluster's default.replication.factor (Kafka 2.4+)
+    fs = adm.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=replication_factor)],
                            request_timeout=timeout)
     try:
         fs[topic].result(timeout)

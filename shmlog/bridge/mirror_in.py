@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from .. import errors
 from ..core.partitioner import KeyPartitioner
 from . import kafka_client
-from .base import _bootstrap, _Mirror, _Stopped, default_name, log
+from .base import _bootstrap, _Mirror, _rdkafka_log, _Stopped, default_name, log
 
 
 class MirrorIn(_Mirror):
@@ -44,6 +44,7 @@ class MirrorIn(_Mirror):
         conf["enable.auto.commit"] = False
         conf["enable.auto.offset.store"] = False
         conf["error_cb"] = self._on_error
+        conf.setdefault("logger", _rdkafka_log)
         return _bootstrap(conf, self.bootstrap)
 
     def _on_error(self, err) -> None:

@@ -139,7 +139,8 @@ class MirrorOut(_Mirror):
             self._local_parts[t] = n
             rt = self.remote_topic or t
             if self.create_remote:
-                rn = kafka_client.ensure_remote_topic(self._admin, rt, n)
+                rn = kafka_client.ensure_remote_topic(self._admin, rt, n,
+                                                      replication_factor=self.replication_factor)
             else:
                 rn = kafka_client.remote_partitions(self._admin, rt)
                 if not rn:
