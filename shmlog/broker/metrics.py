@@ -34,7 +34,9 @@ Sizes are named for what they measure, the same in every view:
   bytes         the partition's log as describe_topic reports it: disk bytes
                 for a disk topic, shm used for a memory topic
      "groups": {group: [ {"topic", "partition", "committed", "end_offset",
-                          "lag", "consumer"} ]}}                         # optional
+                          "lag", "consumer"} ]},                         # optional
+     "mirrors": [{"name", "direction", "state", "error", "rate", "messages",
+                  "lag_messages", "lag_seconds"}]}                       # optional
 """
 
 from __future__ import annotations
@@ -336,6 +338,18 @@ def prometheus(stats: Dict[str, Any]) -> str:
                   row.get("lag"), lb)
             r.add("shmlog_group_committed_offset", "gauge", "The group's committed offset.",
                   row.get("committed"), lb)
+    for row in stats.get("mirrors") or []:
+        lb = (("mirror", row.get("name")), ("direction", row.get("direction")))
+        r.add("shmlog_mirror_up", "gauge", "1 while the mirror runs without a remote error.",
+              row.get("state") == "running" and not row.get("error"), lb)
+        r.add("shmlog_mirror_messages_per_second", "gauge", "Messages the mirror carried a second.",
+              row.get("rate"), lb)
+        r.add("shmlog_mirror_lag_messages", "gauge", "Messages the mirror has still to carry.",
+              row.get("lag_messages"), lb)
+        r.add("shmlog_mirror_lag_seconds", "gauge", "Age of the oldest message not yet carried.",
+              row.get("lag_seconds"), lb)
+        r.add("shmlog_mirror_messages_total", "counter", "Messages carried since the mirror started.",
+              row.get("messages"), lb)
     return r.render()
 
 

@@ -36,6 +36,7 @@ from ..protocol import LOCK_NAME, SOCKET_NAME, ensure_data_dir
 from .coordinator import Coordinator
 from .kafka_process import ListenerProcess
 from .memory_offsets import MemoryOffsets
+from .mirrors import MirrorKeeper
 from .shm_budget import ShmBudget, human, region_bytes
 from .storage import Storage
 
@@ -137,6 +138,8 @@ class Supervisor:
         self._held_log_at = 0.0
         # the Kafka listener's process, when kafka_listener is set
         self.kafka_listener = ListenerProcess.attach(self)
+        self.mirrors = MirrorKeeper(self)
+        self.mirrors.attach()
 
     # ------------------------------------------------------------ start/stop
     def acquire_lock(self) -> None:

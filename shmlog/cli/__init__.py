@@ -1,5 +1,5 @@
 """The `shmlog` command line: serve, topics, produce, consume, groups, perf,
-dump, stats, top, demo; one module per command family, each with its own
+dump, stats, top, demo, soak, mirror; one module per command family, each with its own
 register(). Exit codes: 0 ok, 1 error (one line on stderr), 2 usage.
 
 Global options (--data-dir, --json, --no-start) are taken before or after
@@ -14,7 +14,7 @@ from typing import Iterator, List, Optional
 
 from .. import config as cfgmod
 from .. import errors
-from . import demo, dump, groups, io, perf, serve, soak, stats, top, topics
+from . import demo, dump, groups, io, mirror, perf, serve, soak, stats, top, topics
 from .common import DATA_DIR_HELP
 
 # the top-level copies of the per-command flags land in their own dests: a
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--data-dir", default=argparse.SUPPRESS, help=DATA_DIR_HELP)
         return sp
 
-    for family in (serve, topics, io, groups, perf, dump, stats, top, demo, soak):
+    for family in (serve, topics, io, groups, perf, dump, stats, top, demo, soak, mirror):
         family.register(sub, add)
     for parser in walk(p):
         parser.allow_abbrev = False  # also on parsers a family made itself

@@ -1,0 +1,445 @@
+"""MirrorOut: shmlog topic(s) -> a Kafka cluster. See mirror.py for the
+guarantees and DUPLICATE_BOUND for what a crash may send twice."""
+
+from __future__ import annotations
+
+import functools
+import re
+import time
+from collections import deque
+from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple, Union
+
+from .. import errors
+from ..core.partitioner import KeyPartitioner
+from . import kafka_client
+from .base import (
+    DEFAULT_MAX_IN_FLIGHT,
+    _bootstrap,
+    _Mirror,
+    _rdkafka_log,
+    default_name,
+    log,
+)
+
+RESCAN_INTERVAL = 10.0  # --pattern: how often new local topics are looked for
+
+
+class _Run:
+    """One consumed shmlog batch in flight to Kafka: committed once every
+    remote partition it went to acknowledged its last message (librdkafka
+    keeps order per partition, and with the gap-less guarantee a later
+    message is never acknowledged after an earlier one failed)."""
+
+    __slots__ = ("end", "left", "count", "ts", "gen")
+
+    def __init__(self, end: int, left: int, count: int, ts: int, gen: int):
+        self.end = end
+        self.left = left
+        self.count = count
+        self.ts = ts
+        self.gen = gen
+
+
+class MirrorOut(_Mirror):
+    """shmlog topic(s) -> Kafka. See the module docstring for the guarantees."""
+
+    direction = "out"
+
+    def __init__(self, cluster, topics: Union[str, Sequence[str], None] = None, *, to: str,
+                 pattern: Optional[str] = None, remote_topic: Optional[str] = None,
+                 name: Optional[str] = None, config: Optional[Dict[str, Any]] = None,
+                 max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, commit_interval_ms: float = 20.0,
+                 replication_factor: int = -1, create_remote: bool = True,
+                 stall_timeout_s: float = 10.0):
+        if isinstance(topics, str):
+            topics = [t for t in topics.split(",") if t]
+        topics = list(topics or [])
+        if bool(topics) == bool(pattern):
+            raise errors.InvalidConfig("mirror out needs topics or a pattern (one of the two)")
+        if remote_topic is not None and len(topics) != 1:
+            raise errors.InvalidConfig("a remote topic name (--as) needs exactly one local topic")
+        if max_in_flight < 1:
+            raise errors.InvalidConfig(f"max_in_flight must be >= 1, got {max_in_flight}")
+        super().__init__(cluster, name or default_name("out", topics, pattern), to, config)
+        self.pattern = re.compile(pattern) if pattern else None
+        self.topics = topics
+        self.remote_topic = remote_topic
+        self.group = f"mirror.{self.name}"
+        self.max_in_flight = max_in_flight
+        self.commit_interval = commit_interval_ms / 1000.0
+        self.replication_factor = replication_factor
+        self.create_remote = create_remote
+        self.stall_timeout = stall_timeout_s
+        self._ack_at = time.monotonic()
+        self._watch_at = 0.0
+        self._rescan_at = time.monotonic() + RESCAN_INTERVAL
+        self._reopen = False
+        self.topics_now: List[str] = list(topics)
+        kafka_client.kafka()  # fail now, naming the extra, not in the run loop
+        self._producer = None
+        self._consumer = None
+        self._admin = None
+        self._gen = 0
+        self._inflight = 0
+        self._pending: Dict[Tuple[str, int], Deque[_Run]] = {}
+        self._resume: Dict[Tuple[str, int], int] = {}  # last committed (or first read) offset
+        self._to_commit: Dict[Tuple[str, int], int] = {}
+        self._commit_at = 0.0
+        self._broken: Optional[str] = None  # a delivery failure or fatal error: rewind
+        self._acked_since = 0
+        self._remote: Dict[str, Tuple[str, int, Optional[KeyPartitioner]]] = {}
+        self._local_parts: Dict[str, int] = {}
+        self._last_progress = time.monotonic()
+
+    # ------------------------------------------------------------ setup
+    def _producer_conf(self) -> Dict[str, Any]:
+        conf = {
+            # the guarantees in the module docstring rest on these three
+            "enable.idempotence": True,
+            "enable.gapless.guarantee": True,
+            "message.timeout.ms": 0,
+            "queue.buffering.max.messages": self.max_in_flight,
+            "linger.ms": 5,
+            "batch.num.messages": 10000,
+            # the mirror creates remote topics itself, with the local
+            # partition count; a broker's auto-creation would pick its own
+            "allow.auto.create.topics": False,
+        }
+        conf.update(self.config)
+        for k in ("enable.idempotence", "enable.gapless.guarantee"):
+            if str(conf.get(k)).lower() not in ("true", "1"):
+                raise errors.InvalidConfig(
+                    f"mirror out needs {k}=true (its no-loss, no-duplicate guarantee rests on it)", what=k)
+        for k in ("message.timeout.ms", "delivery.timeout.ms"):
+            if k in self.config and str(self.config[k]) != "0":
+                # a timed-out message is failed alone, leaving a gap that
+                # the per-run delivery tracking would not see
+                raise errors.InvalidConfig(
+                    f"mirror out needs {k}=0 (never time a message out): a timed-out message would "
+                    f"leave a gap in Kafka", what=k)
+        conf["error_cb"] = self._on_error
+        conf.setdefault("logger", _rdkafka_log)
+        return _bootstrap(conf, self.bootstrap)
+
+    def _local_topics(self) -> List[str]:
+        if self.pattern is None:
+            return self.topics
+        names = sorted(n for n in self.cluster.topics() if self.pattern.fullmatch(n))
+        return names
+
+    def _open(self) -> None:
+        ck = kafka_client.kafka()
+        topics = self._local_topics()
+        if not topics:
+            raise errors.UnknownTopic(f"no local topic matches the pattern {self.pattern.pattern!r}")
+        if self._admin is None:
+            self._admin = kafka_client.admin(_bootstrap(self.config, self.bootstrap))
+        for t in topics:
+            n = self.cluster.topic(t).num_partitions
+            self._local_parts[t] = n
+            rt = self.remote_topic or t
+            if self.create_remote:
+                rn = kafka_client.ensure_remote_topic(self._admin, rt, n,
+                                                      replication_factor=self.replication_factor)
+            else:
+                rn = kafka_client.remote_partitions(self._admin, rt)
+                if not rn:
+                    raise kafka_client.KafkaError(f"remote topic {rt!r} does not exist", what=rt)
+            # partition i -> i when the counts match, else Kafka's own placement
+            self._remote[t] = (rt, rn, None if rn == n else KeyPartitioner(rn))
+            if rn != n:
+                log.warning("mirror %s: local topic %r has %d partitions, remote %r has %d: placing "
+                            "by murmur2(key) (keyless messages: local partition %% %d)", self.name, t, n,
+                            rt, rn, rn)
+        if self._producer is None:
+            self._producer = ck.Producer(self._producer_conf())
+        if self._consumer is None:
+            self._consumer = self.cluster.consumer(topics, group=self.group, enable_auto_commit=False)
+            self.topics_now = topics
+
+    def _on_error(self, err) -> None:
+        """librdkafka's global error callback (from poll()): transport errors
+        are retried by librdkafka itself; a fatal one needs a new producer."""
+        if err.fatal():
+            self._broken = f"fatal Kafka producer error: {err.str()}"
+            return
+        self._remote_error(f"Kafka {self.bootstrap}: {err.str()}")
+
+    def _on_delivery(self, run: _Run, err, msg) -> None:
+        if run.gen != self._gen:
+            return  # a report of a producer we already replaced
+        if err is not None:
+            self._broken = f"Kafka refused a message of {msg.topic()}[{msg.partition()}]: {err.str()}"
+            return
+        run.left -= 1
+
+    # ------------------------------------------------------------ the loop
+    def _after_failure(self) -> None:
+        self._rewind()
+
+    def _pump(self) -> None:
+        producer = self._producer
+        consumer = self._consumer
+        produce = producer.produce
+        poll = producer.poll
+        while not self._stop.is_set():
+            if self._broken is not None:
+                raise kafka_client.KafkaError(self._broken)
+            if self._reopen:
+                if self._inflight:
+                    poll(0.01)
+                    self._settle()
+                    continue
+                self._settle(force=True)
+                self._consumer.close()
+                self._consumer = None
+                self._pending.clear()
+                self._resume.clear()
+                self._reopen = False
+                return  # run() opens again, with the topics that match now
+            # the window: sent but not committed, whether acknowledged yet
+            # or not; never more than max_in_flight (the duplicate bound)
+            room = self.max_in_flight - self._inflight - self._acked_since
+            if room > 0:
+                # wait for data only when nothing is in flight: delivery
+                # reports are served by poll() below, not while we sleep here
+                batch = consumer.consume_batch(max_messages=min(10_000, room),
+                                               timeout=0.01 if self._inflight else 0.1)
+                if batch is not None:
+                    self._send(batch, produce, poll)
+                poll(0)
+            else:
+                poll(0.01)  # the window is full: wait for acknowledgements
+            self._settle()
+            self._watch()
+            self._write_status()
+
+    def _watch(self) -> None:
+        """Once a second: is Kafka acknowledging what is in flight? A broker
+        that answers but never acknowledges (it restarted empty and no longer
+        knows this idempotent producer: librdkafka then retries forever,
+        silently) gets a new producer after stall_timeout_s, and what was not
+        committed is sent again. A broker that does not answer at all is
+        simply waited for: librdkafka reconnects by itself."""
+        now = time.monotonic()
+        if now < self._watch_at:
+            return
+        self._watch_at = now + 1.0
+        if self.pattern is not None and now >= self._rescan_at:
+            self._rescan_at = now + RESCAN_INTERVAL
+            if set(self._local_topics()) != set(self.topics_now):
+                # new (or deleted) matching topics: finish what is in flight,
+                # commit, and reopen the consumer with the new set (_pump)
+                log.info("mirror %s: the topics matching %r changed; reopening", self.name,
+                         self.pattern.pattern)
+                self._reopen = True
+        if not self._inflight:
+            self._probe_idle(lambda: self._admin.list_topics(timeout=2))
+            return
+        stalled = now - self._ack_at
+        if stalled < self.stall_timeout:
+            return
+        what = f"Kafka {self.bootstrap}: no acknowledgement for {stalled:.0f}s ({self._inflight} messages in flight)"
+        try:
+            self._admin.list_topics(timeout=2)
+        except kafka_client.kafka().KafkaException:
+            if self.error is None or "no acknowledgement" in self.error:
+                self._remote_error(f"{what}; the cluster does not answer")
+            return
+        raise kafka_client.KafkaError(f"{what} although the cluster answers: starting a new producer and "
+                                      f"resending from the last commit")
+
+    def _send(self, batch, produce, poll) -> None:
+        topic = batch.topic
+        p = batch.partition
+        rt, rn, kp = self._remote[topic]
+        offsets = batch.offsets
+        values = batch.values
+        keys = batch.keys
+        stamps = batch.timestamps_ms
+        headers = batch._headers  # None when no record had headers
+        n = len(offsets)
+        tp = (topic, p)
+        if tp not in self._resume:
+            self._resume[tp] = offsets[0]
+        if kp is None:
+            parts = None
+            lasts = {n - 1: p}
+        else:
+            fallback = p % rn
+            parts = [fallback if k is None else kp(k) for k in keys]
+            lasts = {}
+            for i, rp in enumerate(parts):
+                lasts[rp] = i
+            lasts = {i: rp for rp, i in lasts.items()}
+        if not self._inflight:
+            self._ack_at = time.monotonic()  # the stall clock starts with the first message in flight
+        run = _Run(offsets[-1] + 1, len(lasts), n, stamps[0], self._gen)
+        self._pending.setdefault(tp, deque()).append(run)
+        self._inflight += n
+        cb = functools.partial(self._on_delivery, run)
+        start = 0
+        if parts is None and headers is None:
+            # the common case (no headers, partition i -> i) without the
+            # general loop's per-message branches
+            try:
+                for start in range(n - 1):
+                    produce(rt, value=values[start], key=keys[start], partition=p, timestamp=stamps[start])
+                start = n - 1
+                produce(rt, value=values[start], key=keys[start], partition=p, timestamp=stamps[start],
+                        on_delivery=cb)
+                return
+            except BufferError:
+                pass  # the general loop below waits, from message `start` on
+        rp = p
+        for i in range(start, n):
+            if parts is not None:
+                rp = parts[i]
+            h = headers[i] if headers is not None else None
+            while True:
+                try:
+                    # only the last message of the run per remote partition
+                    # carries a delivery callback: a Python call per message
+                    # would cost more than the produce() itself
+                    if i in lasts:
+                        produce(rt, value=values[i], key=keys[i], partition=rp, timestamp=stamps[i],
+                                headers=h or None, on_delivery=cb)
+                    else:
+                        produce(rt, value=values[i], key=keys[i], partition=rp, timestamp=stamps[i],
+                                headers=h or None)
+                    break
+                except BufferError:
+                    # librdkafka's queue is full: Kafka is slow or away.
+                    # Wait for it (backpressure), never drop.
+                    poll(0.05)
+                    self._settle()
+                    self._write_status()
+                    if self._broken is not None:
+                        raise kafka_client.KafkaError(self._broken) from None
+                    if self._stop.is_set() and self._inflight:
+                        # stopping: what is not produced yet is simply not
+                        # committed; the next start sends it
+                        return
+            if (i & 1023) == 1023:
+                poll(0)
+
+    def _settle(self, force: bool = False) -> None:
+        """Move the commit point past every run all of whose remote
+        partitions acknowledged it, and commit every commit_interval."""
+        done = 0
+        oldest = None
+        for tp, runs in self._pending.items():
+            end = None
+            while runs and runs[0].left <= 0:
+                r = runs.popleft()
+                end = r.end
+                done += r.count
+            if end is not None:
+                self._to_commit[tp] = end
+                self._resume[tp] = end
+            if runs and (oldest is None or runs[0].ts < oldest):
+                oldest = runs[0].ts
+        if done:
+            self._inflight -= done
+            self._acked_since += done
+            self._last_progress = self._ack_at = time.monotonic()
+            if self.error is not None or self.state != "running":
+                self._remote_ok()
+        now = time.monotonic()
+        if self._to_commit and (force or now >= self._commit_at
+                                or self._acked_since >= self.max_in_flight // 2):
+            self._commit_now()
+            self._commit_at = now + self.commit_interval
+
+    def _commit_now(self) -> None:
+        offsets, self._to_commit = self._to_commit, {}
+        self._consumer.commit(offsets)
+        self._count(self._acked_since)
+        self._acked_since = 0
+
+    def lag(self) -> Tuple[int, float]:
+        c = self._consumer
+        if c is None:
+            return 0, 0.0
+        ends = c.end_offsets()
+        lag = 0
+        for tp, end in ends.items():
+            pos = self._resume.get(tp)
+            if pos is None:
+                pos = c.position(*tp)
+            lag += max(0, end - pos)
+        oldest = None
+        for runs in self._pending.values():
+            if runs and (oldest is None or runs[0].ts < oldest):
+                oldest = runs[0].ts
+        if oldest is not None:
+            secs = max(0.0, time.time() - oldest / 1000.0)
+        elif lag:
+            secs = time.monotonic() - self._last_progress
+        else:
+            secs = 0.0
+        return lag, secs
+
+    def _describe(self) -> Dict[str, Any]:
+        return {"topics": list(getattr(self, "topics_now", self.topics)), "group": self.group,
+                "in_flight": self._inflight, "max_in_flight": self.max_in_flight,
+                "remote_topics": {t: r[0] for t, r in self._remote.items()}}
+
+    def _rewind(self) -> None:
+        """A producer that failed (fatal error, refused message, remote
+        gone): drop it and everything in flight, and read again from the
+        last commit. What Kafka did take since then is sent again: that is
+        the duplicate bound, max_in_flight."""
+        old, self._producer = self._producer, None
+        self._gen += 1
+        self._broken = None
+        if old is not None:
+            try:
+                old.purge()
+                old.poll(0)
+            except Exception as exc:
+                log.debug("mirror %s: purging the old producer: %s", self.name, exc)
+        if self._to_commit and self._consumer is not None:
+            try:
+                self._commit_now()
+            except errors.ShmlogError as exc:
+                log.warning("mirror %s: commit before rewinding failed: %s", self.name, exc)
+        if self._consumer is not None:
+            for tp, off in self._resume.items():
+                try:
+                    self._consumer.seek(tp[0], tp[1], off)
+                except errors.ShmlogError as exc:
+                    log.warning("mirror %s: could not rewind %s[%d] to %d: %s", self.name, tp[0], tp[1],
+                                off, exc)
+        self._pending.clear()
+        self._inflight = 0
+        self._acked_since = 0
+
+    def _shutdown(self) -> None:
+        """Stop: let Kafka acknowledge what is in flight (a few seconds at
+        most), commit that, close both sides."""
+        p = self._producer
+        if p is not None and self._broken is None:
+            deadline = time.monotonic() + 10
+            # len(p): messages librdkafka still holds (a run cut short by
+            # the stop never completes, so _inflight need not reach 0)
+            while len(p) and time.monotonic() < deadline and self._broken is None:
+                p.poll(0.05)
+                self._settle()
+        if self._consumer is not None:
+            try:
+                self._settle(force=True)
+            except errors.ShmlogError as exc:
+                log.warning("mirror %s: last commit failed: %s", self.name, exc)
+        if p is not None:
+            try:
+                p.purge()
+                p.poll(0)
+            except Exception:
+                pass
+            self._producer = None
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+        self.state = "stopped"
+        self._write_status(force=True)
