@@ -356,7 +356,7 @@ def decode_frame(frame) -> ReadResult:
         start, size = 0, len(buf)
     else:
         buf, start, size = frame, FRAME_HEADER, fh[F_PAYLOAD]
-    got = lib.shmlog_records_decode(ffi.from_buffer(buf) + start, size, count, fh[F_BASE], fh[F_FIRST_TS],
+    got = lib.shmlog_codec_decode(ffi.from_buffer(buf) + start, size, count, fh[F_BASE], fh[F_FIRST_TS],
                                     start, 0, out.out, 0)
     if got < 0:
         raise ValueError("record section does not decode")

@@ -287,7 +287,7 @@ class PartitionReader:
             return None
         raw = lz4.block.decompress(packed, uncompressed_size=info.frame_uncompressed_bytes)
         self.out.capacity = READ_CAPACITY
-        n = lib.shmlog_records_decode(ffi.from_buffer(raw), len(raw), info.frame_record_count,
+        n = lib.shmlog_codec_decode(ffi.from_buffer(raw), len(raw), info.frame_record_count,
                                       info.frame_base_offset, info.frame_first_timestamp, 0,
                                       saved[2], self.out, 0)
         if n < 0:

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 from .. import errors
-from ..core.segments import SegmentStore, check_segment, scan_segment, segment_bases
+from ..core.segment_dump import check_segment
+from ..core.segments import SegmentStore, scan_segment, segment_bases
 
 TOPIC = "f"
 
