@@ -26,6 +26,16 @@ from shmlog import errors
 BROKER = {"idle_timeout_s": 30}
 
 
+def unmount(path: Path) -> None:
+    """Unmount, retrying while a just-killed process still holds a file there;
+    lazily as the last resort, so that no mount outlives the run."""
+    for _ in range(50):
+        if subprocess.run(["umount", str(path)], capture_output=True).returncode == 0:
+            return
+        time.sleep(0.1)
+    subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
 @contextlib.contextmanager
 def tmpfs(path: Path, size: str):
     path.mkdir(parents=True, exist_ok=True)
@@ -33,12 +43,7 @@ def tmpfs(path: Path, size: str):
     try:
         yield path
     finally:
-        for _ in range(50):
-            if subprocess.run(["umount", str(path)], capture_output=True).returncode == 0:
-                break
-            time.sleep(0.1)
-        else:
-            subprocess.run(["umount", "-l", str(path)], capture_output=True)
+        unmount(path)
 
 
 def _fill(path: Path) -> Path:
@@ -223,12 +228,7 @@ def read_only(path: Path):
         subprocess.run(["mount", "-o", "remount,bind,ro", str(path)], check=True)
         yield path
     finally:
-        for _ in range(50):
-            if subprocess.run(["umount", str(path)], capture_output=True).returncode == 0:
-                break
-            time.sleep(0.1)
-        else:
-            subprocess.run(["umount", "-l", str(path)], capture_output=True)
+        unmount(path)
 
 
 def case_read_only(root: Path) -> Dict[str, Any]:
