@@ -71,7 +71,13 @@ def main(argv: List[str] = None) -> int:
     ap.add_argument("--budget", type=float, default=300.0, metavar="S",
                     help="stop waiting/retrying once the suite has run S seconds (default 300)")
     ap.add_argument("--strict", action="store_true", help="exit 1 on any failed row")
+    ap.add_argument("--kafka-listener", default=None, metavar="HOST:PORT",
+                    help="run shmlog's supervisor with this Kafka listener open (idle), to "
+                         "show that the shared-memory path does not slow down beside it")
     args = ap.parse_args(argv)
+    if args.kafka_listener:
+        # read by systems/shmlog_api.py in the process that starts the supervisor
+        os.environ["SHMLOG_BENCH_KAFKA_LISTENER"] = args.kafka_listener
 
     only = [w.strip().upper() for w in args.only.split(",") if w.strip()] or ORDER
     bad = [w for w in only if w not in ORDER]

@@ -188,6 +188,9 @@ class _Broker:
     def start(self) -> None:
         cmd = [sys.executable, "-c", "import sys; from shmlog.cli import main; sys.exit(main())",
                "serve", "--data-dir", self.data_dir]
+        listener = os.environ.get("SHMLOG_BENCH_KAFKA_LISTENER")  # bench --kafka-listener
+        if listener:
+            cmd += ["--kafka-listener", listener]
         has_cli = subprocess.run(cmd[:3] + ["--help"], capture_output=True, timeout=30)
         if has_cli.returncode == 0 and b"serve" in has_cli.stdout:
             # SIGTERM (a clean shutdown: segments unlinked) if the suite
