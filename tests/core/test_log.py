@@ -2075,6 +2075,21 @@ def test_close_twice_and_use_after_close_raises_closed(shm_prefix):
         plog.release_reader(rslot)
 
 
+def test_a_region_marked_deleted_is_stale_in_every_attached_process(shm_prefix):
+    """The supervisor deletes a topic by setting SHMLOG_F_CLOSED in the
+    region's header: another handle on the same region sees it `stale`
+    (so a client maps the topic afresh) without a request."""
+    with new_log(shm_prefix) as plog:
+        other = PartitionLog.attach(plog.name)
+        try:
+            assert not plog.stale and not other.stale
+            plog.mark_deleted()
+            assert other.stale and plog.stale
+            assert other.hdr.flags & lib.SHMLOG_F_CLOSED
+        finally:
+            other.close()
+        assert other.stale  # closed here: stale too, without touching the unmapped header
+
 def test_slot_pids_lists_exactly_the_slots_in_use(shm_prefix):
     """The reaper's one-call scan: every producer and reader slot in use,
     with its pid, and nothing else (freed slots drop out)."""
