@@ -43,8 +43,9 @@ TOPIC_DEFAULTS: Dict[str, Any] = {
 # prefault=None resolves to True when the topic's shared memory (partitions x
 # chunk_count x chunk_bytes) is at most this: its pages are then mapped when
 # a client attaches, instead of faulting one by one on the producer's path
-# during the first pass through the ring (+50% per batch measured, and a
-# fault every ~30 small messages in a latency-bound stream). Larger topics
+# during the first pass through the ring (a fault costs more than the small
+# batches that touch a page, and lands in a latency-bound stream's tail;
+# bench/README.md has the figures). Larger topics
 # are mapped as data arrives. (Every region's pages are allocated when it is
 # created, whatever this says: shmlog.broker.shm_budget.)
 PREFAULT_AUTO_BYTES = 256 << 20
