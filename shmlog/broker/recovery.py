@@ -18,7 +18,9 @@ from ..core.segments import (
     F_COUNT,
     F_WORD,
     FRAME,
+    FRAME_ALIGN,
     FRAME_DATA,
+    FRAME_HEADER,
     INDEX_ENTRY,
     INDEX_SUFFIX,
     LOG_SUFFIX,
@@ -194,23 +196,24 @@ class Recovery:
             tsz = os.path.getsize(path.with_suffix(TIME_SUFFIX))
         except OSError:
             return None
-        if size == 0 or isz == 0 or tsz == 0 or isz % 16 or tsz % 16:
+        ie, te = INDEX_ENTRY.size, TIME_ENTRY.size
+        if size == 0 or isz == 0 or tsz == 0 or isz % ie or tsz % te:
             return None
         with open(path.with_suffix(INDEX_SUFFIX), "rb") as f:
-            first = INDEX_ENTRY.unpack(f.read(16))
-            f.seek(isz - 16)
-            last = INDEX_ENTRY.unpack(f.read(16))
+            first = INDEX_ENTRY.unpack(f.read(ie))
+            f.seek(isz - ie)
+            last = INDEX_ENTRY.unpack(f.read(ie))
         with open(path.with_suffix(TIME_SUFFIX), "rb") as f:
-            f.seek(tsz - 16)
-            max_ts, t_off = TIME_ENTRY.unpack(f.read(16))
-        if first[1] != 0 or first[0] < base or last[1] >= size or last[1] % 64 or last[0] >= nxt:
+            f.seek(tsz - te)
+            max_ts, t_off = TIME_ENTRY.unpack(f.read(te))
+        if first[1] != 0 or first[0] < base or last[1] >= size or last[1] % FRAME_ALIGN or last[0] >= nxt:
             return None
         if t_off < base or t_off >= nxt:
             return None
         with open(path, "rb") as f:
             f.seek(last[1])
-            head = f.read(64)
-        if len(head) < 64:
+            head = f.read(FRAME_HEADER)
+        if len(head) < FRAME_HEADER:
             return None
         fh = FRAME.unpack(head)
         if fh[F_WORD] >> 32 != FRAME_DATA or fh[F_BASE] != last[0] or fh[F_BASE] + fh[F_COUNT] > nxt:
