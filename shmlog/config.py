@@ -15,6 +15,17 @@ from .errors import InvalidConfig, InvalidTopic
 
 TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 
+# Mirrors of csrc/layout.h (this shared module may not import shmlog.core;
+# tests/core/test_layout.py pins each one to its C constant so they cannot drift).
+MIN_CHUNK_BYTES = 4096  # SHMLOG_MIN_CHUNK_BYTES
+MAX_CHUNK_BYTES = 1 << 30  # SHMLOG_MAX_CHUNK_BYTES
+MAX_CHUNKS = 64  # SHMLOG_MAX_CHUNKS
+FRAME_ALIGN = 64  # SHMLOG_FRAME_ALIGN
+FRAME_HEADER = 64  # SHMLOG_FRAME_HEADER
+# room for one record's own framing (length, attributes, timestamp and offset
+# deltas, key and value length varints) when a frame holds a single record
+RECORD_OVERHEAD = 32
+
 TOPIC_DEFAULTS: Dict[str, Any] = {
     "partitions": 1,
     "retention_ms": 7 * 24 * 3600 * 1000,
@@ -32,8 +43,9 @@ TOPIC_DEFAULTS: Dict[str, Any] = {
 # prefault=None resolves to True when the topic's shared memory (partitions x
 # chunk_count x chunk_bytes) is at most this: its pages are then mapped when
 # a client attaches, instead of faulting one by one on the producer's path
-# during the first pass through the ring (+50% per batch measured, and a
-# fault every ~30 small messages in a latency-bound stream). Larger topics
+# during the first pass through the ring (a fault costs more than the small
+# batches that touch a page, and lands in a latency-bound stream's tail;
+# bench/README.md has the figures). Larger topics
 # are mapped as data arrives. (Every region's pages are allocated when it is
 # created, whatever this says: shmlog.broker.shm_budget.)
 PREFAULT_AUTO_BYTES = 256 << 20
@@ -87,9 +99,9 @@ def _int(cfg: Dict[str, Any], key: str, lo: int, hi: int, allow_none: bool = Fal
 
 
 def max_batch_bytes(chunk_bytes: int) -> int:
-    mb = max(chunk_bytes // 16, 4096)
+    mb = max(chunk_bytes // 16, MIN_CHUNK_BYTES)
     mb = min(mb, chunk_bytes // 2)
-    return mb - mb % 64
+    return mb - mb % FRAME_ALIGN
 
 
 def topic_config(overrides: Optional[Dict[str, Any]] = None, base: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
@@ -107,13 +119,14 @@ def topic_config(overrides: Optional[Dict[str, Any]] = None, base: Optional[Dict
     _int(cfg, "segment_bytes", 4096, 1 << 31)
     _int(cfg, "segment_ms", 1, 1 << 62)
     _int(cfg, "fsync_interval_ms", 0, 1 << 31)
-    _int(cfg, "chunk_bytes", 4096, 1 << 30)
-    if cfg["chunk_bytes"] % 64:
-        raise InvalidConfig(f"invalid chunk_bytes={cfg['chunk_bytes']}: must be a multiple of 64", what="chunk_bytes")
-    _int(cfg, "chunk_count", 2, 64)
+    _int(cfg, "chunk_bytes", MIN_CHUNK_BYTES, MAX_CHUNK_BYTES)
+    if cfg["chunk_bytes"] % FRAME_ALIGN:
+        raise InvalidConfig(f"invalid chunk_bytes={cfg['chunk_bytes']}: must be a multiple of {FRAME_ALIGN}",
+                            what="chunk_bytes")
+    _int(cfg, "chunk_count", 2, MAX_CHUNKS)
     if cfg["storage"] not in ("disk", "memory"):
         raise InvalidConfig(f"invalid storage={cfg['storage']!r}: must be 'disk' or 'memory'", what="storage")
-    limit = max_batch_bytes(cfg["chunk_bytes"]) - 64 - 32
+    limit = max_batch_bytes(cfg["chunk_bytes"]) - FRAME_HEADER - RECORD_OVERHEAD
     if cfg["max_message_bytes"] is None:
         cfg["max_message_bytes"] = limit
     _int(cfg, "max_message_bytes", 1, limit)

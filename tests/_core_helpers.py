@@ -1,4 +1,4 @@
-"""Helpers shared by the C-core tests (test_log, test_codec, ...).
+"""Helpers shared by the C-core tests (test_log_*, test_codec, ...).
 
 Regions are always created under the test's `shm_prefix` and closed and
 unlinked on the way out; child processes are forked, and always joined or

@@ -133,11 +133,16 @@ class GroupAdmin:
         }}
 
     def _require_inactive(self, g: Group, what: str) -> None:
+        """Refuse, naming every live member (client id, pid, member id), so
+        the operator knows which consumers to stop: a group's offsets and
+        state only change hands while nobody reads with them."""
         if g.members or g.barrier:
-            n = len(g.members) + len(g.barrier)
+            live = [f"{m.client_id} (pid {m.pid}, member {mid})" for mid, m in sorted(g.members.items())]
+            live += [f"pid {o.pid} (rejoining after a supervisor restart)" for o in g.barrier.values()]
             raise errors.GroupError(
-                f"cannot {what} group {g.name!r}: it has {n} active member(s); close its consumers "
-                f"first (or wait for their session timeout)", what=g.name)
+                f"cannot {what} group {g.name!r}: it has {len(live)} active member(s): "
+                f"{', '.join(live)}; close its consumers first (or wait for their session timeout)",
+                what=g.name)
 
     def op_delete(self, msg: Dict[str, Any], conn) -> Dict[str, Any]:
         g = self._known_group(protocol.field(msg, "group", str))

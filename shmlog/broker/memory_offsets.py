@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..osutil import write_json_atomic
-from .offsets import OFFSETS_SUFFIX, read_committed
+from .offsets import highest_committed
 
 log = logging.getLogger("shmlog.supervisor")
 
@@ -87,13 +87,7 @@ class MemoryOffsets:
         """(topic id, partition) -> the highest offset any group committed
         (read once per supervisor start, before the coordinator loads)."""
         if self._committed is None:
-            self._committed = {}
-            d = Path(self.sup.data_dir) / "groups"
-            for path in sorted(d.glob("*" + OFFSETS_SUFFIX)) if d.is_dir() else ():
-                for _topic, tid, p, off in read_committed(path):
-                    key = (tid, p)
-                    if off > self._committed.get(key, -1):
-                        self._committed[key] = off
+            self._committed = highest_committed(Path(self.sup.data_dir) / "groups")
         return self._committed
 
     def initial_offset(self, name: str, t: Dict[str, Any], p: int, default: int) -> int:

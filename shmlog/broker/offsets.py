@@ -173,6 +173,18 @@ def read_committed(path: Path) -> List[Tuple[str, int, int, int]]:
     return out
 
 
+def highest_committed(groups_dir: Path) -> Dict[Tuple[int, int], int]:
+    """(topic id, partition) -> the highest offset any group's file commits
+    there: offsets a group has consumed, which a partition re-created after
+    a crash must never hand out again (memory_offsets, recovery)."""
+    out: Dict[Tuple[int, int], int] = {}
+    for path in sorted(groups_dir.glob("*" + OFFSETS_SUFFIX)) if groups_dir.is_dir() else ():
+        for _topic, tid, p, off in read_committed(path):
+            if off > out.get((tid, p), -1):
+                out[(tid, p)] = off
+    return out
+
+
 def _format_record(rec: Dict[str, Any]) -> bytes:
     body = json.dumps(rec, separators=(",", ":"), sort_keys=True).encode()
     return b"%08x %s\n" % (zlib.crc32(body), body)

@@ -1,7 +1,10 @@
 """Recovery of a disk partition when the supervisor starts or a topic is
 created: check the segments not known durable batch by batch, truncate a torn
 tail, rebuild missing or stale indexes, and say where the partition's offsets
-resume (Storage.initial_offset). Runs in the supervisor only."""
+resume (Storage.initial_offset): at the end of the segments, or above every
+offset a consumer group committed there if a torn tail lost more than that,
+so an offset a group has consumed is never handed out again for other data.
+Runs in the supervisor only."""
 
 from __future__ import annotations
 
@@ -15,7 +18,9 @@ from ..core.segments import (
     F_COUNT,
     F_WORD,
     FRAME,
+    FRAME_ALIGN,
     FRAME_DATA,
+    FRAME_HEADER,
     INDEX_ENTRY,
     INDEX_SUFFIX,
     LOG_SUFFIX,
@@ -27,6 +32,7 @@ from ..core.segments import (
     segment_name,
 )
 from ..osutil import fsync_dir
+from .offsets import highest_committed
 from .partition_files import ActiveSegment, PartitionFiles, Segment, write_file
 
 log = logging.getLogger("shmlog.storage")
@@ -36,6 +42,9 @@ RECOVERY_POINT = "recovery-point"
 
 class Recovery:
     """Storage's recovery steps (a mixin of Storage)."""
+
+    # (topic id, partition) -> highest offset committed in the group files at start
+    _committed_at_start: Optional[Dict[Tuple[int, int], int]] = None
 
     def _partition(self, name: str, t: Dict[str, Any], p: int) -> PartitionFiles:
         """The storage state of a disk partition, recovered on first use."""
@@ -144,6 +153,40 @@ class Recovery:
         elif segs:
             part.written = part.durable = segs[-1].end_offset
 
+    def _resume_offset(self, part: PartitionFiles, start: int) -> int:
+        """Where a re-created region of the partition starts: `start` (the
+        end of the segments), unless a consumer group committed beyond it.
+        Then a torn tail (or writes a crash lost before their fsync) took
+        offsets that group has already consumed; handing them out again
+        would give it different data under offsets it believes it has seen,
+        and it would skip the new records below its committed offset. Those
+        offsets become a hole instead: the next segment starts at the
+        committed offset (Kafka never reuses an offset either)."""
+        floor = self._committed_floor(part)
+        if floor <= start:
+            return start
+        log.warning("%s: the segments end at offset %d but a consumer group committed offset %d; "
+                    "offsets %d..%d were lost (torn tail) and are never reused: the partition "
+                    "resumes at %d", part.what, start, floor, start, floor - 1, floor)
+        with part.lock:
+            part.written = part.durable = floor
+            part.force_roll = True  # the next frame opens a segment based at `floor`
+        return floor
+
+    def _committed_floor(self, part: PartitionFiles) -> int:
+        """The highest offset any group committed on the partition: the group
+        files as they were at start (read once) and what live groups have
+        committed since (a region found unusable is re-created mid-life)."""
+        if self._committed_at_start is None:
+            self._committed_at_start = highest_committed(Path(self.sup.data_dir) / "groups")
+        floor = self._committed_at_start.get(part.key, 0)
+        coordinator = getattr(self.sup, "coordinator", None)
+        for g in (coordinator.groups.values() if coordinator is not None else ()):
+            tid, off = g.store.offsets.get((part.name, part.p), (None, 0))
+            if tid == part.tid:
+                floor = max(floor, off)
+        return floor
+
     def _quick_check(self, path: Path, base: int, size: int, nxt: int) -> Optional[int]:
         """The max timestamp of a closed segment whose indexes look sound
         (sizes, first and last entries, the frame the last entry points at),
@@ -153,23 +196,24 @@ class Recovery:
             tsz = os.path.getsize(path.with_suffix(TIME_SUFFIX))
         except OSError:
             return None
-        if size == 0 or isz == 0 or tsz == 0 or isz % 16 or tsz % 16:
+        ie, te = INDEX_ENTRY.size, TIME_ENTRY.size
+        if size == 0 or isz == 0 or tsz == 0 or isz % ie or tsz % te:
             return None
         with open(path.with_suffix(INDEX_SUFFIX), "rb") as f:
-            first = INDEX_ENTRY.unpack(f.read(16))
-            f.seek(isz - 16)
-            last = INDEX_ENTRY.unpack(f.read(16))
+            first = INDEX_ENTRY.unpack(f.read(ie))
+            f.seek(isz - ie)
+            last = INDEX_ENTRY.unpack(f.read(ie))
         with open(path.with_suffix(TIME_SUFFIX), "rb") as f:
-            f.seek(tsz - 16)
-            max_ts, t_off = TIME_ENTRY.unpack(f.read(16))
-        if first[1] != 0 or first[0] < base or last[1] >= size or last[1] % 64 or last[0] >= nxt:
+            f.seek(tsz - te)
+            max_ts, t_off = TIME_ENTRY.unpack(f.read(te))
+        if first[1] != 0 or first[0] < base or last[1] >= size or last[1] % FRAME_ALIGN or last[0] >= nxt:
             return None
         if t_off < base or t_off >= nxt:
             return None
         with open(path, "rb") as f:
             f.seek(last[1])
-            head = f.read(64)
-        if len(head) < 64:
+            head = f.read(FRAME_HEADER)
+        if len(head) < FRAME_HEADER:
             return None
         fh = FRAME.unpack(head)
         if fh[F_WORD] >> 32 != FRAME_DATA or fh[F_BASE] != last[0] or fh[F_BASE] + fh[F_COUNT] > nxt:

@@ -195,8 +195,8 @@ class Storage(Recovery, SegmentWriting):
             if part.written != default:
                 log.info("%s: region re-created at offset %d, the end of its segments",
                          part.what, part.written)
-            return part.written
-        return default
+            return self._resume_offset(part, part.written)
+        return self._resume_offset(part, default)
 
     def start(self) -> None:
         sup = self.sup

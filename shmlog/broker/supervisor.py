@@ -526,7 +526,7 @@ class Supervisor:
         for p in range(t["config"]["partitions"]):
             plog = self.logs.pop((t["id"], p), None)
             if plog is not None:
-                plog.hdr.flags |= 4  # SHMLOG_F_CLOSED: attached clients detach
+                plog.mark_deleted()  # attached clients detach
                 plog.close()
                 plog.unlink()
         del self.meta["topics"][name]

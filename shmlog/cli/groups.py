@@ -1,4 +1,4 @@
-"""`shmlog groups`: list, describe (with lag) and reset-offsets."""
+"""`shmlog groups`: list, describe (with lag), delete and reset-offsets."""
 from __future__ import annotations
 
 import datetime as _dt
@@ -57,6 +57,13 @@ def cmd_groups(args) -> int:
                             ["GROUP", "TOPIC", "PARTITION", "CURRENT-OFFSET", "LOG-END-OFFSET", "LAG",
                              "CONSUMER-ID"]):
                         out(line)
+        elif action == "delete":
+            # the supervisor refuses, naming the live members, while the group has any
+            cluster.delete_group(args.group)
+            if flag(args, "json"):
+                print_json({"deleted": [args.group]})
+            else:
+                out(f"Deleted consumer group {args.group!r} (its committed offsets and state).")
         elif action == "reset-offsets":
             cluster.describe_topic(args.topic)
             kw: Dict[str, Any] = {}
@@ -130,12 +137,15 @@ def _parse_datetime(text: str) -> int:
 
 def register(sub, add) -> None:
     """Add these commands to the `shmlog` parser (called by shmlog.cli.build_parser)."""
-    p = add("groups", "list and describe consumer groups (with lag), reset their offsets")
+    p = add("groups", "list, describe (with lag) and delete consumer groups, reset their offsets")
     add_common(p)
     p.set_defaults(func=cmd_groups, groups_action=None)
     gs = p.add_subparsers(dest="groups_action", metavar="ACTION")
     add_nested(gs, "list", "list group names")
     sp = add_nested(gs, "describe", "committed offset, log-end offset, lag and owner per partition")
+    sp.add_argument("group", metavar="GROUP")
+    sp = add_nested(gs, "delete", "delete a group's committed offsets and state "
+                                  "(refused while it has active members)")
     sp.add_argument("group", metavar="GROUP")
     sp = add_nested(gs, "reset-offsets", "show, or with --execute commit, new offsets for a group "
                                          "(members must be stopped)")

@@ -402,13 +402,13 @@ class Cluster:
         """Metadata and mapped regions of a topic (cached per process)."""
         with self._topics_lock:
             t = self._topics.get(name)
-            if t is not None and not refresh and not any(r.closed or (r.hdr.flags & 4) for r in t.regions):
+            if t is not None and not refresh and not any(r.stale for r in t.regions):
                 return t
         meta = self.request("metadata", name=name)
         with self._topics_lock:
             old = self._topics.get(name)
             if old is not None and old.topic_id == meta["topic_id"] and len(old.regions) == len(meta["regions"]) \
-                    and not any(r.closed or (r.hdr.flags & 4) for r in old.regions):
+                    and not any(r.stale for r in old.regions):
                 return old
             regions = []
             for p, rname in enumerate(meta["regions"]):

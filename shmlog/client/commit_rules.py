@@ -24,8 +24,8 @@ STREAM_BATCH = 8
 # skip the gap: up to HUNGRY_BURST lone commits at once, refilled at
 # HUNGRY_RATE a second. A stream (send() at ~2 M/s) spends them in its first
 # ~15 us and batches from then on; a 10k msg/s producer never runs out, so
-# none of its messages waits for the flusher thread (whose wakeup took
-# 20-50 us here: W4's p99).
+# none of its messages waits for the flusher thread (a thread wake-up
+# costs more than the paced message's whole trip: bench/README.md, W4).
 HUNGRY_BURST = 32.0
 HUNGRY_RATE = 20_000.0
 # A lone message with no reader waiting goes at once (on the budget above)
@@ -33,7 +33,8 @@ HUNGRY_RATE = 20_000.0
 # sends every ~1.5-2 us and gets its messages out one by one (a reader busy
 # with the previous message finds the next one committed, not waiting for
 # the flusher thread); a stream's send() comes ~0.4 us after a commit and
-# keeps batching (W1 lost 14% when every new batch went out alone).
+# keeps batching (a stream whose every batch goes out alone pays the
+# per-commit cost once per message: bench/README.md, W1).
 LONE_AFTER = 1e-6
 # the keyed queue holds up to this many partitions' batch_bytes
 KQ_SPREAD = 16

@@ -119,7 +119,7 @@ class MessageBatch(RecordRun):
 def _messages(topic, partition, offsets, keys, values, headers, timestamps) -> List[Message]:
     n = len(offsets)
     hs = headers if headers is not None else ((),) * n
-    # map() calls tuple.__new__ from C: ~20% cheaper than a comprehension
+    # map() calls tuple.__new__ from C: no bytecode per message, unlike a comprehension
     return list(map(_new_message, repeat(Message, n),
                     zip(repeat(topic, n), repeat(partition, n), offsets, keys, values, hs, timestamps)))
 
@@ -180,7 +180,7 @@ class Consumer:
         self.on_revoke = on_revoke
         # None: spin DEFAULT_SPIN_US, then the futex; a number: that spin;
         # "auto": spin only around the next message due (arrivals.py; not
-        # the default: W4 p50 14-42 us vs 7.4-7.7 us for the fixed spin)
+        # the default: on a loaded host its guesses miss; bench/README.md, W4)
         self._arrivals = Arrivals() if spin_us == "auto" else None
         self.spin_ns = int((float(spin_us) if spin_us not in (None, "auto") else DEFAULT_SPIN_US) * 1000)
         self.assigned_state: Dict[TP, _Assigned] = {}

@@ -530,7 +530,7 @@ class Producer:
         frame limit, or the values not plain bytes; the caller then takes the
         path that names the message or splits the batch."""
         plog = st.topic.regions[partition]
-        if plog.closed or plog.hdr.flags & 4:  # SHMLOG_F_CLOSED: the topic was deleted
+        if plog.stale:  # the topic was deleted
             self._topics.pop(st.name, None)
             raise errors.UnknownTopic(f"topic {st.name!r} was deleted while this producer used it",
                                       what=st.name)

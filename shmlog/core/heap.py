@@ -19,9 +19,8 @@ def keep_freed_heap() -> bool:
     A reader copying out 64 KiB values frees and re-allocates a batch of them
     every read; glibc sees them as small (under its 128 KiB first threshold),
     trims the heap top after each free, and each read then page-faults its
-    memory back in: measured, 213,000 faults instead of 21,000 for 32,000
-    values of 64 KiB, and twice the reader's time (bench/README.md). This
-    sets the thresholds glibc
+    memory back in: the faults, not the copy, then dominate the reader's
+    time (figures: bench/README.md, W3). This sets the thresholds glibc
     itself converges to for large blocks. Once per process, on the first
     large read; not if the MALLOC_*_ environment already tunes malloc, or
     SHMLOG_MALLOC_TUNING=0. True if it was set now."""

@@ -167,6 +167,17 @@ class PartitionLog:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def stale(self) -> bool:
+        """Closed here, or the supervisor deleted the topic (SHMLOG_F_CLOSED
+        in the region's header): the caller must map the topic afresh."""
+        return self._closed or bool(self.hdr.flags & lib.SHMLOG_F_CLOSED)
+
+    def mark_deleted(self) -> None:
+        """Set SHMLOG_F_CLOSED: every process attached to this region sees
+        it go `stale` and detaches (the supervisor, deleting the topic)."""
+        self.hdr.flags |= lib.SHMLOG_F_CLOSED
+
     def checked_log(self):
         if self._closed:
             raise errors.Closed(f"{self.what} is closed")

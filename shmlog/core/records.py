@@ -86,8 +86,8 @@ def pickle_values(values) -> Optional[bytes]:
     its length. None if the values do not pickle (the caller falls back).
 
     Each thread keeps its pickler: a new one starts from a 4 KiB buffer and
-    doubles it (copying) up to the batch's size on every call, ~2 us of a
-    600 x 100 B batch's ~30; a kept one starts at the size it last reached."""
+    doubles it (copying) up to the batch's size on every call, work that
+    grows with the batch; a kept one starts at the size it last reached."""
     state = thread_local.__dict__
     kept = state.pop("pickler", None)  # popped: a nested call (a value's __reduce__) gets its own
     p, out = kept or _new_pickler()

@@ -41,7 +41,8 @@ from .records import PICKLE_BELOW, ReadResult, pickled_values
 FRAME = struct.Struct("<QIIQIHHqqQII")
 (F_WORD, F_CRC, F_PAYLOAD, F_BASE, F_COUNT, F_ATTRS, F_VERSION, F_FIRST_TS, F_MAX_TS,
  F_PRODUCER_ID, F_PRODUCER_SEQ, F_UNCOMPRESSED) = range(12)
-FRAME_HEADER = 64
+FRAME_HEADER = lib.SHMLOG_FRAME_HEADER
+FRAME_ALIGN = lib.SHMLOG_FRAME_ALIGN  # every frame starts at a multiple of this
 FRAME_DATA = lib.SHMLOG_DISK_FRAME_DATA  # a segment file's frame word: (this << 32) | bytes
 ATTR_LZ4 = lib.SHMLOG_ATTR_LZ4
 COMPRESSION_MASK = lib.SHMLOG_ATTR_COMPRESSION_MASK

@@ -68,7 +68,7 @@ class State:
     def mapped(self, topic: str) -> bool:
         """Is the topic mapped here and current (cheap: no request)?"""
         t = self._mapped.get(topic)
-        return t is not None and not any(r.closed or (r.hdr.flags & 4) for r in t.regions)
+        return t is not None and not any(r.stale for r in t.regions)
 
     def map_topic(self, topic: str):
         """Map a topic's regions (a supervisor request, and page faults for

@@ -169,6 +169,16 @@ def test_header_bytes_and_constants():
     assert lib.shmlog_log_region_bytes(65536, 4) == 36864 + 4 * 65536
 
 
+
+def test_config_mirrors_of_layout_constants():
+    # shmlog/config.py may not import the core, so it spells these itself
+    from shmlog import config
+    assert config.MIN_CHUNK_BYTES == lib.SHMLOG_MIN_CHUNK_BYTES
+    assert config.MAX_CHUNK_BYTES == lib.SHMLOG_MAX_CHUNK_BYTES
+    assert config.MAX_CHUNKS == lib.SHMLOG_MAX_CHUNKS
+    assert config.FRAME_ALIGN == lib.SHMLOG_FRAME_ALIGN
+    assert config.FRAME_HEADER == lib.SHMLOG_FRAME_HEADER
+
 # ------------------------------------------------------------ _Static_asserts
 
 ASSERT_RE = re.compile(
