@@ -30,14 +30,14 @@ import posix_ipc
 
 from .. import config as cfgmod
 from .. import errors, protocol
-from ..core.log import PartitionLog, region_usage, reserve_region, unlink_region
+from ..core.log import PartitionLog, region_usage, unlink_region
 from ..osutil import pid_alive, write_json_atomic
 from ..protocol import LOCK_NAME, SOCKET_NAME, ensure_data_dir
 from .coordinator import Coordinator
 from .kafka_process import ListenerProcess
 from .memory_offsets import MemoryOffsets
 from .mirrors import MirrorKeeper
-from .shm_budget import ShmBudget, human, region_bytes
+from .shm_budget import ShmBudget, added_bytes, human, region_bytes, topic_bytes
 from .storage import Storage
 
 log = logging.getLogger("shmlog.supervisor")
@@ -226,7 +226,7 @@ class Supervisor:
                 # a region from an older supervisor may have pages that were
                 # never allocated: allocate them now, so a full tmpfs is this
                 # warning and not a SIGBUS in a producer
-                reserve_region(rname, what)
+                plog.reserve_pages()
             except (errors.StorageError, OSError) as exc:
                 log.warning("%s: %s", what, exc)
         except posix_ipc.ExistentialError:
@@ -235,7 +235,7 @@ class Supervisor:
                 max_batch_bytes=cfgmod.max_batch_bytes(c["chunk_bytes"]),
                 gate_readers=self.gates_readers(c), gate_spill=self.gates_spill(c),
                 partition=p, initial_offset=self.initial_offset(name, t, p, initial_offset),
-                prefault=False, reserve=True, what=what,
+                prefault=False, reserve=True, reserve_ring=c["storage"] != "disk", what=what,
             )
         except errors.ShmlogError as exc:
             log.error("region %s is unusable (%s); recreating it", rname, exc)
@@ -502,7 +502,7 @@ class Supervisor:
         if name in self.meta["topics"]:
             raise errors.TopicExists(f"topic {name!r} already exists", what=name)
         cfg = cfgmod.topic_config(self.shm.topic_defaults(conf))
-        self.shm.check(name, region_bytes(cfg) * cfg["partitions"],
+        self.shm.check(name, topic_bytes(cfg),
                        f"creating topic {name!r} with {cfg['partitions']} partition(s) of "
                        f"{self._geometry(cfg)}")
         tid = self.meta["next_topic_id"]
@@ -563,7 +563,7 @@ class Supervisor:
                 what=name,
             )
         new_cfg = cfgmod.topic_config({"partitions": total}, base=t["config"])
-        self.shm.check(name, region_bytes(new_cfg) * (total - cur),
+        self.shm.check(name, added_bytes(new_cfg, cur, total),
                        f"adding {total - cur} partition(s) of {self._geometry(new_cfg)} to topic {name!r}")
         try:
             for p in range(cur, total):

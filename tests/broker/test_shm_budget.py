@@ -39,17 +39,39 @@ def test_disk_ring_defaults_scale_with_partitions():
     budget = 6 << 30
     one = shm_budget.disk_ring_chunk_bytes(1, budget, budget)
     assert one == cfgmod.TOPIC_DEFAULTS["chunk_bytes"]  # few partitions: as before
+    share = budget // shm_budget.DISK_TOPIC_SHARE
     mid = shm_budget.disk_ring_chunk_bytes(256, budget, budget)
     assert shm_budget.DISK_CHUNK_MIN < mid < one and mid % shm_budget.CHUNK_ALIGN == 0
-    assert 256 * PartitionLog.region_bytes(mid, 4) <= budget // shm_budget.DISK_TOPIC_SHARE
-    assert shm_budget.disk_ring_chunk_bytes(1000, budget, budget) == shm_budget.DISK_CHUNK_MIN
+    assert shm_budget.topic_bytes(_disk(256, mid)) <= share
+    # 1,000 partitions: idle ones hold only their active chunk, so the ring
+    # is larger than a quarter of the share over the partitions
+    wide = shm_budget.disk_ring_chunk_bytes(1000, budget, budget)
+    assert wide > 2 * shm_budget.DISK_CHUNK_MIN and wide > share // (4 * 1000)
+    assert shm_budget.topic_bytes(_disk(1000, wide)) <= share
     # what is left of the budget caps the share
     left = shm_budget.disk_ring_chunk_bytes(16, budget, 64 * MIB)
-    assert left < MIB and 16 * PartitionLog.region_bytes(left, 4) <= 64 * MIB
+    assert left < 4 * MIB and shm_budget.topic_bytes(_disk(16, left)) <= 64 * MIB
     # a max_message_bytes the user set still fits a batch of the ring
     chunk = shm_budget.disk_ring_chunk_bytes(1000, budget, budget, max_message_bytes=100_000)
     cfg = cfgmod.topic_config({"chunk_bytes": chunk, "max_message_bytes": 100_000})
     assert cfg["max_message_bytes"] == 100_000
+
+
+def _disk(partitions, chunk_bytes):
+    return cfgmod.topic_config({"partitions": partitions, "chunk_bytes": chunk_bytes, "storage": "disk"})
+
+
+def test_budget_counts_a_disk_topics_active_chunks_and_its_hot_rings():
+    hot = shm_budget.DISK_HOT_PARTITIONS
+    cfg = _disk(1000, MIB)
+    full = PartitionLog.region_bytes(MIB, 4)
+    idle = full - 3 * MIB
+    assert shm_budget.topic_bytes(cfg) == 1000 * idle + hot * 3 * MIB
+    assert shm_budget.topic_bytes(_disk(2, MIB)) == 2 * full  # few partitions: whole rings
+    assert shm_budget.added_bytes(cfg, 1000, 1001) == idle
+    assert shm_budget.added_bytes(_disk(1, MIB), 1, 2) == full
+    mem = cfgmod.topic_config({"partitions": 1000, "chunk_bytes": MIB, "storage": "memory"})
+    assert shm_budget.topic_bytes(mem) == 1000 * full  # a memory topic's ring is its log
 
 
 def test_budget_setting_is_validated():
@@ -89,10 +111,14 @@ def test_many_partitions_default_disk_topic_within_budget(data_dir):
         assert len(partition_regions(data_dir)) == 200
         assert apparent <= budget and resident <= budget
         shm = c.stats()["shm"]
-        assert shm["budget_bytes"] == budget and shm["reserved_bytes"] == apparent
+        assert shm["budget_bytes"] == budget
+        assert shm["reserved_bytes"] == shm_budget.topic_bytes(cfg) <= budget
         assert shm["apparent_bytes"] == apparent and shm["resident_bytes"] <= budget
-        # reserved means allocated: every page is resident from the start
-        assert resident == apparent
+        # a disk partition reserves its first chunk up front, the rest of its
+        # ring when a rotation first opens it: 3 x 600 small messages over
+        # 200 partitions never fill a first chunk
+        header = PartitionLog.region_bytes(cfg["chunk_bytes"], 4) - 4 * cfg["chunk_bytes"]
+        assert resident == 200 * (header + cfg["chunk_bytes"]) < apparent
 
 
 def test_past_the_budget_fails_with_the_figures_and_harms_nothing(data_dir):
@@ -125,7 +151,8 @@ def test_past_the_budget_fails_with_the_figures_and_harms_nothing(data_dir):
         # a disk topic with default settings takes its ring from what is left
         wide = c.create_topic("wide", partitions=8)
         assert wide.config["chunk_bytes"] == shm_budget.DISK_CHUNK_MIN
-        assert c.stats()["shm"]["reserved_bytes"] == _usage(data_dir)[0] <= budget
+        shm = c.stats()["shm"]
+        assert shm["reserved_bytes"] <= budget and _usage(data_dir)[1] <= budget
 
 
 # Runs in a private mount namespace whose /dev/shm is a 64 MiB tmpfs (the
@@ -162,13 +189,22 @@ _TMPFS_CHILD = textwrap.dedent(r"""
     res["left_after_reserve"] = sorted(os.listdir("/dev/shm"))
 
     # 3. through the supervisor, with a budget far past the tmpfs
-    with shmlog.connect(data_dir, shm_budget_bytes=1 << 40, idle_timeout_s=30) as c:
+    # (idle partitions keep their chunks here: release has its own tests)
+    with shmlog.connect(data_dir, shm_budget_bytes=1 << 40, idle_timeout_s=30,
+                        shm_release_idle_ms=0) as c:
         try:
             c.create_topic("big", partitions=2, storage="memory")
             res["big"] = "created"
         except errors.ShmlogError as exc:
             res["big"] = f"{type(exc).__name__}: {exc}"
         c.create_topic("d", partitions=1, chunk_bytes=1 << 20, chunk_count=4)
+        # "d" goes round once: every chunk of its ring gets its pages
+        with c.producer() as p:
+            for i in range(4 * 16):
+                p.send("d", bytes([i % 251]) * 60_000)
+            p.flush()
+        # "e" holds only its first chunk: its first rotation needs pages
+        c.create_topic("e", partitions=1, chunk_bytes=1 << 20, chunk_count=4)
         # fill what is left of the tmpfs
         with open("/dev/shm/filler", "wb") as f:
             try:
@@ -182,12 +218,22 @@ _TMPFS_CHILD = textwrap.dedent(r"""
             res["more"] = "created"
         except errors.ShmlogError as exc:
             res["more"] = f"{type(exc).__name__}: {exc}"
-        # the ring goes round 4 times on a full tmpfs: its pages were reserved
+        # a rotation into a chunk without pages: an error for that producer
+        try:
+            with c.producer() as p:
+                for i in range(64):
+                    p.send("e", bytes([i % 251]) * 60_000)
+                p.flush()
+            res["e"] = "sent"
+        except errors.ShmlogError as exc:
+            res["e"] = f"{type(exc).__name__}: {exc}"
+        # the ring goes round 4 times more on a full tmpfs: its pages were reserved
         n = 4 * 4 * 16
         with c.producer() as p:
             for i in range(n):
                 p.send("d", bytes([i % 251]) * 60_000)
             p.flush()
+        n += 4 * 16
         got = 0
         with c.consumer("d", group="g", auto_offset_reset="earliest") as cons:
             deadline = time.monotonic() + 30
@@ -196,6 +242,12 @@ _TMPFS_CHILD = textwrap.dedent(r"""
         res["sent"], res["got"] = n, got
         res["stats_ok"] = "shm" in c.stats()  # the supervisor still answers
         os.unlink("/dev/shm/filler")
+        # with space again, "e" rotates
+        with c.producer() as p:
+            for i in range(64):
+                p.send("e", bytes([i % 251]) * 60_000)
+            p.flush()
+        res["e_end"] = c.describe_topic("e").partitions[0].end_offset
         c.shutdown()
     print(json.dumps(res))
 """)
@@ -221,7 +273,9 @@ def test_full_tmpfs_is_an_error_never_a_sigbus(data_dir):
     assert res["big"].startswith("StorageError") and "/dev/shm" in res["big"] and "free" in res["big"]
     assert res["filler_errno"] == 28  # ENOSPC: the tmpfs is full
     assert res["more"].startswith("StorageError"), res["more"]
+    assert res["e"].startswith("StorageError") and "/dev/shm is full" in res["e"], res["e"]
     assert res["got"] == res["sent"] and res["stats_ok"]
+    assert res["e_end"] >= 64
 
 
 def test_a_failed_reservation_leaves_no_region_behind(data_dir, monkeypatch):
@@ -234,11 +288,11 @@ def test_a_failed_reservation_leaves_no_region_behind(data_dir, monkeypatch):
     real = core_log.reserve_fd
     calls = {"n": 0, "fail_at": 3}
 
-    def flaky(fd, size, what, name=""):
+    def flaky(fd, size, what, name="", start=0):
         calls["n"] += 1
         if calls["n"] == calls["fail_at"]:
             raise errors.StorageError(f"{what}: cannot reserve {size} bytes (test)", what=what)
-        real(fd, size, what, name)
+        real(fd, size, what, name, start=start)
 
     monkeypatch.setattr(core_log, "reserve_fd", flaky)
     sup = Supervisor(data_dir, shm_budget_bytes=256 * MIB)
