@@ -11,9 +11,9 @@ import os
 
 import pytest
 from _core_helpers import fill_until_rotation, new_log, read_all
+from shmlog.core._core import lib
 
 from shmlog import errors
-from shmlog.core._core import lib
 from shmlog.core.log import region_usage
 
 CHUNK = 64 << 10  # a multiple of the page size: a released chunk gives back all of it
