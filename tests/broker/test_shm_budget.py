@@ -314,3 +314,59 @@ def test_a_failed_reservation_leaves_no_region_behind(data_dir, monkeypatch):
     finally:
         sup.shutdown()
     assert partition_regions(data_dir) == []
+
+
+def _wait_for(cond, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_idle_partitions_give_their_chunks_back_and_everything_reads_back(data_dir):
+    chunk = 64 << 10
+    with running_cluster(data_dir, shm_release_idle_ms=100) as c:
+        c.create_topic("t", partitions=4, chunk_bytes=chunk, chunk_count=4)
+        header = PartitionLog.region_bytes(chunk, 4) - 4 * chunk
+        sent = [b"%06d" % i + b"x" * 1000 for i in range(1000)]  # ~16 rings on partition 0
+        with c.producer() as p:
+            for i, v in enumerate(sent):
+                p.send("t", v, partition=0 if i % 10 else 1 + i % 3)
+            p.flush(durable=True)
+        with c.consumer("t", group="live", auto_offset_reset="earliest") as cons:
+            got = []
+            deadline = time.monotonic() + 30
+            while len(got) < len(sent) and time.monotonic() < deadline:
+                got += cons.consume(max_messages=10_000, timeout=0.5)
+            cons.commit()
+            assert sorted(m.value for m in got) == sorted(sent)
+            # idle now: every partition keeps its header and its active chunk,
+            # with a consumer that has read everything still attached (and
+            # polling: its position tells the supervisor it is past them)
+            def released():
+                assert cons.consume(max_messages=10, timeout=0.05) == []
+                return _usage(data_dir)[1] == 4 * (header + chunk)
+
+            assert _wait_for(released), _usage(data_dir)
+        assert c.stats()["shm"]["released_chunks"] >= 3
+        part0 = c.describe_topic("t").partitions[0]
+        assert part0.start_offset == 0 and part0.end_offset == 900
+        # the released offsets read back from segment files, in order
+        with c.consumer("t", group="replay", auto_offset_reset="earliest") as cons:
+            got = []
+            deadline = time.monotonic() + 30
+            while len(got) < len(sent) and time.monotonic() < deadline:
+                got += cons.consume(max_messages=10_000, timeout=0.5)
+        by_p = defaultdict(list)
+        for m in got:
+            by_p[m.partition].append(m.offset)
+        assert sorted(m.value for m in got) == sorted(sent)
+        assert all(offs == list(range(len(offs))) for offs in by_p.values())
+        # and partition 0 takes writes again: its rotations reserve the pages
+        with c.producer() as p:
+            for v in sent:
+                p.send("t", v, partition=0)
+            p.flush()
+        assert c.describe_topic("t").partitions[0].end_offset == 1900
