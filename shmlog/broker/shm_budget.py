@@ -26,6 +26,7 @@ from typing import Any, Dict, Optional
 
 from .. import config as cfgmod
 from .. import errors
+from ..core import groups_region
 from ..core.log import PartitionLog, region_usage, shm_free_bytes, shm_space
 
 # default budget: this share of the smaller of RAM and the tmpfs behind
@@ -138,8 +139,14 @@ class ShmBudget:
 
     def reserved(self) -> int:
         """What the budget counts for every topic of the data dir (by
-        config: topic_bytes)."""
-        return sum(topic_bytes(t["config"]) for t in self.sup.meta["topics"].values())
+        config: topic_bytes), and the groups region (heartbeat slots, its
+        pages reserved when it is created)."""
+        return groups_region.REGION_BYTES + sum(
+            topic_bytes(t["config"]) for t in self.sup.meta["topics"].values())
+
+    def _region_names(self):
+        return [plog.name for plog in list(self.sup.logs.values())] + [
+            groups_region.region_name(self.sup.cluster_id)]
 
     def topic_defaults(self, conf: Dict[str, Any]) -> Dict[str, Any]:
         """conf (what the user asked for) with a disk topic's ring sized from
@@ -227,8 +234,8 @@ class ShmBudget:
 
     def resident(self) -> int:
         total = 0
-        for plog in list(self.sup.logs.values()):
-            u = region_usage(plog.name)
+        for name in self._region_names():
+            u = region_usage(name)
             if u is not None:
                 total += u[1]
         return total
@@ -237,8 +244,8 @@ class ShmBudget:
         """Data-dir totals: budget, reserved (by config), apparent and
         resident size of the regions that exist, the tmpfs's size and free."""
         apparent = resident = 0
-        for plog in list(self.sup.logs.values()):
-            u = region_usage(plog.name)
+        for name in self._region_names():
+            u = region_usage(name)
             if u is not None:
                 apparent += u[0]
                 resident += u[1]

@@ -542,6 +542,18 @@ class Supervisor:
         conf = protocol.field(m, "config", dict)
         t = self.topic_meta(name)
         bad = set(conf) - self.ALTERABLE
+        ring = sorted(bad & {"chunk_bytes", "chunk_count"})
+        if ring:
+            # every client maps the regions with the geometry they were made
+            # with: a new one means new regions, new offsets, a new budget check
+            raise errors.InvalidConfig(
+                f"cannot alter {', '.join(ring)} of topic {name!r}: its shared-memory regions keep the "
+                f"ring geometry they were created with ({self._geometry(t['config'])}), which every "
+                f"producer and consumer has mapped. Create a topic with the new --config "
+                f"{ring[0]}=... (checked against shm_budget_bytes) and move to it, or delete and "
+                f"re-create this one",
+                what=name,
+            )
         if bad:
             raise errors.InvalidConfig(
                 f"cannot alter {', '.join(sorted(bad))} of topic {name!r}: only "

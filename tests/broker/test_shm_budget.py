@@ -20,6 +20,7 @@ from _broker_helpers import SHM_DIR, murmur2_ref, partition_regions, running_clu
 from shmlog import config as cfgmod
 from shmlog import errors
 from shmlog.broker import shm_budget
+from shmlog.core import groups_region
 from shmlog.core.log import PartitionLog
 
 MIB = 1 << 20
@@ -112,8 +113,9 @@ def test_many_partitions_default_disk_topic_within_budget(data_dir):
         assert apparent <= budget and resident <= budget
         shm = c.stats()["shm"]
         assert shm["budget_bytes"] == budget
-        assert shm["reserved_bytes"] == shm_budget.topic_bytes(cfg) <= budget
-        assert shm["apparent_bytes"] == apparent and shm["resident_bytes"] <= budget
+        groups = groups_region.REGION_BYTES
+        assert shm["reserved_bytes"] == shm_budget.topic_bytes(cfg) + groups <= budget
+        assert shm["apparent_bytes"] == apparent + groups and shm["resident_bytes"] <= budget
         # a disk partition reserves its first chunk up front, the rest of its
         # ring when a rotation first opens it: 3 x 600 small messages over
         # 200 partitions never fill a first chunk
@@ -370,3 +372,31 @@ def test_idle_partitions_give_their_chunks_back_and_everything_reads_back(data_d
                 p.send("t", v, partition=0)
             p.flush()
         assert c.describe_topic("t").partitions[0].end_offset == 1900
+
+
+def test_the_groups_region_is_reserved_and_counted(data_dir):
+    with running_cluster(data_dir, shm_budget_bytes=64 * MIB) as c:
+        name = groups_region.region_name(c.cluster_id)
+        st = os.stat(SHM_DIR / name.lstrip("/"))
+        # every page allocated: a heartbeat write on a full tmpfs is no SIGBUS
+        assert st.st_blocks * 512 >= st.st_size == groups_region.REGION_BYTES
+        shm = c.stats()["shm"]
+        assert shm["reserved_bytes"] == groups_region.REGION_BYTES
+        assert shm["resident_bytes"] == st.st_blocks * 512
+
+
+def test_ring_geometry_cannot_be_altered_live_and_the_error_says_what_to_do(data_dir):
+    with running_cluster(data_dir, shm_budget_bytes=64 * MIB) as c:
+        c.create_topic("t", partitions=2, chunk_bytes=256 << 10, chunk_count=4)
+        before = c.stats()["shm"]["reserved_bytes"]
+        for conf in ({"chunk_bytes": 1 << 20}, {"chunk_count": 8}, {"chunk_bytes": 1 << 20, "retention_ms": 5}):
+            with pytest.raises(errors.InvalidConfig) as ei:
+                c.alter_topic("t", **conf)
+            msg = str(ei.value)
+            assert "cannot alter chunk_" in msg and "topic 't'" in msg
+            assert "chunk_bytes=262144" in msg and "Create a topic" in msg and "shm_budget_bytes" in msg
+        cfg = c.describe_topic("t").config
+        assert (cfg["chunk_bytes"], cfg["chunk_count"]) == (256 << 10, 4)
+        assert c.stats()["shm"]["reserved_bytes"] == before
+        # what can change live still does
+        assert c.alter_topic("t", retention_ms=60_000).config["retention_ms"] == 60_000
