@@ -127,7 +127,13 @@ class PartitionLog:
                 f"chunk_count: 2..64; max_batch_bytes: 128..chunk_bytes/2, multiple of 64)",
                 what=what,
             )
-        return cls(name, shm, mm, ffi.new("shmlog_log_t *"), created=True, what=what)
+        plog = cls(name, shm, mm, ffi.new("shmlog_log_t *"), created=True, what=what)
+        if reserve and reserve_ring:
+            # every chunk's pages are allocated: none needs reserving when it
+            # opens (format marks all but the first, for lazy regions)
+            for i in range(chunk_count):
+                plog.hdr.chunks[i].released = 0
+        return plog
 
     @classmethod
     def attach(cls, name: str, *, prefault: bool = False, what: Optional[str] = None) -> PartitionLog:
