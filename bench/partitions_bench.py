@@ -19,7 +19,9 @@ budget (shm_budget_bytes unset):
    group "keyed" reads them all back and checks each one's partition;
 4. shared memory of the data dir's regions after the run: apparent size
    (st_size) and resident (st_blocks) of its /dev/shm files, against the
-   budget the supervisor reports.
+   budget the supervisor reports; and resident again once the partitions
+   are idle (the supervisor gives back spilled, read chunks after
+   shm_release_idle_ms).
 
 The host is shared: the load average and the CPU share other processes
 took during each run are printed beside the figures.
@@ -179,6 +181,22 @@ def _run_pair(prod_target, prod_args, cons_args, data_dir: str, topic: str) -> D
             "load1": max(load0, os.getloadavg()[0])}
 
 
+def _idle_usage(data_dir: Path) -> Dict[str, int]:
+    """The regions once every partition is idle: the supervisor gives back
+    the chunks that are spilled and read after shm_release_idle_ms (1 s by
+    default); wait past that, then until the resident size stops falling."""
+    time.sleep(1.5)
+    last = _shm_usage(data_dir)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = _shm_usage(data_dir)
+        if now.get("resident") == last.get("resident"):
+            return now
+        last = now
+    return last
+
+
 def _supervisor_pid(data_dir: str) -> int:
     try:
         return int((Path(data_dir) / "shmlog.lock").read_text().strip() or 0)
@@ -230,6 +248,8 @@ def run_one(partitions: int, args, root: Path) -> Dict[str, Any]:
                         "others_busy": r["others_busy"], "load1": r["load1"]}
         row["shm_files"] = _shm_usage(data_dir)
         row["shm"] = c.stats().get("shm", {})
+        row["shm_idle"] = _idle_usage(data_dir)
+        row["released_chunks"] = c.stats().get("shm", {}).get("released_chunks")
         row["within_budget"] = (row["shm_files"].get("apparent", 0) <= row["shm"].get("budget_bytes", 0)
                                 and row["shm_files"].get("resident", 0) <= row["shm"].get("budget_bytes", 0))
     finally:
@@ -248,8 +268,9 @@ def _mib(n: Any) -> str:
 
 def report(rows: List[Dict[str, Any]]) -> str:
     lines = ["| partitions | chunk | create s | msg/s (batch) | MB/s | keyed msg/s | keyed ok | "
-             "shm apparent MiB | shm resident MiB | per partition MiB | budget MiB | other CPU | load1 |",
-             "|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+             "shm apparent MiB | shm resident MiB | idle resident MiB | per partition MiB | budget MiB | "
+             "other CPU | load1 |",
+             "|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         th, ky, sf, sh = r["throughput"], r["keyed"], r["shm_files"], r["shm"]
         ok = ky["messages"] == ky["sent"] and not ky["misplaced"] and ky["partitions_read"] == r["partitions"]
@@ -257,6 +278,7 @@ def report(rows: List[Dict[str, Any]]) -> str:
             f"| {r['partitions']} | {r['chunk_count']} x {r['chunk_bytes'] // 1024} KiB | {r['create_s']:.2f} | "
             f"{th['msgs_per_s'] / 1e6:.2f} M | {th['MBps']:.0f} | {ky['msgs_per_s'] / 1e3:.0f} k | "
             f"{'yes' if ok else 'NO'} | {_mib(sf.get('apparent'))} | {_mib(sf.get('resident'))} | "
+            f"{_mib(r.get('shm_idle', {}).get('resident'))} | "
             f"{_mib(sf.get('apparent', 0) / max(r['partitions'], 1))} | {_mib(sh.get('budget_bytes'))} | "
             f"{max(th['others_busy'], ky['others_busy']):.0%} | {max(th['load1'], ky['load1']):.1f} |")
     return "\n".join(lines) + "\n"

@@ -14,8 +14,14 @@
  * or undo (repair.c), and a stalled one cannot act on the next generation.
  */
 #include <errno.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "log_internal.h"
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23 /* Linux 5.14; older headers lack the name */
+#endif
 
 /* Test points: see log.h. NULL (one predicted branch) outside tests. */
 static shmlog_point_fn test_point;
@@ -53,8 +59,56 @@ void shmlog_chunk_seal(shmlog_log_t *log, uint64_t seq, uint32_t bytes, uint32_t
     wake_space(log);
 }
 
+/* ------------------------------------------------- released chunks
+ *
+ * A disk topic's chunk that is spilled and behind every live reader holds
+ * nothing anyone reads from shared memory: shmlog_log_release frees it and
+ * gives its pages back to the tmpfs, so an idle partition costs its header
+ * and its active chunk. The chunk's `released` word says so; whoever opens
+ * it next (try_rotate) reserves its pages again first. Both are rare (once
+ * per chunk and idle period), never on the claim/commit path.
+ */
+
+/* the pages of chunk slot `index`: rounded outwards (every page a write into
+ * the chunk touches) or inwards (only pages no neighbour shares; chunk_bytes
+ * is a multiple of 64, not necessarily of the page size) */
+static size_t chunk_pages(shmlog_log_t *log, uint32_t index, int outwards, uint8_t **start)
+{
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE); /* from the aux vector: no syscall */
+    uintptr_t lo = (uintptr_t)(log->base + log->header_bytes + (size_t)index * log->chunk_bytes);
+    uintptr_t hi = lo + log->chunk_bytes;
+    if (outwards) {
+        lo &= ~(page - 1);
+        hi = (hi + page - 1) & ~(page - 1);
+    } else {
+        lo = (lo + page - 1) & ~(page - 1);
+        hi &= ~(page - 1);
+    }
+    *start = (uint8_t *)lo;
+    return hi > lo ? (size_t)(hi - lo) : 0;
+}
+
+/* Allocate the pages of chunk slot `index` again before anyone writes into
+ * it. A write that first touches a tmpfs page when the tmpfs is full is a
+ * SIGBUS; MADV_POPULATE_WRITE allocates every page now and returns an
+ * error instead. 0, or -ENOMEM when the tmpfs has no room. */
+static int reserve_chunk(shmlog_log_t *log, uint32_t index)
+{
+    uint8_t *p;
+    size_t len = chunk_pages(log, index, 1, &p);
+    for (;;) {
+        if (madvise(p, len, MADV_POPULATE_WRITE) == 0)
+            return 0;
+        if (errno == EINTR)
+            continue;
+        /* EINVAL: a kernel before 5.14 cannot populate; its pages come on
+         * first touch (the supervisor's free-space checks are all there is) */
+        return errno == EINVAL ? 0 : -ENOMEM;
+    }
+}
+
 /* 0 if active_seq moved past seq (by us or anyone), -EAGAIN if the next chunk
- * is not free yet */
+ * is not free yet, -ENOMEM if its pages cannot be reserved */
 static int try_rotate(shmlog_log_t *log, uint64_t seq)
 {
     shmlog_part_hdr_t *h = log->hdr;
@@ -88,6 +142,18 @@ static int try_rotate(shmlog_log_t *log, uint64_t seq)
         shmlog_store_release_u64(&n->state, STATE_NEXT(opening, SHMLOG_CHUNK_FREE, 0));
         wake_space(log);
         return 0;
+    }
+    /* the CAS above read the FREE that the releaser stored (release) after
+     * setting `released`: we see the flag. Cleared only once the pages are
+     * back, and before the state is published ACTIVE */
+    if (shmlog_load_acquire_u64(&n->released)) {
+        if (reserve_chunk(log, (uint32_t)((seq + 1) % log->chunk_count)) != 0) {
+            /* as if we never began: still FREE, still released */
+            shmlog_store_release_u64(&n->state, STATE_NEXT(opening, SHMLOG_CHUNK_FREE, 0));
+            wake_space(log);
+            return -ENOMEM;
+        }
+        shmlog_store_release_u64(&n->released, 0);
     }
     /* Publish the opened chunk: base_offset and seal (plain stores) and the
      * tail, then seq, then state, each a release. The seq and state stores
@@ -181,13 +247,14 @@ static int claimers_inside(shmlog_log_t *log, uint64_t seq)
     return 0;
 }
 
-/* free the oldest chunk if nothing gates it; 0 freed, -EAGAIN not now */
-static int reclaim_oldest(shmlog_log_t *log)
+/* free the chunk in the k-th slot after the active one (k = 1: the oldest
+ * of a full ring, the next one rotation opens) if nothing gates it and it
+ * ends at or below `below`; 0 freed, -EAGAIN not now */
+static int reclaim_oldest(shmlog_log_t *log, uint32_t k, uint64_t below)
 {
     shmlog_part_hdr_t *h = log->hdr;
     uint64_t aseq = shmlog_load_acquire_u64(&h->active_seq);
-    uint64_t oseq = aseq + 1; /* the slot after the active one holds the oldest */
-    shmlog_chunk_t *n = chunk_of(log, oseq);
+    shmlog_chunk_t *n = chunk_of(log, aseq + k);
     uint64_t st = shmlog_load_acquire_u64(&n->state);
     if (STATE_OF(st) == SHMLOG_CHUNK_FREE)
         return 0;
@@ -201,7 +268,7 @@ static int reclaim_oldest(shmlog_log_t *log)
     if (nseq >= aseq || seal == SHMLOG_NONE)
         return -EAGAIN;
     uint64_t end = n->base_offset + SHMLOG_TAIL_RECORDS(seal);
-    if (chunk_gated(log, end))
+    if (end > below || chunk_gated(log, end))
         return -EAGAIN;
     AT_POINT(SHMLOG_POINT_RECLAIM);
     /* fails if the slot changed at all since we loaded st (STATE_NEXT): then
@@ -244,13 +311,103 @@ int shmlog_log_reclaim(shmlog_log_t *log)
         shmlog_chunk_t *n = chunk_of(log, aseq + 1);
         if (STATE_OF(shmlog_load_acquire_u64(&n->state)) == SHMLOG_CHUNK_FREE)
             break;
-        if (reclaim_oldest(log) != 0)
+        if (reclaim_oldest(log, 1, SHMLOG_NONE) != 0)
             break;
         freed++;
     }
     if (freed)
         wake_space(log);
     return freed;
+}
+
+/* A producer waiting for chunk `seq` that finds it RELEASING for a process
+ * that died (the supervisor, killed mid-release) puts it back itself: the
+ * reaper that repairs other dead owners' chunks is that supervisor, and
+ * producers keep moving while it restarts (DESIGN.md, invariant 3). A slow
+ * path: one kill(pid, 0). */
+static void release_orphan(shmlog_log_t *log, uint64_t seq)
+{
+    uint64_t st = shmlog_load_acquire_u64(&chunk_of(log, seq)->state);
+    uint32_t owner = OWNER_OF(st);
+    if (STATE_OF(st) == SHMLOG_CHUNK_RELEASING && owner && !shmlog_pid_alive(owner))
+        shmlog_log_repair_chunks(log, owner);
+}
+
+/* The lowest offset a live reader of any kind is at or still reads in place
+ * (position or pin); NONE without readers. Dead ones count until the reaper
+ * releases their slots: that only delays a release. */
+static uint64_t readers_low(shmlog_log_t *log)
+{
+    uint64_t low = SHMLOG_NONE;
+    for (uint32_t i = 0; i < SHMLOG_MAX_READERS; i++) {
+        shmlog_reader_slot_t *r = &log->hdr->readers[i];
+        if (!shmlog_load_acquire_u32(&r->pid))
+            continue;
+        uint64_t pos = shmlog_load_acquire_u64(&r->position);
+        uint64_t pin = shmlog_load_acquire_u64(&r->pin);
+        if (pos < low)
+            low = pos;
+        if (pin < low)
+            low = pin;
+    }
+    return low;
+}
+
+int shmlog_log_release(shmlog_log_t *log)
+{
+    shmlog_part_hdr_t *h = log->hdr;
+    /* Free the sealed chunks that nothing gates and that every live reader
+     * has passed (gating or not: a reader of a disk topic still inside a
+     * chunk keeps it, and its pages, until it moves on). */
+    for (uint32_t i = 0; i < log->chunk_count; i++) {
+        /* an earlier supervisor died mid-release: finish its undo first */
+        uint64_t st = shmlog_load_acquire_u64(&h->chunks[i].state);
+        if (STATE_OF(st) == SHMLOG_CHUNK_RELEASING && OWNER_OF(st) != log->pid)
+            release_orphan(log, i);
+    }
+    uint64_t below = readers_low(log);
+    for (uint32_t k = 1; k < log->chunk_count; k++) {
+        /* oldest first, so the start offset only moves forward: slots
+         * after the active one that are FREE already are skipped */
+        uint64_t aseq = shmlog_load_acquire_u64(&h->active_seq);
+        shmlog_chunk_t *n = chunk_of(log, aseq + k);
+        if (STATE_OF(shmlog_load_acquire_u64(&n->state)) == SHMLOG_CHUNK_FREE)
+            continue;
+        if (reclaim_oldest(log, k, below) != 0)
+            break;
+    }
+    /* Then give back the pages of every FREE chunk still holding them. A
+     * FREE chunk is already "reused" for readers (shmlog_log_validate
+     * rejects a copy from it: its state went through RECLAIMING), so what
+     * the punch turns into zeros was never trusted. RELEASING keeps
+     * rotators out while the pages go; they wait as for any busy chunk. */
+    int released = 0, rc = 0;
+    for (uint32_t i = 0; i < log->chunk_count; i++) {
+        shmlog_chunk_t *d = &h->chunks[i];
+        uint64_t st = shmlog_load_acquire_u64(&d->state);
+        if (STATE_OF(st) != SHMLOG_CHUNK_FREE || shmlog_load_acquire_u64(&d->released))
+            continue;
+        uint64_t releasing = STATE_NEXT(st, SHMLOG_CHUNK_RELEASING, log->pid);
+        if (!shmlog_cas_u64(&d->state, &st, releasing))
+            continue;
+        /* the flag before the punch: a releaser killed from here on leaves
+         * a chunk that is reserved again before use, whether or not its
+         * pages went (repair.c puts it back to FREE) */
+        shmlog_store_release_u64(&d->released, 1);
+        uint8_t *p;
+        size_t len = chunk_pages(log, i, 0, &p);
+        if (len && madvise(p, len, MADV_REMOVE) != 0)
+            rc = -errno;
+        /* pairs with the rotator's CAS on the FREE state (try_rotate): it
+         * sees `released` set */
+        shmlog_store_release_u64(&d->state, STATE_NEXT(releasing, SHMLOG_CHUNK_FREE, 0));
+        if (rc)
+            break;
+        released++;
+    }
+    if (released || rc)
+        wake_space(log);
+    return released ? released : rc;
 }
 
 /* log_internal.h: help the full chunk `seq` rotate, or wait for space */
@@ -261,10 +418,11 @@ int shmlog_chunk_wait_rotation(shmlog_log_t *log, uint64_t seq, uint64_t deadlin
     for (;;) {
         if (shmlog_load_acquire_u64(&h->active_seq) != seq)
             return 0;
-        if (try_rotate(log, seq) == 0)
-            return 0;
+        int rc = try_rotate(log, seq);
+        if (rc != -EAGAIN)
+            return rc;
         if (shmlog_load_acquire_u64(&chunk_of(log, seq)->seal) != SHMLOG_NONE &&
-            reclaim_oldest(log) == 0)
+            reclaim_oldest(log, 1, SHMLOG_NONE) == 0)
             continue;
         if (spins < 64) {
             spins++;
@@ -274,12 +432,18 @@ int shmlog_chunk_wait_rotation(shmlog_log_t *log, uint64_t seq, uint64_t deadlin
         uint64_t now = shmlog_now_ns();
         if (now >= deadline)
             return -EAGAIN;
+        release_orphan(log, seq + 1);
         /* seq_cst increment, then one more look at the chunk: pairs with the
          * fence in wake_space, so either we see the freed space or the
          * waker sees us counted and bumps space_futex */
         shmlog_fetch_add_u32(&h->space_waiters, 1);
         uint32_t v = shmlog_load_acquire_u32(&h->space_futex);
-        if (shmlog_load_acquire_u64(&h->active_seq) == seq && try_rotate(log, seq) != 0) {
+        if (shmlog_load_acquire_u64(&h->active_seq) == seq &&
+            (rc = try_rotate(log, seq)) != 0) {
+            if (rc != -EAGAIN) {
+                shmlog_fetch_sub_u32(&h->space_waiters, 1);
+                return rc;
+            }
             /* short sleeps: whoever frees space may have died before waking us */
             uint64_t left = deadline - now;
             shmlog_futex_wait(&h->space_futex, v, left < 10000000ull ? left : 10000000ull);

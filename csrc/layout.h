@@ -51,6 +51,7 @@
 #define SHMLOG_CHUNK_SEALED     2u
 #define SHMLOG_CHUNK_RECLAIMING 3u  /* being zeroed for reuse */
 #define SHMLOG_CHUNK_OPENING    4u  /* being initialised as the next active chunk */
+#define SHMLOG_CHUNK_RELEASING  5u  /* a FREE chunk whose pages are being given back */
 
 /* frame word in shared memory: (tag << 32) | frame_bytes | type, where
  * tag = shmlog_frame_tag(chunk seq) and type sits in the low bits that a
@@ -98,7 +99,11 @@ typedef struct {
     volatile uint64_t seal;           /* TAIL_PACK(final bytes, final records) or SHMLOG_NONE;
                                        * set by one CAS, so a reaper's seal and a slow
                                        * overflower's seal can never mix */
-    uint8_t _pad1[96];
+    volatile uint64_t released;       /* 1: the chunk's pages were (or may have been) given
+                                       * back to the tmpfs (shmlog_log_release): whoever
+                                       * opens it reserves them again first. 0 in regions
+                                       * of older versions, whose chunks are all reserved */
+    uint8_t _pad1[88];
 } shmlog_chunk_t;
 
 /* A producer's slot: its in-flight claim, written before and after the
@@ -208,6 +213,7 @@ _Static_assert(offsetof(shmlog_part_hdr_t, start_offset) == 512, "start_offset m
 _Static_assert(offsetof(shmlog_part_hdr_t, chunks) == 640, "chunks moved");
 _Static_assert(sizeof(shmlog_chunk_t) == 256, "chunk descriptor size");
 _Static_assert(offsetof(shmlog_chunk_t, seq) == 128, "chunk seq moved");
+_Static_assert(offsetof(shmlog_chunk_t, released) == 160, "chunk released moved");
 _Static_assert(sizeof(shmlog_producer_slot_t) == 128, "producer slot size");
 _Static_assert(offsetof(shmlog_producer_slot_t, claim_stamped) == 56, "claim_stamped moved");
 _Static_assert(sizeof(shmlog_reader_slot_t) == 128, "reader slot size");

@@ -11,6 +11,7 @@
  *   -EBADMSG   corrupt batch (bad CRC, bad length), offset in info->bad_offset
  *   -ERANGE    cursor's chunk was reused (the reader fell behind)
  *   -ENOSPC    no free slot / output arrays too small
+ *   -ENOMEM    the next chunk's pages cannot be reserved (tmpfs full)
  *   -ETIMEDOUT a wait found no data before its timeout
  * The files: region.c (format, attach, slots), claim.c (claim, commit,
  * append), chunk.c (seal, rotate, reclaim, gauges), read.c (read, validate,
@@ -223,6 +224,13 @@ void shmlog_log_set_spilled(shmlog_log_t *log, uint64_t offset);
 void shmlog_log_set_durable(shmlog_log_t *log, uint64_t offset);
 /* free every chunk older than the active one whose reuse is allowed now */
 int shmlog_log_reclaim(shmlog_log_t *log);
+/* Free the sealed chunks that are spilled (or read) and behind every live
+ * reader, then give the pages of every FREE chunk back to the tmpfs
+ * (MADV_REMOVE) and mark it released: the next rotation into it reserves
+ * its pages again (-ENOMEM to the producer if it cannot). Returns chunks
+ * released, or -errno if giving pages back failed. For idle partitions of
+ * disk topics: the supervisor calls it, never the claim path. */
+int shmlog_log_release(shmlog_log_t *log);
 
 /* reaper */
 int shmlog_log_reap_producer(shmlog_log_t *log, int slot);

@@ -68,6 +68,12 @@ int shmlog_log_format(void *base, size_t len, uint32_t chunk_bytes, uint32_t chu
         h->readers[i].position = SHMLOG_NONE;
         h->readers[i].pin = SHMLOG_NONE;
     }
+    /* Only the first chunk's pages are reserved with the region (the
+     * creator allocates header + chunk 0): the others are reserved when a
+     * rotation first opens them (try_rotate), so a partition that never
+     * fills its first chunk never holds the rest of its ring */
+    for (uint32_t i = 1; i < chunk_count; i++)
+        h->chunks[i].released = 1;
     shmlog_chunk_t *c = &h->chunks[0];
     c->seq = 0;
     c->base_offset = initial_offset;

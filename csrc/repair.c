@@ -191,7 +191,9 @@ int shmlog_log_repair_chunks(shmlog_log_t *log, uint32_t dead_pid)
         shmlog_chunk_t *d = &log->hdr->chunks[i];
         uint64_t st = shmlog_load_acquire_u64(&d->state);
         uint32_t s = STATE_OF(st), owner = OWNER_OF(st);
-        if ((s != SHMLOG_CHUNK_RECLAIMING && s != SHMLOG_CHUNK_OPENING) || owner != dead_pid)
+        if ((s != SHMLOG_CHUNK_RECLAIMING && s != SHMLOG_CHUNK_OPENING &&
+             s != SHMLOG_CHUNK_RELEASING) ||
+            owner != dead_pid)
             continue;
         /* Both are redone from scratch. A reclaim goes back to SEALED, not on
          * to FREE: it may have died before it checked claims and pins, and
@@ -202,6 +204,11 @@ int shmlog_log_repair_chunks(shmlog_log_t *log, uint32_t dead_pid)
             /* published to the next rotator by the state CAS below, which
              * its acquire-load of a FREE state pairs with (try_rotate) */
             shmlog_store_release_u64(&d->tail, 0);
+            to = STATE_NEXT(st, SHMLOG_CHUNK_FREE, 0);
+        } else if (s == SHMLOG_CHUNK_RELEASING) {
+            /* its data was freed before the release began; `released` was
+             * set before any page went, so FREE is safe whatever the dead
+             * releaser got to: the next opener reserves if the flag says so */
             to = STATE_NEXT(st, SHMLOG_CHUNK_FREE, 0);
         }
         if (shmlog_cas_u64(&d->state, &st, to))

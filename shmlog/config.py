@@ -59,6 +59,10 @@ BROKER_DEFAULTS: Dict[str, Any] = {
     # created) this data dir may hold; None: SHM_BUDGET_FRACTION of the
     # smaller of RAM and the shared-memory tmpfs (shmlog.broker.shm_budget)
     "shm_budget_bytes": None,
+    # a disk partition whose claimed end has not moved for this long gives
+    # back the pages of its spilled, read chunks (all but the active one);
+    # 0 never (shmlog.broker.shm_budget)
+    "shm_release_idle_ms": 1000,
     # the Kafka wire-protocol listener (shmlog.kafka): "host:port" or None
     # (off); loopback unless the user names another address
     "kafka_listener": None,

@@ -121,4 +121,11 @@ def check(rc: int, what: str, *, offset: Optional[int] = None) -> int:
         raise ShmlogError(f"{what}: no free slot (too many producers or readers)", what=what, code=code)
     if code == errno.EINVAL:
         raise InvalidConfig(f"{what}: invalid argument", what=what, code=code)
+    if code == errno.ENOMEM:
+        # chunk.c, try_rotate: the next chunk's pages could not be reserved
+        raise StorageError(
+            f"{what}: no shared memory for the next chunk (the tmpfs behind /dev/shm is full): "
+            f"consumers and the spiller free chunks as they catch up; free space there, grow it "
+            f"(mount -o remount,size=... /dev/shm), or lower the data dir's shm_budget_bytes",
+            what=what, code=code)
     raise ShmlogError(f"{what}: {errno.errorcode.get(code, code)}", what=what, code=code)

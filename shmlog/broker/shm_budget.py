@@ -21,10 +21,12 @@ It never touches a region: it reads configs, and sizes of files in /dev/shm.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any, Dict, Optional
 
 from .. import config as cfgmod
 from .. import errors
+from ..core import groups_region
 from ..core.log import PartitionLog, region_usage, shm_free_bytes, shm_space
 
 # default budget: this share of the smaller of RAM and the tmpfs behind
@@ -36,6 +38,14 @@ SHM_BUDGET_FRACTION = 0.25
 # 1/DISK_TOPIC_SHARE of the budget for the whole topic, and chunks of at
 # least DISK_CHUNK_MIN (a batch may take chunk/16: 16 KiB at the minimum)
 DISK_TOPIC_SHARE = 8
+# A disk partition holds its header and its active chunk at all times; the
+# rest of its ring only while it is busy (an idle one gives those pages back:
+# release_idle). The budget counts the full ring for this many partitions of
+# each disk topic, the active chunk for the others: few partitions of a wide
+# topic are hot at once. More hot ones than this can go past the budget;
+# then every release pass frees what it can, and a tmpfs that is really full
+# is a StorageError for the producer that cannot rotate, never a SIGBUS.
+DISK_HOT_PARTITIONS = 32
 DISK_CHUNK_MIN = 256 << 10
 CHUNK_ALIGN = 64 << 10  # chunk sizes in whole 64 KiB units (page multiples)
 GEOMETRY_KEYS = ("chunk_bytes", "chunk_count")
@@ -55,13 +65,27 @@ def default_budget() -> int:
 
 
 def region_bytes(cfg: Dict[str, Any]) -> int:
-    """Bytes one partition region of a topic with this config reserves."""
+    """Bytes one partition region of a topic with this config spans (its
+    apparent size; a memory topic reserves all of it)."""
     return PartitionLog.region_bytes(cfg["chunk_bytes"], cfg["chunk_count"])
 
 
 def topic_bytes(cfg: Dict[str, Any], partitions: Optional[int] = None) -> int:
+    """What the budget counts for a topic (or for `partitions` of its
+    partitions): a memory topic's whole rings (the log is its size); a disk
+    topic's header and active chunk per partition, plus the rest of the
+    ring for DISK_HOT_PARTITIONS of them."""
     n = cfg["partitions"] if partitions is None else partitions
-    return n * region_bytes(cfg)
+    full = region_bytes(cfg)
+    if cfg.get("storage") != "disk":
+        return n * full
+    idle = full - (cfg["chunk_count"] - 1) * cfg["chunk_bytes"]
+    return n * idle + min(n, DISK_HOT_PARTITIONS) * (full - idle)
+
+
+def added_bytes(cfg: Dict[str, Any], before: int, after: int) -> int:
+    """What growing a topic from `before` to `after` partitions adds to the budget."""
+    return topic_bytes(cfg, after) - topic_bytes(cfg, before)
 
 
 def human(n: Optional[float]) -> str:
@@ -86,8 +110,9 @@ def disk_ring_chunk_bytes(partitions: int, budget: int, available: int,
     top = cfgmod.TOPIC_DEFAULTS["chunk_bytes"]
     share = min(budget // DISK_TOPIC_SHARE, max(available, 0))
     header = PartitionLog.region_bytes(top, count) - top * count
-    per_partition = share // max(partitions, 1) - header
-    chunk = per_partition // count
+    n = max(partitions, 1)
+    # topic_bytes: n x (header + chunk) + min(n, hot) x (count - 1) x chunk
+    chunk = (share - n * header) // (n + min(n, DISK_HOT_PARTITIONS) * (count - 1))
     chunk -= chunk % CHUNK_ALIGN
     chunk = max(DISK_CHUNK_MIN, min(top, chunk))
     if max_message_bytes is not None:
@@ -104,6 +129,8 @@ class ShmBudget:
 
     def __init__(self, sup):
         self.sup = sup
+        self._ends: Dict[Any, tuple] = {}  # partition key -> (claimed end, since when)
+        self.released_chunks = 0
 
     @property
     def budget(self) -> int:
@@ -111,9 +138,15 @@ class ShmBudget:
         return int(b) if b is not None else default_budget()
 
     def reserved(self) -> int:
-        """What every partition region of the data dir reserves (by config:
-        the regions are created at this size and their pages allocated)."""
-        return sum(topic_bytes(t["config"]) for t in self.sup.meta["topics"].values())
+        """What the budget counts for every topic of the data dir (by
+        config: topic_bytes), and the groups region (heartbeat slots, its
+        pages reserved when it is created)."""
+        return groups_region.REGION_BYTES + sum(
+            topic_bytes(t["config"]) for t in self.sup.meta["topics"].values())
+
+    def _region_names(self):
+        return [plog.name for plog in list(self.sup.logs.values())] + [
+            groups_region.region_name(self.sup.cluster_id)]
 
     def topic_defaults(self, conf: Dict[str, Any]) -> Dict[str, Any]:
         """conf (what the user asked for) with a disk topic's ring sized from
@@ -157,16 +190,67 @@ class ShmBudget:
                 what=name,
             )
 
+    def release_idle(self, targets) -> int:
+        """Give back the pages of spilled, read chunks of idle disk partitions
+        (the spiller calls this with its [(partition files, region)] every
+        retention interval). A partition is idle once its claimed end has
+        not moved for shm_release_idle_ms: a busy one keeps its ring, so its
+        rotations never pay for reserving pages again. Past the budget
+        (more hot partitions than it counted), busy ones give back their
+        free chunks too. The supervisor does it, not the clients: it knows
+        spilled offsets, sees every reader slot, and outlives them.
+
+        Released chunks are FREE (reused, for readers): a reader asking for
+        their offsets finds them below the start offset and reads segment
+        files, as for any offset behind the ring."""
+        idle_ms = self.sup.cfg.get("shm_release_idle_ms", 1000)
+        if not idle_ms:
+            return 0
+        now = time.monotonic()
+        over = None
+        released = 0
+        seen = set()
+        for part, plog in targets:
+            key = part.key
+            seen.add(key)
+            with self.sup.lock:
+                if plog.closed or part.deleted:
+                    continue
+                end = plog.claimed_end
+                prev = self._ends.get(key)
+                if prev is None or prev[0] != end:
+                    self._ends[key] = (end, now)
+                    if over is None:
+                        over = self.resident() > self.budget
+                    if not over:
+                        continue
+                elif (now - prev[1]) * 1000 < idle_ms:
+                    continue
+                released += plog.release()
+        for key in [k for k in self._ends if k not in seen]:
+            del self._ends[key]
+        self.released_chunks += released
+        return released
+
+    def resident(self) -> int:
+        total = 0
+        for name in self._region_names():
+            u = region_usage(name)
+            if u is not None:
+                total += u[1]
+        return total
+
     def stats(self) -> Dict[str, Any]:
         """Data-dir totals: budget, reserved (by config), apparent and
         resident size of the regions that exist, the tmpfs's size and free."""
         apparent = resident = 0
-        for plog in list(self.sup.logs.values()):
-            u = region_usage(plog.name)
+        for name in self._region_names():
+            u = region_usage(name)
             if u is not None:
                 apparent += u[0]
                 resident += u[1]
         total, free = shm_space()
         return {"budget_bytes": self.budget, "reserved_bytes": self.reserved(),
                 "apparent_bytes": apparent, "resident_bytes": resident,
-                "tmpfs_bytes": total, "tmpfs_free_bytes": free}
+                "tmpfs_bytes": total, "tmpfs_free_bytes": free,
+                "released_chunks": self.released_chunks}

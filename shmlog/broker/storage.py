@@ -401,6 +401,10 @@ class Storage(Recovery, SegmentWriting):
                     self._retention_pass()
                 except Exception:
                     log.exception("retention pass failed")
+                try:
+                    self.sup.shm.release_idle(targets)
+                except Exception:
+                    log.exception("release pass failed")
             if moved:
                 idle = 0.0005
                 if self._syncs:

@@ -30,14 +30,14 @@ import posix_ipc
 
 from .. import config as cfgmod
 from .. import errors, protocol
-from ..core.log import PartitionLog, region_usage, reserve_region, unlink_region
+from ..core.log import PartitionLog, region_usage, unlink_region
 from ..osutil import pid_alive, write_json_atomic
 from ..protocol import LOCK_NAME, SOCKET_NAME, ensure_data_dir
 from .coordinator import Coordinator
 from .kafka_process import ListenerProcess
 from .memory_offsets import MemoryOffsets
 from .mirrors import MirrorKeeper
-from .shm_budget import ShmBudget, human, region_bytes
+from .shm_budget import ShmBudget, added_bytes, human, region_bytes, topic_bytes
 from .storage import Storage
 
 log = logging.getLogger("shmlog.supervisor")
@@ -226,7 +226,7 @@ class Supervisor:
                 # a region from an older supervisor may have pages that were
                 # never allocated: allocate them now, so a full tmpfs is this
                 # warning and not a SIGBUS in a producer
-                reserve_region(rname, what)
+                plog.reserve_pages()
             except (errors.StorageError, OSError) as exc:
                 log.warning("%s: %s", what, exc)
         except posix_ipc.ExistentialError:
@@ -235,7 +235,7 @@ class Supervisor:
                 max_batch_bytes=cfgmod.max_batch_bytes(c["chunk_bytes"]),
                 gate_readers=self.gates_readers(c), gate_spill=self.gates_spill(c),
                 partition=p, initial_offset=self.initial_offset(name, t, p, initial_offset),
-                prefault=False, reserve=True, what=what,
+                prefault=False, reserve=True, reserve_ring=c["storage"] != "disk", what=what,
             )
         except errors.ShmlogError as exc:
             log.error("region %s is unusable (%s); recreating it", rname, exc)
@@ -502,7 +502,7 @@ class Supervisor:
         if name in self.meta["topics"]:
             raise errors.TopicExists(f"topic {name!r} already exists", what=name)
         cfg = cfgmod.topic_config(self.shm.topic_defaults(conf))
-        self.shm.check(name, region_bytes(cfg) * cfg["partitions"],
+        self.shm.check(name, topic_bytes(cfg),
                        f"creating topic {name!r} with {cfg['partitions']} partition(s) of "
                        f"{self._geometry(cfg)}")
         tid = self.meta["next_topic_id"]
@@ -542,6 +542,18 @@ class Supervisor:
         conf = protocol.field(m, "config", dict)
         t = self.topic_meta(name)
         bad = set(conf) - self.ALTERABLE
+        ring = sorted(bad & {"chunk_bytes", "chunk_count"})
+        if ring:
+            # every client maps the regions with the geometry they were made
+            # with: a new one means new regions, new offsets, a new budget check
+            raise errors.InvalidConfig(
+                f"cannot alter {', '.join(ring)} of topic {name!r}: its shared-memory regions keep the "
+                f"ring geometry they were created with ({self._geometry(t['config'])}), which every "
+                f"producer and consumer has mapped. Create a topic with the new --config "
+                f"{ring[0]}=... (checked against shm_budget_bytes) and move to it, or delete and "
+                f"re-create this one",
+                what=name,
+            )
         if bad:
             raise errors.InvalidConfig(
                 f"cannot alter {', '.join(sorted(bad))} of topic {name!r}: only "
@@ -563,7 +575,7 @@ class Supervisor:
                 what=name,
             )
         new_cfg = cfgmod.topic_config({"partitions": total}, base=t["config"])
-        self.shm.check(name, region_bytes(new_cfg) * (total - cur),
+        self.shm.check(name, added_bytes(new_cfg, cur, total),
                        f"adding {total - cur} partition(s) of {self._geometry(new_cfg)} to topic {name!r}")
         try:
             for p in range(cur, total):
@@ -638,7 +650,8 @@ class Supervisor:
             "bytes": used,
             # sizes, each named for what it measures (the same words in
             # stats, topics describe, top and Prometheus):
-            "shm_reserved_bytes": usage[0] if usage else len(plog.mapping),  # the region, allocated
+            "shm_reserved_bytes": usage[0] if usage else len(plog.mapping),  # region size (shm_budget)
+            "chunks_released": plog.chunks_released(),
             "shm_resident_bytes": usage[1] if usage else None,  # its pages in memory
             "shm_used_bytes": used,  # bytes of batches in chunks that hold data
             # what producers cannot overwrite yet, over the ring: an empty

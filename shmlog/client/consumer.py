@@ -421,6 +421,10 @@ class Consumer:
                     if a.disk is None:
                         self._reset(a, self.auto_offset_reset)
                     return None
+                if a.slot >= 0:
+                    # back in shared memory: chunks below are released once
+                    # every reader is past them (shmlog_log_release)
+                    a.plog.set_reader_position(a.slot, nxt)
                 return None
         else:
             try:

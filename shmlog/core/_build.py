@@ -31,6 +31,7 @@ CDEF = r"""
 #define SHMLOG_CHUNK_SEALED ...
 #define SHMLOG_CHUNK_RECLAIMING ...
 #define SHMLOG_CHUNK_OPENING ...
+#define SHMLOG_CHUNK_RELEASING ...
 #define SHMLOG_FRAME_CLAIMED ...
 #define SHMLOG_FRAME_DATA ...
 #define SHMLOG_FRAME_PAD ...
@@ -49,6 +50,7 @@ typedef struct {
     uint64_t base_offset;
     uint64_t state;
     uint64_t seal;
+    uint64_t released;
     ...;
 } shmlog_chunk_t;
 
@@ -300,6 +302,7 @@ uint32_t shmlog_log_chunks_held(shmlog_log_t *log);
 void shmlog_log_set_spilled(shmlog_log_t *log, uint64_t offset);
 void shmlog_log_set_durable(shmlog_log_t *log, uint64_t offset);
 int shmlog_log_reclaim(shmlog_log_t *log);
+int shmlog_log_release(shmlog_log_t *log);
 int shmlog_log_reap_producer(shmlog_log_t *log, int slot);
 int shmlog_log_reap_reader(shmlog_log_t *log, int slot);
 int shmlog_log_unblock(shmlog_log_t *log, uint64_t seq, uint32_t pos, int force);

@@ -29,7 +29,7 @@ import secrets
 import posix_ipc
 
 from .. import errors
-from .log import unlink_region
+from .log import reserve_fd, unlink_region
 
 log = logging.getLogger("shmlog.groups")
 
@@ -82,9 +82,15 @@ class GroupsRegion:
             unlink_region(name)
         shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=REGION_BYTES)
         try:
+            # its pages now: a member's heartbeat write into a page the full
+            # tmpfs cannot give would be a SIGBUS in that member
+            reserve_fd(shm.fd, REGION_BYTES, f"groups region {name}", name)
             mm = mmap.mmap(shm.fd, REGION_BYTES, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        finally:
+        except BaseException:
             shm.close_fd()
+            unlink_region(name)
+            raise
+        shm.close_fd()
         region = cls(name, mm, created=True)
         w = region.words
         w[H_VERSION] = VERSION
@@ -100,6 +106,8 @@ class GroupsRegion:
             size = shm.size
             if size < REGION_BYTES:
                 raise errors.CorruptBatch(f"groups region {name} is only {size} bytes", what=name)
+            # a region of a version that did not reserve: reserve it now
+            reserve_fd(shm.fd, REGION_BYTES, f"groups region {name}", name)
             mm = mmap.mmap(shm.fd, REGION_BYTES, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         finally:
             shm.close_fd()

@@ -84,11 +84,16 @@ class PartitionLog:
         initial_offset: int = 0,
         prefault: bool = False,
         reserve: bool = False,
+        reserve_ring: bool = True,
         what: Optional[str] = None,
     ) -> PartitionLog:
-        """reserve: allocate every page of the region now (posix_fallocate),
-        so a full tmpfs is an error here and never a SIGBUS later in
-        whichever process first writes a page."""
+        """reserve: allocate the region's pages now (posix_fallocate), so a
+        full tmpfs is an error here and never a SIGBUS later in whichever
+        process first writes a page. reserve_ring=False reserves only the
+        header and the first chunk: the others are reserved by the rotation
+        that first opens them (chunk.c, try_rotate), which turns a full
+        tmpfs into StorageError for that producer. Disk topics use it: an
+        idle partition then never holds more than its first chunk."""
         what = what or f"partition region {name}"
         if max_batch_bytes is None:
             max_batch_bytes = default_max_batch_bytes(chunk_bytes)
@@ -99,7 +104,8 @@ class PartitionLog:
         shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=size)
         try:
             if reserve:
-                reserve_fd(shm.fd, size, what, name)
+                reserve_fd(shm.fd, size if reserve_ring else lib.SHMLOG_HEADER_BYTES + chunk_bytes,
+                           what, name)
             mm = _map(shm.fd, size, prefault)
         except BaseException:
             shm.close_fd()
@@ -121,7 +127,13 @@ class PartitionLog:
                 f"chunk_count: 2..64; max_batch_bytes: 128..chunk_bytes/2, multiple of 64)",
                 what=what,
             )
-        return cls(name, shm, mm, ffi.new("shmlog_log_t *"), created=True, what=what)
+        plog = cls(name, shm, mm, ffi.new("shmlog_log_t *"), created=True, what=what)
+        if reserve and reserve_ring:
+            # every chunk's pages are allocated: none needs reserving when it
+            # opens (format marks all but the first, for lazy regions)
+            for i in range(chunk_count):
+                plog.hdr.chunks[i].released = 0
+        return plog
 
     @classmethod
     def attach(cls, name: str, *, prefault: bool = False, what: Optional[str] = None) -> PartitionLog:
@@ -131,7 +143,7 @@ class PartitionLog:
             size = shm.size
             if size < lib.SHMLOG_HEADER_BYTES:
                 raise errors.CorruptBatch(f"{what}: region is only {size} bytes", what=what)
-            mm = _map(shm.fd, size, prefault)
+            mm = _map(shm.fd, size, False)
         finally:
             shm.close_fd()
         handle = ffi.new("shmlog_log_t *")
@@ -141,7 +153,31 @@ class PartitionLog:
         if rc < 0:
             mm.close()
             errors.check(rc, what)
-        return cls(name, shm, mm, handle, created=False, what=what)
+        plog = cls(name, shm, mm, handle, created=False, what=what)
+        if prefault:
+            plog._prefault()
+        return plog
+
+    def _prefault(self) -> None:
+        """Map the pages of the header and of every chunk that holds them now.
+
+        Not MAP_POPULATE: that faults in the whole region, and a fault on a
+        page a released chunk gave back (chunk.c, shmlog_log_release)
+        allocates it again - every client's attach would undo the release.
+        MADV_POPULATE_WRITE (Linux 5.14) on the reserved parts only; an
+        older kernel maps pages as they are touched."""
+        hb, cb, mm = lib.SHMLOG_HEADER_BYTES, self.chunk_bytes, self.mapping
+        spans = [(0, hb)]
+        for i in range(self.chunk_count):
+            if not self.hdr.chunks[i].released:
+                start = hb + i * cb
+                lo = start - start % mmap.PAGESIZE
+                spans.append((lo, min(start + cb, len(mm)) - lo))
+        try:
+            for start, length in spans:
+                mm.madvise(_MADV_POPULATE_WRITE, start, length)
+        except OSError:
+            pass
 
     def close(self) -> None:
         if self._closed:
@@ -207,6 +243,40 @@ class PartitionLog:
         readers, pins or the spiller still need): producers block when this
         reaches chunk_count. The fill gauge's numerator."""
         return lib.shmlog_log_chunks_held(self.checked_log())
+
+    def chunks_released(self) -> int:
+        """Chunks whose pages are given back (or were never reserved): a
+        racy snapshot for display and the budget's resident estimate."""
+        hdr = self.hdr
+        if hdr is None:
+            return 0
+        return sum(1 for i in range(self.chunk_count) if hdr.chunks[i].released)
+
+    def release(self) -> int:
+        """Free the chunks that are spilled and behind every live reader and
+        give their pages back to the tmpfs (shmlog_log_release): the
+        supervisor's call for an idle partition of a disk topic. Returns the
+        chunks released."""
+        rc = lib.shmlog_log_release(self.checked_log())
+        if rc < 0:
+            raise errors.StorageError(
+                f"{self.what}: giving idle chunks back to the tmpfs failed "
+                f"({os.strerror(-rc)})", what=self.what, code=-rc)
+        return rc
+
+    def reserve_pages(self) -> None:
+        """reserve_fd for the header and every chunk not marked released: a
+        region a supervisor re-attaches to may come from a version that did
+        not reserve; released chunks are reserved when they are opened."""
+        shm = posix_ipc.SharedMemory(self.name)
+        try:
+            hb, cb = lib.SHMLOG_HEADER_BYTES, self.chunk_bytes
+            reserve_fd(shm.fd, hb, self.what, self.name, start=0)
+            for i in range(self.chunk_count):
+                if not self.hdr.chunks[i].released:
+                    reserve_fd(shm.fd, cb, self.what, self.name, start=hb + i * cb)
+        finally:
+            shm.close_fd()
 
     def used_bytes(self) -> tuple:
         """(bytes of frames in chunks that hold data, bytes in the active
@@ -498,15 +568,15 @@ def region_usage(name: str) -> Optional[tuple]:
     return st.st_size, st.st_blocks * 512
 
 
-def reserve_fd(fd: int, size: int, what: str, name: str = "") -> None:
-    """Allocate the pages of [0, size) of a shared-memory file now.
+def reserve_fd(fd: int, size: int, what: str, name: str = "", *, start: int = 0) -> None:
+    """Allocate the pages of [start, start + size) of a shared-memory file now.
 
     A page of a tmpfs file that is first touched through a mapping when the
     tmpfs is full raises SIGBUS in the writer; posix_fallocate turns that
     into ENOSPC here, where it can be reported (tmpfs supports fallocate
     since Linux 3.5). Pages already allocated are left as they are."""
     try:
-        os.posix_fallocate(fd, 0, size)
+        os.posix_fallocate(fd, start, size)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.ENOMEM, errno.EFBIG):
             free = shm_free_bytes()
@@ -523,16 +593,6 @@ def reserve_fd(fd: int, size: int, what: str, name: str = "") -> None:
         # supervisor's free-space check is all there is
 
 
-def reserve_region(name: str, what: str) -> None:
-    """reserve_fd for an existing region (one a supervisor re-attaches to:
-    it may come from a version that did not reserve)."""
-    shm = posix_ipc.SharedMemory(name)
-    try:
-        reserve_fd(shm.fd, shm.size, what, name)
-    finally:
-        shm.close_fd()
-
-
 def shm_space() -> tuple:
     """(size, free bytes) of the tmpfs behind SHM_DIR; (None, None) if unknown."""
     try:
@@ -544,6 +604,9 @@ def shm_space() -> tuple:
 
 def shm_free_bytes() -> Optional[int]:
     return shm_space()[1]
+
+
+_MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux 5.14
 
 
 def _map(fd: int, size: int, prefault: bool) -> mmap.mmap:

@@ -20,6 +20,7 @@ from _broker_helpers import SHM_DIR, murmur2_ref, partition_regions, running_clu
 from shmlog import config as cfgmod
 from shmlog import errors
 from shmlog.broker import shm_budget
+from shmlog.core import groups_region
 from shmlog.core.log import PartitionLog
 
 MIB = 1 << 20
@@ -39,17 +40,39 @@ def test_disk_ring_defaults_scale_with_partitions():
     budget = 6 << 30
     one = shm_budget.disk_ring_chunk_bytes(1, budget, budget)
     assert one == cfgmod.TOPIC_DEFAULTS["chunk_bytes"]  # few partitions: as before
+    share = budget // shm_budget.DISK_TOPIC_SHARE
     mid = shm_budget.disk_ring_chunk_bytes(256, budget, budget)
     assert shm_budget.DISK_CHUNK_MIN < mid < one and mid % shm_budget.CHUNK_ALIGN == 0
-    assert 256 * PartitionLog.region_bytes(mid, 4) <= budget // shm_budget.DISK_TOPIC_SHARE
-    assert shm_budget.disk_ring_chunk_bytes(1000, budget, budget) == shm_budget.DISK_CHUNK_MIN
+    assert shm_budget.topic_bytes(_disk(256, mid)) <= share
+    # 1,000 partitions: idle ones hold only their active chunk, so the ring
+    # is larger than a quarter of the share over the partitions
+    wide = shm_budget.disk_ring_chunk_bytes(1000, budget, budget)
+    assert wide > 2 * shm_budget.DISK_CHUNK_MIN and wide > share // (4 * 1000)
+    assert shm_budget.topic_bytes(_disk(1000, wide)) <= share
     # what is left of the budget caps the share
     left = shm_budget.disk_ring_chunk_bytes(16, budget, 64 * MIB)
-    assert left < MIB and 16 * PartitionLog.region_bytes(left, 4) <= 64 * MIB
+    assert left < 4 * MIB and shm_budget.topic_bytes(_disk(16, left)) <= 64 * MIB
     # a max_message_bytes the user set still fits a batch of the ring
     chunk = shm_budget.disk_ring_chunk_bytes(1000, budget, budget, max_message_bytes=100_000)
     cfg = cfgmod.topic_config({"chunk_bytes": chunk, "max_message_bytes": 100_000})
     assert cfg["max_message_bytes"] == 100_000
+
+
+def _disk(partitions, chunk_bytes):
+    return cfgmod.topic_config({"partitions": partitions, "chunk_bytes": chunk_bytes, "storage": "disk"})
+
+
+def test_budget_counts_a_disk_topics_active_chunks_and_its_hot_rings():
+    hot = shm_budget.DISK_HOT_PARTITIONS
+    cfg = _disk(1000, MIB)
+    full = PartitionLog.region_bytes(MIB, 4)
+    idle = full - 3 * MIB
+    assert shm_budget.topic_bytes(cfg) == 1000 * idle + hot * 3 * MIB
+    assert shm_budget.topic_bytes(_disk(2, MIB)) == 2 * full  # few partitions: whole rings
+    assert shm_budget.added_bytes(cfg, 1000, 1001) == idle
+    assert shm_budget.added_bytes(_disk(1, MIB), 1, 2) == full
+    mem = cfgmod.topic_config({"partitions": 1000, "chunk_bytes": MIB, "storage": "memory"})
+    assert shm_budget.topic_bytes(mem) == 1000 * full  # a memory topic's ring is its log
 
 
 def test_budget_setting_is_validated():
@@ -89,10 +112,15 @@ def test_many_partitions_default_disk_topic_within_budget(data_dir):
         assert len(partition_regions(data_dir)) == 200
         assert apparent <= budget and resident <= budget
         shm = c.stats()["shm"]
-        assert shm["budget_bytes"] == budget and shm["reserved_bytes"] == apparent
-        assert shm["apparent_bytes"] == apparent and shm["resident_bytes"] <= budget
-        # reserved means allocated: every page is resident from the start
-        assert resident == apparent
+        assert shm["budget_bytes"] == budget
+        groups = groups_region.REGION_BYTES
+        assert shm["reserved_bytes"] == shm_budget.topic_bytes(cfg) + groups <= budget
+        assert shm["apparent_bytes"] == apparent + groups and shm["resident_bytes"] <= budget
+        # a disk partition reserves its first chunk up front, the rest of its
+        # ring when a rotation first opens it: 3 x 600 small messages over
+        # 200 partitions never fill a first chunk
+        header = PartitionLog.region_bytes(cfg["chunk_bytes"], 4) - 4 * cfg["chunk_bytes"]
+        assert resident == 200 * (header + cfg["chunk_bytes"]) < apparent
 
 
 def test_past_the_budget_fails_with_the_figures_and_harms_nothing(data_dir):
@@ -125,7 +153,8 @@ def test_past_the_budget_fails_with_the_figures_and_harms_nothing(data_dir):
         # a disk topic with default settings takes its ring from what is left
         wide = c.create_topic("wide", partitions=8)
         assert wide.config["chunk_bytes"] == shm_budget.DISK_CHUNK_MIN
-        assert c.stats()["shm"]["reserved_bytes"] == _usage(data_dir)[0] <= budget
+        shm = c.stats()["shm"]
+        assert shm["reserved_bytes"] <= budget and _usage(data_dir)[1] <= budget
 
 
 # Runs in a private mount namespace whose /dev/shm is a 64 MiB tmpfs (the
@@ -162,13 +191,22 @@ _TMPFS_CHILD = textwrap.dedent(r"""
     res["left_after_reserve"] = sorted(os.listdir("/dev/shm"))
 
     # 3. through the supervisor, with a budget far past the tmpfs
-    with shmlog.connect(data_dir, shm_budget_bytes=1 << 40, idle_timeout_s=30) as c:
+    # (idle partitions keep their chunks here: release has its own tests)
+    with shmlog.connect(data_dir, shm_budget_bytes=1 << 40, idle_timeout_s=30,
+                        shm_release_idle_ms=0) as c:
         try:
             c.create_topic("big", partitions=2, storage="memory")
             res["big"] = "created"
         except errors.ShmlogError as exc:
             res["big"] = f"{type(exc).__name__}: {exc}"
         c.create_topic("d", partitions=1, chunk_bytes=1 << 20, chunk_count=4)
+        # "d" goes round once: every chunk of its ring gets its pages
+        with c.producer() as p:
+            for i in range(4 * 16):
+                p.send("d", bytes([i % 251]) * 60_000)
+            p.flush()
+        # "e" holds only its first chunk: its first rotation needs pages
+        c.create_topic("e", partitions=1, chunk_bytes=1 << 20, chunk_count=4)
         # fill what is left of the tmpfs
         with open("/dev/shm/filler", "wb") as f:
             try:
@@ -182,12 +220,22 @@ _TMPFS_CHILD = textwrap.dedent(r"""
             res["more"] = "created"
         except errors.ShmlogError as exc:
             res["more"] = f"{type(exc).__name__}: {exc}"
-        # the ring goes round 4 times on a full tmpfs: its pages were reserved
+        # a rotation into a chunk without pages: an error for that producer
+        try:
+            with c.producer() as p:
+                for i in range(64):
+                    p.send("e", bytes([i % 251]) * 60_000)
+                p.flush()
+            res["e"] = "sent"
+        except errors.ShmlogError as exc:
+            res["e"] = f"{type(exc).__name__}: {exc}"
+        # the ring goes round 4 times more on a full tmpfs: its pages were reserved
         n = 4 * 4 * 16
         with c.producer() as p:
             for i in range(n):
                 p.send("d", bytes([i % 251]) * 60_000)
             p.flush()
+        n += 4 * 16
         got = 0
         with c.consumer("d", group="g", auto_offset_reset="earliest") as cons:
             deadline = time.monotonic() + 30
@@ -196,6 +244,12 @@ _TMPFS_CHILD = textwrap.dedent(r"""
         res["sent"], res["got"] = n, got
         res["stats_ok"] = "shm" in c.stats()  # the supervisor still answers
         os.unlink("/dev/shm/filler")
+        # with space again, "e" rotates
+        with c.producer() as p:
+            for i in range(64):
+                p.send("e", bytes([i % 251]) * 60_000)
+            p.flush()
+        res["e_end"] = c.describe_topic("e").partitions[0].end_offset
         c.shutdown()
     print(json.dumps(res))
 """)
@@ -221,7 +275,9 @@ def test_full_tmpfs_is_an_error_never_a_sigbus(data_dir):
     assert res["big"].startswith("StorageError") and "/dev/shm" in res["big"] and "free" in res["big"]
     assert res["filler_errno"] == 28  # ENOSPC: the tmpfs is full
     assert res["more"].startswith("StorageError"), res["more"]
+    assert res["e"].startswith("StorageError") and "/dev/shm is full" in res["e"], res["e"]
     assert res["got"] == res["sent"] and res["stats_ok"]
+    assert res["e_end"] >= 64
 
 
 def test_a_failed_reservation_leaves_no_region_behind(data_dir, monkeypatch):
@@ -234,11 +290,11 @@ def test_a_failed_reservation_leaves_no_region_behind(data_dir, monkeypatch):
     real = core_log.reserve_fd
     calls = {"n": 0, "fail_at": 3}
 
-    def flaky(fd, size, what, name=""):
+    def flaky(fd, size, what, name="", start=0):
         calls["n"] += 1
         if calls["n"] == calls["fail_at"]:
             raise errors.StorageError(f"{what}: cannot reserve {size} bytes (test)", what=what)
-        real(fd, size, what, name)
+        real(fd, size, what, name, start=start)
 
     monkeypatch.setattr(core_log, "reserve_fd", flaky)
     sup = Supervisor(data_dir, shm_budget_bytes=256 * MIB)
@@ -260,3 +316,87 @@ def test_a_failed_reservation_leaves_no_region_behind(data_dir, monkeypatch):
     finally:
         sup.shutdown()
     assert partition_regions(data_dir) == []
+
+
+def _wait_for(cond, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_idle_partitions_give_their_chunks_back_and_everything_reads_back(data_dir):
+    chunk = 64 << 10
+    with running_cluster(data_dir, shm_release_idle_ms=100) as c:
+        c.create_topic("t", partitions=4, chunk_bytes=chunk, chunk_count=4)
+        header = PartitionLog.region_bytes(chunk, 4) - 4 * chunk
+        sent = [b"%06d" % i + b"x" * 1000 for i in range(1000)]  # ~16 rings on partition 0
+        with c.producer() as p:
+            for i, v in enumerate(sent):
+                p.send("t", v, partition=0 if i % 10 else 1 + i % 3)
+            p.flush(durable=True)
+        with c.consumer("t", group="live", auto_offset_reset="earliest") as cons:
+            got = []
+            deadline = time.monotonic() + 30
+            while len(got) < len(sent) and time.monotonic() < deadline:
+                got += cons.consume(max_messages=10_000, timeout=0.5)
+            cons.commit()
+            assert sorted(m.value for m in got) == sorted(sent)
+            # idle now: every partition keeps its header and its active chunk,
+            # with a consumer that has read everything still attached (and
+            # polling: its position tells the supervisor it is past them)
+            def released():
+                assert cons.consume(max_messages=10, timeout=0.05) == []
+                return _usage(data_dir)[1] == 4 * (header + chunk)
+
+            assert _wait_for(released), _usage(data_dir)
+        assert c.stats()["shm"]["released_chunks"] >= 3
+        part0 = c.describe_topic("t").partitions[0]
+        assert part0.start_offset == 0 and part0.end_offset == 900
+        # the released offsets read back from segment files, in order
+        with c.consumer("t", group="replay", auto_offset_reset="earliest") as cons:
+            got = []
+            deadline = time.monotonic() + 30
+            while len(got) < len(sent) and time.monotonic() < deadline:
+                got += cons.consume(max_messages=10_000, timeout=0.5)
+        by_p = defaultdict(list)
+        for m in got:
+            by_p[m.partition].append(m.offset)
+        assert sorted(m.value for m in got) == sorted(sent)
+        assert all(offs == list(range(len(offs))) for offs in by_p.values())
+        # and partition 0 takes writes again: its rotations reserve the pages
+        with c.producer() as p:
+            for v in sent:
+                p.send("t", v, partition=0)
+            p.flush()
+        assert c.describe_topic("t").partitions[0].end_offset == 1900
+
+
+def test_the_groups_region_is_reserved_and_counted(data_dir):
+    with running_cluster(data_dir, shm_budget_bytes=64 * MIB) as c:
+        name = groups_region.region_name(c.cluster_id)
+        st = os.stat(SHM_DIR / name.lstrip("/"))
+        # every page allocated: a heartbeat write on a full tmpfs is no SIGBUS
+        assert st.st_blocks * 512 >= st.st_size == groups_region.REGION_BYTES
+        shm = c.stats()["shm"]
+        assert shm["reserved_bytes"] == groups_region.REGION_BYTES
+        assert shm["resident_bytes"] == st.st_blocks * 512
+
+
+def test_ring_geometry_cannot_be_altered_live_and_the_error_says_what_to_do(data_dir):
+    with running_cluster(data_dir, shm_budget_bytes=64 * MIB) as c:
+        c.create_topic("t", partitions=2, chunk_bytes=256 << 10, chunk_count=4)
+        before = c.stats()["shm"]["reserved_bytes"]
+        for conf in ({"chunk_bytes": 1 << 20}, {"chunk_count": 8}, {"chunk_bytes": 1 << 20, "retention_ms": 5}):
+            with pytest.raises(errors.InvalidConfig) as ei:
+                c.alter_topic("t", **conf)
+            msg = str(ei.value)
+            assert "cannot alter chunk_" in msg and "topic 't'" in msg
+            assert "chunk_bytes=262144" in msg and "Create a topic" in msg and "shm_budget_bytes" in msg
+        cfg = c.describe_topic("t").config
+        assert (cfg["chunk_bytes"], cfg["chunk_count"]) == (256 << 10, 4)
+        assert c.stats()["shm"]["reserved_bytes"] == before
+        # what can change live still does
+        assert c.alter_topic("t", retention_ms=60_000).config["retention_ms"] == 60_000

@@ -61,6 +61,7 @@ FIELDS = {
         "base_offset": (136, "uint64_t"),
         "state": (144, "uint64_t"),
         "seal": (152, "uint64_t"),
+        "released": (160, "uint64_t"),
     },
     "shmlog_producer_slot_t": {
         "pid": (0, "uint32_t"),
