@@ -258,9 +258,9 @@ class GroupBridge:
         if not valid_group(req.group_id):
             code = P.INVALID_GROUP_ID
         elif m is None:
-            # a commit from outside a group (assign() + commit): the
-            # coordinator takes commits from members only
-            code = P.UNKNOWN_MEMBER_ID if req.member_id or gen >= 0 else P.ILLEGAL_GENERATION
+            code = self._commit_outside(req.group_id, req.member_id, gen, offsets)
+            if isinstance(code, dict):
+                return self._commit_reply(req, lambda t, p: code.get((t, p), P.NONE))
         elif gen != m.kgen:
             code = P.ILLEGAL_GENERATION
         else:
@@ -280,6 +280,52 @@ class GroupBridge:
                 bad = {(t, p) for t, p, _o in offsets} - {(t, p) for t, p, _o in ok}
                 return self._commit_reply(req, lambda t, p: P.ILLEGAL_GENERATION if (t, p) in bad else P.NONE)
         return self._commit_reply(req, lambda t, p: code)
+
+    def _commit_outside(self, group: str, member_id: str, gen: int, offsets):
+        """OffsetCommit from no member of this listener, answered as Kafka's
+        coordinator does (ClassicGroup.validateOffsetCommit): generation < 0
+        (assign() + commit: librdkafka, kafka-python, aiokafka) commits
+        while the group has no members; with members it is UNKNOWN_MEMBER_ID.
+        A generation >= 0 names a membership: UNKNOWN_MEMBER_ID if the group
+        exists, ILLEGAL_GENERATION if it does not. Returns an error code for
+        every partition, or a dict of codes per partition."""
+        if gen >= 0:
+            try:
+                self._request("describe_group", group=group)
+            except errors.GroupError:
+                return P.ILLEGAL_GENERATION
+            except errors.ShmlogError:
+                return P.COORDINATOR_NOT_AVAILABLE
+            return P.UNKNOWN_MEMBER_ID
+        ok = [[t, p, o] for t, p, o in offsets if o >= 0]
+        if not ok:
+            return P.NONE
+        try:
+            self._request("group_commit", group=group, offsets=ok)
+        except errors.FencedMember:
+            return P.UNKNOWN_MEMBER_ID
+        except (errors.UnknownTopic, errors.UnknownPartition):
+            return self._commit_per_partition(group, ok)
+        except errors.ShmlogError as exc:
+            self.state.log.warning("commit to group %r from outside it failed: %s", group, exc)
+            return P.COORDINATOR_NOT_AVAILABLE
+        return P.NONE
+
+    def _commit_per_partition(self, group: str, ok) -> Dict[TP, int]:
+        """One commit per partition, so that a partition Kafka's client
+        names but shmlog does not have fails alone."""
+        codes: Dict[TP, int] = {}
+        for t, p, o in ok:
+            try:
+                self._request("group_commit", group=group, offsets=[[t, p, o]])
+                codes[(t, p)] = P.NONE
+            except (errors.UnknownTopic, errors.UnknownPartition):
+                codes[(t, p)] = P.UNKNOWN_TOPIC_OR_PARTITION
+            except errors.FencedMember:
+                codes[(t, p)] = P.UNKNOWN_MEMBER_ID
+            except errors.ShmlogError:
+                codes[(t, p)] = P.COORDINATOR_NOT_AVAILABLE
+        return codes
 
     @staticmethod
     def _commit_reply(req, code_of) -> Dict[str, Any]:
