@@ -27,7 +27,7 @@ from .. import errors
 from ..config import MAX_SESSION_MS, MIN_SESSION_MS, validate_group_name
 from ..core.groups_region import REJOIN, S_NOTIFY, S_POLL, S_TOKEN, GroupsRegion, slot_index
 from . import protocol as P
-from .wire import assignment, subscription_topics
+from .wire import assignment, subscription_owned, subscription_topics
 
 TP = Tuple[str, int]
 # protocols that revoke everything before rejoining, preferred when offered:
@@ -60,8 +60,19 @@ class KafkaMember:
         self.kgen = 0  # the generation id the Kafka client sees
         self.owned: Set[TP] = set()
         self.pending_revoke: Set[TP] = set()
+        # what the client said it owns at its last JoinGroup (cooperative
+        # subscriptions carry it; None when the client did not say)
+        self.client_owned: Optional[Set[TP]] = None
         self.rebalance = True  # until its first SyncGroup
         self.seen: Optional[int] = None
+
+    @property
+    def eager(self) -> bool:
+        """Does the client drop everything before it rejoins? Cooperative
+        clients keep reading what they own through JoinGroup and SyncGroup,
+        and give up a partition only once a SyncGroup left it out; without
+        the owned partitions in its subscription we cannot tell when."""
+        return self.protocol in EAGER or self.client_owned is None
 
 
 class GroupBridge:
@@ -147,6 +158,7 @@ class GroupBridge:
         chosen = next((p for p in req.protocols if p.name in EAGER), req.protocols[0])
         try:
             topics = sorted(set(subscription_topics(chosen.metadata)))
+            claimed = subscription_owned(chosen.metadata)
         except P.MalformedRequest:
             return {**base, "error_code": 23}
         if not topics:
@@ -170,6 +182,7 @@ class GroupBridge:
                 self._touch(m)
                 m.protocol = chosen.name if chosen.name in names else m.protocol
                 m.metadata = bytes(chosen.metadata)
+            m.client_owned = None if claimed is None else set(claimed)
         except errors.ShmlogError as exc:  # an invalid topic name, the coordinator away, ...
             self.state.log.warning("join of group %r failed: %s", req.group_id, exc)
             return {**base, "error_code": P.COORDINATOR_NOT_AVAILABLE}
@@ -186,15 +199,26 @@ class GroupBridge:
         if req.generation_id != m.kgen:
             return {"throttle_time": 0, "error_code": P.ILLEGAL_GENERATION, "assignment": b""}
         # an eager client dropped everything before it rejoined: what the
-        # coordinator asked back is released now
-        m.owned -= m.pending_revoke
-        m.pending_revoke = set()
+        # coordinator asked back is released now. A cooperative one still
+        # reads what it owns: only what it left out of its JoinGroup is
+        # released; the rest it learns of from this SyncGroup (left out of
+        # its assignment), gives up, then rejoins without it.
+        released = m.pending_revoke if m.eager else m.pending_revoke - m.client_owned
+        m.owned -= released
+        m.pending_revoke -= released
         try:
             for _round in range(16):
                 revoke, grants = self._sync(m)
-                m.owned = (m.owned - revoke) | grants
-                if not revoke and not grants:
-                    break
+                m.owned |= grants
+                if m.eager:
+                    m.owned -= revoke
+                    if not revoke and not grants:
+                        break
+                else:
+                    new = revoke - m.pending_revoke
+                    m.pending_revoke |= revoke
+                    if not new and not grants:
+                        break
         except errors.FencedMember:
             self.members.pop((m.group, m.member_id), None)
             return {"throttle_time": 0, "error_code": P.UNKNOWN_MEMBER_ID, "assignment": b""}
@@ -203,7 +227,7 @@ class GroupBridge:
             return {"throttle_time": 0, "error_code": P.REBALANCE_IN_PROGRESS, "assignment": b""}
         m.rebalance = False
         self._touch(m)
-        return {"throttle_time": 0, "error_code": P.NONE, "assignment": assignment(m.owned)}
+        return {"throttle_time": 0, "error_code": P.NONE, "assignment": assignment(m.owned - m.pending_revoke)}
 
     def heartbeat(self, req, version: int) -> Dict[str, Any]:
         m = self._member(req.group_id, req.member_id)

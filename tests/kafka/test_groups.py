@@ -5,7 +5,10 @@ checked against tansu (a Kafka-compatible broker) with the same client code."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import time
+from pathlib import Path
 from typing import Any, Dict, List
 
 import pytest
@@ -145,3 +148,134 @@ def test_commit_with_a_generation_from_no_member(data_dir):
             assert commit(w, "g", -1, "someone") == 0  # an empty group takes it
         d = cluster.describe_group("g")
         assert {x["partition"]: x["committed"] for x in d["partitions"]} == {0: 3, 1: None}
+
+
+# ---------------------------------------------------------------- cooperative
+PARTS = 4
+ALL = {("coop", p) for p in range(PARTS)}
+
+
+def _log(path: str, who: str, op: str, tps) -> None:
+    """One ownership event, stamped with CLOCK_MONOTONIC (one clock for
+    every process of the host)."""
+    with open(path, "a") as f:
+        f.write(json.dumps({"t": time.monotonic(), "who": who, "op": op, "tps": sorted(tps)}) + "\n")
+
+
+def cooperative_member(bs: str, events: str, who: str) -> None:
+    """A confluent-kafka member speaking only cooperative-sticky, whose
+    application polls slowly (it processes for a while between polls), so
+    that it learns of a revocation well after the listener answered."""
+    from confluent_kafka import Consumer
+
+    def on_assign(c, tps):
+        _log(events, who, "assign", [(tp.topic, tp.partition) for tp in tps])
+
+    def on_revoke(c, tps):
+        c.incremental_unassign(tps)
+        # stamped after the partitions are given up: from here on it reads
+        # them no more, so a new owner before this instant is a second one
+        _log(events, who, "revoke", [(tp.topic, tp.partition) for tp in tps])
+
+    c = Consumer({"bootstrap.servers": bs, "group.id": "coop", "client.id": who,
+                  "partition.assignment.strategy": "cooperative-sticky", "auto.offset.reset": "earliest",
+                  "session.timeout.ms": 6000, "heartbeat.interval.ms": 100})
+    c.subscribe(["coop"], on_assign=on_assign, on_revoke=on_revoke)
+    while True:
+        c.poll(0.05)
+        time.sleep(0.5)
+
+
+def shmlog_coop_member(data_dir: str, events: str, who: str, stop_file: str) -> None:
+    import shmlog
+
+    cluster = shmlog.connect(data_dir, start=False)
+    c = cluster.consumer("coop", group="coop", session_timeout_ms=6000)
+    owned: set = set()
+    while not os.path.exists(stop_file):
+        c.consume(1000, timeout=0.02)
+        now = set(c.assignment())
+        if now - owned:
+            _log(events, who, "assign", now - owned)
+        if owned - now:
+            _log(events, who, "revoke", owned - now)
+        owned = now
+    # close() hands its partitions back: they are its until it returns
+    c.close()
+    _log(events, who, "revoke", owned)
+    cluster.close()
+
+
+def _events(path: Path) -> List[Dict[str, Any]]:
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    return [json.loads(x) for x in lines if x.endswith("}")]
+
+
+def _owners(events) -> Dict[tuple, set]:
+    """Who owns each partition after the events so far."""
+    owners: Dict[tuple, set] = {tp: set() for tp in ALL}
+    for e in events:
+        for t, p in e["tps"]:
+            (owners[(t, p)].add if e["op"] == "assign" else owners[(t, p)].discard)(e["who"])
+    return owners
+
+
+def _double_owners(events) -> List[str]:
+    """Every instant at which a partition had two owners."""
+    owners: Dict[tuple, set] = {tp: set() for tp in ALL}
+    bad = []
+    for e in sorted(events, key=lambda e: e["t"]):
+        for t, p in e["tps"]:
+            who = owners[(t, p)]
+            if e["op"] == "assign":
+                if who - {e["who"]}:
+                    bad.append(f"{t}[{p}] assigned to {e['who']} at {e['t']:.3f} while {sorted(who)} own it")
+                who.add(e["who"])
+            else:
+                who.discard(e["who"])
+    return bad
+
+
+def _wait_owned(path: Path, want: Dict[str, int], timeout: float = 60.0) -> None:
+    """Until each member named in want owns that many partitions and every
+    partition has an owner (the deadline moves on while events arrive)."""
+    deadline = time.monotonic() + timeout
+    seen = 0
+    while True:
+        ev = _events(path)
+        if len(ev) != seen:
+            seen = len(ev)
+            deadline = max(deadline, time.monotonic() + 20)
+        owners = _owners(ev)
+        counts = {w: sum(w in o for o in owners.values()) for w in want}
+        if counts == want and all(owners.values()):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"ownership never became {want}: {owners}")
+        time.sleep(0.05)
+
+
+def test_cooperative_sticky_member_never_shares_a_partition(data_dir, tmp_path):
+    """A client that speaks only cooperative-sticky keeps reading what it
+    owns through a rebalance. What it must give up is revoked first (in
+    no one's assignment) and handed to the new owner only after the client
+    rejoined without it: never two owners, as members join and leave."""
+    from _broker_helpers import Children
+
+    events = tmp_path / "events.jsonl"
+    stop = tmp_path / "stop-b"
+    with kafka_cluster(data_dir) as (cluster, bs), Children(tmp_path) as kids:
+        cluster.create_topic("coop", partitions=PARTS, **TOPIC)
+        kids.start(cooperative_member, bs, str(events), "A")
+        _wait_owned(events, {"A": 4})
+        b = kids.start(shmlog_coop_member, str(data_dir), str(events), "B", str(stop))
+        _wait_owned(events, {"A": 2, "B": 2})
+        kids.start(cooperative_member, bs, str(events), "C")
+        _wait_owned(events, {"A": 1, "B": 2, "C": 1})
+        stop.touch()
+        Children.result(b)
+        _wait_owned(events, {"A": 2, "B": 0, "C": 2})
+        assert _double_owners(_events(events)) == []
