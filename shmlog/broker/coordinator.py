@@ -17,7 +17,9 @@ once, so the supervisor's single-threaded loop never waits on a member):
 * ``group_commit`` / ``group_committed`` / ``group_leave``. A commit is
   accepted only from a current member, for partitions it owns now: a member
   removed from the group (its generation is stale) or a partition that moved
-  on gets FencedMember, as Kafka fences a stale generation.
+  on gets FencedMember, as Kafka fences a stale generation. A commit with no
+  member_id comes from a consumer outside the group (Kafka's assign() +
+  commit): accepted only while the group has no members, as Kafka does.
 * admin: ``groups``, ``describe_group``, ``delete_group``, ``reset_offsets``.
 
 The coordinator's own ticker thread (at the reaper's interval) removes a member
@@ -528,9 +530,28 @@ class Coordinator(GroupAdmin):
                 "assign": [list(x) for x in grants], "waiting": waiting}
 
     def op_commit(self, msg: Dict[str, Any], conn) -> Dict[str, Any]:
+        if not msg.get("member_id"):
+            return self._commit_outside(msg)
         g = self._member_group(msg)
         m = self._member(g, msg)
         self._commit(g, m, offset_list(msg, "offsets"))
+        return {"generation": g.generation}
+
+    def _commit_outside(self, msg: Dict[str, Any]) -> Dict[str, Any]:
+        """A commit by no member: a consumer that assigns its partitions
+        itself (Kafka's "simple" consumer: assign() and commit, generation
+        -1). As Kafka's coordinator does, it is taken only while the group
+        has no members (else they would fight over the offsets); the group
+        is created by it if need be."""
+        name = validate_group_name(protocol.field(msg, "group", str))
+        offsets = offset_list(msg, "offsets")
+        g = self._group(name)
+        if g.members or g.barrier:
+            raise errors.FencedMember(
+                f"group {name!r} has {len(g.members) + len(g.barrier)} active member(s): only they may "
+                f"commit its offsets; commit from a consumer outside the group only while it is empty, "
+                f"or use another group", what=name)
+        self._commit(g, None, offsets, check=False)
         return {"generation": g.generation}
 
     def op_committed(self, msg: Dict[str, Any], conn) -> Dict[str, Any]:

@@ -20,6 +20,8 @@ log = logging.getLogger("shmlog.kafka")
 
 RESTART_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)  # after 1, 2, ... crashes in a row
 STABLE_S = 30.0  # a listener that lived this long resets the back-off
+CLIENTS_CHECK_S = 1.0  # how often an idle supervisor looks at the Kafka connections
+_ESTABLISHED = "01"  # TCP state in /proc/net/tcp
 
 
 class ListenerProcess:
@@ -31,6 +33,43 @@ class ListenerProcess:
         self.crashes = 0
         self.next_start = 0.0
         self.restarts = 0
+        self._clients_at = -CLIENTS_CHECK_S
+        self._clients = 0
+        try:
+            self.port = int(address.rsplit(":", 1)[1])
+        except (IndexError, ValueError):
+            self.port = 0
+
+    @property
+    def pid(self) -> int:
+        """The listener's pid while it runs (its control connections say so in hello), else 0."""
+        p = self.proc
+        return p.pid if p is not None and p.poll() is None else 0
+
+    def kafka_clients(self) -> int:
+        """Kafka client connections the listener has now: the established
+        TCP connections on its port, from /proc/net/tcp{,6} (asking the
+        kernel, not the listener, so a wedged listener cannot lie, and the
+        listener needs no reporting channel). Looked up at most once a
+        second: the idle rule needs no more."""
+        now = time.monotonic()
+        if now - self._clients_at < CLIENTS_CHECK_S:
+            return self._clients
+        self._clients_at = now
+        n = 0
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            try:
+                with open(table) as f:
+                    next(f, None)
+                    for line in f:
+                        fields = line.split()
+                        if len(fields) > 3 and fields[3] == _ESTABLISHED \
+                                and int(fields[1].rsplit(":", 1)[1], 16) == self.port:
+                            n += 1
+            except OSError:
+                continue
+        self._clients = n
+        return n
 
     def _spawn(self) -> None:
         cfg = self.sup.cfg

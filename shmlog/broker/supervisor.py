@@ -290,13 +290,27 @@ class Supervisor:
                         self._flush(sel, key.data)
                     if events & selectors.EVENT_READ and key.data.sock.fileno() >= 0:
                         self._readable(sel, key.data)
-                if self.auto and not self._conns:
+                if self.auto and not self._live_clients():
                     if time.monotonic() - self._idle_since >= self.cfg["idle_timeout_s"] \
                             and not self._holds_unconsumed():
                         log.info("no clients for %.1fs: exiting", self.cfg["idle_timeout_s"])
                         break
         finally:
             sel.close()
+
+    def _live_clients(self) -> bool:
+        """Does a client keep an auto-started supervisor up? Our own Kafka
+        listener's control connections count only while Kafka clients are
+        connected to it (it would otherwise hold the supervisor up forever);
+        when the last one goes, the idle time counts from then."""
+        lp = self.kafka_listener
+        ours = lp.pid if lp is not None else 0
+        if not ours:
+            return bool(self._conns)
+        if any(c.pid != ours for c in self._conns.values()) or lp.kafka_clients():
+            self._idle_since = time.monotonic()
+            return True
+        return False
 
     def _holds_unconsumed(self) -> bool:
         """An auto-started supervisor never drops messages on its own: it

@@ -45,7 +45,8 @@ def cmd_soak(args: argparse.Namespace) -> int:
 
         fig = Runner(base / "soak", seconds=seconds, seed=seed, kill_every=args.kill_every,
                      producers=args.producers, members=args.members, rate=args.rate,
-                     max_stall=args.max_stall, kinds=args.kill.split(","), log=note).run()
+                     max_stall=args.max_stall, kinds=args.kill.split(",") if args.kill else None,
+                     kafka_listener=args.kafka_listener, log=note).run()
         report["soak"] = fig
         failed += [f"soak {v}" for v in fig["violations"]]
         note(_figures_line(fig))
@@ -99,8 +100,11 @@ def register(sub, add) -> None:
     p.add_argument("--seconds", type=float, default=None, help="length in seconds (overrides --minutes; 0: skip)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: from the clock, printed)")
     p.add_argument("--kill-every", type=float, default=3.0, metavar="S", help="seconds between kills (default 3)")
-    p.add_argument("--kill", default="producer,member,reader,supervisor", type=_kinds, metavar="KINDS",
-                   help="what chaos may kill, comma separated (default: producer,member,reader,supervisor)")
+    p.add_argument("--kill", default=None, type=_kinds, metavar="KINDS",
+                   help="what chaos may kill, comma separated (default: producer,member,reader,supervisor, "
+                   "and listener with --kafka-listener)")
+    p.add_argument("--kafka-listener", default=None, metavar="HOST:PORT",
+                   help="run the supervisor with a Kafka listener there (chaos kills it too)")
     p.add_argument("--producers", type=int, default=3, help="producer processes (default 3)")
     p.add_argument("--members", type=int, default=2, help="members in each of the 2 groups (default 2)")
     p.add_argument("--rate", type=float, default=200.0, help="messages/s per producer and topic (default 200)")

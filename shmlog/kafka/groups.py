@@ -27,7 +27,7 @@ from .. import errors
 from ..config import MAX_SESSION_MS, MIN_SESSION_MS, validate_group_name
 from ..core.groups_region import REJOIN, S_NOTIFY, S_POLL, S_TOKEN, GroupsRegion, slot_index
 from . import protocol as P
-from .wire import assignment, subscription_topics
+from .wire import assignment, subscription_owned, subscription_topics
 
 TP = Tuple[str, int]
 # protocols that revoke everything before rejoining, preferred when offered:
@@ -60,8 +60,19 @@ class KafkaMember:
         self.kgen = 0  # the generation id the Kafka client sees
         self.owned: Set[TP] = set()
         self.pending_revoke: Set[TP] = set()
+        # what the client said it owns at its last JoinGroup (cooperative
+        # subscriptions carry it; None when the client did not say)
+        self.client_owned: Optional[Set[TP]] = None
         self.rebalance = True  # until its first SyncGroup
         self.seen: Optional[int] = None
+
+    @property
+    def eager(self) -> bool:
+        """Does the client drop everything before it rejoins? Cooperative
+        clients keep reading what they own through JoinGroup and SyncGroup,
+        and give up a partition only once a SyncGroup left it out; without
+        the owned partitions in its subscription we cannot tell when."""
+        return self.protocol in EAGER or self.client_owned is None
 
 
 class GroupBridge:
@@ -147,6 +158,7 @@ class GroupBridge:
         chosen = next((p for p in req.protocols if p.name in EAGER), req.protocols[0])
         try:
             topics = sorted(set(subscription_topics(chosen.metadata)))
+            claimed = subscription_owned(chosen.metadata)
         except P.MalformedRequest:
             return {**base, "error_code": 23}
         if not topics:
@@ -170,6 +182,7 @@ class GroupBridge:
                 self._touch(m)
                 m.protocol = chosen.name if chosen.name in names else m.protocol
                 m.metadata = bytes(chosen.metadata)
+            m.client_owned = None if claimed is None else set(claimed)
         except errors.ShmlogError as exc:  # an invalid topic name, the coordinator away, ...
             self.state.log.warning("join of group %r failed: %s", req.group_id, exc)
             return {**base, "error_code": P.COORDINATOR_NOT_AVAILABLE}
@@ -186,15 +199,26 @@ class GroupBridge:
         if req.generation_id != m.kgen:
             return {"throttle_time": 0, "error_code": P.ILLEGAL_GENERATION, "assignment": b""}
         # an eager client dropped everything before it rejoined: what the
-        # coordinator asked back is released now
-        m.owned -= m.pending_revoke
-        m.pending_revoke = set()
+        # coordinator asked back is released now. A cooperative one still
+        # reads what it owns: only what it left out of its JoinGroup is
+        # released; the rest it learns of from this SyncGroup (left out of
+        # its assignment), gives up, then rejoins without it.
+        released = m.pending_revoke if m.eager else m.pending_revoke - m.client_owned
+        m.owned -= released
+        m.pending_revoke -= released
         try:
             for _round in range(16):
                 revoke, grants = self._sync(m)
-                m.owned = (m.owned - revoke) | grants
-                if not revoke and not grants:
-                    break
+                m.owned |= grants
+                if m.eager:
+                    m.owned -= revoke
+                    if not revoke and not grants:
+                        break
+                else:
+                    new = revoke - m.pending_revoke
+                    m.pending_revoke |= revoke
+                    if not new and not grants:
+                        break
         except errors.FencedMember:
             self.members.pop((m.group, m.member_id), None)
             return {"throttle_time": 0, "error_code": P.UNKNOWN_MEMBER_ID, "assignment": b""}
@@ -203,7 +227,7 @@ class GroupBridge:
             return {"throttle_time": 0, "error_code": P.REBALANCE_IN_PROGRESS, "assignment": b""}
         m.rebalance = False
         self._touch(m)
-        return {"throttle_time": 0, "error_code": P.NONE, "assignment": assignment(m.owned)}
+        return {"throttle_time": 0, "error_code": P.NONE, "assignment": assignment(m.owned - m.pending_revoke)}
 
     def heartbeat(self, req, version: int) -> Dict[str, Any]:
         m = self._member(req.group_id, req.member_id)
@@ -258,9 +282,9 @@ class GroupBridge:
         if not valid_group(req.group_id):
             code = P.INVALID_GROUP_ID
         elif m is None:
-            # a commit from outside a group (assign() + commit): the
-            # coordinator takes commits from members only
-            code = P.UNKNOWN_MEMBER_ID if req.member_id or gen >= 0 else P.ILLEGAL_GENERATION
+            code = self._commit_outside(req.group_id, req.member_id, gen, offsets)
+            if isinstance(code, dict):
+                return self._commit_reply(req, lambda t, p: code.get((t, p), P.NONE))
         elif gen != m.kgen:
             code = P.ILLEGAL_GENERATION
         else:
@@ -280,6 +304,52 @@ class GroupBridge:
                 bad = {(t, p) for t, p, _o in offsets} - {(t, p) for t, p, _o in ok}
                 return self._commit_reply(req, lambda t, p: P.ILLEGAL_GENERATION if (t, p) in bad else P.NONE)
         return self._commit_reply(req, lambda t, p: code)
+
+    def _commit_outside(self, group: str, member_id: str, gen: int, offsets):
+        """OffsetCommit from no member of this listener, answered as Kafka's
+        coordinator does (ClassicGroup.validateOffsetCommit): generation < 0
+        (assign() + commit: librdkafka, kafka-python, aiokafka) commits
+        while the group has no members; with members it is UNKNOWN_MEMBER_ID.
+        A generation >= 0 names a membership: UNKNOWN_MEMBER_ID if the group
+        exists, ILLEGAL_GENERATION if it does not. Returns an error code for
+        every partition, or a dict of codes per partition."""
+        if gen >= 0:
+            try:
+                self._request("describe_group", group=group)
+            except errors.GroupError:
+                return P.ILLEGAL_GENERATION
+            except errors.ShmlogError:
+                return P.COORDINATOR_NOT_AVAILABLE
+            return P.UNKNOWN_MEMBER_ID
+        ok = [[t, p, o] for t, p, o in offsets if o >= 0]
+        if not ok:
+            return P.NONE
+        try:
+            self._request("group_commit", group=group, offsets=ok)
+        except errors.FencedMember:
+            return P.UNKNOWN_MEMBER_ID
+        except (errors.UnknownTopic, errors.UnknownPartition):
+            return self._commit_per_partition(group, ok)
+        except errors.ShmlogError as exc:
+            self.state.log.warning("commit to group %r from outside it failed: %s", group, exc)
+            return P.COORDINATOR_NOT_AVAILABLE
+        return P.NONE
+
+    def _commit_per_partition(self, group: str, ok) -> Dict[TP, int]:
+        """One commit per partition, so that a partition Kafka's client
+        names but shmlog does not have fails alone."""
+        codes: Dict[TP, int] = {}
+        for t, p, o in ok:
+            try:
+                self._request("group_commit", group=group, offsets=[[t, p, o]])
+                codes[(t, p)] = P.NONE
+            except (errors.UnknownTopic, errors.UnknownPartition):
+                codes[(t, p)] = P.UNKNOWN_TOPIC_OR_PARTITION
+            except errors.FencedMember:
+                codes[(t, p)] = P.UNKNOWN_MEMBER_ID
+            except errors.ShmlogError:
+                codes[(t, p)] = P.COORDINATOR_NOT_AVAILABLE
+        return codes
 
     @staticmethod
     def _commit_reply(req, code_of) -> Dict[str, Any]:

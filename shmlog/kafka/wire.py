@@ -8,7 +8,7 @@ frame raises MalformedRequest, which closes only that connection.
 from __future__ import annotations
 
 import struct
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from .protocol import MalformedRequest
 
@@ -109,3 +109,20 @@ def subscription_topics(metadata) -> List[str]:
     r = Reader(metadata)
     r.i16()
     return [r.string() for _ in range(r.count(2))]
+
+
+def subscription_owned(metadata) -> Optional[List[Tuple[str, int]]]:
+    """The partitions a member says it owns, from a ConsumerProtocolSubscription
+    v1 or later (cooperative clients send them at every JoinGroup); None
+    for v0, which has no such field."""
+    r = Reader(metadata)
+    if r.i16() < 1:
+        return None
+    for _ in range(r.count(2)):
+        r.string()
+    r.nbytes()  # user data
+    out = []
+    for _ in range(r.count(6)):
+        topic = r.string()
+        out += [(topic, r.i32()) for _ in range(r.count(4))]
+    return out

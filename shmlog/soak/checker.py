@@ -187,7 +187,7 @@ def violations(fig: Dict[str, Any]) -> List[str]:
         if fig.get(key):
             out.append(f"{key}: {fig[key]}")
     for key in ("ack_conflicts", "holes_differ", "reader_short", "in_process_violations", "crashed_workers",
-                "hung_workers", "leaked_segments", "leaked_processes"):
+                "hung_workers", "leaked_segments", "leaked_processes", "listener_not_restarted"):
         if fig.get(key):
             out.append(f"{key}: {fig[key][:3]}")
     if not fig.get("drained", True):

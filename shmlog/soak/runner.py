@@ -17,6 +17,8 @@ import json
 import os
 import random
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -34,7 +36,7 @@ from . import checker
 DISK = "soak-disk"
 MEMORY = "soak-mem"
 GROUPS = ("g1", "g2")
-KINDS = ("producer", "member", "reader", "supervisor")
+KINDS = ("producer", "member", "reader", "supervisor", "listener")  # listener: with kafka_listener only
 
 
 class Worker:
@@ -66,7 +68,7 @@ class Worker:
 class Runner:
     def __init__(self, run_dir: Path, *, seconds: float, seed: int, kill_every: float,
                  producers: int = 3, members: int = 2, rate: float = 200.0, max_stall: float = 30.0,
-                 kinds=KINDS, log=print):
+                 kinds=None, kafka_listener: Optional[str] = None, log=print):
         self.run_dir = Path(run_dir)
         self.data_dir = self.run_dir / "data"
         self.seconds = seconds
@@ -78,9 +80,16 @@ class Runner:
         self.max_stall = max_stall
         self.log = log
         self.rng = random.Random(seed)
-        self.kinds = tuple(kinds)
         # a supervisor whose clients are all being killed must not exit under us
-        self.broker = {"idle_timeout_s": 30}
+        self.broker: Dict[str, Any] = {"idle_timeout_s": 30}
+        # with a Kafka listener (the supervisor's own process, restarted by
+        # it) the chaos kills that too; its restarts are timed and checked
+        self.kafka_listener = kafka_listener
+        if kafka_listener:
+            self.broker["kafka_listener"] = kafka_listener
+        self.kinds = tuple(k for k in (kinds or KINDS) if k != "listener" or kafka_listener)
+        self.listener_restart_s: List[float] = []
+        self.listener_not_restarted: List[str] = []
         self.kills: Dict[str, int] = {k: 0 for k in KINDS}
         self.crashes: List[str] = []
         self.supervisor_restart_s: List[float] = []
@@ -128,10 +137,48 @@ class Runner:
             pass
         return None
 
+    def _listener_pid(self) -> Optional[int]:
+        for p in psutil.process_iter(["cmdline", "status"]):
+            cmd = p.info["cmdline"] or []
+            if "shmlog.kafka" in cmd and str(self.data_dir) in cmd and p.info["status"] != psutil.STATUS_ZOMBIE:
+                return p.pid
+        return None
+
+    def _listener_answers(self) -> bool:
+        """Does the listener answer a Kafka ApiVersions v0, as a client sees it?"""
+        host, port = self.kafka_listener.rsplit(":", 1)
+        try:
+            with socket.create_connection((host, int(port)), timeout=2) as s:
+                body = struct.pack(">hhih", 18, 0, 1, 4) + b"soak"
+                s.sendall(struct.pack(">i", len(body)) + body)
+                return len(s.recv(4)) > 0
+        except OSError:
+            return False
+
+    def _kill_listener(self) -> bool:
+        pid = self._listener_pid()
+        if pid is None:
+            return False
+        os.kill(pid, signal.SIGKILL)
+        t0 = time.monotonic()
+        while not self._stop.is_set():
+            new = self._listener_pid()
+            if new is not None and new != pid and self._listener_answers():
+                self.listener_restart_s.append(time.monotonic() - t0)
+                return True
+            if time.monotonic() - t0 > 60:
+                self.listener_not_restarted.append(f"listener pid {pid} killed; no new listener answered in 60s")
+                return True
+            time.sleep(0.02)
+        return True
+
     def _chaos(self, cluster: shmlog.Cluster) -> None:
         while not self._stop.wait(self.kill_every):
             kind = self.rng.choice(self.kinds)
-            if kind == "supervisor":
+            if kind == "listener":
+                if not self._kill_listener():
+                    continue
+            elif kind == "supervisor":
                 pid = self._supervisor_pid()
                 if pid is None:
                     continue
@@ -210,6 +257,8 @@ class Runner:
             "seconds": round(run_s, 1), "seed": self.seed, "kill_every_s": self.kill_every,
             "kills": dict(self.kills), "kills_total": sum(self.kills.values()),
             "supervisor_restart_max_s": round(max(self.supervisor_restart_s, default=0.0), 3),
+            "listener_restart_max_s": round(max(self.listener_restart_s, default=0.0), 3),
+            "listener_not_restarted": self.listener_not_restarted,
             "crashed_workers": self.crashes, "hung_workers": hung, "drained": drained,
             "leaked_segments": leaks["segments"], "leaked_processes": leaks["processes"],
             "wall_s": round(time.monotonic() - t_start, 1),

@@ -131,3 +131,30 @@ def test_idempotent_retry_across_a_listener_restart(data_dir):
             code, _ = produce_result(8, w.call(P.PRODUCE, 8, produce_body(8, "ir", 0, gap)))
             assert code == P.OUT_OF_ORDER_SEQUENCE_NUMBER
         assert plog.end_offset() == 12
+
+
+def test_auto_started_supervisor_idles_out_unless_kafka_clients_are_connected(data_dir):
+    """The listener is the supervisor's own process, not a client: with no
+    Kafka client connected an auto-started supervisor exits after
+    idle_timeout_s as it would without a listener; a connected Kafka client
+    keeps it up (and is served) for as long as it stays."""
+    from _broker_helpers import pid_gone, stop_supervisor
+
+    import shmlog
+
+    port = free_port()
+    cluster = shmlog.connect(data_dir, kafka_listener=f"127.0.0.1:{port}", idle_timeout_s=1)
+    pid = cluster.supervisor_pid
+    try:
+        wait_listening(port)
+        with Wire(f"127.0.0.1:{port}") as w:
+            cluster.close()
+            # several idle timeouts pass with only the Kafka client connected
+            for _ in range(4):
+                time.sleep(1.0)
+                assert not pid_gone(pid)
+                assert w.call(18, 0, b"") is not None  # ApiVersions: still answered
+        wait_for(lambda: pid_gone(pid), 30, what="the idle supervisor to exit")
+        wait_for(lambda: not listeners_of(data_dir), 30, what="the listener to stop with it")
+    finally:
+        stop_supervisor(data_dir)
