@@ -7,9 +7,13 @@ consumer, 100-byte values, shmlog's listener and tansu in the same run.
 
 Throughput: one partition; producer linger.ms=5, batch.num.messages=10000,
 acks=1, timed from the first produce() to the end of flush(); consumer with
-assign() from offset 0, timed until the last message (librdkafka's
-default fetch.queue.backoff.ms of 1 s idles the fetcher each time the
-application falls behind its queue; --queue-backoff-ms changes it for both). Latency: linger.ms=0,
+assign() from offset 0, timed until the last message, once with the
+client's default settings and once per --queue-backoff-ms value (default
+10: librdkafka's default fetch.queue.backoff.ms of 1 s idles the fetcher
+each time the application falls behind its 100,000-message queue, so the
+default row measures those idle seconds more than either broker). Broker
+CPU: user+system seconds of the process on the bootstrap port (shmlog's
+listener, tansu) during each phase. Latency: linger.ms=0,
 acks=1, one message at a time, produce() to its delivery report. Everything
 started here (supervisor, listener, tansu) is stopped on the way out.
 """
@@ -24,7 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, Iterator, List
+from typing import Dict, Iterator, List, Optional
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent / "tests"), str(HERE.parent / "tests" / "kafka")]
@@ -128,17 +132,69 @@ def latency(bs: str, n: int, size: int) -> Dict[str, float]:
             "mean_us": statistics.fmean(samples)}
 
 
+def broker_pid(bs: str) -> Optional[int]:
+    """The process listening on the bootstrap port: shmlog's listener (not
+    its supervisor) or tansu."""
+    import psutil
+
+    port = int(bs.rsplit(":", 1)[1])
+    try:
+        for c in psutil.net_connections("tcp"):
+            if c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN and c.pid:
+                return c.pid
+    except psutil.AccessDenied:
+        pass
+    return None
+
+
+class CpuClock:
+    """CPU seconds (user + system) a process used between start() and stop()."""
+
+    def __init__(self, pid: Optional[int]):
+        self.proc = None
+        if pid is not None:
+            import psutil
+
+            self.proc = psutil.Process(pid)
+
+    def _now(self) -> float:
+        t = self.proc.cpu_times()
+        return t.user + t.system + t.children_user + t.children_system
+
+    def measure(self, fn, *a):
+        """(fn's result, CPU seconds the broker used meanwhile or nan)."""
+        c0 = self._now() if self.proc else 0.0
+        res = fn(*a)
+        return res, (self._now() - c0) if self.proc else float("nan")
+
+
 def run(args) -> int:
+    backoffs = [None] + [int(x) for x in str(args.queue_backoff_ms or "").split(",") if x.strip()]
     rows = []
     for name in args.systems.split(","):
         with SYSTEMS[name](args.count) as bs:
             time.sleep(0.5)
-            prod = produce(bs, args.count, args.size)
-            cons = consume(bs, args.count, args.queue_backoff_ms)
+            clock = CpuClock(broker_pid(bs))
+            prod, prod_cpu = clock.measure(produce, bs, args.count, args.size)
+            cons = [clock.measure(consume, bs, args.count, qb) for qb in backoffs]
             lat = latency(bs, args.latency_count, args.size)
-        rows.append((name, prod, cons, lat))
-        print(f"{name:8s} produce {prod / 1e6:6.3f} M msg/s   consume {cons / 1e6:6.3f} M msg/s   "
+        rows.append((name, prod, prod_cpu, cons, lat))
+        print(f"{name:8s} produce {prod / 1e6:6.3f} M msg/s (broker CPU {prod_cpu:5.2f} s)   "
               f"latency p50 {lat['p50_us']:7.1f} us  p99 {lat['p99_us']:7.1f} us", flush=True)
+        for qb, (rate, cpu) in zip(backoffs, cons):
+            setting = "default" if qb is None else f"fetch.queue.backoff.ms={qb}"
+            print(f"{name:8s} consume {rate / 1e6:6.3f} M msg/s (broker CPU {cpu:5.2f} s)   [{setting}]",
+                  flush=True)
+    if len(rows) > 1:
+        print(f"\n{'':34s}" + "".join(f"{r[0]:>16s}" for r in rows))
+        print(f"{'produce M msg/s (broker CPU s)':34s}" +
+              "".join(f"{r[1] / 1e6:9.3f} ({r[2]:4.2f})" for r in rows))
+        for i, qb in enumerate(backoffs):
+            label = "consume, default settings" if qb is None else f"consume, queue backoff {qb} ms"
+            print(f"{label:34s}" + "".join(f"{r[3][i][0] / 1e6:9.3f} ({r[3][i][1]:4.2f})" for r in rows))
+        print(f"{'produce latency p50 / p99 us':34s}" +
+              "".join(f"{r[4]['p50_us']:8.0f} /{r[4]['p99_us']:6.0f}" for r in rows))
+        print(f"(load average {' '.join(f'{x:.2f}' for x in os.getloadavg())})")
     return 0
 
 
@@ -173,9 +229,10 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=100)
     p.add_argument("--latency-count", type=int, default=5000)
     p.add_argument("--systems", default="shmlog,tansu")
-    p.add_argument("--queue-backoff-ms", type=int, default=None,
-                   help="consumer fetch.queue.backoff.ms (librdkafka's default 1000 ms idles the fetcher "
-                        "whenever the app is behind its queue)")
+    p.add_argument("--queue-backoff-ms", default="10",
+                   help="comma-separated consumer fetch.queue.backoff.ms values, one consume row each "
+                        "after the default-settings row (librdkafka's default 1000 ms idles the fetcher "
+                        "whenever the app is behind its queue); '' for the default row only")
     p.add_argument("--frames", type=int, default=100_000)
     p.add_argument("--seed", type=int, default=1414)
     args = p.parse_args(argv)

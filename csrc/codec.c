@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <string.h>
 
+#include "record_iter.h"
 #include "varint.h"
 
 void shmlog_codec_timestamps(const shmlog_batch_in_t *in, int64_t *first, int64_t *max)
@@ -114,65 +115,9 @@ int64_t shmlog_codec_decode(const uint8_t *payload, size_t len, uint32_t record_
     uint32_t *o_header_lens = out->header_lens;
     uint32_t flags = 0;
     for (uint32_t i = 0; i < record_count; i++) {
-        uint64_t body, u;
-        size_t n = get_varint(p, end, &body);
-        if (!n || body > (uint64_t)(end - p - n))
-            return -EBADMSG;
-        p += n;
-        const uint8_t *rend = p + body;
-        if (p >= rend)
-            return -EBADMSG;
-        p++; /* attributes */
-        if (!(n = get_varint(p, rend, &u)))
-            return -EBADMSG;
-        p += n;
-        int64_t ts = first_timestamp + unzigzag(u);
-        if (!(n = get_varint(p, rend, &u)))
-            return -EBADMSG;
-        p += n;
-        int64_t odelta = unzigzag(u);
-        if (odelta != (int64_t)i)
-            return -EBADMSG; /* offsets inside a batch are dense by construction */
-        if (!(n = get_varint(p, rend, &u)))
-            return -EBADMSG;
-        p += n;
-        int64_t kl = unzigzag(u);
-        if (kl < -1 || kl > rend - p)
-            return -EBADMSG;
-        const uint8_t *kp = p;
-        if (kl > 0)
-            p += kl;
-        if (!(n = get_varint(p, rend, &u)))
-            return -EBADMSG;
-        p += n;
-        int64_t vl = unzigzag(u);
-        if (vl < -1 || vl > rend - p)
-            return -EBADMSG;
-        const uint8_t *vp = p;
-        if (vl > 0)
-            p += vl;
-        /* header section: validated here so Python can parse it blindly */
-        const uint8_t *hp = p;
-        if (!(n = get_varint(p, rend, &u)))
-            return -EBADMSG;
-        p += n;
-        int64_t hcount = unzigzag(u);
-        if (hcount < 0 || hcount > rend - p)
-            return -EBADMSG;
-        for (int64_t j = 0; j < hcount; j++) {
-            for (int part = 0; part < 2; part++) {
-                if (!(n = get_varint(p, rend, &u)))
-                    return -EBADMSG;
-                p += n;
-                int64_t l = unzigzag(u);
-                if (l < (part ? -1 : 0) || l > rend - p)
-                    return -EBADMSG;
-                if (l > 0)
-                    p += l;
-            }
-        }
-        if (p != rend)
-            return -EBADMSG;
+        shmlog_record_t r;
+        if (shmlog_record_next(&p, end, i, 0, &r))
+            return -EBADMSG; /* validated here so Python can parse headers blindly */
         uint64_t off = base_offset + i;
         if (off < skip_below)
             continue;
@@ -181,15 +126,15 @@ int64_t shmlog_codec_decode(const uint8_t *payload, size_t len, uint32_t record_
             return (int64_t)(w - index); /* partial: the caller resumes by offset */
         }
         o_offsets[w] = off;
-        o_timestamps[w] = ts;
-        o_key_pos[w] = pos_base + (uint64_t)(kp - payload);
-        o_key_lens[w] = (int32_t)kl;
-        o_value_pos[w] = pos_base + (uint64_t)(vp - payload);
-        o_value_lens[w] = (int32_t)vl;
-        o_header_pos[w] = pos_base + (uint64_t)(hp - payload);
-        o_header_lens[w] = hcount ? (uint32_t)(rend - hp) : 0;
-        flags |= (kl >= 0 ? SHMLOG_REC_KEYS : 0u) | (hcount ? SHMLOG_REC_HEADERS : 0u) |
-                 (vl < 0 ? SHMLOG_REC_NULLS : 0u);
+        o_timestamps[w] = first_timestamp + r.ts_delta;
+        o_key_pos[w] = pos_base + (uint64_t)(r.key - payload);
+        o_key_lens[w] = (int32_t)r.key_len;
+        o_value_pos[w] = pos_base + (uint64_t)(r.value - payload);
+        o_value_lens[w] = (int32_t)r.value_len;
+        o_header_pos[w] = pos_base + (uint64_t)(r.headers - payload);
+        o_header_lens[w] = r.header_count ? (uint32_t)(r.end - r.headers) : 0;
+        flags |= (r.key_len >= 0 ? SHMLOG_REC_KEYS : 0u) | (r.header_count ? SHMLOG_REC_HEADERS : 0u) |
+                 (r.value_len < 0 ? SHMLOG_REC_NULLS : 0u);
         w++;
     }
     out->flags |= flags;

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "crc32c.h"
+#include "record_iter.h"
 #include "varint.h"
 
 static inline uint64_t be64(const uint8_t *p)
@@ -78,62 +79,17 @@ int64_t shmlog_kafka_records_to_section(const uint8_t *p, size_t len, uint32_t c
     uint8_t *w = dst, *wend = dst + cap;
     int64_t max_delta = INT64_MIN;
     for (uint32_t i = 0; i < count; i++) {
-        uint64_t u;
-        size_t n = get_varint(p, end, &u);
-        if (!n)
+        shmlog_record_t r;
+        if (shmlog_record_next(&p, end, i, 1, &r))
             return -EBADMSG;
-        int64_t blen = unzigzag(u); /* Kafka: zigzag; shmlog: plain unsigned */
-        if (blen < 1 || (uint64_t)blen > (uint64_t)(end - p - n))
-            return -EBADMSG;
-        p += n;
-        const uint8_t *rstart = p, *rend = p + blen;
-        p++; /* record attributes: unused by Kafka so far */
-        if (!(n = get_varint(p, rend, &u)))
-            return -EBADMSG;
-        p += n;
-        int64_t td = unzigzag(u);
-        if (td > max_delta)
-            max_delta = td;
-        if (!(n = get_varint(p, rend, &u)))
-            return -EBADMSG;
-        p += n;
-        if (unzigzag(u) != (int64_t)i)
-            return -EBADMSG; /* shmlog frames are dense; every producer writes 0..n-1 */
-        for (int part = 0; part < 2; part++) { /* key, value */
-            if (!(n = get_varint(p, rend, &u)))
-                return -EBADMSG;
-            p += n;
-            int64_t l = unzigzag(u);
-            if (l < -1 || l > rend - p)
-                return -EBADMSG;
-            if (l > 0)
-                p += l;
-        }
-        if (!(n = get_varint(p, rend, &u)))
-            return -EBADMSG;
-        p += n;
-        int64_t hcount = unzigzag(u);
-        if (hcount < 0 || hcount > rend - p)
-            return -EBADMSG;
-        for (int64_t j = 0; j < hcount; j++) {
-            for (int part = 0; part < 2; part++) {
-                if (!(n = get_varint(p, rend, &u)))
-                    return -EBADMSG;
-                p += n;
-                int64_t l = unzigzag(u);
-                if (l < (part ? -1 : 0) || l > rend - p)
-                    return -EBADMSG;
-                if (l > 0)
-                    p += l;
-            }
-        }
-        if (p != rend)
-            return -EBADMSG;
+        if (r.ts_delta > max_delta)
+            max_delta = r.ts_delta;
+        size_t blen = (size_t)(r.end - r.body);
         /* everything after the length is the same bytes in both encodings */
-        if ((size_t)(wend - w) < varint_size((uint64_t)blen) + (size_t)blen)
+        if ((size_t)(wend - w) < varint_size(blen) + blen)
             return -ENOSPC;
-        w = put_varint(w, (uint64_t)blen);
-        memcpy(w, rstart, (size_t)blen);
+        w = put_varint(w, blen);
+        memcpy(w, r.body, blen);
         w += blen;
     }
     if (p != end)

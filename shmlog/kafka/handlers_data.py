@@ -184,7 +184,8 @@ class DataPlane:
                 "producer_epoch": 0}
 
     # ------------------------------------------------------------ Fetch
-    async def fetch(self, conn, version: int, frame, pos: int) -> bytes:
+    async def fetch(self, conn, version: int, frame, pos: int) -> List[bytes]:
+        """The Fetch response body in parts (P.frame_response_parts joins them)."""
         r = Reader(frame, pos)
         r.i32()  # replica id
         max_wait = min(max(r.i32(), 0), MAX_WAIT_MS)
@@ -295,7 +296,7 @@ class DataPlane:
         await loop.run_in_executor(self.state.wait_pool, lib.shmlog_log_wait_any, la, ca,
                                    len(logs), bell, 0, int(left * 1e9))
 
-    def _fetch_response(self, version: int, wanted, answers) -> bytes:
+    def _fetch_response(self, version: int, wanted, answers) -> List[bytes]:
         out = []
         if version >= 1:
             out.append(_i.pack(0))
@@ -322,7 +323,7 @@ class DataPlane:
                 n = sum(len(b) for b in batches)
                 out.append(_i.pack(n))
                 out.extend(batches)
-        return b"".join(out)
+        return out
 
     # ------------------------------------------------------------ ListOffsets
     def list_offsets(self, req, version: int) -> Dict[str, Any]:

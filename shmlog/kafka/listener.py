@@ -196,17 +196,27 @@ class Listener:
         sock = writer.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        transport = writer.transport
+        loop = asyncio.get_running_loop()
         try:
             while True:
-                head = await asyncio.wait_for(reader.readexactly(4), IDLE_TIMEOUT_S)
-                size = int.from_bytes(head, "big", signed=True)
-                if size < 10 or size > self.state.max_request_bytes:
-                    raise P.MalformedRequest(f"request size {size} outside [10, {self.state.max_request_bytes}]")
-                frame = await asyncio.wait_for(reader.readexactly(size), REQUEST_TIMEOUT_S)
+                # one timer per request, re-armed, instead of wait_for's task
+                # and timer per await: the event loop's share of a small
+                # Produce's round trip
+                async with asyncio.timeout(IDLE_TIMEOUT_S) as deadline:
+                    head = await reader.readexactly(4)
+                    size = int.from_bytes(head, "big", signed=True)
+                    if size < 10 or size > self.state.max_request_bytes:
+                        raise P.MalformedRequest(f"request size {size} outside [10, {self.state.max_request_bytes}]")
+                    deadline.reschedule(loop.time() + REQUEST_TIMEOUT_S)
+                    frame = await reader.readexactly(size)
                 out = await self.dispatch(conn, memoryview(frame))
                 if out is not None:
                     writer.write(out)
-                    await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT_S)
+                    if transport.get_write_buffer_size():
+                        # only a client that is not reading makes us wait
+                        async with asyncio.timeout(WRITE_TIMEOUT_S):
+                            await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.TimeoutError):
             pass
         except asyncio.CancelledError:
@@ -243,7 +253,7 @@ class Listener:
                     raise _DropResponse()
             return None if body is None else P.frame_response(corr, body)
         if api == P.FETCH:
-            return P.frame_response(corr, await self.data.fetch(conn, version, frame, pos))
+            return P.frame_response_parts(corr, await self.data.fetch(conn, version, frame, pos))
         req = legacy.decode(api, version, frame, pos)
         loop = asyncio.get_running_loop()
         if api == P.JOIN_GROUP:

@@ -273,6 +273,14 @@ def ms(v: Any) -> int:
     return int(v)
 
 
+def frame_response_parts(corr: int, parts: list) -> bytes:
+    """frame_response for a body given in parts (a Fetch answer: its batches
+    as they were encoded), joined once: no copy of the body before the
+    framed one."""
+    size = 4 + sum(len(x) for x in parts)
+    return b"".join([struct.pack(">ii", size, corr), *parts])
+
+
 def frame_response(corr: int, body: bytes, flexible: bool = False) -> bytes:
     """Size prefix, response header (v0, or v1 with empty tagged fields), body."""
     head = struct.pack(">ii", 4 + len(body) + (1 if flexible else 0), corr)
