@@ -1,4 +1,5 @@
-"""Mirrors against a real Kafka-compatible broker (tansu), never a mock:
+"""Mirrors against a real Kafka-compatible broker (tansu, and where marked
+`remote` also shmlog's own Kafka listener in a second data dir), never a mock:
 out (keys, values, headers, timestamps, placement, order, each once), in,
 SIGKILL of the mirror (nothing lost, duplicates within max_in_flight), and
 SIGKILL of the broker (retrying with a visible error, clean resume)."""
@@ -92,7 +93,8 @@ def _check_remote(msgs, lo: int, hi: int, partitions: int, *, max_dups: int = 0,
         last[k] = i
 
 
-def test_mirror_out_keyed_four_partitions(data_dir, tansu):
+def test_mirror_out_keyed_four_partitions(data_dir, remote):
+    tansu = remote  # tansu, or shmlog's own Kafka listener (shmlog to shmlog)
     with running_cluster(data_dir) as c:
         c.create_topic("events", partitions=4, **TIGHT)
         with open_mirror(c, "events", to=tansu.bootstrap, as_="events-remote", name="ev") as m:
@@ -113,8 +115,9 @@ def test_mirror_out_keyed_four_partitions(data_dir, tansu):
     print(f"mirrored {N_OUT} messages in {took:.2f}s")
 
 
-def test_mirror_out_partition_counts_differ(data_dir, tansu):
+def test_mirror_out_partition_counts_differ(data_dir, remote):
     """3 local partitions into 5 remote ones: Kafka's placement, murmur2(key)."""
+    tansu = remote
     create_remote_topic(tansu.bootstrap, "five", 5)
     with running_cluster(data_dir) as c:
         c.create_topic("three", partitions=3, **ROOMY)
@@ -125,9 +128,10 @@ def test_mirror_out_partition_counts_differ(data_dir, tansu):
         assert len(msgs) == 3000
 
 
-def test_mirror_in(data_dir, tansu):
+def test_mirror_in(data_dir, remote):
     from confluent_kafka import Consumer, Producer, TopicPartition
 
+    tansu = remote
     n = 20_000
     create_remote_topic(tansu.bootstrap, "remote-in", 3)
     kp = Producer({"bootstrap.servers": tansu.bootstrap, "enable.idempotence": True})
