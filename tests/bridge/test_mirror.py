@@ -323,6 +323,21 @@ def test_managed_mirror_restarts_after_sigkill(data_dir, tansu):
                               capture_output=True, text=True, timeout=60).stdout
         assert 'shmlog_mirror_lag_messages{mirror="ev",direction="out"}' in prom, prom[-2000:]
         assert 'shmlog_mirror_up{mirror="ev",direction="out"} 1' in prom
+        wait_for(lambda: (json.loads(cli("list", "--json").stdout) or [{}])[0].get("lag_messages") == 0, 20, 0.2,
+                 "lag 0")
+        top = subprocess.run([sys.executable, "-m", "shmlog", "top", "--iterations", "1", "--json", "--data-dir",
+                              str(data_dir)], capture_output=True, text=True, timeout=60)
+        assert top.returncode == 0, top.stderr
+        (mrow,) = json.loads(top.stdout)["mirrors"]
+        assert (mrow["name"], mrow["direction"], mrow["state"], mrow["lag_messages"]) == ("ev", "out", "running", 0)
+        assert mrow["lag_seconds"] == 0 and mrow["rate"] is not None, mrow
+        frame = subprocess.run([sys.executable, "-m", "shmlog", "top", "--iterations", "1", "--data-dir",
+                                str(data_dir)], capture_output=True, text=True, timeout=60).stdout
+        assert "MIRROR" in frame and "LAG-S" in frame and tansu.bootstrap in frame, frame
+        desc = subprocess.run([sys.executable, "-m", "shmlog", "groups", "describe", "mirror.ev", "--data-dir",
+                               str(data_dir)], capture_output=True, text=True, timeout=60)
+        assert desc.returncode == 0, desc.stderr
+        assert "Mirror: ev\tState: running" in desc.stdout and "Lag: 0 messages, 0" in desc.stdout, desc.stdout
         r = cli("stop", "ev")
         assert r.returncode == 0, r.stderr
         assert json.loads(cli("list", "--json").stdout) == []
