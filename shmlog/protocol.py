@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import struct
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence, Union
 
 from . import errors
 
@@ -113,3 +114,112 @@ def ensure_data_dir(data_dir: Path) -> Path:
             what=str(data_dir),
         )
     return data_dir
+
+
+# ------------------------------------------------------------ mirrors
+# A managed mirror (issue 15) is a spec that Cluster.mirror and `shmlog mirror
+# out|in` send in a "mirror_start" op; the supervisor (broker/mirrors.py)
+# writes it to <data_dir>/mirrors/<name>.json and runs `python -m
+# shmlog.bridge` for it, which reads it back (bridge/spec.py). The three meet
+# here, since client, broker and bridge may not import each other. Ops:
+# mirror_start {spec} -> {mirror: row}, mirror_stop {name} -> {pid},
+# mirrors {} -> {mirrors: [row, ...]} (rows as in the stats op's "mirrors").
+MIRRORS_DIR = "mirrors"
+MIRROR_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+MIRROR_SPEC_KEYS = ("name", "direction", "topics", "pattern", "bootstrap", "as", "config", "options")
+# the keyword options of bridge.MirrorOut / MirrorIn that a spec may carry,
+# checked here so that a typo fails in the caller, not in a child that the
+# supervisor would restart forever (tests/bridge keep these in step with
+# the constructors)
+MIRROR_OPTIONS = {
+    "out": {"max_in_flight": int, "commit_interval_ms": (int, float), "replication_factor": int,
+            "create_remote": bool, "stall_timeout_s": (int, float)},
+    "in": {"batch": int, "topic_config": dict},
+}
+
+
+def mirrors_dir(data_dir: Union[str, Path]) -> Path:
+    return Path(data_dir) / MIRRORS_DIR
+
+
+def mirror_file(data_dir: Union[str, Path], name: str, kind: str = "spec") -> Path:
+    """<data_dir>/mirrors/<name>.json (spec), .status.json (written by the
+    mirror every second) or .log (its stdout and stderr)."""
+    suffix = {"spec": ".json", "status": ".status.json", "log": ".log"}[kind]
+    return mirrors_dir(data_dir) / f"{check_mirror_name(name)}{suffix}"
+
+
+def check_mirror_name(name: Any) -> str:
+    if not isinstance(name, str) or not MIRROR_NAME_RE.match(name):
+        raise errors.InvalidConfig(
+            f"invalid mirror name {name!r}: use 1-200 letters, digits, '.', '_' or '-'", what=str(name))
+    return name
+
+
+def default_mirror_name(direction: str, topics: Sequence[str], pattern: Optional[str]) -> str:
+    base = "pattern" if pattern else "+".join(topics)
+    return check_mirror_name(re.sub(r"[^A-Za-z0-9._-]", "_", f"{direction}.{base}")[:200])
+
+
+def mirror_spec(direction: Any, topics: Union[str, Sequence[str], None], bootstrap: Any, *,
+                pattern: Optional[str] = None, as_: Optional[str] = None, name: Optional[str] = None,
+                settings: Optional[Dict[str, Any]] = None, options: Optional[Dict[str, Any]] = None
+                ) -> Dict[str, Any]:
+    """A checked managed-mirror spec; errors name what is wrong."""
+    if direction not in ("out", "in"):
+        raise errors.InvalidConfig(f"unknown mirror direction {direction!r}: use 'out' (to Kafka) or 'in' "
+                                   f"(from Kafka)", what=str(direction))
+    if isinstance(topics, str):
+        topics = [t for t in topics.split(",") if t]
+    topics = list(topics or [])
+    if not all(isinstance(t, str) and t for t in topics):
+        raise errors.InvalidConfig(f"mirror topics must be non-empty names, got {topics!r}")
+    if not isinstance(bootstrap, str) or not bootstrap.strip():
+        raise errors.InvalidConfig(f"mirror {direction} needs the Kafka bootstrap servers (host:port[,...]), "
+                                   f"got {bootstrap!r}")
+    if direction == "out":
+        if bool(topics) == bool(pattern):
+            raise errors.InvalidConfig("mirror out needs topics (T[,T2...]) or a pattern (RE), one of the two")
+        if as_ is not None and len(topics) != 1:
+            raise errors.InvalidConfig("a remote topic name (as) needs exactly one local topic")
+        if pattern is not None:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise errors.InvalidConfig(f"mirror pattern {pattern!r} is not a regular expression: {exc}",
+                                           what=pattern) from None
+    elif pattern is not None or len(topics) != 1:
+        raise errors.InvalidConfig(f"mirror in takes exactly one remote topic (no pattern), got "
+                                   f"{pattern or topics!r}")
+    if as_ is not None and (not isinstance(as_, str) or not as_):
+        raise errors.InvalidConfig(f"the topic's name on the other side (as) must be a name, got {as_!r}")
+    settings = dict(settings or {})
+    for k, v in settings.items():
+        if not isinstance(k, str) or not isinstance(v, (str, int, float, bool)):
+            raise errors.InvalidConfig(f"mirror setting {k!r}={v!r}: librdkafka settings are "
+                                       f"name=value (string, number or bool)", what=str(k))
+    options = dict(options or {})
+    known = MIRROR_OPTIONS[direction]
+    for k, v in options.items():
+        if k not in known:
+            raise errors.InvalidConfig(f"unknown option {k!r} for a mirror {direction}: use one of "
+                                       f"{', '.join(sorted(known))}", what=str(k))
+        if not isinstance(v, known[k]) or (isinstance(v, bool) and known[k] is not bool):
+            raise errors.InvalidConfig(f"mirror option {k}={v!r} has the wrong type", what=k)
+    name = check_mirror_name(name if name is not None else
+                             default_mirror_name(direction, [as_ or topics[0]] if direction == "in" else topics,
+                                                 pattern))
+    return {"name": name, "direction": direction, "topics": topics, "pattern": pattern,
+            "bootstrap": bootstrap, "as": as_, "config": settings, "options": options}
+
+
+def check_mirror_spec(spec: Any) -> Dict[str, Any]:
+    """A spec from the socket or a spec file, checked as mirror_spec checks."""
+    if not isinstance(spec, dict) or set(spec) - set(MIRROR_SPEC_KEYS) or "direction" not in spec:
+        raise errors.InvalidConfig(f"not a mirror spec: {spec!r} (keys {', '.join(MIRROR_SPEC_KEYS)})")
+    out = mirror_spec(spec["direction"], spec.get("topics"), spec.get("bootstrap"), pattern=spec.get("pattern"),
+                      as_=spec.get("as"), name=spec.get("name"), settings=spec.get("config"),
+                      options=spec.get("options"))
+    if "name" not in spec:
+        raise errors.InvalidConfig("a mirror spec needs its name")
+    return out

@@ -13,19 +13,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
-from .. import errors
+from .. import errors, protocol
 from . import kafka_client
 
 log = logging.getLogger("shmlog.bridge")
-
-MIRRORS_DIR = "mirrors"
-NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 
 # MirrorOut's duplicate bound. A shmlog offset is committed only after
 # Kafka acknowledged it, and the mirror never has more than max_in_flight
@@ -47,24 +43,17 @@ BACKOFF_MAX = 30.0
 PROBE_INTERVAL = 3.0
 
 
-def mirrors_dir(data_dir: Union[str, Path]) -> Path:
-    return Path(data_dir) / MIRRORS_DIR
+# names and files of mirrors: one definition, in protocol.py, shared with
+# the supervisor (which runs managed mirrors) and Cluster.mirror
+MIRRORS_DIR = protocol.MIRRORS_DIR
+NAME_RE = protocol.MIRROR_NAME_RE
+mirrors_dir = protocol.mirrors_dir
+check_name = protocol.check_mirror_name
+default_name = protocol.default_mirror_name
 
 
 def status_path(data_dir: Union[str, Path], name: str) -> Path:
-    return mirrors_dir(data_dir) / f"{name}.status.json"
-
-
-def check_name(name: str) -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise errors.InvalidConfig(
-            f"invalid mirror name {name!r}: use 1-200 letters, digits, '.', '_' or '-'", what=str(name))
-    return name
-
-
-def default_name(direction: str, topics: Sequence[str], pattern: Optional[str]) -> str:
-    base = "pattern" if pattern else "+".join(topics)
-    return check_name(re.sub(r"[^A-Za-z0-9._-]", "_", f"{direction}.{base}")[:200])
+    return protocol.mirror_file(data_dir, name, "status")
 
 
 def _write_json(path: Path, obj: Any) -> None:

@@ -1,10 +1,12 @@
 """Managed mirrors: one spec file per mirror under <data_dir>/mirrors/.
 
-`shmlog mirror out|in` writes <name>.json; the supervisor (broker/mirrors.py,
-which knows only these file names, not this package) starts
-`python -m shmlog.bridge --data-dir D NAME` for each spec and restarts it
-when it dies; `shmlog mirror stop NAME` removes the spec and the supervisor
-stops the process. The mirror itself writes <name>.status.json every second.
+Cluster.mirror and `shmlog mirror out|in` send the spec to the supervisor
+("mirror_start", its format and checks are in shmlog/protocol.py), which
+writes <name>.json, starts `python -m shmlog.bridge --data-dir D NAME` for
+it (broker/mirrors.py, which never imports this package) and restarts it
+when it dies; `Cluster.stop_mirror` / `shmlog mirror stop NAME` removes the
+spec and the supervisor stops the process. The mirror itself writes
+<name>.status.json every second.
 """
 
 from __future__ import annotations
@@ -13,25 +15,12 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-from .. import errors
-from ..osutil import write_json_atomic
-from .base import check_name, mirrors_dir, status_path
-
-SPEC_KEYS = {"name", "direction", "topics", "pattern", "bootstrap", "as", "config", "options"}
+from .. import errors, protocol
+from .base import mirrors_dir, status_path
 
 
 def spec_path(data_dir: Union[str, Path], name: str) -> Path:
-    return mirrors_dir(data_dir) / f"{check_name(name)}.json"
-
-
-def write_spec(data_dir: Union[str, Path], spec: Dict[str, Any]) -> Path:
-    bad = set(spec) - SPEC_KEYS
-    if bad or spec.get("direction") not in ("out", "in"):
-        raise errors.InvalidConfig(f"bad mirror spec {spec!r}")
-    path = spec_path(data_dir, spec["name"])
-    path.parent.mkdir(mode=0o700, exist_ok=True)
-    write_json_atomic(path, spec)
-    return path
+    return protocol.mirror_file(data_dir, name, "spec")
 
 
 def read_spec(data_dir: Union[str, Path], name: str) -> Dict[str, Any]:
@@ -44,9 +33,10 @@ def read_spec(data_dir: Union[str, Path], name: str) -> Dict[str, Any]:
         raise errors.ShmlogError(f"mirror spec {path} is corrupt ({exc}); remove it with "
                                  f"`shmlog mirror stop {name}` and create the mirror again",
                                  what=name) from None
-    if not isinstance(spec, dict) or set(spec) - SPEC_KEYS or spec.get("direction") not in ("out", "in"):
-        raise errors.ShmlogError(f"mirror spec {path} is not a mirror spec", what=name)
-    return spec
+    try:
+        return protocol.check_mirror_spec(spec)
+    except errors.InvalidConfig as exc:
+        raise errors.ShmlogError(f"mirror spec {path} is not a mirror spec: {exc}", what=name) from None
 
 
 def read_status(data_dir: Union[str, Path], name: str) -> Optional[Dict[str, Any]]:

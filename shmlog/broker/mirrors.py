@@ -1,7 +1,9 @@
 """Managed mirrors: the supervisor keeps one child process running per spec
-file <data_dir>/mirrors/<name>.json (written by `shmlog mirror out|in`),
-restarts it with backoff when it dies, and stops it when the spec goes
-(`shmlog mirror stop NAME`) or the supervisor shuts down.
+file <data_dir>/mirrors/<name>.json, restarts it with backoff when it dies,
+and stops it when the spec goes or the supervisor shuts down. Clients
+(Cluster.mirror, `shmlog mirror out|in|list|stop`) reach it through the
+ops mirror_start, mirror_stop and mirrors (protocol.py): this module writes
+and removes the spec files, one path for every caller.
 
 It knows the mirrors only by their files and their command line
 (`python -m shmlog.bridge --data-dir D NAME`): it never imports the bridge
@@ -23,11 +25,12 @@ from typing import Any, Dict, List, Optional
 
 import psutil
 
-from ..osutil import pid_alive
+from .. import errors, protocol
+from ..osutil import pid_alive, write_json_atomic
 
 log = logging.getLogger("shmlog.mirrors")
 
-MIRRORS_DIR = "mirrors"
+MIRRORS_DIR = protocol.MIRRORS_DIR
 SCAN_INTERVAL = 0.5
 RESTART_MIN = 0.5
 RESTART_MAX = 30.0
@@ -67,6 +70,11 @@ class MirrorKeeper:
         self.started_at: Dict[str, float] = {}
         self.failures: Dict[str, int] = {}
         self.retry_at: Dict[str, float] = {}
+        # per mirror since it was registered: how often its process ended,
+        # and how (with its log's last line), for Cluster.mirror's wait and
+        # `shmlog mirror list`
+        self.exits: Dict[str, int] = {}
+        self.last_exit: Dict[str, str] = {}
         self._scan_at = 0.0
         self.closed = False
 
@@ -105,6 +113,9 @@ class MirrorKeeper:
         self.failures[name] = n
         delay = min(RESTART_MAX, RESTART_MIN * (2 ** n)) if n else RESTART_MIN
         self.retry_at[name] = time.monotonic() + delay
+        self.exits[name] = self.exits.get(name, 0) + 1
+        tail = _last_line(self.dir / f"{name}.log")
+        self.last_exit[name] = f"{how}: {tail}" if tail else how
         log.warning("mirror %s stopped (%s after %.1fs); restarting in %.1fs, see %s", name, how, ran,
                     delay, self.dir / f"{name}.log")
 
@@ -191,8 +202,67 @@ class MirrorKeeper:
             self.adopted.pop(name, None)
             self.retry_at.pop(name, None)
 
+    # ------------------------------------------------------------ ops
+    def op_start(self, m, c) -> Dict[str, Any]:
+        """Register a managed mirror (idempotent for the same spec); the
+        next tick starts it. The caller waits on the "mirrors" op."""
+        spec = protocol.check_mirror_spec(protocol.field(m, "spec", dict))
+        name = spec["name"]
+        path = protocol.mirror_file(self.data_dir, name, "spec")
+        try:
+            old: Any = json.loads(path.read_text())
+        except FileNotFoundError:
+            old = None
+        except ValueError:
+            old = "corrupt"
+        if old is not None and old != spec:
+            raise errors.InvalidConfig(f"a different mirror named {name!r} exists; stop it first "
+                                       f"(`shmlog mirror stop {name}`) or pick another name", what=name)
+        if old is None:
+            self.dir.mkdir(mode=0o700, exist_ok=True)
+            write_json_atomic(path, spec)
+            self.exits.pop(name, None)
+            self.last_exit.pop(name, None)
+            self.failures.pop(name, None)
+            self.retry_at.pop(name, None)
+            self._scan_at = 0.0  # start it at the next tick, not the next scan
+            log.info("mirror %s: registered (%s %s)", name, spec["direction"], spec["bootstrap"])
+        return {"mirror": self.row(name)}
+
+    def op_stop(self, m, c) -> Dict[str, Any]:
+        """Forget a managed mirror: the next tick stops its process (SIGTERM:
+        it drains and commits). Returns the pid the caller may wait for."""
+        name = protocol.check_mirror_name(protocol.field(m, "name", str))
+        path = protocol.mirror_file(self.data_dir, name, "spec")
+        if not path.exists():
+            raise errors.ShmlogError(f"no managed mirror named {name!r} (see `shmlog mirror list`)", what=name)
+        row = self.row(name)
+        path.unlink()
+        self._scan_at = 0.0
+        child = self.children.get(name)
+        return {"pid": child.pid if child is not None else (self.adopted.get(name) or row.get("pid"))}
+
+    def op_list(self, m, c) -> Dict[str, Any]:
+        return {"mirrors": self.rows()}
+
+    def rows(self) -> List[Dict[str, Any]]:
+        rows = mirror_rows(self.data_dir)
+        for r in rows:
+            if r["managed"]:
+                r["exits"] = self.exits.get(r["name"], 0)
+                r["last_exit"] = self.last_exit.get(r["name"])
+        return rows
+
+    def row(self, name: str) -> Dict[str, Any]:
+        for r in self.rows():
+            if r["name"] == name:
+                return r
+        return {"name": name, "managed": False, "state": "unknown"}
+
     def attach(self) -> None:
         sup = self.sup
+        sup.handlers.update({"mirror_start": self.op_start, "mirror_stop": self.op_stop,
+                             "mirrors": self.op_list})
         sup.tickers.append(self.tick)
         sup.on_stop.append(self.stop_all)
         # the stats op (`shmlog stats`, --prometheus) shows each mirror's
@@ -201,10 +271,22 @@ class MirrorKeeper:
 
         def stats() -> Dict[str, Any]:
             out = base_stats()
-            out["mirrors"] = mirror_rows(self.data_dir)
+            out["mirrors"] = self.rows()
             return out
 
         sup.stats = stats
+
+
+def _last_line(path: Path) -> str:
+    """The last non-empty line of a mirror's log (why it ended, mostly)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 4096))
+            lines = [ln.strip() for ln in f.read().decode("utf-8", "replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:500] if lines else ""
 
 
 def mirror_rows(data_dir: Path) -> List[Dict[str, Any]]:

@@ -34,8 +34,10 @@ def cmd_groups(args) -> int:
             desc = cluster.describe_group(args.group)
             ends = _end_offsets(cluster)
             rows = m.group_rows(desc, ends)
+            # a mirror out's group ("mirror.<name>"): its rate and lag in seconds too
+            mirror = next((r for r in cluster.mirrors() if r.get("group") == args.group), None)
             if flag(args, "json"):
-                print_json({"group": args.group, "partitions": rows, "raw": desc})
+                print_json({"group": args.group, "partitions": rows, "raw": desc, "mirror": mirror})
             else:
                 state = desc.get("state") if isinstance(desc, dict) else None
                 members = desc.get("members") if isinstance(desc, dict) else None
@@ -48,6 +50,10 @@ def cmd_groups(args) -> int:
                 if members is not None:
                     head += f"\tMembers: {len(members)}"
                 out(head)
+                if mirror is not None:
+                    out(f"Mirror: {mirror['name']}\tState: {mirror.get('state')}\tTo: {mirror.get('bootstrap')}"
+                        f"\tRate: {m.human_rate(mirror.get('rate'))} msg/s\tLag: {mirror.get('lag_messages')} "
+                        f"messages, {mirror.get('lag_seconds')} s")
                 if not rows:
                     out(f"Consumer group '{args.group}' has no committed offsets and no active members.")
                 else:

