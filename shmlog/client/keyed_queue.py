@@ -29,7 +29,8 @@ _keyed_append = lib.shmlog_keyed_append
 
 def commit_keyed(self: Any, st: Any) -> None:
     """Commit a topic's keyed queue: every other list of the topic first
-    (older: nothing joins them while the queue holds records), then the
+    (the plain lists, then the rich queue: older, as nothing joins them
+    while the keyed queue holds records), then the
     queue in one crossing that hashes each key and appends one frame per
     partition touched (csrc/keyed.c). Like _commit_plain it commits a
     prefix and deletes just that; a failed commit drops its prefix."""
@@ -39,9 +40,11 @@ def commit_keyed(self: Any, st: Any) -> None:
         n = len(kq)
         if not n:
             return
-        if any(st.plain) or any(pend.values for pend in st.pending):
+        if any(st.plain) or st.rq:
+            self._commit_rich(st)  # the plain lists first, when it holds records
             for p in range(st.nparts):
-                self._commit(st, p)
+                if st.plain[p]:
+                    self._commit_plain(st, p)
         try:
             if st.waiters[0][_HDR_FLAGS] & _F_CLOSED or st.topic.regions[0].closed:
                 self._topics.pop(st.name, None)
@@ -93,7 +96,7 @@ def send_keyed_one(self: Any, st: Any, partition: int, key: bytes, value: bytes)
     try:
         plog = st.topic.regions[partition]
         slot = st.slots[partition]
-        if (st.kq or st.plain[partition] or st.pending[partition].values or slot < 0
+        if (st.kq or st.plain[partition] or st.rq or slot < 0
                 or plog.closed or st.waiters[partition][_HDR_FLAGS] & _F_CLOSED):
             return False
         self._seq += 1
