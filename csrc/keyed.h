@@ -32,20 +32,18 @@ int64_t shmlog_keyed_append(shmlog_log_t *const *logs, const int32_t *slots, uin
                             int64_t timestamp, uint64_t producer_id, uint32_t producer_seq,
                             uint64_t timeout_ns, uint64_t *ends, uint32_t *failed);
 
-/* The general form: record i goes to parts[i], or when parts is NULL or
- * parts[i] < 0 to partition_of(its key) (such a record needs a key).
- * keys may be NULL (no record keyed; every parts[i] >= 0), a key length of
- * -1 is a null key; headers (encoded sections, concatenated, with
- * lengths) may be NULL; timestamps may be NULL (all stamped with
- * timestamp), an entry of -1 is stamped with timestamp too. out_parts[i]
+/* The rich queue's commit (shmlog/client/rich_queue.py): n records as the
+ * pickle (protocol 3, no memo) of a list of tuples
+ *     (partition, key, value, headers, timestamp[, None])
+ * partition -1: the key's (such a record needs a key); key and value bytes
+ * or None (null); headers an encoded header section, b"" for none;
+ * timestamp -1: stamped with timestamp. Anything else in the stream is
+ * -EPROTO (nothing appended; the caller uses another way). out_parts[i]
  * (if not NULL) gets record i's partition, offsets[i] (if not NULL) its
  * offset once committed (entries of records not committed are left as
  * they were). Returns and fails as shmlog_keyed_append. */
 int64_t shmlog_rich_append(shmlog_log_t *const *logs, const int32_t *slots, uint32_t nparts,
-                           const int32_t *parts, const char *values, const int32_t *value_lens,
-                           const char *keys, const int32_t *key_lens,
-                           const char *headers, const uint32_t *header_lens,
-                           const int64_t *timestamps, uint32_t n, int64_t timestamp,
+                           const uint8_t *stream, size_t len, uint32_t n, int64_t timestamp,
                            uint64_t producer_id, uint32_t producer_seq, uint64_t timeout_ns,
                            uint64_t *ends, uint32_t *failed, int32_t *out_parts,
                            uint64_t *offsets);

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import time
-from array import array
 from typing import Any
 
 from .. import errors
@@ -22,6 +21,7 @@ from .commit_rules import (
     STREAM_GAP,
     _clock,
 )
+from .rich_queue import _ints
 
 _keyed_one = lib.shmlog_keyed_append_one
 _keyed_append = lib.shmlog_keyed_append
@@ -52,8 +52,8 @@ def commit_keyed(self: Any, st: Any) -> None:
                                           what=st.name)
             keys = kq[0:n:2]
             values = kq[1:n:2]
-            klens = array("i", map(len, keys))
-            vlens = array("i", map(len, values))
+            klens = _ints("i", list(map(len, keys)))
+            vlens = _ints("i", list(map(len, values)))
             failed = ffi.new("uint32_t *")
             self._seq += 1
             ts_now = time.time_ns() // 1_000_000

@@ -42,7 +42,7 @@ from .commit_rules import (
     _clock,
 )
 from .keyed_queue import commit_keyed, send_keyed_one
-from .rich_queue import RQ_FIELDS, RecordMetadata, commit_rich
+from .rich_queue import RecordMetadata, commit_rich
 
 _ids = itertools.count(1)
 _append_one = lib.shmlog_log_append_one
@@ -67,7 +67,7 @@ def _set_next_hungry(st: _TopicState, p: int, n: int) -> None:
 
 
 class _TopicState:
-    __slots__ = ("name", "topic", "rq", "rq_bytes", "rq_since", "rq_next", "rq_limit", "key_p", "h_last",
+    __slots__ = ("name", "topic", "rq", "rq_bytes", "rq_since", "rq_next", "rq_limit", "rq_cb", "key_p", "h_last",
                  "h_enc", "plain", "plain_bytes", "plain_since", "slots", "keyed",
                  "sticky", "limit", "frame_limit", "max_message", "next_hungry",
                  "hungry_tokens", "tokens_at", "waiters", "bell", "committed_end", "storage",
@@ -85,6 +85,7 @@ class _TopicState:
         self.rq_since = 0.0  # monotonic() when the queue's oldest record came
         self.rq_next = 0.0   # when a waiting reader may trigger the next commit
         self.rq_limit = 0
+        self.rq_cb = False   # a queued record may have an on_delivery
         # a keyed record's partition on the rich queue: hashed in C at
         # commit (-1), unless there is only one (a reader waiting on it is
         # then seen by send())
@@ -165,6 +166,7 @@ class Producer:
         self._closed = False
         self._error: Optional[BaseException] = None
         self._wake = threading.Event()
+        self._failed = ffi.new("uint32_t *")  # the partition a queue's commit failed on
         self._flusher = threading.Thread(target=self._flush_loop, name="shmlog-producer-flusher", daemon=True)
         self._flusher.start()
 
@@ -325,10 +327,12 @@ class Producer:
                     if st.kq:  # queued keyed records are older than this one
                         self._commit_keyed(st)
                     rq = st.rq
-                    rq += (p, key, value, hdr, -1 if timestamp_ms is None else timestamp_ms, on_delivery)
+                    if on_delivery is not None:
+                        st.rq_cb = True  # before the append: see commit_rich
+                    rq.append((p, key, value, hdr, -1 if timestamp_ms is None else timestamp_ms, on_delivery))
                     nb = st.rq_bytes = st.rq_bytes + size + len(hdr) + _RECORD_OVERHEAD
                     # the rest only for a new queue, a full one or a waiting reader
-                    if (nb >= st.rq_limit or len(rq) == RQ_FIELDS or st.bell[_HDR_BELL_HUNGRY]
+                    if (nb >= st.rq_limit or len(rq) == 1 or st.bell[_HDR_BELL_HUNGRY]
                             or (p >= 0 and st.waiters[p][_HDR_HUNGRY])):
                         self._rich_queued(st, p, nb)
                     return
@@ -373,7 +377,9 @@ class Producer:
                 self._raise_async_error()
             if st.kq:  # queued keyed records are older than this one
                 self._commit_keyed(st)
-            st.rq += (partition, key, value, hdr, -1 if timestamp_ms is None else timestamp_ms, on_delivery)
+            if on_delivery is not None:
+                st.rq_cb = True
+            st.rq.append((partition, key, value, hdr, -1 if timestamp_ms is None else timestamp_ms, on_delivery))
             nb = st.rq_bytes = st.rq_bytes + size + len(hdr) + _RECORD_OVERHEAD
             self._rich_queued(st, partition, nb)
 
@@ -381,7 +387,7 @@ class Producer:
         """After send() queued a record on the rich queue (now nb bytes):
         commit it when it is full, or a reader waits (at most one commit per
         HUNGRY_GAP); else have the flusher honour linger_ms for a new queue."""
-        if len(st.rq) == RQ_FIELDS:
+        if len(st.rq) == 1:
             # a queue spread over partitions by key holds several frames
             st.rq_limit = st.limit if p >= 0 else st.kq_limit
             if nb < st.rq_limit and not self.linger_ms and not (
@@ -398,7 +404,7 @@ class Producer:
                 and _clock() >= st.rq_next):
             self._commit_rich(st)
             return
-        if len(st.rq) == RQ_FIELDS:
+        if len(st.rq) == 1:
             st.rq_since = time.monotonic()
             self._wake.set()
 

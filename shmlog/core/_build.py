@@ -204,10 +204,7 @@ int64_t shmlog_keyed_append(shmlog_log_t *const *logs, const int32_t *slots, uin
                             int64_t timestamp, uint64_t producer_id, uint32_t producer_seq,
                             uint64_t timeout_ns, uint64_t *ends, uint32_t *failed);
 int64_t shmlog_rich_append(shmlog_log_t *const *logs, const int32_t *slots, uint32_t nparts,
-                           const int32_t *parts, const char *values, const int32_t *value_lens,
-                           const char *keys, const int32_t *key_lens,
-                           const char *headers, const uint32_t *header_lens,
-                           const int64_t *timestamps, uint32_t n, int64_t timestamp,
+                           const uint8_t *stream, size_t len, uint32_t n, int64_t timestamp,
                            uint64_t producer_id, uint32_t producer_seq, uint64_t timeout_ns,
                            uint64_t *ends, uint32_t *failed, int32_t *out_parts,
                            uint64_t *offsets);
