@@ -139,6 +139,11 @@ class _TopicState:
         self.kq_ends = ffi.new("uint64_t[]", n)  # end offsets committed through the queue
 
 
+class _LockBusy(Exception):
+    """send() on the no-wait thread (shmlog.aio's loop) found the lock held
+    by a commit in another thread: nothing was queued, retry after it."""
+
+
 class Producer:
     def __init__(self, cluster, *, linger_ms: float = 0, batch_bytes: int = 64 << 10,
                  compression: Optional[str] = None, max_block_ms: int = 60_000,
@@ -167,6 +172,14 @@ class Producer:
         self._error: Optional[BaseException] = None
         self._wake = threading.Event()
         self._failed = ffi.new("uint32_t *")  # the partition a queue's commit failed on
+        # shmlog.aio: on this thread (the event loop's) a commit, which may
+        # wait for buffer space, is handed to _defer_commit (its worker
+        # thread) and the lock is only tried (_LockBusy); _settle_delivery
+        # takes a commit's delivery futures (on_delivery is then a future)
+        self._nowait_thread: Optional[int] = None
+        self._defer_commit: Optional[Callable[[], None]] = None
+        self._settle_delivery: Optional[Callable] = None
+        self._linger_hook: Optional[Callable[[], None]] = None
         self._flusher = threading.Thread(target=self._flush_loop, name="shmlog-producer-flusher", daemon=True)
         self._flusher.start()
 
@@ -372,7 +385,12 @@ class Producer:
             raise errors.MessageTooLarge(
                 f"message of {size} bytes to topic {topic!r} exceeds max_message_bytes={st.max_message}",
                 what=topic)
-        with self._lock:
+        if self._nowait_thread is not None and self._nowait_thread == threading.get_ident():
+            if not self._acquire(False):
+                raise _LockBusy()
+        else:
+            self._acquire()
+        try:
             if self._error is not None:
                 self._raise_async_error()
             if st.kq:  # queued keyed records are older than this one
@@ -382,6 +400,8 @@ class Producer:
             st.rq.append((partition, key, value, hdr, -1 if timestamp_ms is None else timestamp_ms, on_delivery))
             nb = st.rq_bytes = st.rq_bytes + size + len(hdr) + _RECORD_OVERHEAD
             self._rich_queued(st, partition, nb)
+        finally:
+            self._release()
 
     def _rich_queued(self, st: _TopicState, p: int, nb: int) -> None:
         """After send() queued a record on the rich queue (now nb bytes):
@@ -393,11 +413,12 @@ class Producer:
             if nb < st.rq_limit and not self.linger_ms and not (
                     st.bell[_HDR_BELL_HUNGRY] or (p >= 0 and st.waiters[p][_HDR_HUNGRY])):
                 st.rq_since = time.monotonic()
-                self._wake.set()
+                self._linger_wake()
                 return
         if nb >= st.rq_limit:
             self._commit_rich(st)
-            if p == st.sticky and st.nparts > 1:
+            # (not when the commit was deferred to shmlog.aio's worker)
+            if p == st.sticky and st.nparts > 1 and not st.rq:
                 st.sticky = (p + 1) % st.nparts
             return
         if (not self.linger_ms and (st.bell[_HDR_BELL_HUNGRY] or (p >= 0 and st.waiters[p][_HDR_HUNGRY]))
@@ -406,6 +427,15 @@ class Producer:
             return
         if len(st.rq) == 1:
             st.rq_since = time.monotonic()
+            self._linger_wake()
+
+    def _linger_wake(self) -> None:
+        """A new rich queue: the flusher thread honours linger_ms, or on
+        shmlog.aio's loop the loop itself (a thread woken per queue would
+        take the GIL from the loop for every commit)."""
+        if self._linger_hook is not None and self._nowait_thread == threading.get_ident():
+            self._linger_hook()
+        else:
             self._wake.set()
 
     def send_batch(self, topic: str, values: Sequence, keys: Optional[Sequence] = None,
@@ -677,6 +707,19 @@ class Producer:
         commit_keyed(self, st)
 
     def _commit_rich(self, st: _TopicState) -> None:
+        if self._nowait_thread is not None and self._nowait_thread == threading.get_ident():
+            # shmlog.aio's loop: commit here while that needs no wait (the
+            # lock free, buffer space now), else hand it to the worker
+            if self._acquire(False):
+                try:
+                    if commit_rich(self, st, nowait=True):
+                        return
+                finally:
+                    self._release()
+            self._defer_commit()  # type: ignore[misc]
+            # until that commit: no more asking, from every send
+            st.rq_limit = 1 << 62
+            return
         commit_rich(self, st)
 
     def _send_keyed_one(self, st: _TopicState, partition: int, key: bytes, value: bytes) -> bool:

@@ -57,17 +57,21 @@ def _ints(code: str, items) -> bytes:
     return struct.pack(f"{len(items)}{code}", *items)
 
 
-def commit_rich(self: Any, st: Any) -> None:
+def commit_rich(self: Any, st: Any, nowait: bool = False) -> bool:
     """Commit a topic's rich queue: the plain lists first (older: nothing
     joins them while the queue holds records), then the queue in one
     crossing. Like _commit_plain it commits a prefix and deletes just that;
-    a failed commit drops its prefix, its callbacks get the error."""
+    a failed commit drops its prefix, its callbacks get the error.
+    nowait (shmlog.aio's loop thread, with delivery futures): no wait for
+    buffer space; what did not fit stays queued, first, and False says a
+    commit that may wait is still needed."""
+    kept = None
     self._acquire()
     try:
         rq = st.rq
         n = len(rq)
         if not n:
-            return
+            return True
         if any(st.plain):
             for p in range(st.nparts):
                 if st.plain[p]:
@@ -89,7 +93,8 @@ def commit_rich(self: Any, st: Any) -> None:
             # (st.rq_cb says a record may carry one: set before its append,
             # so a bound method's object is not pickled by the first try)
             stream = None if st.rq_cb else pickle_values(records)
-            rc = -errno.EPROTO if stream is None else _append(self, st, stream, n, ts_now, ffi.NULL, ffi.NULL)
+            rc = -errno.EPROTO if stream is None or nowait else _append(self, st, stream, n, ts_now,
+                                                                         ffi.NULL, ffi.NULL)
             if rc == -errno.EPROTO:
                 callbacks = [r[5] for r in records]
                 stream = pickle_values([r[:5] for r in records])
@@ -98,7 +103,12 @@ def commit_rich(self: Any, st: Any) -> None:
                 out_parts = ffi.new("int32_t[]", n)
                 offsets = ffi.new("uint64_t[]", n)
                 ffi.memmove(offsets, b"\xff" * (8 * n), 8 * n)
-                rc = _append(self, st, stream, n, ts_now, out_parts, offsets)
+                rc = _append(self, st, stream, n, ts_now, out_parts, offsets, nowait)
+            if nowait and rc == -errno.EAGAIN and callbacks is not None:
+                # full now: deliver what went, keep the rest for the worker
+                offs = ffi.unpack(offsets, n)
+                kept = [rec for rec, off in zip(records, offs) if off == _NOT_COMMITTED]
+                rc = 0
             err = None
             if rc < 0:
                 p = self._failed[0]
@@ -111,19 +121,25 @@ def commit_rich(self: Any, st: Any) -> None:
                     err = exc
             if callbacks is not None:
                 delivered = True
-                _deliver(st, callbacks, out_parts, offsets, [r[4] for r in records], ts_now, err)
+                _deliver(self, st, callbacks, out_parts, offsets, [r[4] for r in records], ts_now, err)
             if err is not None:
                 raise err
         except errors.ShmlogError as exc:
             if callbacks is not None and not delivered:
+                if self._settle_delivery is not None:
+                    self._settle_delivery(callbacks, None, exc)
+                    raise
                 for cb in callbacks:
                     if cb is not None:
                         cb(exc, None)
             raise
         finally:
             del rq[:n]
+            if kept:
+                rq[0:0] = kept  # older than anything appended meanwhile
             st.rq_bytes = sum(len(r[2] or b"") + len(r[3]) + _RECORD_OVERHEAD for r in rq)
             st.rq_cb = any(r[5] is not None for r in rq)
+            st.rq_limit = st.limit if not rq or rq[0][0] >= 0 else st.kq_limit
             if rq:
                 st.rq_since = time.monotonic()
                 self._wake.set()
@@ -131,16 +147,18 @@ def commit_rich(self: Any, st: Any) -> None:
             st.rq_next = now + (HUNGRY_GAP if n < STREAM_BATCH else STREAM_GAP)
     finally:
         self._release()
+    return not kept
 
 
-def _append(self: Any, st: Any, stream: bytes, n: int, ts_now: int, out_parts, offsets) -> int:
+def _append(self: Any, st: Any, stream: bytes, n: int, ts_now: int, out_parts, offsets,
+            nowait: bool = False) -> int:
     """The commit's crossing (and another per partition on first use, to
     take a producer slot there). On failure self._failed[0] names the
     partition."""
     failed = self._failed
     while True:
         rc = _rich_append(st.kq_logs, st.kq_slots, st.nparts, stream, len(stream), n, ts_now,
-                          self.producer_id, self._seq & 0xFFFFFFFF, self._max_block_ns,
+                          self.producer_id, self._seq & 0xFFFFFFFF, 0 if nowait else self._max_block_ns,
                           st.kq_ends, failed, out_parts, offsets)
         if rc != -errno.ENOENT:
             return rc
@@ -150,7 +168,7 @@ def _append(self: Any, st: Any, stream: bytes, n: int, ts_now: int, out_parts, o
         st.kq_slots[p] = st.slots[p]
 
 
-def _deliver(st: Any, callbacks, out_parts, offsets, stamps, ts_now: int, err) -> None:
+def _deliver(self: Any, st: Any, callbacks, out_parts, offsets, stamps, ts_now: int, err) -> None:
     """Delivery callbacks of one commit, in send order: the committed
     records get (None, RecordMetadata), the rest the error. The columns
     come out of C in one unpack each and the metadata tuples are made at C
@@ -160,6 +178,13 @@ def _deliver(st: Any, callbacks, out_parts, offsets, stamps, ts_now: int, err) -
     offs = ffi.unpack(offsets, n)
     stamps = [ts_now if ts < 0 else ts for ts in stamps]
     metas = map(_make_meta, zip(repeat(st.name), ffi.unpack(out_parts, n), offs, stamps))
+    if self._settle_delivery is not None:
+        # shmlog.aio: the callbacks are futures, settled in the loop
+        # None: not committed (err, or kept queued when err is None)
+        if _NOT_COMMITTED in offs:
+            metas = [None if off == _NOT_COMMITTED else md for md, off in zip(metas, offs)]
+        self._settle_delivery(callbacks, list(metas), err)
+        return
     if err is None:
         for cb, md in zip(callbacks, metas):
             if cb is not None:
