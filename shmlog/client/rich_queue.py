@@ -125,6 +125,10 @@ def commit_rich(self: Any, st: Any, nowait: bool = False) -> bool:
             if err is not None:
                 raise err
         except errors.ShmlogError as exc:
+            if callbacks is None:
+                callbacks = [r[5] for r in records]
+                if callbacks.count(None) == len(callbacks):
+                    callbacks = None
             if callbacks is not None and not delivered:
                 if self._settle_delivery is not None:
                     self._settle_delivery(callbacks, None, exc)
