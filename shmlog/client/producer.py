@@ -42,7 +42,7 @@ from .commit_rules import (
     _clock,
 )
 from .keyed_queue import commit_keyed, send_keyed_one
-from .rich_queue import RecordMetadata, commit_rich
+from .rich_queue import RecordMetadata, commit_rich, linger_wake, rich_queued
 
 _ids = itertools.count(1)
 _append_one = lib.shmlog_log_append_one
@@ -403,40 +403,8 @@ class Producer:
         finally:
             self._release()
 
-    def _rich_queued(self, st: _TopicState, p: int, nb: int) -> None:
-        """After send() queued a record on the rich queue (now nb bytes):
-        commit it when it is full, or a reader waits (at most one commit per
-        HUNGRY_GAP); else have the flusher honour linger_ms for a new queue."""
-        if len(st.rq) == 1:
-            # a queue spread over partitions by key holds several frames
-            st.rq_limit = st.limit if p >= 0 else st.kq_limit
-            if nb < st.rq_limit and not self.linger_ms and not (
-                    st.bell[_HDR_BELL_HUNGRY] or (p >= 0 and st.waiters[p][_HDR_HUNGRY])):
-                st.rq_since = time.monotonic()
-                self._linger_wake()
-                return
-        if nb >= st.rq_limit:
-            self._commit_rich(st)
-            # (not when the commit was deferred to shmlog.aio's worker)
-            if p == st.sticky and st.nparts > 1 and not st.rq:
-                st.sticky = (p + 1) % st.nparts
-            return
-        if (not self.linger_ms and (st.bell[_HDR_BELL_HUNGRY] or (p >= 0 and st.waiters[p][_HDR_HUNGRY]))
-                and _clock() >= st.rq_next):
-            self._commit_rich(st)
-            return
-        if len(st.rq) == 1:
-            st.rq_since = time.monotonic()
-            self._linger_wake()
-
-    def _linger_wake(self) -> None:
-        """A new rich queue: the flusher thread honours linger_ms, or on
-        shmlog.aio's loop the loop itself (a thread woken per queue would
-        take the GIL from the loop for every commit)."""
-        if self._linger_hook is not None and self._nowait_thread == threading.get_ident():
-            self._linger_hook()
-        else:
-            self._wake.set()
+    _rich_queued = rich_queued
+    _linger_wake = linger_wake
 
     def send_batch(self, topic: str, values: Sequence, keys: Optional[Sequence] = None,
                    partition: Optional[int] = None, headers: Optional[Sequence] = None,

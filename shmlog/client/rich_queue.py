@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import functools
 import struct
+import threading
 import time
 from itertools import repeat
 from typing import Any, NamedTuple
@@ -31,7 +32,9 @@ from ..core._core import ffi, lib
 from ..core.records import pickle_values
 from .commit_rules import (
     _F_CLOSED,
+    _HDR_BELL_HUNGRY,
     _HDR_FLAGS,
+    _HDR_HUNGRY,
     _RECORD_OVERHEAD,
     HUNGRY_GAP,
     STREAM_BATCH,
@@ -55,6 +58,42 @@ _NOT_COMMITTED = (1 << 64) - 1
 # int columns are packed with struct: ~5x faster than array() from a list
 def _ints(code: str, items) -> bytes:
     return struct.pack(f"{len(items)}{code}", *items)
+
+
+def rich_queued(self: Any, st: Any, p: int, nb: int) -> None:
+    """After send() queued a record on the rich queue (now nb bytes):
+    commit it when it is full, or a reader waits (at most one commit per
+    HUNGRY_GAP); else have the flusher honour linger_ms for a new queue."""
+    if len(st.rq) == 1:
+        # a queue spread over partitions by key holds several frames
+        st.rq_limit = st.limit if p >= 0 else st.kq_limit
+        if nb < st.rq_limit and not self.linger_ms and not (
+                st.bell[_HDR_BELL_HUNGRY] or (p >= 0 and st.waiters[p][_HDR_HUNGRY])):
+            st.rq_since = time.monotonic()
+            self._linger_wake()
+            return
+    if nb >= st.rq_limit:
+        self._commit_rich(st)
+        # (not when the commit was deferred to shmlog.aio's worker)
+        if p == st.sticky and st.nparts > 1 and not st.rq:
+            st.sticky = (p + 1) % st.nparts
+        return
+    if (not self.linger_ms and (st.bell[_HDR_BELL_HUNGRY] or (p >= 0 and st.waiters[p][_HDR_HUNGRY]))
+            and _clock() >= st.rq_next):
+        self._commit_rich(st)
+        return
+    if len(st.rq) == 1:
+        st.rq_since = time.monotonic()
+        self._linger_wake()
+
+def linger_wake(self: Any) -> None:
+    """A new rich queue: the flusher thread honours linger_ms, or on
+    shmlog.aio's loop the loop itself (a thread woken per queue would
+    take the GIL from the loop for every commit)."""
+    if self._linger_hook is not None and self._nowait_thread == threading.get_ident():
+        self._linger_hook()
+    else:
+        self._wake.set()
 
 
 def commit_rich(self: Any, st: Any, nowait: bool = False) -> bool:
