@@ -271,6 +271,7 @@ def test_async_send_futures_name_the_offsets_read_through_a_full_buffer(data_dir
     still resolve to the partition and offset its record was read at, with
     its headers and timestamp, and the loop must keep running meanwhile."""
     n = 20000
+    pad = b"p" * 500
     with running_cluster(data_dir) as cluster:
         cluster.create_topic(TOPIC, partitions=2, **SMALL)
 
@@ -284,7 +285,9 @@ def test_async_send_futures_name_the_offsets_read_through_a_full_buffer(data_dir
                     async def produce():
                         futs = []
                         for i in range(n):
-                            futs.append(await p.send(TOPIC, b"%d" % i, key=b"k%d" % i,
+                            # 500 B values: the ring (2 x 4 x 64 KiB) fills between
+                            # the producer's yields, so commits find it full
+                            futs.append(await p.send(TOPIC, b"%d|" % i + pad, key=b"k%d" % i,
                                                      headers=[("i", b"%d" % i)],
                                                      timestamp_ms=1_600_000_000_000 + i))
                         await p.flush()
@@ -295,7 +298,7 @@ def test_async_send_futures_name_the_offsets_read_through_a_full_buffer(data_dir
                         while len(got) < n:
                             for msgs in (await c.getmany(max_messages=5000, timeout=5.0)).values():
                                 for m in msgs:
-                                    got[int(m.value)] = m
+                                    got[int(m.value.split(b"|")[0])] = m
                         return got
 
                     mds, got = await asyncio.wait_for(asyncio.gather(produce(), consume()), 60)
@@ -307,5 +310,6 @@ def test_async_send_futures_name_the_offsets_read_through_a_full_buffer(data_dir
         m = got[i]
         assert (md.partition, md.offset) == (m.partition, m.offset)
         assert md.partition == kafka_partition(b"k%d" % i, 2)
+        assert m.value == b"%d|" % i + pad
         assert m.headers == [("i", b"%d" % i)]
         assert m.timestamp_ms == md.timestamp == 1_600_000_000_000 + i
