@@ -7,37 +7,77 @@
 
 #include "partitioner.h"
 
+/* The columns of one commit (pointers into the caller's buffers), and the
+ * gather buffers one frame is built from (sized for the whole commit,
+ * reused for every group). */
+typedef struct {
+    const uint8_t **vptr;  /* each record's value */
+    int32_t *vlens;        /* -1: null */
+    const uint8_t **kptr;  /* NULL: no record has a key */
+    int32_t *klens;        /* -1: null */
+    const uint8_t **hptr;  /* NULL: no record has headers */
+    uint32_t *hlens;       /* encoded section, 0: none */
+    int64_t *ts;           /* NULL: every record is stamped now; -1: now */
+    const uint8_t **g_vptr;
+    int32_t *g_vlens;
+    uint8_t *g_keys;
+    int32_t *g_klens;
+    uint8_t *g_headers;
+    uint32_t *g_hlens;
+    int64_t *g_ts;
+} columns_t;
+
 /* Append records idx[0..count) of the columns to one partition, as few
  * frames as fit: halves the piece on -EMSGSIZE (a batch a racing thread
  * grew past the frame limit), never splits a single record. */
 static int64_t append_group(shmlog_log_t *log, int slot, const uint32_t *idx, uint32_t count,
-                            const uint8_t *const *vptr_all, const int32_t *vlens_all,
-                            const uint64_t *koff_all, const uint8_t *keys,
-                            const int32_t *klens_all, const uint8_t **vptrs, int32_t *vlens,
-                            uint8_t *kbuf, int32_t *klens, int64_t timestamp,
-                            uint64_t producer_id, uint32_t producer_seq, uint64_t timeout_ns,
-                            uint64_t *end)
+                            const columns_t *c, int64_t timestamp, uint64_t producer_id,
+                            uint32_t producer_seq, uint64_t timeout_ns, uint64_t *end,
+                            uint64_t *offsets)
 {
     uint32_t done = 0, piece = count;
     while (done < count) {
         if (piece > count - done)
             piece = count - done;
-        size_t kb = 0;
+        size_t kb = 0, hb = 0;
         for (uint32_t i = 0; i < piece; i++) {
             uint32_t r = idx[done + i];
-            vptrs[i] = vptr_all[r];
-            vlens[i] = vlens_all[r];
-            klens[i] = klens_all[r];
-            memcpy(kbuf + kb, keys + koff_all[r], (size_t)klens_all[r]);
-            kb += (size_t)klens_all[r];
+            c->g_vptr[i] = c->vptr[r];
+            c->g_vlens[i] = c->vlens[r];
+            if (c->kptr) {
+                int32_t kl = c->klens[r];
+                c->g_klens[i] = kl;
+                if (kl > 0) {
+                    memcpy(c->g_keys + kb, c->kptr[r], (size_t)kl);
+                    kb += (size_t)kl;
+                }
+            }
+            if (c->hptr) {
+                uint32_t hl = c->hlens[r];
+                c->g_hlens[i] = hl;
+                if (hl) {
+                    memcpy(c->g_headers + hb, c->hptr[r], hl);
+                    hb += hl;
+                }
+            }
+            if (c->ts)
+                c->g_ts[i] = c->ts[r] < 0 ? timestamp : c->ts[r];
         }
         shmlog_batch_in_t in;
         memset(&in, 0, sizeof in);
         in.count = piece;
-        in.value_ptrs = vptrs;
-        in.value_lens = vlens;
-        in.keys = kbuf;
-        in.key_lens = klens;
+        in.value_ptrs = c->g_vptr;
+        in.value_lens = c->g_vlens;
+        if (c->kptr) {
+            in.keys = c->g_keys;
+            in.key_lens = c->g_klens;
+        }
+        if (c->hptr) {
+            in.headers = c->g_headers;
+            in.header_lens = c->g_hlens;
+        }
+        if (c->ts)
+            in.timestamps = c->g_ts;
         in.timestamp = timestamp;
         in.producer_id = producer_id;
         in.producer_seq = producer_seq;
@@ -49,6 +89,9 @@ static int64_t append_group(shmlog_log_t *log, int slot, const uint32_t *idx, ui
         }
         if (rc < 0)
             return rc;
+        if (offsets)
+            for (uint32_t i = 0; i < piece; i++)
+                offsets[idx[done + i]] = base + i;
         done += piece;
         if (base + piece > *end)
             *end = base + piece;
@@ -56,50 +99,53 @@ static int64_t append_group(shmlog_log_t *log, int slot, const uint32_t *idx, ui
     return 0;
 }
 
-int64_t shmlog_keyed_append(shmlog_log_t *const *logs, const int32_t *slots, uint32_t nparts,
-                            const char *values, const int32_t *value_lens,
-                            const char *keys, const int32_t *key_lens, uint32_t n,
-                            int64_t timestamp, uint64_t producer_id, uint32_t producer_seq,
-                            uint64_t timeout_ns, uint64_t *ends, uint32_t *failed)
+/* Place records (parts[i] >= 0, or the key's partition), group them by
+ * partition stably and append each group; c's column pointers are set,
+ * its gather buffers are allocated here. */
+static int64_t place_and_append(shmlog_log_t *const *logs, const int32_t *slots, uint32_t nparts,
+                                const int32_t *parts, columns_t *c, uint32_t n, int64_t timestamp,
+                                uint64_t producer_id, uint32_t producer_seq, uint64_t timeout_ns,
+                                uint64_t *ends, uint32_t *failed, int32_t *out_parts,
+                                uint64_t *offsets)
 {
-    if (nparts == 0 || n == 0)
-        return -EINVAL;
-    /* one allocation per batch: partition of each record, group starts,
-     * records grouped by partition, each record's value pointer and key
-     * offset, and the gather buffers one partition's frame is built from */
-    size_t key_bytes = 0;
+    size_t key_bytes = 0, header_bytes = 0;
     for (uint32_t i = 0; i < n; i++) {
-        if (key_lens[i] < 0)
-            return -EINVAL;
-        key_bytes += (size_t)key_lens[i];
+        int32_t p = parts ? parts[i] : -1;
+        if (p >= (int32_t)nparts || (p < 0 && (!c->kptr || c->klens[i] < 0)))
+            return -EINVAL; /* hashed records need a key */
+        if (c->kptr && c->klens[i] > 0)
+            key_bytes += (size_t)c->klens[i];
+        if (c->hptr)
+            header_bytes += c->hlens[i];
     }
-    size_t need = (size_t)n * (sizeof(uint32_t) * 2 + sizeof(uint8_t *) * 2 + sizeof(uint64_t) +
+    /* one allocation per commit: partition of each record, group starts,
+     * records grouped by partition, and the gather buffers */
+    size_t need = (size_t)n * (sizeof(uint32_t) * 3 + sizeof(uint8_t *) + sizeof(int64_t) +
                                sizeof(int32_t) * 2) +
-                  (size_t)(nparts + 1) * sizeof(uint32_t) + key_bytes + 16;
+                  (size_t)(nparts + 1) * sizeof(uint32_t) + key_bytes + header_bytes + 16;
     uint8_t *mem = malloc(need);
     if (!mem)
         return -ENOMEM;
-    const uint8_t **vptr_all = (const uint8_t **)mem;
-    const uint8_t **vptrs = vptr_all + n;
-    uint64_t *koff = (uint64_t *)(vptrs + n);
-    uint32_t *part = (uint32_t *)(koff + n);
+    c->g_vptr = (const uint8_t **)mem;
+    c->g_ts = (int64_t *)(c->g_vptr + n);
+    uint32_t *part = (uint32_t *)(c->g_ts + n);
     uint32_t *idx = part + n;
-    uint32_t *start = idx + n;
-    int32_t *vlens = (int32_t *)(start + nparts + 1);
-    int32_t *klens = vlens + n;
-    uint8_t *kbuf = (uint8_t *)(klens + n);
+    c->g_hlens = idx + n;
+    uint32_t *start = c->g_hlens + n;
+    c->g_vlens = (int32_t *)(start + nparts + 1);
+    c->g_klens = c->g_vlens + n;
+    c->g_keys = (uint8_t *)(c->g_klens + n);
+    c->g_headers = c->g_keys + key_bytes;
 
     memset(start, 0, (size_t)(nparts + 1) * sizeof(uint32_t));
-    size_t vo = 0, ko = 0;
     for (uint32_t i = 0; i < n; i++) {
-        vptr_all[i] = (const uint8_t *)values + vo;
-        koff[i] = ko;
-        uint32_t p = shmlog_key_partition(keys + ko, (size_t)key_lens[i], nparts);
+        uint32_t p = parts && parts[i] >= 0
+                         ? (uint32_t)parts[i]
+                         : shmlog_key_partition((const char *)c->kptr[i], (size_t)c->klens[i], nparts);
         part[i] = p;
+        if (out_parts)
+            out_parts[i] = (int32_t)p;
         start[p + 1]++;
-        if (value_lens[i] > 0)
-            vo += (size_t)value_lens[i];
-        ko += (size_t)key_lens[i];
     }
     int64_t rc = n;
     for (uint32_t p = 0; p < nparts; p++) {
@@ -120,9 +166,8 @@ int64_t shmlog_keyed_append(shmlog_log_t *const *logs, const int32_t *slots, uin
         uint32_t to = start[p];
         if (to == from)
             continue;
-        int64_t r = append_group(logs[p], slots[p], idx + from, to - from, vptr_all, value_lens,
-                                 koff, (const uint8_t *)keys, key_lens, vptrs, vlens, kbuf, klens, timestamp,
-                                 producer_id, producer_seq, timeout_ns, &ends[p]);
+        int64_t r = append_group(logs[p], slots[p], idx + from, to - from, c, timestamp,
+                                 producer_id, producer_seq, timeout_ns, &ends[p], offsets);
         if (r < 0) {
             *failed = p;
             rc = r;
@@ -130,6 +175,244 @@ int64_t shmlog_keyed_append(shmlog_log_t *const *logs, const int32_t *slots, uin
         }
         from = to;
     }
+out:
+    free(mem);
+    return rc;
+}
+
+int64_t shmlog_keyed_append(shmlog_log_t *const *logs, const int32_t *slots, uint32_t nparts,
+                            const char *values, const int32_t *value_lens,
+                            const char *keys, const int32_t *key_lens, uint32_t n,
+                            int64_t timestamp, uint64_t producer_id, uint32_t producer_seq,
+                            uint64_t timeout_ns, uint64_t *ends, uint32_t *failed)
+{
+    if (nparts == 0 || n == 0 || !keys)
+        return -EINVAL;
+    const uint8_t **ptrs = malloc((size_t)n * 2 * sizeof *ptrs);
+    if (!ptrs)
+        return -ENOMEM;
+    columns_t c;
+    memset(&c, 0, sizeof c);
+    c.vptr = ptrs;
+    c.kptr = ptrs + n;
+    c.vlens = (int32_t *)value_lens;
+    c.klens = (int32_t *)key_lens;
+    int64_t rc = 0;
+    size_t vo = 0, ko = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        if (key_lens[i] < 0) {
+            rc = -EINVAL;
+            goto out;
+        }
+        c.vptr[i] = (const uint8_t *)values + vo;
+        c.kptr[i] = (const uint8_t *)keys + ko;
+        if (value_lens[i] > 0)
+            vo += (size_t)value_lens[i];
+        ko += (size_t)key_lens[i];
+    }
+    rc = place_and_append(logs, slots, nparts, NULL, &c, n, timestamp, producer_id, producer_seq,
+                          timeout_ns, ends, failed, NULL, NULL);
+out:
+    free(ptrs);
+    return rc;
+}
+
+/* ---------------------------------------------- the rich queue's pickle
+ * Opcodes of protocol 3 (see codec.c's values stream, same rules: no memo,
+ * anything else is -EPROTO and the caller falls back). */
+#define RK_PROTO 0x80
+#define RK_MARK '('
+#define RK_TUPLE 't'
+#define RK_STOP '.'
+#define RK_NONE 'N'
+#define RK_EMPTY_LIST ']'
+#define RK_APPEND 'a'
+#define RK_APPENDS 'e'
+#define RK_BININT 'J'
+#define RK_BININT1 'K'
+#define RK_BININT2 'M'
+#define RK_LONG1 0x8a
+#define RK_SHORT_BINBYTES 'C'
+#define RK_BINBYTES 'B'
+
+static int rk_int(const uint8_t **pp, const uint8_t *end, int64_t *out)
+{
+    const uint8_t *p = *pp;
+    if (p >= end)
+        return -EPROTO;
+    switch (*p++) {
+    case RK_BININT1:
+        if (end - p < 1)
+            return -EPROTO;
+        *out = p[0];
+        p += 1;
+        break;
+    case RK_BININT2:
+        if (end - p < 2)
+            return -EPROTO;
+        *out = (int64_t)p[0] | (int64_t)p[1] << 8;
+        p += 2;
+        break;
+    case RK_BININT: {
+        if (end - p < 4)
+            return -EPROTO;
+        int32_t v;
+        memcpy(&v, p, 4); /* little-endian, as pickle writes it (x86, arm64) */
+        *out = v;
+        p += 4;
+        break;
+    }
+    case RK_LONG1: {
+        if (end - p < 1)
+            return -EPROTO;
+        uint32_t nb = *p++;
+        if (nb == 0 || nb > 8 || (uint32_t)(end - p) < nb)
+            return -EPROTO;
+        uint64_t v = 0;
+        for (uint32_t i = 0; i < nb; i++)
+            v |= (uint64_t)p[i] << (8 * i);
+        if (nb < 8 && (p[nb - 1] & 0x80)) /* sign-extend */
+            v |= ~0ull << (8 * nb);
+        *out = (int64_t)v;
+        p += nb;
+        break;
+    }
+    default:
+        return -EPROTO;
+    }
+    *pp = p;
+    return 0;
+}
+
+/* bytes or None (len -1) */
+static int rk_bytes(const uint8_t **pp, const uint8_t *end, const uint8_t **v, int32_t *len)
+{
+    const uint8_t *p = *pp;
+    uint32_t l;
+    if (p >= end)
+        return -EPROTO;
+    switch (*p++) {
+    case RK_NONE:
+        *v = NULL;
+        *len = -1;
+        *pp = p;
+        return 0;
+    case RK_SHORT_BINBYTES:
+        if (p >= end)
+            return -EPROTO;
+        l = *p++;
+        break;
+    case RK_BINBYTES:
+        if (end - p < 4)
+            return -EPROTO;
+        memcpy(&l, p, 4);
+        p += 4;
+        if (l > INT32_MAX)
+            return -EMSGSIZE;
+        break;
+    default:
+        return -EPROTO;
+    }
+    if ((size_t)(end - p) < l)
+        return -EPROTO;
+    *v = p;
+    *len = (int32_t)l;
+    *pp = p + l;
+    return 0;
+}
+
+/* one record: MARK partition key value headers timestamp [None] TUPLE */
+static int rk_record(const uint8_t **pp, const uint8_t *end, columns_t *c, int32_t *parts,
+                     uint32_t i)
+{
+    const uint8_t *p = *pp;
+    int64_t part, ts;
+    int32_t hl;
+    const uint8_t *h;
+    if (p >= end || *p++ != RK_MARK || rk_int(&p, end, &part) < 0 ||
+        rk_bytes(&p, end, &c->kptr[i], &c->klens[i]) < 0 ||
+        rk_bytes(&p, end, &c->vptr[i], &c->vlens[i]) < 0 || rk_bytes(&p, end, &h, &hl) < 0 ||
+        hl < 0 || rk_int(&p, end, &ts) < 0)
+        return -EPROTO;
+    if (p < end && *p == RK_NONE) /* the on_delivery slot, always None here */
+        p++;
+    if (p >= end || *p++ != RK_TUPLE || part < -1 || part > INT32_MAX)
+        return -EPROTO;
+    parts[i] = (int32_t)part;
+    c->hptr[i] = h;
+    c->hlens[i] = (uint32_t)hl;
+    c->ts[i] = ts;
+    *pp = p;
+    return 0;
+}
+
+static int rk_parse(const uint8_t *s, size_t len, uint32_t n, columns_t *c, int32_t *parts)
+{
+    const uint8_t *p = s, *end = s + len;
+    if (len < 4 || p[0] != RK_PROTO || p[1] != 3 || p[2] != RK_EMPTY_LIST)
+        return -EPROTO;
+    p += 3;
+    uint32_t i = 0;
+    while (p < end && *p != RK_STOP) {
+        if (*p == RK_MARK && p + 1 < end && p[1] == RK_MARK) {
+            p++; /* a group: MARK record record ... APPENDS */
+            while (p < end && *p != RK_APPENDS) {
+                if (i == n || rk_record(&p, end, c, parts, i++) < 0)
+                    return -EPROTO;
+            }
+            if (p >= end)
+                return -EPROTO;
+            p++;
+        } else {
+            if (i == n || rk_record(&p, end, c, parts, i++) < 0 || p >= end || *p++ != RK_APPEND)
+                return -EPROTO;
+        }
+    }
+    if (p + 1 != end || i != n)
+        return -EPROTO;
+    return 0;
+}
+
+int64_t shmlog_rich_append(shmlog_log_t *const *logs, const int32_t *slots, uint32_t nparts,
+                           const uint8_t *stream, size_t len, uint32_t n, int64_t timestamp,
+                           uint64_t producer_id, uint32_t producer_seq, uint64_t timeout_ns,
+                           uint64_t *ends, uint32_t *failed, int32_t *out_parts,
+                           uint64_t *offsets)
+{
+    if (nparts == 0 || n == 0)
+        return -EINVAL;
+    size_t need = (size_t)n * (sizeof(uint8_t *) * 3 + sizeof(int64_t) + sizeof(int32_t) * 4);
+    uint8_t *mem = malloc(need);
+    if (!mem)
+        return -ENOMEM;
+    columns_t c;
+    memset(&c, 0, sizeof c);
+    c.vptr = (const uint8_t **)mem;
+    c.kptr = c.vptr + n;
+    c.hptr = c.kptr + n;
+    c.ts = (int64_t *)(c.hptr + n);
+    c.vlens = (int32_t *)(c.ts + n);
+    c.klens = c.vlens + n;
+    c.hlens = (uint32_t *)(c.klens + n);
+    int32_t *parts = (int32_t *)(c.hlens + n);
+    int64_t rc = rk_parse(stream, len, n, &c, parts);
+    if (rc < 0)
+        goto out;
+    /* columns every record leaves empty are not passed at all */
+    int any_key = 0, any_header = 0, any_ts = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        any_key |= c.klens[i] >= 0;
+        any_header |= c.hlens[i] != 0;
+        any_ts |= c.ts[i] >= 0;
+    }
+    if (!any_key)
+        c.kptr = NULL;
+    if (!any_header)
+        c.hptr = NULL;
+    if (!any_ts)
+        c.ts = NULL;
+    rc = place_and_append(logs, slots, nparts, parts, &c, n, timestamp, producer_id, producer_seq,
+                          timeout_ns, ends, failed, out_parts, offsets);
 out:
     free(mem);
     return rc;

@@ -66,8 +66,15 @@ def _connect(data_dir: str, start: bool = False):
 
 
 # W1's forms of send() beside the bare one: (mode, topic partitions)
-SEND_FORMS = {"msg keyed": 4, "msg headers": 1, "msg partition": 1}
+SEND_FORMS = {"msg keyed": 4, "msg headers": 1, "msg partition": 1, "msg timestamp": 1,
+              "msg on_delivery": 1}
 HEADERS = [("trace", b"00-4bf92f3577b34da6-00f067aa0ba902b7-01")]
+
+
+def _delivered(err, md) -> None:
+    """W1 on_delivery: what a user's callback at least does."""
+    if err is not None:
+        raise err
 
 
 class _Prod(Endpoint):
@@ -85,6 +92,11 @@ class _Prod(Endpoint):
             self.send = lambda v: psend(topic, v, key=next(keys))
         elif form == "msg headers":
             self.send = functools.partial(self.p.send, topic, headers=HEADERS)
+        elif form == "msg timestamp":
+            psend = self.p.send
+            self.send = lambda v: psend(topic, v, timestamp_ms=1_700_000_000_000)
+        elif form == "msg on_delivery":
+            self.send = functools.partial(self.p.send, topic, on_delivery=_delivered)
         elif form == "msg partition":
             self.send = functools.partial(self.p.send, topic, partition=0)
 
@@ -309,6 +321,8 @@ class ShmlogApi(System):
                         "partitions / consumer.poll() over the 4",
            "msg headers": "producer.send(topic, value, headers=[(\"trace\", 55 B)]) / consumer.poll()",
            "msg partition": "producer.send(topic, value, partition=0) / consumer.poll()",
+           "msg timestamp": "producer.send(topic, value, timestamp_ms=t) / consumer.poll()",
+           "msg on_delivery": "producer.send(topic, value, on_delivery=cb) / consumer.poll()",
            "msg async": "shmlog.aio: `await producer.send(topic, value)` / `async for msg in consumer` "
                         "(W1), `await consumer.getone()` (W4)",
            "batch": "producer.send_batch(topic, values) / consumer.consume_batch(batch)",

@@ -36,12 +36,13 @@ import collections
 import concurrent.futures
 import functools
 import inspect
+import threading
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple, Union
 
 from .. import errors
 from .cluster import connect as _connect
 from .consumer import Message
-from .producer import RecordMetadata
+from .producer import RecordMetadata, _LockBusy
 
 TP = Tuple[str, int]
 
@@ -123,19 +124,24 @@ def connect(data_dir=None, **kwargs: Any) -> AIOCluster:
 
 
 class AIOProducer:
-    """send() queues in the loop and returns a future of RecordMetadata; the
-    worker thread hands the queue to the synchronous Producer, whose send()
-    may block on a full buffer (max_block_ms) there, never in the loop."""
+    """send() runs the synchronous Producer's send() on the loop thread
+    itself: it only appends to the topic's queue, a few list operations,
+    with a future as the record's delivery callback. What may wait for
+    buffer space, the commit, runs in the worker thread (Producer's
+    _defer_commit hook), one hand-over per batch, not per message; the
+    commit's futures come back to the loop in one call_soon_threadsafe."""
 
     def __init__(self, cluster: AIOCluster, **kwargs: Any):
         self._cluster = cluster
         self._kwargs = kwargs
         self.sync = None
         self._ex = _worker("shmlog-aio-producer")
-        self._queue: List[tuple] = []
-        self._draining: Optional[asyncio.Future] = None
-        self._room: Optional[asyncio.Event] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._room: Optional[asyncio.Event] = None  # set while the worker is idle
+        self._running = False   # a commit hand-over is in the worker
+        self._kicked = False    # a commit was asked for since the worker last looked
+        self._queued = 0        # sends since the worker's last commit began
+        self._lingering = False  # a linger_ms commit is scheduled in the loop
         self._closed = False
 
     async def start(self) -> AIOProducer:
@@ -144,8 +150,13 @@ class AIOProducer:
             self._loop = asyncio.get_running_loop()
             self._room = asyncio.Event()
             self._room.set()
-            self.sync = await self._loop.run_in_executor(
+            sync = await self._loop.run_in_executor(
                 self._ex, functools.partial(self._cluster.sync.producer, **self._kwargs))
+            sync._settle_delivery = self._settle_threadsafe
+            sync._defer_commit = self._kick
+            sync._linger_hook = self._linger_soon
+            sync._nowait_thread = threading.get_ident()
+            self.sync = sync
         return self
 
     async def __aenter__(self) -> AIOProducer:
@@ -158,19 +169,27 @@ class AIOProducer:
                    timestamp_ms: Optional[int] = None, headers=None) -> asyncio.Future:
         """Queue one message; the returned future gives its RecordMetadata
         once committed (aiokafka's send). Waits (without blocking the loop)
-        only while _QUEUE_MAX sends are queued ahead of it."""
-        if self.sync is None:
+        only while _QUEUE_MAX sends wait behind a commit that waits for
+        buffer space."""
+        sync = self.sync
+        if sync is None:
             raise errors.Closed("this AIOProducer is not started: use `async with cluster.producer()`")
         if self._closed:
             raise errors.Closed("this AIOProducer is closed")
-        while len(self._queue) >= _QUEUE_MAX:
-            self._room.clear()
-            self._kick()
-            await self._room.wait()
+        if self._queued >= _QUEUE_MAX and self._running:
+            await self._idle()
+        self._queued += 1
+        if not self._queued & 1023:
+            # a send that needs no wait does not yield: let the loop's other
+            # tasks (and the settling of futures) run now and then
+            await asyncio.sleep(0)
         fut = self._loop.create_future()
-        self._queue.append((topic, value, key, partition, timestamp_ms, headers, fut))
-        self._kick()
-        return fut
+        while True:
+            try:
+                sync.send(topic, value, key, headers, partition, timestamp_ms, fut)
+                return fut
+            except _LockBusy:  # the worker is committing (maybe waiting for space)
+                await self._idle()
 
     async def send_and_wait(self, topic: str, value, key=None, partition: Optional[int] = None,
                             timestamp_ms: Optional[int] = None, headers=None) -> RecordMetadata:
@@ -184,49 +203,70 @@ class AIOProducer:
         await self._loop.run_in_executor(
             self._ex, functools.partial(self.sync.send_batch, topic, values, keys=keys, partition=partition))
 
-    def _kick(self) -> None:
-        # one hand-over at a time; it takes everything queued when it runs
-        if self._draining is None:
-            self._draining = asyncio.ensure_future(self._drain_once())
+    async def _idle(self) -> None:
+        while self._running:
+            await self._room.wait()
 
-    async def _drain_once(self) -> None:
-        try:
-            while self._queue:
-                batch, self._queue = self._queue, []
-                self._room.set()
-                await self._loop.run_in_executor(self._ex, self._send_all, batch)
-        finally:
-            self._draining = None
+    def _kick(self) -> None:
+        """Loop thread (Producer._defer_commit): have the worker commit
+        everything queued; one hand-over at a time."""
+        self._kicked = True
+        if not self._running:
+            self._running = True
+            self._room.clear()
+            self._ex.submit(self._commit_all)
+
+    def _linger_soon(self) -> None:
+        """Loop thread (Producer._linger_wake): a new queue commits once
+        linger_ms is up, here in the loop (without waiting, else through
+        the worker)."""
+        if not self._lingering:
+            self._lingering = True
+            self._loop.call_later(self.sync.linger_ms / 1000.0, self._linger_commit)
+
+    def _linger_commit(self) -> None:
+        self._lingering = False
+        sync = self.sync
+        if sync is None or sync._closed:
+            return
+        for st in list(sync._topics.values()):
+            if st.rq:
+                sync._commit_rich(st)
+
+    def _commit_all(self) -> None:
+        """Worker thread: commit until no more was asked for. flush() may
+        wait for buffer space (max_block_ms): here, not in the loop."""
+        err = None
+        while True:
+            self._kicked = False
+            self._queued = 0
+            try:
+                self.sync.flush()
+            except BaseException as exc:  # its futures got it; a later send raises it too
+                err = exc
+            if not self._kicked:
+                break
+        self._loop.call_soon_threadsafe(self._worker_idle, err)
+
+    def _worker_idle(self, err) -> None:
+        self._running = False
+        self._room.set()
+        if self._kicked:
+            self._kick()
+
+    def _settle_threadsafe(self, futs, metas, err) -> None:
+        """Any thread (Producer's commit): a commit's futures, settled in the
+        loop (from the loop itself without waking it through its pipe)."""
+        if threading.get_ident() == self.sync._nowait_thread:
+            self._loop.call_soon(_settle, futs, metas, err)
+        else:
+            self._loop.call_soon_threadsafe(_settle, futs, metas, err)
 
     async def _drain(self) -> None:
-        while self._draining is not None or self._queue:
-            if self._draining is None:
-                self._kick()
-            await asyncio.shield(self._draining)
-
-    def _send_all(self, batch: List[tuple]) -> None:
-        """Worker thread: the synchronous send() of every queued message.
-        Futures are settled through the loop (call_soon_threadsafe), one
-        hand-over per batch, not per message."""
-        send = self.sync.send
-        done: List[Tuple[asyncio.Future, Any, Any]] = []
-
-        def delivered(fut, err, md):
-            done.append((fut, err, md))
-
-        for topic, value, key, partition, ts, headers, fut in batch:
-            try:
-                send(topic, value, key=key, partition=partition, timestamp_ms=ts, headers=headers,
-                     on_delivery=functools.partial(delivered, fut))
-            except BaseException as exc:  # this message failed: say so, go on with the rest
-                done.append((fut, exc, None))
-        try:
-            self.sync.flush()
-        except BaseException as exc:
-            # what the flush failed to commit got its callback already
-            # (BufferFull); anything else fails the futures still open
-            done.append((None, exc, None))
-        self._loop.call_soon_threadsafe(_settle, done, batch)
+        """Until everything sent so far is committed (or failed)."""
+        self._kick()
+        while self._running or self._kicked:
+            await self._room.wait()
 
     async def flush(self) -> None:
         await self._drain()
@@ -245,21 +285,19 @@ class AIOProducer:
     close = stop
 
 
-def _settle(done, batch) -> None:
-    """Loop thread: resolve the delivery futures of one hand-over."""
-    late_error = None
-    for fut, err, md in done:
-        if fut is None:
-            late_error = err
-        elif not fut.done():
-            if err is None:
-                fut.set_result(md)
-            else:
-                fut.set_exception(err)
-    for item in batch:
-        fut = item[-1]
-        if not fut.done():
-            fut.set_exception(late_error or errors.ShmlogError("message was not delivered"))
+def _settle(futs, metas, err) -> None:
+    """Loop thread: resolve the delivery futures of one commit: metas[i]
+    None (or no metas) means not delivered."""
+    if metas is None:
+        metas = [None] * len(futs)
+    for fut, md in zip(futs, metas):
+        if fut is None or fut.done():
+            continue
+        if md is not None:
+            fut.set_result(md)
+        elif err is not None:
+            fut.set_exception(err)
+        # else: kept queued by a commit that found the buffer full
 
 
 class AIOConsumer:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import time
-from array import array
 from typing import Any
 
 from .. import errors
@@ -22,6 +21,7 @@ from .commit_rules import (
     STREAM_GAP,
     _clock,
 )
+from .rich_queue import _ints
 
 _keyed_one = lib.shmlog_keyed_append_one
 _keyed_append = lib.shmlog_keyed_append
@@ -29,7 +29,8 @@ _keyed_append = lib.shmlog_keyed_append
 
 def commit_keyed(self: Any, st: Any) -> None:
     """Commit a topic's keyed queue: every other list of the topic first
-    (older: nothing joins them while the queue holds records), then the
+    (the plain lists, then the rich queue: older, as nothing joins them
+    while the keyed queue holds records), then the
     queue in one crossing that hashes each key and appends one frame per
     partition touched (csrc/keyed.c). Like _commit_plain it commits a
     prefix and deletes just that; a failed commit drops its prefix."""
@@ -39,9 +40,11 @@ def commit_keyed(self: Any, st: Any) -> None:
         n = len(kq)
         if not n:
             return
-        if any(st.plain) or any(pend.values for pend in st.pending):
+        if any(st.plain) or st.rq:
+            self._commit_rich(st)  # the plain lists first, when it holds records
             for p in range(st.nparts):
-                self._commit(st, p)
+                if st.plain[p]:
+                    self._commit_plain(st, p)
         try:
             if st.waiters[0][_HDR_FLAGS] & _F_CLOSED or st.topic.regions[0].closed:
                 self._topics.pop(st.name, None)
@@ -49,8 +52,8 @@ def commit_keyed(self: Any, st: Any) -> None:
                                           what=st.name)
             keys = kq[0:n:2]
             values = kq[1:n:2]
-            klens = array("i", map(len, keys))
-            vlens = array("i", map(len, values))
+            klens = _ints("i", list(map(len, keys)))
+            vlens = _ints("i", list(map(len, values)))
             failed = ffi.new("uint32_t *")
             self._seq += 1
             ts_now = time.time_ns() // 1_000_000
@@ -93,7 +96,7 @@ def send_keyed_one(self: Any, st: Any, partition: int, key: bytes, value: bytes)
     try:
         plog = st.topic.regions[partition]
         slot = st.slots[partition]
-        if (st.kq or st.plain[partition] or st.pending[partition].values or slot < 0
+        if (st.kq or st.plain[partition] or st.rq or slot < 0
                 or plog.closed or st.waiters[partition][_HDR_FLAGS] & _F_CLOSED):
             return False
         self._seq += 1

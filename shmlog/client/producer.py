@@ -4,6 +4,9 @@ consumer is asleep waiting for data, when linger_ms passes, or on flush().
 Keyed sends queue per topic instead, and their keys are hashed in C when
 the queue is committed (keyed_queue.py): the partition is not known in
 send(), only at commit, where each partition's records keep send order.
+Every other form (headers, timestamp_ms, on_delivery, key with partition,
+...) queues per topic on the rich queue (rich_queue.py), committed the same
+way with its headers, timestamps and callbacks handled per commit.
 
 send() must stay a few list appends: no crossing into C, no syscall, per
 message. A background flusher thread only exists to honour linger_ms for a
@@ -16,7 +19,7 @@ import itertools
 import os
 import threading
 import time
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from .. import errors
 from ..core._core import ffi, lib
@@ -39,18 +42,12 @@ from .commit_rules import (
     _clock,
 )
 from .keyed_queue import commit_keyed, send_keyed_one
+from .rich_queue import RecordMetadata, commit_rich, linger_wake, rich_queued
 
 _ids = itertools.count(1)
 _append_one = lib.shmlog_log_append_one
 _key_partition = lib.shmlog_key_partition
 _BYTES_LIKE = (bytes, bytearray, memoryview)
-
-
-class RecordMetadata(NamedTuple):
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
 
 
 def _set_next_hungry(st: _TopicState, p: int, n: int) -> None:
@@ -69,23 +66,9 @@ def _set_next_hungry(st: _TopicState, p: int, n: int) -> None:
         st.next_hungry[p] = now + (HUNGRY_GAP if n < STREAM_BATCH else STREAM_GAP)
 
 
-class _Pending:
-    """One partition's batch under construction."""
-
-    __slots__ = ("values", "keys", "headers", "timestamps", "callbacks", "nbytes", "since")
-
-    def __init__(self):
-        self.values: List[Any] = []
-        self.keys: Optional[List[Any]] = None
-        self.headers: Optional[List[Any]] = None
-        self.timestamps: Optional[List[Any]] = None
-        self.callbacks: Optional[List[Any]] = None
-        self.nbytes = 0
-        self.since = 0.0
-
-
 class _TopicState:
-    __slots__ = ("name", "topic", "pending", "plain", "plain_bytes", "plain_since", "slots", "keyed",
+    __slots__ = ("name", "topic", "rq", "rq_bytes", "rq_since", "rq_next", "rq_limit", "rq_cb", "key_p", "h_last",
+                 "h_enc", "plain", "plain_bytes", "plain_since", "slots", "keyed",
                  "sticky", "limit", "frame_limit", "max_message", "next_hungry",
                  "hungry_tokens", "tokens_at", "waiters", "bell", "committed_end", "storage",
                  "nparts", "kq", "kq_limit", "kq_bytes", "kq_since", "kq_at", "kq_next", "kq_logs", "kq_slots",
@@ -95,9 +78,22 @@ class _TopicState:
         self.name = name
         self.topic = topic
         n = topic.num_partitions
-        # keyed/rich sends (and anything not on send()'s fast path), under
-        # Producer._lock
-        self.pending = [_Pending() for _ in range(n)]
+        # every other form of send(), for all partitions, in arrival order
+        # (rich_queue.py); its records are encoded and placed in C per commit
+        self.rq: List[Any] = []
+        self.rq_bytes = 0
+        self.rq_since = 0.0  # monotonic() when the queue's oldest record came
+        self.rq_next = 0.0   # when a waiting reader may trigger the next commit
+        self.rq_limit = 0
+        self.rq_cb = False   # a queued record may have an on_delivery
+        # a keyed record's partition on the rich queue: hashed in C at
+        # commit (-1), unless there is only one (a reader waiting on it is
+        # then seen by send())
+        self.key_p = 0 if n == 1 else -1
+        # the last header list send() encoded (a shallow copy of tuples of
+        # immutables, so equal means the same section) and its section
+        self.h_last: Any = None
+        self.h_enc = b""
         # send()'s fast path: plain bytes values, appended without the lock
         # (see Producer._commit_plain); sizes and ages are approximate
         self.plain: List[List[bytes]] = [[] for _ in range(n)]
@@ -143,6 +139,11 @@ class _TopicState:
         self.kq_ends = ffi.new("uint64_t[]", n)  # end offsets committed through the queue
 
 
+class _LockBusy(Exception):
+    """send() on the no-wait thread (shmlog.aio's loop) found the lock held
+    by a commit in another thread: nothing was queued, retry after it."""
+
+
 class Producer:
     def __init__(self, cluster, *, linger_ms: float = 0, batch_bytes: int = 64 << 10,
                  compression: Optional[str] = None, max_block_ms: int = 60_000,
@@ -170,6 +171,15 @@ class Producer:
         self._closed = False
         self._error: Optional[BaseException] = None
         self._wake = threading.Event()
+        self._failed = ffi.new("uint32_t *")  # the partition a queue's commit failed on
+        # shmlog.aio: on this thread (the event loop's) a commit, which may
+        # wait for buffer space, is handed to _defer_commit (its worker
+        # thread) and the lock is only tried (_LockBusy); _settle_delivery
+        # takes a commit's delivery futures (on_delivery is then a future)
+        self._nowait_thread: Optional[int] = None
+        self._defer_commit: Optional[Callable[[], None]] = None
+        self._settle_delivery: Optional[Callable] = None
+        self._linger_hook: Optional[Callable[[], None]] = None
         self._flusher = threading.Thread(target=self._flush_loop, name="shmlog-producer-flusher", daemon=True)
         self._flusher.start()
 
@@ -203,184 +213,198 @@ class Producer:
     def send(self, topic: str, value, key=None, headers=None, partition: Optional[int] = None,
              timestamp_ms: Optional[int] = None, on_delivery: Optional[Callable] = None) -> None:
         # fast paths: a bytes value, unkeyed to the sticky or a given
-        # partition (whose pending batch holds only such values), or keyed
-        # (hashed later, per queue, in C). Keep them to a few appends.
-        if (headers is None and timestamp_ms is None and on_delivery is None
-                and value.__class__ is bytes):
-            st = self._topics.get(topic)
-            if st is None:
-                pass
-            elif key is None:
-                size = len(value)
-                if size > st.max_message:
-                    raise errors.MessageTooLarge(
-                        f"message of {size} bytes to topic {topic!r} exceeds "
-                        f"max_message_bytes={st.max_message}", what=topic)
-                if partition is None:
-                    p = st.sticky
-                elif partition.__class__ is int and 0 <= partition < st.nparts:
-                    p = partition
-                else:
-                    p = -1  # the long way names the error
-                # nothing keyed/rich ahead of it
-                if p >= 0 and not st.kq and not st.pending[p].values:
+        # partition (nothing else queued for the topic), or keyed
+        # (hashed later, per queue, in C); every other form to the rich
+        # queue (rich_queue.py). Keep them to a few appends.
+        st = self._topics.get(topic)
+        if st is not None and value.__class__ is bytes:
+            if headers is None and timestamp_ms is None and on_delivery is None and not st.rq:
+                if key is None:
+                    size = len(value)
+                    if size > st.max_message:
+                        raise errors.MessageTooLarge(
+                            f"message of {size} bytes to topic {topic!r} exceeds "
+                            f"max_message_bytes={st.max_message}", what=topic)
+                    if partition is None:
+                        p = st.sticky
+                    elif partition.__class__ is int and 0 <= partition < st.nparts:
+                        p = partition
+                    else:
+                        p = -1  # the long way names the error
+                    # nothing keyed/rich ahead of it
+                    if p >= 0 and not st.kq:
+                        if self._error is not None:
+                            self._raise_async_error()
+                        # No lock here: list.append is atomic under the GIL, and
+                        # every committer (this thread when the batch is full or
+                        # a reader waits, the flusher, flush()) takes the lock and
+                        # commits a prefix of this very list (_commit_plain), so a
+                        # value appended meanwhile is never lost or reordered.
+                        vals = st.plain[p]
+                        if not vals and not self.linger_ms:
+                            # nothing queued: a lone message goes at once when a
+                            # reader waits, or (linger_ms=0 means now, as in
+                            # Kafka) within the lone-commit budget when none
+                            # waits at this instant, one may be busy with the
+                            # previous message; not right after a commit, which
+                            # is a stream that batches. At most one commit per
+                            # HUNGRY_GAP past the budget.
+                            now = _clock()
+                            since = now - st.tokens_at[p]  # the last commit
+                            if now >= st.next_hungry[p] and (
+                                    st.waiters[p][_HDR_HUNGRY] or st.bell[_HDR_BELL_HUNGRY]
+                                    # the budget as refilled by now (it is stored at commits)
+                                    or (since >= LONE_AFTER
+                                        and st.hungry_tokens[p] + since * HUNGRY_RATE >= 1.0)):
+                                if self._send_one(st, p, value):
+                                    return
+                        vals.append(value)
+                        # racy across threads, and only sizes the batch
+                        nb = st.plain_bytes[p] = st.plain_bytes[p] + size + _RECORD_OVERHEAD
+                        if nb >= st.limit:
+                            self._commit_plain(st, p)
+                            if p == st.sticky and len(st.plain) > 1:
+                                st.sticky = (p + 1) % len(st.plain)
+                            return
+                        # values queued behind a commit and a reader waits:
+                        # send them now, but at most one batch per HUNGRY_GAP so
+                        # a fast reader cannot turn a burst into one commit per
+                        # message
+                        if (not self.linger_ms and (st.waiters[p][_HDR_HUNGRY] or st.bell[_HDR_BELL_HUNGRY])
+                                and _clock() >= st.next_hungry[p]):
+                            self._commit_plain(st, p)
+                            return
+                        if len(vals) == 1:
+                            # a new pending batch: the flusher honours linger_ms.
+                            # Not woken for a batch already committed above: a
+                            # woken thread would take the GIL (and maybe the
+                            # reader's core) on the latency path
+                            st.plain_since[p] = time.monotonic()
+                            self._wake.set()
+                        return
+                elif key.__class__ is bytes and partition is None:
+                    size = len(value) + len(key)
+                    if size <= st.max_message:  # else the long way raises
+                        if self._error is not None:
+                            self._raise_async_error()
+                        kq = st.kq
+                        if not kq and not self.linger_ms:
+                            # a lone keyed message: the same rule as the bare
+                            # form's, on its partition (one crossing to hash
+                            # it: only a paced producer comes here often; a
+                            # stream finds the queue filling, or just committed)
+                            p = _key_partition(key, len(key), st.nparts)
+                            now = _clock()
+                            since = now - st.tokens_at[p]
+                            if now >= st.next_hungry[p] and now - st.kq_at >= LONE_AFTER and (
+                                    st.waiters[p][_HDR_HUNGRY] or st.bell[_HDR_BELL_HUNGRY]
+                                    or (since >= LONE_AFTER
+                                        and st.hungry_tokens[p] + since * HUNGRY_RATE >= 1.0)):
+                                if self._send_keyed_one(st, p, key, value):
+                                    return
+                        # one extend, atomic under the GIL: another thread's
+                        # pair never lands between this key and its value
+                        kq += key, value
+                        nb = st.kq_bytes = st.kq_bytes + size + _RECORD_OVERHEAD
+                        if nb >= st.kq_limit:
+                            self._commit_keyed(st)
+                            return
+                        if not self.linger_ms and st.bell[_HDR_BELL_HUNGRY] and _clock() >= st.kq_next:
+                            self._commit_keyed(st)
+                            return
+                        if len(kq) == 2:
+                            st.kq_since = time.monotonic()
+                            self._wake.set()
+                        return
+            # the rich queue: one extend per message, checks that cost no
+            # more than a comparison each; anything they do not take goes
+            # the long way below, which names what is wrong
+            if headers is None:
+                hdr = b""
+            elif headers == st.h_last:
+                hdr = st.h_enc
+            else:
+                hdr = None
+            if partition is None:
+                p = st.sticky if key is None else st.key_p
+            elif partition.__class__ is int and 0 <= partition < st.nparts:
+                p = partition
+            else:
+                p = None
+            if (hdr is not None and p is not None and (key is None or key.__class__ is bytes)
+                    and (timestamp_ms is None or (timestamp_ms.__class__ is int and timestamp_ms >= 0))):
+                size = len(value) if key is None else len(value) + len(key)
+                if size <= st.max_message:
                     if self._error is not None:
                         self._raise_async_error()
-                    # No lock here: list.append is atomic under the GIL, and
-                    # every committer (this thread when the batch is full or
-                    # a reader waits, the flusher, flush()) takes the lock and
-                    # commits a prefix of this very list (_commit_plain), so a
-                    # value appended meanwhile is never lost or reordered.
-                    vals = st.plain[p]
-                    if not vals and not self.linger_ms:
-                        # nothing queued: a lone message goes at once when a
-                        # reader waits, or (linger_ms=0 means now, as in
-                        # Kafka) within the lone-commit budget when none
-                        # waits at this instant, one may be busy with the
-                        # previous message; not right after a commit, which
-                        # is a stream that batches. At most one commit per
-                        # HUNGRY_GAP past the budget.
-                        now = _clock()
-                        since = now - st.tokens_at[p]  # the last commit
-                        if now >= st.next_hungry[p] and (
-                                st.waiters[p][_HDR_HUNGRY] or st.bell[_HDR_BELL_HUNGRY]
-                                # the budget as refilled by now (it is stored at commits)
-                                or (since >= LONE_AFTER
-                                    and st.hungry_tokens[p] + since * HUNGRY_RATE >= 1.0)):
-                            if self._send_one(st, p, value):
-                                return
-                    vals.append(value)
-                    # racy across threads, and only sizes the batch
-                    nb = st.plain_bytes[p] = st.plain_bytes[p] + size + _RECORD_OVERHEAD
-                    if nb >= st.limit:
-                        self._commit_plain(st, p)
-                        if p == st.sticky and len(st.plain) > 1:
-                            st.sticky = (p + 1) % len(st.plain)
-                        return
-                    # values queued behind a commit and a reader waits:
-                    # send them now, but at most one batch per HUNGRY_GAP so
-                    # a fast reader cannot turn a burst into one commit per
-                    # message
-                    if (not self.linger_ms and (st.waiters[p][_HDR_HUNGRY] or st.bell[_HDR_BELL_HUNGRY])
-                            and _clock() >= st.next_hungry[p]):
-                        self._commit_plain(st, p)
-                        return
-                    if len(vals) == 1:
-                        # a new pending batch: the flusher honours linger_ms.
-                        # Not woken for a batch already committed above: a
-                        # woken thread would take the GIL (and maybe the
-                        # reader's core) on the latency path
-                        st.plain_since[p] = time.monotonic()
-                        self._wake.set()
-                    return
-            elif key.__class__ is bytes and partition is None:
-                size = len(value) + len(key)
-                if size <= st.max_message:  # else the long way raises
-                    if self._error is not None:
-                        self._raise_async_error()
-                    kq = st.kq
-                    if not kq and not self.linger_ms:
-                        # a lone keyed message: the same rule as the bare
-                        # form's, on its partition (one crossing to hash
-                        # it: only a paced producer comes here often; a
-                        # stream finds the queue filling, or just committed)
-                        p = _key_partition(key, len(key), st.nparts)
-                        now = _clock()
-                        since = now - st.tokens_at[p]
-                        if now >= st.next_hungry[p] and now - st.kq_at >= LONE_AFTER and (
-                                st.waiters[p][_HDR_HUNGRY] or st.bell[_HDR_BELL_HUNGRY]
-                                or (since >= LONE_AFTER
-                                    and st.hungry_tokens[p] + since * HUNGRY_RATE >= 1.0)):
-                            if self._send_keyed_one(st, p, key, value):
-                                return
-                    # one extend, atomic under the GIL: another thread's
-                    # pair never lands between this key and its value
-                    kq += key, value
-                    nb = st.kq_bytes = st.kq_bytes + size + _RECORD_OVERHEAD
-                    if nb >= st.kq_limit:
+                    if st.kq:  # queued keyed records are older than this one
                         self._commit_keyed(st)
-                        return
-                    if not self.linger_ms and st.bell[_HDR_BELL_HUNGRY] and _clock() >= st.kq_next:
-                        self._commit_keyed(st)
-                        return
-                    if len(kq) == 2:
-                        st.kq_since = time.monotonic()
-                        self._wake.set()
+                    rq = st.rq
+                    if on_delivery is not None:
+                        st.rq_cb = True  # before the append: see commit_rich
+                    rq.append((p, key, value, hdr, -1 if timestamp_ms is None else timestamp_ms, on_delivery))
+                    nb = st.rq_bytes = st.rq_bytes + size + len(hdr) + _RECORD_OVERHEAD
+                    # the rest only for a new queue, a full one or a waiting reader
+                    if (nb >= st.rq_limit or len(rq) == 1 or st.bell[_HDR_BELL_HUNGRY]
+                            or (p >= 0 and st.waiters[p][_HDR_HUNGRY])):
+                        self._rich_queued(st, p, nb)
                     return
-        st = self._topics.get(topic) or self._state(topic)
-        if value.__class__ is not bytes and value is not None and not isinstance(value, (bytearray, memoryview)):
-            raise TypeError(f"value must be bytes-like (bytes, bytearray, memoryview), got "
-                            f"{type(value).__name__}; encode str with .encode()")
+        st = st or self._state(topic)
+        if value.__class__ is not bytes and value is not None:
+            if not isinstance(value, (bytearray, memoryview)):
+                raise TypeError(f"value must be bytes-like (bytes, bytearray, memoryview), got "
+                                f"{type(value).__name__}; encode str with .encode()")
+            value = bytes(value)  # a copy: the caller may reuse its buffer
         # fail here, not at commit time, where a bad message would take the
         # accepted messages of its pending batch down with it
         if headers:
             # encoded once, here: a bad header fails this send, not the
             # commit of the batch it would have joined
-            headers = encode_headers(headers)
+            hdr = encode_headers(headers)
+            if headers.__class__ in (list, tuple) and all(
+                    h.__class__ is tuple and h[0].__class__ is str and h[1].__class__ in (bytes, type(None))
+                    for h in headers):
+                # kept for send()'s fast path: a copy of immutables
+                st.h_last, st.h_enc = headers.__class__(headers), hdr
+        else:
+            hdr = b""
         if timestamp_ms is not None and (timestamp_ms.__class__ is not int or timestamp_ms < 0):
             raise TypeError(f"timestamp_ms must be a non-negative int (ms since the epoch), got {timestamp_ms!r}")
         size = len(value) if value is not None else 0
+        if key is not None:
+            if not isinstance(key, (bytes, bytearray, memoryview)):
+                raise TypeError(f"key must be bytes-like, got {type(key).__name__}; encode str with .encode()")
+            key = bytes(key)
+            size += len(key)
         if partition is None:
-            if key is not None:
-                partition = st.keyed(key)
-                size += len(key)
-            else:
-                partition = st.sticky
-        else:
-            if partition.__class__ is not int or not 0 <= partition < len(st.pending):
-                raise errors.UnknownPartition(
-                    f"topic {topic!r} has no partition {partition!r} (it has {len(st.pending)})",
-                    what=topic)
-            if key is not None:
-                if not isinstance(key, (bytes, bytearray, memoryview)):
-                    raise TypeError(f"key must be bytes-like, got {type(key).__name__}")
-                size += len(key)
+            partition = st.sticky if key is None else st.key_p
+        elif partition.__class__ is not int or not 0 <= partition < st.nparts:
+            raise errors.UnknownPartition(
+                f"topic {topic!r} has no partition {partition!r} (it has {st.nparts})", what=topic)
         if size > st.max_message:
             raise errors.MessageTooLarge(
                 f"message of {size} bytes to topic {topic!r} exceeds max_message_bytes={st.max_message}",
                 what=topic)
-        with self._lock:
+        if self._nowait_thread is not None and self._nowait_thread == threading.get_ident():
+            if not self._acquire(False):
+                raise _LockBusy()
+        else:
+            self._acquire()
+        try:
             if self._error is not None:
                 self._raise_async_error()
             if st.kq:  # queued keyed records are older than this one
                 self._commit_keyed(st)
-            pend = st.pending[partition]
-            vals = pend.values
-            n = len(vals)
-            if key is not None or pend.keys is not None:
-                if pend.keys is None:
-                    pend.keys = [None] * n
-                pend.keys.append(key)
-            if headers or pend.headers is not None:
-                if pend.headers is None:
-                    pend.headers = [None] * n
-                pend.headers.append(headers)
-            if timestamp_ms is not None or pend.timestamps is not None:
-                if pend.timestamps is None:
-                    pend.timestamps = [None] * n
-                pend.timestamps.append(timestamp_ms)
-            if on_delivery is not None or pend.callbacks is not None:
-                if pend.callbacks is None:
-                    pend.callbacks = [None] * n
-                pend.callbacks.append(on_delivery)
-            vals.append(value)
-            pend.nbytes += size + _RECORD_OVERHEAD
-            if pend.nbytes >= st.limit:
-                self._commit(st, partition)
-                if key is None and partition == st.sticky and len(st.pending) > 1:
-                    # sticky partitioning: move on once a full batch has gone out
-                    st.sticky = (st.sticky + 1) % len(st.pending)
-                return
-            if not self.linger_ms:
-                w = st.waiters
-                # someone waits on this partition or on the topic doorbell:
-                # latency matters more than batching right now
-                if (w[partition][_HDR_HUNGRY] or w[0][_HDR_BELL_HUNGRY]) and _clock() >= st.next_hungry[partition]:
-                    self._commit(st, partition)
-                    return
-            if n == 0:  # a new pending batch: the flusher honours linger_ms
-                pend.since = time.monotonic()
-                self._wake.set()
+            if on_delivery is not None:
+                st.rq_cb = True
+            st.rq.append((partition, key, value, hdr, -1 if timestamp_ms is None else timestamp_ms, on_delivery))
+            nb = st.rq_bytes = st.rq_bytes + size + len(hdr) + _RECORD_OVERHEAD
+            self._rich_queued(st, partition, nb)
+        finally:
+            self._release()
+
+    _rich_queued = rich_queued
+    _linger_wake = linger_wake
 
     def send_batch(self, topic: str, values: Sequence, keys: Optional[Sequence] = None,
                    partition: Optional[int] = None, headers: Optional[Sequence] = None,
@@ -392,7 +416,7 @@ class Producer:
             return
         if keys is not None and len(keys) != n:
             raise ValueError(f"send_batch got {n} values but {len(keys)} keys")
-        if partition is None and keys is not None and len(st.pending) > 1:
+        if partition is None and keys is not None and st.nparts > 1:
             # group by partition, keeping each key's order
             parts: Dict[int, List[int]] = {}
             kp = st.keyed
@@ -406,9 +430,9 @@ class Producer:
             return
         if partition is None:
             partition = st.sticky
-            if len(st.pending) > 1:
-                st.sticky = (st.sticky + 1) % len(st.pending)
-        elif not 0 <= partition < len(st.pending):
+            if st.nparts > 1:
+                st.sticky = (st.sticky + 1) % st.nparts
+        elif not 0 <= partition < st.nparts:
             raise errors.UnknownPartition(f"topic {topic!r} has no partition {partition}", what=topic)
         with self._lock:
             if self._error is not None:
@@ -416,8 +440,10 @@ class Producer:
             # what is pending for this partition goes first (order)
             if st.kq:
                 self._commit_keyed(st)
-            if st.pending[partition].values or st.plain[partition]:
-                self._commit(st, partition)
+            if st.rq:
+                self._commit_rich(st)
+            if st.plain[partition]:
+                self._commit_plain(st, partition)
             limit = st.frame_limit
             if (keys is None and headers is None and timestamps is None
                     and self._append(st, partition, values, None, None, None, None, probe=True)):
@@ -478,22 +504,6 @@ class Producer:
                 i = j
 
     # ------------------------------------------------------------ commit
-    def _commit(self, st: _TopicState, partition: int) -> None:
-        """Commit a partition's pending batch (called with self._lock held).
-        If it fails (BufferFull after max_block_ms), the batch is not
-        delivered: its delivery callbacks get the error and the caller raises
-        it, as a Kafka producer fails a batch after its delivery timeout.
-        The fast path's plain values go first: it stands aside while a rich
-        batch is pending, so a thread's plain values are always older than
-        its rich ones, and this keeps every thread's order."""
-        if st.plain[partition]:
-            self._commit_plain(st, partition)
-        pend = st.pending[partition]
-        if not pend.values:
-            return
-        st.pending[partition] = _Pending()
-        self._append(st, partition, pend.values, pend.keys, pend.headers, pend.timestamps, pend.callbacks)
-
     def _commit_plain(self, st: _TopicState, partition: int) -> None:
         """Commit the values send()'s fast path appended for a partition.
         Takes the (re-entrant) lock, then commits a prefix of the list and
@@ -664,6 +674,22 @@ class Producer:
     def _commit_keyed(self, st: _TopicState) -> None:
         commit_keyed(self, st)
 
+    def _commit_rich(self, st: _TopicState) -> None:
+        if self._nowait_thread is not None and self._nowait_thread == threading.get_ident():
+            # shmlog.aio's loop: commit here while that needs no wait (the
+            # lock free, buffer space now), else hand it to the worker
+            if self._acquire(False):
+                try:
+                    if commit_rich(self, st, nowait=True):
+                        return
+                finally:
+                    self._release()
+            self._defer_commit()  # type: ignore[misc]
+            # until that commit: no more asking, from every send
+            st.rq_limit = 1 << 62
+            return
+        commit_rich(self, st)
+
     def _send_keyed_one(self, st: _TopicState, partition: int, key: bytes, value: bytes) -> bool:
         return send_keyed_one(self, st, partition, key, value)
 
@@ -682,31 +708,29 @@ class Producer:
                 oldest = None
                 with self._lock:
                     for st in list(self._topics.values()):
-                        for p, pend in enumerate(st.pending):
-                            since = st.plain_since[p] if st.plain[p] else None
-                            if pend.values and (since is None or pend.since < since):
-                                since = pend.since
-                            if since is not None:
-                                due = since + self.linger_ms / 1000.0
-                                if due <= time.monotonic():
-                                    try:
-                                        self._commit(st, p)
-                                    except BaseException as exc:  # surfaced on the next send/flush
-                                        self._error = exc
-                                elif oldest is None or due < oldest:
-                                    oldest = due
+                        for p in range(st.nparts):
+                            if st.plain[p]:
+                                oldest = self._flush_due(st.plain_since[p], oldest, self._commit_plain,
+                                                         st, p)
+                        if st.rq:
+                            oldest = self._flush_due(st.rq_since, oldest, self._commit_rich, st)
                         if st.kq:
-                            due = st.kq_since + self.linger_ms / 1000.0
-                            if due <= time.monotonic():
-                                try:
-                                    self._commit_keyed(st)
-                                except BaseException as exc:  # surfaced on the next send/flush
-                                    self._error = exc
-                            elif oldest is None or due < oldest:
-                                oldest = due
+                            oldest = self._flush_due(st.kq_since, oldest, self._commit_keyed, st)
                 if oldest is None:
                     break
                 time.sleep(max(0.0, min(oldest - time.monotonic(), 0.05)))
+
+    def _flush_due(self, since: float, oldest: Optional[float], commit: Callable, *args) -> Optional[float]:
+        """The flusher's step for one queue that has waited since `since`:
+        commit it if linger_ms is up, else return when it will be."""
+        due = since + self.linger_ms / 1000.0
+        if due <= time.monotonic():
+            try:
+                commit(*args)
+            except BaseException as exc:  # surfaced on the next send/flush
+                self._error = exc
+            return oldest
+        return due if oldest is None or due < oldest else oldest
 
     # ------------------------------------------------------------ flush
     def flush(self, timeout: Optional[float] = None, durable: bool = False) -> int:
@@ -716,9 +740,12 @@ class Producer:
             if self._error is not None:
                 self._raise_async_error()
             for st in list(self._topics.values()):
-                for p in range(len(st.pending)):
-                    self._commit(st, p)
-                # the keyed queue last: it is newer than everything else
+                for p in range(st.nparts):
+                    if st.plain[p]:
+                        self._commit_plain(st, p)
+                # then the rich queue, the keyed queue last: in that order
+                # each is newer than the ones before
+                self._commit_rich(st)
                 self._commit_keyed(st)
         if durable:
             deadline = None if timeout is None else time.monotonic() + timeout

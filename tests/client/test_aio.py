@@ -263,3 +263,53 @@ def test_not_started_and_closed_errors(data_dir):
     with running_cluster(data_dir):
         asyncio.run(main())
     assert os.path.isdir(data_dir)
+
+
+def test_async_send_futures_name_the_offsets_read_through_a_full_buffer(data_dir):
+    """send() commits on the loop without waiting; when the ring is full
+    what did not fit stays queued for the worker thread. Every future must
+    still resolve to the partition and offset its record was read at, with
+    its headers and timestamp, and the loop must keep running meanwhile."""
+    n = 20000
+    pad = b"p" * 500
+    with running_cluster(data_dir) as cluster:
+        cluster.create_topic(TOPIC, partitions=2, **SMALL)
+
+        async def main():
+            async with aio.connect(data_dir) as acl, \
+                    acl.consumer(TOPIC, group="g") as c, acl.producer() as p:
+                deadline = time.monotonic() + 30
+                while not await c.assignment() and time.monotonic() < deadline:
+                    assert await c.getmany(timeout=0.05) == {}
+                with Ticker() as ticker:
+                    async def produce():
+                        futs = []
+                        for i in range(n):
+                            # 500 B values: the ring (2 x 4 x 64 KiB) fills between
+                            # the producer's yields, so commits find it full
+                            futs.append(await p.send(TOPIC, b"%d|" % i + pad, key=b"k%d" % i,
+                                                     headers=[("i", b"%d" % i)],
+                                                     timestamp_ms=1_600_000_000_000 + i))
+                        await p.flush()
+                        return await asyncio.gather(*futs)
+
+                    async def consume():
+                        got = {}
+                        while len(got) < n:
+                            for msgs in (await c.getmany(max_messages=5000, timeout=5.0)).values():
+                                for m in msgs:
+                                    got[int(m.value.split(b"|")[0])] = m
+                        return got
+
+                    mds, got = await asyncio.wait_for(asyncio.gather(produce(), consume()), 60)
+                    return mds, got, ticker.max_gap
+
+        mds, got, gap = asyncio.run(main())
+    assert gap < 0.5, f"the loop was blocked for {gap:.3f} s"
+    for i, md in enumerate(mds):
+        m = got[i]
+        assert (md.partition, md.offset) == (m.partition, m.offset)
+        assert md.partition == kafka_partition(b"k%d" % i, 2)
+        assert m.value == b"%d|" % i + pad
+        assert m.headers == [("i", b"%d" % i)]
+        assert m.timestamp_ms == md.timestamp == 1_600_000_000_000 + i

@@ -1,0 +1,241 @@
+"""The producer's rich queue (see _TopicState.rq): every send() that is
+not a bare value to a partition or a bare keyed value (headers,
+timestamp_ms, on_delivery, a key with an explicit partition, a non-bytes
+value, ...) appends its record to one list per topic, in arrival order, as
+one tuple (one append: half the cost of extending by its fields):
+
+    (partition (-1: hash the key in C), key or None, value or None,
+     encoded header section (b"" for none), timestamp_ms (-1: now),
+     on_delivery or None)
+
+Its commit hands the columns to C in one crossing (csrc/keyed.c
+shmlog_rich_append: hashes keys, groups by partition stably, one frame per
+partition) and then calls the delivery callbacks with the offsets C wrote.
+Per message, send() only extends the list; nothing per message crosses
+into C and nothing per message is encoded in Python (a header list equal
+to the last one reuses its encoded section). Producer's methods, kept
+apart by concern; they run with its lock and its state.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import struct
+import threading
+import time
+from itertools import repeat
+from typing import Any, NamedTuple
+
+from .. import errors
+from ..core._core import ffi, lib
+from ..core.records import pickle_values
+from .commit_rules import (
+    _F_CLOSED,
+    _HDR_BELL_HUNGRY,
+    _HDR_FLAGS,
+    _HDR_HUNGRY,
+    _RECORD_OVERHEAD,
+    HUNGRY_GAP,
+    STREAM_BATCH,
+    STREAM_GAP,
+    _clock,
+)
+
+
+class RecordMetadata(NamedTuple):
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+
+
+_rich_append = lib.shmlog_rich_append
+_make_meta = functools.partial(tuple.__new__, RecordMetadata)
+_NOT_COMMITTED = (1 << 64) - 1
+
+
+# int columns are packed with struct: ~5x faster than array() from a list
+def _ints(code: str, items) -> bytes:
+    return struct.pack(f"{len(items)}{code}", *items)
+
+
+def rich_queued(self: Any, st: Any, p: int, nb: int) -> None:
+    """After send() queued a record on the rich queue (now nb bytes):
+    commit it when it is full, or a reader waits (at most one commit per
+    HUNGRY_GAP); else have the flusher honour linger_ms for a new queue."""
+    if len(st.rq) == 1:
+        # a queue spread over partitions by key holds several frames
+        st.rq_limit = st.limit if p >= 0 else st.kq_limit
+        if nb < st.rq_limit and not self.linger_ms and not (
+                st.bell[_HDR_BELL_HUNGRY] or (p >= 0 and st.waiters[p][_HDR_HUNGRY])):
+            st.rq_since = time.monotonic()
+            self._linger_wake()
+            return
+    if nb >= st.rq_limit:
+        self._commit_rich(st)
+        # (not when the commit was deferred to shmlog.aio's worker)
+        if p == st.sticky and st.nparts > 1 and not st.rq:
+            st.sticky = (p + 1) % st.nparts
+        return
+    if (not self.linger_ms and (st.bell[_HDR_BELL_HUNGRY] or (p >= 0 and st.waiters[p][_HDR_HUNGRY]))
+            and _clock() >= st.rq_next):
+        self._commit_rich(st)
+        return
+    if len(st.rq) == 1:
+        st.rq_since = time.monotonic()
+        self._linger_wake()
+
+def linger_wake(self: Any) -> None:
+    """A new rich queue: the flusher thread honours linger_ms, or on
+    shmlog.aio's loop the loop itself (a thread woken per queue would
+    take the GIL from the loop for every commit)."""
+    if self._linger_hook is not None and self._nowait_thread == threading.get_ident():
+        self._linger_hook()
+    else:
+        self._wake.set()
+
+
+def commit_rich(self: Any, st: Any, nowait: bool = False) -> bool:
+    """Commit a topic's rich queue: the plain lists first (older: nothing
+    joins them while the queue holds records), then the queue in one
+    crossing. Like _commit_plain it commits a prefix and deletes just that;
+    a failed commit drops its prefix, its callbacks get the error.
+    nowait (shmlog.aio's loop thread, with delivery futures): no wait for
+    buffer space; what did not fit stays queued, first, and False says a
+    commit that may wait is still needed."""
+    kept = None
+    self._acquire()
+    try:
+        rq = st.rq
+        n = len(rq)
+        if not n:
+            return True
+        if any(st.plain):
+            for p in range(st.nparts):
+                if st.plain[p]:
+                    self._commit_plain(st, p)
+        records = rq[:n]
+        callbacks = None
+        delivered = False
+        try:
+            if st.waiters[0][_HDR_FLAGS] & _F_CLOSED or st.topic.regions[0].closed:
+                self._topics.pop(st.name, None)
+                raise errors.UnknownTopic(f"topic {st.name!r} was deleted while this producer used it",
+                                          what=st.name)
+            ts_now = time.time_ns() // 1_000_000
+            self._seq += 1
+            # one pickle pass hands C every record's fields with their
+            # lengths. A callback does not pickle (or pickles as a global,
+            # which C refuses before appending anything): those commits
+            # pickle the records without it, and get the offsets back
+            # (st.rq_cb says a record may carry one: set before its append,
+            # so a bound method's object is not pickled by the first try)
+            stream = None if st.rq_cb else pickle_values(records)
+            rc = -errno.EPROTO if stream is None or nowait else _append(self, st, stream, n, ts_now,
+                                                                         ffi.NULL, ffi.NULL)
+            if rc == -errno.EPROTO:
+                callbacks = [r[5] for r in records]
+                stream = pickle_values([r[:5] for r in records])
+                if stream is None:
+                    raise TypeError("a queued record did not pickle (a bug: send() checks every field)")
+                out_parts = ffi.new("int32_t[]", n)
+                offsets = ffi.new("uint64_t[]", n)
+                ffi.memmove(offsets, b"\xff" * (8 * n), 8 * n)
+                rc = _append(self, st, stream, n, ts_now, out_parts, offsets, nowait)
+            if nowait and rc == -errno.EAGAIN and callbacks is not None:
+                # full now: deliver what went, keep the rest for the worker
+                offs = ffi.unpack(offsets, n)
+                kept = [rec for rec, off in zip(records, offs) if off == _NOT_COMMITTED]
+                rc = 0
+            err = None
+            if rc < 0:
+                p = self._failed[0]
+                try:
+                    try:
+                        errors.check(rc, st.topic.regions[p].what)
+                    except errors.BufferFull as exc:
+                        self._buffer_full(st, p, exc, None)
+                except errors.ShmlogError as exc:
+                    err = exc
+            if callbacks is not None:
+                delivered = True
+                _deliver(self, st, callbacks, out_parts, offsets, [r[4] for r in records], ts_now, err)
+            if err is not None:
+                raise err
+        except errors.ShmlogError as exc:
+            if callbacks is None:
+                callbacks = [r[5] for r in records]
+                if callbacks.count(None) == len(callbacks):
+                    callbacks = None
+            if callbacks is not None and not delivered:
+                if self._settle_delivery is not None:
+                    self._settle_delivery(callbacks, None, exc)
+                    raise
+                for cb in callbacks:
+                    if cb is not None:
+                        cb(exc, None)
+            raise
+        finally:
+            del rq[:n]
+            if kept:
+                rq[0:0] = kept  # older than anything appended meanwhile
+            st.rq_bytes = sum(len(r[2] or b"") + len(r[3]) + _RECORD_OVERHEAD for r in rq)
+            st.rq_cb = any(r[5] is not None for r in rq)
+            st.rq_limit = st.limit if not rq or rq[0][0] >= 0 else st.kq_limit
+            if rq:
+                st.rq_since = time.monotonic()
+                self._wake.set()
+            now = _clock()
+            st.rq_next = now + (HUNGRY_GAP if n < STREAM_BATCH else STREAM_GAP)
+    finally:
+        self._release()
+    return not kept
+
+
+def _append(self: Any, st: Any, stream: bytes, n: int, ts_now: int, out_parts, offsets,
+            nowait: bool = False) -> int:
+    """The commit's crossing (and another per partition on first use, to
+    take a producer slot there). On failure self._failed[0] names the
+    partition."""
+    failed = self._failed
+    while True:
+        rc = _rich_append(st.kq_logs, st.kq_slots, st.nparts, stream, len(stream), n, ts_now,
+                          self.producer_id, self._seq & 0xFFFFFFFF, 0 if nowait else self._max_block_ns,
+                          st.kq_ends, failed, out_parts, offsets)
+        if rc != -errno.ENOENT:
+            return rc
+        p = failed[0]
+        if st.slots[p] < 0:
+            st.slots[p] = st.topic.regions[p].register_producer()
+        st.kq_slots[p] = st.slots[p]
+
+
+def _deliver(self: Any, st: Any, callbacks, out_parts, offsets, stamps, ts_now: int, err) -> None:
+    """Delivery callbacks of one commit, in send order: the committed
+    records get (None, RecordMetadata), the rest the error. The columns
+    come out of C in one unpack each and the metadata tuples are made at C
+    speed (NamedTuple's own __new__ is a Python call: half a callback's
+    cost)."""
+    n = len(callbacks)
+    offs = ffi.unpack(offsets, n)
+    stamps = [ts_now if ts < 0 else ts for ts in stamps]
+    metas = map(_make_meta, zip(repeat(st.name), ffi.unpack(out_parts, n), offs, stamps))
+    if self._settle_delivery is not None:
+        # shmlog.aio: the callbacks are futures, settled in the loop
+        # None: not committed (err, or kept queued when err is None)
+        if _NOT_COMMITTED in offs:
+            metas = [None if off == _NOT_COMMITTED else md for md, off in zip(metas, offs)]
+        self._settle_delivery(callbacks, list(metas), err)
+        return
+    if err is None:
+        for cb, md in zip(callbacks, metas):
+            if cb is not None:
+                cb(None, md)
+        return
+    for cb, md, off in zip(callbacks, metas, offs):
+        if cb is not None:
+            if off == _NOT_COMMITTED:
+                cb(err, None)
+            else:
+                cb(None, md)
