@@ -36,7 +36,7 @@ from .. import errors
 from ..core._core import ffi, lib
 from ..core.reader import scan_for_time
 from ..core.records import ReadResult
-from .arrivals import DEFAULT_SPIN_US, Arrivals
+from .arrivals import DEFAULT_SPIN_US, Arrivals, records_in
 from .views import MessageView, RecordRun, copied_view
 
 TP = Tuple[str, int]
@@ -178,10 +178,14 @@ class Consumer:
         self.isolation = isolation
         self.on_assign = on_assign
         self.on_revoke = on_revoke
-        # None: spin DEFAULT_SPIN_US, then the futex; a number: that spin;
-        # "auto": spin only around the next message due (arrivals.py; not
-        # the default: W4 p50 14-42 us vs 7.4-7.7 us for the fixed spin)
-        self._arrivals = Arrivals() if spin_us == "auto" else None
+        # None (or "auto"): the adaptive wait, a futex sleep up to shortly
+        # before the next message is due and a spin around it (arrivals.py);
+        # a number: spin that long, then the futex (a fixed latency profile)
+        if spin_us is not None and spin_us != "auto":
+            if isinstance(spin_us, bool) or not isinstance(spin_us, (int, float)) or spin_us < 0:
+                raise errors.InvalidConfig(
+                    f"spin_us must be None or 'auto' (adaptive wait) or microseconds >= 0, got {spin_us!r}")
+        self._arrivals = Arrivals() if spin_us in (None, "auto") else None
         self.spin_ns = int((float(spin_us) if spin_us not in (None, "auto") else DEFAULT_SPIN_US) * 1000)
         self.assigned_state: Dict[TP, _Assigned] = {}
         self._order: List[_Assigned] = []
@@ -513,7 +517,7 @@ class Consumer:
                         break
             if out:
                 if self._arrivals is not None:
-                    self._arrivals.arrived()
+                    self._arrivals.arrived(sum(records_in(r) for _, r in out))
                 return out
             now = time.monotonic()
             if deadline is not None and now >= deadline:
