@@ -12,10 +12,13 @@
 
 Each producer and consumer owns one worker thread that runs its
 synchronous client; the event loop never calls into anything that can
-block. Waiting for data is the consumer's futex wait (csrc/log.c
-shmlog_log_wait_any) in that thread, and the hand-over to the loop is
+block. Waiting for data is the consumer's wait (the adaptive futex wait,
+client/arrivals.py) in that thread, and the hand-over to the loop is
 loop.call_soon_threadsafe (asyncio's self-pipe). Nothing busy-polls:
-the worker sleeps in the futex, the loop in epoll.
+the worker sleeps in the futex, the loop in epoll. The consumer's worker
+fetches ahead once asked (up to _AHEAD messages): a stream costs one
+hand-over per read, worker -> loop, and no request loop -> worker per
+message (W4 async at 10k msg/s: 52% -> 29% of a core, same run).
 
 Why a waiter thread and not an eventfd in the loop's epoll set: a futex
 cannot be polled, and an eventfd would have to be shared with every
