@@ -36,7 +36,7 @@ class Arrivals:
     The sleep's end needs a fine timer: the thread's timer slack (50 us by
     default, more than the margin) is set to 1 us on first use."""
 
-    __slots__ = ("last", "gap", "w_start", "w_count", "timer_late")
+    __slots__ = ("last", "seen", "gap", "w_time", "w_count", "timer_late")
 
     # lead of the spin over the due time: a share of the gap, within bounds
     MARGIN = (15_000, 40_000)
@@ -49,8 +49,9 @@ class Arrivals:
 
     def __init__(self):
         self.last = 0  # when the last record came (estimated)
+        self.seen = 0  # when the last read returned records
         self.gap = 0
-        self.w_start = 0
+        self.w_time = 0  # the window: time and records in it
         self.w_count = 0
         self.timer_late = 0
 
@@ -74,17 +75,20 @@ class Arrivals:
                 t = max(due + 2 * margin, now - margin)
             elif how == "ready":
                 t = min(now, due)
-        # the gap: records over a window of time; an idle pause (no record
-        # for 4 gaps) restarts the window instead of stretching it
-        if not self.w_start or (gap and now - last > 4 * gap):
-            self.w_start, self.w_count = now, 0
-        else:
+        # the gap: records over a window of time between reads; an idle
+        # pause counts as 16 gaps at most, so one pause does not unlearn a
+        # steady rate (a stall and the burst after it, on a loaded host,
+        # still average out), yet a slower rate is learnt within windows
+        if self.seen:
+            dt = now - self.seen
+            self.w_time += dt if not gap or dt < 16 * gap else 16 * gap
             self.w_count += records
             if self.w_count >= (self.WINDOW if gap else 8):
-                g = (now - self.w_start) // self.w_count
+                g = max(self.w_time // self.w_count, 1)
                 self.gap = (gap + g) >> 1 if gap else g
-                self.w_start, self.w_count = now, 0
-        self.last = t
+                self.w_time = self.w_count = 0
+        self.seen = now
+        self.last = t if t < now else now
 
     def plan(self, wait_ns: int):
         """(futex sleep first, spin after it) for a wait of up to wait_ns."""

@@ -56,7 +56,7 @@ def _learnt(consumer, gap_ns):
     assert arr is not None, "the default consumer waits adaptively"
     arr.gap = gap_ns
     arr.last = amod._now_ns()
-    arr.w_start, arr.w_count = arr.last, 0
+    arr.seen, arr.w_time, arr.w_count = arr.last, 0, 0
 
 
 def test_a_message_earlier_than_due_ends_the_sleep(data_dir, tmp_path, monkeypatch):
