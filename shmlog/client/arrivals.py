@@ -1,4 +1,4 @@
-"""The default consumer's wait: when the next message is due, learnt from
+"""The adaptive wait (Consumer(spin_us="auto")): when the next message is due, learnt from
 the gaps between arrivals, so a paced stream is waited for by a futex
 sleep that ends shortly before the message and a short spin that catches
 it. Never spins through a whole gap, never sleeps past a due message
@@ -12,7 +12,8 @@ import time
 
 from ..core._core import lib
 
-# the spin of a stream (no gap worth sleeping in) or of an unknown rate
+# the default consumer's spin before its futex sleep; also the adaptive
+# wait's for a stream (no gap worth sleeping in) or an unknown rate
 DEFAULT_SPIN_US = 50.0
 _now_ns = time.monotonic_ns
 

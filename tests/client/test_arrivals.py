@@ -1,4 +1,4 @@
-"""The default consumer's adaptive wait (shmlog.client.arrivals): it learns
+"""The adaptive wait (spin_us="auto", shmlog.client.arrivals): it learns
 a paced stream's gap and sleeps on the futex until shortly before the next
 message is due, yet a message that comes earlier wakes it, no wait outlasts
 its timeout, no message is missed, and once the stream stops it sleeps
@@ -53,7 +53,7 @@ def _learnt(consumer, gap_ns):
     """As if the consumer had learnt a stream of one message every gap_ns,
     the last one just now."""
     arr = consumer._arrivals
-    assert arr is not None, "the default consumer waits adaptively"
+    assert arr is not None, "spin_us='auto' waits adaptively"
     arr.gap = gap_ns
     arr.last = amod._now_ns()
     arr.seen, arr.w_time, arr.w_count = arr.last, 0, 0
@@ -65,7 +65,7 @@ def test_a_message_earlier_than_due_ends_the_sleep(data_dir, tmp_path, monkeypat
     monkeypatch.setattr(amod.Arrivals, "MAX_GAP", 10**12)
     with running_cluster(data_dir) as cluster, Children(tmp_path) as kids:
         cluster.create_topic(TOPIC, partitions=1, **ROOMY)
-        with cluster.consumer(TOPIC) as consumer:
+        with cluster.consumer(TOPIC, spin_us="auto") as consumer:
             assert consumer.poll(timeout=0.05) is None
             _learnt(consumer, 30 * 10**9)
             assert consumer._arrivals.plan(60 * 10**9)[0] > 20 * 10**9  # a long sleep planned
@@ -81,7 +81,7 @@ def test_no_wait_outlasts_its_timeout(data_dir, monkeypatch):
     monkeypatch.setattr(amod.Arrivals, "MAX_GAP", 10**12)
     with running_cluster(data_dir) as cluster:
         cluster.create_topic(TOPIC, partitions=1, **ROOMY)
-        with cluster.consumer(TOPIC) as consumer:
+        with cluster.consumer(TOPIC, spin_us="auto") as consumer:
             assert consumer.poll(timeout=0.05) is None
             _learnt(consumer, 30 * 10**9)
             t0 = time.monotonic()
@@ -95,7 +95,7 @@ def test_once_a_paced_stream_stops_the_consumer_sleeps(data_dir):
     time at most, then sleeps; it does not spin through the idle second."""
     with running_cluster(data_dir) as cluster:
         cluster.create_topic(TOPIC, partitions=1, **ROOMY)
-        with cluster.consumer(TOPIC) as consumer:
+        with cluster.consumer(TOPIC, spin_us="auto") as consumer:
             assert consumer.poll(timeout=0.05) is None
             _learnt(consumer, 100_000)
             c0, t0 = time.thread_time(), time.monotonic()
@@ -111,7 +111,7 @@ def test_adaptive_wait_delivers_every_message_in_order(data_dir, tmp_path):
     n = 3000
     with running_cluster(data_dir) as cluster, Children(tmp_path) as kids:
         cluster.create_topic(TOPIC, partitions=1, **ROOMY)
-        with cluster.consumer(TOPIC) as consumer:
+        with cluster.consumer(TOPIC, spin_us="auto") as consumer:
             assert consumer.poll(timeout=0.05) is None
             kids.start(_irregular_producer, data_dir, n, 17)
             got = []
@@ -134,6 +134,8 @@ def test_spin_us_is_checked(data_dir):
             assert c._arrivals is not None
         with cluster.consumer(TOPIC, spin_us=20) as c:
             assert c._arrivals is None and c.spin_ns == 20_000
+        with cluster.consumer(TOPIC) as c:  # the default: the fixed spin
+            assert c._arrivals is None and c.spin_ns == int(amod.DEFAULT_SPIN_US * 1000)
 
 
 def test_arrivals_learn_the_gap_and_the_phase(monkeypatch):
