@@ -12,13 +12,21 @@
 
 Each producer and consumer owns one worker thread that runs its
 synchronous client; the event loop never calls into anything that can
-block. Waiting for data is the consumer's wait (the adaptive futex wait,
-client/arrivals.py) in that thread, and the hand-over to the loop is
+block. Waiting for data is the synchronous consumer's wait (spin, then
+futex) in that thread, and the hand-over to the loop is
 loop.call_soon_threadsafe (asyncio's self-pipe). Nothing busy-polls:
 the worker sleeps in the futex, the loop in epoll. The consumer's worker
 fetches ahead once asked (up to _AHEAD messages): a stream costs one
 hand-over per read, worker -> loop, and no request loop -> worker per
-message (W4 async at 10k msg/s: 52% -> 29% of a core, same run).
+message. That cut the consumer's CPU at 10k msg/s in a harness without a
+group (52% -> 29% of a core). The bench's W4 async row, with a group,
+still shows 73-88% on a loaded host.
+
+The hand-over itself costs the same either way. A worker thread waking
+the loop at 10k/s by call_soon_threadsafe or by an eventfd in add_reader
+gave p50 14.3 / 13.2 us and 8-10% of the loop thread's CPU, same run.
+An eventfd that producers write, in place of the worker's futex wait,
+was not built: see the next paragraph.
 
 Why a waiter thread and not an eventfd in the loop's epoll set: a futex
 cannot be polled, and an eventfd would have to be shared with every
