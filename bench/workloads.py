@@ -180,8 +180,11 @@ class Suite:
             for mode, spin in s.latency_variants():
                 spec = Spec("W4", mode, SMALL, n, self.p.warm(n), rate=self.p.w4_rate,
                             spin_us=spin)
-                label = mode if spin is None else (
-                    f"{mode}, wait spin {spin:g} us" if spin else f"{mode}, futex wait (no spin)")
+                # shmlog's default consumer (spin_us=None)
+                label = ((f"{mode}, default wait (spin 50 us)" if s.kind == "shmlog" and mode == "msg" else mode)
+                         if spin is None else
+                         f"{mode}, adaptive wait (spin_us='auto')" if spin == "auto" else
+                         f"{mode}, wait spin {spin:g} us" if spin else f"{mode}, futex wait (no spin)")
 
                 def go(s=s, spec=spec, label=label) -> Row:
                     row = s.latency(spec, self.p)

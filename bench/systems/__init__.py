@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, List, Optional, Tuple
+from typing import Callable, Iterator, List, Optional, Tuple, Union
 
 from ..common import (
     BATCH,
@@ -38,7 +38,7 @@ class Spec:
     batch: int = BATCH
     durable: bool = False
     rate: int = 0  # W4: messages per second
-    spin_us: Optional[float] = None  # W4, shmlog: spin before the futex wait
+    spin_us: Union[float, str, None] = None  # W4, shmlog: spin before the futex wait, or "auto"
 
 
 @dataclass

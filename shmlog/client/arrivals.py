@@ -1,4 +1,4 @@
-"""The default consumer's wait: when the next message is due, learnt from
+"""The adaptive wait (Consumer(spin_us="auto")): when the next message is due, learnt from
 the gaps between arrivals, so a paced stream is waited for by a futex
 sleep that ends shortly before the message and a short spin that catches
 it. Never spins through a whole gap, never sleeps past a due message
@@ -12,59 +12,96 @@ import time
 
 from ..core._core import lib
 
+# the default consumer's spin before its futex sleep; also the adaptive
+# wait's for a stream (no gap worth sleeping in) or an unknown rate
 DEFAULT_SPIN_US = 50.0
 _now_ns = time.monotonic_ns
 
 
 class Arrivals:
-    """When the next message is due, learnt from the gaps between arrivals:
-    a paced stream (10k msg/s: a message every 100 us) is waited for by a
+    """When the next message is due, learnt from the arrivals so far: a
+    paced stream (10k msg/s: a message every 100 us) is waited for by a
     futex sleep that ends shortly before the next one is due, then a spin
-    that catches it without a wake-up (~7 us here). A message that comes
-    earlier wakes the sleep as any commit does; a stream with no gap to
-    sleep in spins DEFAULT_SPIN_US, as a fixed spin_us would.
+    that catches it without a wake-up (~7 us here, 15-40 us on a loaded
+    host). A message that comes earlier wakes the sleep as any commit
+    does; a stream with no gap to sleep in spins DEFAULT_SPIN_US.
+
+    The gap is the mean over a window of records (not the time between
+    reads: a consumer that fell behind reads several at once). The phase
+    comes from arrivals a spin saw (their time is exact); an arrival that
+    woke the sleep came before the sleep was to end, so the phase moves
+    earlier, one that came after the spin moves it later, and one that was
+    there already leaves it alone. A timed sleep here ends ~20 us late (a
+    VM's timer): that lateness is learnt too and the sleep cut by it.
 
     The sleep's end needs a fine timer: the thread's timer slack (50 us by
     default, more than the margin) is set to 1 us on first use."""
 
-    __slots__ = ("last", "gap")
+    __slots__ = ("last", "seen", "gap", "w_time", "w_count", "timer_late")
 
-    # lead of the wake-up over the due time: a share of the gap, within
-    # bounds that cover a late timer on a busy host
+    # lead of the spin over the due time: a share of the gap, within bounds
     MARGIN = (15_000, 40_000)
+    # gaps shorter than this are a stream: a timed sleep (a timer, a
+    # context switch) would cost more than spinning through the gap
+    MIN_GAP = 60_000
     # gaps longer than this are not waited out in a spin at all
     MAX_GAP = 20_000_000
+    WINDOW = 64  # records per gap measurement (8 for the first)
 
     def __init__(self):
-        self.last = 0
+        self.last = 0  # when the last record came (estimated)
+        self.seen = 0  # when the last read returned records
         self.gap = 0
+        self.w_time = 0  # the window: time and records in it
+        self.w_count = 0
+        self.timer_late = 0
 
-    def arrived(self) -> None:
-        now = _now_ns()
-        if self.last:
-            g = now - self.last
-            if not self.gap:
-                self.gap = g
-            else:
-                # an idle pause counts as 4 gaps at most: one pause must
-                # not unlearn a steady rate
-                self.gap += (min(g, 4 * self.gap) - self.gap) >> 3
-        self.last = now
+    def _margin(self, gap: int) -> int:
+        lo, hi = self.MARGIN
+        return min(max(gap >> 2, lo), hi)
+
+    def arrived(self, records: int = 1, how: str = "ready", now: int = 0) -> None:
+        """A read returned `records`. how: "spin" (caught spinning: now is
+        when they came), "early" (woke the sleep), "late" (woke the wait
+        after the spin) or "ready" (there already, or unknown)."""
+        now = now or _now_ns()
+        gap, last = self.gap, self.last
+        t = now
+        if gap and last:
+            due = last + gap
+            margin = self._margin(gap)
+            if how == "early":
+                t = min(now, due - margin)
+            elif how == "late":
+                t = max(due + 2 * margin, now - margin)
+            elif how == "ready":
+                t = min(now, due)
+        # the gap: records over a window of time between reads; an idle
+        # pause counts as 16 gaps at most, so one pause does not unlearn a
+        # steady rate (a stall and the burst after it, on a loaded host,
+        # still average out), yet a slower rate is learnt within windows
+        if self.seen:
+            dt = now - self.seen
+            self.w_time += dt if not gap or dt < 16 * gap else 16 * gap
+            self.w_count += records
+            if self.w_count >= (self.WINDOW if gap else 8):
+                g = max(self.w_time // self.w_count, 1)
+                self.gap = (gap + g) >> 1 if gap else g
+                self.w_time = self.w_count = 0
+        self.seen = now
+        self.last = t if t < now else now
 
     def plan(self, wait_ns: int):
         """(futex sleep first, spin after it) for a wait of up to wait_ns."""
         gap = self.gap
-        if not gap or gap > self.MAX_GAP:
+        if gap < self.MIN_GAP or gap > self.MAX_GAP:
             return 0, int(DEFAULT_SPIN_US * 1000)
-        lo, hi = self.MARGIN
-        margin = min(max(gap >> 2, lo), hi)
-        if gap <= 2 * margin:  # a stream: nothing to sleep through
-            return 0, int(DEFAULT_SPIN_US * 1000)
-        sleep = self.last + gap - margin - _now_ns()
+        margin = self._margin(gap)
+        sleep = self.last + gap - margin - self.timer_late - _now_ns()
         spin = 3 * margin
         if sleep <= 0:
             # due already (or late): spin for it, but not for ever
-            return 0, spin
+            return 0, max(spin + sleep, margin)
         _fine_timer_slack()
         return (sleep if sleep < wait_ns else wait_ns), spin
 
@@ -72,11 +109,24 @@ class Arrivals:
         """Consumer._read by plan(): a futex sleep (a commit ends it early)
         until shortly before the next message is due, then the spin."""
         sleep_ns, spin_ns = self.plan(wait_ns)
-        res = read(a, want, sleep_ns, one, 0) if sleep_ns else None
-        if res is None:
-            res = read(a, want, max(wait_ns - sleep_ns, 1), one, spin_ns)
+        t0 = _now_ns()
+        if sleep_ns:
+            res = read(a, want, sleep_ns, one, 0)
+            t1 = _now_ns()
+            if res is not None:
+                self.arrived(records_in(res), "early" if t1 - t0 > 2_000 else "ready", t1)
+                return res
+            if sleep_ns < wait_ns:
+                # the timer's lateness, learnt slowly and never above a margin
+                late = min(max(t1 - t0 - sleep_ns, 0), self.MARGIN[1])
+                self.timer_late += (late - self.timer_late) >> 3
+            t0 = t1
+        res = read(a, want, max(wait_ns - sleep_ns, 1), one, spin_ns)
         if res is not None:
-            self.arrived()
+            t1 = _now_ns()
+            dt = t1 - t0
+            self.arrived(records_in(res), "spin" if 1_000 < dt < spin_ns
+                         else ("late" if dt >= spin_ns else "ready"), t1)
         return res
 
     def wait_any(self, logs, cursors, n: int, bell, timeout_ns: int) -> None:
@@ -85,6 +135,11 @@ class Arrivals:
         if sleep_ns and lib.shmlog_log_wait_any(logs, cursors, n, bell, 0, sleep_ns) >= 0:
             return
         lib.shmlog_log_wait_any(logs, cursors, n, bell, spin_ns, max(timeout_ns - sleep_ns, 1))
+
+
+def records_in(res) -> int:
+    """Records in a read's result (a lone record comes as a tuple)."""
+    return 1 if res.__class__ is tuple else len(res)
 
 
 _slack_set = threading.local()

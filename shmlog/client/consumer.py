@@ -36,7 +36,7 @@ from .. import errors
 from ..core._core import ffi, lib
 from ..core.reader import scan_for_time
 from ..core.records import ReadResult
-from .arrivals import DEFAULT_SPIN_US, Arrivals
+from .arrivals import DEFAULT_SPIN_US, Arrivals, records_in
 from .views import MessageView, RecordRun, copied_view
 
 TP = Tuple[str, int]
@@ -179,8 +179,15 @@ class Consumer:
         self.on_assign = on_assign
         self.on_revoke = on_revoke
         # None: spin DEFAULT_SPIN_US, then the futex; a number: that spin;
-        # "auto": spin only around the next message due (arrivals.py; not
-        # the default: on a loaded host its guesses miss; bench/README.md, W4)
+        # "auto": a futex sleep up to shortly before the next message is due
+        # and a spin around it (arrivals.py). Not the default: in W4 runs
+        # back to back it was no better (p50 7-14 us vs 7.5-7.9 us, CPU
+        # 52-62% vs 45-59% of a core) on this loaded 2-core host
+        if spin_us is not None and spin_us != "auto":
+            if isinstance(spin_us, bool) or not isinstance(spin_us, (int, float)) or spin_us < 0:
+                raise errors.InvalidConfig(
+                    f"spin_us must be None (default), 'auto' (adaptive wait) or microseconds >= 0, "
+                    f"got {spin_us!r}")
         self._arrivals = Arrivals() if spin_us == "auto" else None
         self.spin_ns = int((float(spin_us) if spin_us not in (None, "auto") else DEFAULT_SPIN_US) * 1000)
         self.assigned_state: Dict[TP, _Assigned] = {}
@@ -517,7 +524,7 @@ class Consumer:
                         break
             if out:
                 if self._arrivals is not None:
-                    self._arrivals.arrived()
+                    self._arrivals.arrived(sum(records_in(r) for _, r in out))
                 return out
             now = time.monotonic()
             if deadline is not None and now >= deadline:

@@ -313,3 +313,59 @@ def test_async_send_futures_name_the_offsets_read_through_a_full_buffer(data_dir
         assert m.value == b"%d|" % i + pad
         assert m.headers == [("i", b"%d" % i)]
         assert m.timestamp_ms == md.timestamp == 1_600_000_000_000 + i
+
+def test_what_was_fetched_ahead_is_not_committed_and_a_seek_drops_it(data_dir):
+    """The worker fetches ahead of the application: commit() and close()
+    count only what getone() handed out, and after a seek the next message
+    is the one sought, not one fetched before it."""
+    with running_cluster(data_dir) as cluster:
+        cluster.create_topic(TOPIC, partitions=1, **ROOMY)
+        with cluster.producer() as p:
+            p.send_batch(TOPIC, [b"%d" % i for i in range(100)], partition=0)
+
+        async def main():
+            async with aio.connect(data_dir) as acl:
+                async with acl.consumer(TOPIC, group="g") as c:
+                    first = [await c.getone(timeout=10) for _ in range(10)]
+                    await c.commit()
+                    committed = await c._call(c.sync.committed)
+                    await c.seek(TOPIC, 0, 50)
+                    after_seek = await c.getone(timeout=10)
+                    more = [await c.getone(timeout=10) for _ in range(4)]
+                async with acl.consumer(TOPIC, group="g") as c2:
+                    resumed = await c2.getone(timeout=10)
+            return first, committed, after_seek, more, resumed
+
+        first, committed, after_seek, more, resumed = asyncio.run(main())
+    assert [m.offset for m in first] == list(range(10))
+    assert committed == {(TOPIC, 0): 10}
+    assert after_seek.offset == 50
+    assert [m.offset for m in more] == [51, 52, 53, 54]
+    # close() committed what was handed out: up to 54, not what the worker fetched ahead
+    assert resumed.offset == 55
+
+
+def test_async_consumer_at_a_steady_rate_keeps_the_loop_ticking(data_dir, tmp_path):
+    """A stream of 2000 messages at ~2k msg/s: every one arrives, in order,
+    and the loop keeps ticking while the consumer waits between them."""
+    n = 2000
+    with running_cluster(data_dir) as cluster, Children(tmp_path) as kids:
+        cluster.create_topic(TOPIC, partitions=1, **ROOMY)
+
+        async def main():
+            got = []
+            async with aio.connect(data_dir) as acl, acl.consumer(TOPIC) as c:
+                with Ticker(period=0.002) as ticker:
+                    kids.start(_paced_producer, data_dir, n, 0.0005, 0.1)
+                    t0 = time.monotonic()
+                    async for m in c:
+                        got.append(m)
+                        if len(got) == n:
+                            break
+                    wall = time.monotonic() - t0
+                    return got, ticker.ticks, ticker.max_gap, wall
+
+        got, ticks, gap, wall = asyncio.run(main())
+    assert [int(m.value) for m in got] == list(range(n))
+    assert gap < 0.5, f"the loop was blocked for {gap:.3f} s"
+    assert ticks >= 0.25 * wall / 0.002, (ticks, wall)

@@ -1,0 +1,176 @@
+"""The adaptive wait (spin_us="auto", shmlog.client.arrivals): it learns
+a paced stream's gap and sleeps on the futex until shortly before the next
+message is due, yet a message that comes earlier wakes it, no wait outlasts
+its timeout, no message is missed, and once the stream stops it sleeps
+instead of spinning.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+from _broker_helpers import ROOMY, Children, running_cluster
+
+import shmlog
+from shmlog.client import arrivals as amod
+
+TOPIC = "arr"
+
+
+def _send_after(data_dir, delay_s, values):
+    time.sleep(delay_s)
+    with shmlog.connect(data_dir) as cluster, cluster.producer() as producer:
+        for v in values:
+            producer.send(TOPIC, v, partition=0)
+        producer.flush()
+    return len(values)
+
+
+def _irregular_producer(data_dir, n, seed):
+    """Paced stretches (~10k msg/s), bursts and pauses, in one partition."""
+    rnd = random.Random(seed)
+    with shmlog.connect(data_dir) as cluster, cluster.producer() as producer:
+        i = 0
+        while i < n:
+            kind = rnd.random()
+            run = rnd.randint(1, 300)
+            for _ in range(min(run, n - i)):
+                producer.send(TOPIC, b"%d" % i, partition=0)
+                producer.flush()
+                i += 1
+                if kind < 0.6:
+                    t = time.perf_counter() + 0.0001
+                    while time.perf_counter() < t:
+                        pass
+            if kind > 0.9:
+                time.sleep(rnd.uniform(0.001, 0.05))
+    return n
+
+
+def _learnt(consumer, gap_ns):
+    """As if the consumer had learnt a stream of one message every gap_ns,
+    the last one just now."""
+    arr = consumer._arrivals
+    assert arr is not None, "spin_us='auto' waits adaptively"
+    arr.gap = gap_ns
+    arr.last = amod._now_ns()
+    arr.seen, arr.w_time, arr.w_count = arr.last, 0, 0
+
+
+def test_a_message_earlier_than_due_ends_the_sleep(data_dir, tmp_path, monkeypatch):
+    """The learnt gap says the next message is due in 30 s: the consumer
+    sleeps on the futex, and the commit of one sent after 0.2 s wakes it."""
+    monkeypatch.setattr(amod.Arrivals, "MAX_GAP", 10**12)
+    with running_cluster(data_dir) as cluster, Children(tmp_path) as kids:
+        cluster.create_topic(TOPIC, partitions=1, **ROOMY)
+        with cluster.consumer(TOPIC, spin_us="auto") as consumer:
+            assert consumer.poll(timeout=0.05) is None
+            _learnt(consumer, 30 * 10**9)
+            assert consumer._arrivals.plan(60 * 10**9)[0] > 20 * 10**9  # a long sleep planned
+            kids.start(_send_after, data_dir, 0.2, [b"early"])
+            t0 = time.monotonic()
+            m = consumer.poll(timeout=60)
+            waited = time.monotonic() - t0
+    assert m is not None and m.value == b"early"
+    assert waited < 15, f"slept {waited:.1f} s through a commit (the plan was ~30 s)"
+
+
+def test_no_wait_outlasts_its_timeout(data_dir, monkeypatch):
+    monkeypatch.setattr(amod.Arrivals, "MAX_GAP", 10**12)
+    with running_cluster(data_dir) as cluster:
+        cluster.create_topic(TOPIC, partitions=1, **ROOMY)
+        with cluster.consumer(TOPIC, spin_us="auto") as consumer:
+            assert consumer.poll(timeout=0.05) is None
+            _learnt(consumer, 30 * 10**9)
+            t0 = time.monotonic()
+            assert consumer.poll(timeout=0.3) is None
+            waited = time.monotonic() - t0
+    assert 0.3 <= waited < 10, waited
+
+
+def test_once_a_paced_stream_stops_the_consumer_sleeps(data_dir):
+    """Learnt 10k msg/s, then nothing comes: each wait spins around one due
+    time at most, then sleeps; it does not spin through the idle second."""
+    with running_cluster(data_dir) as cluster:
+        cluster.create_topic(TOPIC, partitions=1, **ROOMY)
+        with cluster.consumer(TOPIC, spin_us="auto") as consumer:
+            assert consumer.poll(timeout=0.05) is None
+            _learnt(consumer, 100_000)
+            c0, t0 = time.thread_time(), time.monotonic()
+            while time.monotonic() - t0 < 1.0:
+                assert consumer.poll(timeout=0.1) is None
+            cpu = time.thread_time() - c0
+            wall = time.monotonic() - t0
+    # a spinning wait would use ~1 s; ten sleeping waits use ~1 ms
+    assert cpu < 0.3 * wall, f"an idle consumer used {cpu:.2f} s of CPU in {wall:.2f} s"
+
+
+def test_adaptive_wait_delivers_every_message_in_order(data_dir, tmp_path):
+    n = 3000
+    with running_cluster(data_dir) as cluster, Children(tmp_path) as kids:
+        cluster.create_topic(TOPIC, partitions=1, **ROOMY)
+        with cluster.consumer(TOPIC, spin_us="auto") as consumer:
+            assert consumer.poll(timeout=0.05) is None
+            kids.start(_irregular_producer, data_dir, n, 17)
+            got = []
+            deadline = time.monotonic() + 60
+            while len(got) < n and time.monotonic() < deadline:
+                m = consumer.poll(timeout=1.0)
+                if m is not None:
+                    got.append(m)
+    assert [int(m.value) for m in got] == list(range(n))
+    assert [m.offset for m in got] == list(range(n))
+
+
+def test_spin_us_is_checked(data_dir):
+    with running_cluster(data_dir) as cluster:
+        cluster.create_topic(TOPIC, partitions=1, **ROOMY)
+        for bad in ("fast", -1, True):
+            with pytest.raises(shmlog.InvalidConfig, match="spin_us"):
+                cluster.consumer(TOPIC, spin_us=bad)
+        with cluster.consumer(TOPIC, spin_us="auto") as c:
+            assert c._arrivals is not None
+        with cluster.consumer(TOPIC, spin_us=20) as c:
+            assert c._arrivals is None and c.spin_ns == 20_000
+        with cluster.consumer(TOPIC) as c:  # the default: the fixed spin
+            assert c._arrivals is None and c.spin_ns == int(amod.DEFAULT_SPIN_US * 1000)
+
+
+def test_arrivals_learn_the_gap_and_the_phase(monkeypatch):
+    """A paced stream: the gap is learnt over a window of records, a spin
+    dates an arrival exactly, a wake-up during the sleep moves the phase
+    earlier, and the timer's lateness shortens the planned sleep."""
+    clock = [1_000_000_000]
+    monkeypatch.setattr(amod, "_now_ns", lambda: clock[0])
+    monkeypatch.setattr(amod, "_fine_timer_slack", lambda: None)
+    arr = amod.Arrivals()
+    default = int(amod.DEFAULT_SPIN_US * 1000)
+    assert arr.plan(10**9) == (0, default)
+    for _ in range(200):  # 10k msg/s
+        arr.arrived(1, "spin")
+        clock[0] += 100_000
+    assert abs(arr.gap - 100_000) < 1_000
+    due = arr.last + arr.gap
+    margin = 25_000
+    clock[0] = arr.last + 5_000  # 5 us after the last arrival
+    sleep, spin = arr.plan(10**9)
+    assert abs(clock[0] + sleep - (due - margin)) < 1_500 and spin == 3 * margin
+    # woken 50 us before it was due (the phase was late): the next plan is
+    # earlier, by at least the margin
+    clock[0] = due - 50_000
+    arr.arrived(1, "early")
+    assert arr.last <= due - margin - 25_000
+    # a late timer: the sleep is cut by what it learnt
+    arr.timer_late = 20_000
+    before = arr.last + arr.gap - arr._margin(arr.gap)
+    sleep, _ = arr.plan(10**9)
+    assert clock[0] + sleep == before - 20_000
+    # several records in one read count as several arrivals in the gap
+    b = amod.Arrivals()
+    for _ in range(20):
+        b.arrived(10, "ready")
+        clock[0] += 100_000
+    assert b.gap < 20_000
+    assert b.plan(10**9) == (0, default)  # a stream: the fixed spin
