@@ -46,6 +46,14 @@ class ListenerProcess:
         p = self.proc
         return p.pid if p is not None and p.poll() is None else 0
 
+    def holds_supervisor_up(self, conn_pids) -> bool:
+        """Do the supervisor's clients count as live? Any client but this
+        listener does; the listener's own control connections count only
+        while Kafka clients are connected to it (it would otherwise hold an
+        auto-started supervisor up forever)."""
+        ours = self.pid
+        return any(pid != ours for pid in conn_pids) or bool(self.kafka_clients())
+
     def kafka_clients(self) -> int:
         """Kafka client connections the listener has now: the established
         TCP connections on its port, from /proc/net/tcp{,6} (asking the

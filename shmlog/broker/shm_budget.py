@@ -88,6 +88,19 @@ def added_bytes(cfg: Dict[str, Any], before: int, after: int) -> int:
     return topic_bytes(cfg, after) - topic_bytes(cfg, before)
 
 
+def ring_alter_error(name: str, ring, geometry: str) -> errors.InvalidConfig:
+    """chunk_bytes/chunk_count cannot change live: every producer and
+    consumer has mapped the regions with the geometry they were made with;
+    a new one means new regions, new offsets and a new budget check."""
+    return errors.InvalidConfig(
+        f"cannot alter {', '.join(ring)} of topic {name!r}: its shared-memory regions keep the "
+        f"ring geometry they were created with ({geometry}), which every producer and consumer "
+        f"has mapped. Create a topic with the new --config {ring[0]}=... (checked against "
+        f"shm_budget_bytes) and move to it, or delete and re-create this one",
+        what=name,
+    )
+
+
 def human(n: Optional[float]) -> str:
     if n is None:
         return "?"

@@ -5,9 +5,8 @@ control requests on <data_dir>/shmlog.sock, and runs the reaper (dead or
 stuck producers and readers). Producers and consumers keep moving while it
 restarts: everything they need is in the regions they have mapped.
 
-It must never trust a request: every frame is size-limited and schema-checked,
-and a bad one gets an error reply (or the connection closed) while the
-supervisor keeps serving everybody else.
+It never trusts a request: every frame is size-limited and schema-checked; a
+bad one gets an error reply (or its connection closed), everybody else is served.
 """
 
 from __future__ import annotations
@@ -33,6 +32,7 @@ from .. import errors, protocol
 from ..core.log import PartitionLog, region_usage, unlink_region
 from ..osutil import pid_alive, write_json_atomic
 from ..protocol import LOCK_NAME, SOCKET_NAME, ensure_data_dir
+from . import shm_budget
 from .coordinator import Coordinator
 from .kafka_process import ListenerProcess
 from .memory_offsets import MemoryOffsets
@@ -299,18 +299,15 @@ class Supervisor:
             sel.close()
 
     def _live_clients(self) -> bool:
-        """Does a client keep an auto-started supervisor up? Our own Kafka
-        listener's control connections count only while Kafka clients are
-        connected to it (it would otherwise hold the supervisor up forever);
-        when the last one goes, the idle time counts from then."""
+        """Does a client keep an auto-started supervisor up? (Our own Kafka
+        listener only while Kafka clients are connected to it.)"""
         lp = self.kafka_listener
-        ours = lp.pid if lp is not None else 0
-        if not ours:
+        if lp is None or not lp.pid:
             return bool(self._conns)
-        if any(c.pid != ours for c in self._conns.values()) or lp.kafka_clients():
-            self._idle_since = time.monotonic()
-            return True
-        return False
+        live = lp.holds_supervisor_up(c.pid for c in self._conns.values())
+        if live:
+            self._idle_since = time.monotonic()  # idle time counts from the last one
+        return live
 
     def _holds_unconsumed(self) -> bool:
         """An auto-started supervisor never drops messages on its own: it
@@ -556,18 +553,9 @@ class Supervisor:
         conf = protocol.field(m, "config", dict)
         t = self.topic_meta(name)
         bad = set(conf) - self.ALTERABLE
-        ring = sorted(bad & {"chunk_bytes", "chunk_count"})
+        ring = sorted(bad & set(shm_budget.GEOMETRY_KEYS))
         if ring:
-            # every client maps the regions with the geometry they were made
-            # with: a new one means new regions, new offsets, a new budget check
-            raise errors.InvalidConfig(
-                f"cannot alter {', '.join(ring)} of topic {name!r}: its shared-memory regions keep the "
-                f"ring geometry they were created with ({self._geometry(t['config'])}), which every "
-                f"producer and consumer has mapped. Create a topic with the new --config "
-                f"{ring[0]}=... (checked against shm_budget_bytes) and move to it, or delete and "
-                f"re-create this one",
-                what=name,
-            )
+            raise shm_budget.ring_alter_error(name, ring, self._geometry(t["config"]))
         if bad:
             raise errors.InvalidConfig(
                 f"cannot alter {', '.join(sorted(bad))} of topic {name!r}: only "
