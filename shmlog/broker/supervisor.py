@@ -223,9 +223,8 @@ class Supervisor:
             plog = PartitionLog.attach(rname, what=what)
             log.info("re-attached surviving region %s", rname)
             try:
-                # a region from an older supervisor may have pages that were
-                # never allocated: allocate them now, so a full tmpfs is this
-                # warning and not a SIGBUS in a producer
+                # pages an older supervisor never allocated: allocate them now,
+                # so a full tmpfs is this warning, not a SIGBUS in a producer
                 plog.reserve_pages()
             except (errors.StorageError, OSError) as exc:
                 log.warning("%s: %s", what, exc)
