@@ -26,7 +26,7 @@ ERRORS = {
 }
 CLUSTER_METHODS = {
     "create_topic", "topics", "describe_topic", "add_partitions", "delete_topic", "alter_topic",
-    "producer", "consumer", "groups", "describe_group", "shutdown", "close", "__enter__", "__exit__",
+    "producer", "consumer", "groups", "describe_group", "mirror", "shutdown", "close", "__enter__", "__exit__",
 }
 PRODUCER_METHODS = {"send", "send_batch", "flush", "close", "__enter__", "__exit__"}
 CONSUMER_METHODS = {
