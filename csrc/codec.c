@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <string.h>
 
+#include "pickle_bytes.h"
 #include "record_iter.h"
 #include "varint.h"
 
@@ -311,36 +312,8 @@ typedef struct {
 
 static int pk_item(pk_iter_t *it, const uint8_t **v, int32_t *len)
 {
-    const uint8_t *p = it->p, *end = it->end;
-    uint32_t l;
-    switch (*p++) {
-    case PK_SHORT_BINBYTES:
-        if (p >= end)
-            return -EPROTO;
-        l = *p++;
-        break;
-    case PK_BINBYTES:
-        if (end - p < 4)
-            return -EPROTO;
-        memcpy(&l, p, 4);
-        p += 4;
-        if (l > INT32_MAX)
-            return -EMSGSIZE;
-        break;
-    case PK_NONE:
-        it->p = p;
-        *v = NULL;
-        *len = -1;
-        return 1;
-    default:
-        return -EPROTO;
-    }
-    if ((size_t)(end - p) < l)
-        return -EPROTO;
-    *v = p;
-    *len = (int32_t)l;
-    it->p = p + l;
-    return 1;
+    int rc = shmlog_pickle_bytes(&it->p, it->end, v, len);
+    return rc < 0 ? rc : 1;
 }
 
 /* 1 with the next value, 0 at a well-formed end, -EPROTO */

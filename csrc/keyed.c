@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "partitioner.h"
+#include "pickle_bytes.h"
 
 /* The columns of one commit (pointers into the caller's buffers), and the
  * gather buffers one frame is built from (sized for the whole commit,
@@ -232,8 +233,6 @@ out:
 #define RK_BININT1 'K'
 #define RK_BININT2 'M'
 #define RK_LONG1 0x8a
-#define RK_SHORT_BINBYTES 'C'
-#define RK_BINBYTES 'B'
 
 static int rk_int(const uint8_t **pp, const uint8_t *end, int64_t *out)
 {
@@ -287,38 +286,7 @@ static int rk_int(const uint8_t **pp, const uint8_t *end, int64_t *out)
 /* bytes or None (len -1) */
 static int rk_bytes(const uint8_t **pp, const uint8_t *end, const uint8_t **v, int32_t *len)
 {
-    const uint8_t *p = *pp;
-    uint32_t l;
-    if (p >= end)
-        return -EPROTO;
-    switch (*p++) {
-    case RK_NONE:
-        *v = NULL;
-        *len = -1;
-        *pp = p;
-        return 0;
-    case RK_SHORT_BINBYTES:
-        if (p >= end)
-            return -EPROTO;
-        l = *p++;
-        break;
-    case RK_BINBYTES:
-        if (end - p < 4)
-            return -EPROTO;
-        memcpy(&l, p, 4);
-        p += 4;
-        if (l > INT32_MAX)
-            return -EMSGSIZE;
-        break;
-    default:
-        return -EPROTO;
-    }
-    if ((size_t)(end - p) < l)
-        return -EPROTO;
-    *v = p;
-    *len = (int32_t)l;
-    *pp = p + l;
-    return 0;
+    return shmlog_pickle_bytes(pp, end, v, len);
 }
 
 /* one record: MARK partition key value headers timestamp [None] TUPLE */
