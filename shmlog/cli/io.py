@@ -15,7 +15,7 @@ from .common import (
 )
 from .lines import (
     CONSUME_PROPERTIES,
-    FORMAT_HELP,
+    FORMAT_HELP_ARGPARSE,
     PRODUCE_PROPERTIES,
     consume_options,
     format_arg,
@@ -205,7 +205,7 @@ def register(sub, add) -> None:
     p.add_argument("--print-headers", action="store_true", help="prefix k:v,k2:v2 (or NO_HEADERS)")
     p.add_argument("--key-separator", type=separator_arg, default="\t", metavar="SEP",
                    help="between the columns the --print-* options print (default tab)")
-    p.add_argument("--format", type=format_arg, default=None, metavar="FMT", help=FORMAT_HELP)
+    p.add_argument("--format", type=format_arg, default=None, metavar="FMT", help=FORMAT_HELP_ARGPARSE)
     p.add_argument("--property", type=property_arg(CONSUME_PROPERTIES), action="append", metavar="NAME=VALUE",
                    help="kafka-console-consumer's print.key, print.timestamp, print.partition, print.offset, "
                         "print.headers (=true/false) and key.separator=SEP (repeatable)")

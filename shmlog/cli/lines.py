@@ -30,6 +30,8 @@ FORMAT_ESCAPES = {"n": b"\n", "t": b"\t", "r": b"\r", "\\": b"\\"}
 FORMAT_HELP = ("print each message as FMT, like kcat -f: " +
                ", ".join(f"%{k} {v}" for k, v in FORMAT_FIELDS.items()) +
                r", %% a percent sign; escapes \n \t \r \\. No newline is added: end FMT with \n")
+# argparse %-expands help strings (for %(default)s): the fields' percent signs must be doubled
+FORMAT_HELP_ARGPARSE = FORMAT_HELP.replace("%", "%%")
 
 
 def header_arg(item: str) -> Tuple[str, bytes]:

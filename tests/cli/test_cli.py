@@ -56,6 +56,28 @@ def test_help_lists_every_command(tmp_path):
         assert cmd in r.stdout.decode(), cmd
 
 
+def _every_parser(parser, path=()):
+    """(command path, parser) for the top-level parser and every subcommand under it."""
+    import argparse
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _every_parser(sub, path + (name,))
+
+
+def test_every_command_renders_its_help():
+    # argparse %-expands help text: a stray % in one option's help (say a --format field
+    # list) makes that command's --help raise instead of printing
+    from shmlog.cli import build_parser
+    paths = []
+    for path, parser in _every_parser(build_parser()):
+        text = parser.format_help()
+        assert "usage:" in text, path
+        paths.append(path)
+    assert ("consume",) in paths and ("groups", "reset-offsets") in paths
+
+
 @pytest.mark.parametrize("args", [
     ["frobnicate"],
     ["topics", "create"],                                  # NAME missing
