@@ -20,7 +20,7 @@ from _broker_helpers import SHM_DIR, murmur2_ref, partition_regions, running_clu
 from shmlog import config as cfgmod
 from shmlog import errors
 from shmlog.broker import shm_budget
-from shmlog.core import groups_region
+from shmlog.core import budget_region, groups_region
 from shmlog.core.log import PartitionLog
 
 MIB = 1 << 20
@@ -43,15 +43,15 @@ def test_disk_ring_defaults_scale_with_partitions():
     share = budget // shm_budget.DISK_TOPIC_SHARE
     mid = shm_budget.disk_ring_chunk_bytes(256, budget, budget)
     assert shm_budget.DISK_CHUNK_MIN < mid < one and mid % shm_budget.CHUNK_ALIGN == 0
-    assert shm_budget.topic_bytes(_disk(256, mid)) <= share
+    assert shm_budget.planned_bytes(_disk(256, mid)) <= share
     # 1,000 partitions: idle ones hold only their active chunk, so the ring
     # is larger than a quarter of the share over the partitions
     wide = shm_budget.disk_ring_chunk_bytes(1000, budget, budget)
     assert wide > 2 * shm_budget.DISK_CHUNK_MIN and wide > share // (4 * 1000)
-    assert shm_budget.topic_bytes(_disk(1000, wide)) <= share
+    assert shm_budget.planned_bytes(_disk(1000, wide)) <= share
     # what is left of the budget caps the share
     left = shm_budget.disk_ring_chunk_bytes(16, budget, 64 * MIB)
-    assert left < 4 * MIB and shm_budget.topic_bytes(_disk(16, left)) <= 64 * MIB
+    assert left < 4 * MIB and shm_budget.planned_bytes(_disk(16, left)) <= 64 * MIB
     # a max_message_bytes the user set still fits a batch of the ring
     chunk = shm_budget.disk_ring_chunk_bytes(1000, budget, budget, max_message_bytes=100_000)
     cfg = cfgmod.topic_config({"chunk_bytes": chunk, "max_message_bytes": 100_000})
@@ -62,15 +62,19 @@ def _disk(partitions, chunk_bytes):
     return cfgmod.topic_config({"partitions": partitions, "chunk_bytes": chunk_bytes, "storage": "disk"})
 
 
-def test_budget_counts_a_disk_topics_active_chunks_and_its_hot_rings():
+def test_admission_counts_a_disk_topics_active_chunks_and_one_ring():
     hot = shm_budget.DISK_HOT_PARTITIONS
     cfg = _disk(1000, MIB)
     full = PartitionLog.region_bytes(MIB, 4)
     idle = full - 3 * MIB
-    assert shm_budget.topic_bytes(cfg) == 1000 * idle + hot * 3 * MIB
-    assert shm_budget.topic_bytes(_disk(2, MIB)) == 2 * full  # few partitions: whole rings
+    # admission: the floor every partition holds, and one ring to move in
+    assert shm_budget.topic_bytes(cfg) == 1000 * idle + 3 * MIB
+    assert shm_budget.topic_bytes(_disk(2, MIB)) == full + idle
     assert shm_budget.added_bytes(cfg, 1000, 1001) == idle
-    assert shm_budget.added_bytes(_disk(1, MIB), 1, 2) == full
+    assert shm_budget.added_bytes(_disk(1, MIB), 1, 2) == idle
+    # what default chunk sizes plan for: the hot partitions' full rings
+    assert shm_budget.planned_bytes(cfg) == 1000 * idle + hot * 3 * MIB
+    assert shm_budget.planned_bytes(_disk(2, MIB)) == 2 * full
     mem = cfgmod.topic_config({"partitions": 1000, "chunk_bytes": MIB, "storage": "memory"})
     assert shm_budget.topic_bytes(mem) == 1000 * full  # a memory topic's ring is its log
 
@@ -113,14 +117,16 @@ def test_many_partitions_default_disk_topic_within_budget(data_dir):
         assert apparent <= budget and resident <= budget
         shm = c.stats()["shm"]
         assert shm["budget_bytes"] == budget
-        groups = groups_region.REGION_BYTES
-        assert shm["reserved_bytes"] == shm_budget.topic_bytes(cfg) + groups <= budget
+        groups = groups_region.REGION_BYTES + budget_region.REGION_BYTES
+        assert shm["admitted_bytes"] == shm_budget.topic_bytes(cfg) + groups <= budget
         assert shm["apparent_bytes"] == apparent + groups and shm["resident_bytes"] <= budget
         # a disk partition reserves its first chunk up front, the rest of its
         # ring when a rotation first opens it: 3 x 600 small messages over
         # 200 partitions never fill a first chunk
         header = PartitionLog.region_bytes(cfg["chunk_bytes"], 4) - 4 * cfg["chunk_bytes"]
         assert resident == 200 * (header + cfg["chunk_bytes"]) < apparent
+        # the account counts exactly what is reserved
+        assert shm["reserved_bytes"] == resident + groups
 
 
 def test_past_the_budget_fails_with_the_figures_and_harms_nothing(data_dir):
@@ -381,8 +387,9 @@ def test_the_groups_region_is_reserved_and_counted(data_dir):
         # every page allocated: a heartbeat write on a full tmpfs is no SIGBUS
         assert st.st_blocks * 512 >= st.st_size == groups_region.REGION_BYTES
         shm = c.stats()["shm"]
-        assert shm["reserved_bytes"] == groups_region.REGION_BYTES
-        assert shm["resident_bytes"] == st.st_blocks * 512
+        assert shm["reserved_bytes"] == groups_region.REGION_BYTES + budget_region.REGION_BYTES
+        # the groups region's last page is a whole page in the tmpfs
+        assert shm["reserved_bytes"] <= shm["resident_bytes"] < shm["reserved_bytes"] + 4096
 
 
 def test_ring_geometry_cannot_be_altered_live_and_the_error_says_what_to_do(data_dir):
