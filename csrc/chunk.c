@@ -475,7 +475,10 @@ int shmlog_chunk_wait_rotation(shmlog_log_t *log, uint64_t seq, uint64_t deadlin
         int rc = try_rotate(log, seq);
         if (rc != -EAGAIN)
             return rc;
+        /* help free the next chunk; one that is FREE already and still
+         * refused is waiting for the budget's account: sleep below */
         if (shmlog_load_acquire_u64(&chunk_of(log, seq)->seal) != SHMLOG_NONE &&
+            STATE_OF(shmlog_load_acquire_u64(&chunk_of(log, seq + 1)->state)) != SHMLOG_CHUNK_FREE &&
             reclaim_oldest(log, 1, SHMLOG_NONE) == 0)
             continue;
         if (spins < 64) {
