@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 from _core_helpers import fill_until_rotation, new_log
+from shmlog.core._core import ffi, lib
 
 from shmlog import errors
-from shmlog.core._core import ffi, lib
 from shmlog.core.budget_region import BudgetRegion
 from shmlog.core.log import region_usage
 
