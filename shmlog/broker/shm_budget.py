@@ -36,7 +36,7 @@ from typing import Any, Dict, Optional
 
 from .. import config as cfgmod
 from .. import errors
-from ..core import budget_region, groups_region
+from ..core import budget_region, fault_points, groups_region
 from ..core.log import PartitionLog, region_usage, shm_free_bytes, shm_space
 
 # default budget: this share of the smaller of RAM and the tmpfs behind
@@ -180,6 +180,8 @@ class ShmBudget:
 
     # -- the account -------------------------------------------------------
     def start(self) -> None:
+        # fault tests stop the supervisor at a chosen step, then SIGKILL it
+        fault_points.arm_from_env()
         self.account = budget_region.BudgetRegion.open(
             budget_region.region_name(self.sup.cluster_id), self.budget)
         self._pressure_seen = self.account.pressure
