@@ -16,8 +16,16 @@ import time
 from collections import defaultdict
 
 import pytest
-from _broker_helpers import SHM_DIR, murmur2_ref, partition_regions, running_cluster
+from _broker_helpers import (
+    SHM_DIR,
+    murmur2_ref,
+    partition_regions,
+    pid_gone,
+    running_cluster,
+    stop_supervisor,
+)
 
+import shmlog
 from shmlog import config as cfgmod
 from shmlog import errors
 from shmlog.broker import shm_budget
@@ -472,3 +480,40 @@ def test_many_hot_partitions_share_a_budget_smaller_than_their_rings(data_dir):
         for q in range(parts):
             offs = sorted(o for p_, o, _ in got if p_ == q)
             assert offs == list(range(total // parts))
+
+
+def test_a_supervisor_sigkilled_mid_release_loses_nothing(data_dir, tmp_path, monkeypatch):
+    """The live supervisor stops inside its release pass (a chunk RELEASING,
+    its flag set, its pages not yet given back) and is SIGKILLed there. The
+    producer goes on through that chunk, a new supervisor starts, and a
+    group reads every offset back, dense, from segments and shared memory."""
+    stop_file = tmp_path / "stopped"
+    monkeypatch.setenv("SHMLOG_STOP_AT", "release")
+    monkeypatch.setenv("SHMLOG_STOP_FILE", str(stop_file))
+    chunk = 64 << 10
+    sent = [b"%06d" % i + b"y" * 500 for i in range(2000)]  # ~8 rings
+    c = shmlog.connect(data_dir, shm_release_idle_ms=50, idle_timeout_s=30)
+    try:
+        c.create_topic("t", partitions=1, chunk_bytes=chunk, chunk_count=4)
+        with c.producer() as p:
+            for v in sent[:1000]:
+                p.send("t", v, partition=0)
+            p.flush()
+            assert _wait_for(stop_file.exists, timeout=20), "the supervisor never reached the release"
+            pid = int(stop_file.read_text())
+            os.kill(pid, signal.SIGKILL)
+            assert _wait_for(lambda: pid_gone(pid), timeout=10)
+            monkeypatch.delenv("SHMLOG_STOP_AT")
+            # writes go on without a supervisor, through the half-released chunk
+            for v in sent[1000:]:
+                p.send("t", v, partition=0)
+            p.flush()
+        with c.consumer("t", group="after", auto_offset_reset="earliest") as cons:
+            got = []
+            deadline = time.monotonic() + 30
+            while len(got) < len(sent) and time.monotonic() < deadline:
+                got += cons.consume(max_messages=10_000, timeout=0.5)
+        assert [m.offset for m in got] == list(range(len(sent)))
+        assert [m.value for m in got] == sent
+    finally:
+        stop_supervisor(data_dir, c)
