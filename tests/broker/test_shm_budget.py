@@ -473,8 +473,13 @@ def test_many_hot_partitions_share_a_budget_smaller_than_their_rings(data_dir):
                 t.join(timeout=90)
         assert max(s[0] for s in samples) <= budget
         assert max(s[1] for s in samples) <= budget
-        shm = c.stats()["shm"]
+        stats = c.stats()
+        shm = stats["shm"]
         assert shm["resident_bytes"] <= budget and shm["refused_charges"] > 0
+        # the views agree: the data dir's reserved is its partitions' plus the
+        # groups region and the account's page
+        parts_reserved = sum(p_["shm_reserved_bytes"] for p_ in stats["topics"]["hot"]["partitions"])
+        assert shm["reserved_bytes"] == parts_reserved + fixed
         # no loss, no duplicate, dense offsets in every partition
         assert sorted(int(v[:8]) for _, _, v in got) == list(range(total))
         for q in range(parts):
