@@ -288,15 +288,14 @@ class ShmBudget:
         rotations never pay for reserving pages again. Past the budget
         (a rotation was refused: the account's pressure word moved, or the
         count is near the limit), busy ones give back their spilled, read
-        chunks too, whatever their idle time. The supervisor does it, not the clients: it knows
+        chunks too, whatever their idle time (and even with shm_release_idle_ms=0).
+        The supervisor does it, not the clients: it knows
         spilled offsets, sees every reader slot, and outlives them.
 
         Released chunks are FREE (reused, for readers): a reader asking for
         their offsets finds them below the start offset and reads segment
         files, as for any offset behind the ring."""
         idle_ms = self.sup.cfg.get("shm_release_idle_ms", 1000)
-        if not idle_ms:
-            return 0
         now = time.monotonic()
         over = None
         acc = self.account
@@ -305,6 +304,8 @@ class ShmBudget:
             # near the limit already: the next rotations anywhere need pages
             over = pressure != self._pressure_seen or acc.reserved > acc.limit * 0.9
             self._pressure_seen = pressure
+        if not idle_ms and not over:
+            return 0  # idle partitions keep their pages; under pressure busy ones still give
         released = 0
         seen = set()
         for part, plog in targets:
@@ -321,7 +322,7 @@ class ShmBudget:
                         over = self.resident() > self.budget
                     if not over:
                         continue
-                elif (now - prev[1]) * 1000 < idle_ms:
+                elif (not idle_ms or (now - prev[1]) * 1000 < idle_ms) and not over:
                     continue
                 plog.set_budget(acc)
                 released += plog.release()
