@@ -147,8 +147,18 @@ static int try_rotate(shmlog_log_t *log, uint64_t seq)
      * setting `released`: we see the flag. Cleared only once the pages are
      * back, and before the state is published ACTIVE */
     if (shmlog_load_acquire_u64(&n->released)) {
+        /* charge the data dir's account before any page is taken: past the
+         * budget this chunk waits, as a busy one does, until the
+         * supervisor's release pass frees pages elsewhere */
+        if (log->budget && shmlog_budget_charge(log->budget, log->chunk_bytes) != 0) {
+            shmlog_store_release_u64(&n->state, STATE_NEXT(opening, SHMLOG_CHUNK_FREE, 0));
+            return -EAGAIN;
+        }
+        AT_POINT(SHMLOG_POINT_RESERVE);
         if (reserve_chunk(log, (uint32_t)((seq + 1) % log->chunk_count)) != 0) {
             /* as if we never began: still FREE, still released */
+            if (log->budget)
+                shmlog_budget_credit(log->budget, log->chunk_bytes);
             shmlog_store_release_u64(&n->state, STATE_NEXT(opening, SHMLOG_CHUNK_FREE, 0));
             wake_space(log);
             return -ENOMEM;
@@ -394,10 +404,15 @@ int shmlog_log_release(shmlog_log_t *log)
          * a chunk that is reserved again before use, whether or not its
          * pages went (repair.c puts it back to FREE) */
         shmlog_store_release_u64(&d->released, 1);
+        AT_POINT(SHMLOG_POINT_RELEASE);
         uint8_t *p;
         size_t len = chunk_pages(log, i, 0, &p);
         if (len && madvise(p, len, MADV_REMOVE) != 0)
             rc = -errno;
+        /* credited once the pages are gone (or may be): a releaser killed
+         * before this leaves the count high, never low (layout.h) */
+        if (!rc && log->budget)
+            shmlog_budget_credit(log->budget, log->chunk_bytes);
         /* pairs with the rotator's CAS on the FREE state (try_rotate): it
          * sees `released` set */
         shmlog_store_release_u64(&d->state, STATE_NEXT(releasing, SHMLOG_CHUNK_FREE, 0));
@@ -408,6 +423,45 @@ int shmlog_log_release(shmlog_log_t *log)
     if (released || rc)
         wake_space(log);
     return released ? released : rc;
+}
+
+/* ------------------------------------------------- the data dir's account */
+
+void shmlog_log_set_budget(shmlog_log_t *log, shmlog_budget_t *budget)
+{
+    log->budget = budget;
+}
+
+int shmlog_budget_charge(shmlog_budget_t *b, uint64_t bytes)
+{
+    uint64_t cur = shmlog_load_acquire_u64(&b->reserved);
+    for (;;) {
+        uint64_t limit = shmlog_load_relaxed_u64(&b->limit);
+        if (cur + bytes > limit) {
+            shmlog_fetch_add_relaxed_u64(&b->refused, 1);
+            shmlog_fetch_add_u32(&b->pressure, 1);
+            return -ENOSPC;
+        }
+        if (shmlog_cas_u64(&b->reserved, &cur, cur + bytes))
+            return 0;
+    }
+}
+
+void shmlog_budget_credit(shmlog_budget_t *b, uint64_t bytes)
+{
+    /* never below zero: a recount may have dropped what this credits */
+    uint64_t cur = shmlog_load_acquire_u64(&b->reserved);
+    while (!shmlog_cas_u64(&b->reserved, &cur, cur > bytes ? cur - bytes : 0))
+        ;
+}
+
+uint64_t shmlog_log_reserved_bytes(shmlog_log_t *log)
+{
+    uint64_t n = log->header_bytes;
+    for (uint32_t i = 0; i < log->chunk_count; i++)
+        if (!shmlog_load_acquire_u64(&log->hdr->chunks[i].released))
+            n += log->chunk_bytes;
+    return n;
 }
 
 /* log_internal.h: help the full chunk `seq` rotate, or wait for space */
@@ -421,7 +475,10 @@ int shmlog_chunk_wait_rotation(shmlog_log_t *log, uint64_t seq, uint64_t deadlin
         int rc = try_rotate(log, seq);
         if (rc != -EAGAIN)
             return rc;
+        /* help free the next chunk; one that is FREE already and still
+         * refused is waiting for the budget's account: sleep below */
         if (shmlog_load_acquire_u64(&chunk_of(log, seq)->seal) != SHMLOG_NONE &&
+            STATE_OF(shmlog_load_acquire_u64(&chunk_of(log, seq + 1)->state)) != SHMLOG_CHUNK_FREE &&
             reclaim_oldest(log, 1, SHMLOG_NONE) == 0)
             continue;
         if (spins < 64) {

@@ -225,6 +225,37 @@ _Static_assert(offsetof(shmlog_frame_hdr_t, crc) == 8, "frame crc moved");
 _Static_assert(offsetof(shmlog_frame_hdr_t, base_offset) == 16, "frame base_offset moved");
 _Static_assert(offsetof(shmlog_frame_hdr_t, first_timestamp) == 32, "frame timestamp moved");
 
+/* The data dir's shared-memory account: one small region per data dir
+ * (shmlog.broker.shm_budget names it), mapped by the supervisor and every
+ * client. `reserved` counts the bytes of partition regions whose pages are
+ * allocated: the supervisor charges a region when it creates one and
+ * credits it when it removes one; a rotation that opens a released chunk
+ * charges chunk_bytes before it reserves the pages, and the release that
+ * gives them back credits them. A charge that would pass `limit` is
+ * refused: the rotation waits as for a busy chunk (BufferFull at its
+ * timeout) and bumps `pressure`, which the supervisor's release pass
+ * answers by freeing spilled, read chunks of busy partitions too. Charges
+ * happen only when a chunk opens, never per claim or commit. A process
+ * killed between a charge and its credit leaves the count high, never
+ * low: the bound can only get stricter until the supervisor recounts. */
+#define SHMLOG_BUDGET_MAGIC     0x31544742474F4C53ULL /* "SLOGBGT1" little-endian */
+typedef struct {
+    uint64_t magic;
+    uint32_t version;
+    uint32_t _pad0;
+    volatile uint64_t limit;          /* bytes `reserved` may not pass (shm_budget_bytes) */
+    uint8_t _pad1[104];
+    /* 128: charged by rotating producers */
+    volatile uint64_t reserved;       /* bytes of region pages allocated (counted as above) */
+    volatile uint64_t refused;        /* charges refused (stats) */
+    volatile uint32_t pressure;       /* bumped by a refused charge: release more */
+    uint8_t _pad2[108];
+} shmlog_budget_t;
+
+_Static_assert(offsetof(shmlog_budget_t, limit) == 16, "budget limit moved");
+_Static_assert(offsetof(shmlog_budget_t, reserved) == 128, "budget reserved moved");
+_Static_assert(sizeof(shmlog_budget_t) == 256, "budget size");
+
 /* header_bytes: the header rounded up to a page, so chunks start page-aligned */
 #define SHMLOG_HEADER_BYTES     (((sizeof(shmlog_part_hdr_t) + 4095u) / 4096u) * 4096u)
 

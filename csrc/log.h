@@ -42,6 +42,9 @@ typedef struct {
      * or NULL; set by whoever maps the topic */
     volatile uint32_t *bell_futex;
     volatile uint32_t *bell_waiters;
+    /* the data dir's account (layout.h), or NULL: then rotations reserve
+     * pages without charging (a region used outside a data dir) */
+    shmlog_budget_t *budget;
 } shmlog_log_t;
 
 /* a reader's position: process-local, one per assigned partition */
@@ -133,6 +136,8 @@ int shmlog_log_append_section(shmlog_log_t *log, int slot, const uint8_t *payloa
 #define SHMLOG_POINT_RECLAIM 1  /* reclaim: oldest chunk checked, before its CAS */
 #define SHMLOG_POINT_ROTATE  2  /* rotation: seq seen active, before the next chunk's CAS */
 #define SHMLOG_POINT_SEAL    3  /* seal: ACTIVE state loaded, before its CAS */
+#define SHMLOG_POINT_RESERVE 4  /* rotation: released chunk charged, before its pages are reserved */
+#define SHMLOG_POINT_RELEASE 5  /* release: chunk RELEASING and flagged, before its pages go */
 typedef void (*shmlog_point_fn)(int point);
 void shmlog_set_test_point(shmlog_point_fn fn);
 
@@ -231,6 +236,16 @@ int shmlog_log_reclaim(shmlog_log_t *log);
  * released, or -errno if giving pages back failed. For idle partitions of
  * disk topics: the supervisor calls it, never the claim path. */
 int shmlog_log_release(shmlog_log_t *log);
+
+/* the data dir's account (layout.h) */
+void shmlog_log_set_budget(shmlog_log_t *log, shmlog_budget_t *budget);
+/* add bytes to `reserved` unless that passes `limit`: 0, or -ENOSPC (and
+ * `pressure` bumped) */
+int shmlog_budget_charge(shmlog_budget_t *budget, uint64_t bytes);
+void shmlog_budget_credit(shmlog_budget_t *budget, uint64_t bytes);
+/* what this region holds reserved by the count above: the header and every
+ * chunk not marked released (for the supervisor's recount) */
+uint64_t shmlog_log_reserved_bytes(shmlog_log_t *log);
 
 /* reaper */
 int shmlog_log_reap_producer(shmlog_log_t *log, int slot);

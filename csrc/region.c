@@ -113,6 +113,7 @@ int shmlog_log_attach(shmlog_log_t *log, void *base, size_t len, uint32_t pid)
     log->pid = pid;
     log->bell_futex = NULL;
     log->bell_waiters = NULL;
+    log->budget = NULL;
     return 0;
 }
 

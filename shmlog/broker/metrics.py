@@ -21,12 +21,16 @@ that are missing are left out of the output, never invented):
      "storage": {"spilled_bytes", "spilled_frames", "fsyncs", "write_errors",
                  "truncated_bytes", "deleted_segments",
                  "spill_latency_ms", "fsync_latency_ms"},                 # optional
-     "shm": {"budget_bytes", "reserved_bytes", "apparent_bytes", "resident_bytes",
-             "tmpfs_bytes", "tmpfs_free_bytes"},                          # optional
+     "shm": {"budget_bytes", "reserved_bytes", "admitted_bytes", "apparent_bytes",
+             "resident_bytes", "refused_charges", "tmpfs_bytes",
+             "tmpfs_free_bytes"},                                         # optional
 
 Sizes are named for what they measure, the same in every view:
-  shm reserved  the partition region's size; its pages are allocated when it
-                is created, so this is what it takes from /dev/shm
+  shm reserved  the region's pages that are allocated: its header and every
+                chunk not released (a disk region reserves a chunk when a
+                rotation first opens it). The data dir's total is the
+                budget's account (csrc/layout.h), never above the budget
+  shm admitted  what admission counted for the topics (shm_budget.topic_bytes)
   shm resident  the region's pages in memory (st_blocks of its tmpfs file)
   shm used      bytes of batches in the chunks that hold data
   fill          what producers cannot overwrite yet, over the ring
@@ -135,8 +139,10 @@ _STORAGE_COUNTERS = (
 
 _SHM_GAUGES = (
     ("budget_bytes", "shmlog_shm_budget_bytes", "Shared memory the data dir's regions may reserve."),
-    ("reserved_bytes", "shmlog_shm_reserved_total_bytes", "Shared memory the data dir's regions reserve."),
+    ("reserved_bytes", "shmlog_shm_reserved_total_bytes", "Shared memory the data dir's regions hold reserved (the budget's account)."),
     ("resident_bytes", "shmlog_shm_resident_total_bytes", "Pages of the data dir's regions in memory."),
+    ("refused_charges", "shmlog_shm_refused_charges",
+     "Chunk rotations that waited because the budget was reached."),
     ("tmpfs_bytes", "shmlog_shm_tmpfs_bytes", "Size of the tmpfs behind /dev/shm."),
     ("tmpfs_free_bytes", "shmlog_shm_tmpfs_free_bytes", "Free space of the tmpfs behind /dev/shm."),
 )

@@ -1,21 +1,31 @@
 """The shared-memory budget of one data dir, and the ring sizes that follow.
 
-Every partition region reserves its pages when it is created (core.log,
-posix_fallocate), so what a data dir holds in /dev/shm is known exactly from
-the topic configs: sum(header + chunk_count x chunk_bytes). The supervisor
-asks this module before it creates regions (create_topic, add_partitions)
-and refuses a request that would go past the budget, before anything is
-created, with an error that says what to change.
+Two bounds, one per moment:
+
+- Admission (create_topic, add_partitions): the supervisor asks `check`
+  before it creates regions and refuses, with an error that says what to
+  change, a request whose floor does not fit: a memory topic's whole rings
+  (its ring is its log), a disk topic's header and active chunk per
+  partition plus one full ring (so at least one partition can always move).
+- Run time: the data dir's account (core.budget_region, csrc/layout.h)
+  counts every reserved page of every region. A rotation that opens a
+  released chunk charges it first; past the budget it waits (BufferFull at
+  the producer's timeout, retryable) and bumps the account's pressure word,
+  which makes the next release pass (`release_idle`, run by the spiller's
+  thread) give back spilled, read chunks of busy partitions too. So resident
+  shared memory stays within the budget however many partitions are hot.
 
 A disk topic's ring only has to absorb what the spiller has not copied yet
 and what live readers have not read: readers further behind read segment
 files. So when the user does not set chunk_bytes/chunk_count, a disk topic
-gets a ring sized from the budget and its partition count (a 1,000-partition
-topic does not take 1,000 x 64 MiB). A memory topic's ring is its whole log:
-its size stays the user's choice (TOPIC_DEFAULTS), checked against the
-budget like any other.
+gets a ring sized from the budget and its partition count, planned for
+DISK_HOT_PARTITIONS busy partitions (a 1,000-partition topic does not take
+1,000 x 64 MiB). A memory topic's ring is its whole log: its size stays the
+user's choice (TOPIC_DEFAULTS), checked against the budget like any other.
 
-It never touches a region: it reads configs, and sizes of files in /dev/shm.
+It never writes into a partition region: it reads configs and sizes of
+files in /dev/shm, keeps the account's limit and count, and asks regions
+to release (shmlog_log_release).
 """
 
 from __future__ import annotations
@@ -26,7 +36,7 @@ from typing import Any, Dict, Optional
 
 from .. import config as cfgmod
 from .. import errors
-from ..core import groups_region
+from ..core import budget_region, fault_points, groups_region
 from ..core.log import PartitionLog, region_usage, shm_free_bytes, shm_space
 
 # default budget: this share of the smaller of RAM and the tmpfs behind
@@ -40,15 +50,19 @@ SHM_BUDGET_FRACTION = 0.25
 DISK_TOPIC_SHARE = 8
 # A disk partition holds its header and its active chunk at all times; the
 # rest of its ring only while it is busy (an idle one gives those pages back:
-# release_idle). The budget counts the full ring for this many partitions of
-# each disk topic, the active chunk for the others: few partitions of a wide
-# topic are hot at once. More hot ones than this can go past the budget;
-# then every release pass frees what it can, and a tmpfs that is really full
-# is a StorageError for the producer that cannot rotate, never a SIGBUS.
+# release_idle). Default chunk sizes are planned so that this many
+# partitions of each disk topic can hold full rings at once; more hot ones
+# than that share the budget through the account (they wait for pages, they
+# never pass it).
 DISK_HOT_PARTITIONS = 32
 DISK_CHUNK_MIN = 256 << 10
 CHUNK_ALIGN = 64 << 10  # chunk sizes in whole 64 KiB units (page multiples)
 GEOMETRY_KEYS = ("chunk_bytes", "chunk_count")
+# a largest batch of one message: its 64-byte frame header and the batch
+# framing (config.max_batch_bytes) on top of the value
+BATCH_OVERHEAD = 96 + 64
+# config.max_batch_bytes: a batch may take at most this share of a chunk
+CHUNK_PER_BATCH = 16
 
 
 def ram_bytes() -> Optional[int]:
@@ -71,11 +85,22 @@ def region_bytes(cfg: Dict[str, Any]) -> int:
 
 
 def topic_bytes(cfg: Dict[str, Any], partitions: Optional[int] = None) -> int:
-    """What the budget counts for a topic (or for `partitions` of its
+    """What admission counts for a topic (or for `partitions` of its
     partitions): a memory topic's whole rings (the log is its size); a disk
-    topic's header and active chunk per partition, plus the rest of the
-    ring for DISK_HOT_PARTITIONS of them."""
+    topic's header and active chunk per partition, and the rest of one ring
+    (the account shares out the rest at run time)."""
     n = cfg["partitions"] if partitions is None else partitions
+    full = region_bytes(cfg)
+    if cfg.get("storage") != "disk":
+        return n * full
+    idle = full - (cfg["chunk_count"] - 1) * cfg["chunk_bytes"]
+    return n * idle + min(n, 1) * (full - idle)
+
+
+def planned_bytes(cfg: Dict[str, Any]) -> int:
+    """What a topic holds with DISK_HOT_PARTITIONS of a disk topic's
+    partitions busy (full rings): what default chunk sizes plan for."""
+    n = cfg["partitions"]
     full = region_bytes(cfg)
     if cfg.get("storage") != "disk":
         return n * full
@@ -124,14 +149,14 @@ def disk_ring_chunk_bytes(partitions: int, budget: int, available: int,
     share = min(budget // DISK_TOPIC_SHARE, max(available, 0))
     header = PartitionLog.region_bytes(top, count) - top * count
     n = max(partitions, 1)
-    # topic_bytes: n x (header + chunk) + min(n, hot) x (count - 1) x chunk
+    # planned_bytes: n x (header + chunk) + min(n, hot) x (count - 1) x chunk
     chunk = (share - n * header) // (n + min(n, DISK_HOT_PARTITIONS) * (count - 1))
     chunk -= chunk % CHUNK_ALIGN
     chunk = max(DISK_CHUNK_MIN, min(top, chunk))
     if max_message_bytes is not None:
         # config.max_batch_bytes: a batch may take chunk/16 (at least 4 KiB),
         # and a message needs its batch's 96 bytes of framing on top
-        need = 16 * (max_message_bytes + 96 + 64)
+        need = CHUNK_PER_BATCH * (max_message_bytes + BATCH_OVERHEAD)
         need += -need % CHUNK_ALIGN
         chunk = max(chunk, min(need, cfgmod.TOPIC_DEFAULTS["chunk_bytes"] * 64))
     return chunk
@@ -144,6 +169,55 @@ class ShmBudget:
         self.sup = sup
         self._ends: Dict[Any, tuple] = {}  # partition key -> (claimed end, since when)
         self.released_chunks = 0
+        self.account: Optional[budget_region.BudgetRegion] = None
+        self._pressure_seen = 0
+        sup.keep_regions.append(lambda: [budget_region.region_name(sup.cluster_id)])
+        sup.on_start.append(self.start)
+        sup.on_stop.append(self.stop)
+        sup.on_topic_created.append(lambda name: self.recount())
+        sup.on_partitions_added.append(lambda name, before, after: self.recount())
+        sup.on_topic_deleted.append(lambda name, t: self.recount())
+
+    # -- the account -------------------------------------------------------
+    def start(self) -> None:
+        # fault tests stop the supervisor at a chosen step, then SIGKILL it
+        fault_points.arm_from_env()
+        self.account = budget_region.BudgetRegion.open(
+            budget_region.region_name(self.sup.cluster_id), self.budget)
+        self._pressure_seen = self.account.pressure
+        self.recount()
+
+    def stop(self) -> None:
+        if self.account is not None:
+            self.account.unlink()
+            self.account.close()  # unmapped once the supervisor's logs close
+            self.account = None
+
+    def recount(self) -> int:
+        """Set the account's count from the regions themselves (their
+        header and unreleased chunks, the groups region, the account's
+        page), and hand the account to every region the supervisor maps.
+        At start and at every topic change: it also drops what killed
+        processes left counted (layout.h). A rotation charging while this
+        runs may be missed until the next recount: at most a chunk per
+        partition that is opening one right now."""
+        acc = self.account
+        if acc is None:
+            return 0
+        with self.sup.lock:
+            logs = [plog for plog in self.sup.logs.values() if not plog.closed]
+            for plog in logs:
+                plog.set_budget(acc)
+            n = groups_region.REGION_BYTES + budget_region.REGION_BYTES + sum(
+                plog.reserved_bytes() for plog in logs)
+        acc.set_reserved(n)
+        return n
+
+    def pressed(self) -> bool:
+        """Has a rotation been refused since the last release pass? Then
+        the spiller runs one now, not at its next interval."""
+        acc = self.account
+        return acc is not None and acc.pressure != self._pressure_seen
 
     @property
     def budget(self) -> int:
@@ -151,15 +225,16 @@ class ShmBudget:
         return int(b) if b is not None else default_budget()
 
     def reserved(self) -> int:
-        """What the budget counts for every topic of the data dir (by
-        config: topic_bytes), and the groups region (heartbeat slots, its
-        pages reserved when it is created)."""
-        return groups_region.REGION_BYTES + sum(
+        """What admission counts for every topic of the data dir (by
+        config: topic_bytes), the groups region (heartbeat slots, its pages
+        reserved when it is created) and the account's page."""
+        return groups_region.REGION_BYTES + budget_region.REGION_BYTES + sum(
             topic_bytes(t["config"]) for t in self.sup.meta["topics"].values())
 
     def _region_names(self):
         return [plog.name for plog in list(self.sup.logs.values())] + [
-            groups_region.region_name(self.sup.cluster_id)]
+            groups_region.region_name(self.sup.cluster_id),
+            budget_region.region_name(self.sup.cluster_id)]
 
     def topic_defaults(self, conf: Dict[str, Any]) -> Dict[str, Any]:
         """conf (what the user asked for) with a disk topic's ring sized from
@@ -174,7 +249,9 @@ class ShmBudget:
         if isinstance(mmb, bool) or not isinstance(mmb, int) or mmb < 1:
             mmb = None
         budget = self.budget
-        chunk = disk_ring_chunk_bytes(partitions, budget, budget - self.reserved(), mmb)
+        planned = groups_region.REGION_BYTES + budget_region.REGION_BYTES + sum(
+            planned_bytes(t["config"]) for t in self.sup.meta["topics"].values())
+        chunk = disk_ring_chunk_bytes(partitions, budget, budget - planned, mmb)
         return {**conf, "chunk_bytes": chunk}
 
     def check(self, name: str, needed: int, request: str) -> None:
@@ -209,18 +286,26 @@ class ShmBudget:
         retention interval). A partition is idle once its claimed end has
         not moved for shm_release_idle_ms: a busy one keeps its ring, so its
         rotations never pay for reserving pages again. Past the budget
-        (more hot partitions than it counted), busy ones give back their
-        free chunks too. The supervisor does it, not the clients: it knows
+        (a rotation was refused: the account's pressure word moved, or the
+        count is near the limit), busy ones give back their spilled, read
+        chunks too, whatever their idle time (and even with shm_release_idle_ms=0).
+        The supervisor does it, not the clients: it knows
         spilled offsets, sees every reader slot, and outlives them.
 
         Released chunks are FREE (reused, for readers): a reader asking for
         their offsets finds them below the start offset and reads segment
         files, as for any offset behind the ring."""
         idle_ms = self.sup.cfg.get("shm_release_idle_ms", 1000)
-        if not idle_ms:
-            return 0
         now = time.monotonic()
         over = None
+        acc = self.account
+        if acc is not None:
+            pressure = acc.pressure
+            # near the limit already: the next rotations anywhere need pages
+            over = pressure != self._pressure_seen or acc.reserved > acc.limit * 0.9
+            self._pressure_seen = pressure
+        if not idle_ms and not over:
+            return 0  # idle partitions keep their pages; under pressure busy ones still give
         released = 0
         seen = set()
         for part, plog in targets:
@@ -237,8 +322,9 @@ class ShmBudget:
                         over = self.resident() > self.budget
                     if not over:
                         continue
-                elif (now - prev[1]) * 1000 < idle_ms:
+                elif (not idle_ms or (now - prev[1]) * 1000 < idle_ms) and not over:
                     continue
+                plog.set_budget(acc)
                 released += plog.release()
         for key in [k for k in self._ends if k not in seen]:
             del self._ends[key]
@@ -263,7 +349,12 @@ class ShmBudget:
                 apparent += u[0]
                 resident += u[1]
         total, free = shm_space()
-        return {"budget_bytes": self.budget, "reserved_bytes": self.reserved(),
+        acc = self.account
+        return {"budget_bytes": self.budget,
+                # the account (what regions hold reserved now), else the admission count
+                "reserved_bytes": acc.reserved if acc is not None else self.reserved(),
+                "admitted_bytes": self.reserved(),
+                "refused_charges": acc.refused if acc is not None else 0,
                 "apparent_bytes": apparent, "resident_bytes": resident,
                 "tmpfs_bytes": total, "tmpfs_free_bytes": free,
                 "released_chunks": self.released_chunks}

@@ -395,12 +395,16 @@ class Storage(Recovery, SegmentWriting):
                 log.exception("spill pass failed")
                 time.sleep(0.1)
             now = time.monotonic()
-            if now - last_retention >= RETENTION_INTERVAL:
+            retention_due = now - last_retention >= RETENTION_INTERVAL
+            if retention_due:
                 last_retention = now
                 try:
                     self._retention_pass()
                 except Exception:
                     log.exception("retention pass failed")
+            # a producer waiting for pages (the budget's account refused its
+            # rotation) cannot wait for the next interval
+            if retention_due or self.sup.shm.pressed():
                 try:
                     self.sup.shm.release_idle(targets)
                 except Exception:

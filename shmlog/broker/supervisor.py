@@ -651,7 +651,7 @@ class Supervisor:
             "bytes": used,
             # sizes, each named for what it measures (the same words in
             # stats, topics describe, top and Prometheus):
-            "shm_reserved_bytes": usage[0] if usage else len(plog.mapping),  # region size (shm_budget)
+            "shm_reserved_bytes": plog.reserved_bytes(),  # as the budget's account counts it
             "chunks_released": plog.chunks_released(),
             "shm_resident_bytes": usage[1] if usage else None,  # its pages in memory
             "shm_used_bytes": used,  # bytes of batches in chunks that hold data

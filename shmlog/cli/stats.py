@@ -59,6 +59,8 @@ def shm_summary(shm: Optional[Dict[str, Any]]) -> str:
     share = f" ({reserved / budget:.0%})" if budget and reserved is not None else ""
     return (f"shared memory: budget {m.human_bytes(budget)}  reserved {m.human_bytes(reserved)}{share}  "
             f"resident {m.human_bytes(shm.get('resident_bytes'))}  "
+            f"admitted {m.human_bytes(shm.get('admitted_bytes'))}  "
+            f"rotations waited {shm.get('refused_charges', 0)}  "
             f"tmpfs free {m.human_bytes(shm.get('tmpfs_free_bytes'))} of {m.human_bytes(shm.get('tmpfs_bytes'))}")
 
 

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Un
 
 from .. import config as cfgmod
 from .. import errors, protocol
+from ..core.budget_region import BudgetRegion
+from ..core.budget_region import region_name as budget_region_name
 from ..core.log import PartitionLog
 from ..core.segments import SegmentStore
 from ..osutil import pid_alive
@@ -151,6 +153,7 @@ class Cluster:
         self.failovers = 0
         self._children: List[Any] = []  # producers/consumers to close with us
         self._segments: Any = None
+        self._budget: Optional[BudgetRegion] = None
         self._ensure_supervisor()
         self._open_session()
 
@@ -421,8 +424,11 @@ class Cluster:
                 else:
                     regions.append(PartitionLog.attach(rname, prefault=meta["config"].get("prefault", False),
                                                        what=f"topic {name!r} partition {p}"))
+            if self._budget is None:
+                self._budget = BudgetRegion.attach_if_present(budget_region_name(self.cluster_id))
             for r in regions:
                 r.ring_bell_of(regions[0])
+                r.set_budget(self._budget)
             t = _Topic(name, meta["topic_id"], meta["config"], regions)
             self._topics[name] = t
             return t
@@ -523,6 +529,8 @@ class Cluster:
                 for r in t.regions:
                     r.close()
             self._topics.clear()
+        if self._budget is not None:
+            self._budget.close()
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop the supervisor (all clients lose it), then close."""

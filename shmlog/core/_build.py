@@ -159,6 +159,17 @@ typedef struct {
 #define SHMLOG_REC_NULLS ...
 
 typedef struct {
+    uint64_t magic;
+    uint32_t version;
+    uint64_t limit;
+    uint64_t reserved;
+    uint64_t refused;
+    uint32_t pressure;
+    ...;
+} shmlog_budget_t;
+#define SHMLOG_BUDGET_MAGIC ...
+
+typedef struct {
     uint8_t *base;
     size_t len;
     shmlog_part_hdr_t *hdr;
@@ -267,6 +278,8 @@ int shmlog_log_append_section(shmlog_log_t *log, int slot, const uint8_t *payloa
 #define SHMLOG_POINT_RECLAIM ...
 #define SHMLOG_POINT_ROTATE ...
 #define SHMLOG_POINT_SEAL ...
+#define SHMLOG_POINT_RESERVE ...
+#define SHMLOG_POINT_RELEASE ...
 typedef void (*shmlog_point_fn)(int point);
 void shmlog_set_test_point(shmlog_point_fn fn);
 int shmlog_log_claim_only(shmlog_log_t *log, int slot, uint32_t payload_bytes,
@@ -308,6 +321,10 @@ void shmlog_log_set_spilled(shmlog_log_t *log, uint64_t offset);
 void shmlog_log_set_durable(shmlog_log_t *log, uint64_t offset);
 int shmlog_log_reclaim(shmlog_log_t *log);
 int shmlog_log_release(shmlog_log_t *log);
+void shmlog_log_set_budget(shmlog_log_t *log, shmlog_budget_t *budget);
+int shmlog_budget_charge(shmlog_budget_t *budget, uint64_t bytes);
+void shmlog_budget_credit(shmlog_budget_t *budget, uint64_t bytes);
+uint64_t shmlog_log_reserved_bytes(shmlog_log_t *log);
 int shmlog_log_reap_producer(shmlog_log_t *log, int slot);
 int shmlog_log_reap_reader(shmlog_log_t *log, int slot);
 int shmlog_log_unblock(shmlog_log_t *log, uint64_t seq, uint32_t pos, int force);

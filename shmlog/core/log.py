@@ -56,6 +56,7 @@ class PartitionLog:
         self.created = created
         self._closed = False
         self._bell_buf = None
+        self._budget = None
         self._slot_bufs = (ffi.new("uint32_t[]", _SLOTS), ffi.new("uint32_t[]", _SLOTS))
         lib.shmlog_log_attach(self.c_log, self.base, len(mm), os.getpid())
         self.hdr = self.c_log.hdr
@@ -183,6 +184,7 @@ class PartitionLog:
         if self._closed:
             return
         self._closed = True
+        self.set_budget(None)
         self.hdr = None
         self.c_log = None
         ffi.release(self.base)
@@ -263,6 +265,25 @@ class PartitionLog:
                 f"{self.what}: giving idle chunks back to the tmpfs failed "
                 f"({os.strerror(-rc)})", what=self.what, code=-rc)
         return rc
+
+    def set_budget(self, region) -> None:
+        """Charge rotations into released chunks to the data dir's account
+        (core.budget_region.BudgetRegion), or to none. The region stays
+        mapped while this log uses it."""
+        if self._budget is region:
+            return
+        if self.c_log is not None:
+            lib.shmlog_log_set_budget(self.c_log, region.account if region is not None else ffi.NULL)
+        if self._budget is not None:
+            self._budget.drop_user()
+        self._budget = region
+        if region is not None:
+            region.users += 1
+
+    def reserved_bytes(self) -> int:
+        """The header and every chunk not marked released: what this region
+        holds in the account (shmlog_log_reserved_bytes)."""
+        return lib.shmlog_log_reserved_bytes(self.checked_log())
 
     def reserve_pages(self) -> None:
         """reserve_fd for the header and every chunk not marked released: a

@@ -11,16 +11,25 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections import defaultdict
 
 import pytest
-from _broker_helpers import SHM_DIR, murmur2_ref, partition_regions, running_cluster
+from _broker_helpers import (
+    SHM_DIR,
+    murmur2_ref,
+    partition_regions,
+    pid_gone,
+    running_cluster,
+    stop_supervisor,
+)
 
+import shmlog
 from shmlog import config as cfgmod
 from shmlog import errors
 from shmlog.broker import shm_budget
-from shmlog.core import groups_region
+from shmlog.core import budget_region, groups_region
 from shmlog.core.log import PartitionLog
 
 MIB = 1 << 20
@@ -43,15 +52,15 @@ def test_disk_ring_defaults_scale_with_partitions():
     share = budget // shm_budget.DISK_TOPIC_SHARE
     mid = shm_budget.disk_ring_chunk_bytes(256, budget, budget)
     assert shm_budget.DISK_CHUNK_MIN < mid < one and mid % shm_budget.CHUNK_ALIGN == 0
-    assert shm_budget.topic_bytes(_disk(256, mid)) <= share
+    assert shm_budget.planned_bytes(_disk(256, mid)) <= share
     # 1,000 partitions: idle ones hold only their active chunk, so the ring
     # is larger than a quarter of the share over the partitions
     wide = shm_budget.disk_ring_chunk_bytes(1000, budget, budget)
     assert wide > 2 * shm_budget.DISK_CHUNK_MIN and wide > share // (4 * 1000)
-    assert shm_budget.topic_bytes(_disk(1000, wide)) <= share
+    assert shm_budget.planned_bytes(_disk(1000, wide)) <= share
     # what is left of the budget caps the share
     left = shm_budget.disk_ring_chunk_bytes(16, budget, 64 * MIB)
-    assert left < 4 * MIB and shm_budget.topic_bytes(_disk(16, left)) <= 64 * MIB
+    assert left < 4 * MIB and shm_budget.planned_bytes(_disk(16, left)) <= 64 * MIB
     # a max_message_bytes the user set still fits a batch of the ring
     chunk = shm_budget.disk_ring_chunk_bytes(1000, budget, budget, max_message_bytes=100_000)
     cfg = cfgmod.topic_config({"chunk_bytes": chunk, "max_message_bytes": 100_000})
@@ -62,15 +71,19 @@ def _disk(partitions, chunk_bytes):
     return cfgmod.topic_config({"partitions": partitions, "chunk_bytes": chunk_bytes, "storage": "disk"})
 
 
-def test_budget_counts_a_disk_topics_active_chunks_and_its_hot_rings():
+def test_admission_counts_a_disk_topics_active_chunks_and_one_ring():
     hot = shm_budget.DISK_HOT_PARTITIONS
     cfg = _disk(1000, MIB)
     full = PartitionLog.region_bytes(MIB, 4)
     idle = full - 3 * MIB
-    assert shm_budget.topic_bytes(cfg) == 1000 * idle + hot * 3 * MIB
-    assert shm_budget.topic_bytes(_disk(2, MIB)) == 2 * full  # few partitions: whole rings
+    # admission: the floor every partition holds, and one ring to move in
+    assert shm_budget.topic_bytes(cfg) == 1000 * idle + 3 * MIB
+    assert shm_budget.topic_bytes(_disk(2, MIB)) == full + idle
     assert shm_budget.added_bytes(cfg, 1000, 1001) == idle
-    assert shm_budget.added_bytes(_disk(1, MIB), 1, 2) == full
+    assert shm_budget.added_bytes(_disk(1, MIB), 1, 2) == idle
+    # what default chunk sizes plan for: the hot partitions' full rings
+    assert shm_budget.planned_bytes(cfg) == 1000 * idle + hot * 3 * MIB
+    assert shm_budget.planned_bytes(_disk(2, MIB)) == 2 * full
     mem = cfgmod.topic_config({"partitions": 1000, "chunk_bytes": MIB, "storage": "memory"})
     assert shm_budget.topic_bytes(mem) == 1000 * full  # a memory topic's ring is its log
 
@@ -113,14 +126,16 @@ def test_many_partitions_default_disk_topic_within_budget(data_dir):
         assert apparent <= budget and resident <= budget
         shm = c.stats()["shm"]
         assert shm["budget_bytes"] == budget
-        groups = groups_region.REGION_BYTES
-        assert shm["reserved_bytes"] == shm_budget.topic_bytes(cfg) + groups <= budget
+        groups = groups_region.REGION_BYTES + budget_region.REGION_BYTES
+        assert shm["admitted_bytes"] == shm_budget.topic_bytes(cfg) + groups <= budget
         assert shm["apparent_bytes"] == apparent + groups and shm["resident_bytes"] <= budget
         # a disk partition reserves its first chunk up front, the rest of its
         # ring when a rotation first opens it: 3 x 600 small messages over
         # 200 partitions never fill a first chunk
         header = PartitionLog.region_bytes(cfg["chunk_bytes"], 4) - 4 * cfg["chunk_bytes"]
         assert resident == 200 * (header + cfg["chunk_bytes"]) < apparent
+        # the account counts exactly what is reserved
+        assert shm["reserved_bytes"] == resident + groups
 
 
 def test_past_the_budget_fails_with_the_figures_and_harms_nothing(data_dir):
@@ -381,8 +396,9 @@ def test_the_groups_region_is_reserved_and_counted(data_dir):
         # every page allocated: a heartbeat write on a full tmpfs is no SIGBUS
         assert st.st_blocks * 512 >= st.st_size == groups_region.REGION_BYTES
         shm = c.stats()["shm"]
-        assert shm["reserved_bytes"] == groups_region.REGION_BYTES
-        assert shm["resident_bytes"] == st.st_blocks * 512
+        assert shm["reserved_bytes"] == groups_region.REGION_BYTES + budget_region.REGION_BYTES
+        # the groups region's last page is a whole page in the tmpfs
+        assert shm["reserved_bytes"] <= shm["resident_bytes"] < shm["reserved_bytes"] + 4096
 
 
 def test_ring_geometry_cannot_be_altered_live_and_the_error_says_what_to_do(data_dir):
@@ -400,3 +416,113 @@ def test_ring_geometry_cannot_be_altered_live_and_the_error_says_what_to_do(data
         assert c.stats()["shm"]["reserved_bytes"] == before
         # what can change live still does
         assert c.alter_topic("t", retention_ms=60_000).config["retention_ms"] == 60_000
+
+
+@pytest.mark.parametrize("release_idle_ms", [1000, 0])
+def test_many_hot_partitions_share_a_budget_smaller_than_their_rings(data_dir, release_idle_ms):
+    """Every partition busy at once, and the budget smaller than their full
+    rings: the account makes rotations wait for pages the release pass frees
+    elsewhere, so resident shared memory never passes the budget; producers
+    are slowed (BufferFull, retried), never failed for good; nothing lost."""
+    chunk, parts = 256 << 10, 8
+    budget = 5 * MIB
+    ring = PartitionLog.region_bytes(chunk, 4)
+    assert parts * ring > budget + 3 * MIB  # all full rings would pass it by far
+    fixed = groups_region.REGION_BYTES + budget_region.REGION_BYTES
+    # release_idle_ms=0 keeps idle partitions' pages, not busy ones' under pressure
+    with running_cluster(data_dir, shm_budget_bytes=budget, shm_release_idle_ms=release_idle_ms) as c:
+        c.create_topic("hot", partitions=parts, storage="disk", chunk_bytes=chunk, chunk_count=4)
+        samples, stop = [], threading.Event()
+
+        def sample():
+            while not stop.is_set():
+                samples.append((_usage(data_dir)[1] + fixed, c.stats()["shm"]["reserved_bytes"]))
+                time.sleep(0.01)
+
+        got = []
+
+        def consume():
+            with c.consumer("hot", group="g", auto_offset_reset="earliest") as cons:
+                while not stop.is_set() or len(got) < total:
+                    got.extend((m.partition, m.offset, m.value)
+                               for m in cons.consume(max_messages=5000, timeout=0.2))
+                    if stop.is_set() and time.monotonic() > give_up:
+                        break
+
+        total = 16 * 1024  # 16 MiB of 1 KiB values: each ring goes round twice
+        give_up = float("inf")
+        threads = [threading.Thread(target=sample), threading.Thread(target=consume)]
+        for t in threads:
+            t.start()
+        waits = 0
+        try:
+            with c.producer(max_block_ms=500, linger_ms=0) as p:
+                for i in range(total):
+                    v = b"%08d" % i + b"x" * 1016
+                    while True:
+                        try:
+                            p.send("hot", v, partition=i % parts)
+                            break
+                        except errors.BufferFull:
+                            waits += 1
+                            # slowed, not stuck: 500 ms waits, 30 s at most
+                            assert waits < 60, "producers never got pages back"
+                    if i % 256 == 255:
+                        p.flush()
+                p.flush()
+        finally:
+            give_up = time.monotonic() + 60
+            stop.set()
+            for t in threads:
+                t.join(timeout=90)
+        assert max(s[0] for s in samples) <= budget
+        assert max(s[1] for s in samples) <= budget
+        stats = c.stats()
+        shm = stats["shm"]
+        assert shm["resident_bytes"] <= budget and shm["refused_charges"] > 0
+        # the views agree: the data dir's reserved is its partitions' plus the
+        # groups region and the account's page
+        parts_reserved = sum(p_["shm_reserved_bytes"] for p_ in stats["topics"]["hot"]["partitions"])
+        assert shm["reserved_bytes"] == parts_reserved + fixed
+        # no loss, no duplicate, dense offsets in every partition
+        assert sorted(int(v[:8]) for _, _, v in got) == list(range(total))
+        for q in range(parts):
+            offs = sorted(o for p_, o, _ in got if p_ == q)
+            assert offs == list(range(total // parts))
+
+
+def test_a_supervisor_sigkilled_mid_release_loses_nothing(data_dir, tmp_path, monkeypatch):
+    """The live supervisor stops inside its release pass (a chunk RELEASING,
+    its flag set, its pages not yet given back) and is SIGKILLed there. The
+    producer goes on through that chunk, a new supervisor starts, and a
+    group reads every offset back, dense, from segments and shared memory."""
+    stop_file = tmp_path / "stopped"
+    monkeypatch.setenv("SHMLOG_STOP_AT", "release")
+    monkeypatch.setenv("SHMLOG_STOP_FILE", str(stop_file))
+    chunk = 64 << 10
+    sent = [b"%06d" % i + b"y" * 500 for i in range(2000)]  # ~8 rings
+    c = shmlog.connect(data_dir, shm_release_idle_ms=50, idle_timeout_s=30)
+    try:
+        c.create_topic("t", partitions=1, chunk_bytes=chunk, chunk_count=4)
+        with c.producer() as p:
+            for v in sent[:1000]:
+                p.send("t", v, partition=0)
+            p.flush()
+            assert _wait_for(stop_file.exists, timeout=20), "the supervisor never reached the release"
+            pid = int(stop_file.read_text())
+            os.kill(pid, signal.SIGKILL)
+            assert _wait_for(lambda: pid_gone(pid), timeout=10)
+            monkeypatch.delenv("SHMLOG_STOP_AT")
+            # writes go on without a supervisor, through the half-released chunk
+            for v in sent[1000:]:
+                p.send("t", v, partition=0)
+            p.flush()
+        with c.consumer("t", group="after", auto_offset_reset="earliest") as cons:
+            got = []
+            deadline = time.monotonic() + 30
+            while len(got) < len(sent) and time.monotonic() < deadline:
+                got += cons.consume(max_messages=10_000, timeout=0.5)
+        assert [m.offset for m in got] == list(range(len(sent)))
+        assert [m.value for m in got] == sent
+    finally:
+        stop_supervisor(data_dir, c)

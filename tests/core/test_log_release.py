@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 
 import pytest
-from _core_helpers import fill_until_rotation, new_log, read_all
-from shmlog.core._core import lib
+from _core_helpers import Child, fill_until_rotation, new_log, read_all
+from shmlog.core._core import ffi, lib
 
 from shmlog import errors
-from shmlog.core.log import region_usage
+from shmlog.core.budget_region import BudgetRegion
+from shmlog.core.log import PartitionLog, region_usage
 
 CHUNK = 64 << 10  # a multiple of the page size: a released chunk gives back all of it
 HEADER = lib.SHMLOG_HEADER_BYTES
@@ -166,3 +168,137 @@ def test_a_producer_killed_mid_reserve_leaves_the_chunk_released(shm_prefix):
         c = plog.new_cursor()
         plog.seek(c, 0)
         assert read_all(plog, c)[0] == list(range(plog.end_offset()))
+
+
+# ---------------------------------------------------------------- live kills
+# A child process runs the real code up to a test point, tells the parent
+# and stops itself there; the parent SIGKILLs it mid-step and checks that
+# the others go on: nothing lost, offsets dense, the account never low.
+
+def _stop_at(conn, point: int) -> None:
+    @ffi.callback("void(int)")
+    def hook(p):
+        if p == point:
+            lib.shmlog_set_test_point(ffi.NULL)
+            conn.send("stopped")
+            os.kill(os.getpid(), signal.SIGSTOP)
+
+    _stop_at.hook = hook  # kept alive while C holds it
+    lib.shmlog_set_test_point(hook)
+
+
+def _child_release(conn, name: str, account_name: str) -> None:
+    plog = PartitionLog.attach(name)
+    plog.set_budget(BudgetRegion.attach(account_name))
+    _stop_at(conn, lib.SHMLOG_POINT_RELEASE)
+    plog.release()
+    conn.send("finished")  # never: SIGKILLed at the point
+
+
+def _child_produce(conn, name: str, account_name: str) -> None:
+    plog = PartitionLog.attach(name)
+    plog.set_budget(BudgetRegion.attach(account_name))
+    slot = plog.register_producer()
+    conn.send(slot)
+    _stop_at(conn, lib.SHMLOG_POINT_RESERVE)
+    for _ in range(10_000):
+        plog.append(slot, [b"c" * 333] * 3, timeout=1)
+    conn.send("finished")
+
+
+def _child_read(conn, name: str) -> None:
+    plog = PartitionLog.attach(name)
+    rslot = plog.register_reader(0, gating=False)
+    plog.set_reader_pin(rslot, 0)  # a zero-copy view of offset 0 on its way out
+    c = plog.new_cursor()
+    plog.seek(c, 0)
+    plog.reader().read(c, 10)  # copied; validation would come next
+    conn.send(rslot)
+    os.kill(os.getpid(), signal.SIGSTOP)
+
+
+def _dense_from(plog, first: int) -> list:
+    c = plog.new_cursor()
+    assert plog.seek(c, first) == 0
+    offsets = read_all(plog, c)[0]
+    assert offsets == list(range(first, plog.end_offset()))
+    return offsets
+
+
+@pytest.fixture
+def account(shm_prefix):
+    region = BudgetRegion.open(f"{shm_prefix}-budget", limit=1 << 40)
+    try:
+        yield region
+    finally:
+        region.unlink()
+        region.close()
+
+
+def test_a_releaser_sigkilled_mid_release_leaves_a_ring_that_goes_round(shm_prefix, account):
+    with _disk_log(shm_prefix) as plog:
+        plog.set_budget(account)
+        slot = plog.register_producer()
+        _fill_ring(plog, slot)
+        plog.set_spilled(plog.end_offset())
+        with Child(_child_release, plog.name, account.name) as child:
+            assert child.recv() == "stopped"
+            child.kill()
+            dead = child.proc.pid
+        states = [(plog.hdr.chunks[i].state & 0xFF, plog.hdr.chunks[i].state >> 32) for i in range(4)]
+        assert (lib.SHMLOG_CHUNK_RELEASING, dead) in states
+        # the killed releaser kept its charge: the count is high, never low
+        assert account.reserved >= plog.reserved_bytes() - HEADER
+        # the producer goes round the ring through the dead releaser's chunk
+        # (it puts it back itself), and a new releaser finishes the job
+        first = plog.start_offset
+        for _ in range(5):
+            fill_until_rotation(plog, slot, timeout=1)
+            plog.set_spilled(plog.end_offset())
+        assert plog.release() >= 1
+        assert all(plog.hdr.chunks[i].state & 0xFF != lib.SHMLOG_CHUNK_RELEASING for i in range(4))
+        _dense_from(plog, max(first, plog.start_offset))
+        assert account.reserved >= plog.reserved_bytes() - HEADER
+
+
+def test_a_producer_sigkilled_mid_rotation_into_a_released_chunk(shm_prefix, account):
+    with _disk_log(shm_prefix) as plog:
+        plog.set_budget(account)
+        with Child(_child_produce, plog.name, account.name) as child:
+            dead_slot = child.recv()
+            assert child.recv() == "stopped"
+            child.kill()
+            dead = child.proc.pid
+        d = plog.hdr.chunks[1]
+        assert d.state & 0xFF == lib.SHMLOG_CHUNK_OPENING and d.state >> 32 == dead
+        assert d.released == 1 and account.reserved == CHUNK  # charged, pages not yet taken
+        end = plog.end_offset()
+        # the reaper: the dead producer's claims and its half-opened chunk
+        plog.reap_producer(dead_slot)
+        assert plog.repair_chunks(dead) == 1
+        slot = plog.register_producer()
+        for _ in range(3):
+            fill_until_rotation(plog, slot, timeout=1)
+        assert d.released == 0 and plog.end_offset() > end
+        # everything the dead producer committed is there, then ours: dense
+        _dense_from(plog, 0)
+        # its charge stays counted (high, never low) until the supervisor
+        # recounts; chunk 0 was reserved at creation, outside this account
+        leaked = CHUNK
+        assert account.reserved == (plog.reserved_bytes() - HEADER - CHUNK) + leaked
+
+
+def test_a_reader_sigkilled_mid_copy_delays_a_release_only_until_it_is_reaped(shm_prefix):
+    with _disk_log(shm_prefix) as plog:
+        slot = plog.register_producer()
+        _fill_ring(plog, slot)
+        plog.set_spilled(plog.end_offset())
+        with Child(_child_read, plog.name) as child:
+            rslot = child.recv()
+            child.kill()
+        # its slot still says it reads chunk 0: nothing behind it goes yet
+        assert plog.release() == 0
+        assert plog.reap_reader(rslot) >= 0  # the reaper finds it dead
+        assert plog.release() == 3
+        fill_until_rotation(plog, slot, timeout=1)
+        _dense_from(plog, plog.start_offset)
