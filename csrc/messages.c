@@ -16,6 +16,8 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #define MESSAGE_FIELDS 7
@@ -253,7 +255,45 @@ done:
     return out;
 }
 
+/* Message's fields as read-only slots on its tuple items (what a struct
+ * sequence does): an attribute read is then a load the interpreter
+ * specialises (LOAD_ATTR_SLOT), not a property calling an itemgetter. */
+#define ITEM(i) (Py_ssize_t)(offsetof(PyTupleObject, ob_item) + (i) * sizeof(PyObject *))
+static PyMemberDef message_fields[MESSAGE_FIELDS] = {
+    {"topic", T_OBJECT_EX, ITEM(0), READONLY, "the topic's name (str)"},
+    {"partition", T_OBJECT_EX, ITEM(1), READONLY, "the partition (int)"},
+    {"offset", T_OBJECT_EX, ITEM(2), READONLY, "the record's offset in its partition (int)"},
+    {"key", T_OBJECT_EX, ITEM(3), READONLY, "the key (bytes or None)"},
+    {"value", T_OBJECT_EX, ITEM(4), READONLY, "the value (bytes or None)"},
+    {"headers", T_OBJECT_EX, ITEM(5), READONLY, "the headers: [(str, bytes or None), ...] or ()"},
+    {"timestamp_ms", T_OBJECT_EX, ITEM(6), READONLY, "milliseconds since the epoch (int)"},
+};
+
+/* fields(cls): install the descriptors on cls, a tuple subclass without
+ * instance dict whose instances have at least 7 items (Message.__new__
+ * always makes 7). */
+static PyObject *fields(PyObject *self, PyObject *cls)
+{
+    (void)self;
+    if (!PyType_Check(cls) || !PyType_IsSubtype((PyTypeObject *)cls, &PyTuple_Type) ||
+        ((PyTypeObject *)cls)->tp_basicsize != PyTuple_Type.tp_basicsize) {
+        PyErr_SetString(PyExc_TypeError, "fields(): cls must be a tuple subclass with __slots__ = ()");
+        return NULL;
+    }
+    for (int f = 0; f < MESSAGE_FIELDS; f++) {
+        PyObject *d = PyDescr_NewMember((PyTypeObject *)cls, &message_fields[f]);
+        if (d == NULL)
+            return NULL;
+        int rc = PyObject_SetAttrString(cls, message_fields[f].name, d);
+        Py_DECREF(d);
+        if (rc != 0)
+            return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
+    {"fields", fields, METH_O, "fields(cls): Message's attributes as slots on its tuple items"},
     {"build", (PyCFunction)(void (*)(void))build, METH_FASTCALL,
      "build(cls, topic, partition, offsets, keys, values, headers, timestamps) -> list"},
     {"headers", (PyCFunction)(void (*)(void))headers, METH_FASTCALL,
