@@ -107,6 +107,9 @@ def test_build_matches_the_tuple_and_the_gc_rule():
     m.headers.append(m)
     del m, with_headers
     assert gc.collect() >= 1
+    with pytest.raises(AttributeError):  # the fields are read-only, as a tuple's items are
+        ms[0].value = b"changed"
+    assert ms[0].value == b"a" and ms[0][4] == b"a"
     with pytest.raises(ValueError):
         batch_messages("t", 0, [1], [None], [b"a", b"b"], None, [0, 0])
 
