@@ -1,4 +1,9 @@
 # setuptools still builds cffi extensions through cffi_modules; all metadata is in pyproject.toml
-from setuptools import setup
+from setuptools import Extension, setup
 
-setup(cffi_modules=["shmlog/core/_build.py:ffibuilder"])
+# the consumer's Message objects per batch (csrc/messages.c): the one module
+# that uses the CPython API; everything else is reached through cffi
+messages = Extension("shmlog.core._messages", sources=["csrc/messages.c"],
+                     extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra"])
+
+setup(cffi_modules=["shmlog/core/_build.py:ffibuilder"], ext_modules=[messages])

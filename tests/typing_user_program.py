@@ -20,13 +20,13 @@ def main(data_dir: str) -> None:
         with cluster.consumer("events", group="billing") as consumer:
             reveal_type(consumer)  # E: shmlog.client.consumer.Consumer
             for msg in consumer:
-                reveal_type(msg)  # E: shmlog.client.consumer.Message
+                reveal_type(msg)  # E: shmlog.client.messages.Message
                 reveal_type(msg.offset)  # E: int
                 reveal_type(msg.value)  # E: bytes | None
                 reveal_type(msg.key)  # E: bytes | None
                 reveal_type(msg.topic)  # E: str
                 reveal_type(msg.timestamp_ms)  # E: int
                 break
-            reveal_type(consumer.poll(timeout=1.0))  # E: shmlog.client.consumer.Message | None
-            reveal_type(consumer.consume(max_messages=10))  # E: list[shmlog.client.consumer.Message]
+            reveal_type(consumer.poll(timeout=1.0))  # E: shmlog.client.messages.Message | None
+            reveal_type(consumer.consume(max_messages=10))  # E: list[shmlog.client.messages.Message]
             reveal_type(consumer.position("events", 0))  # E: int

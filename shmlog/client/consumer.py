@@ -16,10 +16,7 @@ from __future__ import annotations
 import errno
 import time
 from collections import deque
-from itertools import repeat
-from operator import itemgetter
 from typing import (
-    TYPE_CHECKING,
     Any,
     Callable,
     Dict,
@@ -37,91 +34,16 @@ from ..core._core import ffi, lib
 from ..core.reader import scan_for_time
 from ..core.records import ReadResult
 from .arrivals import DEFAULT_SPIN_US, Arrivals, records_in
-from .views import MessageView, RecordRun, copied_view
+from .messages import Message, MessageBatch, batch_messages, new_message
+from .views import MessageView, copied_view
+
+__all__ = ["Consumer", "Message", "MessageBatch"]
 
 TP = Tuple[str, int]
 NONE = (1 << 64) - 1
 ERANGE = -errno.ERANGE
 MAX_OFFSET = (1 << 63) - 1
 READ_SLICE = 2048
-
-
-class Message(tuple):
-    """One record: (topic, partition, offset, key, value, headers, timestamp_ms).
-
-    A tuple subclass: building one costs what building a tuple costs."""
-
-    __slots__ = ()
-    if TYPE_CHECKING:  # what a type checker sees; at run time, itemgetters (faster)
-        @property
-        def topic(self) -> str: ...
-        @property
-        def partition(self) -> int: ...
-        @property
-        def offset(self) -> int: ...
-        @property
-        def key(self) -> Optional[bytes]: ...
-        @property
-        def value(self) -> Optional[bytes]: ...
-        @property
-        def headers(self) -> Sequence[Tuple[str, bytes]]: ...
-        @property
-        def timestamp_ms(self) -> int: ...
-    else:
-        topic = property(itemgetter(0))
-        partition = property(itemgetter(1))
-        offset = property(itemgetter(2))
-        key = property(itemgetter(3))
-        value = property(itemgetter(4))
-        headers = property(itemgetter(5))
-        timestamp_ms = property(itemgetter(6))
-
-    def __new__(cls, topic, partition, offset, key, value, headers=(), timestamp_ms=0):
-        return tuple.__new__(cls, (topic, partition, offset, key, value, headers, timestamp_ms))
-
-    def __repr__(self) -> str:
-        v = self[4]
-        vr = repr(v[:40] + b"...") if v is not None and len(v) > 40 else repr(v)
-        return (f"Message(topic={self[0]!r}, partition={self[1]}, offset={self[2]}, "
-                f"key={self[3]!r}, value={vr}, timestamp_ms={self[6]})")
-
-
-_new_message = tuple.__new__
-
-
-class MessageBatch(RecordRun):
-    """One partition's run of records, as columns; no object per message
-    until you iterate."""
-
-    __slots__ = ("topic", "partition", "offsets", "values", "keys", "timestamps_ms", "_headers")
-
-    def __init__(self, topic: str, partition: int, res: ReadResult):
-        self.topic = topic
-        self.partition = partition
-        self.offsets = res.offsets
-        self.values = res.values
-        self.keys = res.keys
-        self.timestamps_ms = res.timestamps
-        self._headers = res.headers
-
-    @property
-    def headers(self) -> List[Any]:
-        return self._headers if self._headers is not None else [()] * len(self.offsets)
-
-    def __iter__(self) -> Iterator[Message]:
-        return iter(_messages(self.topic, self.partition, self.offsets, self.keys, self.values,
-                              self._headers, self.timestamps_ms))
-
-    def __repr__(self) -> str:
-        return f"<MessageBatch {self.topic}[{self.partition}] offsets {self.base_offset}..{self.next_offset - 1} ({len(self)})>"
-
-
-def _messages(topic, partition, offsets, keys, values, headers, timestamps) -> List[Message]:
-    n = len(offsets)
-    hs = headers if headers is not None else ((),) * n
-    # map() calls tuple.__new__ from C: no bytecode per message, unlike a comprehension
-    return list(map(_new_message, repeat(Message, n),
-                    zip(repeat(topic, n), repeat(partition, n), offsets, keys, values, hs, timestamps)))
 
 
 class _Assigned:
@@ -564,7 +486,7 @@ class Consumer:
         if msgs:
             return msgs
         for a, res in self._fetch(max_messages, timeout):
-            msgs.extend(_messages(a.topic, a.partition, res.offsets, res.keys, res.values, res.headers,
+            msgs.extend(batch_messages(a.topic, a.partition, res.offsets, res.keys, res.values, res.headers,
                                   res.timestamps))
             a.returned = res.offsets[-1] + 1
         return msgs
@@ -671,21 +593,21 @@ class Consumer:
             # nothing buffered, so nothing for settle_positions to do later
             a, (off, ts, value) = got[0]
             a.returned = off + 1
-            return _new_message(Message, (a.topic, a.partition, off, None, value, (), ts))
+            return new_message(Message, (a.topic, a.partition, off, None, value, (), ts))
         for a, res in got:
             if res.__class__ is tuple:  # a lone record of one partition among several
                 off = res[0]
-                buf.append(_new_message(Message, (a.topic, a.partition, off, None, res[2], (), res[1])))
+                buf.append(new_message(Message, (a.topic, a.partition, off, None, res[2], (), res[1])))
                 a.polled_end = off + 1
                 self._polled.append(a)
                 continue
             offsets = res.offsets
             if len(offsets) == 1:  # a caught-up reader: skip the column machinery
-                buf.append(_new_message(Message, (a.topic, a.partition, offsets[0], res.keys[0],
+                buf.append(new_message(Message, (a.topic, a.partition, offsets[0], res.keys[0],
                                                   res.values[0], res.headers[0] if res.headers else (),
                                                   res.timestamps[0])))
             else:
-                buf.extend(_messages(a.topic, a.partition, offsets, res.keys, res.values,
+                buf.extend(batch_messages(a.topic, a.partition, offsets, res.keys, res.values,
                                      res.headers, res.timestamps))
             a.polled_end = offsets[-1] + 1
             self._polled.append(a)
@@ -726,7 +648,12 @@ class Consumer:
         return self._messages_until_closed()
 
     def _messages_until_closed(self) -> Iterator[Message]:
+        buf = self._buffer
         while not self._closed:
+            # what poll() buffered goes out without a poll() call each;
+            # close() and seek() empty or filter the same deque
+            while buf:
+                yield buf.popleft()
             m = self.poll(timeout=1.0)
             if m is not None:
                 yield m

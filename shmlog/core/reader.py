@@ -13,7 +13,7 @@ import lz4.block
 from .. import errors
 from . import records
 from ._core import ffi, lib
-from .codec import decode_headers
+from ._messages import headers as header_lists
 from .heap import keep_freed_heap
 from .records import (
     PICKLE_BELOW,
@@ -136,12 +136,17 @@ class RecordReader:
         if flags & REC_HEADERS:
             hpos = ffi.unpack(o.header_pos, n)
             hlen = ffi.unpack(o.header_lens, n)
-            headers = [decode_headers(mm[p : p + ln]) if ln else [] for p, ln in zip(hpos, hlen)]
+            # parsed in C per batch, from the mapping; torn bytes parse as
+            # None and the validation below rejects the whole read
+            headers = header_lists(mm, hpos, hlen)
         offsets = ffi.unpack(o.offsets, n)
         timestamps = ffi.unpack(o.timestamps, n)
         if lib.shmlog_log_validate_read(plog.checked_log(), cursor, info) != 0:
             # the chunk was reused while we copied: nothing we copied is trusted
             errors.check(-errno.ERANGE, plog.what, offset=info.start.next_offset)
+        if headers is not None and None in headers:  # validated in C while stable: not expected
+            raise errors.CorruptBatch(f"{plog.what} at offset {offsets[headers.index(None)]}: "
+                                      "header section does not parse", what=plog.what, code=errno.EBADMSG)
         return ReadResult(offsets, timestamps, values, keys, headers, info.first_seq, info.bytes)
 
     def read_view(self, cursor, max_records: int):
