@@ -40,6 +40,7 @@ from .commit_rules import (
     STREAM_BATCH,
     STREAM_GAP,
     _clock,
+    next_sticky,
 )
 
 
@@ -76,7 +77,7 @@ def rich_queued(self: Any, st: Any, p: int, nb: int) -> None:
         self._commit_rich(st)
         # (not when the commit was deferred to shmlog.aio's worker)
         if p == st.sticky and st.nparts > 1 and not st.rq:
-            st.sticky = (p + 1) % st.nparts
+            next_sticky(st, p)
         return
     if (not self.linger_ms and (st.bell[_HDR_BELL_HUNGRY] or (p >= 0 and st.waiters[p][_HDR_HUNGRY]))
             and _clock() >= st.rq_next):
