@@ -182,6 +182,7 @@ class Producer:
         self._defer_commit: Optional[Callable[[], None]] = None
         self._settle_delivery: Optional[Callable] = None
         self._linger_hook: Optional[Callable[[], None]] = None
+        self._last_commit = (-1, 0)  # _append's last frame: base offset, timestamp
         self._flusher = threading.Thread(target=self._flush_loop, name="shmlog-producer-flusher", daemon=True)
         self._flusher.start()
 
@@ -501,10 +502,12 @@ class Producer:
                 except errors.ShmlogError as exc:
                     exc.committed = a + getattr(exc, "committed", 0)
                     raise
+            self._last_commit = (-1, 0)  # two frames: no one base
             return True
         except errors.BufferFull as exc:
             self._buffer_full(st, partition, exc, callbacks)
         _set_next_hungry(st, partition, len(values))
+        self._last_commit = (base, ts_now)  # shmlog.aio's runs name their offsets from it
         end = base + len(values)
         if end > st.committed_end[partition]:
             st.committed_end[partition] = end
