@@ -51,7 +51,7 @@ import threading
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple, Union
 
 from .. import errors
-from .aio_runs import Delivery, Run, commit_runs, settle_runs
+from .aio_runs import KEYED, Delivery, Run, commit_runs, settle_runs
 from .cluster import connect as _connect
 from .consumer import Message
 from .producer import RecordMetadata, _LockBusy
@@ -203,20 +203,25 @@ class AIOProducer:
             # a send that needs no wait does not yield: let the loop's other
             # tasks (and the settling of futures) run now and then
             await asyncio.sleep(0)
-        if key is None and headers is None and timestamp_ms is None and value.__class__ is bytes:
+        if headers is None and timestamp_ms is None and value.__class__ is bytes and (
+                key is None or (key.__class__ is bytes and partition is None)):
             st = sync._topics.get(topic)
-            # a plain send joins a run, unless rich records of its topic
-            # are queued (they are older: it queues behind them)
-            if st is not None and not st.rq and not st.kq and len(value) <= st.max_message and (
+            # a plain or keyed send joins a run, unless rich records of its
+            # topic are queued (they are older: it queues behind them)
+            if st is not None and not st.rq and not st.kq and (
+                    len(value) if key is None else len(value) + len(key)) <= st.max_message and (
                     partition is None or (partition.__class__ is int and 0 <= partition < st.nparts)):
+                where = partition if key is None else KEYED
                 run = self._run
-                if run is None or run.topic != topic or run.partition != partition:
-                    run = self._run = Run(topic, partition, self._loop)
+                if run is None or run.topic != topic or run.partition != where:
+                    run = self._run = Run(topic, where, self._loop)
                     self._runs.append(run)
                     if sync.linger_ms:
                         self._linger_soon()
                 vals = run.values
                 vals.append(value)
+                if key is not None:
+                    run.keys.append(key)  # type: ignore[union-attr]
                 if not self._running and not sync.linger_ms:
                     self._kick()
                 return Delivery(run, len(vals) - 1)

@@ -18,26 +18,41 @@ event once _QUEUE_MAX of them queue behind it.
 from __future__ import annotations
 
 import asyncio
+import time
 from bisect import bisect_right
-from itertools import accumulate
+from itertools import accumulate, repeat
 from typing import Any, List, Optional
 
 from .. import errors
-from .commit_rules import _RECORD_OVERHEAD
+from ..core._core import ffi
+from ..core.records import pickle_values
+from .commit_rules import _F_CLOSED, _HDR_FLAGS, _RECORD_OVERHEAD
+from .rich_queue import _NOT_COMMITTED as NOT_COMMITTED
 from .rich_queue import RecordMetadata
+from .rich_queue import _append as rich_append
+
+# Run.partition of a keyed run (C picks each record's partition)
+KEYED = -1
+# records a keyed run hands C per crossing
+KEYED_PIECE = 8192
 
 
 class Run:
     """Values sent to one topic (to one explicit partition, or None: the
-    sticky one per frame), in send order, up to the hand-over."""
+    sticky one per frame), in send order, up to the hand-over. A keyed run
+    (partition KEYED) holds the keys too; C hashes them at commit and
+    names each record's partition and offset (parts, offs)."""
 
-    __slots__ = ("topic", "partition", "values", "loop", "done", "starts", "frames", "err", "err_at",
-                 "waiters")
+    __slots__ = ("topic", "partition", "values", "keys", "loop", "done", "starts", "frames", "err",
+                 "err_at", "waiters", "parts", "offs")
 
     def __init__(self, topic: str, partition: Optional[int], loop: asyncio.AbstractEventLoop):
         self.topic = topic
         self.partition = partition
         self.values: List[bytes] = []
+        self.keys: Optional[List[bytes]] = [] if partition == KEYED else None
+        self.parts: Optional[List[int]] = None
+        self.offs: Optional[List[int]] = None
         self.loop = loop
         self.done = False
         self.starts: List[int] = []   # index of each committed frame's first value
@@ -46,9 +61,10 @@ class Run:
         self.err_at = 1 << 62  # values from this index on failed with err
         self.waiters: Optional[List[asyncio.Future]] = None
 
-    def settle(self, starts, frames, err, err_at) -> None:
+    def settle(self, starts, frames, err, err_at, parts, offs) -> None:
         """Loop thread: the worker committed this run."""
         self.starts, self.frames, self.err, self.err_at = starts, frames, err, err_at
+        self.parts, self.offs = parts, offs
         self.done = True
         if self.waiters:
             for fut in self.waiters:
@@ -75,16 +91,20 @@ class Delivery:
         run = self.run
         if not run.done:
             raise asyncio.InvalidStateError("the send is not committed yet")
-        return run.err if self.i >= run.err_at else None
+        if self.i >= run.err_at or (run.offs is not None and run.offs[self.i] == NOT_COMMITTED):
+            return run.err
+        return None
 
     def result(self) -> RecordMetadata:
         run, i = self.run, self.i
         if not run.done:
             raise asyncio.InvalidStateError("the send is not committed yet")
-        if i >= run.err_at:
+        if i >= run.err_at or (run.offs is not None and run.offs[i] == NOT_COMMITTED):
             raise run.err  # type: ignore[misc]
         k = bisect_right(run.starts, i) - 1
         p, base, ts = run.frames[k]
+        if run.parts is not None:  # keyed: C named each record's place
+            return RecordMetadata(run.topic, run.parts[i], run.offs[i], ts)  # type: ignore[index]
         return RecordMetadata(run.topic, p, base + i - run.starts[k], ts)
 
     def __await__(self):
@@ -105,6 +125,9 @@ def commit_runs(sync: Any, runs: List[Run]) -> List[tuple]:
     buffer space up to max_block_ms); what each run's settle needs."""
     out = []
     for run in runs:
+        if run.keys is not None:
+            out.append(_commit_keyed_run(sync, run))
+            continue
         starts: List[int] = []
         frames: List[tuple] = []
         err: Optional[BaseException] = None
@@ -135,8 +158,54 @@ def commit_runs(sync: Any, runs: List[Run]) -> List[tuple]:
                     i = j
         except Exception as exc:  # the rest of the run gets it
             err, err_at = exc, i
-        out.append((run, starts, frames, err, err_at))
+        out.append((run, starts, frames, err, err_at, None, None))
     return out
+
+
+def _commit_keyed_run(sync: Any, run: Run) -> tuple:
+    """A keyed run through the rich queue's crossing (csrc/keyed.c: keys
+    hashed, grouped by partition, offsets back), KEYED_PIECE records at a
+    time. A failed piece fails its records that C did not commit."""
+    starts: List[int] = []
+    frames: List[tuple] = []
+    parts: List[int] = []
+    offs: List[int] = []
+    err: Optional[BaseException] = None
+    err_at = 1 << 62
+    values, keys = run.values, run.keys
+    n = len(values)
+    i = 0
+    try:
+        st = sync._topics.get(run.topic) or sync._state(run.topic)
+        with sync._lock:
+            while i < n:
+                j = min(n, i + KEYED_PIECE)
+                m = j - i
+                stream = pickle_values(list(zip(repeat(-1), keys[i:j], values[i:j],  # type: ignore[index]
+                                                repeat(b""), repeat(-1))))
+                out_parts = ffi.new("int32_t[]", m)
+                offsets = ffi.new("uint64_t[]", m)
+                ffi.memmove(offsets, b"\xff" * (8 * m), 8 * m)
+                ts_now = time.time_ns() // 1_000_000
+                sync._seq += 1
+                if st.waiters[0][_HDR_FLAGS] & _F_CLOSED or st.topic.regions[0].closed:
+                    raise errors.UnknownTopic(f"topic {st.name!r} was deleted while this producer used it",
+                                              what=st.name)
+                rc = rich_append(sync, st, stream, m, ts_now, out_parts, offsets)
+                starts.append(i)
+                frames.append((-1, -1, ts_now))
+                parts += ffi.unpack(out_parts, m)
+                offs += ffi.unpack(offsets, m)
+                i = j
+                if rc < 0:
+                    p = sync._failed[0]
+                    try:
+                        errors.check(rc, st.topic.regions[p].what)
+                    except errors.BufferFull as exc:
+                        sync._buffer_full(st, p, exc, None)
+    except Exception as exc:  # the rest of the run gets it
+        err, err_at = exc, i
+    return run, starts, frames, err, err_at, parts, offs
 
 
 def _frame_end(ends: List[int], i: int, limit: int) -> int:
@@ -155,5 +224,5 @@ def _frame_end(ends: List[int], i: int, limit: int) -> int:
 
 def settle_runs(done: List[tuple]) -> None:
     """Loop thread: the worker's commit_runs result."""
-    for run, starts, frames, err, err_at in done:
-        run.settle(starts, frames, err, err_at)
+    for item in done:
+        item[0].settle(*item[1:])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from _broker_helpers import ROOMY, SMALL, running_cluster
+from _broker_helpers import ROOMY, SMALL, kafka_partition, running_cluster
 
 import shmlog
 from shmlog import aio
@@ -120,3 +120,33 @@ def test_a_full_buffer_fails_the_sends_that_did_not_fit(data_dir):
         assert [int(m.value[:6]) for m in msgs] == list(range(len(ok)))
         reader.close()
     assert gap < 0.25, f"the loop was blocked for {gap:.3f} s"
+
+
+def test_keyed_sends_name_the_partition_of_their_key(data_dir):
+    """Keyed sends (keys that never repeat) run through the worker too:
+    each lands on murmur2(key)'s partition, like Kafka's, and its Delivery
+    names the offset it was read at; a key's sends keep their order."""
+    n = 20000
+    with running_cluster(data_dir) as cluster:
+        cluster.create_topic(TOPIC, partitions=5, **ROOMY)
+
+        async def main():
+            async with aio.connect(data_dir) as acl, acl.producer() as p:
+                sent = []
+                for i in range(n):
+                    # every 10th send repeats a key, so order per key is seen
+                    key = b"user-%d" % (i if i % 10 else 7)
+                    sent.append(await p.send(TOPIC, b"%d" % i, key=key))
+                await p.flush()
+                return [await d for d in sent]
+
+        mds = asyncio.run(main())
+        got = {int(m.value): m for m in _read_all(cluster, n)}
+    assert len(got) == n
+    for i, md in enumerate(mds):
+        m = got[i]
+        assert (md.partition, md.offset) == (m.partition, m.offset), i
+        assert md.partition == kafka_partition(m.key, 5)
+        assert md.timestamp == m.timestamp_ms
+    sevens = [md.offset for i, md in enumerate(mds) if i % 10 == 0]
+    assert sevens == sorted(sevens)
