@@ -66,6 +66,7 @@ class Run:
         self.starts, self.frames, self.err, self.err_at = starts, frames, err, err_at
         self.parts, self.offs = parts, offs
         self.done = True
+        self.values = self.keys = None  # type: ignore[assignment]  # committed: only the index matters now
         if self.waiters:
             for fut in self.waiters:
                 if not fut.done():
@@ -107,16 +108,26 @@ class Delivery:
             return RecordMetadata(run.topic, run.parts[i], run.offs[i], ts)  # type: ignore[index]
         return RecordMetadata(run.topic, p, base + i - run.starts[k], ts)
 
-    def __await__(self):
+    def _waiter(self) -> asyncio.Future:
+        # one future per awaiter, not one shared: a cancelled awaiter
+        # cancels only its own
         run = self.run
-        if not run.done:
-            # one future per awaiter, not one shared: a cancelled awaiter
-            # cancels only its own
-            fut = run.loop.create_future()
-            if run.waiters is None:
-                run.waiters = []
-            run.waiters.append(fut)
-            yield from fut.__await__()
+        fut = run.loop.create_future()
+        if run.waiters is None:
+            run.waiters = []
+        run.waiters.append(fut)
+        return fut
+
+    def add_done_callback(self, fn) -> None:
+        """fn(self) on the loop once committed (or failed), as a future's."""
+        if self.run.done:
+            self.run.loop.call_soon(fn, self)
+        else:
+            self._waiter().add_done_callback(lambda _f: fn(self))
+
+    def __await__(self):
+        if not self.run.done:
+            yield from self._waiter().__await__()
         return self.result()
 
 

@@ -150,3 +150,29 @@ def test_keyed_sends_name_the_partition_of_their_key(data_dir):
         assert md.timestamp == m.timestamp_ms
     sevens = [md.offset for i, md in enumerate(mds) if i % 10 == 0]
     assert sevens == sorted(sevens)
+
+
+def test_linger_commits_a_run_and_done_callbacks_run(data_dir):
+    """With linger_ms a run waits that long, then commits: its Deliveries
+    resolve without a flush, and add_done_callback runs on the loop."""
+    with running_cluster(data_dir) as cluster:
+        cluster.create_topic(TOPIC, partitions=1, **ROOMY)
+
+        async def main():
+            async with aio.connect(data_dir) as acl, acl.producer(linger_ms=20) as p:
+                # the topic's first send takes the synchronous path (it
+                # learns the topic); the ones after it join runs
+                await p.send_and_wait(TOPIC, b"first")
+                sent = [await p.send(TOPIC, b"%d" % i) for i in range(1, 101)]
+                assert not sent[0].done()
+                seen = []
+                sent[-1].add_done_callback(lambda d: seen.append(d.result().offset))
+                mds = await asyncio.wait_for(asyncio.gather(*sent), 10)
+                await asyncio.sleep(0)
+                sent[0].add_done_callback(lambda d: seen.append(d.result().offset))
+                await asyncio.sleep(0.01)
+                return mds, seen
+
+        mds, seen = asyncio.run(main())
+    assert [md.offset for md in mds] == list(range(1, 101))
+    assert seen == [100, 1]
