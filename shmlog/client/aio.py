@@ -51,6 +51,7 @@ import threading
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple, Union
 
 from .. import errors
+from .aio_runs import KEYED, Delivery, Run, commit_runs, settle_runs
 from .cluster import connect as _connect
 from .consumer import Message
 from .producer import RecordMetadata, _LockBusy
@@ -157,6 +158,11 @@ class AIOProducer:
         self._queued = 0        # sends since the worker's last commit began
         self._lingering = False  # a linger_ms commit is scheduled in the loop
         self._closed = False
+        # plain sends (aio_runs.py): runs not yet handed to the worker, the
+        # last one open for more; _handed: runs the worker is committing
+        self._runs: List[Run] = []
+        self._run: Optional[Run] = None
+        self._handed = 0
 
     async def start(self) -> AIOProducer:
         if self.sync is None:
@@ -197,6 +203,32 @@ class AIOProducer:
             # a send that needs no wait does not yield: let the loop's other
             # tasks (and the settling of futures) run now and then
             await asyncio.sleep(0)
+        if headers is None and timestamp_ms is None and value.__class__ is bytes and (
+                key is None or (key.__class__ is bytes and partition is None)):
+            st = sync._topics.get(topic)
+            # a plain or keyed send joins a run, unless rich records of its
+            # topic are queued (they are older: it queues behind them)
+            if st is not None and not st.rq and not st.kq and (
+                    len(value) if key is None else len(value) + len(key)) <= st.max_message and (
+                    partition is None or (partition.__class__ is int and 0 <= partition < st.nparts)):
+                where = partition if key is None else KEYED
+                run = self._run
+                if run is None or run.topic != topic or run.partition != where:
+                    run = self._run = Run(topic, where, self._loop)
+                    self._runs.append(run)
+                    if sync.linger_ms:
+                        self._linger_soon()
+                vals = run.values
+                vals.append(value)
+                if key is not None:
+                    run.keys.append(key)  # type: ignore[union-attr]
+                if not self._running and not sync.linger_ms:
+                    self._kick()
+                return Delivery(run, len(vals) - 1)
+        elif self._runs or self._handed:
+            # the other forms queue in the synchronous producer: the runs
+            # before them (any topic: cheap to be sure) go first
+            await self._drain()
         fut = self._loop.create_future()
         while True:
             try:
@@ -228,7 +260,9 @@ class AIOProducer:
         if not self._running:
             self._running = True
             self._room.clear()
-            self._ex.submit(self._commit_all)
+            runs, self._runs, self._run = self._runs, [], None
+            self._handed = len(runs)
+            self._ex.submit(self._commit_all, runs)
 
     def _linger_soon(self) -> None:
         """Loop thread (Producer._linger_wake): a new queue commits once
@@ -246,11 +280,18 @@ class AIOProducer:
         for st in list(sync._topics.values()):
             if st.rq:
                 sync._commit_rich(st)
+        if self._runs:
+            self._kick()
 
-    def _commit_all(self) -> None:
-        """Worker thread: commit until no more was asked for. flush() may
-        wait for buffer space (max_block_ms): here, not in the loop."""
+    def _commit_all(self, runs: List[Run]) -> None:
+        """Worker thread: commit the runs handed over, then the queues
+        until no more was asked for. Both may wait for buffer space
+        (max_block_ms): here, not in the loop."""
         err = None
+        self._queued = 0
+        if runs:
+            done = commit_runs(self.sync, runs)
+            self._loop.call_soon_threadsafe(settle_runs, done)
         while True:
             self._kicked = False
             self._queued = 0
@@ -264,8 +305,9 @@ class AIOProducer:
 
     def _worker_idle(self, err) -> None:
         self._running = False
+        self._handed = 0
         self._room.set()
-        if self._kicked:
+        if self._kicked or (self._runs and not self.sync.linger_ms):
             self._kick()
 
     def _settle_threadsafe(self, futs, metas, err) -> None:
@@ -279,7 +321,9 @@ class AIOProducer:
     async def _drain(self) -> None:
         """Until everything sent so far is committed (or failed)."""
         self._kick()
-        while self._running or self._kicked:
+        while self._running or self._kicked or self._runs:
+            if not self._running:
+                self._kick()
             await self._room.wait()
 
     async def flush(self) -> None:

@@ -44,3 +44,16 @@ _HDR_FLAGS = ffi.offsetof("shmlog_part_hdr_t", "flags") // 4
 _HDR_HUNGRY = ffi.offsetof("shmlog_part_hdr_t", "data_hungry") // 4  # a reader waits here
 _HDR_BELL_HUNGRY = ffi.offsetof("shmlog_part_hdr_t", "bell_hungry") // 4  # ... or on the doorbell
 _F_CLOSED = lib.SHMLOG_F_CLOSED
+
+
+def next_sticky(st, p: int) -> None:
+    """After partition p's batch filled: the sticky partition moves on, and
+    the next one is part of the same stream. Without the mark its first
+    sends would find it idle (its last commit a whole round of partitions
+    ago, its lone-commit budget refilled) and go out one per commit, each
+    to a partition whose header is cold: at hundreds of partitions most of
+    a stream's commits would carry a message or two."""
+    q = st.sticky = (p + 1) % st.nparts
+    due = _clock() + STREAM_GAP
+    if st.next_hungry[q] < due:
+        st.next_hungry[q] = due

@@ -19,13 +19,14 @@ import itertools
 import os
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional
 
 from .. import errors
 from ..core._core import ffi, lib
-from ..core.codec import bytes_error, encode_headers
+from ..core.codec import encode_headers
 from ..core.partitioner import KeyPartitioner
 from ..core.records import POINTER_BATCH, POINTER_VALUE, pickle_values
+from .batch_send import send_batch
 from .commit_rules import (
     _F_CLOSED,
     _HDR_BELL_HUNGRY,
@@ -40,6 +41,7 @@ from .commit_rules import (
     STREAM_BATCH,
     STREAM_GAP,
     _clock,
+    next_sticky,
 )
 from .keyed_queue import commit_keyed, send_keyed_one
 from .rich_queue import RecordMetadata, commit_rich, linger_wake, rich_queued
@@ -180,6 +182,7 @@ class Producer:
         self._defer_commit: Optional[Callable[[], None]] = None
         self._settle_delivery: Optional[Callable] = None
         self._linger_hook: Optional[Callable[[], None]] = None
+        self._last_commit = (-1, 0)  # _append's last frame: base offset, timestamp
         self._flusher = threading.Thread(target=self._flush_loop, name="shmlog-producer-flusher", daemon=True)
         self._flusher.start()
 
@@ -263,8 +266,8 @@ class Producer:
                         nb = st.plain_bytes[p] = st.plain_bytes[p] + size + _RECORD_OVERHEAD
                         if nb >= st.limit:
                             self._commit_plain(st, p)
-                            if p == st.sticky and len(st.plain) > 1:
-                                st.sticky = (p + 1) % len(st.plain)
+                            if p == st.sticky and st.nparts > 1:
+                                next_sticky(st, p)
                             return
                         # values queued behind a commit and a reader waits:
                         # send them now, but at most one batch per HUNGRY_GAP so
@@ -406,102 +409,7 @@ class Producer:
     _rich_queued = rich_queued
     _linger_wake = linger_wake
 
-    def send_batch(self, topic: str, values: Sequence, keys: Optional[Sequence] = None,
-                   partition: Optional[int] = None, headers: Optional[Sequence] = None,
-                   timestamps: Optional[Sequence[int]] = None) -> None:
-        """Send many values at once: one crossing into C per batch, not per message."""
-        st = self._topics.get(topic) or self._state(topic)
-        n = len(values)
-        if n == 0:
-            return
-        if keys is not None and len(keys) != n:
-            raise ValueError(f"send_batch got {n} values but {len(keys)} keys")
-        if partition is None and keys is not None and st.nparts > 1:
-            # group by partition, keeping each key's order
-            parts: Dict[int, List[int]] = {}
-            kp = st.keyed
-            for i, k in enumerate(keys):
-                p = kp(k) if k is not None else st.sticky
-                parts.setdefault(p, []).append(i)
-            for p, idx in parts.items():
-                self.send_batch(topic, [values[i] for i in idx], keys=[keys[i] for i in idx], partition=p,
-                                headers=None if headers is None else [headers[i] for i in idx],
-                                timestamps=None if timestamps is None else [timestamps[i] for i in idx])
-            return
-        if partition is None:
-            partition = st.sticky
-            if st.nparts > 1:
-                st.sticky = (st.sticky + 1) % st.nparts
-        elif not 0 <= partition < st.nparts:
-            raise errors.UnknownPartition(f"topic {topic!r} has no partition {partition}", what=topic)
-        with self._lock:
-            if self._error is not None:
-                self._raise_async_error()
-            # what is pending for this partition goes first (order)
-            if st.kq:
-                self._commit_keyed(st)
-            if st.rq:
-                self._commit_rich(st)
-            if st.plain[partition]:
-                self._commit_plain(st, partition)
-            limit = st.frame_limit
-            if (keys is None and headers is None and timestamps is None
-                    and self._append(st, partition, values, None, None, None, None, probe=True)):
-                return
-            # split by size so each frame fits; most batches are one slice
-            if keys is None:
-                null_values = False
-                try:
-                    lens = list(map(len, values))
-                except TypeError:  # None (null values) or a wrong type, named later
-                    null_values = True
-                    lens = [0 if v is None else len(v) if isinstance(v, _BYTES_LIKE) else 0
-                            for v in values]
-                total = sum(lens)
-                # no single message can exceed the limit if they all fit under it
-                if total > st.max_message and max(lens) > st.max_message:
-                    j = next(i for i, ln in enumerate(lens) if ln > st.max_message)
-                    raise errors.MessageTooLarge(
-                        f"message #{j} of {lens[j]} bytes to topic {topic!r} exceeds "
-                        f"max_message_bytes={st.max_message}", what=topic)
-                if total + _RECORD_OVERHEAD * n <= limit:
-                    # lens came from map(len): a None among the values would have
-                    # sent us to the except branch, so they are plain lengths
-                    self._append(st, partition, values, None, headers, timestamps, None,
-                                 value_lens=lens if not null_values else None)
-                    return
-            else:
-                # a None value is a tombstone: no bytes
-                lens = [(len(v) if v is not None else 0) + (len(k) if k is not None else 0)
-                        for v, k in zip(values, keys)]
-                for j, sz in enumerate(lens):
-                    if sz > st.max_message:
-                        raise errors.MessageTooLarge(
-                            f"message #{j} of {sz} bytes to topic {topic!r} exceeds "
-                            f"max_message_bytes={st.max_message}", what=topic)
-            # the batch goes out frame by frame: check every value (and key)
-            # first, so a bad one late in the batch commits nothing
-            for kind, items in (("value", values), ("key", keys)):
-                if items is not None and not all(v is None or isinstance(v, _BYTES_LIKE) for v in items):
-                    raise bytes_error(kind, items)
-            i = 0
-            while i < n:
-                j, acc = i, 0
-                while j < n and (acc == 0 or acc + lens[j] + _RECORD_OVERHEAD <= limit):
-                    acc += lens[j] + _RECORD_OVERHEAD
-                    j += 1
-                try:
-                    self._append(st, partition,
-                                 values[i:j] if (i, j) != (0, n) else values,
-                                 None if keys is None else keys[i:j],
-                                 None if headers is None else headers[i:j],
-                                 None if timestamps is None else timestamps[i:j], None)
-                except errors.ShmlogError as exc:
-                    # a large batch goes out frame by frame: say how much of
-                    # it is committed, so a retry can resend only the rest
-                    exc.committed = i
-                    raise
-                i = j
+    send_batch = send_batch
 
     # ------------------------------------------------------------ commit
     def _commit_plain(self, st: _TopicState, partition: int) -> None:
@@ -594,10 +502,12 @@ class Producer:
                 except errors.ShmlogError as exc:
                     exc.committed = a + getattr(exc, "committed", 0)
                     raise
+            self._last_commit = (-1, 0)  # two frames: no one base
             return True
         except errors.BufferFull as exc:
             self._buffer_full(st, partition, exc, callbacks)
         _set_next_hungry(st, partition, len(values))
+        self._last_commit = (base, ts_now)  # shmlog.aio's runs name their offsets from it
         end = base + len(values)
         if end > st.committed_end[partition]:
             st.committed_end[partition] = end

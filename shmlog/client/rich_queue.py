@@ -24,7 +24,9 @@ import functools
 import struct
 import threading
 import time
+from collections import deque
 from itertools import repeat
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 from .. import errors
@@ -40,6 +42,7 @@ from .commit_rules import (
     STREAM_BATCH,
     STREAM_GAP,
     _clock,
+    next_sticky,
 )
 
 
@@ -51,6 +54,10 @@ class RecordMetadata(NamedTuple):
 
 
 _rich_append = lib.shmlog_rich_append
+# a queued record's fields as C reads them, its callback, its timestamp
+_fields_of = itemgetter(slice(0, 5))
+_callback_of = itemgetter(5)
+_stamp_of = itemgetter(4)
 _make_meta = functools.partial(tuple.__new__, RecordMetadata)
 _NOT_COMMITTED = (1 << 64) - 1
 
@@ -76,7 +83,7 @@ def rich_queued(self: Any, st: Any, p: int, nb: int) -> None:
         self._commit_rich(st)
         # (not when the commit was deferred to shmlog.aio's worker)
         if p == st.sticky and st.nparts > 1 and not st.rq:
-            st.sticky = (p + 1) % st.nparts
+            next_sticky(st, p)
         return
     if (not self.linger_ms and (st.bell[_HDR_BELL_HUNGRY] or (p >= 0 and st.waiters[p][_HDR_HUNGRY]))
             and _clock() >= st.rq_next):
@@ -135,8 +142,8 @@ def commit_rich(self: Any, st: Any, nowait: bool = False) -> bool:
             rc = -errno.EPROTO if stream is None or nowait else _append(self, st, stream, n, ts_now,
                                                                          ffi.NULL, ffi.NULL)
             if rc == -errno.EPROTO:
-                callbacks = [r[5] for r in records]
-                stream = pickle_values([r[:5] for r in records])
+                callbacks = list(map(_callback_of, records))
+                stream = pickle_values(list(map(_fields_of, records)))
                 if stream is None:
                     raise TypeError("a queued record did not pickle (a bug: send() checks every field)")
                 out_parts = ffi.new("int32_t[]", n)
@@ -160,7 +167,7 @@ def commit_rich(self: Any, st: Any, nowait: bool = False) -> bool:
                     err = exc
             if callbacks is not None:
                 delivered = True
-                _deliver(self, st, callbacks, out_parts, offsets, [r[4] for r in records], ts_now, err)
+                _deliver(self, st, callbacks, out_parts, offsets, list(map(_stamp_of, records)), ts_now, err)
             if err is not None:
                 raise err
         except errors.ShmlogError as exc:
@@ -219,7 +226,8 @@ def _deliver(self: Any, st: Any, callbacks, out_parts, offsets, stamps, ts_now: 
     cost)."""
     n = len(callbacks)
     offs = ffi.unpack(offsets, n)
-    stamps = [ts_now if ts < 0 else ts for ts in stamps]
+    if min(stamps) < 0:
+        stamps = repeat(ts_now) if max(stamps) < 0 else [ts_now if ts < 0 else ts for ts in stamps]
     metas = map(_make_meta, zip(repeat(st.name), ffi.unpack(out_parts, n), offs, stamps))
     if self._settle_delivery is not None:
         # shmlog.aio: the callbacks are futures, settled in the loop
@@ -229,6 +237,12 @@ def _deliver(self: Any, st: Any, callbacks, out_parts, offsets, stamps, ts_now: 
         self._settle_delivery(callbacks, list(metas), err)
         return
     if err is None:
+        cb = callbacks[0]
+        if cb is not None and callbacks.count(cb) == n:
+            # one callback for the whole commit (the usual case): called
+            # from C's iteration, no Python loop around it
+            deque(map(cb, repeat(None), metas), 0)
+            return
         for cb, md in zip(callbacks, metas):
             if cb is not None:
                 cb(None, md)
