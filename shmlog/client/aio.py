@@ -26,7 +26,7 @@ shmlog_log_wait, the loop thread's in the interpreter and epoll), and it
 bought no latency: every message still needs the loop thread woken, and
 on a 2-core host the spinning worker holds the core that the loop thread
 (and the producer) need right then. Without it the W4 async row used
-about half the CPU at no worse p50/p99 (bench/wait_ab.py, alternated).
+less CPU at no worse p50/p99 (bench/wait_ab.py, alternated).
 
 The hand-over itself costs the same either way. A worker thread waking
 the loop at 10k/s by call_soon_threadsafe or by an eventfd in add_reader

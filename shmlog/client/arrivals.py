@@ -23,8 +23,8 @@ class Arrivals:
     paced stream (10k msg/s: a message every 100 us) is waited for by a
     futex sleep that ends shortly before the next one is due, then a spin
     until shortly after it. A message caught spinning costs no wake-up (a
-    futex wake of a consumer whose core went idle takes 15-30 us on this
-    VM); one that comes earlier wakes the sleep as any commit does, one
+    futex wake of a consumer whose core went idle costs several times a
+    spin's catch on a VM); one that comes earlier wakes the sleep as any commit does, one
     that comes later than the spin wakes the futex wait after it. A stream
     with no gap to sleep in spins DEFAULT_SPIN_US, as does an unknown rate.
 
@@ -36,7 +36,7 @@ class Arrivals:
     a wrong guess moves the next spin earlier, where it catches (and dates)
     the message. The window around the due time (the margin) is learnt
     from how far arrivals land from it (the producer's own jitter) and how
-    far the timed sleep's end strays (a VM's timer ends ~20 us late, and
+    far the timed sleep's end strays (a VM's timer ends late, and
     that mean lateness is taken off the sleep).
 
     The sleep's end needs a fine timer: the thread's timer slack (50 us by
@@ -48,7 +48,7 @@ class Arrivals:
     # upper one also at most a quarter of the gap)
     MARGIN = (5_000, 40_000)
     # how long before a futex wake-up returned its message is taken to
-    # have come (wake-ups measured 14-30 us here): see the class docstring
+    # have come (a wake-up's usual delay, rounded up): see the class docstring
     WAKE_NS = 25_000
     # gaps shorter than this are a stream: a timed sleep (a timer, a
     # context switch) would cost more than spinning through the gap
