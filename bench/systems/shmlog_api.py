@@ -610,8 +610,10 @@ def _aio_consume(d: str, t: str, n: int, warm: int, size: int, *, ctl: Ctl) -> d
     return asyncio.run(main())
 
 
-def _aio_consume_latency(d: str, t: str, n: int, warm: int, *, ctl: Ctl) -> dict:
-    """W4 async: a sync paced producer, `await consumer.getone()` here."""
+def _aio_consume_latency(d: str, t: str, n: int, warm: int, kw: Optional[dict] = None, *,
+                         ctl: Ctl) -> dict:
+    """W4 async: a sync paced producer, `await consumer.getone()` here
+    (kw: the consumer's settings, default none)."""
     import asyncio
     from array import array
 
@@ -619,7 +621,7 @@ def _aio_consume_latency(d: str, t: str, n: int, warm: int, *, ctl: Ctl) -> dict
 
     async def main():
         async with aio.connect(d, start=False) as cluster, \
-                cluster.consumer(t, group="bench-W4-async") as c:
+                cluster.consumer(t, group="bench-W4-async", **(kw or {})) as c:
             await c.getmany(max_messages=1, timeout=0.5)
             lat = array("q")
             unpack = LAT_STAMP.unpack_from

@@ -12,15 +12,21 @@
 
 Each producer and consumer owns one worker thread that runs its
 synchronous client; the event loop never calls into anything that can
-block. Waiting for data is the synchronous consumer's wait (spin, then
-futex) in that thread, and the hand-over to the loop is
-loop.call_soon_threadsafe (asyncio's self-pipe). Nothing busy-polls:
-the worker sleeps in the futex, the loop in epoll. The consumer's worker
-fetches ahead once asked (up to _AHEAD messages): a stream costs one
-hand-over per read, worker -> loop, and no request loop -> worker per
-message. That cut the consumer's CPU at 10k msg/s in a harness without a
-group (52% -> 29% of a core). The bench's W4 async row, with a group,
-still shows 73-88% on a loaded host.
+block. Waiting for data is the synchronous consumer's futex wait in that
+thread, without the sync consumer's spin before it (spin_us=0 unless
+given), and the hand-over to the loop is loop.call_soon_threadsafe
+(asyncio's self-pipe). Nothing busy-polls: the worker sleeps in the
+futex, the loop in epoll. The consumer's worker fetches ahead once asked
+(up to _AHEAD messages): a stream costs one hand-over per read, worker ->
+loop, and no request loop -> worker per message.
+
+Why the worker does not spin: the spin was most of the consumer's CPU
+(profile of a 10k msg/s run: the worker thread's time was mostly in
+shmlog_log_wait, the loop thread's in the interpreter and epoll), and it
+bought no latency: every message still needs the loop thread woken, and
+on a 2-core host the spinning worker holds the core that the loop thread
+(and the producer) need right then. Without it the W4 async row used
+less CPU at no worse p50/p99 (bench/wait_ab.py, alternated).
 
 The hand-over itself costs the same either way. A worker thread waking
 the loop at 10k/s by call_soon_threadsafe or by an eventfd in add_reader
@@ -416,6 +422,8 @@ class AIOConsumer:
                                                 daemon=True)
                 self._thread.start()
             topics, group, on_assign, on_revoke, kwargs = self._args
+            # the worker waits on the futex at once (module docstring)
+            kwargs = {"spin_us": 0, **kwargs}
             try:
                 self.sync = await self._call(functools.partial(
                     self._cluster.sync.consumer, topics, group=group,

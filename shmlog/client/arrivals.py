@@ -22,25 +22,34 @@ class Arrivals:
     """When the next message is due, learnt from the arrivals so far: a
     paced stream (10k msg/s: a message every 100 us) is waited for by a
     futex sleep that ends shortly before the next one is due, then a spin
-    that catches it without a wake-up (~7 us here, 15-40 us on a loaded
-    host). A message that comes earlier wakes the sleep as any commit
-    does; a stream with no gap to sleep in spins DEFAULT_SPIN_US.
+    until shortly after it. A message caught spinning costs no wake-up (a
+    futex wake of a consumer whose core went idle costs several times a
+    spin's catch on a VM); one that comes earlier wakes the sleep as any commit does, one
+    that comes later than the spin wakes the futex wait after it. A stream
+    with no gap to sleep in spins DEFAULT_SPIN_US, as does an unknown rate.
 
     The gap is the mean over a window of records (not the time between
-    reads: a consumer that fell behind reads several at once). The phase
-    comes from arrivals a spin saw (their time is exact); an arrival that
-    woke the sleep came before the sleep was to end, so the phase moves
-    earlier, one that came after the spin moves it later, and one that was
-    there already leaves it alone. A timed sleep here ends ~20 us late (a
-    VM's timer): that lateness is learnt too and the sleep cut by it.
+    reads: a consumer that fell behind reads several at once). Each
+    arrival re-anchors the next due time, so an error never accumulates:
+    one caught spinning is dated exactly; one that woke the futex is dated
+    WAKE_NS before the wake-up returned, a guess on the early side, so that
+    a wrong guess moves the next spin earlier, where it catches (and dates)
+    the message. The window around the due time (the margin) is learnt
+    from how far arrivals land from it (the producer's own jitter) and how
+    far the timed sleep's end strays (a VM's timer ends late, and
+    that mean lateness is taken off the sleep).
 
     The sleep's end needs a fine timer: the thread's timer slack (50 us by
     default, more than the margin) is set to 1 us on first use."""
 
-    __slots__ = ("last", "seen", "gap", "w_time", "w_count", "timer_late")
+    __slots__ = ("last", "seen", "gap", "w_time", "w_count", "timer_late", "timer_dev", "jitter")
 
-    # lead of the spin over the due time: a share of the gap, within bounds
-    MARGIN = (15_000, 40_000)
+    # the margin on each side of the due time: learnt, within bounds (the
+    # upper one also at most a quarter of the gap)
+    MARGIN = (5_000, 40_000)
+    # how long before a futex wake-up returned its message is taken to
+    # have come (a wake-up's usual delay, rounded up): see the class docstring
+    WAKE_NS = 25_000
     # gaps shorter than this are a stream: a timed sleep (a timer, a
     # context switch) would cost more than spinning through the gap
     MIN_GAP = 60_000
@@ -54,11 +63,15 @@ class Arrivals:
         self.gap = 0
         self.w_time = 0  # the window: time and records in it
         self.w_count = 0
-        self.timer_late = 0
+        self.timer_late = 0  # mean lateness of a timed sleep's end
+        self.timer_dev = 0  # mean deviation of it from that mean
+        self.jitter = 10_000  # mean distance of an arrival from its due time
 
     def _margin(self, gap: int) -> int:
         lo, hi = self.MARGIN
-        return min(max(gap >> 2, lo), hi)
+        m = 2 * (self.jitter + self.timer_dev) + 3_000
+        hi = min(hi, gap >> 2)
+        return lo if m < lo else (hi if m > hi else m)
 
     def arrived(self, records: int = 1, how: str = "ready", now: int = 0) -> None:
         """A read returned `records`. how: "spin" (caught spinning: now is
@@ -67,15 +80,18 @@ class Arrivals:
         now = now or _now_ns()
         gap, last = self.gap, self.last
         t = now
+        if how == "early" or how == "late":
+            t = now - self.WAKE_NS
         if gap and last:
             due = last + gap
-            margin = self._margin(gap)
-            if how == "early":
-                t = min(now, due - margin)
-            elif how == "late":
-                t = max(due + 2 * margin, now - margin)
-            elif how == "ready":
+            if how == "ready":
                 t = min(now, due)
+            elif records == 1:
+                # how far from its due time it came: the spin's half-width
+                err = t - due
+                err = -err if err < 0 else err
+                if err < gap >> 1:
+                    self.jitter += (err - self.jitter) >> 3
         # the gap: records over a window of time between reads; an idle
         # pause counts as 16 gaps at most, so one pause does not unlearn a
         # steady rate (a stall and the burst after it, on a loaded host,
@@ -89,21 +105,33 @@ class Arrivals:
                 self.gap = (gap + g) >> 1 if gap else g
                 self.w_time = self.w_count = 0
         self.seen = now
-        self.last = t if t < now else now
+        self.last = t if t > last else last
 
     def plan(self, wait_ns: int):
-        """(futex sleep first, spin after it) for a wait of up to wait_ns."""
+        """(futex sleep first, spin after it) for a wait of up to wait_ns:
+        the spin runs until a margin past the due time."""
         gap = self.gap
         if gap < self.MIN_GAP or gap > self.MAX_GAP:
             return 0, int(DEFAULT_SPIN_US * 1000)
         margin = self._margin(gap)
-        sleep = self.last + gap - margin - self.timer_late - _now_ns()
-        spin = 3 * margin
+        due = self.last + gap
+        now = _now_ns()
+        sleep = due - margin - self.timer_late - now
         if sleep <= 0:
             # due already (or late): spin for it, but not for ever
-            return 0, max(spin + sleep, margin)
+            return 0, max(due + margin - now, margin)
         _fine_timer_slack()
-        return (sleep if sleep < wait_ns else wait_ns), spin
+        if sleep >= wait_ns:
+            return wait_ns, 0
+        return sleep, due + margin - now - sleep
+
+    def _timer(self, late: int) -> None:
+        """A timed sleep ended `late` ns after it was due (learnt slowly,
+        never above the margin's bound)."""
+        late = min(max(late, 0), self.MARGIN[1])
+        self.timer_late += (late - self.timer_late) >> 3
+        dev = late - self.timer_late
+        self.timer_dev += ((-dev if dev < 0 else dev) - self.timer_dev) >> 3
 
     def read(self, read, a, want: int, wait_ns: int, one: bool):
         """Consumer._read by plan(): a futex sleep (a commit ends it early)
@@ -116,10 +144,11 @@ class Arrivals:
             if res is not None:
                 self.arrived(records_in(res), "early" if t1 - t0 > 2_000 else "ready", t1)
                 return res
-            if sleep_ns < wait_ns:
-                # the timer's lateness, learnt slowly and never above a margin
-                late = min(max(t1 - t0 - sleep_ns, 0), self.MARGIN[1])
-                self.timer_late += (late - self.timer_late) >> 3
+            if sleep_ns >= wait_ns:
+                return None
+            self._timer(t1 - t0 - sleep_ns)
+            # the spin ends where planned, however late the timer was
+            spin_ns = max(spin_ns - (t1 - t0 - sleep_ns), self.MARGIN[0])
             t0 = t1
         res = read(a, want, max(wait_ns - sleep_ns, 1), one, spin_ns)
         if res is not None:
@@ -133,6 +162,8 @@ class Arrivals:
         """Consumer._wait over several partitions, by plan()."""
         sleep_ns, spin_ns = self.plan(timeout_ns)
         if sleep_ns and lib.shmlog_log_wait_any(logs, cursors, n, bell, 0, sleep_ns) >= 0:
+            return
+        if sleep_ns >= timeout_ns:
             return
         lib.shmlog_log_wait_any(logs, cursors, n, bell, spin_ns, max(timeout_ns - sleep_ns, 1))
 

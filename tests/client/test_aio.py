@@ -369,3 +369,22 @@ def test_async_consumer_at_a_steady_rate_keeps_the_loop_ticking(data_dir, tmp_pa
     assert [int(m.value) for m in got] == list(range(n))
     assert gap < 0.5, f"the loop was blocked for {gap:.3f} s"
     assert ticks >= 0.25 * wall / 0.002, (ticks, wall)
+
+
+def test_async_consumer_waits_on_the_futex_without_a_spin(data_dir):
+    """The worker thread sleeps on the futex at once (a spin there would
+    hold the core the loop thread needs for the hand-over); spin_us given
+    by the caller still holds."""
+    with running_cluster(data_dir) as cluster:
+        cluster.create_topic(TOPIC, partitions=1, **ROOMY)
+
+        async def main():
+            async with aio.connect(data_dir) as acl:
+                async with acl.consumer(TOPIC) as c:
+                    assert await c.getmany(timeout=0.05) == {}
+                    default = c.sync.spin_ns
+                async with acl.consumer(TOPIC, spin_us=20) as c:
+                    given = c.sync.spin_ns
+            return default, given
+
+        assert asyncio.run(main()) == (0, 20_000)

@@ -140,37 +140,92 @@ def test_spin_us_is_checked(data_dir):
 
 def test_arrivals_learn_the_gap_and_the_phase(monkeypatch):
     """A paced stream: the gap is learnt over a window of records, a spin
-    dates an arrival exactly, a wake-up during the sleep moves the phase
-    earlier, and the timer's lateness shortens the planned sleep."""
+    dates an arrival exactly and the spin is planned around the next due
+    time, a futex wake-up dates it WAKE_NS earlier (the early side), the
+    margin follows the arrivals' jitter and the timer's lateness shortens
+    the planned sleep."""
     clock = [1_000_000_000]
     monkeypatch.setattr(amod, "_now_ns", lambda: clock[0])
     monkeypatch.setattr(amod, "_fine_timer_slack", lambda: None)
     arr = amod.Arrivals()
     default = int(amod.DEFAULT_SPIN_US * 1000)
-    assert arr.plan(10**9) == (0, default)
-    for _ in range(200):  # 10k msg/s
+    assert arr.plan(10**9) == (0, default)  # an unknown rate: the fixed spin
+    for _ in range(200):  # 10k msg/s, each caught spinning on time
         arr.arrived(1, "spin")
         clock[0] += 100_000
     assert abs(arr.gap - 100_000) < 1_000
+    margin = arr._margin(arr.gap)
+    assert margin < 10_000, "arrivals on time: a narrow window"
     due = arr.last + arr.gap
-    margin = 25_000
     clock[0] = arr.last + 5_000  # 5 us after the last arrival
     sleep, spin = arr.plan(10**9)
-    assert abs(clock[0] + sleep - (due - margin)) < 1_500 and spin == 3 * margin
-    # woken 50 us before it was due (the phase was late): the next plan is
-    # earlier, by at least the margin
-    clock[0] = due - 50_000
+    assert clock[0] + sleep == due - margin and spin == 2 * margin
+    # a wait shorter than the sleep: all of it asleep, no spin
+    assert arr.plan(1_000) == (1_000, 0)
+    # woken by the futex: dated WAKE_NS before the wake-up, so the next
+    # spin starts earlier rather than later
+    clock[0] = due + 3_000
     arr.arrived(1, "early")
-    assert arr.last <= due - margin - 25_000
-    # a late timer: the sleep is cut by what it learnt
+    assert arr.last == due + 3_000 - amod.Arrivals.WAKE_NS
+    # jittery arrivals (+-20 us) widen the window, up to a quarter of the gap
+    for i in range(100):
+        clock[0] = arr.last + arr.gap + (20_000 if i & 1 else -20_000)
+        arr.arrived(1, "spin")
+    assert arr._margin(arr.gap) == arr.gap >> 2
+    # a late timer (learnt): the sleep is cut by it
     arr.timer_late = 20_000
-    before = arr.last + arr.gap - arr._margin(arr.gap)
+    clock[0] = arr.last + 1_000
     sleep, _ = arr.plan(10**9)
-    assert clock[0] + sleep == before - 20_000
-    # several records in one read count as several arrivals in the gap
+    assert clock[0] + sleep == arr.last + arr.gap - arr._margin(arr.gap) - 20_000
+    # a long idle pause does not unlearn the rate in one step
+    gap = arr.gap
+    clock[0] += 10**9
+    arr.arrived(1, "late")
+    assert arr.gap < 2 * gap
+    # past the due time: spin for it, no sleep
+    clock[0] = arr.last + arr.gap + 1_000
+    sleep, spin = arr.plan(10**9)
+    assert sleep == 0 and spin >= arr._margin(arr.gap)
+    # several records in one read count as several arrivals in the gap: a
+    # stream, waited for by the fixed spin
     b = amod.Arrivals()
     for _ in range(20):
         b.arrived(10, "ready")
         clock[0] += 100_000
     assert b.gap < 20_000
-    assert b.plan(10**9) == (0, default)  # a stream: the fixed spin
+    assert b.plan(10**9) == (0, default)
+    # a rate too slow to spin for: the fixed spin, then the futex
+    slow = amod.Arrivals()
+    for _ in range(10):
+        slow.arrived()
+        clock[0] += 50_000_000
+    assert slow.gap > amod.Arrivals.MAX_GAP
+    assert slow.plan(10**9) == (0, default)
+
+
+def test_the_spin_ends_where_planned_after_a_late_timer(monkeypatch):
+    """Arrivals.read: a timed sleep that ended late shortens the spin after
+    it, so the spin still ends a margin past the due time."""
+    clock = [1_000_000_000]
+    monkeypatch.setattr(amod, "_now_ns", lambda: clock[0])
+    monkeypatch.setattr(amod, "_fine_timer_slack", lambda: None)
+    arr = amod.Arrivals()
+    for _ in range(200):
+        arr.arrived(1, "spin")
+        clock[0] += 100_000
+    clock[0] = arr.last + 5_000
+    sleep, spin = arr.plan(10**9)
+    calls = []
+
+    def read(a, want, wait_ns, one, spin_ns):
+        calls.append((wait_ns, spin_ns))
+        if spin_ns == 0:
+            clock[0] += wait_ns + 3_000  # the timer ends 3 us late
+            return None
+        clock[0] += 2_000
+        return (0, 0, b"v")
+
+    assert arr.read(read, None, 1, 10**9, True) == (0, 0, b"v")
+    assert calls[0] == (sleep, 0)
+    assert calls[1][1] == spin - 3_000
+    assert arr.timer_late == 3_000 >> 3
