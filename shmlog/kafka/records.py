@@ -214,6 +214,7 @@ class PartitionReader:
          o.header_pos, o.header_lens) = self._arrays
         self.info = ffi.new("shmlog_read_info_t *")
         self.buf = bytearray(1 << 16)
+        self.record_bytes = 0  # encoded bytes per record in the last batch (0: not known yet)
 
     def _encode(self, base, n: int) -> bytes:
         need = lib.shmlog_kafka_encode_bound(self.out, n)
@@ -248,7 +249,7 @@ class PartitionReader:
         size = 0
         while size < max_bytes or (min_one and not batches):
             saved = (c.seq, c.pos, c.next_offset)
-            out.capacity = READ_CAPACITY
+            out.capacity = self._capacity(max_bytes - size)
             out.flags = 0
             n = lib.shmlog_log_read(log, c, out, max(max_bytes - size, 1), info)
             if n < 0:
@@ -287,7 +288,16 @@ class PartitionReader:
                 break
             batches.append(b)
             size += len(b)
+            self.record_bytes = len(b) // k
         return batches, c.next_offset, None
+
+    def _capacity(self, room: int) -> int:
+        """Records to decode for room bytes: what the last batch's record
+        size says fits, and a few more, so that the records put back at a
+        limit (decoded for nothing) stay few."""
+        if self.record_bytes <= 0 or room <= 0:
+            return READ_CAPACITY
+        return max(16, min(READ_CAPACITY, room // self.record_bytes + 16))
 
     def _fit(self, n: int, room: int, min_one: bool) -> int:
         """How many of the n records read fit in room bytes once encoded
