@@ -110,6 +110,34 @@ uint64_t shmlog_kafka_encode_bound(const shmlog_records_out_t *out, uint32_t n)
     return total;
 }
 
+/* The bytes after record i's length prefix when it is encoded in a batch
+ * whose first record has offset base_off and timestamp first_ts. */
+static inline size_t record_body(const shmlog_records_out_t *out, uint32_t i, uint64_t base_off,
+                                 int64_t first_ts)
+{
+    int32_t kl = out->key_lens[i], vl = out->value_lens[i];
+    uint32_t hl = out->header_lens[i];
+    return 1 + varint_size(zigzag(out->timestamps[i] - first_ts)) +
+           varint_size(zigzag((int64_t)(out->offsets[i] - base_off))) + varint_size(zigzag(kl)) +
+           (kl > 0 ? (size_t)kl : 0) + varint_size(zigzag(vl)) + (vl > 0 ? (size_t)vl : 0) +
+           (hl ? hl : 1);
+}
+
+uint32_t shmlog_kafka_encode_fit(const shmlog_records_out_t *out, uint32_t n, uint64_t budget)
+{
+    if (n == 0 || budget < SHMLOG_KAFKA_BATCH_HEADER)
+        return 0;
+    uint64_t base_off = out->offsets[0], total = SHMLOG_KAFKA_BATCH_HEADER;
+    int64_t first_ts = out->timestamps[0];
+    for (uint32_t i = 0; i < n; i++) {
+        size_t body = record_body(out, i, base_off, first_ts);
+        total += varint_size(zigzag((int64_t)body)) + body;
+        if (total > budget)
+            return i;
+    }
+    return n;
+}
+
 int64_t shmlog_kafka_encode(const uint8_t *base, const shmlog_records_out_t *out, uint32_t n,
                             uint8_t *dst, size_t cap)
 {
@@ -126,9 +154,7 @@ int64_t shmlog_kafka_encode(const uint8_t *base, const shmlog_records_out_t *out
         uint32_t hl = out->header_lens[i];
         uint64_t td = zigzag(out->timestamps[i] - first_ts);
         uint64_t od = zigzag((int64_t)(out->offsets[i] - base_off));
-        size_t body = 1 + varint_size(td) + varint_size(od) + varint_size(zigzag(kl)) +
-                      (kl > 0 ? (size_t)kl : 0) + varint_size(zigzag(vl)) +
-                      (vl > 0 ? (size_t)vl : 0) + (hl ? hl : 1);
+        size_t body = record_body(out, i, base_off, first_ts);
         p = put_varint(p, zigzag((int64_t)body));
         *p++ = 0;
         p = put_varint(p, td);

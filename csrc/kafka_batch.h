@@ -54,6 +54,12 @@ int64_t shmlog_kafka_records_to_section(const uint8_t *p, size_t len, uint32_t c
 /* Upper bound of the bytes shmlog_kafka_encode needs for n records. */
 uint64_t shmlog_kafka_encode_bound(const shmlog_records_out_t *out, uint32_t n);
 
+/* How many of records [0, n) of out fit, encoded as one batch (header
+ * included), in budget bytes: the exact size shmlog_kafka_encode would
+ * write, so a Fetch answer can stop at a partition's limit without
+ * overshooting it. 0 when not even the first record fits. */
+uint32_t shmlog_kafka_encode_fit(const shmlog_records_out_t *out, uint32_t n, uint64_t budget);
+
 /* Encode records [0, n) of out (positions relative to base) as one v2
  * batch, uncompressed, CreateTime, producer id -1, offset deltas relative
  * to out->offsets[0] (aborted holes stay holes). Returns bytes written or

@@ -355,6 +355,7 @@ int64_t shmlog_kafka_batch_parse(const uint8_t *buf, size_t len, shmlog_kafka_ba
 int64_t shmlog_kafka_records_to_section(const uint8_t *p, size_t len, uint32_t count,
                                         uint8_t *dst, size_t cap, int64_t *max_ts_delta);
 uint64_t shmlog_kafka_encode_bound(const shmlog_records_out_t *out, uint32_t n);
+uint32_t shmlog_kafka_encode_fit(const shmlog_records_out_t *out, uint32_t n, uint64_t budget);
 int64_t shmlog_kafka_encode(const uint8_t *base, const shmlog_records_out_t *out, uint32_t n,
                             uint8_t *dst, size_t cap);
 """

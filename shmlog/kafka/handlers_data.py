@@ -235,7 +235,10 @@ class DataPlane:
             if size >= max_bytes and size:
                 answers.setdefault((name, p), self._empty(name, p))
                 continue
-            ans = self._read_partition(conn, name, p, off, min(pmax, max(max_bytes - size, 1)))
+            # KIP-74: a partition's share stops at its own limit and at what
+            # is left of the request's; only the first partition with data
+            # may go over, by its first record, so a consumer always moves on
+            ans = self._read_partition(conn, name, p, off, min(pmax, max_bytes - size), not size)
             answers[(name, p)] = ans
             size += sum(len(b) for b in ans[3])
         return size
@@ -247,7 +250,7 @@ class DataPlane:
         except errors.ShmlogError:
             return (P.UNKNOWN_TOPIC_OR_PARTITION, -1, -1, [])
 
-    def _read_partition(self, conn, name: str, p: int, off: int, limit: int):
+    def _read_partition(self, conn, name: str, p: int, off: int, limit: int, min_one: bool):
         st = self.state
         try:
             plog = st.region(name, p)
@@ -264,9 +267,9 @@ class DataPlane:
             rd.read(off, 1)  # positions the cursor for the long poll
             return (P.NONE, end, start, [])
         try:
-            batches, _nxt, why = rd.read(off, limit)
+            batches, _nxt, why = rd.read(off, limit, min_one)
             if why == "range":
-                batches = st.read_segments(name, p, off, limit)
+                batches = st.read_segments(name, p, off, limit, min_one)
                 if batches is None:
                     return (P.OFFSET_OUT_OF_RANGE, end, start, [])
         except errors.CorruptBatch as exc:

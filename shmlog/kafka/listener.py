@@ -129,8 +129,10 @@ class State:
             found = scan_for_time(plog, ts)
         return found
 
-    def read_segments(self, topic: str, p: int, offset: int, limit: int) -> Optional[List[bytes]]:
-        """A Fetch behind the shared-memory window: from the segment files."""
+    def read_segments(self, topic: str, p: int, offset: int, limit: int,
+                      min_one: bool = True) -> Optional[List[bytes]]:
+        """A Fetch behind the shared-memory window: from the segment files,
+        limit bytes at most (the first record whole with min_one)."""
         if not self._disk(topic):
             return None
         rd = self.cluster.segments.reader(topic, p, offset)
@@ -142,7 +144,8 @@ class State:
             rd.close()
         if res is None or not len(res):
             return None
-        return [R.encode_result(res)]
+        batch = R.encode_result(res, limit, min_one)
+        return [] if batch is None else [batch]
 
     def close(self) -> None:
         for plog, slot in self._slots.values():

@@ -214,6 +214,7 @@ class PartitionReader:
          o.header_pos, o.header_lens) = self._arrays
         self.info = ffi.new("shmlog_read_info_t *")
         self.buf = bytearray(1 << 16)
+        self.record_bytes = 0  # encoded bytes per record in the last batch (0: not known yet)
 
     def _encode(self, base, n: int) -> bytes:
         need = lib.shmlog_kafka_encode_bound(self.out, n)
@@ -224,10 +225,15 @@ class PartitionReader:
             raise errors.CorruptBatch(f"{self.plog.what}: encode failed ({k})", what=self.plog.what)
         return bytes(memoryview(self.buf)[:k])
 
-    def read(self, offset: int, max_bytes: int) -> Tuple[List[bytes], int, Optional[str]]:
-        """Batches from offset up to about max_bytes (at least one record if
-        any is there). Returns (batches, next offset, None) or ([], offset,
-        'range') when offset is not in shared memory (below its window)."""
+    def read(self, offset: int, max_bytes: int, min_one: bool = True
+             ) -> Tuple[List[bytes], int, Optional[str]]:
+        """Batches from offset, max_bytes at most in all (Kafka's rule for a
+        partition's share of a Fetch), except that with min_one the first
+        record goes out whole even if larger, so a consumer always makes
+        progress. Records that do not fit are put back: the cursor resumes
+        at the first of them. Returns (batches, next offset, None) or ([],
+        offset, 'range') when offset is not in shared memory (below its
+        window)."""
         plog = self.plog
         log = plog.checked_log()
         c = self.cursor
@@ -241,9 +247,9 @@ class PartitionReader:
         out, info = self.out, self.info
         batches: List[bytes] = []
         size = 0
-        while size < max_bytes or not batches:
+        while size < max_bytes or (min_one and not batches):
             saved = (c.seq, c.pos, c.next_offset)
-            out.capacity = READ_CAPACITY
+            out.capacity = self._capacity(max_bytes - size)
             out.flags = 0
             n = lib.shmlog_log_read(log, c, out, max(max_bytes - size, 1), info)
             if n < 0:
@@ -257,13 +263,14 @@ class PartitionReader:
             if n == 0:
                 if not info.frame_pos:
                     break
-                b = self._compressed(saved)
+                b = self._compressed(saved, max_bytes - size, min_one and not batches)
                 if b is None:
                     break
                 batches.append(b)
                 size += len(b)
                 continue
-            b = self._encode(plog.base, n)
+            k = self._fit(n, max_bytes - size, min_one and not batches)
+            b = self._encode(plog.base, k) if k else b""
             if lib.shmlog_log_validate(log, info.first_seq) != 0:
                 # the chunk was reused while we copied: nothing copied is trusted
                 c.seq, c.pos, c.next_offset = saved
@@ -271,14 +278,37 @@ class PartitionReader:
                 if batches:
                     break
                 return [], saved[2], "range"
+            if k < n:
+                # put back what does not fit: from where this read started,
+                # the next read skips frame headers up to the first of them
+                c.seq, c.pos = saved[0], saved[1]
+                c.next_offset = out.offsets[k]
+                if k:
+                    batches.append(b)
+                break
             batches.append(b)
             size += len(b)
+            self.record_bytes = len(b) // k
         return batches, c.next_offset, None
 
-    def _compressed(self, saved) -> Optional[bytes]:
+    def _capacity(self, room: int) -> int:
+        """Records to decode for room bytes: what the last batch's record
+        size says fits, and a few more, so that the records put back at a
+        limit (decoded for nothing) stay few."""
+        if self.record_bytes <= 0 or room <= 0:
+            return READ_CAPACITY
+        return max(16, min(READ_CAPACITY, room // self.record_bytes + 16))
+
+    def _fit(self, n: int, room: int, min_one: bool) -> int:
+        """How many of the n records read fit in room bytes once encoded
+        (one C count); 1 if none does and the first must go out whole."""
+        k = lib.shmlog_kafka_encode_fit(self.out, n, max(room, 0))
+        return 1 if k == 0 and min_one else k
+
+    def _compressed(self, saved, room: int, min_one: bool) -> Optional[bytes]:
         """A frame a shmlog producer wrote with compression='lz4': decompress
         it, decode into the out arrays (positions in the decompressed bytes),
-        encode from there."""
+        encode from there, as many records as fit in room."""
         plog, info, c = self.plog, self.info, self.cursor
         start = info.frame_pos + lib.SHMLOG_FRAME_HEADER
         packed = plog.mapping[start : start + info.frame_payload_bytes]
@@ -297,9 +327,13 @@ class PartitionReader:
         if n == 0:
             c.next_offset = max(c.next_offset, end)
             return None
-        last = self.out.offsets[n - 1] + 1
+        k = self._fit(n, room, min_one)
+        if k == 0:
+            c.seq, c.pos, c.next_offset = saved
+            return None
+        last = self.out.offsets[k - 1] + 1
         if last < end:
-            # more records than the out arrays hold: resume inside this frame
+            # not every record of this frame goes out now: resume inside it
             seq = info.first_seq
             c.seq = seq
             c.pos = (info.frame_pos - lib.SHMLOG_HEADER_BYTES
@@ -307,13 +341,15 @@ class PartitionReader:
             c.next_offset = last
         elif c.next_offset < end:
             c.next_offset = end
-        return self._encode(ffi.from_buffer(raw), n)
+        return self._encode(ffi.from_buffer(raw), k)
 
 
-def encode_result(res) -> bytes:
-    """A ReadResult from the segment reader as one batch. The replay of
-    files only: their reader hands out Python lists, so the columns are
-    laid out in Python here (no per-record codec work: C encodes)."""
+def encode_result(res, max_bytes: int = 1 << 62, min_one: bool = True) -> Optional[bytes]:
+    """A ReadResult from the segment reader as one batch of the records
+    that fit in max_bytes (the first whole with min_one; None if none
+    fits). The replay of files only: their reader hands out Python lists,
+    so the columns are laid out in Python here (no per-record codec work:
+    C encodes)."""
     n = len(res)
     hdrs = [encode_headers(h) if h else None for h in res.headers] if res.headers else [None] * n
     o = ffi.new("shmlog_records_out_t *")
@@ -338,6 +374,9 @@ def encode_result(res) -> bytes:
     o.offsets, o.timestamps = keep[0], keep[1]
     o.key_pos, o.key_lens, o.value_pos, o.value_lens, o.header_pos, o.header_lens = cols
     base = b"".join(parts) or b"\0"
+    n = lib.shmlog_kafka_encode_fit(o, n, max(max_bytes, 0)) or (1 if min_one else 0)
+    if not n:
+        return None
     need = lib.shmlog_kafka_encode_bound(o, n)
     dst = bytearray(need)
     k = lib.shmlog_kafka_encode(ffi.from_buffer(base), o, n, ffi.from_buffer(dst), need)

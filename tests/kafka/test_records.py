@@ -162,3 +162,24 @@ def test_a_corrupt_batch_is_refused_with_corrupt_message():
     with pytest.raises(R.BatchError, match="CRC32C") as exc:
         R.parse_batches(bytes(raw), 1 << 20)
     assert exc.value.code == P.CORRUPT_MESSAGE
+
+
+def test_encode_fit_counts_exactly_what_encode_writes():
+    # varied sizes (a value of 130 bytes takes a two-byte length) and
+    # timestamps that go back and forth: the count must match the bytes
+    values = [(b"k" * (i % 3), b"v" * (7 + 41 * i % 333)) for i in range(40)]
+    raw = batch(values)
+    (b,) = R.parse_batches(raw, 1 << 20)
+    n, out = decode_section(b.section, b.count, base=5000, first_ts=b.first_ts)
+    assert n == len(values)
+    base = ffi.from_buffer(b.section)
+    sizes = []
+    for k in range(1, n + 1):
+        dst = bytearray(lib.shmlog_kafka_encode_bound(out, k))
+        sizes.append(lib.shmlog_kafka_encode(base, out, k, ffi.from_buffer(dst), len(dst)))
+    assert lib.shmlog_kafka_encode_fit(out, n, sizes[0] - 1) == 0
+    for k, size in enumerate(sizes, 1):
+        assert lib.shmlog_kafka_encode_fit(out, n, size) == k
+        if k < n:
+            assert lib.shmlog_kafka_encode_fit(out, n, sizes[k] - 1) == k
+    assert lib.shmlog_kafka_encode_fit(out, n, 1 << 40) == n
