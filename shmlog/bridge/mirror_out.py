@@ -91,6 +91,10 @@ class MirrorOut(_Mirror):
         self._remote: Dict[str, Tuple[str, int, Optional[KeyPartitioner]]] = {}
         self._local_parts: Dict[str, int] = {}
         self._last_progress = time.monotonic()
+        # perf_counter of the first produce() and of the last delivery
+        # report that completed a run: what bench/mirror_bench.py times
+        self.first_produce_at: Optional[float] = None
+        self.last_ack_at: Optional[float] = None
 
     # ------------------------------------------------------------ setup
     def _producer_conf(self) -> Dict[str, Any]:
@@ -154,6 +158,11 @@ class MirrorOut(_Mirror):
                             rt, rn, rn)
         if self._producer is None:
             self._producer = ck.Producer(self._producer_conf())
+            # connect before the first message: a producer that is still
+            # connecting (and getting its idempotent producer id) holds
+            # what is produced meanwhile, so a fresh mirror would start
+            # with a full window that no acknowledgement frees
+            self._producer.list_topics(timeout=10)
         if self._consumer is None:
             self._consumer = self.cluster.consumer(topics, group=self.group, enable_auto_commit=False)
             self.topics_now = topics
@@ -173,6 +182,8 @@ class MirrorOut(_Mirror):
             self._broken = f"Kafka refused a message of {msg.topic()}[{msg.partition()}]: {err.str()}"
             return
         run.left -= 1
+        if run.left <= 0:
+            self.last_ack_at = time.perf_counter()
 
     # ------------------------------------------------------------ the loop
     def _after_failure(self) -> None:
@@ -285,6 +296,8 @@ class MirrorOut(_Mirror):
             for i in range(lo, hi):
                 last_of[parts[i]] = i
             lasts = {i: rp for rp, i in last_of.items()}
+        if self.first_produce_at is None:
+            self.first_produce_at = time.perf_counter()
         if not self._inflight:
             self._ack_at = time.monotonic()  # the stall clock starts with the first message in flight
         run = _Run(offsets[hi - 1] + 1, len(lasts), hi - lo, stamps[lo], self._gen)
