@@ -22,6 +22,11 @@ from .base import (
 )
 
 RUN_MESSAGES = 1000  # messages per delivery callback (see _send)
+
+# librdkafka settings for throughput that the mirror sets unless -X says
+# otherwise (bench/mirror_bench.py gives its hand-written loop the same):
+# batches of up to 10k messages that wait at most 5 ms to fill
+PRODUCER_DEFAULTS = {"linger.ms": 5, "batch.num.messages": 10000}
 RESCAN_INTERVAL = 10.0  # --pattern: how often new local topics are looked for
 
 
@@ -104,8 +109,7 @@ class MirrorOut(_Mirror):
             "enable.gapless.guarantee": True,
             "message.timeout.ms": 0,
             "queue.buffering.max.messages": self.max_in_flight,
-            "linger.ms": 5,
-            "batch.num.messages": 10000,
+            **PRODUCER_DEFAULTS,
             # the mirror creates remote topics itself, with the local
             # partition count; a broker's auto-creation would pick its own
             "allow.auto.create.topics": False,
