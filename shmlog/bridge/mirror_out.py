@@ -9,7 +9,7 @@ import time
 from collections import deque
 from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple, Union
 
-from .. import errors
+from .. import errors, protocol
 from ..core.partitioner import KeyPartitioner
 from . import kafka_client
 from .base import (
@@ -64,8 +64,10 @@ class MirrorOut(_Mirror):
             raise errors.InvalidConfig("mirror out needs topics or a pattern (one of the two)")
         if remote_topic is not None and len(topics) != 1:
             raise errors.InvalidConfig("a remote topic name (--as) needs exactly one local topic")
-        if max_in_flight < 1:
-            raise errors.InvalidConfig(f"max_in_flight must be >= 1, got {max_in_flight}")
+        protocol.check_mirror_options("out", {
+            "max_in_flight": max_in_flight, "commit_interval_ms": commit_interval_ms,
+            "replication_factor": replication_factor, "create_remote": create_remote,
+            "stall_timeout_s": stall_timeout_s})
         super().__init__(cluster, name or default_name("out", topics, pattern), to, config)
         self.pattern = re.compile(pattern) if pattern else None
         self.topics = topics
@@ -114,18 +116,8 @@ class MirrorOut(_Mirror):
             # partition count; a broker's auto-creation would pick its own
             "allow.auto.create.topics": False,
         }
-        conf.update(self.config)
-        for k in ("enable.idempotence", "enable.gapless.guarantee"):
-            if str(conf.get(k)).lower() not in ("true", "1"):
-                raise errors.InvalidConfig(
-                    f"mirror out needs {k}=true (its no-loss, no-duplicate guarantee rests on it)", what=k)
-        for k in ("message.timeout.ms", "delivery.timeout.ms"):
-            if k in self.config and str(self.config[k]) != "0":
-                # a timed-out message is failed alone, leaving a gap that
-                # the per-run delivery tracking would not see
-                raise errors.InvalidConfig(
-                    f"mirror out needs {k}=0 (never time a message out): a timed-out message would "
-                    f"leave a gap in Kafka", what=k)
+        # the settings the guarantees rest on: -X may repeat, not change them
+        conf.update(protocol.check_mirror_settings("out", self.config))
         conf["error_cb"] = self._on_error
         conf.setdefault("logger", _rdkafka_log)
         return _bootstrap(conf, self.bootstrap)
@@ -161,7 +153,7 @@ class MirrorOut(_Mirror):
                             "by murmur2(key) (keyless messages: local partition %% %d)", self.name, t, n,
                             rt, rn, rn)
         if self._producer is None:
-            self._producer = ck.Producer(self._producer_conf())
+            self._producer = kafka_client.new_client(ck.Producer, self._producer_conf())
             # connect before the first message: a producer that is still
             # connecting (and getting its idempotent producer id) holds
             # what is produced meanwhile, so a fresh mirror would start
