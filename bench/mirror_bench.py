@@ -4,17 +4,21 @@ Python loop, in the same run and into the same broker.
 
     python -m bench.mirror_bench [--messages N] [--sizes 100,1024] [--runs 3]
 
-For each message size: the hand-written loop produces N keyed messages
-(produce() per message, poll(0) every 1000, flush() at the end); the mirror
-carries the same N messages from a 4-partition shmlog memory topic (filled
-beforehand) into a fresh remote topic, timed from start() to its last
-commit (so it includes the mirror's start: group join, topic creation), the
-loop from its producer's creation (both pay the idempotent producer's
-start, about 0.5-1 s on tansu: use enough messages to amortise it).
-Both use the mirror's producer settings (idempotent, linger.ms=5,
-batch.num.messages=10000), so the difference is the loop around produce().
-The best of --runs is reported; the host is shared, so look at the ratio,
-not the absolute figures.
+For each message size and run, alternating which side goes first: the
+hand-written loop produces N keyed messages (produce() with keywords per
+message, poll(0) every 1024, flush() at the end); the mirror carries the
+same N messages from a 4-partition shmlog memory topic (filled beforehand)
+into a fresh remote topic. Both sides are timed the same way: from their
+first produce() to their last delivery report, with a producer that is
+already connected (the loop's calls list_topics() first, the mirror's does
+so when it opens) and a remote topic created beforehand. So neither
+includes start-up (producer creation, group join, topic creation): only
+the loop around produce() and the delivery of the data. Both use the
+mirror's throughput settings (PRODUCER_DEFAULTS in
+shmlog/bridge/mirror_out.py) and an idempotent producer. After each run
+the remote topic is read back and must hold N messages (a count only).
+Best and median of --runs are reported; the host is shared, so look at the
+ratio, not the absolute figures.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -60,19 +65,27 @@ def _data(n: int, size: int):
     return values, keys
 
 
+def _create_remote(bootstrap: str, topic: str, partitions: int = 4) -> None:
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    adm = AdminClient({"bootstrap.servers": bootstrap})
+    adm.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=-1)])[topic].result(20)
+
+
 def _hand_loop(bootstrap: str, topic: str, values, keys) -> float:
     from confluent_kafka import Producer
 
+    from shmlog.bridge.mirror_out import PRODUCER_DEFAULTS
     from shmlog.core.partitioner import KeyPartitioner
 
     kp = KeyPartitioner(4)
     parts = [kp(k) for k in keys]  # the same placement the mirror uses, computed up front
-    # timed from the producer's creation, as the mirror is timed from its
-    # start: both pay the idempotent producer's start (~0.5-1 s on tansu)
-    t0 = time.perf_counter()
-    p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5,
-                  "batch.num.messages": 10000, "queue.buffering.max.messages": 100_000})
+    _create_remote(bootstrap, topic)
+    p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True,
+                  "queue.buffering.max.messages": 100_000, **PRODUCER_DEFAULTS})
+    p.list_topics(timeout=20)  # connected before the clock starts, as the mirror's producer is
     produce = p.produce
+    t0 = time.perf_counter()
     for i in range(len(values)):
         while True:
             try:
@@ -90,17 +103,47 @@ def _hand_loop(bootstrap: str, topic: str, values, keys) -> float:
 def _mirror(cluster, bootstrap: str, local: str, remote: str, n: int) -> float:
     from shmlog.bridge.mirror_out import MirrorOut
 
+    _create_remote(bootstrap, remote)
     m = MirrorOut(cluster, local, to=bootstrap, remote_topic=remote, name=f"bench-{remote}")
-    t0 = time.perf_counter()
     m.start()
     try:
-        while m.messages < n:
-            if m._thread_error is not None or not m._thread.is_alive():
+        deadline = time.monotonic() + 300
+        while m.messages < n:  # acknowledged and committed
+            if m._thread_error is not None or not m._thread.is_alive() or time.monotonic() > deadline:
                 raise SystemExit(f"the mirror stopped: {m.status()}")
             time.sleep(0.002)
-        return time.perf_counter() - t0
+        return m.last_ack_at - m.first_produce_at
     finally:
         m.close()
+
+
+def _count_remote(bootstrap: str, topic: str, want: int, timeout: float = 60.0) -> int:
+    """Messages in a remote topic, read from offset 0 (tansu's high
+    watermarks are not reliable enough to count with)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-count", "enable.auto.commit": False,
+                  "enable.partition.eof": False})
+    try:
+        c.assign([TopicPartition(topic, q, 0) for q in range(4)])
+        got = 0
+        deadline = time.monotonic() + timeout
+        quiet_until = None
+        while time.monotonic() < deadline:
+            msgs = c.consume(10_000, 0.2)
+            got += sum(1 for m in msgs if m.error() is None)
+            if got >= want:
+                quiet_until = quiet_until or time.monotonic() + 0.3  # a duplicate would show up here
+                if time.monotonic() > quiet_until:
+                    break
+        return got
+    finally:
+        c.close()
+
+
+def _stats(rates):
+    xs = sorted(rates)
+    return xs[-1], statistics.median(xs)
 
 
 def main(argv=None) -> int:
@@ -109,6 +152,8 @@ def main(argv=None) -> int:
     ap.add_argument("--messages", type=int, default=500_000)
     ap.add_argument("--sizes", default="100,1024")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--no-verify", dest="verify", action="store_false",
+                    help="skip reading each remote topic back to count it")
     args = ap.parse_args(argv)
     import shmlog
 
@@ -131,23 +176,37 @@ def main(argv=None) -> int:
             p.close()
             hand, mirror = [], []
             for run in range(args.runs):
-                hand.append(_hand_loop(bootstrap, f"hand-{size}-{run}", values, keys))
-                mirror.append(_mirror(cluster, bootstrap, local, f"mirror-{size}-{run}", args.messages))
-                print(f"size {size} run {run}: hand {args.messages / hand[-1]:,.0f} msg/s, "
-                      f"mirror {args.messages / mirror[-1]:,.0f} msg/s", file=sys.stderr)
-            rows.append((size, args.messages / min(hand), args.messages / min(mirror)))
+                sides = [("hand", hand), ("mirror", mirror)]
+                if run % 2:
+                    sides.reverse()  # alternate which side goes first
+                for side, rates in sides:
+                    topic = f"{side}-{size}-{run}"
+                    if side == "hand":
+                        took = _hand_loop(bootstrap, topic, values, keys)
+                    else:
+                        took = _mirror(cluster, bootstrap, local, topic, args.messages)
+                    if args.verify:
+                        got = _count_remote(bootstrap, topic, args.messages)
+                        if got != args.messages:
+                            raise SystemExit(f"{topic}: {got} messages in the remote topic, want {args.messages}")
+                    rates.append(args.messages / took)
+                print(f"size {size} run {run}: hand {hand[-1]:,.0f} msg/s, mirror {mirror[-1]:,.0f} msg/s",
+                      file=sys.stderr)
+            rows.append((size, _stats(hand), _stats(mirror)))
             cluster.delete_topic(local)
     finally:
         cluster.shutdown()
         tansu.kill()
         tansu.wait()
-    print(f"\nmirror out into tansu, {args.messages:,} keyed messages, best of {args.runs} "
+    print(f"\nmirror out into tansu, {args.messages:,} keyed messages, {args.runs} runs; both sides timed "
+          f"from their first produce() to their last delivery report, producers connected beforehand "
           f"({os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f})")
-    print("| size | hand-written confluent-kafka loop | shmlog mirror out | mirror / loop |")
+    print("| size | hand-written confluent-kafka loop, best / median | shmlog mirror out, best / median "
+          "| mirror / loop, best / median |")
     print("|---|---|---|---|")
-    for size, h, m in rows:
-        print(f"| {size} B | {h:,.0f} msg/s ({h * size / 1e6:,.1f} MB/s) | {m:,.0f} msg/s "
-              f"({m * size / 1e6:,.1f} MB/s) | {m / h:.2f} |")
+    for size, (hb, hm), (mb, mm) in rows:
+        print(f"| {size} B | {hb:,.0f} / {hm:,.0f} msg/s | {mb:,.0f} / {mm:,.0f} msg/s "
+              f"| {mb / hb:.2f} / {mm / hm:.2f} |")
     return 0
 
 

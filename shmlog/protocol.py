@@ -128,14 +128,77 @@ MIRRORS_DIR = "mirrors"
 MIRROR_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 MIRROR_SPEC_KEYS = ("name", "direction", "topics", "pattern", "bootstrap", "as", "config", "options")
 # the keyword options of bridge.MirrorOut / MirrorIn that a spec may carry,
-# checked here so that a typo fails in the caller, not in a child that the
-# supervisor would restart forever (tests/bridge keep these in step with
-# the constructors)
+# checked here (type and range) so that a bad value fails in the caller, not
+# in a child that the supervisor would restart forever (tests/bridge keep
+# these in step with the constructors): name -> (types, valid?, what it must
+# be, the CLI flag if there is one)
 MIRROR_OPTIONS = {
-    "out": {"max_in_flight": int, "commit_interval_ms": (int, float), "replication_factor": int,
-            "create_remote": bool, "stall_timeout_s": (int, float)},
-    "in": {"batch": int, "topic_config": dict},
+    "out": {
+        "max_in_flight": (int, lambda v: v >= 1, "a count of messages >= 1: the most sent but not yet committed, "
+                          "so the most a crash can send twice", "--max-in-flight"),
+        "commit_interval_ms": ((int, float), lambda v: v >= 0, "milliseconds >= 0", None),
+        "replication_factor": (int, lambda v: v == -1 or v >= 1, "-1 (the cluster's default) or >= 1",
+                               "--replication-factor"),
+        "create_remote": (bool, None, "true or false", None),
+        "stall_timeout_s": ((int, float), lambda v: v > 0, "seconds > 0", None),
+    },
+    "in": {
+        "batch": (int, lambda v: v >= 1, "a count of messages >= 1", None),
+        "topic_config": (dict, None, "settings of a shmlog topic", "--topic-config"),
+    },
 }
+# librdkafka settings that mirror out's guarantees rest on (see
+# bridge/base.py, DUPLICATE_BOUND): -X may repeat them, not change them
+MIRROR_OUT_FIXED_SETTINGS = {
+    "enable.idempotence": ("true", "its no-loss, no-duplicate guarantee rests on an idempotent producer"),
+    "enable.gapless.guarantee": ("true", "a failed batch must stop the producer, not leave a gap"),
+    "message.timeout.ms": ("0", "a message that timed out would leave a gap in Kafka"),
+    "delivery.timeout.ms": ("0", "a message that timed out would leave a gap in Kafka"),
+}
+_TRUE = ("true", "1", "t")
+
+
+def check_mirror_options(direction: str, options: Dict[str, Any]) -> Dict[str, Any]:
+    """Each option known for the direction, of the right type and in range;
+    InvalidConfig naming the option, what is wrong and what it must be."""
+    known = MIRROR_OPTIONS[direction]
+    for k, v in options.items():
+        if k not in known:
+            raise errors.InvalidConfig(f"unknown option {k!r} for a mirror {direction}: use one of "
+                                       f"{', '.join(sorted(known))}", what=str(k))
+        kinds, valid, must, flag = known[k]
+        name = f"{k} ({flag})" if flag else k
+        if not isinstance(v, kinds) or (isinstance(v, bool) and kinds is not bool):
+            raise errors.InvalidConfig(f"mirror {direction} option {name}={v!r} has type {type(v).__name__}: it must "
+                                       f"be {must}", what=k)
+        if valid is not None and not valid(v):
+            raise errors.InvalidConfig(f"mirror {direction} option {name}={v!r} is out of range: it must be "
+                                       f"{must}", what=k)
+        if k == "topic_config":
+            from .config import topic_config
+
+            try:
+                topic_config(v)
+            except errors.InvalidConfig as exc:
+                raise errors.InvalidConfig(f"mirror in option {name}: {exc}", what=k) from None
+    return options
+
+
+def check_mirror_settings(direction: str, settings: Dict[str, Any]) -> Dict[str, Any]:
+    """librdkafka settings (-X): name=value, and for out none that would
+    break its guarantees."""
+    for k, v in settings.items():
+        if not isinstance(k, str) or not k or not isinstance(v, (str, int, float, bool)):
+            raise errors.InvalidConfig(f"mirror setting {k!r}={v!r}: librdkafka settings are "
+                                       f"name=value (string, number or bool)", what=str(k))
+        fixed = MIRROR_OUT_FIXED_SETTINGS.get(k) if direction == "out" else None
+        if fixed is not None:
+            want, why = fixed
+            got = str(v).strip().lower()
+            if (got in _TRUE) != (want == "true") or (want != "true" and got != want):
+                raise errors.InvalidConfig(f"mirror out setting {k}={v!r} is not allowed: mirror out needs "
+                                           f"{k}={want} ({why}); leave it out", what=k)
+    return settings
 
 
 def mirrors_dir(data_dir: Union[str, Path]) -> Path:
@@ -193,19 +256,10 @@ def mirror_spec(direction: Any, topics: Union[str, Sequence[str], None], bootstr
                                    f"{pattern or topics!r}")
     if as_ is not None and (not isinstance(as_, str) or not as_):
         raise errors.InvalidConfig(f"the topic's name on the other side (as) must be a name, got {as_!r}")
-    settings = dict(settings or {})
-    for k, v in settings.items():
-        if not isinstance(k, str) or not isinstance(v, (str, int, float, bool)):
-            raise errors.InvalidConfig(f"mirror setting {k!r}={v!r}: librdkafka settings are "
-                                       f"name=value (string, number or bool)", what=str(k))
-    options = dict(options or {})
-    known = MIRROR_OPTIONS[direction]
-    for k, v in options.items():
-        if k not in known:
-            raise errors.InvalidConfig(f"unknown option {k!r} for a mirror {direction}: use one of "
-                                       f"{', '.join(sorted(known))}", what=str(k))
-        if not isinstance(v, known[k]) or (isinstance(v, bool) and known[k] is not bool):
-            raise errors.InvalidConfig(f"mirror option {k}={v!r} has the wrong type", what=k)
+    if not isinstance(settings or {}, dict) or not isinstance(options or {}, dict):
+        raise errors.InvalidConfig("mirror settings and options are name -> value mappings")
+    settings = check_mirror_settings(direction, dict(settings or {}))
+    options = check_mirror_options(direction, dict(options or {}))
     name = check_mirror_name(name if name is not None else
                              default_mirror_name(direction, [as_ or topics[0]] if direction == "in" else topics,
                                                  pattern))

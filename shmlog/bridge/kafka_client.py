@@ -36,13 +36,29 @@ def kafka() -> Any:
     return confluent_kafka
 
 
+def new_client(factory: Any, conf: Dict[str, Any]) -> Any:
+    """factory(conf) (a Producer, Consumer or AdminClient); a setting that
+    librdkafka refuses (an unknown name, a bad value) is InvalidConfig, not
+    a Kafka error: retrying cannot fix it, so a mirror's run loop does not
+    retry it but stops, saying which setting."""
+    ck = kafka()
+    try:
+        return factory(conf)
+    except ck.KafkaException as exc:
+        err = exc.args[0] if exc.args else None
+        if getattr(err, "code", lambda: None)() == ck.KafkaError._INVALID_ARG:
+            raise errors.InvalidConfig(f"librdkafka refuses a mirror setting: {err.str()}; fix or remove it "
+                                       f"(-X KEY=VALUE, settings= in Python)") from None
+        raise
+
+
 def admin(conf: Dict[str, Any]) -> Any:
     kafka()  # the clear error first
     from confluent_kafka.admin import AdminClient
 
     conf = _admin_conf(conf)
     conf.setdefault("logger", LIBRDKAFKA_LOG)  # its reconnect noise goes to logging, not stderr
-    return AdminClient(conf)
+    return new_client(AdminClient, conf)
 
 
 # settings that only the producer or only the consumer understands: the

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from .. import errors
+from .. import errors, protocol
 from ..core.partitioner import KeyPartitioner
 from . import kafka_client
 from .base import _bootstrap, _Mirror, _rdkafka_log, _Stopped, default_name, log
@@ -22,6 +22,8 @@ class MirrorIn(_Mirror):
                  batch: int = 10_000, topic_config: Optional[Dict[str, Any]] = None):
         if not topic or "," in topic:
             raise errors.InvalidConfig(f"mirror in takes one remote topic, got {topic!r}")
+        protocol.check_mirror_options("in", {"batch": batch, "topic_config": dict(topic_config or {})})
+        protocol.check_mirror_settings("in", dict(config or {}))
         super().__init__(cluster, name or default_name("in", [local_topic or topic], None), from_, config)
         self.topic = topic
         self.local_topic = local_topic or topic
@@ -70,7 +72,7 @@ class MirrorIn(_Mirror):
             # before the loop below tries again (and keeps the status fresh)
             self._producer = self.cluster.producer(max_block_ms=1000)
         if self._kc is None:
-            self._kc = ck.Consumer(self._consumer_conf())
+            self._kc = kafka_client.new_client(ck.Consumer, self._consumer_conf())
             self._kc.subscribe([self.topic], on_revoke=self._on_revoke)
 
     def _on_revoke(self, consumer, partitions) -> None:

@@ -9,7 +9,7 @@ import time
 from collections import deque
 from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple, Union
 
-from .. import errors
+from .. import errors, protocol
 from ..core.partitioner import KeyPartitioner
 from . import kafka_client
 from .base import (
@@ -22,6 +22,11 @@ from .base import (
 )
 
 RUN_MESSAGES = 1000  # messages per delivery callback (see _send)
+
+# librdkafka settings for throughput that the mirror sets unless -X says
+# otherwise (bench/mirror_bench.py gives its hand-written loop the same):
+# batches of up to 10k messages that wait at most 5 ms to fill
+PRODUCER_DEFAULTS = {"linger.ms": 5, "batch.num.messages": 10000}
 RESCAN_INTERVAL = 10.0  # --pattern: how often new local topics are looked for
 
 
@@ -59,8 +64,10 @@ class MirrorOut(_Mirror):
             raise errors.InvalidConfig("mirror out needs topics or a pattern (one of the two)")
         if remote_topic is not None and len(topics) != 1:
             raise errors.InvalidConfig("a remote topic name (--as) needs exactly one local topic")
-        if max_in_flight < 1:
-            raise errors.InvalidConfig(f"max_in_flight must be >= 1, got {max_in_flight}")
+        protocol.check_mirror_options("out", {
+            "max_in_flight": max_in_flight, "commit_interval_ms": commit_interval_ms,
+            "replication_factor": replication_factor, "create_remote": create_remote,
+            "stall_timeout_s": stall_timeout_s})
         super().__init__(cluster, name or default_name("out", topics, pattern), to, config)
         self.pattern = re.compile(pattern) if pattern else None
         self.topics = topics
@@ -91,6 +98,10 @@ class MirrorOut(_Mirror):
         self._remote: Dict[str, Tuple[str, int, Optional[KeyPartitioner]]] = {}
         self._local_parts: Dict[str, int] = {}
         self._last_progress = time.monotonic()
+        # perf_counter of the first produce() and of the last delivery
+        # report that completed a run: what bench/mirror_bench.py times
+        self.first_produce_at: Optional[float] = None
+        self.last_ack_at: Optional[float] = None
 
     # ------------------------------------------------------------ setup
     def _producer_conf(self) -> Dict[str, Any]:
@@ -100,24 +111,13 @@ class MirrorOut(_Mirror):
             "enable.gapless.guarantee": True,
             "message.timeout.ms": 0,
             "queue.buffering.max.messages": self.max_in_flight,
-            "linger.ms": 5,
-            "batch.num.messages": 10000,
+            **PRODUCER_DEFAULTS,
             # the mirror creates remote topics itself, with the local
             # partition count; a broker's auto-creation would pick its own
             "allow.auto.create.topics": False,
         }
-        conf.update(self.config)
-        for k in ("enable.idempotence", "enable.gapless.guarantee"):
-            if str(conf.get(k)).lower() not in ("true", "1"):
-                raise errors.InvalidConfig(
-                    f"mirror out needs {k}=true (its no-loss, no-duplicate guarantee rests on it)", what=k)
-        for k in ("message.timeout.ms", "delivery.timeout.ms"):
-            if k in self.config and str(self.config[k]) != "0":
-                # a timed-out message is failed alone, leaving a gap that
-                # the per-run delivery tracking would not see
-                raise errors.InvalidConfig(
-                    f"mirror out needs {k}=0 (never time a message out): a timed-out message would "
-                    f"leave a gap in Kafka", what=k)
+        # the settings the guarantees rest on: -X may repeat, not change them
+        conf.update(protocol.check_mirror_settings("out", self.config))
         conf["error_cb"] = self._on_error
         conf.setdefault("logger", _rdkafka_log)
         return _bootstrap(conf, self.bootstrap)
@@ -153,7 +153,12 @@ class MirrorOut(_Mirror):
                             "by murmur2(key) (keyless messages: local partition %% %d)", self.name, t, n,
                             rt, rn, rn)
         if self._producer is None:
-            self._producer = ck.Producer(self._producer_conf())
+            self._producer = kafka_client.new_client(ck.Producer, self._producer_conf())
+            # connect before the first message: a producer that is still
+            # connecting (and getting its idempotent producer id) holds
+            # what is produced meanwhile, so a fresh mirror would start
+            # with a full window that no acknowledgement frees
+            self._producer.list_topics(timeout=10)
         if self._consumer is None:
             self._consumer = self.cluster.consumer(topics, group=self.group, enable_auto_commit=False)
             self.topics_now = topics
@@ -173,6 +178,8 @@ class MirrorOut(_Mirror):
             self._broken = f"Kafka refused a message of {msg.topic()}[{msg.partition()}]: {err.str()}"
             return
         run.left -= 1
+        if run.left <= 0:
+            self.last_ack_at = time.perf_counter()
 
     # ------------------------------------------------------------ the loop
     def _after_failure(self) -> None:
@@ -285,6 +292,8 @@ class MirrorOut(_Mirror):
             for i in range(lo, hi):
                 last_of[parts[i]] = i
             lasts = {i: rp for rp, i in last_of.items()}
+        if self.first_produce_at is None:
+            self.first_produce_at = time.perf_counter()
         if not self._inflight:
             self._ack_at = time.monotonic()  # the stall clock starts with the first message in flight
         run = _Run(offsets[hi - 1] + 1, len(lasts), hi - lo, stamps[lo], self._gen)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from pathlib import Path
 from typing import Any, Dict, Tuple
 
 from .. import errors, protocol
@@ -89,9 +90,33 @@ def cmd_start(args) -> int:
     return 0
 
 
+def _running_cluster(args):
+    """The cluster if a supervisor serves --data-dir, else None: a command
+    that only reads or stops never starts a supervisor (which would also
+    start every managed mirror)."""
+    from ..client.cluster import connect
+
+    if not Path(args.data_dir).is_dir():
+        return None
+    try:
+        return connect(args.data_dir, start=False)
+    except errors.BrokerNotRunning:
+        return None
+
+
 def cmd_list(args) -> int:
-    with _connect(args) as cluster:
-        rows = cluster.mirrors()
+    cluster = _running_cluster(args)
+    if cluster is None:
+        # what the spec files say; nothing runs without a supervisor
+        from ..broker.mirrors import mirror_rows
+
+        rows = mirror_rows(Path(args.data_dir)) if Path(args.data_dir).is_dir() else []
+        print(f"no supervisor is serving {Path(args.data_dir).absolute()}: no mirror runs"
+              + (f"; the {len(rows)} managed mirror(s) below start with it (`shmlog serve`, or any "
+                 f"command that starts it)" if rows else ""), file=sys.stderr)
+    else:
+        with cluster:
+            rows = cluster.mirrors()
     if args.json:
         print_json(rows)
         return 0
@@ -108,7 +133,17 @@ def cmd_list(args) -> int:
 
 
 def cmd_stop(args) -> int:
-    with _connect(args) as cluster:
+    cluster = _running_cluster(args)
+    if cluster is None:
+        protocol.check_mirror_name(args.name)
+        known = protocol.mirror_file(args.data_dir, args.name, "spec").exists()
+        raise errors.BrokerNotRunning(
+            f"no supervisor is serving {Path(args.data_dir).absolute()}, so mirror {args.name} is not running"
+            + (f"; it is registered and would start with the supervisor: start one (`shmlog serve`) and run "
+               f"`shmlog mirror stop {args.name}` again" if known else f" (and no mirror named {args.name!r} "
+                                                                        f"is registered)"),
+            what=args.name)
+    with cluster:
         cluster.stop_mirror(args.name)
     print(f"mirror {args.name}: stopped")
     return 0

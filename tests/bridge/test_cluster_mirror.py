@@ -94,7 +94,23 @@ def test_cluster_mirror_in(data_dir, tansu):
     ({"topics": "a,b", "from_": "h:1"}, "exactly one remote topic"),
     ({"topics": "a,b", "to": "h:1", "as_": "x"}, "exactly one local topic"),
     ({"topics": "events", "to": "h:1", "max_inflight": 5}, "unknown option 'max_inflight'.*max_in_flight"),
-    ({"topics": "events", "to": "h:1", "max_in_flight": "5"}, "max_in_flight='5' has the wrong type"),
+    ({"topics": "events", "to": "h:1", "max_in_flight": "5"},
+     r"max_in_flight \(--max-in-flight\)='5' has type str: it must be a count of messages >= 1"),
+    # options that only the bridge used to check: now refused in the caller
+    ({"topics": "events", "to": "h:1", "max_in_flight": 0},
+     r"max_in_flight \(--max-in-flight\)=0 is out of range: it must be a count of messages >= 1"),
+    ({"topics": "events", "to": "h:1", "replication_factor": 0}, r"replication_factor.*=0 is out of range.*-1"),
+    ({"topics": "events", "to": "h:1", "stall_timeout_s": 0}, "stall_timeout_s=0 is out of range: .*seconds > 0"),
+    ({"topics": "events", "to": "h:1", "commit_interval_ms": -1}, "commit_interval_ms=-1 is out of range"),
+    ({"topics": "events", "to": "h:1", "create_remote": 1}, "create_remote=1 has type int: it must be true or false"),
+    ({"topics": "t", "from_": "h:1", "batch": 0}, "mirror in option batch=0 is out of range"),
+    ({"topics": "t", "from_": "h:1", "topic_config": {"storage": "tape"}},
+     r"option topic_config \(--topic-config\): invalid storage='tape'"),
+    ({"topics": "t", "from_": "h:1", "topic_config": {"colour": "red"}}, "topic_config.*unknown topic setting 'colour'"),
+    ({"topics": "events", "to": "h:1", "settings": {"enable.idempotence": "false"}},
+     r"setting enable.idempotence='false' is not allowed: mirror out needs enable.idempotence=true"),
+    ({"topics": "events", "to": "h:1", "settings": {"message.timeout.ms": 30000}},
+     "message.timeout.ms=30000 is not allowed: mirror out needs message.timeout.ms=0"),
     ({"topics": "events", "to": "h:1", "settings": {"acks": ["all"]}}, "mirror setting 'acks'"),
     ({"to": "h:1", "pattern": "("}, "not a regular expression"),
 ])
@@ -121,15 +137,15 @@ def test_mirror_start_op_checks_the_spec(data_dir):
 
 
 def test_cluster_mirror_that_fails_names_its_log(data_dir):
-    """A mirror whose process exits at start (an option the bridge refuses)
-    fails Cluster.mirror with the reason and the log file, and stays
-    registered (retried) until stop_mirror."""
+    """A mirror whose process exits at start (a librdkafka setting that only
+    librdkafka knows to refuse) fails Cluster.mirror with the reason and the
+    log file, and stays registered (retried) until stop_mirror."""
     with running_cluster(data_dir) as c:
         c.create_topic("events", partitions=1, **ROOMY)
         t0 = time.monotonic()
-        with pytest.raises(errors.ShmlogError, match=r"mirror bad failed to start .*max_in_flight must be >= 1.*"
-                                                     r"mirrors/bad\.log") as exc:
-            c.mirror("events", to="127.0.0.1:1", name="bad", max_in_flight=0)
+        with pytest.raises(errors.ShmlogError, match=r"mirror bad failed to start .*librdkafka refuses a mirror "
+                                                     r"setting.*no\.such\.setting.*mirrors/bad\.log") as exc:
+            c.mirror("events", to="127.0.0.1:1", name="bad", settings={"no.such.setting": "1"})
         assert time.monotonic() - t0 < 25, "it failed fast, not at the timeout"
         assert "stop_mirror('bad')" in str(exc.value)
         row = _row(c, "bad")

@@ -379,3 +379,20 @@ def test_settings_that_would_break_the_guarantee_are_refused(data_dir):
             m = MirrorOut(c, "events", to="127.0.0.1:1", config=bad)
             with pytest.raises(Exception, match=next(iter(bad))):
                 m._producer_conf()
+
+
+def test_guarantees_doc_states_the_bounds_the_code_has():
+    """docs/guarantees.md gives the duplicate bounds in numbers: they are
+    the code's defaults (the SIGKILL test above checks that a bound holds)."""
+    import inspect
+    from pathlib import Path
+
+    from shmlog.bridge.mirror_in import MirrorIn
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "guarantees.md").read_text()
+    section = doc.split("## Mirrors to and from Kafka", 1)[1].split("\n## ", 1)[0]
+    out_default = inspect.signature(MirrorOut.__init__).parameters["max_in_flight"].default
+    in_default = inspect.signature(MirrorIn.__init__).parameters["batch"].default
+    assert out_default == DEFAULT_MAX_IN_FLIGHT
+    assert f"at most `max_in_flight` messages ({out_default:,} by default) a second" in section, section
+    assert f"at most `batch` messages ({in_default:,} by" in section, section
