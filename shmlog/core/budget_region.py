@@ -19,7 +19,7 @@ import posix_ipc
 
 from .. import errors
 from ._core import ffi, lib
-from .log import reserve_fd, unlink_region
+from .log import create_reserved_region, unlink_region
 
 VERSION = 1
 REGION_BYTES = 4096
@@ -53,15 +53,7 @@ class BudgetRegion:
             unlink_region(name)
             region = None
         if region is None:
-            shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=REGION_BYTES)
-            try:
-                reserve_fd(shm.fd, REGION_BYTES, f"budget region {name}", name)
-                mm = mmap.mmap(shm.fd, REGION_BYTES, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-            except BaseException:
-                shm.close_fd()
-                unlink_region(name)
-                raise
-            shm.close_fd()
+            mm = create_reserved_region(name, REGION_BYTES, f"budget region {name}")
             region = cls(name, mm, created=True)
             region.account.version = VERSION
             region.account.magic = lib.SHMLOG_BUDGET_MAGIC  # last: half-made never looks valid

@@ -29,7 +29,7 @@ import secrets
 import posix_ipc
 
 from .. import errors
-from .log import reserve_fd, unlink_region
+from .log import create_reserved_region, reserve_fd, unlink_region
 
 log = logging.getLogger("shmlog.groups")
 
@@ -80,17 +80,9 @@ class GroupsRegion:
         except errors.ShmlogError as exc:
             log.error("groups region %s is unusable (%s); recreating it", name, exc)
             unlink_region(name)
-        shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=REGION_BYTES)
-        try:
-            # its pages now: a member's heartbeat write into a page the full
-            # tmpfs cannot give would be a SIGBUS in that member
-            reserve_fd(shm.fd, REGION_BYTES, f"groups region {name}", name)
-            mm = mmap.mmap(shm.fd, REGION_BYTES, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        except BaseException:
-            shm.close_fd()
-            unlink_region(name)
-            raise
-        shm.close_fd()
+        # its pages now: a member's heartbeat write into a page the full
+        # tmpfs cannot give would be a SIGBUS in that member
+        mm = create_reserved_region(name, REGION_BYTES, f"groups region {name}")
         region = cls(name, mm, created=True)
         w = region.words
         w[H_VERSION] = VERSION

@@ -589,6 +589,24 @@ def region_usage(name: str) -> Optional[tuple]:
     return st.st_size, st.st_blocks * 512
 
 
+def create_reserved_region(name: str, size: int, what: str) -> mmap.mmap:
+    """Create region `name` (exclusively) with all its pages reserved, and map it.
+
+    Small fixed regions (groups, budget) are written through their mapping by every
+    process: a page the full tmpfs cannot give would be a SIGBUS in that writer, so the
+    pages are taken now (reserve_fd) and a failure unlinks the half-made region."""
+    shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=size)
+    try:
+        reserve_fd(shm.fd, size, what, name)
+        mm = mmap.mmap(shm.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    except BaseException:
+        shm.close_fd()
+        unlink_region(name)
+        raise
+    shm.close_fd()
+    return mm
+
+
 def reserve_fd(fd: int, size: int, what: str, name: str = "", *, start: int = 0) -> None:
     """Allocate the pages of [start, start + size) of a shared-memory file now.
 

@@ -17,16 +17,6 @@ CHUNK = 64 << 10
 HEADER = lib.SHMLOG_HEADER_BYTES
 
 
-@pytest.fixture
-def account(shm_prefix):
-    region = BudgetRegion.open(f"{shm_prefix}-budget", limit=1 << 40)
-    try:
-        yield region
-    finally:
-        region.unlink()
-        region.close()
-
-
 def _disk_log(shm_prefix, suffix):
     return new_log(shm_prefix, suffix, chunk_bytes=CHUNK, chunk_count=4, gate_readers=False,
                    gate_spill=True, reserve=True, reserve_ring=False)

@@ -225,16 +225,6 @@ def _dense_from(plog, first: int) -> list:
     return offsets
 
 
-@pytest.fixture
-def account(shm_prefix):
-    region = BudgetRegion.open(f"{shm_prefix}-budget", limit=1 << 40)
-    try:
-        yield region
-    finally:
-        region.unlink()
-        region.close()
-
-
 def test_a_releaser_sigkilled_mid_release_leaves_a_ring_that_goes_round(shm_prefix, account):
     with _disk_log(shm_prefix) as plog:
         plog.set_budget(account)
