@@ -487,7 +487,7 @@ class Consumer:
             return msgs
         for a, res in self._fetch(max_messages, timeout):
             msgs.extend(batch_messages(a.topic, a.partition, res.offsets, res.keys, res.values, res.headers,
-                                  res.timestamps))
+                                       res.timestamps))
             a.returned = res.offsets[-1] + 1
         return msgs
 
@@ -604,11 +604,11 @@ class Consumer:
             offsets = res.offsets
             if len(offsets) == 1:  # a caught-up reader: skip the column machinery
                 buf.append(new_message(Message, (a.topic, a.partition, offsets[0], res.keys[0],
-                                                  res.values[0], res.headers[0] if res.headers else (),
-                                                  res.timestamps[0])))
+                                                 res.values[0], res.headers[0] if res.headers else (),
+                                                 res.timestamps[0])))
             else:
                 buf.extend(batch_messages(a.topic, a.partition, offsets, res.keys, res.values,
-                                     res.headers, res.timestamps))
+                                          res.headers, res.timestamps))
             a.polled_end = offsets[-1] + 1
             self._polled.append(a)
         if not buf:

@@ -71,7 +71,7 @@ class MessageBatch(RecordRun):
 
     def __iter__(self) -> Iterator[Message]:
         return iter(batch_messages(self.topic, self.partition, self.offsets, self.keys, self.values,
-                              self._headers, self.timestamps_ms))
+                                   self._headers, self.timestamps_ms))
 
     def __repr__(self) -> str:
         return f"<MessageBatch {self.topic}[{self.partition}] offsets {self.base_offset}..{self.next_offset - 1} ({len(self)})>"
