@@ -58,11 +58,9 @@ DISK_HOT_PARTITIONS = 32
 DISK_CHUNK_MIN = 256 << 10
 CHUNK_ALIGN = 64 << 10  # chunk sizes in whole 64 KiB units (page multiples)
 GEOMETRY_KEYS = ("chunk_bytes", "chunk_count")
-# a largest batch of one message: its 64-byte frame header and the batch
-# framing (config.max_batch_bytes) on top of the value
-BATCH_OVERHEAD = 96 + 64
-# config.max_batch_bytes: a batch may take at most this share of a chunk
-CHUNK_PER_BATCH = 16
+# the largest message (key and value) a default disk topic takes when the
+# user does not set max_message_bytes: Kafka's default (message.max.bytes)
+DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
 
 
 def ram_bytes() -> Optional[int]:
@@ -139,11 +137,13 @@ def human(n: Optional[float]) -> str:
 
 def disk_ring_chunk_bytes(partitions: int, budget: int, available: int,
                           max_message_bytes: Optional[int] = None) -> int:
-    """chunk_bytes of a disk topic whose user did not set its geometry
-    (chunk_count stays TOPIC_DEFAULTS'): the topic's share of the budget (or
-    what is left of it, if less) over its partitions, clamped to
-    [DISK_CHUNK_MIN, the default chunk], and large enough for
-    max_message_bytes if the user set that."""
+    """chunk_bytes of a disk topic whose user did not set its geometry: the
+    topic's share of the budget (or what is left of it, if less) over its
+    partitions, clamped to [DISK_CHUNK_MIN, the default chunk], and never
+    smaller than the frame of one message of max_message_bytes (default
+    DEFAULT_MAX_MESSAGE_BYTES): a message alone in its batch may fill a
+    chunk (config.max_batch_bytes), so a 1,000-partition topic takes Kafka's
+    1 MiB messages with chunks of ~1 MiB, not 16."""
     count = cfgmod.TOPIC_DEFAULTS["chunk_count"]
     top = cfgmod.TOPIC_DEFAULTS["chunk_bytes"]
     share = min(budget // DISK_TOPIC_SHARE, max(available, 0))
@@ -153,13 +153,23 @@ def disk_ring_chunk_bytes(partitions: int, budget: int, available: int,
     chunk = (share - n * header) // (n + min(n, DISK_HOT_PARTITIONS) * (count - 1))
     chunk -= chunk % CHUNK_ALIGN
     chunk = max(DISK_CHUNK_MIN, min(top, chunk))
-    if max_message_bytes is not None:
-        # config.max_batch_bytes: a batch may take chunk/16 (at least 4 KiB),
-        # and a message needs its batch's 96 bytes of framing on top
-        need = CHUNK_PER_BATCH * (max_message_bytes + BATCH_OVERHEAD)
-        need += -need % CHUNK_ALIGN
-        chunk = max(chunk, min(need, cfgmod.TOPIC_DEFAULTS["chunk_bytes"] * 64))
-    return chunk
+    mmb = DEFAULT_MAX_MESSAGE_BYTES if max_message_bytes is None else max_message_bytes
+    need = cfgmod.message_frame_bytes(mmb)
+    need += -need % CHUNK_ALIGN
+    return max(chunk, min(need, cfgmod.MAX_CHUNK_BYTES))
+
+
+def disk_ring_chunk_count(partitions: int, chunk_bytes: int, apparent_left: int) -> int:
+    """chunk_count of a disk topic whose user did not set its geometry:
+    TOPIC_DEFAULTS' 4, or fewer (at least 2) when the topic's regions would
+    span more than what is left of the budget. Apparent size is not memory
+    (only reserved pages are, and the account bounds those), but a tmpfs
+    full of files larger than the budget misleads whoever reads df."""
+    count = cfgmod.TOPIC_DEFAULTS["chunk_count"]
+    n = max(partitions, 1)
+    while count > 2 and n * PartitionLog.region_bytes(chunk_bytes, count) > apparent_left:
+        count -= 1
+    return count
 
 
 class ShmBudget:
@@ -238,7 +248,9 @@ class ShmBudget:
 
     def topic_defaults(self, conf: Dict[str, Any]) -> Dict[str, Any]:
         """conf (what the user asked for) with a disk topic's ring sized from
-        the budget when the user set neither chunk_bytes nor chunk_count."""
+        the budget and its largest message when the user set neither
+        chunk_bytes nor chunk_count; max_message_bytes defaults to
+        DEFAULT_MAX_MESSAGE_BYTES there, whatever the partition count."""
         storage = conf.get("storage", cfgmod.TOPIC_DEFAULTS["storage"])
         if storage != "disk" or any(k in conf for k in GEOMETRY_KEYS):
             return conf
@@ -247,12 +259,17 @@ class ShmBudget:
             return conf  # topic_config names the bad value
         mmb = conf.get("max_message_bytes")
         if isinstance(mmb, bool) or not isinstance(mmb, int) or mmb < 1:
-            mmb = None
+            if mmb is not None:
+                return conf  # topic_config names the bad value
+            mmb = DEFAULT_MAX_MESSAGE_BYTES
         budget = self.budget
-        planned = groups_region.REGION_BYTES + budget_region.REGION_BYTES + sum(
-            planned_bytes(t["config"]) for t in self.sup.meta["topics"].values())
+        topics = self.sup.meta["topics"].values()
+        fixed = groups_region.REGION_BYTES + budget_region.REGION_BYTES
+        planned = fixed + sum(planned_bytes(t["config"]) for t in topics)
         chunk = disk_ring_chunk_bytes(partitions, budget, budget - planned, mmb)
-        return {**conf, "chunk_bytes": chunk}
+        apparent = fixed + sum(t["config"]["partitions"] * region_bytes(t["config"]) for t in topics)
+        count = disk_ring_chunk_count(partitions, chunk, budget - apparent)
+        return {**conf, "chunk_bytes": chunk, "chunk_count": count, "max_message_bytes": mmb}
 
     def check(self, name: str, needed: int, request: str) -> None:
         """Refuse a request that needs `needed` more bytes of regions when

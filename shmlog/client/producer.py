@@ -21,6 +21,7 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional
 
+from .. import config as cfgmod
 from .. import errors
 from ..core._core import ffi, lib
 from ..core.codec import encode_headers
@@ -105,11 +106,13 @@ class _TopicState:
         self.keyed = KeyPartitioner(n)
         self.sticky = (os.getpid() + next(_ids)) % n
         first = topic.regions[0]
-        # a batch must fit the region's max frame: leave room for the frame
-        # header and per-record framing (at most ~16 bytes a record)
-        self.limit = max(256, min(batch_bytes, first.max_batch_bytes - 64 - 1024))
+        # a batch of many records fills at most the chunk/16 share (a larger
+        # frame is for one message alone: config.max_batch_bytes); leave room
+        # for the frame header and per-record framing (~16 bytes a record)
+        share = min(first.max_batch_bytes, cfgmod.batch_share_bytes(first.chunk_bytes))
+        self.limit = max(256, min(batch_bytes, share - 64 - 1024))
         # send_batch: the caller already batched, so fill whole frames
-        self.frame_limit = max(256, first.max_batch_bytes - 64 - 1024)
+        self.frame_limit = max(256, share - 64 - 1024)
         self.max_message = topic.config["max_message_bytes"]
         # data_hungry (offset 272) and the topic doorbell's bell_hungry (276),
         # read from Python without a crossing: a consumer waiting means "send now"
