@@ -58,6 +58,9 @@ DISK_HOT_PARTITIONS = 32
 DISK_CHUNK_MIN = 256 << 10
 CHUNK_ALIGN = 64 << 10  # chunk sizes in whole 64 KiB units (page multiples)
 GEOMETRY_KEYS = ("chunk_bytes", "chunk_count")
+# a recount whose compare-and-swap loses to charges this many times in a
+# row gives up until the next reason to count (rotations are rare)
+RECOUNT_TRIES = 8
 # the largest message (key and value) a default disk topic takes when the
 # user does not set max_message_bytes: Kafka's default (message.max.bytes)
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
@@ -181,6 +184,9 @@ class ShmBudget:
         self.released_chunks = 0
         self.account: Optional[budget_region.BudgetRegion] = None
         self._pressure_seen = 0
+        self._reaped_seen = 0
+        self.recounts = 0
+        sup.tickers.append(self.after_reap)
         sup.keep_regions.append(lambda: [budget_region.region_name(sup.cluster_id)])
         sup.on_start.append(self.start)
         sup.on_stop.append(self.stop)
@@ -207,21 +213,41 @@ class ShmBudget:
         """Set the account's count from the regions themselves (their
         header and unreleased chunks, the groups region, the account's
         page), and hand the account to every region the supervisor maps.
-        At start and at every topic change: it also drops what killed
-        processes left counted (layout.h). A rotation charging while this
-        runs may be missed until the next recount: at most a chunk per
-        partition that is opening one right now."""
+        At start, at every topic change, and after the reaper found a dead
+        client: it drops what killed processes left counted (layout.h).
+
+        Never low while live producers charge: the count is taken from the
+        account's word (bytes and a tag that every charge and credit bumps)
+        before the regions are read, and stored with a compare-and-swap
+        against it, so a charge or credit made meanwhile fails the swap and
+        the regions are read again; a chunk in the middle of an opening or
+        a release counts as reserved (shmlog_log_reserved_bytes), whichever
+        side of its charge or credit the reading fell on."""
         acc = self.account
         if acc is None:
             return 0
-        with self.sup.lock:
-            logs = [plog for plog in self.sup.logs.values() if not plog.closed]
-            for plog in logs:
-                plog.set_budget(acc)
-            n = groups_region.REGION_BYTES + budget_region.REGION_BYTES + sum(
-                plog.reserved_bytes() for plog in logs)
-        acc.set_reserved(n)
-        return n
+        for _ in range(RECOUNT_TRIES):
+            with self.sup.lock:
+                snap = acc.snapshot()
+                logs = [plog for plog in self.sup.logs.values() if not plog.closed]
+                for plog in logs:
+                    plog.set_budget(acc)
+                n = groups_region.REGION_BYTES + budget_region.REGION_BYTES + sum(
+                    plog.reserved_bytes() for plog in logs)
+            if acc.recount(snap, n):
+                self.recounts += 1
+                return n
+        return acc.reserved  # busy rotating: the next dead client or topic change counts again
+
+    def after_reap(self) -> None:
+        """The reaper's ticker: recount once it has reaped a dead process
+        (its repair put that process's half-opened chunks back to FREE, so
+        a charge it made before dying is dropped now, not at the next
+        start)."""
+        reaped = self.sup.reaped_processes
+        if reaped != self._reaped_seen:
+            self._reaped_seen = reaped
+            self.recount()
 
     def pressed(self) -> bool:
         """Has a rotation been refused since the last release pass? Then

@@ -89,7 +89,7 @@ class BudgetRegion:
 
     @property
     def reserved(self) -> int:
-        return int(self.account.reserved)
+        return int(self.account.reserved) & lib.SHMLOG_BUDGET_BYTES_MASK
 
     @property
     def refused(self) -> int:
@@ -100,7 +100,18 @@ class BudgetRegion:
         return int(self.account.pressure)
 
     def set_reserved(self, n: int) -> None:
-        self.account.reserved = n
+        """Set the count, whatever moves it meanwhile (at start)."""
+        while lib.shmlog_budget_recount(self.account, self.snapshot(), n) != 0:
+            pass
+
+    def snapshot(self) -> int:
+        """The account's word now: hand it to `recount` after counting."""
+        return int(lib.shmlog_budget_snapshot(self.account))
+
+    def recount(self, snapshot: int, n: int) -> bool:
+        """Set the count to n if no charge, credit or recount happened since
+        `snapshot` (else False: count again)."""
+        return lib.shmlog_budget_recount(self.account, snapshot, n) == 0
 
     def charge(self, n: int) -> bool:
         return lib.shmlog_budget_charge(self.account, n) == 0

@@ -591,3 +591,73 @@ def test_a_supervisor_sigkilled_mid_release_loses_nothing(data_dir, tmp_path, mo
         assert [m.value for m in got] == sent
     finally:
         stop_supervisor(data_dir, c)
+
+
+# A producer in its own process, armed to stop at a fault point of the C
+# core (core.fault_points) the first time it reaches it.
+_PRODUCER_CHILD = textwrap.dedent(r"""
+    import sys
+    import shmlog
+    from shmlog.core import fault_points
+    c = shmlog.connect(sys.argv[1], start=False)
+    assert fault_points.arm_from_env()
+    with c.producer() as p:
+        for i in range(100_000):
+            p.send("t", b"%08d" % i + b"z" * 992, partition=0)
+            if i % 16 == 15:
+                p.flush()
+""")
+
+
+def test_a_count_left_high_by_a_killed_producer_is_recounted_without_a_restart(data_dir, tmp_path):
+    """A producer SIGKILLed after it charged the account for a released
+    chunk and before it reserved the pages leaves the count a chunk high.
+    The supervisor's reaper finds the dead pid, repairs the half-opened
+    chunk, and recounts: the account returns to what the regions hold, and
+    the ring goes on."""
+    chunk = 256 << 10
+    fixed = groups_region.REGION_BYTES + budget_region.REGION_BYTES
+    stop_file = tmp_path / "stopped"
+    with running_cluster(data_dir, shm_budget_bytes=64 * MIB, reaper_interval_ms=50) as c:
+        c.create_topic("t", partitions=1, chunk_bytes=chunk, chunk_count=4)
+
+        def true_count():
+            parts = c.stats()["topics"]["t"]["partitions"]
+            return sum(p_["shm_reserved_bytes"] for p_ in parts) + fixed
+
+        assert c.stats()["shm"]["reserved_bytes"] == true_count()
+        env = dict(os.environ, SHMLOG_STOP_AT="reserve", SHMLOG_STOP_FILE=str(stop_file))
+        child = subprocess.Popen([sys.executable, "-c", _PRODUCER_CHILD, str(data_dir)], env=env)
+        try:
+            assert _wait_for(stop_file.exists, timeout=30), "the producer never reached the reserve"
+            pid = int(stop_file.read_text())
+            assert pid == child.pid
+            # stopped between its charge and its reservation: chunk 1 is
+            # charged; while it is OPENING the partition's figure counts it too
+            header = PartitionLog.region_bytes(chunk, 4) - 4 * chunk
+            assert c.stats()["shm"]["reserved_bytes"] == true_count() == header + 2 * chunk + fixed
+            os.kill(pid, signal.SIGKILL)
+            child.wait(timeout=10)
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+        # the reaper repairs the chunk to FREE (its pages never taken) ...
+        assert _wait_for(lambda: c.stats()["reaped_processes"] >= 1, timeout=10)
+        # ... and the count comes back to the true figure, no restart
+        assert _wait_for(lambda: c.stats()["shm"]["reserved_bytes"] == true_count(), timeout=10), (
+            c.stats()["shm"]["reserved_bytes"], true_count())
+        assert true_count() == header + chunk + fixed
+        # the ring goes round through the repaired chunk; nothing committed is lost
+        with c.producer() as p:
+            for i in range(2000):
+                p.send("t", b"after-%06d" % i + b"w" * 500, partition=0)
+            p.flush()
+        with c.consumer("t", group="after", auto_offset_reset="earliest") as cons:
+            got = []
+            deadline = time.monotonic() + 30
+            while (not got or got[-1].value[:12] != b"after-001999") and time.monotonic() < deadline:
+                got += cons.consume(max_messages=10_000, timeout=0.5)
+        assert [m.offset for m in got] == list(range(len(got)))
+        assert [m.value for m in got[-2000:]] == [b"after-%06d" % i + b"w" * 500 for i in range(2000)]
+        assert c.stats()["shm"]["reserved_bytes"] <= 64 * MIB
