@@ -24,6 +24,7 @@ from typing import Any, Callable, Dict, List, Optional
 from .. import config as cfgmod
 from .. import errors
 from ..core._core import ffi, lib
+from ..core.budget_region import budget_wait
 from ..core.codec import encode_headers
 from ..core.partitioner import KeyPartitioner
 from ..core.records import POINTER_BATCH, POINTER_VALUE, pickle_values
@@ -524,7 +525,10 @@ class Producer:
     def _buffer_full(self, st: _TopicState, partition: int, exc: BaseException, callbacks) -> None:
         """Fail a batch whose partition stayed full for max_block_ms (raises)."""
         why = ""
-        if st.storage == "disk":
+        note = budget_wait(self.cluster._budget, st.topic.regions[partition])
+        if note is not None:
+            why = f"; {note}"
+        elif st.storage == "disk":
             # a disk topic's chunks wait for the spiller: say why it is stuck
             try:
                 info = self.cluster.describe_topic(st.name).partitions[partition]
@@ -534,7 +538,8 @@ class Producer:
                 pass
         err = errors.BufferFull(
             f"topic {st.name!r} partition {partition}: shared-memory buffer stayed full for "
-            f"max_block_ms={self.max_block_ms}{why}", what=st.name)
+            f"max_block_ms={self.max_block_ms}{why}", what=st.name,
+            hint="" if note is not None else None)  # the note says what to change
         if callbacks:
             for cb in callbacks:
                 if cb is not None:

@@ -661,3 +661,48 @@ def test_a_count_left_high_by_a_killed_producer_is_recounted_without_a_restart(d
         assert [m.offset for m in got] == list(range(len(got)))
         assert [m.value for m in got[-2000:]] == [b"after-%06d" % i + b"w" * 500 for i in range(2000)]
         assert c.stats()["shm"]["reserved_bytes"] <= 64 * MIB
+
+
+def test_a_rotation_that_waits_on_the_budget_says_so(data_dir):
+    """Hot partitions, a small budget that other partitions hold (planted
+    here as a charge on the account), a short max_block_ms: the BufferFull
+    names shm_budget_bytes, the count and what to change; once pages come
+    back the same producer goes on and nothing committed is lost."""
+    budget = 8 * MIB
+    chunk = 256 << 10
+    with running_cluster(data_dir, shm_budget_bytes=budget) as c:
+        c.create_topic("hot", partitions=4, chunk_bytes=chunk, chunk_count=4)
+        acc = budget_region.BudgetRegion.attach(budget_region.region_name(c.cluster_id))
+        try:
+            held = budget - acc.reserved - chunk // 2  # less than a chunk left
+            assert acc.charge(held)
+            sent, err = [], None
+            with c.producer(max_block_ms=200) as p:
+                for i in range(4 * 4 * chunk // 1024):
+                    v = b"%08d" % i + b"h" * 1016
+                    try:
+                        p.send("hot", v, partition=i % 4)
+                        p.flush()
+                    except errors.BufferFull as exc:
+                        err = exc
+                        break
+                    sent.append(v)
+                assert err is not None, "no rotation ever waited"
+                msg = str(err)
+                assert f"shm_budget_bytes={budget}" in msg and "MiB" in msg and "reserved" in msg
+                for advice in ("Raise shm_budget_bytes", "fewer partitions hot", "smaller chunk_bytes",
+                               "consume faster"):
+                    assert advice in msg, msg
+                assert "consumers are not keeping up" not in msg  # the generic hint would mislead
+                acc.credit(held)  # the pages come back
+                p.send("hot", v, partition=i % 4)
+                p.flush()
+                sent.append(v)
+        finally:
+            acc.close()
+        with c.consumer("hot", group="g", auto_offset_reset="earliest") as cons:
+            got = []
+            deadline = time.monotonic() + 30
+            while len(got) < len(sent) and time.monotonic() < deadline:
+                got += cons.consume(max_messages=10_000, timeout=0.5)
+        assert sorted(m.value for m in got) == sorted(sent)
