@@ -112,8 +112,8 @@ def max_batch_bytes(chunk_bytes: int, max_message_bytes: Optional[int] = None) -
     many-record frame past the chunk/16 share: batch_share_bytes)."""
     mb = batch_share_bytes(chunk_bytes)
     if max_message_bytes is not None:
-        mb = max(mb, min(message_frame_bytes(max_message_bytes), max_frame_bytes(chunk_bytes)))
-    return mb
+        mb = max(mb, message_frame_bytes(max_message_bytes))
+    return min(mb, max_frame_bytes(chunk_bytes))
 
 
 def batch_share_bytes(chunk_bytes: int) -> int:
@@ -160,7 +160,7 @@ def topic_config(overrides: Optional[Dict[str, Any]] = None, base: Optional[Dict
     if cfg["storage"] not in ("disk", "memory"):
         raise InvalidConfig(f"invalid storage={cfg['storage']!r}: must be 'disk' or 'memory'", what="storage")
     if cfg["max_message_bytes"] is None:
-        cfg["max_message_bytes"] = batch_share_bytes(cfg["chunk_bytes"]) - FRAME_HEADER - RECORD_OVERHEAD
+        cfg["max_message_bytes"] = max_batch_bytes(cfg["chunk_bytes"]) - FRAME_HEADER - RECORD_OVERHEAD
     # a message alone in its batch may fill a chunk (max_batch_bytes)
     _int(cfg, "max_message_bytes", 1, max_frame_bytes(cfg["chunk_bytes"]) - FRAME_HEADER - RECORD_OVERHEAD)
     if cfg["prefault"] is None:
