@@ -17,7 +17,9 @@ budget (shm_budget_bytes unset):
 3. keyed: one producer process sends --keyed messages one by one with keys
    that go round-robin over the partitions (murmur2), a consumer process in
    group "keyed" reads them all back and checks each one's partition;
-4. shared memory of the data dir's regions after the run: apparent size
+4. the largest message: one of the topic's max_message_bytes, sent to
+   partition 0 and read back byte for byte (after the memory figures);
+5. shared memory of the data dir's regions after the run: apparent size
    (st_size) and resident (st_blocks) of its /dev/shm files, against the
    budget the supervisor reports; and resident again once the partitions
    are idle (the supervisor gives back spilled, read chunks after
@@ -221,6 +223,21 @@ def round_robin_keys(partitions: int) -> List[bytes]:
     return keys
 
 
+def largest_message(c, topic: str, size: int) -> bool:
+    """Send one message of `size` bytes (the topic's max_message_bytes) to
+    partition 0 and read it back: True if it came back byte for byte."""
+    value = os.urandom(size)
+    where: List[int] = []
+    with c.producer(max_block_ms=30_000) as p:
+        p.send(topic, value, partition=0, on_delivery=lambda err, md: where.append(md.offset))
+        p.flush()
+    with c.consumer(topic, group=None) as cons:
+        cons.assign([(topic, 0)])
+        cons.seek(topic, 0, where[0])
+        got = cons.consume(max_messages=1, timeout=10)
+    return bool(got) and got[0].value == value
+
+
 def run_one(partitions: int, args, root: Path) -> Dict[str, Any]:
     import shmlog
 
@@ -252,6 +269,7 @@ def run_one(partitions: int, args, root: Path) -> Dict[str, Any]:
         row["released_chunks"] = c.stats().get("shm", {}).get("released_chunks")
         row["within_budget"] = (row["shm_files"].get("apparent", 0) <= row["shm"].get("budget_bytes", 0)
                                 and row["shm_files"].get("resident", 0) <= row["shm"].get("budget_bytes", 0))
+        row["largest_ok"] = largest_message(c, "scale", row["max_message_bytes"])
     finally:
         try:
             c.shutdown()
@@ -267,15 +285,16 @@ def _mib(n: Any) -> str:
 
 
 def report(rows: List[Dict[str, Any]]) -> str:
-    lines = ["| partitions | chunk | create s | msg/s (batch) | MB/s | keyed msg/s | keyed ok | "
+    lines = ["| partitions | chunk | largest message B | create s | msg/s (batch) | MB/s | keyed msg/s | keyed ok | "
              "shm apparent MiB | shm resident MiB | idle resident MiB | per partition MiB | budget MiB | "
              "other CPU | load1 |",
-             "|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         th, ky, sf, sh = r["throughput"], r["keyed"], r["shm_files"], r["shm"]
         ok = ky["messages"] == ky["sent"] and not ky["misplaced"] and ky["partitions_read"] == r["partitions"]
         lines.append(
-            f"| {r['partitions']} | {r['chunk_count']} x {r['chunk_bytes'] // 1024} KiB | {r['create_s']:.2f} | "
+            f"| {r['partitions']} | {r['chunk_count']} x {r['chunk_bytes'] // 1024} KiB | "
+            f"{r['max_message_bytes']}{'' if r.get('largest_ok') else ' (NOT read back)'} | {r['create_s']:.2f} | "
             f"{th['msgs_per_s'] / 1e6:.2f} M | {th['MBps']:.0f} | {ky['msgs_per_s'] / 1e3:.0f} k | "
             f"{'yes' if ok else 'NO'} | {_mib(sf.get('apparent'))} | {_mib(sf.get('resident'))} | "
             f"{_mib(r.get('shm_idle', {}).get('resident'))} | "
@@ -301,6 +320,7 @@ def main(argv=None) -> int:
             row = run_one(n, args, root)
             rows.append(row)
             ok &= bool(row["within_budget"]) and row["keyed"]["messages"] == row["keyed"]["sent"]
+            ok &= bool(row["largest_ok"])
             print(json.dumps(row), file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)

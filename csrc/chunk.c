@@ -437,12 +437,16 @@ int shmlog_budget_charge(shmlog_budget_t *b, uint64_t bytes)
     uint64_t cur = shmlog_load_acquire_u64(&b->reserved);
     for (;;) {
         uint64_t limit = shmlog_load_relaxed_u64(&b->limit);
-        if (cur + bytes > limit) {
+        uint64_t have = cur & SHMLOG_BUDGET_BYTES_MASK;
+        if (have + bytes > limit || have + bytes > SHMLOG_BUDGET_BYTES_MASK) {
             shmlog_fetch_add_relaxed_u64(&b->refused, 1);
             shmlog_fetch_add_u32(&b->pressure, 1);
             return -ENOSPC;
         }
-        if (shmlog_cas_u64(&b->reserved, &cur, cur + bytes))
+        /* the tag's carry out of bit 63 is lost on purpose: it only has to
+         * differ from what a recount saw a moment ago */
+        uint64_t next = ((cur & ~SHMLOG_BUDGET_BYTES_MASK) + SHMLOG_BUDGET_TAG) | (have + bytes);
+        if (shmlog_cas_u64(&b->reserved, &cur, next))
             return 0;
     }
 }
@@ -451,16 +455,44 @@ void shmlog_budget_credit(shmlog_budget_t *b, uint64_t bytes)
 {
     /* never below zero: a recount may have dropped what this credits */
     uint64_t cur = shmlog_load_acquire_u64(&b->reserved);
-    while (!shmlog_cas_u64(&b->reserved, &cur, cur > bytes ? cur - bytes : 0))
-        ;
+    for (;;) {
+        uint64_t have = cur & SHMLOG_BUDGET_BYTES_MASK;
+        uint64_t next = ((cur & ~SHMLOG_BUDGET_BYTES_MASK) + SHMLOG_BUDGET_TAG) |
+                        (have > bytes ? have - bytes : 0);
+        if (shmlog_cas_u64(&b->reserved, &cur, next))
+            return;
+    }
+}
+
+uint64_t shmlog_budget_snapshot(shmlog_budget_t *b)
+{
+    return shmlog_load_acquire_u64(&b->reserved);
+}
+
+int shmlog_budget_recount(shmlog_budget_t *b, uint64_t snapshot, uint64_t bytes)
+{
+    if (bytes > SHMLOG_BUDGET_BYTES_MASK)
+        return -EINVAL;
+    uint64_t next = ((snapshot & ~SHMLOG_BUDGET_BYTES_MASK) + SHMLOG_BUDGET_TAG) | bytes;
+    return shmlog_cas_u64(&b->reserved, &snapshot, next) ? 0 : -EAGAIN;
 }
 
 uint64_t shmlog_log_reserved_bytes(shmlog_log_t *log)
 {
+    /* A chunk counts if its pages are reserved, and also while it is
+     * OPENING or RELEASING: an opener charges the account before it clears
+     * `released`, a releaser sets `released` before it credits, so a chunk
+     * in either step may be counted by the account already. Counting it
+     * keeps a recount high, never low; once the step ends (or the reaper
+     * repairs a dead one's chunk to FREE) the next recount is exact. */
     uint64_t n = log->header_bytes;
-    for (uint32_t i = 0; i < log->chunk_count; i++)
-        if (!shmlog_load_acquire_u64(&log->hdr->chunks[i].released))
+    for (uint32_t i = 0; i < log->chunk_count; i++) {
+        shmlog_chunk_t *d = &log->hdr->chunks[i];
+        uint32_t s = STATE_OF(shmlog_load_acquire_u64(&d->state));
+        if (!shmlog_load_acquire_u64(&d->released) || s == SHMLOG_CHUNK_OPENING ||
+            s == SHMLOG_CHUNK_RELEASING)
             n += log->chunk_bytes;
+    }
     return n;
 }
 

@@ -246,12 +246,18 @@ typedef struct {
     volatile uint64_t limit;          /* bytes `reserved` may not pass (shm_budget_bytes) */
     uint8_t _pad1[104];
     /* 128: charged by rotating producers */
-    volatile uint64_t reserved;       /* bytes of region pages allocated (counted as above) */
+    /* bytes of region pages allocated (counted as above) in the low 48
+     * bits; the high 16 are a tag every charge, credit and recount bumps,
+     * so a recount's compare-and-swap fails if anything moved the count
+     * while it looked at the regions (shmlog_budget_recount) */
+    volatile uint64_t reserved;
     volatile uint64_t refused;        /* charges refused (stats) */
     volatile uint32_t pressure;       /* bumped by a refused charge: release more */
     uint8_t _pad2[108];
 } shmlog_budget_t;
 
+#define SHMLOG_BUDGET_BYTES_MASK ((1ull << 48) - 1)
+#define SHMLOG_BUDGET_TAG        (1ull << 48)
 _Static_assert(offsetof(shmlog_budget_t, limit) == 16, "budget limit moved");
 _Static_assert(offsetof(shmlog_budget_t, reserved) == 128, "budget reserved moved");
 _Static_assert(sizeof(shmlog_budget_t) == 256, "budget size");

@@ -243,6 +243,11 @@ void shmlog_log_set_budget(shmlog_log_t *log, shmlog_budget_t *budget);
  * `pressure` bumped) */
 int shmlog_budget_charge(shmlog_budget_t *budget, uint64_t bytes);
 void shmlog_budget_credit(shmlog_budget_t *budget, uint64_t bytes);
+/* the account's word (bytes and tag) as it is now: a recount's starting point */
+uint64_t shmlog_budget_snapshot(shmlog_budget_t *budget);
+/* set the count to `bytes` if nothing charged, credited or recounted since
+ * `snapshot` was taken: 0, or -EAGAIN (look at the regions again) */
+int shmlog_budget_recount(shmlog_budget_t *budget, uint64_t snapshot, uint64_t bytes);
 /* what this region holds reserved by the count above: the header and every
  * chunk not marked released (for the supervisor's recount) */
 uint64_t shmlog_log_reserved_bytes(shmlog_log_t *log);

@@ -22,7 +22,10 @@ static int check_geometry(uint32_t chunk_bytes, uint32_t chunk_count, uint32_t m
     if (chunk_bytes < SHMLOG_MIN_CHUNK_BYTES || chunk_bytes > SHMLOG_MAX_CHUNK_BYTES ||
         chunk_bytes % SHMLOG_FRAME_ALIGN)
         return -EINVAL;
-    if (max_batch_bytes < 2 * SHMLOG_FRAME_HEADER || max_batch_bytes > chunk_bytes / 2 ||
+    /* a frame may fill a whole chunk (a topic's largest message, alone in
+     * its batch): a claim that overflows rotates, and an empty chunk takes
+     * any frame up to its size, so no claim waits for ever */
+    if (max_batch_bytes < 2 * SHMLOG_FRAME_HEADER || max_batch_bytes > chunk_bytes ||
         max_batch_bytes % SHMLOG_FRAME_ALIGN)
         return -EINVAL;
     /* the packed tail must not wrap: the chunk plus one overflowing batch per

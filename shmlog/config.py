@@ -22,6 +22,7 @@ MAX_CHUNK_BYTES = 1 << 30  # SHMLOG_MAX_CHUNK_BYTES
 MAX_CHUNKS = 64  # SHMLOG_MAX_CHUNKS
 FRAME_ALIGN = 64  # SHMLOG_FRAME_ALIGN
 FRAME_HEADER = 64  # SHMLOG_FRAME_HEADER
+MAX_PRODUCERS = 64  # SHMLOG_MAX_PRODUCERS
 # room for one record's own framing (length, attributes, timestamp and offset
 # deltas, key and value length varints) when a frame holds a single record
 RECORD_OVERHEAD = 32
@@ -102,10 +103,38 @@ def _int(cfg: Dict[str, Any], key: str, lo: int, hi: int, allow_none: bool = Fal
         raise InvalidConfig(f"invalid {key}={v!r}: must be {rng}", what=key)
 
 
-def max_batch_bytes(chunk_bytes: int) -> int:
+def max_batch_bytes(chunk_bytes: int, max_message_bytes: Optional[int] = None) -> int:
+    """The largest frame a region of this chunk size takes. A batch of many
+    records may take chunk/16 (at least 4 KiB, at most chunk/2): an
+    overflowing batch wastes what is left of its chunk, and this keeps that
+    waste small. A batch of one message may take up to the whole chunk, so
+    max_message_bytes is not bound to chunk/16 (producers never fill a
+    many-record frame past the chunk/16 share: batch_share_bytes)."""
+    mb = batch_share_bytes(chunk_bytes)
+    if max_message_bytes is not None:
+        mb = max(mb, message_frame_bytes(max_message_bytes))
+    return min(mb, max_frame_bytes(chunk_bytes))
+
+
+def batch_share_bytes(chunk_bytes: int) -> int:
+    """The largest frame of many records: chunk/16, at least 4 KiB, at most chunk/2."""
     mb = max(chunk_bytes // 16, MIN_CHUNK_BYTES)
     mb = min(mb, chunk_bytes // 2)
     return mb - mb % FRAME_ALIGN
+
+
+def message_frame_bytes(message_bytes: int) -> int:
+    """The frame one message of this many bytes (key and value) needs."""
+    fb = message_bytes + FRAME_HEADER + RECORD_OVERHEAD
+    return fb + -fb % FRAME_ALIGN
+
+
+def max_frame_bytes(chunk_bytes: int) -> int:
+    """The largest frame a chunk of this size can take: the chunk itself,
+    as long as the packed tail (the chunk plus one overflowing frame per
+    producer slot, csrc/region.c) stays below 2^32."""
+    cap = min(chunk_bytes, ((1 << 32) - 1 - chunk_bytes) // MAX_PRODUCERS)
+    return cap - cap % FRAME_ALIGN
 
 
 def topic_config(overrides: Optional[Dict[str, Any]] = None, base: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
@@ -130,10 +159,10 @@ def topic_config(overrides: Optional[Dict[str, Any]] = None, base: Optional[Dict
     _int(cfg, "chunk_count", 2, MAX_CHUNKS)
     if cfg["storage"] not in ("disk", "memory"):
         raise InvalidConfig(f"invalid storage={cfg['storage']!r}: must be 'disk' or 'memory'", what="storage")
-    limit = max_batch_bytes(cfg["chunk_bytes"]) - FRAME_HEADER - RECORD_OVERHEAD
     if cfg["max_message_bytes"] is None:
-        cfg["max_message_bytes"] = limit
-    _int(cfg, "max_message_bytes", 1, limit)
+        cfg["max_message_bytes"] = max_batch_bytes(cfg["chunk_bytes"]) - FRAME_HEADER - RECORD_OVERHEAD
+    # a message alone in its batch may fill a chunk (max_batch_bytes)
+    _int(cfg, "max_message_bytes", 1, max_frame_bytes(cfg["chunk_bytes"]) - FRAME_HEADER - RECORD_OVERHEAD)
     if cfg["prefault"] is None:
         ring = cfg["partitions"] * cfg["chunk_count"] * cfg["chunk_bytes"]
         cfg["prefault"] = ring <= PREFAULT_AUTO_BYTES

@@ -17,8 +17,10 @@ class ShmlogError(Exception):
 
     HINT: Optional[str] = None
 
-    def __init__(self, message: str, *, what: Optional[str] = None, code: Optional[int] = None):
-        hint = self.HINT
+    def __init__(self, message: str, *, what: Optional[str] = None, code: Optional[int] = None,
+                 hint: Optional[str] = None):
+        # hint: this error's own advice instead of the class's HINT ("" none)
+        hint = self.HINT if hint is None else hint
         if hint and hint not in message:
             message = f"{message} ({hint})"
         super().__init__(message)

@@ -7,8 +7,9 @@ import os
 import pytest
 from _broker_helpers import running_cluster
 
-from shmlog import errors
+from shmlog import config, errors
 from shmlog.config import PREFAULT_AUTO_BYTES, TOPIC_DEFAULTS, topic_config
+from shmlog.errors import InvalidConfig
 
 
 def test_prefault_defaults_to_auto_by_the_topics_shared_memory():
@@ -71,3 +72,16 @@ def test_every_region_is_reserved_and_a_small_topic_is_mapped_when_attached(data
         assert _mapped(large) < ring
         assert cluster.describe_topic("small").config["prefault"] is True
         assert cluster.describe_topic("large").config["prefault"] is False
+
+
+def test_a_frame_never_passes_what_the_packed_tail_allows():
+    # a message alone in its batch may fill a chunk, but never so much that
+    # the chunk plus one overflowing frame per producer slot reaches 2^32
+    for chunk in (4096, 65536, 1 << 20, 16 << 20, 1 << 30):
+        cfg = config.topic_config({"chunk_bytes": chunk})
+        mb = config.max_batch_bytes(chunk, cfg["max_message_bytes"])
+        assert mb <= chunk and chunk + config.MAX_PRODUCERS * mb < 1 << 32
+        top = config.max_frame_bytes(chunk) - config.FRAME_HEADER - config.RECORD_OVERHEAD
+        assert config.topic_config({"chunk_bytes": chunk, "max_message_bytes": top})["max_message_bytes"] == top
+        with pytest.raises(InvalidConfig, match="max_message_bytes"):
+            config.topic_config({"chunk_bytes": chunk, "max_message_bytes": top + 1})

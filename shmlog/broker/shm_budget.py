@@ -58,11 +58,12 @@ DISK_HOT_PARTITIONS = 32
 DISK_CHUNK_MIN = 256 << 10
 CHUNK_ALIGN = 64 << 10  # chunk sizes in whole 64 KiB units (page multiples)
 GEOMETRY_KEYS = ("chunk_bytes", "chunk_count")
-# a largest batch of one message: its 64-byte frame header and the batch
-# framing (config.max_batch_bytes) on top of the value
-BATCH_OVERHEAD = 96 + 64
-# config.max_batch_bytes: a batch may take at most this share of a chunk
-CHUNK_PER_BATCH = 16
+# a recount whose compare-and-swap loses to charges this many times in a
+# row gives up until the next reason to count (rotations are rare)
+RECOUNT_TRIES = 8
+# the largest message (key and value) a default disk topic takes when the
+# user does not set max_message_bytes: Kafka's default (message.max.bytes)
+DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
 
 
 def ram_bytes() -> Optional[int]:
@@ -139,11 +140,13 @@ def human(n: Optional[float]) -> str:
 
 def disk_ring_chunk_bytes(partitions: int, budget: int, available: int,
                           max_message_bytes: Optional[int] = None) -> int:
-    """chunk_bytes of a disk topic whose user did not set its geometry
-    (chunk_count stays TOPIC_DEFAULTS'): the topic's share of the budget (or
-    what is left of it, if less) over its partitions, clamped to
-    [DISK_CHUNK_MIN, the default chunk], and large enough for
-    max_message_bytes if the user set that."""
+    """chunk_bytes of a disk topic whose user did not set its geometry: the
+    topic's share of the budget (or what is left of it, if less) over its
+    partitions, clamped to [DISK_CHUNK_MIN, the default chunk], and never
+    smaller than the frame of one message of max_message_bytes (default
+    DEFAULT_MAX_MESSAGE_BYTES): a message alone in its batch may fill a
+    chunk (config.max_batch_bytes), so a 1,000-partition topic takes Kafka's
+    1 MiB messages with chunks of ~1 MiB, not 16."""
     count = cfgmod.TOPIC_DEFAULTS["chunk_count"]
     top = cfgmod.TOPIC_DEFAULTS["chunk_bytes"]
     share = min(budget // DISK_TOPIC_SHARE, max(available, 0))
@@ -153,13 +156,23 @@ def disk_ring_chunk_bytes(partitions: int, budget: int, available: int,
     chunk = (share - n * header) // (n + min(n, DISK_HOT_PARTITIONS) * (count - 1))
     chunk -= chunk % CHUNK_ALIGN
     chunk = max(DISK_CHUNK_MIN, min(top, chunk))
-    if max_message_bytes is not None:
-        # config.max_batch_bytes: a batch may take chunk/16 (at least 4 KiB),
-        # and a message needs its batch's 96 bytes of framing on top
-        need = CHUNK_PER_BATCH * (max_message_bytes + BATCH_OVERHEAD)
-        need += -need % CHUNK_ALIGN
-        chunk = max(chunk, min(need, cfgmod.TOPIC_DEFAULTS["chunk_bytes"] * 64))
-    return chunk
+    mmb = DEFAULT_MAX_MESSAGE_BYTES if max_message_bytes is None else max_message_bytes
+    need = cfgmod.message_frame_bytes(mmb)
+    need += -need % CHUNK_ALIGN
+    return max(chunk, min(need, cfgmod.MAX_CHUNK_BYTES))
+
+
+def disk_ring_chunk_count(partitions: int, chunk_bytes: int, apparent_left: int) -> int:
+    """chunk_count of a disk topic whose user did not set its geometry:
+    TOPIC_DEFAULTS' 4, or fewer (at least 2) when the topic's regions would
+    span more than what is left of the budget. Apparent size is not memory
+    (only reserved pages are, and the account bounds those), but a tmpfs
+    full of files larger than the budget misleads whoever reads df."""
+    count = cfgmod.TOPIC_DEFAULTS["chunk_count"]
+    n = max(partitions, 1)
+    while count > 2 and n * PartitionLog.region_bytes(chunk_bytes, count) > apparent_left:
+        count -= 1
+    return count
 
 
 class ShmBudget:
@@ -171,6 +184,9 @@ class ShmBudget:
         self.released_chunks = 0
         self.account: Optional[budget_region.BudgetRegion] = None
         self._pressure_seen = 0
+        self._reaped_seen = 0
+        self.recounts = 0
+        sup.tickers.append(self.after_reap)
         sup.keep_regions.append(lambda: [budget_region.region_name(sup.cluster_id)])
         sup.on_start.append(self.start)
         sup.on_stop.append(self.stop)
@@ -197,21 +213,41 @@ class ShmBudget:
         """Set the account's count from the regions themselves (their
         header and unreleased chunks, the groups region, the account's
         page), and hand the account to every region the supervisor maps.
-        At start and at every topic change: it also drops what killed
-        processes left counted (layout.h). A rotation charging while this
-        runs may be missed until the next recount: at most a chunk per
-        partition that is opening one right now."""
+        At start, at every topic change, and after the reaper found a dead
+        client: it drops what killed processes left counted (layout.h).
+
+        Never low while live producers charge: the count is taken from the
+        account's word (bytes and a tag that every charge and credit bumps)
+        before the regions are read, and stored with a compare-and-swap
+        against it, so a charge or credit made meanwhile fails the swap and
+        the regions are read again; a chunk in the middle of an opening or
+        a release counts as reserved (shmlog_log_reserved_bytes), whichever
+        side of its charge or credit the reading fell on."""
         acc = self.account
         if acc is None:
             return 0
-        with self.sup.lock:
-            logs = [plog for plog in self.sup.logs.values() if not plog.closed]
-            for plog in logs:
-                plog.set_budget(acc)
-            n = groups_region.REGION_BYTES + budget_region.REGION_BYTES + sum(
-                plog.reserved_bytes() for plog in logs)
-        acc.set_reserved(n)
-        return n
+        for _ in range(RECOUNT_TRIES):
+            with self.sup.lock:
+                snap = acc.snapshot()
+                logs = [plog for plog in self.sup.logs.values() if not plog.closed]
+                for plog in logs:
+                    plog.set_budget(acc)
+                n = groups_region.REGION_BYTES + budget_region.REGION_BYTES + sum(
+                    plog.reserved_bytes() for plog in logs)
+            if acc.recount(snap, n):
+                self.recounts += 1
+                return n
+        return acc.reserved  # busy rotating: the next dead client or topic change counts again
+
+    def after_reap(self) -> None:
+        """The reaper's ticker: recount once it has reaped a dead process
+        (its repair put that process's half-opened chunks back to FREE, so
+        a charge it made before dying is dropped now, not at the next
+        start)."""
+        reaped = self.sup.reaped_processes
+        if reaped != self._reaped_seen:
+            self._reaped_seen = reaped
+            self.recount()
 
     def pressed(self) -> bool:
         """Has a rotation been refused since the last release pass? Then
@@ -238,7 +274,9 @@ class ShmBudget:
 
     def topic_defaults(self, conf: Dict[str, Any]) -> Dict[str, Any]:
         """conf (what the user asked for) with a disk topic's ring sized from
-        the budget when the user set neither chunk_bytes nor chunk_count."""
+        the budget and its largest message when the user set neither
+        chunk_bytes nor chunk_count; max_message_bytes defaults to
+        DEFAULT_MAX_MESSAGE_BYTES there, whatever the partition count."""
         storage = conf.get("storage", cfgmod.TOPIC_DEFAULTS["storage"])
         if storage != "disk" or any(k in conf for k in GEOMETRY_KEYS):
             return conf
@@ -247,12 +285,17 @@ class ShmBudget:
             return conf  # topic_config names the bad value
         mmb = conf.get("max_message_bytes")
         if isinstance(mmb, bool) or not isinstance(mmb, int) or mmb < 1:
-            mmb = None
+            if mmb is not None:
+                return conf  # topic_config names the bad value
+            mmb = DEFAULT_MAX_MESSAGE_BYTES
         budget = self.budget
-        planned = groups_region.REGION_BYTES + budget_region.REGION_BYTES + sum(
-            planned_bytes(t["config"]) for t in self.sup.meta["topics"].values())
+        topics = self.sup.meta["topics"].values()
+        fixed = groups_region.REGION_BYTES + budget_region.REGION_BYTES
+        planned = fixed + sum(planned_bytes(t["config"]) for t in topics)
         chunk = disk_ring_chunk_bytes(partitions, budget, budget - planned, mmb)
-        return {**conf, "chunk_bytes": chunk}
+        apparent = fixed + sum(t["config"]["partitions"] * region_bytes(t["config"]) for t in topics)
+        count = disk_ring_chunk_count(partitions, chunk, budget - apparent)
+        return {**conf, "chunk_bytes": chunk, "chunk_count": count, "max_message_bytes": mmb}
 
     def check(self, name: str, needed: int, request: str) -> None:
         """Refuse a request that needs `needed` more bytes of regions when

@@ -231,7 +231,7 @@ class Supervisor:
         except posix_ipc.ExistentialError:
             plog = PartitionLog.create(
                 rname, chunk_bytes=c["chunk_bytes"], chunk_count=c["chunk_count"],
-                max_batch_bytes=cfgmod.max_batch_bytes(c["chunk_bytes"]),
+                max_batch_bytes=cfgmod.max_batch_bytes(c["chunk_bytes"], c["max_message_bytes"]),
                 gate_readers=self.gates_readers(c), gate_spill=self.gates_spill(c),
                 partition=p, initial_offset=self.initial_offset(name, t, p, initial_offset),
                 prefault=False, reserve=True, reserve_ring=c["storage"] != "disk", what=what,

@@ -21,8 +21,10 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional
 
+from .. import config as cfgmod
 from .. import errors
 from ..core._core import ffi, lib
+from ..core.budget_region import budget_wait
 from ..core.codec import encode_headers
 from ..core.partitioner import KeyPartitioner
 from ..core.records import POINTER_BATCH, POINTER_VALUE, pickle_values
@@ -105,11 +107,13 @@ class _TopicState:
         self.keyed = KeyPartitioner(n)
         self.sticky = (os.getpid() + next(_ids)) % n
         first = topic.regions[0]
-        # a batch must fit the region's max frame: leave room for the frame
-        # header and per-record framing (at most ~16 bytes a record)
-        self.limit = max(256, min(batch_bytes, first.max_batch_bytes - 64 - 1024))
+        # a batch of many records fills at most the chunk/16 share (a larger
+        # frame is for one message alone: config.max_batch_bytes); leave room
+        # for the frame header and per-record framing (~16 bytes a record)
+        share = min(first.max_batch_bytes, cfgmod.batch_share_bytes(first.chunk_bytes))
+        self.limit = max(256, min(batch_bytes, share - 64 - 1024))
         # send_batch: the caller already batched, so fill whole frames
-        self.frame_limit = max(256, first.max_batch_bytes - 64 - 1024)
+        self.frame_limit = max(256, share - 64 - 1024)
         self.max_message = topic.config["max_message_bytes"]
         # data_hungry (offset 272) and the topic doorbell's bell_hungry (276),
         # read from Python without a crossing: a consumer waiting means "send now"
@@ -521,7 +525,10 @@ class Producer:
     def _buffer_full(self, st: _TopicState, partition: int, exc: BaseException, callbacks) -> None:
         """Fail a batch whose partition stayed full for max_block_ms (raises)."""
         why = ""
-        if st.storage == "disk":
+        note = budget_wait(self.cluster._budget, st.topic.regions[partition])
+        if note is not None:
+            why = f"; {note}"
+        elif st.storage == "disk":
             # a disk topic's chunks wait for the spiller: say why it is stuck
             try:
                 info = self.cluster.describe_topic(st.name).partitions[partition]
@@ -531,7 +538,8 @@ class Producer:
                 pass
         err = errors.BufferFull(
             f"topic {st.name!r} partition {partition}: shared-memory buffer stayed full for "
-            f"max_block_ms={self.max_block_ms}{why}", what=st.name)
+            f"max_block_ms={self.max_block_ms}{why}", what=st.name,
+            hint="" if note is not None else None)  # the note says what to change
         if callbacks:
             for cb in callbacks:
                 if cb is not None:

@@ -168,6 +168,7 @@ typedef struct {
     ...;
 } shmlog_budget_t;
 #define SHMLOG_BUDGET_MAGIC ...
+#define SHMLOG_BUDGET_BYTES_MASK ...
 
 typedef struct {
     uint8_t *base;
@@ -324,6 +325,8 @@ int shmlog_log_release(shmlog_log_t *log);
 void shmlog_log_set_budget(shmlog_log_t *log, shmlog_budget_t *budget);
 int shmlog_budget_charge(shmlog_budget_t *budget, uint64_t bytes);
 void shmlog_budget_credit(shmlog_budget_t *budget, uint64_t bytes);
+uint64_t shmlog_budget_snapshot(shmlog_budget_t *budget);
+int shmlog_budget_recount(shmlog_budget_t *budget, uint64_t snapshot, uint64_t bytes);
 uint64_t shmlog_log_reserved_bytes(shmlog_log_t *log);
 int shmlog_log_reap_producer(shmlog_log_t *log, int slot);
 int shmlog_log_reap_reader(shmlog_log_t *log, int slot);

@@ -89,7 +89,7 @@ class BudgetRegion:
 
     @property
     def reserved(self) -> int:
-        return int(self.account.reserved)
+        return int(self.account.reserved) & lib.SHMLOG_BUDGET_BYTES_MASK
 
     @property
     def refused(self) -> int:
@@ -100,7 +100,18 @@ class BudgetRegion:
         return int(self.account.pressure)
 
     def set_reserved(self, n: int) -> None:
-        self.account.reserved = n
+        """Set the count, whatever moves it meanwhile (at start)."""
+        while lib.shmlog_budget_recount(self.account, self.snapshot(), n) != 0:
+            pass
+
+    def snapshot(self) -> int:
+        """The account's word now: hand it to `recount` after counting."""
+        return int(lib.shmlog_budget_snapshot(self.account))
+
+    def recount(self, snapshot: int, n: int) -> bool:
+        """Set the count to n if no charge, credit or recount happened since
+        `snapshot` (else False: count again)."""
+        return lib.shmlog_budget_recount(self.account, snapshot, n) == 0
 
     def charge(self, n: int) -> bool:
         return lib.shmlog_budget_charge(self.account, n) == 0
@@ -135,3 +146,28 @@ class BudgetRegion:
 
     def unlink(self) -> None:
         unlink_region(self.name)
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+def budget_wait(account: Optional[BudgetRegion], plog) -> Optional[str]:
+    """Why a rotation of plog (a PartitionLog) that timed out waited, if it
+    was the data dir's account: its next chunk is FREE but released (its
+    pages must be charged first) and the account has no room for it. The
+    text names the budget, the count and what to change; None otherwise."""
+    if account is None or account.closed or plog.closed:
+        return None
+    h = plog.hdr
+    nxt = h.chunks[(h.active_seq + 1) % plog.chunk_count]
+    if nxt.state & 0xFF != lib.SHMLOG_CHUNK_FREE or not nxt.released:
+        return None
+    reserved, limit = account.reserved, account.limit
+    if reserved + plog.chunk_bytes <= limit:
+        return None  # room again: the wait was on something else, or is over
+    return (f"its next chunk ({_mib(plog.chunk_bytes)}) waits for the data dir's shared-memory "
+            f"budget: {_mib(reserved)} of shm_budget_bytes={limit} ({_mib(limit)}) is reserved. "
+            f"Raise shm_budget_bytes (shmlog serve --set shm_budget_bytes=...), keep fewer "
+            f"partitions hot at once, use a smaller chunk_bytes for this topic, or consume faster "
+            f"(chunks that are spilled and read give their pages back)")

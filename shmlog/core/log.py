@@ -125,7 +125,7 @@ class PartitionLog:
             raise errors.InvalidConfig(
                 f"{what}: invalid geometry chunk_bytes={chunk_bytes} chunk_count={chunk_count} "
                 f"max_batch_bytes={max_batch_bytes} (chunk_bytes: 4 KiB..1 GiB, multiple of 64; "
-                f"chunk_count: 2..64; max_batch_bytes: 128..chunk_bytes/2, multiple of 64)",
+                f"chunk_count: 2..64; max_batch_bytes: 128..chunk_bytes, multiple of 64)",
                 what=what,
             )
         plog = cls(name, shm, mm, ffi.new("shmlog_log_t *"), created=True, what=what)

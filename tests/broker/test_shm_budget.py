@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -53,13 +54,20 @@ def test_disk_ring_defaults_scale_with_partitions():
     mid = shm_budget.disk_ring_chunk_bytes(256, budget, budget)
     assert shm_budget.DISK_CHUNK_MIN < mid < one and mid % shm_budget.CHUNK_ALIGN == 0
     assert shm_budget.planned_bytes(_disk(256, mid)) <= share
-    # 1,000 partitions: idle ones hold only their active chunk, so the ring
-    # is larger than a quarter of the share over the partitions
+    # 1,000 partitions: the share would give ~700 KiB chunks, but a chunk
+    # holds at least one message of the default max_message_bytes (1 MiB)
     wide = shm_budget.disk_ring_chunk_bytes(1000, budget, budget)
-    assert wide > 2 * shm_budget.DISK_CHUNK_MIN and wide > share // (4 * 1000)
-    assert shm_budget.planned_bytes(_disk(1000, wide)) <= share
+    frame = cfgmod.message_frame_bytes(shm_budget.DEFAULT_MAX_MESSAGE_BYTES)
+    assert frame <= wide < frame + shm_budget.CHUNK_ALIGN and wide % shm_budget.CHUNK_ALIGN == 0
+    cfg = cfgmod.topic_config({"partitions": 1000, "chunk_bytes": wide,
+                               "max_message_bytes": shm_budget.DEFAULT_MAX_MESSAGE_BYTES})
+    assert cfgmod.max_batch_bytes(wide, cfg["max_message_bytes"]) == frame
+    # a smaller max_message_bytes the user set lets the share decide
+    small = shm_budget.disk_ring_chunk_bytes(1000, budget, budget, max_message_bytes=10_000)
+    assert shm_budget.DISK_CHUNK_MIN < small < wide
+    assert shm_budget.planned_bytes(_disk(1000, small)) <= share
     # what is left of the budget caps the share
-    left = shm_budget.disk_ring_chunk_bytes(16, budget, 64 * MIB)
+    left = shm_budget.disk_ring_chunk_bytes(16, budget, 64 * MIB, max_message_bytes=10_000)
     assert left < 4 * MIB and shm_budget.planned_bytes(_disk(16, left)) <= 64 * MIB
     # a max_message_bytes the user set still fits a batch of the ring
     chunk = shm_budget.disk_ring_chunk_bytes(1000, budget, budget, max_message_bytes=100_000)
@@ -97,7 +105,7 @@ def test_budget_setting_is_validated():
 
 
 def test_many_partitions_default_disk_topic_within_budget(data_dir):
-    budget = 400 * MIB
+    budget = 512 * MIB
     with running_cluster(data_dir, shm_budget_bytes=budget) as c:
         info = c.create_topic("wide", partitions=200)  # default settings: a disk topic
         cfg = info.config
@@ -132,10 +140,64 @@ def test_many_partitions_default_disk_topic_within_budget(data_dir):
         # a disk partition reserves its first chunk up front, the rest of its
         # ring when a rotation first opens it: 3 x 600 small messages over
         # 200 partitions never fill a first chunk
-        header = PartitionLog.region_bytes(cfg["chunk_bytes"], 4) - 4 * cfg["chunk_bytes"]
+        count = cfg["chunk_count"]
+        header = PartitionLog.region_bytes(cfg["chunk_bytes"], count) - count * cfg["chunk_bytes"]
         assert resident == 200 * (header + cfg["chunk_bytes"]) < apparent
         # the account counts exactly what is reserved
         assert shm["reserved_bytes"] == resident + groups
+
+
+def test_one_mib_messages_on_a_many_partition_default_disk_topic(data_dir):
+    """Kafka's habit: 1 MiB messages on a topic of many partitions created
+    with default settings. Each is produced (plain and keyed), read by a
+    group, and read again from segment files once the ring turned over,
+    byte for byte; one byte more is refused, naming the limit, and costs
+    nothing already committed."""
+    budget = 512 * MIB
+    mmb = shm_budget.DEFAULT_MAX_MESSAGE_BYTES
+    with running_cluster(data_dir, shm_budget_bytes=budget) as c:
+        cfg = c.create_topic("big", partitions=200).config
+        assert cfg["max_message_bytes"] == mmb and cfg["chunk_bytes"] < 2 * mmb
+        rng = random.Random(18)
+        plain = rng.randbytes(mmb)
+        key = b"k" * 16
+        keyed = rng.randbytes(mmb - len(key))
+        kp = (murmur2_ref(key) & 0x7FFFFFFF) % 200
+        p0 = (kp + 1) % 200  # the plain ones go to another partition
+        with c.producer(max_block_ms=20_000) as prod:
+            prod.send("big", plain, partition=p0)
+            prod.send("big", keyed, key=key)
+            prod.flush()
+            with pytest.raises(errors.MessageTooLarge, match=f"max_message_bytes={mmb}"):
+                prod.send("big", plain + b"x", partition=p0)
+            with pytest.raises(errors.MessageTooLarge, match=f"max_message_bytes={mmb}"):
+                prod.send("big", keyed + b"x", key=key)
+            with c.consumer("big", group="readers", auto_offset_reset="earliest") as cons:
+                got = []
+                deadline = time.monotonic() + 60
+                while len(got) < 2 and time.monotonic() < deadline:
+                    got += cons.consume(max_messages=10, timeout=0.5)
+                cons.commit()
+            assert sorted((m.partition, m.offset, m.key, m.value) for m in got) == sorted(
+                [(p0, 0, None, plain), (kp, 0, key, keyed)])
+            # more of them turn both rings over: offset 0 leaves shared memory
+            for i in range(cfg["chunk_count"] + 1):
+                prod.send("big", plain[i:] + plain[:i], partition=p0)
+                prod.send("big", keyed[i:] + keyed[:i], key=key)
+            prod.flush(durable=True)
+            regions = prod._topics["big"].topic.regions
+            assert regions[p0].start_offset > 0 and regions[kp].start_offset > 0
+        with c.consumer("big", group=None) as cons:
+            cons.assign([("big", p0), ("big", kp)])
+            cons.seek_to_beginning()
+            got = []
+            deadline = time.monotonic() + 60
+            while len(got) < 2 * (cfg["chunk_count"] + 2) and time.monotonic() < deadline:
+                got += cons.consume(max_messages=10, timeout=0.5)
+        want = [(p0, 0, None, plain), (kp, 0, key, keyed)] + [
+            x for i in range(cfg["chunk_count"] + 1) for x in (
+                (p0, i + 1, None, plain[i:] + plain[:i]), (kp, i + 1, key, keyed[i:] + keyed[:i]))]
+        assert sorted((m.partition, m.offset, m.key, m.value) for m in got) == sorted(want)
 
 
 def test_past_the_budget_fails_with_the_figures_and_harms_nothing(data_dir):
@@ -166,8 +228,11 @@ def test_past_the_budget_fails_with_the_figures_and_harms_nothing(data_dir):
                 got += cons.consume(max_messages=1000, timeout=0.5)
         assert sorted(m.value for m in got) == sorted(b"m%d" % i for i in range(100))
         # a disk topic with default settings takes its ring from what is left
+        # (never smaller than a chunk that holds one message of 1 MiB)
         wide = c.create_topic("wide", partitions=8)
-        assert wide.config["chunk_bytes"] == shm_budget.DISK_CHUNK_MIN
+        frame = cfgmod.message_frame_bytes(shm_budget.DEFAULT_MAX_MESSAGE_BYTES)
+        assert frame <= wide.config["chunk_bytes"] < frame + shm_budget.CHUNK_ALIGN
+        assert wide.config["max_message_bytes"] == shm_budget.DEFAULT_MAX_MESSAGE_BYTES
         shm = c.stats()["shm"]
         assert shm["reserved_bytes"] <= budget and _usage(data_dir)[1] <= budget
 
@@ -526,3 +591,118 @@ def test_a_supervisor_sigkilled_mid_release_loses_nothing(data_dir, tmp_path, mo
         assert [m.value for m in got] == sent
     finally:
         stop_supervisor(data_dir, c)
+
+
+# A producer in its own process, armed to stop at a fault point of the C
+# core (core.fault_points) the first time it reaches it.
+_PRODUCER_CHILD = textwrap.dedent(r"""
+    import sys
+    import shmlog
+    from shmlog.core import fault_points
+    c = shmlog.connect(sys.argv[1], start=False)
+    assert fault_points.arm_from_env()
+    with c.producer() as p:
+        for i in range(100_000):
+            p.send("t", b"%08d" % i + b"z" * 992, partition=0)
+            if i % 16 == 15:
+                p.flush()
+""")
+
+
+def test_a_count_left_high_by_a_killed_producer_is_recounted_without_a_restart(data_dir, tmp_path):
+    """A producer SIGKILLed after it charged the account for a released
+    chunk and before it reserved the pages leaves the count a chunk high.
+    The supervisor's reaper finds the dead pid, repairs the half-opened
+    chunk, and recounts: the account returns to what the regions hold, and
+    the ring goes on."""
+    chunk = 256 << 10
+    fixed = groups_region.REGION_BYTES + budget_region.REGION_BYTES
+    stop_file = tmp_path / "stopped"
+    with running_cluster(data_dir, shm_budget_bytes=64 * MIB, reaper_interval_ms=50) as c:
+        c.create_topic("t", partitions=1, chunk_bytes=chunk, chunk_count=4)
+
+        def true_count():
+            parts = c.stats()["topics"]["t"]["partitions"]
+            return sum(p_["shm_reserved_bytes"] for p_ in parts) + fixed
+
+        assert c.stats()["shm"]["reserved_bytes"] == true_count()
+        env = dict(os.environ, SHMLOG_STOP_AT="reserve", SHMLOG_STOP_FILE=str(stop_file))
+        child = subprocess.Popen([sys.executable, "-c", _PRODUCER_CHILD, str(data_dir)], env=env)
+        try:
+            assert _wait_for(stop_file.exists, timeout=30), "the producer never reached the reserve"
+            pid = int(stop_file.read_text())
+            assert pid == child.pid
+            # stopped between its charge and its reservation: chunk 1 is
+            # charged; while it is OPENING the partition's figure counts it too
+            header = PartitionLog.region_bytes(chunk, 4) - 4 * chunk
+            assert c.stats()["shm"]["reserved_bytes"] == true_count() == header + 2 * chunk + fixed
+            os.kill(pid, signal.SIGKILL)
+            child.wait(timeout=10)
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+        # the reaper repairs the chunk to FREE (its pages never taken) ...
+        assert _wait_for(lambda: c.stats()["reaped_processes"] >= 1, timeout=10)
+        # ... and the count comes back to the true figure, no restart
+        assert _wait_for(lambda: c.stats()["shm"]["reserved_bytes"] == true_count(), timeout=10), (
+            c.stats()["shm"]["reserved_bytes"], true_count())
+        assert true_count() == header + chunk + fixed
+        # the ring goes round through the repaired chunk; nothing committed is lost
+        with c.producer() as p:
+            for i in range(2000):
+                p.send("t", b"after-%06d" % i + b"w" * 500, partition=0)
+            p.flush()
+        with c.consumer("t", group="after", auto_offset_reset="earliest") as cons:
+            got = []
+            deadline = time.monotonic() + 30
+            while (not got or got[-1].value[:12] != b"after-001999") and time.monotonic() < deadline:
+                got += cons.consume(max_messages=10_000, timeout=0.5)
+        assert [m.offset for m in got] == list(range(len(got)))
+        assert [m.value for m in got[-2000:]] == [b"after-%06d" % i + b"w" * 500 for i in range(2000)]
+        assert c.stats()["shm"]["reserved_bytes"] <= 64 * MIB
+
+
+def test_a_rotation_that_waits_on_the_budget_says_so(data_dir):
+    """Hot partitions, a small budget that other partitions hold (planted
+    here as a charge on the account), a short max_block_ms: the BufferFull
+    names shm_budget_bytes, the count and what to change; once pages come
+    back the same producer goes on and nothing committed is lost."""
+    budget = 8 * MIB
+    chunk = 256 << 10
+    with running_cluster(data_dir, shm_budget_bytes=budget) as c:
+        c.create_topic("hot", partitions=4, chunk_bytes=chunk, chunk_count=4)
+        acc = budget_region.BudgetRegion.attach(budget_region.region_name(c.cluster_id))
+        try:
+            held = budget - acc.reserved - chunk // 2  # less than a chunk left
+            assert acc.charge(held)
+            sent, err = [], None
+            with c.producer(max_block_ms=200) as p:
+                for i in range(4 * 4 * chunk // 1024):
+                    v = b"%08d" % i + b"h" * 1016
+                    try:
+                        p.send("hot", v, partition=i % 4)
+                        p.flush()
+                    except errors.BufferFull as exc:
+                        err = exc
+                        break
+                    sent.append(v)
+                assert err is not None, "no rotation ever waited"
+                msg = str(err)
+                assert f"shm_budget_bytes={budget}" in msg and "MiB" in msg and "reserved" in msg
+                for advice in ("Raise shm_budget_bytes", "fewer partitions hot", "smaller chunk_bytes",
+                               "consume faster"):
+                    assert advice in msg, msg
+                assert "consumers are not keeping up" not in msg  # the generic hint would mislead
+                acc.credit(held)  # the pages come back
+                p.send("hot", v, partition=i % 4)
+                p.flush()
+                sent.append(v)
+        finally:
+            acc.close()
+        with c.consumer("hot", group="g", auto_offset_reset="earliest") as cons:
+            got = []
+            deadline = time.monotonic() + 30
+            while len(got) < len(sent) and time.monotonic() < deadline:
+                got += cons.consume(max_messages=10_000, timeout=0.5)
+        assert sorted(m.value for m in got) == sorted(sent)

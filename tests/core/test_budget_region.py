@@ -5,6 +5,8 @@ release credits it, and a charge past the limit makes the producer wait
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from _core_helpers import fill_until_rotation, new_log
 from shmlog.core._core import ffi, lib
@@ -38,6 +40,41 @@ def test_charge_refuses_past_the_limit_and_credit_never_goes_below_zero(account)
     assert account.reserved == 70
     account.credit(1000)
     assert account.reserved == 0
+
+
+def test_a_recount_loses_to_a_charge_or_credit_made_while_it_counted(account):
+    """shm_budget.recount stores its figure with a compare-and-swap against
+    the account's word taken before it read the regions: a charge or credit
+    made meanwhile (even one that brings the bytes back to where they were)
+    fails it, so a recount never drops a live producer's charge."""
+    account.account.limit = 1 << 30
+    account.set_reserved(1000)
+    snap = account.snapshot()
+    assert account.charge(CHUNK)
+    assert not account.recount(snap, 500) and account.reserved == 1000 + CHUNK
+    snap = account.snapshot()
+    assert account.charge(CHUNK)
+    account.credit(CHUNK)  # the bytes are as they were; the tag is not
+    assert not account.recount(snap, 500) and account.reserved == 1000 + CHUNK
+    snap = account.snapshot()
+    assert account.recount(snap, 500) and account.reserved == 500
+    assert not account.recount(snap, 700)  # a recount bumps the tag too
+
+
+def test_a_chunk_mid_opening_or_mid_release_counts_as_reserved(shm_prefix):
+    """An opener charges before it clears `released`, a releaser sets it
+    before it credits: while a chunk is OPENING or RELEASING the account
+    may hold it, so the regions' own figure counts it (high, never low)."""
+    with _disk_log(shm_prefix, "mid") as plog:
+        base = plog.reserved_bytes()
+        assert base == HEADER + CHUNK and plog.hdr.chunks[1].released == 1
+        d = plog.hdr.chunks[1]
+        for state in (lib.SHMLOG_CHUNK_OPENING, lib.SHMLOG_CHUNK_RELEASING):
+            saved = d.state
+            d.state = (os.getpid() << 32) | ((saved + 0x100) & 0xFFFFFF00) | state
+            assert plog.reserved_bytes() == base + CHUNK
+            d.state = saved
+        assert plog.reserved_bytes() == base
 
 
 def test_a_reattached_account_keeps_its_count(account):

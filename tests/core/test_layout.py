@@ -179,6 +179,7 @@ def test_config_mirrors_of_layout_constants():
     assert config.MAX_CHUNKS == lib.SHMLOG_MAX_CHUNKS
     assert config.FRAME_ALIGN == lib.SHMLOG_FRAME_ALIGN
     assert config.FRAME_HEADER == lib.SHMLOG_FRAME_HEADER
+    assert config.MAX_PRODUCERS == lib.SHMLOG_MAX_PRODUCERS
 
 # ------------------------------------------------------------ _Static_asserts
 

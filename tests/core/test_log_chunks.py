@@ -568,3 +568,28 @@ def test_unblock_pads_an_unstamped_claim_over_a_tagged_stale_word(shm_prefix):
             claimer.kill()
         assert plog.reap_producer(cslot) == 0  # already padded: counted once
         assert plog.hdr.aborted_batches == 1
+
+
+def test_a_frame_of_one_message_may_fill_a_whole_chunk(shm_prefix):
+    """max_batch_bytes may be the chunk itself (a topic's largest message
+    alone in its batch, config.max_batch_bytes): a frame that does not fit
+    behind what a chunk holds seals it and fills the next one whole, and
+    the ring goes round with such frames; one byte more is refused."""
+    chunk = 65536
+    with new_log(shm_prefix, chunk_bytes=chunk, chunk_count=2, max_batch_bytes=chunk,
+                 gate_readers=False) as plog:
+        slot = plog.register_producer()
+        rng = random.Random(3)
+        small = b"s" * 100
+        big = [rng.randbytes(chunk - 64 - 32) for _ in range(5)]
+        assert frame_bytes_for(len(big[0]) + 11) == chunk
+        want = []
+        for b in big:
+            want += [(plog.append_one(slot, small, 0, timeout=1), small),
+                     (plog.append_one(slot, b, 0, timeout=1), b)]
+        with pytest.raises(errors.MessageTooLarge):
+            plog.append_one(slot, big[0] + b"x" * 64, 0, timeout=1)
+        assert plog.hdr.active_seq >= 5  # every big frame took a chunk of its own
+        offsets, values = read_all(plog)[:2]
+        assert list(zip(offsets, values)) == want[-len(offsets):] and values[-1] == big[-1]
+        assert offsets == list(range(offsets[0], 10))

@@ -239,7 +239,7 @@ def test_frontier_returns_on_a_corrupt_chunk_state(shm_prefix):
     ("chunk_count", 65),
     ("chunk_bytes", 65536 + 32),
     ("chunk_bytes", 2048),
-    ("max_batch_bytes", 65536),
+    ("max_batch_bytes", 65536 + 64),  # a frame larger than a chunk
     ("max_batch_bytes", 64),
     ("region_bytes", 1),
     ("chunk_count+region_bytes", 8),  # self-consistent, but larger than the mapping
@@ -291,7 +291,8 @@ def test_attach_rejects_a_zeroed_region(shm_prefix):
 
 def test_create_rejects_bad_geometry_and_leaves_no_segment(shm_prefix):
     for kw in ({"chunk_bytes": 65536 + 32}, {"chunk_count": 1}, {"chunk_count": 65},
-               {"chunk_bytes": 65536, "max_batch_bytes": 40000}):
+               {"chunk_bytes": 65536, "max_batch_bytes": 65536 + 64},
+               {"chunk_bytes": 65536, "max_batch_bytes": 40000 + 32}):
         with pytest.raises(errors.InvalidConfig, match="invalid geometry"):
             PartitionLog.create(f"{shm_prefix}-bad", **kw)
     # (the shm_prefix fixture fails the test if a segment was left behind)
