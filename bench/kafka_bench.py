@@ -137,18 +137,26 @@ def latency(bs: str, n: int, size: int) -> Dict[str, float]:
 
 
 def broker_pid(bs: str) -> Optional[int]:
-    """The process listening on the bootstrap port: shmlog's listener (not
-    its supervisor) or tansu."""
+    """The process serving the bootstrap port: shmlog's listener (not its
+    supervisor, which binds the port and hands it to the listener, so both
+    hold it) or tansu."""
     import psutil
 
     port = int(bs.rsplit(":", 1)[1])
+    pids = []
     try:
         for c in psutil.net_connections("tcp"):
             if c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN and c.pid:
-                return c.pid
+                pids.append(c.pid)
     except psutil.AccessDenied:
         pass
-    return None
+    for pid in pids:
+        try:
+            if "shmlog.kafka" in " ".join(psutil.Process(pid).cmdline()):
+                return pid
+        except psutil.Error:
+            continue
+    return pids[0] if pids else None
 
 
 class CpuClock:
