@@ -21,7 +21,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 log = logging.getLogger("shmlog.kafka")
 
@@ -76,7 +76,7 @@ class ListenerProcess:
             return self._clients
         self._clients_at = now
         n = 0
-        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for table in self._tcp_tables():
             try:
                 with open(table) as f:
                     next(f, None)
@@ -89,6 +89,17 @@ class ListenerProcess:
                 continue
         self._clients = n
         return n
+
+    def _tcp_tables(self) -> Tuple[str, ...]:
+        """The kernel tables our port's connections can be in: the bound
+        socket's family only. Each read walks the whole TCP hash table
+        (milliseconds of CPU on a host with much memory), whatever it holds."""
+        family = self.sock.family if self.sock is not None else None
+        if family == socket.AF_INET:
+            return ("/proc/net/tcp",)
+        if family == socket.AF_INET6:  # v4-mapped connections are listed here too
+            return ("/proc/net/tcp6",)
+        return ("/proc/net/tcp", "/proc/net/tcp6")
 
     def _bind(self) -> bool:
         """Bind and listen on the listener's address, once; False (logged,
