@@ -292,11 +292,15 @@ def _watch_supervisor(loop: asyncio.AbstractEventLoop, supervisor_pid: int, stop
             os.close(fd)
             gone()
             return lambda: None
-        loop.add_reader(fd, gone)
+
+        def exited() -> None:
+            loop.remove_reader(fd)  # it stays readable: once is enough
+            gone()
 
         def cancel() -> None:
             loop.remove_reader(fd)
             os.close(fd)
+        loop.add_reader(fd, exited)
         return cancel
 
     async def poll() -> None:
