@@ -15,7 +15,10 @@ default row measures those idle seconds more than either broker). Broker
 CPU: user+system seconds of the process on the bootstrap port (shmlog's
 listener, tansu) during each phase. Latency: linger.ms=0,
 acks=1, one message at a time, produce() to its delivery report (the
-client blocks in poll() meanwhile, it does not spin). Everything
+client blocks in poll() meanwhile, it does not spin); then the same
+Produce (v8, acks=1, one record) from a plain blocking socket, request to
+response, which is the broker's share without the client library's thread
+hand-offs. Everything
 started here (supervisor, listener, tansu) is stopped on the way out.
 """
 
@@ -136,19 +139,49 @@ def latency(bs: str, n: int, size: int) -> Dict[str, float]:
             "mean_us": statistics.fmean(samples)}
 
 
+def raw_latency(bs: str, n: int, size: int) -> Dict[str, float]:
+    """Produce v8 acks=1 round trips of one record from a plain socket."""
+    from _kafka_wire import Wire, batch, produce_body, produce_result
+
+    from shmlog.kafka import protocol as P
+
+    body = produce_body(8, TOPIC + "-lat", 0, batch([(None, os.urandom(size))]))
+    samples: List[float] = []
+    with Wire(bs) as w:
+        for i in range(n + n // 10):
+            t0 = time.perf_counter()
+            resp = w.call(P.PRODUCE, 8, body)
+            t1 = time.perf_counter()
+            if resp is None or produce_result(8, resp)[0] != 0:
+                raise RuntimeError(f"raw Produce to {bs} failed")
+            if i >= n // 10:  # warm-up excluded
+                samples.append((t1 - t0) * 1e6)
+    samples.sort()
+    return {"p50_us": samples[len(samples) // 2], "p99_us": samples[int(len(samples) * 0.99)],
+            "mean_us": statistics.fmean(samples)}
+
+
 def broker_pid(bs: str) -> Optional[int]:
-    """The process listening on the bootstrap port: shmlog's listener (not
-    its supervisor) or tansu."""
+    """The process serving the bootstrap port: shmlog's listener (not its
+    supervisor, which binds the port and hands it to the listener, so both
+    hold it) or tansu."""
     import psutil
 
     port = int(bs.rsplit(":", 1)[1])
+    pids = []
     try:
         for c in psutil.net_connections("tcp"):
             if c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN and c.pid:
-                return c.pid
+                pids.append(c.pid)
     except psutil.AccessDenied:
         pass
-    return None
+    for pid in pids:
+        try:
+            if "shmlog.kafka" in " ".join(psutil.Process(pid).cmdline()):
+                return pid
+        except psutil.Error:
+            continue
+    return pids[0] if pids else None
 
 
 class CpuClock:
@@ -182,9 +215,11 @@ def run(args) -> int:
             prod, prod_cpu = clock.measure(produce, bs, args.count, args.size)
             cons = [clock.measure(consume, bs, args.count, qb) for qb in backoffs]
             lat = latency(bs, args.latency_count, args.size)
-        rows.append((name, prod, prod_cpu, cons, lat))
+            raw = raw_latency(bs, args.latency_count, args.size)
+        rows.append((name, prod, prod_cpu, cons, lat, raw))
         print(f"{name:8s} produce {prod / 1e6:6.3f} M msg/s (broker CPU {prod_cpu:5.2f} s)   "
-              f"latency p50 {lat['p50_us']:7.1f} us  p99 {lat['p99_us']:7.1f} us", flush=True)
+              f"latency p50 {lat['p50_us']:7.1f} us  p99 {lat['p99_us']:7.1f} us   "
+              f"raw socket p50 {raw['p50_us']:7.1f} us  p99 {raw['p99_us']:7.1f} us", flush=True)
         for qb, (rate, cpu) in zip(backoffs, cons):
             setting = "default" if qb is None else f"fetch.queue.backoff.ms={qb}"
             print(f"{name:8s} consume {rate / 1e6:6.3f} M msg/s (broker CPU {cpu:5.2f} s)   [{setting}]",
@@ -198,6 +233,8 @@ def run(args) -> int:
             print(f"{label:34s}" + "".join(f"{r[3][i][0] / 1e6:9.3f} ({r[3][i][1]:4.2f})" for r in rows))
         print(f"{'produce latency p50 / p99 us':34s}" +
               "".join(f"{r[4]['p50_us']:8.0f} /{r[4]['p99_us']:6.0f}" for r in rows))
+        print(f"{'  raw socket p50 / p99 us':34s}" +
+              "".join(f"{r[5]['p50_us']:8.0f} /{r[5]['p99_us']:6.0f}" for r in rows))
         print(f"(load average {' '.join(f'{x:.2f}' for x in os.getloadavg())})")
     return 0
 

@@ -274,9 +274,53 @@ def parse_address(addr: str) -> Tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-async def _serve(listener: Listener, host: str, port: int, supervisor_pid: int, ready=None) -> None:
-    server = await asyncio.start_server(listener.handle, host, port, reuse_address=True,
-                                        limit=1 << 20)
+def _watch_supervisor(loop: asyncio.AbstractEventLoop, supervisor_pid: int, stop: asyncio.Event):
+    """Set stop when the supervisor is gone (it restarts us; the next one
+    starts its own listener). A pidfd turns readable when the process exits,
+    so an idle listener has no timer at all; without pidfd (old kernels), a
+    liveness check once a second. Returns what to cancel on the way out."""
+    def gone() -> None:
+        log.warning("supervisor %d is gone: exiting", supervisor_pid)
+        stop.set()
+
+    try:
+        fd = os.pidfd_open(supervisor_pid)
+    except (AttributeError, OSError):
+        fd = -1
+    if fd >= 0:
+        if not pid_alive(supervisor_pid):  # exited, or only a zombie, before we looked
+            os.close(fd)
+            gone()
+            return lambda: None
+
+        def exited() -> None:
+            loop.remove_reader(fd)  # it stays readable: once is enough
+            gone()
+
+        def cancel() -> None:
+            loop.remove_reader(fd)
+            os.close(fd)
+        loop.add_reader(fd, exited)
+        return cancel
+
+    async def poll() -> None:
+        while not stop.is_set():
+            await asyncio.sleep(1.0)
+            if not pid_alive(supervisor_pid):
+                gone()
+
+    return asyncio.ensure_future(poll()).cancel
+
+
+async def _serve(listener: Listener, host: str, port: int, supervisor_pid: int, ready=None,
+                 listen_fd: Optional[int] = None) -> None:
+    if listen_fd is None:
+        server = await asyncio.start_server(listener.handle, host, port, reuse_address=True,
+                                            limit=1 << 20)
+    else:
+        # bound by the supervisor, which keeps it open across our restarts
+        server = await asyncio.start_server(listener.handle, sock=socket.socket(fileno=listen_fd),
+                                            limit=1 << 20)
     actual = server.sockets[0].getsockname()[1]
     if listener.state.port == 0:
         listener.state.port = actual
@@ -290,29 +334,22 @@ async def _serve(listener: Listener, host: str, port: int, supervisor_pid: int, 
             loop.add_signal_handler(sig, stop.set)
         except (ValueError, RuntimeError):  # not the main thread (tests)
             pass
-
-    async def watch_supervisor():
-        # the supervisor restarts us; if it is gone, so are we (the next one starts its own)
-        while supervisor_pid and not stop.is_set():
-            await asyncio.sleep(1.0)
-            if not pid_alive(supervisor_pid):
-                log.warning("supervisor %d is gone: exiting", supervisor_pid)
-                stop.set()
-
-    watcher = asyncio.ensure_future(watch_supervisor())
-    async with server:
-        await stop.wait()
-    watcher.cancel()
+    unwatch = _watch_supervisor(loop, supervisor_pid, stop) if supervisor_pid else (lambda: None)
+    try:
+        async with server:
+            await stop.wait()
+    finally:
+        unwatch()
 
 
-def run(data_dir: str, address: str, *, supervisor_pid: int = 0, auto_create: bool = True,
-        max_request_bytes: int = 100 << 20, ready=None) -> int:
+def run(data_dir: str, address: str, *, listen_fd: Optional[int] = None, supervisor_pid: int = 0,
+        auto_create: bool = True, max_request_bytes: int = 100 << 20, ready=None) -> int:
     host, port = parse_address(address)
     cluster = Cluster(data_dir, start=False)
     state = State(cluster, host, port, auto_create=auto_create, max_request_bytes=max_request_bytes)
     listener = Listener(state)
     try:
-        asyncio.run(_serve(listener, host, port, supervisor_pid, ready))
+        asyncio.run(_serve(listener, host, port, supervisor_pid, ready, listen_fd))
     finally:
         try:
             listener.groups.close()

@@ -13,8 +13,14 @@ import sys
 import time
 
 import psutil
-from _broker_helpers import wait_for
-from _kafka_helpers import api_versions_ok, free_port, kafka_cluster, wait_listening
+from _broker_helpers import running_cluster, wait_for
+from _kafka_helpers import (
+    api_versions_ok,
+    free_port,
+    kafka_cluster,
+    metadata_cluster_id,
+    wait_listening,
+)
 from _kafka_wire import Wire, string
 
 from shmlog.kafka import protocol as P
@@ -158,3 +164,63 @@ def test_auto_started_supervisor_idles_out_unless_kafka_clients_are_connected(da
         wait_for(lambda: not listeners_of(data_dir), 30, what="the listener to stop with it")
     finally:
         stop_supervisor(data_dir)
+
+
+def test_listener_exits_with_its_supervisor_and_the_next_one_serves_the_port(data_dir):
+    """A SIGKILLed supervisor takes its listener with it (the listener
+    watches the supervisor's pidfd); the supervisor the client starts next
+    binds the same port again and its listener serves it."""
+    from _broker_helpers import pid_gone
+
+    with kafka_cluster(data_dir) as (cluster, bs):
+        port = int(bs.rsplit(":", 1)[1])
+        [old] = listeners_of(data_dir)
+        os.kill(cluster.supervisor_pid, signal.SIGKILL)
+        wait_for(lambda: pid_gone(old), 20, what="the listener to exit with its supervisor")
+        cluster.topics()  # the client starts the next supervisor
+        wait_for(lambda: [x for x in listeners_of(data_dir) if x != old], 20, what="a new listener")
+        wait_listening(port)
+        assert metadata_cluster_id(port) == cluster.cluster_id
+
+
+def test_a_taken_port_is_retried_without_starting_listeners(data_dir):
+    """While someone else holds the port, the supervisor retries bind()
+    alone: no listener process is started (each would cost a Python start on
+    a core the data path may need), shared-memory clients are served, and a
+    listener serves the port once it is free."""
+    import socket
+
+    blocker = socket.socket()
+    blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    port = blocker.getsockname()[1]
+    try:
+        with running_cluster(data_dir, kafka_listener=f"127.0.0.1:{port}") as cluster:
+            cluster.create_topic("t", partitions=1, **TOPIC)
+            seen = set()
+            for _ in range(30):  # past several back-off steps (0.2, 0.5, 1.0, ...)
+                seen.update(listeners_of(data_dir))
+                time.sleep(0.1)
+            assert not seen
+            blocker.close()
+            wait_listening(port)
+            assert metadata_cluster_id(port) == cluster.cluster_id
+    finally:
+        blocker.close()
+
+
+def test_an_idle_listener_has_no_timer(data_dir):
+    """An idle listener sleeps until a client or the supervisor's exit wakes
+    it: no periodic wakeup (each would take a core from the data path)."""
+    with kafka_cluster(data_dir) as (_cluster, _bs):
+        [pid] = listeners_of(data_dir)
+        proc = psutil.Process(pid)
+        time.sleep(0.5)  # past its start-up
+
+        def wakeups() -> int:
+            return sum(psutil.Process(t.id).num_ctx_switches().voluntary for t in proc.threads())
+
+        before = wakeups()
+        time.sleep(4.0)
+        assert wakeups() - before <= 1
