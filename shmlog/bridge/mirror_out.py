@@ -10,6 +10,7 @@ from collections import deque
 from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple, Union
 
 from .. import errors, protocol
+from ..core._produce import produce_run
 from ..core.partitioner import KeyPartitioner
 from . import kafka_client
 from .base import (
@@ -211,10 +212,10 @@ class MirrorOut(_Mirror):
             if room > 0:
                 # wait for data only when nothing is in flight: delivery
                 # reports are served by poll() below, not while we sleep here
-                batch = consumer.consume_batch(max_messages=min(10_000, room),
-                                               timeout=0.01 if self._inflight else 0.1)
-                if batch is not None:
-                    self._send(batch, produce, poll)
+                view = consumer.consume_batch(max_messages=min(10_000, room),
+                                              timeout=0.01 if self._inflight else 0.1, copy=False)
+                if view is not None:
+                    self._send(view, produce, poll)
                 poll(0)
             else:
                 poll(0.01)  # the window is full: wait for acknowledgements
@@ -257,95 +258,68 @@ class MirrorOut(_Mirror):
         raise kafka_client.KafkaError(f"{what} although the cluster answers: starting a new producer and "
                                       f"resending from the last commit")
 
-    def _send(self, batch, produce, poll) -> None:
-        topic = batch.topic
-        p = batch.partition
-        rt, rn, kp = self._remote[topic]
-        cols = (batch.offsets, batch.values, batch.keys, batch.timestamps_ms,
-                batch._headers)  # headers: None when no record had any
-        tp = (topic, p)
-        if tp not in self._resume:
-            self._resume[tp] = cols[0][0]
-        parts = None
-        if kp is not None:
-            fallback = p % rn
-            parts = [fallback if k is None else kp(k) for k in cols[2]]
-        n = len(cols[0])
-        # a run is what one delivery callback per remote partition covers:
-        # its messages leave the window (max_in_flight) only when its last
-        # one is acknowledged, so runs much shorter than a batch keep the
-        # window flowing (whole 10k-message runs left it full, waiting, a
-        # third of the time) for one Python call per RUN_MESSAGES
-        for lo in range(0, n, RUN_MESSAGES):
-            if not self._send_run(tp, rt, p, parts, cols, lo, min(n, lo + RUN_MESSAGES), produce, poll):
-                return
+    def _send(self, view, produce, poll) -> None:
+        """Produce one consumed run (a MessageView: values and keys still in
+        the pinned mapping) and release it: librdkafka copies each record."""
+        try:
+            topic = view.topic
+            p = view.partition
+            rt, rn, kp = self._remote[topic]
+            tp = (topic, p)
+            offsets = view.offsets
+            if tp not in self._resume:
+                self._resume[tp] = offsets[0]
+            cols = (view.buffer, view.value_positions, view.value_lengths, view.key_positions,
+                    view.key_lengths, view.timestamps_ms, view.headers if view.has_headers else None,
+                    p, 0 if kp is None else rn)
+            n = len(offsets)
+            # a run is what one delivery callback per remote partition covers:
+            # its messages leave the window (max_in_flight) only when its last
+            # one is acknowledged, so runs much shorter than a batch keep the
+            # window flowing (whole 10k-message runs left it full, waiting, a
+            # third of the time)
+            for lo in range(0, n, RUN_MESSAGES):
+                if not self._send_run(tp, rt, cols, offsets, lo, min(n, lo + RUN_MESSAGES), produce, poll):
+                    return
+        finally:
+            view.release()
 
-    def _send_run(self, tp, rt: str, p: int, parts: Optional[List[int]], cols, lo: int, hi: int,
-                  produce, poll) -> bool:
-        """Produce messages [lo, hi) of a batch as one run; False when stop()
-        came while librdkafka's queue was full (the rest is not sent)."""
-        offsets, values, keys, stamps, headers = cols
-        if parts is None:
-            lasts = {hi - 1: p}
-        else:
-            last_of: Dict[int, int] = {}
-            for i in range(lo, hi):
-                last_of[parts[i]] = i
-            lasts = {i: rp for rp, i in last_of.items()}
+    def _send_run(self, tp, rt: str, cols, offsets, lo: int, hi: int, produce, poll) -> bool:
+        """Produce messages [lo, hi) of a run; False when stop() came while
+        librdkafka's queue was full (the rest is not sent)."""
         if self.first_produce_at is None:
             self.first_produce_at = time.perf_counter()
         if not self._inflight:
             self._ack_at = time.monotonic()  # the stall clock starts with the first message in flight
-        run = _Run(offsets[hi - 1] + 1, len(lasts), hi - lo, stamps[lo], self._gen)
+        # left: more than any run can count until produce_run says how many
+        # remote partitions the run spans (no report can come before that:
+        # they are served by poll(), on this thread)
+        run = _Run(offsets[hi - 1] + 1, hi - lo + 1, hi - lo, cols[5][lo], self._gen)
         self._pending.setdefault(tp, deque()).append(run)
         self._inflight += hi - lo
         cb = functools.partial(self._on_delivery, run)
         start = lo
-        # produce() takes its arguments by position here: confluent-kafka
-        # parses keywords per call, which costs more than librdkafka's own
-        # enqueue (positional: ~1.7x the messages a second). Its order is
-        # (topic, value, key, partition, on_delivery, callback, timestamp,
-        # headers); tests/bridge check that keys, timestamps and headers
-        # arrive unchanged. (produce_batch() would carry neither timestamps
-        # nor headers.)
-        if parts is None and headers is None:
-            # the common case (no headers, partition i -> i) without the
-            # general loop's per-message branches
-            try:
-                for start in range(lo, hi - 1):
-                    produce(rt, values[start], keys[start], p, None, None, stamps[start])
-                start = hi - 1
-                produce(rt, values[start], keys[start], p, cb, None, stamps[start])
+        while True:
+            # one C call produces the run (csrc/produce.c): a bytes object per
+            # value and key made from the mapping just for its produce(),
+            # which copies it, and the delivery callback only on the last
+            # message per remote partition (a Python call per message would
+            # cost more than the produce() itself). Keys, timestamps and
+            # headers are passed as they are; tests/bridge check they arrive.
+            start, run.left = produce_run(produce, rt, *cols, lo, start, hi, cb)
+            if start >= hi:
                 return True
-            except BufferError:
-                pass  # the general loop below waits, from message `start` on
-        rp = p
-        for i in range(start, hi):
-            if parts is not None:
-                rp = parts[i]
-            h = headers[i] if headers is not None else None
-            while True:
-                try:
-                    # only the last message of the run per remote partition
-                    # carries a delivery callback: a Python call per message
-                    # would cost more than the produce() itself
-                    produce(rt, values[i], keys[i], rp, cb if i in lasts else None, None, stamps[i], h or None)
-                    break
-                except BufferError:
-                    # librdkafka's queue is full: Kafka is slow or away.
-                    # Wait for it (backpressure), never drop.
-                    poll(0.05)
-                    self._settle()
-                    self._write_status()
-                    if self._broken is not None:
-                        raise kafka_client.KafkaError(self._broken) from None
-                    if self._stop.is_set() and self._inflight:
-                        # stopping: what is not produced yet is simply not
-                        # committed; the next start sends it
-                        return False
-            if (i & 1023) == 1023:
-                poll(0)
-        return True
+            # librdkafka's queue is full: Kafka is slow or away. Wait for it
+            # (backpressure), never drop.
+            poll(0.05)
+            self._settle()
+            self._write_status()
+            if self._broken is not None:
+                raise kafka_client.KafkaError(self._broken) from None
+            if self._stop.is_set() and self._inflight:
+                # stopping: what is not produced yet is simply not
+                # committed; the next start sends it
+                return False
 
     def _settle(self, force: bool = False) -> None:
         """Move the commit point past every run all of whose remote
