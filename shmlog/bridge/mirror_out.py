@@ -17,7 +17,6 @@ from .base import (
     DEFAULT_MAX_IN_FLIGHT,
     _bootstrap,
     _Mirror,
-    _rdkafka_log,
     default_name,
     log,
 )
@@ -29,6 +28,7 @@ RUN_MESSAGES = 1000  # messages per delivery callback (see _send)
 # batches of up to 10k messages that wait at most 5 ms to fill
 PRODUCER_DEFAULTS = {"linger.ms": 5, "batch.num.messages": 10000}
 RESCAN_INTERVAL = 10.0  # --pattern: how often new local topics are looked for
+PRODUCER_ID_WAIT = 5.0  # at most, before the first produce (then librdkafka goes on asking)
 
 
 class _Run:
@@ -120,8 +120,10 @@ class MirrorOut(_Mirror):
         # the settings the guarantees rest on: -X may repeat, not change them
         conf.update(protocol.check_mirror_settings("out", self.config))
         conf["error_cb"] = self._on_error
-        conf.setdefault("logger", _rdkafka_log)
-        return _bootstrap(conf, self.bootstrap)
+        # the log callback sees when the producer id arrives (_open waits for it)
+        self._producer_log = kafka_client.ProducerLog()
+        conf["logger"] = self._producer_log
+        return _bootstrap(kafka_client.with_eos_debug(conf), self.bootstrap)
 
     def _local_topics(self) -> List[str]:
         if self.pattern is None:
@@ -160,6 +162,9 @@ class MirrorOut(_Mirror):
             # what is produced meanwhile, so a fresh mirror would start
             # with a full window that no acknowledgement frees
             self._producer.list_topics(timeout=10)
+            # and has its idempotent producer id: librdkafka holds messages
+            # until then, up to 500 ms after start (see ProducerLog)
+            kafka_client.wait_for_producer_id(self._producer, self._producer_log, PRODUCER_ID_WAIT, self._stop)
         if self._consumer is None:
             self._consumer = self.cluster.consumer(topics, group=self.group, enable_auto_commit=False)
             self.topics_now = topics
