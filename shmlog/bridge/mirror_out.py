@@ -95,7 +95,9 @@ class MirrorOut(_Mirror):
         self._to_commit: Dict[Tuple[str, int], int] = {}
         self._commit_at = 0.0
         self._broken: Optional[str] = None  # a delivery failure or fatal error: rewind
-        self._acked_since = 0
+        self._acked_since = 0  # acknowledged, not committed yet
+        self._committing = 0  # acknowledged, in the commit under way
+        self._commit_pending: Optional[Tuple[Any, Dict[Tuple[str, int], int]]] = None  # (future, offsets)
         self._remote: Dict[str, Tuple[str, int, Optional[KeyPartitioner]]] = {}
         self._local_parts: Dict[str, int] = {}
         self._last_progress = time.monotonic()
@@ -213,7 +215,7 @@ class MirrorOut(_Mirror):
                 return  # run() opens again, with the topics that match now
             # the window: sent but not committed, whether acknowledged yet
             # or not; never more than max_in_flight (the duplicate bound)
-            room = self.max_in_flight - self._inflight - self._acked_since
+            room = self.max_in_flight - self._inflight - self._acked_since - self._committing
             if room > 0:
                 # wait for data only when nothing is in flight: delivery
                 # reports are served by poll() below, not while we sleep here
@@ -348,17 +350,44 @@ class MirrorOut(_Mirror):
             self._last_progress = self._ack_at = time.monotonic()
             if self.error is not None or self.state != "running":
                 self._remote_ok()
+        self._commit_done(wait=force)
         now = time.monotonic()
-        if self._to_commit and (force or now >= self._commit_at
-                                or self._acked_since >= self.max_in_flight // 2):
-            self._commit_now()
+        if self._to_commit and self._commit_pending is None and (
+                force or now >= self._commit_at or self._acked_since >= self.max_in_flight // 2):
+            self._commit_now(wait=force)
             self._commit_at = now + self.commit_interval
 
-    def _commit_now(self) -> None:
+    def _commit_now(self, wait: bool = True) -> None:
+        """Commit what Kafka acknowledged. wait=False: the round trip runs on
+        the consumer's commit thread while this one goes on producing; its
+        messages stay in the window (_committing) until it returns, so the
+        duplicate bound holds, and commits stay in order (one at a time)."""
+        self._commit_done(wait=True)
         offsets, self._to_commit = self._to_commit, {}
-        self._consumer.commit(offsets)
-        self._count(self._acked_since)
-        self._acked_since = 0
+        self._committing, self._acked_since = self._acked_since, 0
+        if wait:
+            self._consumer.commit(offsets)
+            self._count(self._committing)
+            self._committing = 0
+            return
+        self._commit_pending = (self._consumer.commit(offsets, asynchronous=True), offsets)
+
+    def _commit_done(self, wait: bool) -> None:
+        """Count an asynchronous commit that returned (or wait for it)."""
+        if self._commit_pending is None:
+            return
+        future, offsets = self._commit_pending
+        if not wait and not future.done():
+            return
+        self._commit_pending = None
+        try:
+            future.result()
+        except errors.FencedMember:
+            # the commit thread may not rejoin: this one does (a restarted
+            # supervisor), or raises if the partitions really moved
+            self._consumer.commit(offsets)
+        self._count(self._committing)
+        self._committing = 0
 
     def lag(self) -> Tuple[int, float]:
         c = self._consumer
@@ -402,11 +431,12 @@ class MirrorOut(_Mirror):
                 old.poll(0)
             except Exception as exc:
                 log.debug("mirror %s: purging the old producer: %s", self.name, exc)
-        if self._to_commit and self._consumer is not None:
+        if (self._to_commit or self._commit_pending is not None) and self._consumer is not None:
             try:
                 self._commit_now()
             except errors.ShmlogError as exc:
                 log.warning("mirror %s: commit before rewinding failed: %s", self.name, exc)
+        self._commit_pending = None
         if self._consumer is not None:
             for tp, off in self._resume.items():
                 try:
@@ -417,6 +447,7 @@ class MirrorOut(_Mirror):
         self._pending.clear()
         self._inflight = 0
         self._acked_since = 0
+        self._committing = 0
 
     def _shutdown(self) -> None:
         """Stop: let Kafka acknowledge what is in flight (a few seconds at
