@@ -128,6 +128,29 @@ def test_mirror_out_partition_counts_differ(data_dir, remote):
         assert len(msgs) == 3000
 
 
+def test_mirror_out_of_a_disk_topic_read_behind_the_shared_memory(tansu, data_dir):
+    """A disk topic whose first messages left shared memory (read back from
+    segment files, a copied run rather than a view of the mapping) mirrors
+    out the same: keys, headers, timestamps, each once."""
+    n = 3000
+    with running_cluster(data_dir) as c:
+        c.create_topic("spilled", partitions=2, storage="disk", chunk_bytes=64 << 10, chunk_count=4)
+        p = c.producer()
+        for a in range(0, n, 500):
+            p.send_batch("spilled", [b"value-%d-" % i + b"." * 300 for i in range(a, a + 500)],
+                         keys=[_key(i) for i in range(a, a + 500)],
+                         headers=[[("i", b"%d" % i), ("src", b"shmlog")] for i in range(a, a + 500)],
+                         timestamps=[TS0 + i for i in range(a, a + 500)])
+        p.flush(durable=True)
+        p.close()
+        assert min(q.start_offset for q in c.describe_topic("spilled").partitions) == 0
+        create_remote_topic(tansu.bootstrap, "spilled-remote", 2)
+        with open_mirror(c, "spilled", to=tansu.bootstrap, as_="spilled-remote", name="sp"):
+            msgs = read_all(tansu.bootstrap, "spilled-remote", 2, n)
+        _check_remote(msgs, 0, n, 2)
+        assert len(msgs) == n
+
+
 def test_mirror_in(data_dir, remote):
     from confluent_kafka import Consumer, Producer, TopicPartition
 
