@@ -6,4 +6,9 @@ from setuptools import Extension, setup
 messages = Extension("shmlog.core._messages", sources=["csrc/messages.c"],
                      extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra"])
 
-setup(cffi_modules=["shmlog/core/_build.py:ffibuilder"], ext_modules=[messages])
+# the mirror's produce loop over a zero-copy run (csrc/produce.c): the same
+# CPython API, for the same reason (a call per record is the cost)
+produce = Extension("shmlog.core._produce", sources=["csrc/produce.c", "csrc/partitioner.c"],
+                    include_dirs=["csrc"], extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra"])
+
+setup(cffi_modules=["shmlog/core/_build.py:ffibuilder"], ext_modules=[messages, produce])

@@ -10,8 +10,9 @@ message, poll(0) every 1024, flush() at the end); the mirror carries the
 same N messages from a 4-partition shmlog memory topic (filled beforehand)
 into a fresh remote topic. Both sides are timed the same way: from their
 first produce() to their last delivery report, with a producer that is
-already connected (the loop's calls list_topics() first, the mirror's does
-so when it opens) and a remote topic created beforehand. So neither
+already connected and has its idempotent producer id (the loop's waits for
+both first, the mirror's does so when it opens: librdkafka otherwise holds
+the first messages up to 500 ms) and a remote topic created beforehand. So neither
 includes start-up (producer creation, group join, topic creation): only
 the loop around produce() and the delivery of the data. Both use the
 mirror's throughput settings (PRODUCER_DEFAULTS in
@@ -75,15 +76,21 @@ def _create_remote(bootstrap: str, topic: str, partitions: int = 4) -> None:
 def _hand_loop(bootstrap: str, topic: str, values, keys) -> float:
     from confluent_kafka import Producer
 
+    from shmlog.bridge import kafka_client
     from shmlog.bridge.mirror_out import PRODUCER_DEFAULTS
     from shmlog.core.partitioner import KeyPartitioner
 
     kp = KeyPartitioner(4)
     parts = [kp(k) for k in keys]  # the same placement the mirror uses, computed up front
     _create_remote(bootstrap, topic)
-    p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True,
-                  "queue.buffering.max.messages": 100_000, **PRODUCER_DEFAULTS})
-    p.list_topics(timeout=20)  # connected before the clock starts, as the mirror's producer is
+    plog = kafka_client.ProducerLog()
+    p = Producer(kafka_client.with_eos_debug({"bootstrap.servers": bootstrap, "enable.idempotence": True,
+                                              "queue.buffering.max.messages": 100_000, "logger": plog,
+                                              **PRODUCER_DEFAULTS}))
+    # connected, with its producer id, before the clock starts, as the mirror's producer is
+    p.list_topics(timeout=20)
+    if not kafka_client.wait_for_producer_id(p, plog, 20):
+        raise SystemExit("the hand-written loop's producer got no producer id")
     produce = p.produce
     t0 = time.perf_counter()
     for i in range(len(values)):

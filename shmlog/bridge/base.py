@@ -26,7 +26,8 @@ log = logging.getLogger("shmlog.bridge")
 # MirrorOut's duplicate bound. A shmlog offset is committed only after
 # Kafka acknowledged it, and the mirror never has more than max_in_flight
 # messages produced but not yet committed (it stops consuming until acks and
-# a commit make room; librdkafka's queue.buffering.max.messages is set to the
+# a commit make room; a commit under way on the consumer's commit thread
+# still counts; librdkafka's queue.buffering.max.messages is set to the
 # same number). So after a SIGKILL of the mirror, or a fatal producer error,
 # at most max_in_flight messages (default below) are sent to Kafka a second
 # time, and none is lost. In normal operation there are none: the producer

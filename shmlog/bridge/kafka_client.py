@@ -9,7 +9,9 @@ mirror.
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict
+import threading
+import time
+from typing import Any, Dict, Optional
 
 from .. import errors
 
@@ -50,6 +52,50 @@ def new_client(factory: Any, conf: Dict[str, Any]) -> Any:
             raise errors.InvalidConfig(f"librdkafka refuses a mirror setting: {err.str()}; fix or remove it "
                                        f"(-X KEY=VALUE, settings= in Python)") from None
         raise
+
+
+class ProducerLog:
+    """librdkafka's log callback for an idempotent producer: every line goes
+    on to LIBRDKAFKA_LOG, and it notes when the producer got its producer id.
+
+    librdkafka asks for the id as the producer starts; if no broker is up
+    yet (the usual case: it is still connecting) it asks again only on a
+    500 ms timer, and holds every message produced meanwhile. A mirror that
+    starts (or restarts after a failure) would spend that time with a full
+    window and no acknowledgement; waiting for the id first costs nothing.
+    The id shows only in librdkafka's "eos" debug context (with_eos_debug),
+    a few lines a producer, not per message."""
+
+    def __init__(self) -> None:
+        self.has_producer_id = False
+
+    def log(self, level: int, fmt: str, *args: Any) -> None:
+        if not self.has_producer_id and args and str(args[-1]).endswith(_PID_ASSIGNED):
+            self.has_producer_id = True
+        LIBRDKAFKA_LOG.log(level, fmt, *args)
+
+
+_PID_ASSIGNED = "Idempotent producer state change WaitPID -> Assigned"
+
+
+def with_eos_debug(conf: Dict[str, Any]) -> Dict[str, Any]:
+    """conf plus librdkafka's "eos" debug context (see ProducerLog)."""
+    debug = [d.strip() for d in str(conf.get("debug", "")).split(",") if d.strip()]
+    if "eos" not in debug and "all" not in debug:
+        debug.append("eos")
+    return {**conf, "debug": ",".join(debug)}
+
+
+def wait_for_producer_id(producer: Any, plog: ProducerLog, timeout: float,
+                         stop: Optional[threading.Event] = None) -> bool:
+    """Serve the producer's events until it has its idempotent producer id
+    (True), or timeout or stop (False: it keeps asking by itself)."""
+    deadline = time.monotonic() + timeout
+    while not plog.has_producer_id:
+        if time.monotonic() >= deadline or (stop is not None and stop.is_set()):
+            return False
+        producer.poll(0.005)
+    return True
 
 
 def admin(conf: Dict[str, Any]) -> Any:

@@ -10,13 +10,13 @@ from collections import deque
 from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple, Union
 
 from .. import errors, protocol
+from ..core._produce import produce_run
 from ..core.partitioner import KeyPartitioner
 from . import kafka_client
 from .base import (
     DEFAULT_MAX_IN_FLIGHT,
     _bootstrap,
     _Mirror,
-    _rdkafka_log,
     default_name,
     log,
 )
@@ -28,6 +28,7 @@ RUN_MESSAGES = 1000  # messages per delivery callback (see _send)
 # batches of up to 10k messages that wait at most 5 ms to fill
 PRODUCER_DEFAULTS = {"linger.ms": 5, "batch.num.messages": 10000}
 RESCAN_INTERVAL = 10.0  # --pattern: how often new local topics are looked for
+PRODUCER_ID_WAIT = 5.0  # at most, before the first produce (then librdkafka goes on asking)
 
 
 class _Run:
@@ -94,7 +95,9 @@ class MirrorOut(_Mirror):
         self._to_commit: Dict[Tuple[str, int], int] = {}
         self._commit_at = 0.0
         self._broken: Optional[str] = None  # a delivery failure or fatal error: rewind
-        self._acked_since = 0
+        self._acked_since = 0  # acknowledged, not committed yet
+        self._committing = 0  # acknowledged, in the commit under way
+        self._commit_pending: Optional[Tuple[Any, Dict[Tuple[str, int], int]]] = None  # (future, offsets)
         self._remote: Dict[str, Tuple[str, int, Optional[KeyPartitioner]]] = {}
         self._local_parts: Dict[str, int] = {}
         self._last_progress = time.monotonic()
@@ -119,8 +122,10 @@ class MirrorOut(_Mirror):
         # the settings the guarantees rest on: -X may repeat, not change them
         conf.update(protocol.check_mirror_settings("out", self.config))
         conf["error_cb"] = self._on_error
-        conf.setdefault("logger", _rdkafka_log)
-        return _bootstrap(conf, self.bootstrap)
+        # the log callback sees when the producer id arrives (_open waits for it)
+        self._producer_log = kafka_client.ProducerLog()
+        conf["logger"] = self._producer_log
+        return _bootstrap(kafka_client.with_eos_debug(conf), self.bootstrap)
 
     def _local_topics(self) -> List[str]:
         if self.pattern is None:
@@ -159,6 +164,9 @@ class MirrorOut(_Mirror):
             # what is produced meanwhile, so a fresh mirror would start
             # with a full window that no acknowledgement frees
             self._producer.list_topics(timeout=10)
+            # and has its idempotent producer id: librdkafka holds messages
+            # until then, up to 500 ms after start (see ProducerLog)
+            kafka_client.wait_for_producer_id(self._producer, self._producer_log, PRODUCER_ID_WAIT, self._stop)
         if self._consumer is None:
             self._consumer = self.cluster.consumer(topics, group=self.group, enable_auto_commit=False)
             self.topics_now = topics
@@ -207,14 +215,14 @@ class MirrorOut(_Mirror):
                 return  # run() opens again, with the topics that match now
             # the window: sent but not committed, whether acknowledged yet
             # or not; never more than max_in_flight (the duplicate bound)
-            room = self.max_in_flight - self._inflight - self._acked_since
+            room = self.max_in_flight - self._inflight - self._acked_since - self._committing
             if room > 0:
                 # wait for data only when nothing is in flight: delivery
                 # reports are served by poll() below, not while we sleep here
-                batch = consumer.consume_batch(max_messages=min(10_000, room),
-                                               timeout=0.01 if self._inflight else 0.1)
-                if batch is not None:
-                    self._send(batch, produce, poll)
+                view = consumer.consume_batch(max_messages=min(10_000, room),
+                                              timeout=0.01 if self._inflight else 0.1, copy=False)
+                if view is not None:
+                    self._send(view, produce, poll)
                 poll(0)
             else:
                 poll(0.01)  # the window is full: wait for acknowledgements
@@ -257,95 +265,68 @@ class MirrorOut(_Mirror):
         raise kafka_client.KafkaError(f"{what} although the cluster answers: starting a new producer and "
                                       f"resending from the last commit")
 
-    def _send(self, batch, produce, poll) -> None:
-        topic = batch.topic
-        p = batch.partition
-        rt, rn, kp = self._remote[topic]
-        cols = (batch.offsets, batch.values, batch.keys, batch.timestamps_ms,
-                batch._headers)  # headers: None when no record had any
-        tp = (topic, p)
-        if tp not in self._resume:
-            self._resume[tp] = cols[0][0]
-        parts = None
-        if kp is not None:
-            fallback = p % rn
-            parts = [fallback if k is None else kp(k) for k in cols[2]]
-        n = len(cols[0])
-        # a run is what one delivery callback per remote partition covers:
-        # its messages leave the window (max_in_flight) only when its last
-        # one is acknowledged, so runs much shorter than a batch keep the
-        # window flowing (whole 10k-message runs left it full, waiting, a
-        # third of the time) for one Python call per RUN_MESSAGES
-        for lo in range(0, n, RUN_MESSAGES):
-            if not self._send_run(tp, rt, p, parts, cols, lo, min(n, lo + RUN_MESSAGES), produce, poll):
-                return
+    def _send(self, view, produce, poll) -> None:
+        """Produce one consumed run (a MessageView: values and keys still in
+        the pinned mapping) and release it: librdkafka copies each record."""
+        try:
+            topic = view.topic
+            p = view.partition
+            rt, rn, kp = self._remote[topic]
+            tp = (topic, p)
+            offsets = view.offsets
+            if tp not in self._resume:
+                self._resume[tp] = offsets[0]
+            cols = (view.buffer, view.value_positions, view.value_lengths, view.key_positions,
+                    view.key_lengths, view.timestamps_ms, view.headers if view.has_headers else None,
+                    p, 0 if kp is None else rn)
+            n = len(offsets)
+            # a run is what one delivery callback per remote partition covers:
+            # its messages leave the window (max_in_flight) only when its last
+            # one is acknowledged, so runs much shorter than a batch keep the
+            # window flowing (whole 10k-message runs left it full, waiting, a
+            # third of the time)
+            for lo in range(0, n, RUN_MESSAGES):
+                if not self._send_run(tp, rt, cols, offsets, lo, min(n, lo + RUN_MESSAGES), produce, poll):
+                    return
+        finally:
+            view.release()
 
-    def _send_run(self, tp, rt: str, p: int, parts: Optional[List[int]], cols, lo: int, hi: int,
-                  produce, poll) -> bool:
-        """Produce messages [lo, hi) of a batch as one run; False when stop()
-        came while librdkafka's queue was full (the rest is not sent)."""
-        offsets, values, keys, stamps, headers = cols
-        if parts is None:
-            lasts = {hi - 1: p}
-        else:
-            last_of: Dict[int, int] = {}
-            for i in range(lo, hi):
-                last_of[parts[i]] = i
-            lasts = {i: rp for rp, i in last_of.items()}
+    def _send_run(self, tp, rt: str, cols, offsets, lo: int, hi: int, produce, poll) -> bool:
+        """Produce messages [lo, hi) of a run; False when stop() came while
+        librdkafka's queue was full (the rest is not sent)."""
         if self.first_produce_at is None:
             self.first_produce_at = time.perf_counter()
         if not self._inflight:
             self._ack_at = time.monotonic()  # the stall clock starts with the first message in flight
-        run = _Run(offsets[hi - 1] + 1, len(lasts), hi - lo, stamps[lo], self._gen)
+        # left: more than any run can count until produce_run says how many
+        # remote partitions the run spans (no report can come before that:
+        # they are served by poll(), on this thread)
+        run = _Run(offsets[hi - 1] + 1, hi - lo + 1, hi - lo, cols[5][lo], self._gen)
         self._pending.setdefault(tp, deque()).append(run)
         self._inflight += hi - lo
         cb = functools.partial(self._on_delivery, run)
         start = lo
-        # produce() takes its arguments by position here: confluent-kafka
-        # parses keywords per call, which costs more than librdkafka's own
-        # enqueue (positional: ~1.7x the messages a second). Its order is
-        # (topic, value, key, partition, on_delivery, callback, timestamp,
-        # headers); tests/bridge check that keys, timestamps and headers
-        # arrive unchanged. (produce_batch() would carry neither timestamps
-        # nor headers.)
-        if parts is None and headers is None:
-            # the common case (no headers, partition i -> i) without the
-            # general loop's per-message branches
-            try:
-                for start in range(lo, hi - 1):
-                    produce(rt, values[start], keys[start], p, None, None, stamps[start])
-                start = hi - 1
-                produce(rt, values[start], keys[start], p, cb, None, stamps[start])
+        while True:
+            # one C call produces the run (csrc/produce.c): a bytes object per
+            # value and key made from the mapping just for its produce(),
+            # which copies it, and the delivery callback only on the last
+            # message per remote partition (a Python call per message would
+            # cost more than the produce() itself). Keys, timestamps and
+            # headers are passed as they are; tests/bridge check they arrive.
+            start, run.left = produce_run(produce, rt, *cols, lo, start, hi, cb)
+            if start >= hi:
                 return True
-            except BufferError:
-                pass  # the general loop below waits, from message `start` on
-        rp = p
-        for i in range(start, hi):
-            if parts is not None:
-                rp = parts[i]
-            h = headers[i] if headers is not None else None
-            while True:
-                try:
-                    # only the last message of the run per remote partition
-                    # carries a delivery callback: a Python call per message
-                    # would cost more than the produce() itself
-                    produce(rt, values[i], keys[i], rp, cb if i in lasts else None, None, stamps[i], h or None)
-                    break
-                except BufferError:
-                    # librdkafka's queue is full: Kafka is slow or away.
-                    # Wait for it (backpressure), never drop.
-                    poll(0.05)
-                    self._settle()
-                    self._write_status()
-                    if self._broken is not None:
-                        raise kafka_client.KafkaError(self._broken) from None
-                    if self._stop.is_set() and self._inflight:
-                        # stopping: what is not produced yet is simply not
-                        # committed; the next start sends it
-                        return False
-            if (i & 1023) == 1023:
-                poll(0)
-        return True
+            # librdkafka's queue is full: Kafka is slow or away. Wait for it
+            # (backpressure), never drop.
+            poll(0.05)
+            self._settle()
+            self._write_status()
+            if self._broken is not None:
+                raise kafka_client.KafkaError(self._broken) from None
+            if self._stop.is_set() and self._inflight:
+                # stopping: what is not produced yet is simply not
+                # committed; the next start sends it
+                return False
 
     def _settle(self, force: bool = False) -> None:
         """Move the commit point past every run all of whose remote
@@ -369,17 +350,44 @@ class MirrorOut(_Mirror):
             self._last_progress = self._ack_at = time.monotonic()
             if self.error is not None or self.state != "running":
                 self._remote_ok()
+        self._commit_done(wait=force)
         now = time.monotonic()
-        if self._to_commit and (force or now >= self._commit_at
-                                or self._acked_since >= self.max_in_flight // 2):
-            self._commit_now()
+        if self._to_commit and self._commit_pending is None and (
+                force or now >= self._commit_at or self._acked_since >= self.max_in_flight // 2):
+            self._commit_now(wait=force)
             self._commit_at = now + self.commit_interval
 
-    def _commit_now(self) -> None:
+    def _commit_now(self, wait: bool = True) -> None:
+        """Commit what Kafka acknowledged. wait=False: the round trip runs on
+        the consumer's commit thread while this one goes on producing; its
+        messages stay in the window (_committing) until it returns, so the
+        duplicate bound holds, and commits stay in order (one at a time)."""
+        self._commit_done(wait=True)
         offsets, self._to_commit = self._to_commit, {}
-        self._consumer.commit(offsets)
-        self._count(self._acked_since)
-        self._acked_since = 0
+        self._committing, self._acked_since = self._acked_since, 0
+        if wait:
+            self._consumer.commit(offsets)
+            self._count(self._committing)
+            self._committing = 0
+            return
+        self._commit_pending = (self._consumer.commit(offsets, asynchronous=True), offsets)
+
+    def _commit_done(self, wait: bool) -> None:
+        """Count an asynchronous commit that returned (or wait for it)."""
+        if self._commit_pending is None:
+            return
+        future, offsets = self._commit_pending
+        if not wait and not future.done():
+            return
+        self._commit_pending = None
+        try:
+            future.result()
+        except errors.FencedMember:
+            # the commit thread may not rejoin: this one does (a restarted
+            # supervisor), or raises if the partitions really moved
+            self._consumer.commit(offsets)
+        self._count(self._committing)
+        self._committing = 0
 
     def lag(self) -> Tuple[int, float]:
         c = self._consumer
@@ -423,11 +431,12 @@ class MirrorOut(_Mirror):
                 old.poll(0)
             except Exception as exc:
                 log.debug("mirror %s: purging the old producer: %s", self.name, exc)
-        if self._to_commit and self._consumer is not None:
+        if (self._to_commit or self._commit_pending is not None) and self._consumer is not None:
             try:
                 self._commit_now()
             except errors.ShmlogError as exc:
                 log.warning("mirror %s: commit before rewinding failed: %s", self.name, exc)
+        self._commit_pending = None
         if self._consumer is not None:
             for tp, off in self._resume.items():
                 try:
@@ -438,6 +447,7 @@ class MirrorOut(_Mirror):
         self._pending.clear()
         self._inflight = 0
         self._acked_since = 0
+        self._committing = 0
 
     def _shutdown(self) -> None:
         """Stop: let Kafka acknowledge what is in flight (a few seconds at

@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import time
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import (
     Any,
     Callable,
@@ -123,6 +124,7 @@ class Consumer:
         self._closed = False
         self._has_errors = False  # some _Assigned.error is set
         self._member = None
+        self._committer: Optional[ThreadPoolExecutor] = None  # commit(asynchronous=True)
         for t in self.topics:
             self.cluster.topic(t)  # UnknownTopic now, not at the first poll
         if group is not None:
@@ -659,14 +661,27 @@ class Consumer:
                 yield m
 
     # ------------------------------------------------------------ offsets
-    def commit(self, offsets: Optional[Dict[TP, int]] = None, asynchronous: bool = False) -> None:
-        """Commit positions (default: everything returned so far) for the group."""
+    def commit(self, offsets: Optional[Dict[TP, int]] = None,
+               asynchronous: bool = False) -> Optional[Future]:
+        """Commit positions (default: everything returned so far) for the group.
+
+        asynchronous=True: the round trip to the supervisor runs on a
+        background thread (one per consumer, commits in the order made) and
+        a concurrent.futures.Future comes back; its result() raises what a
+        synchronous commit would, except that a FencedMember does not rejoin
+        first (only this thread may): commit synchronously then, which
+        rejoins if the supervisor restarted and raises if really fenced."""
         if self._member is None:
             raise errors.GroupError("commit() needs a consumer group: create the consumer with group=...")
         self.settle_positions()
         if offsets is None:
             offsets = {tp: a.returned for tp, a in self.assigned_state.items()}
+        if asynchronous:
+            if self._committer is None:
+                self._committer = ThreadPoolExecutor(1, thread_name_prefix="shmlog-commit")
+            return self._committer.submit(self._member.commit, dict(offsets), False)
         self._member.commit(offsets)
+        return None
 
     def committed(self, partitions: Optional[Iterable[TP]] = None) -> Dict[TP, Optional[int]]:
         if self._member is None:
@@ -678,6 +693,9 @@ class Consumer:
         if self._closed:
             return
         try:
+            if self._committer is not None:
+                self._committer.shutdown(wait=True)  # asynchronous commits finish first
+                self._committer = None
             self.settle_positions()
             if self._member is not None:
                 self._member.close()

@@ -371,7 +371,7 @@ class GroupMember:
         if offsets:
             self._commit_request(offsets)
 
-    def _commit_request(self, offsets: Dict[TP, int]) -> None:
+    def _commit_request(self, offsets: Dict[TP, int], rejoin: bool = True) -> None:
         for attempt in (0, 1):
             try:
                 self._request("group_commit", member_id=self.member_id, token=self._token,
@@ -379,6 +379,8 @@ class GroupMember:
                               offsets=[[t, p, int(o)] for (t, p), o in sorted(offsets.items())])
                 break
             except errors.FencedMember:
+                if not rejoin:
+                    raise  # another thread's commit: the consumer's own thread decides
                 # a new supervisor does not know us yet: rejoin with our
                 # partitions and try once more; otherwise we really are out
                 if attempt == 0 and not self._need_join and (
@@ -392,9 +394,12 @@ class GroupMember:
         self._last_committed.update(offsets)
 
     # ------------------------------------------------------------ consumer API
-    def commit(self, offsets: Dict[TP, int]) -> None:
+    def commit(self, offsets: Dict[TP, int], rejoin: bool = True) -> None:
         """Synchronous commit; FencedMember if this member no longer owns a
-        partition (it moved, or this member was removed from the group)."""
+        partition (it moved, or this member was removed from the group).
+        rejoin=False (a commit from a thread other than the consumer's):
+        a FencedMember is raised at once, without rejoining, which only the
+        consumer's thread may do."""
         if self._closed:
             raise errors.Closed(f"this member of group {self.group!r} is closed")
         offsets = {(t, int(p)): int(o) for (t, p), o in offsets.items()}
@@ -402,7 +407,7 @@ class GroupMember:
             return
         if self._in_revoke:
             self._committed_in_revoke.update(offsets)
-        self._commit_request(offsets)
+        self._commit_request(offsets, rejoin)
 
     def committed(self, partitions: Sequence[TP]) -> Dict[TP, Optional[int]]:
         reply = self._request("group_committed", partitions=[[t, int(p)] for t, p in partitions])

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from array import array
 from itertools import accumulate
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from .. import errors
 from ..core.records import ReadResult
@@ -41,13 +41,14 @@ class MessageView(RecordRun):
     Use it as a context manager to release promptly."""
 
     __slots__ = ("topic", "partition", "offsets", "timestamps_ms", "value_positions", "value_lengths",
-                 "_key_pos", "_key_lens", "_mm", "_owner", "_released")
+                 "key_positions", "key_lengths", "_headers", "_mm", "_owner", "_released")
 
     def __init__(self, topic, partition, cols, mm, owner):
         self.topic = topic
         self.partition = partition
+        # key_lengths: -1 for a null key; _headers: None when no record has any
         (self.offsets, self.timestamps_ms, self.value_positions, self.value_lengths,
-         self._key_pos, self._key_lens) = cols
+         self.key_positions, self.key_lengths, self._headers) = cols
         self._mm = mm
         self._owner = owner
         self._released = False
@@ -78,11 +79,21 @@ class MessageView(RecordRun):
 
     def key(self, i: int) -> Optional[bytes]:
         self._check()
-        ln = self._key_lens[i]
+        ln = self.key_lengths[i]
         if ln < 0:
             return None
-        p = self._key_pos[i]
+        p = self.key_positions[i]
         return self._mm[p : p + ln]
+
+    @property
+    def headers(self) -> List[Any]:
+        """Every record's headers (parsed when read: they are small)."""
+        self._check()
+        return self._headers if self._headers is not None else [()] * len(self.offsets)
+
+    @property
+    def has_headers(self) -> bool:
+        return self._headers is not None
 
     @property
     def values(self) -> List[Optional[bytes]]:
@@ -115,5 +126,5 @@ def copied_view(topic: str, partition: int, res: ReadResult) -> MessageView:
     """A MessageView over values that were copied anyway (disk, lz4)."""
     blob, pos, lens = _packed(res.values, 0)
     kblob, kpos, klens = _packed(res.keys, len(blob))
-    cols = (array("Q", res.offsets), array("q", res.timestamps), pos, lens, kpos, klens)
+    cols = (array("Q", res.offsets), array("q", res.timestamps), pos, lens, kpos, klens, res.headers)
     return MessageView(topic, partition, cols, blob + kblob, lambda v: None)

@@ -152,7 +152,8 @@ class RecordReader:
     def read_view(self, cursor, max_records: int):
         """Zero-copy read: positions of the values in the mapping instead of
         bytes. Returns (offsets, timestamps, value_pos, value_lens, key_pos,
-        key_lens) as arrays, or None. The caller must pin the cursor's offset
+        key_lens) as arrays plus the header lists (None when no record has
+        headers), or None. The caller must pin the cursor's offset
         (reader slot pin) before calling and keep it until done with them.
         Compressed frames are not viewable: those come back as a ReadResult."""
         plog = self.plog
@@ -178,10 +179,18 @@ class RecordReader:
             c_array("Q", o.key_pos, 8 * n),
             c_array("i", o.key_lens, 4 * n),
         )
+        headers = None
+        if o.flags & REC_HEADERS:
+            # parsed in C per batch; torn bytes parse as None and the
+            # validation below rejects the whole read
+            headers = header_lists(plog.mapping, ffi.unpack(o.header_pos, n), ffi.unpack(o.header_lens, n))
         if lib.shmlog_log_validate(log, info.first_seq) != 0:
             cursor.seq, cursor.pos, cursor.next_offset = saved
             errors.check(-errno.ERANGE, plog.what, offset=saved[2])
-        return cols
+        if headers is not None and None in headers:  # validated in C while stable: not expected
+            raise errors.CorruptBatch(f"{plog.what} at offset {cols[0][headers.index(None)]}: "
+                                      "header section does not parse", what=plog.what, code=errno.EBADMSG)
+        return cols + (headers,)
 
     def _read_compressed(self, cursor, saved, max_records: int) -> ReadResult:
         plog = self.plog

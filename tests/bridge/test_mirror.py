@@ -128,6 +128,29 @@ def test_mirror_out_partition_counts_differ(data_dir, remote):
         assert len(msgs) == 3000
 
 
+def test_mirror_out_of_a_disk_topic_read_behind_the_shared_memory(tansu, data_dir):
+    """A disk topic whose first messages left shared memory (read back from
+    segment files, a copied run rather than a view of the mapping) mirrors
+    out the same: keys, headers, timestamps, each once."""
+    n = 3000
+    with running_cluster(data_dir) as c:
+        c.create_topic("spilled", partitions=2, storage="disk", chunk_bytes=64 << 10, chunk_count=4)
+        p = c.producer()
+        for a in range(0, n, 500):
+            p.send_batch("spilled", [b"value-%d-" % i + b"." * 300 for i in range(a, a + 500)],
+                         keys=[_key(i) for i in range(a, a + 500)],
+                         headers=[[("i", b"%d" % i), ("src", b"shmlog")] for i in range(a, a + 500)],
+                         timestamps=[TS0 + i for i in range(a, a + 500)])
+        p.flush(durable=True)
+        p.close()
+        assert min(q.start_offset for q in c.describe_topic("spilled").partitions) == 0
+        create_remote_topic(tansu.bootstrap, "spilled-remote", 2)
+        with open_mirror(c, "spilled", to=tansu.bootstrap, as_="spilled-remote", name="sp"):
+            msgs = read_all(tansu.bootstrap, "spilled-remote", 2, n)
+        _check_remote(msgs, 0, n, 2)
+        assert len(msgs) == n
+
+
 def test_mirror_in(data_dir, remote):
     from confluent_kafka import Consumer, Producer, TopicPartition
 
@@ -259,6 +282,45 @@ def test_mirror_out_sigkill_resumes_within_bound(data_dir, tansu):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(10)
+
+
+def test_mirror_out_commits_never_pass_what_kafka_acknowledged(data_dir, tansu):
+    """Commits run on the consumer's commit thread while the mirror goes on
+    producing, yet never cover a message Kafka has not acknowledged: with
+    the broker frozen (SIGSTOP) mid-stream, messages wait in flight and the
+    group's commit stays at or below what was acknowledged, and the window
+    (in flight + acknowledged + being committed) within max_in_flight, so a
+    SIGKILL then resends at most that. Thawed, every message arrives once."""
+    n, bound = 40_000, 6000
+    with running_cluster(data_dir) as c:
+        c.create_topic("events", partitions=4, **ROOMY)
+        with open_mirror(c, "events", to=tansu.bootstrap, as_="events-remote", name="ev",
+                         max_in_flight=bound) as m:
+            _wait_joined(c, "mirror.ev")
+            _produce(c, "events", 0, n // 2)
+            wait_for(lambda: _committed(c, "mirror.ev") > 0, 20, 0.01, "a first commit")
+            os.kill(tansu.proc.pid, signal.SIGSTOP)
+            try:
+                _produce(c, "events", n // 2, n)
+                waiting = 0
+                deadline = time.monotonic() + 1.5
+                while time.monotonic() < deadline:
+                    committed = c.describe_group("mirror.ev")["partitions"]
+                    acknowledged = dict(m._resume)  # only grows: read after the commits
+                    for p in committed:
+                        got = acknowledged.get(("events", p["partition"]), 0)
+                        assert (p["committed"] or 0) <= got, (p, acknowledged)
+                    assert m._inflight + m._acked_since + m._committing <= bound
+                    waiting += m._inflight > 0
+                    time.sleep(0.01)
+                assert waiting > 10, "nothing waited for the frozen broker: the test proves nothing"
+                assert _committed(c, "mirror.ev") < n
+            finally:
+                os.kill(tansu.proc.pid, signal.SIGCONT)
+            msgs = read_all(tansu.bootstrap, "events-remote", 4, n)
+            _check_remote(msgs, 0, n, 4)
+            assert len(msgs) == n  # each once: no resend in normal operation
+            wait_for(lambda: _committed(c, "mirror.ev") == n, 20, 0.05, "every message committed")
 
 
 def test_mirror_out_survives_broker_restart(data_dir, tansu):

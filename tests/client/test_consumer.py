@@ -357,6 +357,33 @@ def test_zero_copy_view_pins_its_chunk_until_released(data_dir):
             assert cluster.describe_topic("t").partitions[0].start_offset > 20
 
 
+
+def test_zero_copy_view_carries_keys_and_headers(data_dir):
+    """A view addresses keys as values are (null keys: length -1) and
+    carries every record's headers, () where a record has none; a run
+    without any headers says so (has_headers False)."""
+    with running_cluster(data_dir) as cluster:
+        cluster.create_topic("t", **SMALL)
+        with cluster.consumer("t") as consumer, cluster.producer() as producer:
+            keys = [None if i % 3 == 0 else b"key-%d" % i for i in range(9)]
+            headers = [[("i", b"%d" % i), ("none", None)] if i % 2 else [] for i in range(9)]
+            producer.send_batch("t", [b"v%d" % i for i in range(9)], keys=keys, headers=headers, partition=0)
+            producer.flush()
+            view = consumer.consume_batch(max_messages=9, timeout=5, copy=False)
+            assert view is not None and len(view) == 9 and view.has_headers
+            assert [view.key(i) for i in range(9)] == keys
+            assert [view.key_lengths[i] < 0 for i in range(9)] == [k is None for k in keys]
+            assert [list(h) for h in view.headers] == [[("i", b"%d" % i), ("none", None)] if i % 2 else []
+                                                       for i in range(9)]
+            view.release()
+            producer.send_batch("t", [b"plain"] * 3, partition=0)
+            producer.flush()
+            view = consumer.consume_batch(max_messages=9, timeout=5, copy=False)
+            assert not view.has_headers and view.headers == [(), (), ()]
+            view.release()
+            with pytest.raises(shmlog.Closed):
+                view.headers  # noqa: B018
+
 # ---------------------------------------------------------------- waiting
 def _idle_reader(data_dir, ready, n):
     with shmlog.connect(data_dir) as cluster, cluster.consumer("t") as consumer:

@@ -5,6 +5,8 @@ partition a group reads; a position out of range follows auto_offset_reset
 
 from __future__ import annotations
 
+from concurrent.futures import Future
+
 import pytest
 from _broker_helpers import SMALL, collect, running_cluster
 
@@ -35,6 +37,29 @@ def test_a_group_that_read_nothing_commits_its_position_on_close(data_dir):
         with cluster.consumer("orders", group="cg4", auto_offset_reset="latest") as c:
             got = collect(c, 3, timeout=10)
             assert sorted(m.value for m in got) == [b"n0", b"n1", b"n2"]
+
+
+
+def test_asynchronous_commits_land_in_order_and_close_waits_for_them(data_dir):
+    """commit(asynchronous=True) returns a Future; commits made one after
+    another land in that order (the last one wins), and close() waits for
+    one still under way. A commit the coordinator refuses (of a topic it
+    does not know) raises from result(), as a synchronous one does."""
+    with running_cluster(data_dir) as cluster:
+        cluster.create_topic("ac", partitions=2, **SMALL)
+        _produce(cluster, "ac", [b"x"] * 50)
+        with cluster.consumer("ac", group="acg", enable_auto_commit=False) as c:
+            collect(c, 50, timeout=10)
+            futures = [c.commit(offsets={("ac", 0): off}, asynchronous=True) for off in range(1, 41)]
+            assert all(isinstance(f, Future) for f in futures)
+            assert [f.result(timeout=10) for f in futures] == [None] * 40
+            assert c.committed([("ac", 0)]) == {("ac", 0): 40}
+            assert c.commit(offsets={("ac", 0): 41}) is None  # synchronous, as before
+            with pytest.raises(shmlog.UnknownTopic, match="other"):
+                c.commit(offsets={("other", 0): 1}, asynchronous=True).result(timeout=10)
+            last = c.commit(offsets={("ac", 0): 50}, asynchronous=True)
+        assert last.done()
+        assert {(p["partition"], p["committed"]) for p in cluster.describe_group("acg")["partitions"]} >= {(0, 50)}
 
 
 # ---------------------------------------------------------------- lag rows
