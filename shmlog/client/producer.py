@@ -69,7 +69,7 @@ def _set_next_hungry(st: _TopicState, p: int, n: int) -> None:
 
 
 class _TopicState:
-    __slots__ = ("name", "topic", "rq", "rq_bytes", "rq_since", "rq_next", "rq_limit", "rq_cb", "key_p", "h_last",
+    __slots__ = ("name", "topic", "rq", "rq_bytes", "rq_since", "rq_next", "rq_limit", "key_p", "h_last",
                  "h_enc", "plain", "plain_bytes", "plain_since", "slots", "keyed",
                  "sticky", "limit", "frame_limit", "max_message", "next_hungry",
                  "hungry_tokens", "tokens_at", "waiters", "bell", "committed_end", "storage",
@@ -87,7 +87,6 @@ class _TopicState:
         self.rq_since = 0.0  # monotonic() when the queue's oldest record came
         self.rq_next = 0.0   # when a waiting reader may trigger the next commit
         self.rq_limit = 0
-        self.rq_cb = False   # a queued record may have an on_delivery
         # a keyed record's partition on the rich queue: hashed in C at
         # commit (-1), unless there is only one (a reader waiting on it is
         # then seen by send())
@@ -174,6 +173,9 @@ class Producer:
         self._error: Optional[BaseException] = None
         self._wake = threading.Event()
         self._failed = ffi.new("uint32_t *")  # the partition a queue's commit failed on
+        # the rich queue's record array (rich_queue._columns), reused by its commits
+        self._rich_records: Any = None
+        self._rich_view: Any = None
         # shmlog.aio: on this thread (the event loop's) a commit, which may
         # wait for buffer space, is handed to _defer_commit (its worker
         # thread) and the lock is only tried (_LockBusy); _settle_delivery
@@ -343,8 +345,6 @@ class Producer:
                     if st.kq:  # queued keyed records are older than this one
                         self._commit_keyed(st)
                     rq = st.rq
-                    if on_delivery is not None:
-                        st.rq_cb = True  # before the append: see commit_rich
                     rq.append((p, key, value, hdr, -1 if timestamp_ms is None else timestamp_ms, on_delivery))
                     nb = st.rq_bytes = st.rq_bytes + size + len(hdr) + _RECORD_OVERHEAD
                     # the rest only for a new queue, a full one or a waiting reader
@@ -398,8 +398,6 @@ class Producer:
                 self._raise_async_error()
             if st.kq:  # queued keyed records are older than this one
                 self._commit_keyed(st)
-            if on_delivery is not None:
-                st.rq_cb = True
             st.rq.append((partition, key, value, hdr, -1 if timestamp_ms is None else timestamp_ms, on_delivery))
             nb = st.rq_bytes = st.rq_bytes + size + len(hdr) + _RECORD_OVERHEAD
             self._rich_queued(st, partition, nb)
