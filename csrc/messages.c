@@ -267,7 +267,7 @@ done:
  * A queued record is the tuple send() appends (client/rich_queue.py):
  *     (partition, key, value, headers, timestamp_ms, on_delivery)
  * partition -1: the key's; key/value bytes or None; headers an encoded
- * section (bytes, b"" for none); timestamp_ms -1: the commit's time. */
+ * section (bytes, b"" for none); timestamp_ms None or -1: the commit's time. */
 #define RICH_FIELDS 6
 
 /* bytes or None -> pointer and length (-1: None); 0 or -1 with TypeError */
@@ -363,7 +363,9 @@ static PyObject *rich_columns(PyObject *self, PyObject *const *args, Py_ssize_t 
             rich_bytes(key, &r->key, &r->key_len, 1, i, "key") < 0 ||
             rich_bytes(PyTuple_GET_ITEM(t, 2), &r->value, &r->value_len, 1, i, "value") < 0 ||
             rich_bytes(PyTuple_GET_ITEM(t, 3), &r->headers, &hl, 0, i, "headers") < 0 ||
-            rich_int(PyTuple_GET_ITEM(t, 4), -1, INT64_MAX, &ts, i, "timestamp_ms") < 0)
+            (PyTuple_GET_ITEM(t, 4) == Py_None ? (ts = -1, 0)
+                                                : rich_int(PyTuple_GET_ITEM(t, 4), -1, INT64_MAX, &ts,
+                                                           i, "timestamp_ms")) < 0)
             goto done;
         if (part < 0 && key == Py_None) {
             PyErr_Format(PyExc_ValueError, "record %zd: no partition and no key", i);
@@ -430,6 +432,11 @@ static PyObject *deliver(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     const int32_t *parts = pv.buf;
     const uint64_t *offsets = ov.buf;
     int atomic_topic = untracked(topic), atomic_now = untracked(ts_now);
+    /* a metadata tuple no callback kept (refcount 1 after the call) is
+     * refilled for the next record, as zip() reuses its result tuple:
+     * nobody else can see it, and its allocation is most of this loop's
+     * own cost */
+    PyObject *spare = NULL;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *t = PyList_GET_ITEM(records, i);
         if (!PyTuple_CheckExact(t) || PyTuple_GET_SIZE(t) != RICH_FIELDS)
@@ -455,7 +462,21 @@ static PyObject *deliver(PyObject *self, PyObject *const *args, Py_ssize_t nargs
                 ts = ts_now;
             PyObject *p = PyLong_FromLong(parts[i]);
             PyObject *off = p ? PyLong_FromUnsignedLongLong(offsets[i]) : NULL;
-            md = off ? cls->tp_alloc(cls, 4) : NULL;
+            if (off != NULL) {
+                md = spare;
+                spare = NULL;
+                if (md == NULL) {
+                    md = cls->tp_alloc(cls, 4);
+                    if (md != NULL) {
+                        Py_INCREF(topic);
+                        PyTuple_SET_ITEM(md, 0, topic);
+                    }
+                } else {
+                    Py_CLEAR(PyTuple_GET_ITEM(md, 1));
+                    Py_CLEAR(PyTuple_GET_ITEM(md, 2));
+                    Py_CLEAR(PyTuple_GET_ITEM(md, 3));
+                }
+            }
             if (md == NULL) {
                 Py_XDECREF(p);
                 Py_XDECREF(off);
@@ -463,19 +484,25 @@ static PyObject *deliver(PyObject *self, PyObject *const *args, Py_ssize_t nargs
                 failed = 1;
                 break;
             }
-            Py_INCREF(topic);
             Py_INCREF(ts);
-            PyTuple_SET_ITEM(md, 0, topic);
             PyTuple_SET_ITEM(md, 1, p);
             PyTuple_SET_ITEM(md, 2, off);
             PyTuple_SET_ITEM(md, 3, ts);
-            if (atomic_topic && (ts == ts_now ? atomic_now : untracked(ts)))
+            int atomic = atomic_topic && (ts == ts_now ? atomic_now : untracked(ts));
+            if (atomic && PyObject_GC_IsTracked(md))
                 PyObject_GC_UnTrack(md);
+            else if (!atomic && !PyObject_GC_IsTracked(md))
+                PyObject_GC_Track(md);
             argv[0] = Py_None;
             argv[1] = md;
         }
         PyObject *r = PyObject_Vectorcall(cb, argv, 2, NULL);
-        Py_XDECREF(md);
+        if (md != NULL) {
+            if (Py_REFCNT(md) == 1)
+                spare = md;
+            else
+                Py_DECREF(md);
+        }
         Py_DECREF(t);
         if (r == NULL) {
             if (exc_type == NULL)
@@ -488,6 +515,7 @@ static PyObject *deliver(PyObject *self, PyObject *const *args, Py_ssize_t nargs
         if (n > PyList_GET_SIZE(records)) /* a callback shortened the list */
             n = PyList_GET_SIZE(records);
     }
+    Py_XDECREF(spare);
 done:
     PyBuffer_Release(&pv);
     PyBuffer_Release(&ov);

@@ -5,12 +5,15 @@ value, ...) appends its record to one list per topic, in arrival order, as
 one tuple (one append: half the cost of extending by its fields):
 
     (partition (-1: hash the key in C), key or None, value or None,
-     encoded header section (b"" for none), timestamp_ms (-1: now),
+     encoded header section (b"" for none), timestamp_ms (None or -1: now),
      on_delivery or None)
 
-Its commit hands the columns to C in one crossing (csrc/keyed.c
+Its commit reads the tuples into the C core's record array in one call
+(shmlog.core._messages.rich_columns: pointers into the records' bytes, no
+pickle, no copy), hands that to C in one crossing (csrc/keyed.c
 shmlog_rich_append: hashes keys, groups by partition stably, one frame per
-partition) and then calls the delivery callbacks with the offsets C wrote.
+partition) and then calls the delivery callbacks from C with the offsets C
+wrote (_messages.deliver: a RecordMetadata built in C per callback).
 Per message, send() only extends the list; nothing per message crosses
 into C and nothing per message is encoded in Python (a header list equal
 to the last one reuses its encoded section). Producer's methods, kept
@@ -136,6 +139,7 @@ def commit_rich(self: Any, st: Any, nowait: bool = False) -> bool:
                 if st.plain[p]:
                     self._commit_plain(st, p)
         records = rq[:n]
+        dropped = False
         with_callbacks = False
         delivered = False
         try:
@@ -162,6 +166,10 @@ def commit_rich(self: Any, st: Any, nowait: bool = False) -> bool:
                 offs = ffi.unpack(offsets, n)
                 kept = [rec for rec, off in zip(records, offs) if off == _NOT_COMMITTED]
                 rc = 0
+            # off the queue before any callback runs: a callback that
+            # sends or flushes finds only what came after these records
+            del rq[:n]
+            dropped = True
             err = None
             if rc < 0:
                 p = self._failed[0]
@@ -195,7 +203,8 @@ def commit_rich(self: Any, st: Any, nowait: bool = False) -> bool:
                         cb(exc, None)
             raise
         finally:
-            del rq[:n]
+            if not dropped:
+                del rq[:n]
             if kept:
                 rq[0:0] = kept  # older than anything appended meanwhile
             st.rq_bytes = sum(len(r[2] or b"") + len(r[3]) + _RECORD_OVERHEAD for r in rq)
@@ -236,8 +245,8 @@ def _deliver(self: Any, st: Any, callbacks, out_parts, offsets, stamps, ts_now: 
     cost)."""
     n = len(callbacks)
     offs = ffi.unpack(offsets, n)
-    if min(stamps) < 0:
-        stamps = repeat(ts_now) if max(stamps) < 0 else [ts_now if ts < 0 else ts for ts in stamps]
+    # None (or -1): stamped at the commit
+    stamps = [ts_now if ts is None or ts < 0 else ts for ts in stamps]
     metas = map(_make_meta, zip(repeat(st.name), ffi.unpack(out_parts, n), offs, stamps))
     if self._settle_delivery is not None:
         # shmlog.aio: the callbacks are futures, settled in the loop
