@@ -532,6 +532,26 @@ done:
     Py_RETURN_NONE;
 }
 
+/* first_nonempty(lists) -> the index of the first non-empty list in a list
+ * of lists, or -1: the rich and keyed queues' commits ask it of the plain
+ * lists (one per partition) every commit, where any() would cost a truth
+ * test through the iterator protocol per partition. */
+static PyObject *first_nonempty(PyObject *self, PyObject *lists)
+{
+    (void)self;
+    if (!PyList_CheckExact(lists)) {
+        PyErr_SetString(PyExc_TypeError, "first_nonempty(): a list of lists");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(lists);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *l = PyList_GET_ITEM(lists, i);
+        if (PyList_CheckExact(l) ? PyList_GET_SIZE(l) != 0 : PyObject_IsTrue(l) != 0)
+            return PyLong_FromSsize_t(i); /* (an IsTrue error: the caller looks at it) */
+    }
+    return PyLong_FromLong(-1);
+}
+
 /* Message's fields as read-only slots on its tuple items (what a struct
  * sequence does): an attribute read is then a load the interpreter
  * specialises (LOAD_ATTR_SLOT), not a property calling an itemgetter. */
@@ -575,6 +595,8 @@ static PyMethodDef methods[] = {
      "build(cls, topic, partition, offsets, keys, values, headers, timestamps) -> list"},
     {"headers", (PyCFunction)(void (*)(void))headers, METH_FASTCALL,
      "headers(buffer, positions, lengths) -> list of header lists (None: malformed)"},
+    {"first_nonempty", first_nonempty, METH_O,
+     "first_nonempty(lists) -> index of the first non-empty list, or -1"},
     {"rich_columns", (PyCFunction)(void (*)(void))rich_columns, METH_FASTCALL,
      "rich_columns(records, n, out) -> flags: queued rich records into the C core's record array"},
     {"deliver", (PyCFunction)(void (*)(void))deliver, METH_FASTCALL,

@@ -35,6 +35,7 @@ from typing import Any, NamedTuple
 from .. import errors
 from ..core._core import ffi, lib
 from ..core._messages import deliver as _deliver_each
+from ..core._messages import first_nonempty as _first_nonempty
 from ..core._messages import rich_columns as _rich_columns
 from .commit_rules import (
     _F_CLOSED,
@@ -134,8 +135,9 @@ def commit_rich(self: Any, st: Any, nowait: bool = False) -> bool:
         n = len(rq)
         if not n:
             return True
-        if any(st.plain):
-            for p in range(st.nparts):
+        first = _first_nonempty(st.plain)
+        if first >= 0:
+            for p in range(first, st.nparts):
                 if st.plain[p]:
                     self._commit_plain(st, p)
         records = rq[:n]
