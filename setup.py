@@ -3,8 +3,8 @@ from setuptools import Extension, setup
 
 # the consumer's Message objects per batch, the producer's rich-queue records (csrc/messages.c): the one module
 # that uses the CPython API; everything else is reached through cffi
-messages = Extension("shmlog.core._messages", sources=["csrc/messages.c"],
-                     depends=["csrc/rich_record.h"],
+messages = Extension("shmlog.core._messages", sources=["csrc/messages.c", "csrc/rich_queue.c"],
+                     depends=["csrc/rich_queue.h", "csrc/rich_record.h"],
                      extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra"])
 
 setup(cffi_modules=["shmlog/core/_build.py:ffibuilder"], ext_modules=[messages])
