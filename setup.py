@@ -1,9 +1,10 @@
 # setuptools still builds cffi extensions through cffi_modules; all metadata is in pyproject.toml
 from setuptools import Extension, setup
 
-# the consumer's Message objects per batch (csrc/messages.c): the one module
+# the consumer's Message objects per batch, the producer's rich-queue records (csrc/messages.c): the one module
 # that uses the CPython API; everything else is reached through cffi
-messages = Extension("shmlog.core._messages", sources=["csrc/messages.c"],
+messages = Extension("shmlog.core._messages", sources=["csrc/messages.c", "csrc/rich_queue.c"],
+                     depends=["csrc/rich_queue.h", "csrc/rich_record.h"],
                      extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra"])
 
 # the mirror's produce loop over a zero-copy run (csrc/produce.c): the same

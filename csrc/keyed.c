@@ -6,7 +6,6 @@
 #include <string.h>
 
 #include "partitioner.h"
-#include "pickle_bytes.h"
 
 /* The columns of one commit (pointers into the caller's buffers), and the
  * gather buffers one frame is built from (sized for the whole commit,
@@ -218,136 +217,13 @@ out:
     return rc;
 }
 
-/* ---------------------------------------------- the rich queue's pickle
- * Opcodes of protocol 3 (see codec.c's values stream, same rules: no memo,
- * anything else is -EPROTO and the caller falls back). */
-#define RK_PROTO 0x80
-#define RK_MARK '('
-#define RK_TUPLE 't'
-#define RK_STOP '.'
-#define RK_NONE 'N'
-#define RK_EMPTY_LIST ']'
-#define RK_APPEND 'a'
-#define RK_APPENDS 'e'
-#define RK_BININT 'J'
-#define RK_BININT1 'K'
-#define RK_BININT2 'M'
-#define RK_LONG1 0x8a
-
-static int rk_int(const uint8_t **pp, const uint8_t *end, int64_t *out)
-{
-    const uint8_t *p = *pp;
-    if (p >= end)
-        return -EPROTO;
-    switch (*p++) {
-    case RK_BININT1:
-        if (end - p < 1)
-            return -EPROTO;
-        *out = p[0];
-        p += 1;
-        break;
-    case RK_BININT2:
-        if (end - p < 2)
-            return -EPROTO;
-        *out = (int64_t)p[0] | (int64_t)p[1] << 8;
-        p += 2;
-        break;
-    case RK_BININT: {
-        if (end - p < 4)
-            return -EPROTO;
-        int32_t v;
-        memcpy(&v, p, 4); /* little-endian, as pickle writes it (x86, arm64) */
-        *out = v;
-        p += 4;
-        break;
-    }
-    case RK_LONG1: {
-        if (end - p < 1)
-            return -EPROTO;
-        uint32_t nb = *p++;
-        if (nb == 0 || nb > 8 || (uint32_t)(end - p) < nb)
-            return -EPROTO;
-        uint64_t v = 0;
-        for (uint32_t i = 0; i < nb; i++)
-            v |= (uint64_t)p[i] << (8 * i);
-        if (nb < 8 && (p[nb - 1] & 0x80)) /* sign-extend */
-            v |= ~0ull << (8 * nb);
-        *out = (int64_t)v;
-        p += nb;
-        break;
-    }
-    default:
-        return -EPROTO;
-    }
-    *pp = p;
-    return 0;
-}
-
-/* bytes or None (len -1) */
-static int rk_bytes(const uint8_t **pp, const uint8_t *end, const uint8_t **v, int32_t *len)
-{
-    return shmlog_pickle_bytes(pp, end, v, len);
-}
-
-/* one record: MARK partition key value headers timestamp [None] TUPLE */
-static int rk_record(const uint8_t **pp, const uint8_t *end, columns_t *c, int32_t *parts,
-                     uint32_t i)
-{
-    const uint8_t *p = *pp;
-    int64_t part, ts;
-    int32_t hl;
-    const uint8_t *h;
-    if (p >= end || *p++ != RK_MARK || rk_int(&p, end, &part) < 0 ||
-        rk_bytes(&p, end, &c->kptr[i], &c->klens[i]) < 0 ||
-        rk_bytes(&p, end, &c->vptr[i], &c->vlens[i]) < 0 || rk_bytes(&p, end, &h, &hl) < 0 ||
-        hl < 0 || rk_int(&p, end, &ts) < 0)
-        return -EPROTO;
-    if (p < end && *p == RK_NONE) /* the on_delivery slot, always None here */
-        p++;
-    if (p >= end || *p++ != RK_TUPLE || part < -1 || part > INT32_MAX)
-        return -EPROTO;
-    parts[i] = (int32_t)part;
-    c->hptr[i] = h;
-    c->hlens[i] = (uint32_t)hl;
-    c->ts[i] = ts;
-    *pp = p;
-    return 0;
-}
-
-static int rk_parse(const uint8_t *s, size_t len, uint32_t n, columns_t *c, int32_t *parts)
-{
-    const uint8_t *p = s, *end = s + len;
-    if (len < 4 || p[0] != RK_PROTO || p[1] != 3 || p[2] != RK_EMPTY_LIST)
-        return -EPROTO;
-    p += 3;
-    uint32_t i = 0;
-    while (p < end && *p != RK_STOP) {
-        if (*p == RK_MARK && p + 1 < end && p[1] == RK_MARK) {
-            p++; /* a group: MARK record record ... APPENDS */
-            while (p < end && *p != RK_APPENDS) {
-                if (i == n || rk_record(&p, end, c, parts, i++) < 0)
-                    return -EPROTO;
-            }
-            if (p >= end)
-                return -EPROTO;
-            p++;
-        } else {
-            if (i == n || rk_record(&p, end, c, parts, i++) < 0 || p >= end || *p++ != RK_APPEND)
-                return -EPROTO;
-        }
-    }
-    if (p + 1 != end || i != n)
-        return -EPROTO;
-    return 0;
-}
-
 int64_t shmlog_rich_append(shmlog_log_t *const *logs, const int32_t *slots, uint32_t nparts,
-                           const uint8_t *stream, size_t len, uint32_t n, int64_t timestamp,
-                           uint64_t producer_id, uint32_t producer_seq, uint64_t timeout_ns,
-                           uint64_t *ends, uint32_t *failed, int32_t *out_parts,
-                           uint64_t *offsets)
+                           const shmlog_rich_record_t *recs, uint32_t n, uint32_t flags,
+                           int64_t timestamp, uint64_t producer_id, uint32_t producer_seq,
+                           uint64_t timeout_ns, uint64_t *ends, uint32_t *failed,
+                           int32_t *out_parts, uint64_t *offsets)
 {
-    if (nparts == 0 || n == 0)
+    if (nparts == 0 || n == 0 || !recs)
         return -EINVAL;
     size_t need = (size_t)n * (sizeof(uint8_t *) * 3 + sizeof(int64_t) + sizeof(int32_t) * 4);
     uint8_t *mem = malloc(need);
@@ -363,21 +239,32 @@ int64_t shmlog_rich_append(shmlog_log_t *const *logs, const int32_t *slots, uint
     c.klens = c.vlens + n;
     c.hlens = (uint32_t *)(c.klens + n);
     int32_t *parts = (int32_t *)(c.hlens + n);
-    int64_t rc = rk_parse(stream, len, n, &c, parts);
-    if (rc < 0)
-        goto out;
-    /* columns every record leaves empty are not passed at all */
-    int any_key = 0, any_header = 0, any_ts = 0;
+    int64_t rc = 0;
+    /* the records' fields come from Python objects: checked here, not
+     * trusted, before anything is appended */
     for (uint32_t i = 0; i < n; i++) {
-        any_key |= c.klens[i] >= 0;
-        any_header |= c.hlens[i] != 0;
-        any_ts |= c.ts[i] >= 0;
+        const shmlog_rich_record_t *r = &recs[i];
+        if (r->partition < -1 || r->value_len < -1 || r->key_len < -1 || r->timestamp < -1 ||
+            (r->value_len > 0 && !r->value) || (r->key_len > 0 && !r->key) ||
+            (r->header_len && !r->headers)) {
+            rc = -EINVAL;
+            goto out;
+        }
+        c.vptr[i] = r->value;
+        c.vlens[i] = r->value_len;
+        c.kptr[i] = r->key;
+        c.klens[i] = r->key_len;
+        c.hptr[i] = r->headers;
+        c.hlens[i] = r->header_len;
+        c.ts[i] = r->timestamp;
+        parts[i] = r->partition;
     }
-    if (!any_key)
+    /* columns every record leaves empty are not passed at all */
+    if (!(flags & SHMLOG_RICH_KEYS))
         c.kptr = NULL;
-    if (!any_header)
+    if (!(flags & SHMLOG_RICH_HEADERS))
         c.hptr = NULL;
-    if (!any_ts)
+    if (!(flags & SHMLOG_RICH_TIMESTAMPS))
         c.ts = NULL;
     rc = place_and_append(logs, slots, nparts, parts, &c, n, timestamp, producer_id, producer_seq,
                           timeout_ns, ends, failed, out_parts, offsets);

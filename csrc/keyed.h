@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "log.h"
+#include "rich_record.h"
 
 /* Append n keyed records (values and keys concatenated, with lengths; a
  * value length of -1 is a null value, keys are never null) to
@@ -32,21 +33,20 @@ int64_t shmlog_keyed_append(shmlog_log_t *const *logs, const int32_t *slots, uin
                             int64_t timestamp, uint64_t producer_id, uint32_t producer_seq,
                             uint64_t timeout_ns, uint64_t *ends, uint32_t *failed);
 
-/* The rich queue's commit (shmlog/client/rich_queue.py): n records as the
- * pickle (protocol 3, no memo) of a list of tuples
- *     (partition, key, value, headers, timestamp[, None])
- * partition -1: the key's (such a record needs a key); key and value bytes
- * or None (null); headers an encoded header section, b"" for none;
- * timestamp -1: stamped with timestamp. Anything else in the stream is
- * -EPROTO (nothing appended; the caller uses another way). out_parts[i]
+/* The rich queue's commit (shmlog/client/rich_queue.py): n records, each
+ * with its partition (-1: the key's; such a record needs a key), key and
+ * value (len -1: null), encoded header section and timestamp (-1: stamped
+ * with timestamp). flags (SHMLOG_RICH_*) say which columns any record
+ * uses; a column no record uses may be left out of the frames. Every
+ * field is range-checked before anything is appended (-EINVAL). out_parts[i]
  * (if not NULL) gets record i's partition, offsets[i] (if not NULL) its
  * offset once committed (entries of records not committed are left as
  * they were). Returns and fails as shmlog_keyed_append. */
 int64_t shmlog_rich_append(shmlog_log_t *const *logs, const int32_t *slots, uint32_t nparts,
-                           const uint8_t *stream, size_t len, uint32_t n, int64_t timestamp,
-                           uint64_t producer_id, uint32_t producer_seq, uint64_t timeout_ns,
-                           uint64_t *ends, uint32_t *failed, int32_t *out_parts,
-                           uint64_t *offsets);
+                           const shmlog_rich_record_t *recs, uint32_t n, uint32_t flags,
+                           int64_t timestamp, uint64_t producer_id, uint32_t producer_seq,
+                           uint64_t timeout_ns, uint64_t *ends, uint32_t *failed,
+                           int32_t *out_parts, uint64_t *offsets);
 
 /* One keyed record to one partition (the caller hashed the key with
  * shmlog_key_partition): the latency path of a lone keyed send().

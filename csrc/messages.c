@@ -13,12 +13,17 @@
  * byte: the caller copies them out of shared memory before the seqlock
  * check, so they may be torn; a malformed section comes back as None and the
  * caller's validation decides).
+ *
+ * The module's producer half (the rich queue's records and callbacks) is
+ * csrc/rich_queue.c.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "rich_queue.h"
 
 #define MESSAGE_FIELDS 7
 
@@ -42,10 +47,6 @@ static PyObject **column(PyObject *seq, Py_ssize_t n, PyObject **owned, const ch
     return PySequence_Fast_ITEMS(seq);
 }
 
-static int untracked(PyObject *o)
-{
-    return !PyObject_IS_GC(o) || !PyObject_GC_IsTracked(o);
-}
 
 /* build(cls, topic, partition, offsets, keys, values, headers, timestamps)
  * -> list of cls instances (a tuple subclass of 7 fields). offsets: a range
@@ -123,7 +124,7 @@ static PyObject *build(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             if (f != 2)
                 Py_INCREF(fields[f]);
             PyTuple_SET_ITEM(m, f, fields[f]);
-            atomic &= untracked(fields[f]);
+            atomic &= shmlog_py_untracked(fields[f]);
         }
         if (atomic)
             PyObject_GC_UnTrack(m);
@@ -298,12 +299,18 @@ static PyMethodDef methods[] = {
      "build(cls, topic, partition, offsets, keys, values, headers, timestamps) -> list"},
     {"headers", (PyCFunction)(void (*)(void))headers, METH_FASTCALL,
      "headers(buffer, positions, lengths) -> list of header lists (None: malformed)"},
+    {"first_nonempty", shmlog_py_first_nonempty, METH_O,
+     "first_nonempty(lists) -> index of the first non-empty list, or -1"},
+    {"rich_columns", (PyCFunction)(void (*)(void))shmlog_py_rich_columns, METH_FASTCALL,
+     "rich_columns(records, n, out) -> flags: queued rich records into the C core's record array"},
+    {"deliver", (PyCFunction)(void (*)(void))shmlog_py_deliver, METH_FASTCALL,
+     "deliver(records, n, cls, topic, parts, offsets, ts_now, err): the records' on_delivery calls"},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "shmlog.core._messages",
-    "The consumer's Message objects and header lists, built per batch.", -1, methods,
+    "Message objects and header lists per batch; the producer's rich-queue records and callbacks.", -1, methods,
     NULL, NULL, NULL, NULL,
 };
 

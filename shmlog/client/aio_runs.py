@@ -25,11 +25,11 @@ from typing import Any, List, Optional
 
 from .. import errors
 from ..core._core import ffi
-from ..core.records import pickle_values
 from .commit_rules import _F_CLOSED, _HDR_FLAGS, _RECORD_OVERHEAD
 from .rich_queue import _NOT_COMMITTED as NOT_COMMITTED
 from .rich_queue import RecordMetadata
 from .rich_queue import _append as rich_append
+from .rich_queue import _columns as rich_columns
 
 # Run.partition of a keyed run (C picks each record's partition)
 KEYED = -1
@@ -192,8 +192,8 @@ def _commit_keyed_run(sync: Any, run: Run) -> tuple:
             while i < n:
                 j = min(n, i + KEYED_PIECE)
                 m = j - i
-                stream = pickle_values(list(zip(repeat(-1), keys[i:j], values[i:j],  # type: ignore[index]
-                                                repeat(b""), repeat(-1))))
+                records = list(zip(repeat(-1), keys[i:j], values[i:j],  # type: ignore[index]
+                                   repeat(b""), repeat(-1), repeat(None)))
                 out_parts = ffi.new("int32_t[]", m)
                 offsets = ffi.new("uint64_t[]", m)
                 ffi.memmove(offsets, b"\xff" * (8 * m), 8 * m)
@@ -202,7 +202,8 @@ def _commit_keyed_run(sync: Any, run: Run) -> tuple:
                 if st.waiters[0][_HDR_FLAGS] & _F_CLOSED or st.topic.regions[0].closed:
                     raise errors.UnknownTopic(f"topic {st.name!r} was deleted while this producer used it",
                                               what=st.name)
-                rc = rich_append(sync, st, stream, m, ts_now, out_parts, offsets)
+                recs, flags = rich_columns(sync, records, m)
+                rc = rich_append(sync, st, recs, m, flags, ts_now, out_parts, offsets)
                 starts.append(i)
                 frames.append((-1, -1, ts_now))
                 parts += ffi.unpack(out_parts, m)

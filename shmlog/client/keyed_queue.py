@@ -21,7 +21,7 @@ from .commit_rules import (
     STREAM_GAP,
     _clock,
 )
-from .rich_queue import _ints
+from .rich_queue import _first_nonempty, _ints
 
 _keyed_one = lib.shmlog_keyed_append_one
 _keyed_append = lib.shmlog_keyed_append
@@ -40,7 +40,7 @@ def commit_keyed(self: Any, st: Any) -> None:
         n = len(kq)
         if not n:
             return
-        if any(st.plain) or st.rq:
+        if st.rq or _first_nonempty(st.plain) >= 0:
             self._commit_rich(st)  # the plain lists first, when it holds records
             for p in range(st.nparts):
                 if st.plain[p]:

@@ -52,6 +52,8 @@ _ids = itertools.count(1)
 _append_one = lib.shmlog_log_append_one
 _key_partition = lib.shmlog_key_partition
 _BYTES_LIKE = (bytes, bytearray, memoryview)
+# timestamps are Kafka's: a signed 64-bit count of milliseconds since the epoch
+_TS_MAX = (1 << 63) - 1
 
 
 def _set_next_hungry(st: _TopicState, p: int, n: int) -> None:
@@ -71,8 +73,8 @@ def _set_next_hungry(st: _TopicState, p: int, n: int) -> None:
 
 
 class _TopicState:
-    __slots__ = ("name", "topic", "rq", "rq_bytes", "rq_since", "rq_next", "rq_limit", "rq_cb", "key_p", "h_last",
-                 "h_enc", "plain", "plain_bytes", "plain_since", "slots", "keyed",
+    __slots__ = ("name", "topic", "rq", "rq_bytes", "rq_since", "rq_next", "rq_limit", "key_p", "h_last",
+                 "h_enc", "h_extra", "plain", "plain_bytes", "plain_since", "slots", "keyed",
                  "sticky", "limit", "frame_limit", "max_message", "next_hungry",
                  "hungry_tokens", "tokens_at", "waiters", "bell", "committed_end", "storage",
                  "nparts", "kq", "kq_limit", "kq_bytes", "kq_since", "kq_at", "kq_next", "kq_logs", "kq_slots",
@@ -89,7 +91,6 @@ class _TopicState:
         self.rq_since = 0.0  # monotonic() when the queue's oldest record came
         self.rq_next = 0.0   # when a waiting reader may trigger the next commit
         self.rq_limit = 0
-        self.rq_cb = False   # a queued record may have an on_delivery
         # a keyed record's partition on the rich queue: hashed in C at
         # commit (-1), unless there is only one (a reader waiting on it is
         # then seen by send())
@@ -98,6 +99,7 @@ class _TopicState:
         # immutables, so equal means the same section) and its section
         self.h_last: Any = None
         self.h_enc = b""
+        self.h_extra = _RECORD_OVERHEAD  # the rich queue's bytes for a record, beyond key and value
         # send()'s fast path: plain bytes values, appended without the lock
         # (see Producer._commit_plain); sizes and ages are approximate
         self.plain: List[List[bytes]] = [[] for _ in range(n)]
@@ -178,6 +180,9 @@ class Producer:
         self._error: Optional[BaseException] = None
         self._wake = threading.Event()
         self._failed = ffi.new("uint32_t *")  # the partition a queue's commit failed on
+        # the rich queue's record array (rich_queue._columns), reused by its commits
+        self._rich_records: Any = None
+        self._rich_view: Any = None
         # shmlog.aio: on this thread (the event loop's) a commit, which may
         # wait for buffer space, is handed to _defer_commit (its worker
         # thread) and the lock is only tried (_LockBusy); _settle_delivery
@@ -328,8 +333,10 @@ class Producer:
             # the long way below, which names what is wrong
             if headers is None:
                 hdr = b""
+                extra = _RECORD_OVERHEAD  # the record's framing and header bytes
             elif headers == st.h_last:
                 hdr = st.h_enc
+                extra = st.h_extra
             else:
                 hdr = None
             if partition is None:
@@ -339,7 +346,7 @@ class Producer:
             else:
                 p = None
             if (hdr is not None and p is not None and (key is None or key.__class__ is bytes)
-                    and (timestamp_ms is None or (timestamp_ms.__class__ is int and timestamp_ms >= 0))):
+                    and (timestamp_ms is None or (timestamp_ms.__class__ is int and 0 <= timestamp_ms <= _TS_MAX))):
                 size = len(value) if key is None else len(value) + len(key)
                 if size <= st.max_message:
                     if self._error is not None:
@@ -347,10 +354,9 @@ class Producer:
                     if st.kq:  # queued keyed records are older than this one
                         self._commit_keyed(st)
                     rq = st.rq
-                    if on_delivery is not None:
-                        st.rq_cb = True  # before the append: see commit_rich
-                    rq.append((p, key, value, hdr, -1 if timestamp_ms is None else timestamp_ms, on_delivery))
-                    nb = st.rq_bytes = st.rq_bytes + size + len(hdr) + _RECORD_OVERHEAD
+                    # (timestamp_ms None: stamped at commit)
+                    rq.append((p, key, value, hdr, timestamp_ms, on_delivery))
+                    nb = st.rq_bytes = st.rq_bytes + size + extra
                     # the rest only for a new queue, a full one or a waiting reader
                     if (nb >= st.rq_limit or len(rq) == 1 or st.bell[_HDR_BELL_HUNGRY]
                             or (p >= 0 and st.waiters[p][_HDR_HUNGRY])):
@@ -373,10 +379,16 @@ class Producer:
                     for h in headers):
                 # kept for send()'s fast path: a copy of immutables
                 st.h_last, st.h_enc = headers.__class__(headers), hdr
+                st.h_extra = len(hdr) + _RECORD_OVERHEAD
         else:
             hdr = b""
-        if timestamp_ms is not None and (timestamp_ms.__class__ is not int or timestamp_ms < 0):
-            raise TypeError(f"timestamp_ms must be a non-negative int (ms since the epoch), got {timestamp_ms!r}")
+        if timestamp_ms is not None:
+            if timestamp_ms.__class__ is not int:
+                raise TypeError(f"timestamp_ms must be an int (ms since the epoch) or None, got "
+                                f"{type(timestamp_ms).__name__}")
+            if not 0 <= timestamp_ms <= _TS_MAX:
+                raise ValueError(f"timestamp_ms must be between 0 and {_TS_MAX} (ms since the epoch, "
+                                 f"a 64-bit signed int), got {timestamp_ms}")
         size = len(value) if value is not None else 0
         if key is not None:
             if not isinstance(key, (bytes, bytearray, memoryview)):
@@ -402,9 +414,7 @@ class Producer:
                 self._raise_async_error()
             if st.kq:  # queued keyed records are older than this one
                 self._commit_keyed(st)
-            if on_delivery is not None:
-                st.rq_cb = True
-            st.rq.append((partition, key, value, hdr, -1 if timestamp_ms is None else timestamp_ms, on_delivery))
+            st.rq.append((partition, key, value, hdr, timestamp_ms, on_delivery))
             nb = st.rq_bytes = st.rq_bytes + size + len(hdr) + _RECORD_OVERHEAD
             self._rich_queued(st, partition, nb)
         finally:

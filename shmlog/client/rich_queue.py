@@ -5,12 +5,15 @@ value, ...) appends its record to one list per topic, in arrival order, as
 one tuple (one append: half the cost of extending by its fields):
 
     (partition (-1: hash the key in C), key or None, value or None,
-     encoded header section (b"" for none), timestamp_ms (-1: now),
+     encoded header section (b"" for none), timestamp_ms (None or -1: now),
      on_delivery or None)
 
-Its commit hands the columns to C in one crossing (csrc/keyed.c
+Its commit reads the tuples into the C core's record array in one call
+(shmlog.core._messages.rich_columns: pointers into the records' bytes, no
+pickle, no copy), hands that to C in one crossing (csrc/keyed.c
 shmlog_rich_append: hashes keys, groups by partition stably, one frame per
-partition) and then calls the delivery callbacks with the offsets C wrote.
+partition) and then calls the delivery callbacks from C with the offsets C
+wrote (_messages.deliver: a RecordMetadata built in C per callback).
 Per message, send() only extends the list; nothing per message crosses
 into C and nothing per message is encoded in Python (a header list equal
 to the last one reuses its encoded section). Producer's methods, kept
@@ -31,7 +34,9 @@ from typing import Any, NamedTuple
 
 from .. import errors
 from ..core._core import ffi, lib
-from ..core.records import pickle_values
+from ..core._messages import deliver as _deliver_each
+from ..core._messages import first_nonempty as _first_nonempty
+from ..core._messages import rich_columns as _rich_columns
 from .commit_rules import (
     _F_CLOSED,
     _HDR_BELL_HUNGRY,
@@ -54,8 +59,8 @@ class RecordMetadata(NamedTuple):
 
 
 _rich_append = lib.shmlog_rich_append
-# a queued record's fields as C reads them, its callback, its timestamp
-_fields_of = itemgetter(slice(0, 5))
+_CALLBACKS = lib.SHMLOG_RICH_CALLBACKS
+# a queued record's callback, its timestamp
 _callback_of = itemgetter(5)
 _stamp_of = itemgetter(4)
 _make_meta = functools.partial(tuple.__new__, RecordMetadata)
@@ -103,6 +108,18 @@ def linger_wake(self: Any) -> None:
         self._wake.set()
 
 
+def _columns(self: Any, records: list, n: int):
+    """records[0:n] as the C core's record array (in one call, pointing
+    into their bytes: valid while records lives) and what they use
+    (SHMLOG_RICH_* flags). The array is the producer's, grown as needed
+    and reused: commits run under its lock."""
+    arr = self._rich_records
+    if arr is None or len(arr) < n:
+        arr = self._rich_records = ffi.new("shmlog_rich_record_t[]", max(n, 1024))
+        self._rich_view = ffi.buffer(arr)
+    return arr, _rich_columns(records, n, self._rich_view)
+
+
 def commit_rich(self: Any, st: Any, nowait: bool = False) -> bool:
     """Commit a topic's rich queue: the plain lists first (older: nothing
     joins them while the queue holds records), then the queue in one
@@ -118,12 +135,14 @@ def commit_rich(self: Any, st: Any, nowait: bool = False) -> bool:
         n = len(rq)
         if not n:
             return True
-        if any(st.plain):
-            for p in range(st.nparts):
+        first = _first_nonempty(st.plain)
+        if first >= 0:
+            for p in range(first, st.nparts):
                 if st.plain[p]:
                     self._commit_plain(st, p)
         records = rq[:n]
-        callbacks = None
+        dropped = False
+        with_callbacks = False
         delivered = False
         try:
             if st.waiters[0][_HDR_FLAGS] & _F_CLOSED or st.topic.regions[0].closed:
@@ -132,29 +151,27 @@ def commit_rich(self: Any, st: Any, nowait: bool = False) -> bool:
                                           what=st.name)
             ts_now = time.time_ns() // 1_000_000
             self._seq += 1
-            # one pickle pass hands C every record's fields with their
-            # lengths. A callback does not pickle (or pickles as a global,
-            # which C refuses before appending anything): those commits
-            # pickle the records without it, and get the offsets back
-            # (st.rq_cb says a record may carry one: set before its append,
-            # so a bound method's object is not pickled by the first try)
-            stream = None if st.rq_cb else pickle_values(records)
-            rc = -errno.EPROTO if stream is None or nowait else _append(self, st, stream, n, ts_now,
-                                                                         ffi.NULL, ffi.NULL)
-            if rc == -errno.EPROTO:
-                callbacks = list(map(_callback_of, records))
-                stream = pickle_values(list(map(_fields_of, records)))
-                if stream is None:
-                    raise TypeError("a queued record did not pickle (a bug: send() checks every field)")
+            # the records' fields are read into the core's record array in
+            # one call (csrc/messages.c): no pickle, nothing per record in
+            # Python; the callbacks need each record's partition and offset
+            recs, flags = _columns(self, records, n)
+            with_callbacks = bool(flags & _CALLBACKS)
+            if with_callbacks or nowait:
                 out_parts = ffi.new("int32_t[]", n)
                 offsets = ffi.new("uint64_t[]", n)
                 ffi.memmove(offsets, b"\xff" * (8 * n), 8 * n)
-                rc = _append(self, st, stream, n, ts_now, out_parts, offsets, nowait)
-            if nowait and rc == -errno.EAGAIN and callbacks is not None:
+            else:
+                out_parts = offsets = ffi.NULL
+            rc = _append(self, st, recs, n, flags, ts_now, out_parts, offsets, nowait)
+            if nowait and rc == -errno.EAGAIN:
                 # full now: deliver what went, keep the rest for the worker
                 offs = ffi.unpack(offsets, n)
                 kept = [rec for rec, off in zip(records, offs) if off == _NOT_COMMITTED]
                 rc = 0
+            # off the queue before any callback runs: a callback that
+            # sends or flushes finds only what came after these records
+            del rq[:n]
+            dropped = True
             err = None
             if rc < 0:
                 p = self._failed[0]
@@ -165,16 +182,20 @@ def commit_rich(self: Any, st: Any, nowait: bool = False) -> bool:
                         self._buffer_full(st, p, exc, None)
                 except errors.ShmlogError as exc:
                     err = exc
-            if callbacks is not None:
+            if with_callbacks:
                 delivered = True
-                _deliver(self, st, callbacks, out_parts, offsets, list(map(_stamp_of, records)), ts_now, err)
+                if self._settle_delivery is None:
+                    _deliver_each(records, n, RecordMetadata, st.name, ffi.buffer(out_parts),
+                                  ffi.buffer(offsets), ts_now, err)
+                else:
+                    _deliver(self, st, list(map(_callback_of, records)), out_parts, offsets,
+                             list(map(_stamp_of, records)), ts_now, err)
             if err is not None:
                 raise err
         except errors.ShmlogError as exc:
-            if callbacks is None:
-                callbacks = [r[5] for r in records]
-                if callbacks.count(None) == len(callbacks):
-                    callbacks = None
+            callbacks = [r[5] for r in records]
+            if callbacks.count(None) == len(callbacks):
+                callbacks = None
             if callbacks is not None and not delivered:
                 if self._settle_delivery is not None:
                     self._settle_delivery(callbacks, None, exc)
@@ -184,11 +205,11 @@ def commit_rich(self: Any, st: Any, nowait: bool = False) -> bool:
                         cb(exc, None)
             raise
         finally:
-            del rq[:n]
+            if not dropped:
+                del rq[:n]
             if kept:
                 rq[0:0] = kept  # older than anything appended meanwhile
             st.rq_bytes = sum(len(r[2] or b"") + len(r[3]) + _RECORD_OVERHEAD for r in rq)
-            st.rq_cb = any(r[5] is not None for r in rq)
             st.rq_limit = st.limit if not rq or rq[0][0] >= 0 else st.kq_limit
             if rq:
                 st.rq_since = time.monotonic()
@@ -200,14 +221,14 @@ def commit_rich(self: Any, st: Any, nowait: bool = False) -> bool:
     return not kept
 
 
-def _append(self: Any, st: Any, stream: bytes, n: int, ts_now: int, out_parts, offsets,
+def _append(self: Any, st: Any, recs, n: int, flags: int, ts_now: int, out_parts, offsets,
             nowait: bool = False) -> int:
     """The commit's crossing (and another per partition on first use, to
     take a producer slot there). On failure self._failed[0] names the
     partition."""
     failed = self._failed
     while True:
-        rc = _rich_append(st.kq_logs, st.kq_slots, st.nparts, stream, len(stream), n, ts_now,
+        rc = _rich_append(st.kq_logs, st.kq_slots, st.nparts, recs, n, flags, ts_now,
                           self.producer_id, self._seq & 0xFFFFFFFF, 0 if nowait else self._max_block_ns,
                           st.kq_ends, failed, out_parts, offsets)
         if rc != -errno.ENOENT:
@@ -226,8 +247,8 @@ def _deliver(self: Any, st: Any, callbacks, out_parts, offsets, stamps, ts_now: 
     cost)."""
     n = len(callbacks)
     offs = ffi.unpack(offsets, n)
-    if min(stamps) < 0:
-        stamps = repeat(ts_now) if max(stamps) < 0 else [ts_now if ts < 0 else ts for ts in stamps]
+    # None (or -1): stamped at the commit
+    stamps = [ts_now if ts is None or ts < 0 else ts for ts in stamps]
     metas = map(_make_meta, zip(repeat(st.name), ffi.unpack(out_parts, n), offs, stamps))
     if self._settle_delivery is not None:
         # shmlog.aio: the callbacks are futures, settled in the loop

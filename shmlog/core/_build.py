@@ -217,11 +217,25 @@ int64_t shmlog_keyed_append(shmlog_log_t *const *logs, const int32_t *slots, uin
                             const char *keys, const int32_t *key_lens, uint32_t n,
                             int64_t timestamp, uint64_t producer_id, uint32_t producer_seq,
                             uint64_t timeout_ns, uint64_t *ends, uint32_t *failed);
+typedef struct {
+    const uint8_t *value;
+    const uint8_t *key;
+    const uint8_t *headers;
+    int64_t timestamp;
+    int32_t value_len;
+    int32_t key_len;
+    uint32_t header_len;
+    int32_t partition;
+} shmlog_rich_record_t;
+#define SHMLOG_RICH_KEYS ...
+#define SHMLOG_RICH_HEADERS ...
+#define SHMLOG_RICH_TIMESTAMPS ...
+#define SHMLOG_RICH_CALLBACKS ...
 int64_t shmlog_rich_append(shmlog_log_t *const *logs, const int32_t *slots, uint32_t nparts,
-                           const uint8_t *stream, size_t len, uint32_t n, int64_t timestamp,
-                           uint64_t producer_id, uint32_t producer_seq, uint64_t timeout_ns,
-                           uint64_t *ends, uint32_t *failed, int32_t *out_parts,
-                           uint64_t *offsets);
+                           const shmlog_rich_record_t *recs, uint32_t n, uint32_t flags,
+                           int64_t timestamp, uint64_t producer_id, uint32_t producer_seq,
+                           uint64_t timeout_ns, uint64_t *ends, uint32_t *failed,
+                           int32_t *out_parts, uint64_t *offsets);
 int64_t shmlog_keyed_append_one(shmlog_log_t *log, int slot, const char *key, int32_t key_len,
                                 const char *value, int32_t value_len, int64_t timestamp,
                                 uint64_t producer_id, uint32_t producer_seq, uint64_t timeout_ns);
