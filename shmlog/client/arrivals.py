@@ -57,9 +57,6 @@ class Arrivals:
     # gaps longer than this are not waited out in a spin at all
     MAX_GAP = 20_000_000
     WINDOW = 64  # records per gap measurement (8 for the first)
-    # a timed sleep shorter than this plus the timer's mean lateness is
-    # spun instead: see plan()
-    MIN_SLEEP = 10_000
 
     def __init__(self):
         self.last = 0  # when the last record came (estimated)
@@ -133,12 +130,8 @@ class Arrivals:
         due = self.last + gap
         now = _now_ns()
         sleep = due - margin - self.timer_late - now
-        if sleep < max(self.MIN_SLEEP + self.timer_late, 1):
-            # due already (or late), or too soon for a timed sleep, which
-            # costs a context switch each way and ends timer_late after its
-            # time anyway (on a VM a short sleep is mostly lateness, and each
-            # one risks the core going to another task): spin for it, but
-            # not for ever
+        if sleep <= 0:
+            # due already (or late): spin for it, but not for ever
             return 0, max(due + margin - now, margin)
         _fine_timer_slack()
         if sleep >= wait_ns:
