@@ -80,6 +80,13 @@ static inline uint32_t shmlog_fetch_sub_u32(volatile uint32_t *p, uint32_t v)
     return __atomic_fetch_sub(p, v, __ATOMIC_SEQ_CST);
 }
 
+/* A sleeper arms a futex word (sets its low bit) before its last look at
+ * the data: seq_cst for the same Dekker pair as the counters above. */
+static inline uint32_t shmlog_fetch_or_u32(volatile uint32_t *p, uint32_t v)
+{
+    return __atomic_fetch_or(p, v, __ATOMIC_SEQ_CST);
+}
+
 /* Every state change of a frame word and of a chunk state is a CAS, so a
  * reaper that aborts a batch and the (slow, not dead) producer that commits
  * it can never both win. seq_cst: on x86 a locked instruction is a full

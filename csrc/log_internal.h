@@ -100,18 +100,41 @@ static inline void wake_space(shmlog_log_t *log)
     }
 }
 
+/* The futex words of data waiters (data_futex, the doorbell's bell_futex)
+ * are a generation in the upper 31 bits and an "armed" flag in bit 0. A
+ * sleeper sets the flag (shmlog_futex_arm) before its last look at the data
+ * and sleeps on the armed value; the first committer after it clears the
+ * flag and bumps the generation in one CAS, and only that committer pays
+ * the FUTEX_WAKE syscall. The committers after it, until the woken reader
+ * runs and re-arms, find the flag clear and make no syscall: a reader
+ * woken on a loaded host may take tens of microseconds to run, and a
+ * stream commits many times meanwhile. */
+static inline void ring_data_word(volatile uint32_t *word)
+{
+    uint32_t w = shmlog_load_relaxed_u32(word);
+    while (w & 1u) {
+        if (shmlog_cas_u32(word, &w, (w & ~1u) + 2u)) {
+            shmlog_futex_wake(word, INT32_MAX);
+            return;
+        }
+    }
+}
+
+/* the value to sleep on: the word with the flag set (see ring_data_word) */
+static inline uint32_t shmlog_futex_arm(volatile uint32_t *word)
+{
+    return shmlog_fetch_or_u32(word, 1u) | 1u;
+}
+
 static inline void wake_data(shmlog_log_t *log)
 {
     /* the caller's CAS on the frame word was seq_cst: it is ordered before
-     * this load, which pairs with the waiter's increment in shmlog_log_wait */
-    if (shmlog_load_relaxed_u32(&log->hdr->data_waiters)) {
-        shmlog_fetch_add_u32(&log->hdr->data_futex, 1);
-        shmlog_futex_wake(&log->hdr->data_futex, INT32_MAX);
-    }
-    if (log->bell_waiters && shmlog_load_relaxed_u32(log->bell_waiters)) {
-        shmlog_fetch_add_u32(log->bell_futex, 1);
-        shmlog_futex_wake(log->bell_futex, INT32_MAX);
-    }
+     * these loads, which pair with the waiter's increment of data_waiters
+     * and its arming of the futex word in shmlog_log_wait */
+    if (shmlog_load_relaxed_u32(&log->hdr->data_waiters))
+        ring_data_word(&log->hdr->data_futex);
+    if (log->bell_waiters && shmlog_load_relaxed_u32(log->bell_waiters))
+        ring_data_word(log->bell_futex);
 }
 
 /* A producer slot without a claim in flight. claim_seq goes first (release):

@@ -370,7 +370,8 @@ int shmlog_log_wait(shmlog_log_t *log, const shmlog_cursor_t *cursor, uint64_t s
      * the committer's CAS on the frame word before it loads data_waiters */
     shmlog_fetch_add_u32(&h->data_waiters, 1);
     for (;;) {
-        uint32_t v = shmlog_load_acquire_u32(&h->data_futex);
+        /* armed: the next commit rings (ring_data_word in log_internal.h) */
+        uint32_t v = shmlog_futex_arm(&h->data_futex);
         shmlog_fence_seq_cst(); /* pairs with the committer's CAS before wake_data */
         if (data_ready(log, cursor)) {
             rc = 0;
@@ -424,7 +425,7 @@ int shmlog_log_wait_any(shmlog_log_t **logs, shmlog_cursor_t **cursors, uint32_t
     }
     shmlog_fetch_add_u32(ww, 1);
     for (;;) {
-        uint32_t v = shmlog_load_acquire_u32(fw);
+        uint32_t v = shmlog_futex_arm(fw); /* see shmlog_log_wait */
         shmlog_fence_seq_cst(); /* pairs with the committer's CAS before wake_data */
         if ((r = any_ready(logs, cursors, n)) >= 0)
             break;

@@ -42,7 +42,8 @@ class Arrivals:
     The sleep's end needs a fine timer: the thread's timer slack (50 us by
     default, more than the margin) is set to 1 us on first use."""
 
-    __slots__ = ("last", "seen", "gap", "w_time", "w_count", "timer_late", "timer_dev", "jitter")
+    __slots__ = ("last", "seen", "gap", "w_time", "w_count", "w_reads", "timer_late", "timer_dev",
+                 "jitter")
 
     # the margin on each side of the due time: learnt, within bounds (the
     # upper one also at most a quarter of the gap)
@@ -61,8 +62,9 @@ class Arrivals:
         self.last = 0  # when the last record came (estimated)
         self.seen = 0  # when the last read returned records
         self.gap = 0
-        self.w_time = 0  # the window: time and records in it
-        self.w_count = 0
+        self.w_time = 0  # the window: time and records in it (records
+        self.w_count = 0.0  # after a clipped pause count in proportion)
+        self.w_reads = 0  # records read in the window (closes it)
         self.timer_late = 0  # mean lateness of a timed sleep's end
         self.timer_dev = 0  # mean deviation of it from that mean
         self.jitter = 10_000  # mean distance of an arrival from its due time
@@ -94,16 +96,27 @@ class Arrivals:
                     self.jitter += (err - self.jitter) >> 3
         # the gap: records over a window of time between reads; an idle
         # pause counts as 16 gaps at most, so one pause does not unlearn a
-        # steady rate (a stall and the burst after it, on a loaded host,
-        # still average out), yet a slower rate is learnt within windows
+        # steady rate, yet a slower rate is learnt within windows. A read
+        # after a clipped pause counts its records in the same proportion
+        # as its time: a consumer stalled on a loaded host reads the
+        # stall's records at once, and counting all of them against the
+        # clipped time would learn a gap shorter than the stream's (and
+        # spin where no message is due)
         if self.seen:
             dt = now - self.seen
-            self.w_time += dt if not gap or dt < 16 * gap else 16 * gap
-            self.w_count += records
-            if self.w_count >= (self.WINDOW if gap else 8):
-                g = max(self.w_time // self.w_count, 1)
+            cap = 16 * gap
+            self.w_reads += records
+            if not gap or dt <= cap:
+                self.w_time += dt
+                self.w_count += records
+            else:
+                self.w_time += cap
+                self.w_count += records * cap / dt
+            if self.w_reads >= (self.WINDOW if gap else 8):
+                g = max(int(self.w_time / max(self.w_count, 1e-9)), 1)
                 self.gap = (gap + g) >> 1 if gap else g
-                self.w_time = self.w_count = 0
+                self.w_time = self.w_reads = 0
+                self.w_count = 0.0
         self.seen = now
         self.last = t if t > last else last
 

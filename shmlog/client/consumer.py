@@ -103,9 +103,10 @@ class Consumer:
         self.on_revoke = on_revoke
         # None: spin DEFAULT_SPIN_US, then the futex; a number: that spin;
         # "auto": a futex sleep up to shortly before the next message is due
-        # and a spin around it (arrivals.py). Not the default: in W4 runs
-        # back to back it was no better (p50 7-14 us vs 7.5-7.9 us, CPU
-        # 52-62% vs 45-59% of a core) on this loaded 2-core host
+        # and a spin around it (arrivals.py). Not the default: its tail at a
+        # paced 10k msg/s on a quiet host (a timed sleep that ends late by
+        # the hypervisor's timer, a run-queue delay after it) is not yet
+        # shown to be no worse than the fixed spin's (bench.wait_ab)
         if spin_us is not None and spin_us != "auto":
             if isinstance(spin_us, bool) or not isinstance(spin_us, (int, float)) or spin_us < 0:
                 raise errors.InvalidConfig(

@@ -56,7 +56,7 @@ def _learnt(consumer, gap_ns):
     assert arr is not None, "spin_us='auto' waits adaptively"
     arr.gap = gap_ns
     arr.last = amod._now_ns()
-    arr.seen, arr.w_time, arr.w_count = arr.last, 0, 0
+    arr.seen, arr.w_time, arr.w_count, arr.w_reads = arr.last, 0, 0.0, 0
 
 
 def test_a_message_earlier_than_due_ends_the_sleep(data_dir, tmp_path, monkeypatch):
@@ -201,6 +201,24 @@ def test_arrivals_learn_the_gap_and_the_phase(monkeypatch):
         clock[0] += 50_000_000
     assert slow.gap > amod.Arrivals.MAX_GAP
     assert slow.plan(10**9) == (0, default)
+
+
+def test_a_stalled_consumer_does_not_learn_a_shorter_gap(monkeypatch):
+    """10k msg/s, and every 20th message the consumer is stalled 3 ms (a
+    loaded host) and then reads the stall's 30 messages at once: the gap
+    learnt stays the stream's, not the shorter one that counting all 30
+    against the clipped pause would give."""
+    clock = [1_000_000_000]
+    monkeypatch.setattr(amod, "_now_ns", lambda: clock[0])
+    arr = amod.Arrivals()
+    for i in range(2000):
+        if i % 20 == 19:
+            clock[0] += 3_000_000
+            arr.arrived(30, "ready")
+        else:
+            clock[0] += 100_000
+            arr.arrived(1, "spin")
+    assert 90_000 <= arr.gap <= 110_000, arr.gap
 
 
 def test_the_spin_ends_where_planned_after_a_late_timer(monkeypatch):

@@ -300,3 +300,68 @@ def test_closing_the_bell_region_does_not_crash_its_ringers(shm_prefix):
             code = ch.join()
             assert code == 0, f"child died with exit code {code} (-11 = SIGSEGV)"
             assert ch.recv(1) == 0
+
+
+def test_only_the_first_commit_after_a_sleeper_armed_the_word_rings(shm_prefix):
+    """data_futex is a generation (bits 1-31) and an armed flag (bit 0): a
+    sleeper sets the flag, the first commit clears it and bumps the
+    generation (its FUTEX_WAKE is the only syscall owed), the commits after
+    it, before the reader runs again, leave the word alone."""
+    with new_log(shm_prefix) as plog:
+        h = plog.hdr
+        slot = plog.register_producer()
+        h.data_waiters = 1  # as if a reader slept (no process does)
+        try:
+            h.data_futex = 4  # not armed: nobody is owed a wake-up
+            plog.append(slot, [b"a"])
+            assert h.data_futex == 4
+            h.data_futex = 5  # armed
+            plog.append(slot, [b"b"])
+            assert h.data_futex == 6  # the flag cleared, the generation bumped
+            plog.append(slot, [b"c"])
+            plog.append(slot, [b"d"])
+            assert h.data_futex == 6  # the reader was rung once
+        finally:
+            h.data_waiters = 0
+
+
+def _wait_each(conn, name, n, timeout):
+    """Wait (straight to the futex) for each of n commits; report how many
+    waits lasted `timeout` or more (a lost wake-up: the sleep ends only at
+    shmlog_log_wait's 100 ms cap on one futex sleep)."""
+    p = PartitionLog.attach(name)
+    reader = p.reader()
+    c = p.new_cursor()
+    lost, seen = 0, 0
+    for _ in range(n):
+        conn.send("going to sleep")
+        t0 = time.monotonic()
+        p.wait(c, 5.0)
+        if time.monotonic() - t0 >= timeout:
+            lost += 1
+        res = reader.read(c, 100)
+        seen += 0 if res is None else len(res.offsets)
+    conn.send((lost, seen))
+    p.close()
+
+
+def test_a_commit_while_the_reader_goes_to_sleep_wakes_it(shm_prefix):
+    """The Dekker pair between the reader's arming of the futex word and the
+    committer's CAS: a commit racing the reader into its sleep (sent at
+    once, or a few microseconds after the reader said it goes to sleep)
+    always wakes it; a lost wake-up shows as a wait that ran to the 100 ms
+    cap of a futex sleep (80 ms: generous for a wake-up on a loaded host)."""
+    n, timeout = 300, 0.08
+    with new_log(shm_prefix) as plog:
+        slot = plog.register_producer()
+        with Child(_wait_each, plog.name, n, timeout) as ch:
+            for i in range(n):
+                assert ch.recv() == "going to sleep"
+                end = time.perf_counter() + (i % 7) * 10e-6
+                while time.perf_counter() < end:
+                    pass
+                plog.append(slot, [b"x"])
+            lost, seen = ch.recv()
+            assert ch.join() == 0
+        assert seen == n
+        assert lost == 0
