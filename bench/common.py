@@ -98,7 +98,7 @@ def params(quick: bool) -> Params:
     return Params(
         quick=False, w1_n=1_000_000, w2_n=3_600_000, w3_n=16_000, w4_n=20_000,
         w4_rate=10_000, w5_n=600_000, w6_n=240_000, w7_n=2_400_000,
-        w7_partitions=(1, 16, 256), w7_producers=(1, 2, 4), crc_reps=20,
+        w7_partitions=(1, 16, 256, 1000), w7_producers=(1, 2, 4), crc_reps=20,
         warm_frac=0.05, run_limit_s=30.0,
     )
 

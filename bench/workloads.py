@@ -32,7 +32,7 @@ WORKLOADS = {
     "W4": "one-way latency of 100-byte messages paced at 10,000 msg/s",
     "W5": f"durable: 100-byte messages in batches of {BATCH} to a disk-backed log",
     "W6": f"fan-out and groups: 2 producers, 4 partitions, 2 groups of 2 consumers, batches of {BATCH}",
-    "W7": f"scale: 1/16/256 partitions x 1/2/4 producers -> 1 consumer, batches of {BATCH}",
+    "W7": f"scale: 1/16/256/1,000 partitions x 1/2/4 producers -> 1 consumer, batches of {BATCH}",
 }
 ORDER = list(WORKLOADS)
 NOISY = 0.10  # share of the host's CPUs used by others during a run that flags it
