@@ -134,9 +134,10 @@ def remote_partitions(adm: Any, topic: str, timeout: float = 10.0) -> int:
 
 
 def ensure_remote_topic(adm: Any, topic: str, partitions: int, timeout: float = 10.0,
-                        replication_factor: int = -1) -> int:
-    """Create the remote topic with `partitions` if it is missing; return
-    the count it has (which may differ if someone else created it)."""
+                        replication_factor: int = -1, config: Optional[Dict[str, str]] = None) -> int:
+    """Create the remote topic with `partitions` (and topic `config`) if it
+    is missing; return the count it has (which may differ if someone else
+    created it)."""
     n = remote_partitions(adm, topic, timeout)
     if n:
         return n
@@ -144,7 +145,8 @@ def ensure_remote_topic(adm: Any, topic: str, partitions: int, timeout: float = 
     from confluent_kafka.admin import NewTopic
 
     # -1: the cluster's default.replication.factor (Kafka 2.4+)
-    fs = adm.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=replication_factor)],
+    fs = adm.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=replication_factor,
+                                     config=dict(config or {}))],
                            request_timeout=timeout)
     try:
         fs[topic].result(timeout)

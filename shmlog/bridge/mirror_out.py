@@ -27,6 +27,16 @@ RUN_MESSAGES = 1000  # messages per delivery callback (see _send)
 # otherwise (bench/mirror_bench.py gives its hand-written loop the same):
 # batches of up to 10k messages that wait at most 5 ms to fill
 PRODUCER_DEFAULTS = {"linger.ms": 5, "batch.num.messages": 10000}
+# what a record batch of one message adds to the key and value that a
+# topic's max_message_bytes counts: the batch header (61 B), the record's
+# varints and its headers (which max_message_bytes leaves out). Kafka's own
+# defaults differ by 12 B (max.message.bytes 1048588 for 1 MiB); headers
+# need more room than that.
+FRAMING_ROOM = 64 << 10
+# librdkafka's message.max.bytes and Kafka's max.message.bytes defaults: a
+# mirror raises them only for topics whose messages may be larger
+RDKAFKA_MESSAGE_MAX = 1_000_000
+KAFKA_TOPIC_MESSAGE_MAX = 1_048_588
 RESCAN_INTERVAL = 10.0  # --pattern: how often new local topics are looked for
 PRODUCER_ID_WAIT = 5.0  # at most, before the first produce (then librdkafka goes on asking)
 
@@ -86,6 +96,7 @@ class MirrorOut(_Mirror):
         self.topics_now: List[str] = list(topics)
         kafka_client.kafka()  # fail now, naming the extra, not in the run loop
         self._producer = None
+        self._message_max = RDKAFKA_MESSAGE_MAX  # librdkafka's message.max.bytes, as set
         self._consumer = None
         self._admin = None
         self._gen = 0
@@ -140,13 +151,23 @@ class MirrorOut(_Mirror):
             raise errors.UnknownTopic(f"no local topic matches the pattern {self.pattern.pattern!r}")
         if self._admin is None:
             self._admin = kafka_client.admin(_bootstrap(self.config, self.bootstrap))
+        largest = 0
         for t in topics:
-            n = self.cluster.topic(t).num_partitions
+            info = self.cluster.topic(t)
+            n = info.num_partitions
             self._local_parts[t] = n
+            # the largest record batch a message of this topic makes
+            need = int(info.config.get("max_message_bytes") or 0) + FRAMING_ROOM
+            largest = max(largest, need)
             rt = self.remote_topic or t
             if self.create_remote:
+                # a topic the mirror creates takes the local topic's largest
+                # message; Kafka's default (1048588) would refuse a 1 MiB
+                # value with a key or headers, and the mirror would stall
+                cfg = {"max.message.bytes": str(need)} if need > KAFKA_TOPIC_MESSAGE_MAX else None
                 rn = kafka_client.ensure_remote_topic(self._admin, rt, n,
-                                                      replication_factor=self.replication_factor)
+                                                      replication_factor=self.replication_factor,
+                                                      config=cfg)
             else:
                 rn = kafka_client.remote_partitions(self._admin, rt)
                 if not rn:
@@ -158,7 +179,15 @@ class MirrorOut(_Mirror):
                             "by murmur2(key) (keyless messages: local partition %% %d)", self.name, t, n,
                             rt, rn, rn)
         if self._producer is None:
-            self._producer = kafka_client.new_client(ck.Producer, self._producer_conf())
+            conf = self._producer_conf()
+            # librdkafka refuses at produce() a message over message.max.bytes
+            # (1,000,000 by default, less than Kafka's 1 MiB): raise it to what
+            # the mirrored topics allow, unless -X set it. A topic matched later
+            # with larger messages gets a named error (_produce_refused).
+            if "message.max.bytes" not in self.config:
+                conf["message.max.bytes"] = min(max(RDKAFKA_MESSAGE_MAX, largest), 1_000_000_000)
+            self._message_max = int(conf.get("message.max.bytes", RDKAFKA_MESSAGE_MAX))
+            self._producer = kafka_client.new_client(ck.Producer, conf)
             # connect before the first message: a producer that is still
             # connecting (and getting its idempotent producer id) holds
             # what is produced meanwhile, so a fresh mirror would start
@@ -313,7 +342,10 @@ class MirrorOut(_Mirror):
             # message per remote partition (a Python call per message would
             # cost more than the produce() itself). Keys, timestamps and
             # headers are passed as they are; tests/bridge check they arrive.
-            start, run.left = produce_run(produce, rt, *cols, lo, start, hi, cb)
+            try:
+                start, run.left = produce_run(produce, rt, *cols, lo, start, hi, cb)
+            except kafka_client.kafka().KafkaException as exc:
+                raise self._produce_refused(exc, tp, offsets[lo], offsets[hi - 1]) from None
             if start >= hi:
                 return True
             # librdkafka's queue is full: Kafka is slow or away. Wait for it
@@ -327,6 +359,20 @@ class MirrorOut(_Mirror):
                 # stopping: what is not produced yet is simply not
                 # committed; the next start sends it
                 return False
+
+    def _produce_refused(self, exc, tp, first: int, last: int) -> Exception:
+        """What produce() raised for a message of [first, last] of tp, as an
+        error that says what to change (the mirror retries; nothing is
+        committed past it)."""
+        err = exc.args[0] if exc.args else None
+        code = getattr(err, "code", lambda: None)()
+        if code == kafka_client.kafka().KafkaError.MSG_SIZE_TOO_LARGE:
+            return kafka_client.KafkaError(
+                f"a message of {tp[0]}[{tp[1]}] at offsets {first}..{last} is larger than librdkafka's "
+                f"message.max.bytes={self._message_max}: raise it (-X message.max.bytes=N, up to "
+                f"1000000000) and the remote topic's max.message.bytes", what=tp[0])
+        return kafka_client.KafkaError(f"producing {tp[0]}[{tp[1]}] at offsets {first}..{last}: {exc}",
+                                       what=tp[0])
 
     def _settle(self, force: bool = False) -> None:
         """Move the commit point past every run all of whose remote

@@ -458,3 +458,56 @@ def test_guarantees_doc_states_the_bounds_the_code_has():
     assert out_default == DEFAULT_MAX_IN_FLIGHT
     assert f"at most `max_in_flight` messages ({out_default:,} by default) a second" in section, section
     assert f"at most `batch` messages ({in_default:,} by" in section, section
+
+
+def test_one_mib_messages_mirror_out_and_back_in(data_dir, remote):
+    """Kafka's largest default message (1 MiB, key included) on a default
+    disk topic goes out to the remote cluster and comes back in through a
+    mirror in, byte for byte, next to small ones in the same runs."""
+    from shmlog.broker import shm_budget
+
+    mmb = shm_budget.DEFAULT_MAX_MESSAGE_BYTES
+    key = b"k" * 16
+    big_plain = os.urandom(mmb)
+    big_keyed = os.urandom(mmb - len(key))
+    with running_cluster(data_dir, shm_budget_bytes=512 << 20) as c:
+        c.create_topic("big", partitions=2)
+        with c.producer(max_block_ms=20_000) as p:
+            p.send("big", b"small-0", partition=0)
+            p.send("big", big_plain, partition=0, headers=[("h", b"1")])
+            p.send("big", big_keyed, key=key)
+            p.send("big", b"small-1", partition=0)
+            p.flush()
+        with open_mirror(c, "big", to=remote.bootstrap, as_="big-remote", name="big") as m:
+            msgs = read_all(remote.bootstrap, "big-remote", 2, 4)
+            st = m.status()
+            assert st["error"] is None, st
+        got = sorted((x.value(), x.key()) for x in msgs)
+        assert got == sorted([(b"small-0", None), (big_plain, None), (big_keyed, key), (b"small-1", None)])
+        assert [x.headers() for x in msgs if x.value() == big_plain] == [[("h", b"1")]]
+        c.create_topic("back", partitions=2)
+        with open_mirror(c, "big-remote", from_=remote.bootstrap, as_="back", name="back",
+                         config=FAST_GROUP):
+            with c.consumer("back", group=None, auto_offset_reset="earliest") as cons:
+                back = collect(cons, 4, timeout=60)
+        assert sorted((x.value, x.key) for x in back) == got
+
+
+def test_a_message_over_the_producers_limit_is_named_and_not_skipped(data_dir, tansu):
+    """-X message.max.bytes below a message: the mirror stops at it with an
+    error naming the setting, retries, and commits nothing past it."""
+    with running_cluster(data_dir) as c:
+        c.create_topic("t", partitions=1, storage="memory", chunk_bytes=4 << 20, chunk_count=4,
+                       max_message_bytes=1_000_000)
+        with c.producer() as p:
+            p.send("t", b"small")
+            p.send("t", os.urandom(300_000))
+            p.send("t", b"after")
+            p.flush()
+        with open_mirror(c, "t", to=tansu.bootstrap, name="lim",
+                         config={"message.max.bytes": "200000"}) as m:
+            wait_for(lambda: "message.max.bytes=200000" in (m.status()["error"] or ""), 30, 0.1,
+                     "the mirror to name message.max.bytes")
+            assert "t[0] at offsets" in m.status()["error"]
+        # the big message and the one after it were never committed as mirrored
+        assert _committed(c, "mirror.lim") <= 1
