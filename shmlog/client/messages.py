@@ -37,6 +37,13 @@ class Message(tuple):
     def __new__(cls, topic, partition, offset, key, value, headers=(), timestamp_ms=0):
         return tuple.__new__(cls, (topic, partition, offset, key, value, headers, timestamp_ms))
 
+    def __getnewargs__(self):
+        # pickle and copy rebuild a tuple subclass with cls.__new__(cls,
+        # *__getnewargs__()); tuple's own gives one argument (the whole
+        # tuple), which this __new__ does not take. Messages cross process
+        # boundaries (multiprocessing queues, pools), so they must pickle.
+        return tuple(self)
+
     def __repr__(self) -> str:
         v = self[4]
         vr = repr(v[:40] + b"...") if v is not None and len(v) > 40 else repr(v)

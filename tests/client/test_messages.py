@@ -6,7 +6,10 @@ Message of atomic fields is untracked, one with a headers list is not).
 
 from __future__ import annotations
 
+import copy
 import gc
+import multiprocessing as mp
+import pickle
 
 import pytest
 from _broker_helpers import ROOMY, running_cluster
@@ -71,6 +74,40 @@ def test_every_field_as_sent(data_dir, how):
         assert all(type(m) is shmlog.Message for m in got)
         assert [_fields(m) for m in got] == _expected(partition=1)
         assert all(isinstance(m.headers, list) for m in got)
+
+
+def _echo(q_in, q_out):
+    q_out.put([(type(m).__name__, _fields(m)) for m in q_in.get(timeout=30)])
+
+
+def test_messages_pickle_copy_and_cross_a_multiprocessing_queue(data_dir):
+    """A worker pool's habit: consumed Messages handed to another process
+    through a multiprocessing queue arrive as Messages, every field intact."""
+    with running_cluster(data_dir) as cluster:
+        cluster.create_topic("t", partitions=1, **ROOMY)
+        _send_all(cluster, RECORDS)
+        with cluster.consumer("t") as consumer:
+            got = []
+            while len(got) < len(RECORDS):
+                got += consumer.consume(10_000, timeout=5)
+    want = _expected()
+    for proto in range(pickle.HIGHEST_PROTOCOL + 1):
+        back = pickle.loads(pickle.dumps(got, proto))
+        assert all(type(m) is Message for m in back) and [_fields(m) for m in back] == want, proto
+    assert [_fields(copy.copy(m)) for m in got] == want
+    assert [_fields(m) for m in copy.deepcopy(got)] == want
+    ctx = mp.get_context("spawn")
+    q_in, q_out = ctx.Queue(), ctx.Queue()
+    proc = ctx.Process(target=_echo, args=(q_in, q_out))
+    proc.start()
+    try:
+        q_in.put(got)
+        assert q_out.get(timeout=60) == [("Message", w) for w in want]
+    finally:
+        proc.join(30)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
 
 
 def test_unkeyed_run_without_headers(data_dir):
