@@ -19,14 +19,19 @@ from . import Channel, Spec, System
 
 
 class _Push(Endpoint):
-    def __init__(self, addr: str, hwm: int):
+    def __init__(self, addr: str, hwm: int, size: int):
         import zmq
 
         self.ctx = zmq.Context()
         self.s = self.ctx.socket(zmq.PUSH)
         self.s.setsockopt(zmq.SNDHWM, hwm)
         self.s.connect(addr)
-        self.send = functools.partial(self.s.send, copy=False)  # Endpoint docstring
+        # what a pyzmq user writes: s.send(v), which copies a small message
+        # (copy=False makes a tracked Frame per call: 1.9-2.1 us against
+        # 1.0-1.1 us for 100 B here), and copy=False for large ones, where
+        # it saves the copy; never a partial with keywords (a dict per call)
+        send = self.s.send
+        self.send = send if size < zmq.COPY_THRESHOLD else (lambda v: send(v, 0, False))
 
     def send_batch(self, values: List[bytes]) -> None:
         self.s.send_multipart(values, copy=False)
@@ -86,6 +91,6 @@ class ZmqIpc(System):
         # HWM counts frames (a batch is one message of `batch` frames)
         hwm = max(16, min(BUFFER_BYTES // spec.size, 1_000_000))
         try:
-            yield Channel(producer=lambda: _Push(addr, hwm), consumer=lambda: _Pull(addr, hwm))
+            yield Channel(producer=lambda: _Push(addr, hwm, spec.size), consumer=lambda: _Pull(addr, hwm))
         finally:
             shutil.rmtree(d, ignore_errors=True)
