@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from .. import errors
-from ..core._core import ffi, lib
+from ..core import commit as _commit
 from .commit_rules import (
     _F_CLOSED,
     _HDR_FLAGS,
@@ -23,8 +23,8 @@ from .commit_rules import (
 )
 from .rich_queue import _first_nonempty, _ints
 
-_keyed_one = lib.shmlog_keyed_append_one
-_keyed_append = lib.shmlog_keyed_append
+_keyed_one = _commit.keyed_append_one
+_keyed_append = _commit.keyed_append
 
 
 def commit_keyed(self: Any, st: Any) -> None:
@@ -54,15 +54,17 @@ def commit_keyed(self: Any, st: Any) -> None:
             values = kq[1:n:2]
             klens = _ints("i", list(map(len, keys)))
             vlens = _ints("i", list(map(len, values)))
-            failed = ffi.new("uint32_t *")
+            vblob = b"".join(values)
+            kblob = b"".join(keys)
+            logs, slots, ends = st.kq_addrs
+            failed = self._failed
             self._seq += 1
             ts_now = time.time_ns() // 1_000_000
             while True:
-                rc = _keyed_append(st.kq_logs, st.kq_slots, st.nparts, b"".join(values),
-                                   ffi.from_buffer("int32_t[]", vlens), b"".join(keys),
-                                   ffi.from_buffer("int32_t[]", klens), n // 2, ts_now,
+                # one crossing, holding the GIL unless C must wait (core.commit)
+                rc = _keyed_append(logs, slots, st.nparts, vblob, vlens, kblob, klens, n // 2, ts_now,
                                    self.producer_id, self._seq & 0xFFFFFFFF, self._max_block_ns,
-                                   st.kq_ends, failed)
+                                   ends, self._failed_addr)
                 if rc != -errno.ENOENT:
                     break
                 # first record for this partition: take a producer slot
@@ -100,7 +102,7 @@ def send_keyed_one(self: Any, st: Any, partition: int, key: bytes, value: bytes)
                 or plog.closed or st.waiters[partition][_HDR_FLAGS] & _F_CLOSED):
             return False
         self._seq += 1
-        rc = _keyed_one(plog.c_log, slot, key, len(key), value, len(value), time.time_ns() // 1_000_000,
+        rc = _keyed_one(plog.c_addr, slot, key, value, time.time_ns() // 1_000_000,
                         self.producer_id, self._seq & 0xFFFFFFFF, self._max_block_ns)
         self._lone_done(st, partition, plog, rc)
         # a stream of keyed sends (each to another partition, with its

@@ -33,6 +33,7 @@ from operator import itemgetter
 from typing import Any, NamedTuple
 
 from .. import errors
+from ..core import commit as _commit
 from ..core._core import ffi, lib
 from ..core._messages import deliver as _deliver_each
 from ..core._messages import first_nonempty as _first_nonempty
@@ -58,7 +59,7 @@ class RecordMetadata(NamedTuple):
     timestamp: int
 
 
-_rich_append = lib.shmlog_rich_append
+_rich_append = _commit.rich_append
 _CALLBACKS = lib.SHMLOG_RICH_CALLBACKS
 # a queued record's callback, its timestamp
 _callback_of = itemgetter(5)
@@ -117,6 +118,7 @@ def _columns(self: Any, records: list, n: int):
     if arr is None or len(arr) < n:
         arr = self._rich_records = ffi.new("shmlog_rich_record_t[]", max(n, 1024))
         self._rich_view = ffi.buffer(arr)
+        self._rich_addr = _commit.address(arr)
     return arr, _rich_columns(records, n, self._rich_view)
 
 
@@ -162,7 +164,7 @@ def commit_rich(self: Any, st: Any, nowait: bool = False) -> bool:
                 ffi.memmove(offsets, b"\xff" * (8 * n), 8 * n)
             else:
                 out_parts = offsets = ffi.NULL
-            rc = _append(self, st, recs, n, flags, ts_now, out_parts, offsets, nowait)
+            rc = _append(self, st, n, flags, ts_now, out_parts, offsets, nowait)
             if nowait and rc == -errno.EAGAIN:
                 # full now: deliver what went, keep the rest for the worker
                 offs = ffi.unpack(offsets, n)
@@ -221,16 +223,20 @@ def commit_rich(self: Any, st: Any, nowait: bool = False) -> bool:
     return not kept
 
 
-def _append(self: Any, st: Any, recs, n: int, flags: int, ts_now: int, out_parts, offsets,
+def _append(self: Any, st: Any, n: int, flags: int, ts_now: int, out_parts, offsets,
             nowait: bool = False) -> int:
-    """The commit's crossing (and another per partition on first use, to
-    take a producer slot there). On failure self._failed[0] names the
-    partition."""
+    """The commit's crossing of the records _columns wrote (and another per
+    partition on first use, to take a producer slot there), holding the
+    GIL unless C must wait (core.commit). On failure self._failed[0] names
+    the partition."""
     failed = self._failed
+    logs, slots, ends = st.kq_addrs
+    parts_at = 0 if out_parts == ffi.NULL else _commit.address(out_parts)
+    offsets_at = 0 if offsets == ffi.NULL else _commit.address(offsets)
     while True:
-        rc = _rich_append(st.kq_logs, st.kq_slots, st.nparts, recs, n, flags, ts_now,
+        rc = _rich_append(logs, slots, st.nparts, self._rich_addr, n, flags, ts_now,
                           self.producer_id, self._seq & 0xFFFFFFFF, 0 if nowait else self._max_block_ns,
-                          st.kq_ends, failed, out_parts, offsets)
+                          ends, self._failed_addr, parts_at, offsets_at)
         if rc != -errno.ENOENT:
             return rc
         p = failed[0]

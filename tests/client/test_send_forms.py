@@ -182,3 +182,98 @@ def test_keyed_bad_input_raises_at_send(data_dir):
         got = _read_all(cluster, 2)
     assert sorted(m.value for m in got) == [b"ok", b"ok2"]
     assert {m.partition for m in got} == {kafka_partition(b"k", 2)}
+
+
+def test_every_form_at_many_partitions_with_tiny_chunks_keeps_order_and_fields(data_dir):
+    """Every form at 32 partitions of 4 KiB chunks (a chunk turns over every
+    two frames, so most commits meet a rotation), the ring four chunks deep
+    and gated by a consumer reading in a thread of the same process: the
+    producer waits for space again and again, and only gets it if its
+    commits give the GIL up while they wait. Each partition must hold
+    exactly its records in send order, with their keys, headers and
+    timestamps, and every on_delivery must name the offset the record got."""
+    parts, n, ts0 = 32, 6000, 1_700_000_000_000
+    delivered = {}
+
+    def cb(err, md):
+        assert err is None, err
+        delivered[md.offset, md.partition] = md
+
+    with running_cluster(data_dir) as cluster:
+        cluster.create_topic(TOPIC, partitions=parts, storage="memory", chunk_bytes=4096, chunk_count=4)
+        got: list = []
+        with cluster.consumer(TOPIC, group_id="g", auto_offset_reset="earliest") as consumer:
+            reader = threading.Thread(target=lambda: got.extend(collect(consumer, n, timeout=60)))
+            consumer.consume(timeout=0)  # joined and assigned before anything is sent
+            reader.start()
+            sent = []  # (partition or None: where a callback says, value, key, headers, timestamp)
+            try:
+                _send_every_form(cluster, n, parts, ts0, cb, sent)
+            finally:
+                reader.join(90)  # the consumer is closed only after its thread is done
+            rotations = sum(r.hdr.rotations for r in cluster.topic(TOPIC).regions)
+    assert len(got) == n
+    at = {m.value: m for m in got}
+    assert len(at) == n, "a record came twice"
+    for p, v, k, h, ts in sent:
+        m = at[v]
+        if p is not None:
+            assert m.partition == p, v
+        assert m.key == k and list(m.headers) == list(h), v
+        if ts is not None:
+            assert m.timestamp_ms == ts, v
+    # each partition: dense offsets, records in send order
+    order = {v: i for i, (_, v, *_) in enumerate(sent)}
+    for msgs in by_partition(got).values():
+        msgs.sort(key=lambda m: m.offset)
+        assert [m.offset for m in msgs] == list(range(msgs[0].offset, msgs[0].offset + len(msgs)))
+        assert [order[m.value] for m in msgs] == sorted(order[m.value] for m in msgs)
+    # every callback named its record's place
+    want_cb = [at[v] for i, (_, v, *_) in enumerate(sent) if i % 9 in (5, 8)]
+    assert len(delivered) == len(want_cb)
+    for m in want_cb:
+        md = delivered[m.offset, m.partition]
+        assert md.topic == TOPIC and md.timestamp == m.timestamp_ms
+    # rotation was on the path, not beside it: each ring turned over
+    assert rotations > 4 * parts, rotations
+
+
+def _send_every_form(cluster, n, parts, ts0, cb, sent):
+    """Nine forms in turn; sent gets (partition or None: the callback's or
+    the sticky one's, value, key, headers, timestamp) per record."""
+    with cluster.producer(max_block_ms=20_000) as producer:
+        st = producer._state(TOPIC)  # the bare form's sticky partition is read from it
+        for i in range(n):
+            v = b"%06d" % i + b"." * 90  # ~60 records a 4 KiB chunk
+            k = b"user-%d" % i
+            h = [("trace", b"t%d" % i)]
+            form = i % 9
+            if form == 0:
+                p = st.sticky
+                producer.send(TOPIC, v)
+                sent.append((p, v, None, (), None))
+            elif form == 1:
+                producer.send(TOPIC, v, partition=i % parts)
+                sent.append((i % parts, v, None, (), None))
+            elif form == 2:
+                producer.send(TOPIC, v, key=k)
+                sent.append((kafka_partition(k, parts), v, k, (), None))
+            elif form == 3:
+                producer.send(TOPIC, v, headers=h)
+                sent.append((None, v, None, h, None))
+            elif form == 4:
+                producer.send(TOPIC, v, timestamp_ms=ts0 + i)
+                sent.append((None, v, None, (), ts0 + i))
+            elif form == 5:
+                producer.send(TOPIC, v, on_delivery=cb)
+                sent.append((None, v, None, (), None))
+            elif form == 6:
+                producer.send(TOPIC, v, key=k, headers=h)
+                sent.append((kafka_partition(k, parts), v, k, h, None))
+            elif form == 7:
+                producer.send(TOPIC, v, partition=(i * 7) % parts, headers=h, timestamp_ms=ts0 + i)
+                sent.append(((i * 7) % parts, v, None, h, ts0 + i))
+            else:
+                producer.send(TOPIC, v, key=k, on_delivery=cb)
+                sent.append((kafka_partition(k, parts), v, k, (), None))
+        producer.flush()
