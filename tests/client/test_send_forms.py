@@ -7,7 +7,13 @@ doubled, with one thread and with several.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import textwrap
 import threading
+import time
 
 import pytest
 from _broker_helpers import ROOMY, by_partition, collect, kafka_partition, running_cluster
@@ -277,3 +283,93 @@ def _send_every_form(cluster, n, parts, ts0, cb, sent):
                 producer.send(TOPIC, v, key=k, on_delivery=cb)
                 sent.append((kafka_partition(k, parts), v, k, (), None))
         producer.flush()
+
+
+# A producer process that stops itself (SIGSTOP) at the rotation point of
+# the C core (csrc/log.h SHMLOG_POINT_ROTATE: a chunk sealed, the next one
+# not yet opened), reached through its commits' crossings (core.commit,
+# holding the GIL), and is SIGKILLed there by the test.
+_ROTATING_CHILD = textwrap.dedent("""
+    import os, signal, sys
+    import shmlog
+    from shmlog.core._core import ffi, lib
+    cluster = shmlog.connect(sys.argv[1], start=False)
+    stop_file, parts = sys.argv[2], int(sys.argv[3])
+
+    @ffi.callback("void(int)")
+    def hook(point):
+        if point == lib.SHMLOG_POINT_ROTATE:
+            lib.shmlog_set_test_point(ffi.NULL)
+            with open(stop_file + ".tmp", "w") as f:
+                f.write(str(os.getpid()))
+            os.rename(stop_file + ".tmp", stop_file)
+            os.kill(os.getpid(), signal.SIGSTOP)
+
+    lib.shmlog_set_test_point(hook)
+    with cluster.producer() as p:
+        for i in range(100_000):
+            v = b"c%06d" % i + b"." * 90
+            if i % 3 == 0:
+                p.send("t", v, key=b"user-%d" % i)
+            elif i % 3 == 1:
+                p.send("t", v, key=b"user-%d" % i, headers=[("n", b"%d" % i)])
+            else:
+                p.send("t", v, partition=i % parts, on_delivery=lambda err, md: None)
+""")
+
+
+def _child_partition(i: int, parts: int) -> int:
+    return i % parts if i % 3 == 2 else kafka_partition(b"user-%d" % i, parts)
+
+
+def test_a_producer_sigkilled_mid_rotation_loses_nothing_it_committed(data_dir, tmp_path):
+    """Keyed, headers and on_delivery forms at 16 partitions of 4 KiB chunks;
+    the producer is SIGKILLed between sealing a chunk and opening the next.
+    Whoever claims there next opens it; the reaper clears the dead slots. A
+    new producer's records follow in every partition, offsets stay dense,
+    and what the dead one committed is a prefix of what it sent there."""
+    parts, after = 16, 1000
+    stop_file = tmp_path / "stopped"
+    with running_cluster(data_dir, reaper_interval_ms=50) as cluster:
+        cluster.create_topic("t", partitions=parts, storage="memory", chunk_bytes=4096, chunk_count=8)
+        child = subprocess.Popen([sys.executable, "-c", _ROTATING_CHILD, str(data_dir), str(stop_file),
+                                  str(parts)])
+        try:
+            deadline = time.monotonic() + 30
+            while not stop_file.exists():
+                assert child.poll() is None, "the producer ended before any rotation"
+                assert time.monotonic() < deadline, "the producer never reached a rotation"
+                time.sleep(0.02)
+            assert int(stop_file.read_text()) == child.pid
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait(timeout=10)
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+        with cluster.producer() as producer:
+            for i in range(after):
+                producer.send("t", b"n%06d" % i, key=b"user-%d" % i, headers=[("n", b"%d" % i)])
+        with cluster.consumer("t", group_id="check", auto_offset_reset="earliest") as consumer:
+            got = []
+            deadline = time.monotonic() + 30
+            while sum(m.value.startswith(b"n") for m in got) < after:
+                assert time.monotonic() < deadline, "the new producer's records did not all arrive"
+                got += consumer.consume(max_messages=10_000, timeout=0.5)
+            got += consumer.consume(max_messages=10_000, timeout=0.2)
+    dead = [m for m in got if m.value.startswith(b"c")]
+    assert dead, "the killed producer committed nothing before the rotation"
+    for p, msgs in by_partition(got).items():
+        assert [m.offset for m in msgs] == list(range(len(msgs))), f"partition {p}: offsets not dense"
+        firsts = [m.value[:1] for m in msgs]
+        assert firsts == sorted(firsts), f"partition {p}: the dead producer's records after the new ones"
+        mine = [int(m.value[1:7]) for m in msgs if m.value.startswith(b"c")]
+        sent = [i for i in range(max(mine) + 1 if mine else 0) if _child_partition(i, parts) == p]
+        assert mine == sent[:len(mine)] == sent, f"partition {p}: not a prefix of what was sent there"
+        for m in msgs:
+            i = int(m.value[1:7])
+            if m.value.startswith(b"n"):
+                assert m.partition == kafka_partition(b"user-%d" % i, parts)
+                assert list(m.headers) == [("n", b"%d" % i)]
+            elif i % 3 == 1:
+                assert list(m.headers) == [("n", b"%d" % i)]
