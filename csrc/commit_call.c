@@ -303,7 +303,8 @@ static PyObject *keyed_append_one(PyObject *self, PyObject *const *args, Py_ssiz
 /* rich_append(logs, slots, nparts, records, n, flags, timestamp,
  *             producer_id, producer_seq, timeout_ns, ends, failed,
  *             out_parts, offsets) -> n or -errno: shmlog_rich_append, every
- * pointer an address (out_parts and offsets may be 0) */
+ * pointer an address (out_parts and offsets may be 0); the first n offsets
+ * are set to all ones (not committed) before C writes those it commits */
 static PyObject *rich_append(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
@@ -322,6 +323,9 @@ static PyObject *rich_append(PyObject *self, PyObject *const *args, Py_ssize_t n
         PyErr_SetString(PyExc_ValueError, "rich_append(): null arrays, no partitions or no records");
         return NULL;
     }
+    /* a record not committed keeps its entry: NOT_COMMITTED until C writes it */
+    if (offsets != NULL)
+        memset(offsets, 0xff, (size_t)n * sizeof(uint64_t));
     enter();
     int64_t rc = core.rich_append(logs, slots, (uint32_t)nparts, recs, (uint32_t)n, (uint32_t)flags, ts,
                                   pid, (uint32_t)pseq, timeout, ends, failed, out_parts, offsets);

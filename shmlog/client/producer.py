@@ -189,6 +189,7 @@ class Producer:
         self._rich_records: Any = None
         self._rich_view: Any = None
         self._rich_addr = 0  # its address, as rich_queue's crossing hands it to C
+        self._rich_out: Any = None  # its commits' output columns (rich_queue._Placement)
         # shmlog.aio: on this thread (the event loop's) a commit, which may
         # wait for buffer space, is handed to _defer_commit (its worker
         # thread) and the lock is only tried (_LockBusy); _settle_delivery
