@@ -33,12 +33,11 @@ static struct {
     __typeof__(shmlog_set_block_hook) *set_hook;
     __typeof__(shmlog_log_append_one) *append_one;
     __typeof__(shmlog_log_append_pickled) *append_pickled;
-    __typeof__(shmlog_keyed_append) *keyed_append;
     __typeof__(shmlog_keyed_append_one) *keyed_append_one;
     __typeof__(shmlog_rich_append) *rich_append;
 } core;
 
-#define CORE_FUNCTIONS 6
+#define CORE_FUNCTIONS 5
 
 /* the GIL this thread gave up in the hook, during the current call */
 static __thread PyThreadState *released;
@@ -129,8 +128,8 @@ static int nargs_is(Py_ssize_t nargs, Py_ssize_t want, const char *name)
     return -1;
 }
 
-/* bind(set_block_hook, append_one, append_pickled, keyed_append,
- *      keyed_append_one, rich_append): the core functions' addresses */
+/* bind(set_block_hook, append_one, append_pickled, keyed_append_one,
+ *      rich_append): the core functions' addresses */
 static PyObject *bind(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
@@ -148,9 +147,8 @@ static PyObject *bind(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     core.set_hook = (__typeof__(core.set_hook))f[0];
     core.append_one = (__typeof__(core.append_one))f[1];
     core.append_pickled = (__typeof__(core.append_pickled))f[2];
-    core.keyed_append = (__typeof__(core.keyed_append))f[3];
-    core.keyed_append_one = (__typeof__(core.keyed_append_one))f[4];
-    core.rich_append = (__typeof__(core.rich_append))f[5];
+    core.keyed_append_one = (__typeof__(core.keyed_append_one))f[3];
+    core.rich_append = (__typeof__(core.rich_append))f[4];
     Py_RETURN_NONE;
 }
 
@@ -208,67 +206,67 @@ static PyObject *append_pickled(PyObject *self, PyObject *const *args, Py_ssize_
     return PyLong_FromLongLong(rc);
 }
 
-/* n lengths (int32, -1 allowed where nullable) whose non-negative sum must
- * fit the blob they index; -1 with ValueError otherwise */
-static int lengths_fit(const char *lens, Py_ssize_t lens_bytes, Py_ssize_t n, Py_ssize_t blob,
-                       int nullable, const char *name)
-{
-    if (lens_bytes != n * (Py_ssize_t)sizeof(int32_t)) {
-        PyErr_Format(PyExc_ValueError, "%s lengths: %zd bytes for %zd records", name, lens_bytes, n);
-        return -1;
-    }
-    const int32_t *l = (const int32_t *)lens;
-    Py_ssize_t sum = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        int32_t v;
-        memcpy(&v, l + i, sizeof v); /* a bytes object's data is not promised 4-aligned */
-        if (v < (nullable ? -1 : 0)) {
-            PyErr_Format(PyExc_ValueError, "%s length %d of record %zd", name, (int)v, i);
-            return -1;
-        }
-        if (v > 0)
-            sum += v;
-    }
-    if (sum > blob) {
-        PyErr_Format(PyExc_ValueError, "%s lengths add up to %zd, the blob holds %zd", name, sum, blob);
-        return -1;
-    }
-    return 0;
-}
-
-/* keyed_append(logs, slots, nparts, values, value_lens, keys, key_lens, n,
- *              timestamp, producer_id, producer_seq, timeout_ns, ends,
- *              failed) -> n or -errno: shmlog_keyed_append; logs, slots,
- * ends and failed are addresses of the caller's arrays, the rest bytes */
-static PyObject *keyed_append(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+/* keyed_queue_append(logs, slots, nparts, queue, n, records, capacity,
+ *                    timestamp, producer_id, producer_seq, timeout_ns,
+ *                    ends, failed) -> n / 2 or -errno: the producer's keyed
+ * queue (a list of key, value, key, value, ... bytes) up to item n, read
+ * into the records array (`capacity` shmlog_rich_record_t at address
+ * `records`, pointing into the items' bytes) and appended by
+ * shmlog_rich_append, each key hashed to its partition. The queue's
+ * Python side makes no joined copy and no length columns: per record, two
+ * pointers and two lengths are written here. The caller holds the list,
+ * and removes the items only after the call. */
+static PyObject *keyed_queue_append(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    void *logs, *slots, *ends, *failed;
-    int nparts, n;
-    const char *values, *vlens, *keys, *klens;
-    Py_ssize_t values_len, vlens_len, keys_len, klens_len;
+    void *logs, *slots, *recs_at, *ends, *failed;
+    int nparts, n, capacity;
     int64_t ts;
     uint64_t pid, pseq, timeout;
-    if (bound() || nargs_is(nargs, 14, "keyed_append") || arg_ptr(args[0], &logs) ||
-        arg_ptr(args[1], &slots) || arg_int(args[2], &nparts) ||
-        arg_bytes(args[3], &values, &values_len, "values") ||
-        arg_bytes(args[4], &vlens, &vlens_len, "value_lens") ||
-        arg_bytes(args[5], &keys, &keys_len, "keys") ||
-        arg_bytes(args[6], &klens, &klens_len, "key_lens") || arg_int(args[7], &n) ||
-        arg_i64(args[8], &ts) || arg_u64(args[9], &pid) || arg_u64(args[10], &pseq) ||
-        arg_u64(args[11], &timeout) || arg_ptr(args[12], &ends) || arg_ptr(args[13], &failed))
+    if (bound() || nargs_is(nargs, 13, "keyed_queue_append") || arg_ptr(args[0], &logs) ||
+        arg_ptr(args[1], &slots) || arg_int(args[2], &nparts) || arg_int(args[4], &n) ||
+        arg_ptr(args[5], &recs_at) || arg_int(args[6], &capacity) || arg_i64(args[7], &ts) ||
+        arg_u64(args[8], &pid) || arg_u64(args[9], &pseq) || arg_u64(args[10], &timeout) ||
+        arg_ptr(args[11], &ends) || arg_ptr(args[12], &failed))
         return NULL;
-    if (!logs || !slots || !ends || !failed || nparts <= 0 || n <= 0) {
-        PyErr_SetString(PyExc_ValueError, "keyed_append(): null arrays, no partitions or no records");
+    PyObject *queue = args[3];
+    if (!PyList_CheckExact(queue)) {
+        PyErr_SetString(PyExc_TypeError, "keyed_queue_append(): the queue must be a list");
         return NULL;
     }
-    if (lengths_fit(vlens, vlens_len, n, values_len, 1, "value") ||
-        lengths_fit(klens, klens_len, n, keys_len, 0, "key"))
+    if (!logs || !slots || !recs_at || !ends || !failed || nparts <= 0 || n <= 0 || n % 2 ||
+        n > PyList_GET_SIZE(queue) || n / 2 > capacity) {
+        PyErr_Format(PyExc_ValueError,
+                     "keyed_queue_append(): %d items of a queue of %zd (an even count), %d records of room",
+                     n, PyList_GET_SIZE(queue), capacity);
         return NULL;
+    }
+    shmlog_rich_record_t *recs = recs_at;
+    PyObject **items = PySequence_Fast_ITEMS(queue);
+    for (int i = 0; i < n / 2; i++) {
+        PyObject *k = items[2 * i], *v = items[2 * i + 1];
+        if (!PyBytes_CheckExact(k) || !PyBytes_CheckExact(v)) {
+            PyErr_Format(PyExc_TypeError, "keyed queue record %d: key and value must be bytes", i);
+            return NULL;
+        }
+        Py_ssize_t kl = PyBytes_GET_SIZE(k), vl = PyBytes_GET_SIZE(v);
+        if (kl > INT32_MAX || vl > INT32_MAX) {
+            PyErr_Format(PyExc_OverflowError, "keyed queue record %d: above 2 GiB", i);
+            return NULL;
+        }
+        shmlog_rich_record_t *r = &recs[i];
+        r->key = (const uint8_t *)PyBytes_AS_STRING(k);
+        r->key_len = (int32_t)kl;
+        r->value = (const uint8_t *)PyBytes_AS_STRING(v);
+        r->value_len = (int32_t)vl;
+        r->headers = NULL;
+        r->header_len = 0;
+        r->timestamp = -1;
+        r->partition = -1;
+    }
     enter();
-    int64_t rc = core.keyed_append(logs, slots, (uint32_t)nparts, values, (const int32_t *)vlens, keys,
-                                   (const int32_t *)klens, (uint32_t)n, ts, pid, (uint32_t)pseq, timeout,
-                                   ends, failed);
+    int64_t rc = core.rich_append(logs, slots, (uint32_t)nparts, recs, (uint32_t)(n / 2), SHMLOG_RICH_KEYS,
+                                  ts, pid, (uint32_t)pseq, timeout, ends, failed, NULL, NULL);
     leave();
     return PyLong_FromLongLong(rc);
 }
@@ -335,16 +333,16 @@ static PyObject *rich_append(PyObject *self, PyObject *const *args, Py_ssize_t n
 
 static PyMethodDef methods[] = {
     {"bind", (PyCFunction)(void (*)(void))bind, METH_FASTCALL,
-     "bind(set_block_hook, append_one, append_pickled, keyed_append, keyed_append_one, "
+     "bind(set_block_hook, append_one, append_pickled, keyed_append_one, "
      "rich_append): the core functions' addresses"},
     {"append_one", (PyCFunction)(void (*)(void))append_one, METH_FASTCALL,
      "append_one(log, slot, value, timestamp, producer_id, producer_seq, timeout_ns) -> offset or -errno"},
     {"append_pickled", (PyCFunction)(void (*)(void))append_pickled, METH_FASTCALL,
      "append_pickled(log, slot, stream, max_value, timestamp, producer_id, producer_seq, timeout_ns) "
      "-> base offset or -errno"},
-    {"keyed_append", (PyCFunction)(void (*)(void))keyed_append, METH_FASTCALL,
-     "keyed_append(logs, slots, nparts, values, value_lens, keys, key_lens, n, timestamp, producer_id, "
-     "producer_seq, timeout_ns, ends, failed) -> n or -errno"},
+    {"keyed_queue_append", (PyCFunction)(void (*)(void))keyed_queue_append, METH_FASTCALL,
+     "keyed_queue_append(logs, slots, nparts, queue, n, records, capacity, timestamp, producer_id, "
+     "producer_seq, timeout_ns, ends, failed) -> records or -errno"},
     {"keyed_append_one", (PyCFunction)(void (*)(void))keyed_append_one, METH_FASTCALL,
      "keyed_append_one(log, slot, key, value, timestamp, producer_id, producer_seq, timeout_ns) "
      "-> offset or -errno"},

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import errno
 import functools
-import struct
 import threading
 import time
 from collections import deque
@@ -68,11 +67,6 @@ _make_meta = functools.partial(tuple.__new__, RecordMetadata)
 _NOT_COMMITTED = (1 << 64) - 1
 
 
-# int columns are packed with struct: ~5x faster than array() from a list
-def _ints(code: str, items) -> bytes:
-    return struct.pack(f"{len(items)}{code}", *items)
-
-
 def rich_queued(self: Any, st: Any, p: int, nb: int) -> None:
     """After send() queued a record on the rich queue (now nb bytes):
     commit it when it is full, or a reader waits (at most one commit per
@@ -109,16 +103,23 @@ def linger_wake(self: Any) -> None:
         self._wake.set()
 
 
-def _columns(self: Any, records: list, n: int):
-    """records[0:n] as the C core's record array (in one call, pointing
-    into their bytes: valid while records lives) and what they use
-    (SHMLOG_RICH_* flags). The array is the producer's, grown as needed
-    and reused: commits run under its lock."""
+def _records(self: Any, n: int):
+    """The C core's record array for a commit of n records: the
+    producer's, grown as needed and reused (commits run under its lock;
+    nothing reads it once the commit's crossing returns)."""
     arr = self._rich_records
     if arr is None or len(arr) < n:
         arr = self._rich_records = ffi.new("shmlog_rich_record_t[]", max(n, 1024))
         self._rich_view = ffi.buffer(arr)
         self._rich_addr = _commit.address(arr)
+    return arr
+
+
+def _columns(self: Any, records: list, n: int):
+    """records[0:n] as the C core's record array (in one call, pointing
+    into their bytes: valid while records lives) and what they use
+    (SHMLOG_RICH_* flags)."""
+    arr = _records(self, n)
     return arr, _rich_columns(records, n, self._rich_view)
 
 

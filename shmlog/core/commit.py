@@ -24,10 +24,10 @@ def address(cdata) -> int:
 
 _commit.bind(*(address(ffi.addressof(lib, name)) for name in (
     "shmlog_set_block_hook", "shmlog_log_append_one", "shmlog_log_append_pickled",
-    "shmlog_keyed_append", "shmlog_keyed_append_one", "shmlog_rich_append")))
+    "shmlog_keyed_append_one", "shmlog_rich_append")))
 
 append_one = _commit.append_one
 append_pickled = _commit.append_pickled
-keyed_append = _commit.keyed_append
+keyed_queue_append = _commit.keyed_queue_append
 keyed_append_one = _commit.keyed_append_one
 rich_append = _commit.rich_append

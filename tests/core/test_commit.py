@@ -11,7 +11,7 @@ import threading
 import time
 
 import pytest
-from _core_helpers import new_log
+from _core_helpers import new_log, read_all
 from _log_helpers import fill_until_full
 from shmlog.core._core import ffi
 
@@ -96,21 +96,32 @@ def test_a_commit_that_waits_gives_the_gil_to_the_thread_that_frees_space(shm_pr
         assert waited < 4, waited
 
 
-def test_keyed_and_rich_crossings_check_their_lengths(shm_prefix):
-    """Bytes columns that disagree with their lengths are refused before C
-    reads past them."""
+def test_the_keyed_queue_crossing_checks_the_queue_before_c_reads_it(shm_prefix):
+    """The keyed queue is read in C straight from the list: items that are
+    not bytes, an odd count, or more records than the array holds are
+    refused before anything is appended."""
     with new_log(shm_prefix) as plog:
         logs = ffi.new("shmlog_log_t *[]", [plog.c_log])
         slots = ffi.new("int32_t[]", [plog.register_producer()])
         ends = ffi.new("uint64_t[]", 1)
         failed = ffi.new("uint32_t *")
+        recs = ffi.new("shmlog_rich_record_t[]", 2)
         a = commit.address
-        lens = (3).to_bytes(4, sys.byteorder)
-        with pytest.raises(ValueError, match="value lengths add up to 3, the blob holds 2"):
-            commit.keyed_append(a(logs), a(slots), 1, b"ab", lens, b"key", lens, 1, 0, 1, 1, 0, a(ends), a(failed))
-        with pytest.raises(ValueError, match="key lengths: 8 bytes for 1 records"):
-            commit.keyed_append(a(logs), a(slots), 1, b"abc", lens, b"key", lens * 2, 1, 0, 1, 1, 0, a(ends),
-                                a(failed))
-        assert commit.keyed_append(a(logs), a(slots), 1, b"abc", lens, b"key", lens, 1, 0, 1, 1, 0, a(ends),
-                                   a(failed)) == 1
-        assert ends[0] == 1
+
+        def append(queue, n, capacity=2):
+            return commit.keyed_queue_append(a(logs), a(slots), 1, queue, n, a(recs), capacity, 7, 1, 1, 0,
+                                             a(ends), a(failed))
+
+        with pytest.raises(TypeError, match="record 1: key and value must be bytes"):
+            append([b"k0", b"v0", b"k1", "v1"], 4)
+        with pytest.raises(ValueError, match="an even count"):
+            append([b"k0", b"v0", b"k1"], 3)
+        with pytest.raises(ValueError, match="2 records of room"):
+            append([b"k0", b"v0", b"k1", b"v1", b"k2", b"v2"], 6)
+        with pytest.raises(ValueError, match="of a queue of 2"):
+            append([b"k0", b"v0"], 4)
+        assert plog.end_offset() == 0
+        assert append([b"k0", b"v0", b"k1", b"v1", b"late"], 4) == 2
+        assert ends[0] == 2
+        offsets, values, keys, _, timestamps = read_all(plog)
+        assert (offsets, values, keys, timestamps) == ([0, 1], [b"v0", b"v1"], [b"k0", b"k1"], [7, 7])
