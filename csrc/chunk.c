@@ -37,6 +37,24 @@ void shmlog_set_test_point(shmlog_point_fn fn)
             test_point(p);                            \
     } while (0)
 
+/* The thread's hook before it blocks (log.h): per thread, since each
+ * caller decides for its own call whether it holds a lock to drop. */
+static __thread shmlog_block_fn block_hook;
+
+void shmlog_set_block_hook(shmlog_block_fn fn)
+{
+    block_hook = fn;
+}
+
+static void before_blocking(void)
+{
+    shmlog_block_fn fn = block_hook;
+    if (__builtin_expect(fn != NULL, 0)) {
+        block_hook = NULL; /* once: the caller takes its lock back after the call */
+        fn();
+    }
+}
+
 static void complete_seal_state(shmlog_chunk_t *d)
 {
     uint64_t st = shmlog_load_acquire_u64(&d->state);
@@ -155,6 +173,7 @@ static int try_rotate(shmlog_log_t *log, uint64_t seq)
             return -EAGAIN;
         }
         AT_POINT(SHMLOG_POINT_RESERVE);
+        before_blocking(); /* populating a chunk's pages may take milliseconds */
         if (reserve_chunk(log, (uint32_t)((seq + 1) % log->chunk_count)) != 0) {
             /* as if we never began: still FREE, still released */
             if (log->budget)
@@ -521,6 +540,7 @@ int shmlog_chunk_wait_rotation(shmlog_log_t *log, uint64_t seq, uint64_t deadlin
         uint64_t now = shmlog_now_ns();
         if (now >= deadline)
             return -EAGAIN;
+        before_blocking();
         release_orphan(log, seq + 1);
         /* seq_cst increment, then one more look at the chunk: pairs with the
          * fence in wake_space, so either we see the freed space or the

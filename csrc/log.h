@@ -141,6 +141,18 @@ int shmlog_log_append_section(shmlog_log_t *log, int slot, const uint8_t *payloa
 typedef void (*shmlog_point_fn)(int point);
 void shmlog_set_test_point(shmlog_point_fn fn);
 
+/* The calling thread's "about to block" hook: called once, on this
+ * thread, right before an append first sleeps (waiting for a chunk to
+ * rotate, for space, or for the budget) or reserves a chunk's pages (a
+ * long syscall), and then cleared. A caller that holds a lock other threads
+ * need while it waits drops it there: shmlog.core._commit's calls hold
+ * Python's GIL through an append that does not block (a thread that takes
+ * the GIL at every commit's crossing slows a streaming producer down by
+ * half; csrc/commit_call.c). NULL (the default; cffi's calls have released
+ * the GIL already): nothing is called. */
+typedef void (*shmlog_block_fn)(void);
+void shmlog_set_block_hook(shmlog_block_fn fn);
+
 /* Test hook for fault tests: claim space and write the CLAIMED header, then
  * return without committing, as a producer SIGKILLed mid-batch would. */
 int shmlog_log_claim_only(shmlog_log_t *log, int slot, uint32_t payload_bytes,

@@ -202,8 +202,8 @@ def _commit_keyed_run(sync: Any, run: Run) -> tuple:
                 if st.waiters[0][_HDR_FLAGS] & _F_CLOSED or st.topic.regions[0].closed:
                     raise errors.UnknownTopic(f"topic {st.name!r} was deleted while this producer used it",
                                               what=st.name)
-                recs, flags = rich_columns(sync, records, m)
-                rc = rich_append(sync, st, recs, m, flags, ts_now, out_parts, offsets)
+                _, flags = rich_columns(sync, records, m)
+                rc = rich_append(sync, st, m, flags, ts_now, out_parts, offsets)
                 starts.append(i)
                 frames.append((-1, -1, ts_now))
                 parts += ffi.unpack(out_parts, m)

@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from .. import errors
-from ..core._core import ffi, lib
+from ..core import commit as _commit
 from .commit_rules import (
     _F_CLOSED,
     _HDR_FLAGS,
@@ -21,10 +21,10 @@ from .commit_rules import (
     STREAM_GAP,
     _clock,
 )
-from .rich_queue import _first_nonempty, _ints
+from .rich_queue import _first_nonempty, _records
 
-_keyed_one = lib.shmlog_keyed_append_one
-_keyed_append = lib.shmlog_keyed_append
+_keyed_one = _commit.keyed_append_one
+_keyed_queue_append = _commit.keyed_queue_append
 
 
 def commit_keyed(self: Any, st: Any) -> None:
@@ -50,19 +50,18 @@ def commit_keyed(self: Any, st: Any) -> None:
                 self._topics.pop(st.name, None)
                 raise errors.UnknownTopic(f"topic {st.name!r} was deleted while this producer used it",
                                           what=st.name)
-            keys = kq[0:n:2]
-            values = kq[1:n:2]
-            klens = _ints("i", list(map(len, keys)))
-            vlens = _ints("i", list(map(len, values)))
-            failed = ffi.new("uint32_t *")
+            # the queue's keys and values are read into the core's record
+            # array in C (no joined copy, no length columns made here)
+            recs = _records(self, n // 2)
+            logs, slots, ends = st.kq_addrs
+            failed = self._failed
             self._seq += 1
             ts_now = time.time_ns() // 1_000_000
             while True:
-                rc = _keyed_append(st.kq_logs, st.kq_slots, st.nparts, b"".join(values),
-                                   ffi.from_buffer("int32_t[]", vlens), b"".join(keys),
-                                   ffi.from_buffer("int32_t[]", klens), n // 2, ts_now,
-                                   self.producer_id, self._seq & 0xFFFFFFFF, self._max_block_ns,
-                                   st.kq_ends, failed)
+                # one crossing, holding the GIL unless C must wait (core.commit)
+                rc = _keyed_queue_append(logs, slots, st.nparts, kq, n, self._rich_addr, len(recs), ts_now,
+                                         self.producer_id, self._seq & 0xFFFFFFFF, self._max_block_ns,
+                                         ends, self._failed_addr)
                 if rc != -errno.ENOENT:
                     break
                 # first record for this partition: take a producer slot
@@ -100,7 +99,7 @@ def send_keyed_one(self: Any, st: Any, partition: int, key: bytes, value: bytes)
                 or plog.closed or st.waiters[partition][_HDR_FLAGS] & _F_CLOSED):
             return False
         self._seq += 1
-        rc = _keyed_one(plog.c_log, slot, key, len(key), value, len(value), time.time_ns() // 1_000_000,
+        rc = _keyed_one(plog.c_addr, slot, key, value, time.time_ns() // 1_000_000,
                         self.producer_id, self._seq & 0xFFFFFFFF, self._max_block_ns)
         self._lone_done(st, partition, plog, rc)
         # a stream of keyed sends (each to another partition, with its

@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from .. import config as cfgmod
 from .. import errors
+from ..core import commit as _commit
 from ..core._core import ffi, lib
 from ..core.budget_region import budget_wait
 from ..core.codec import encode_headers
@@ -49,7 +50,7 @@ from .keyed_queue import commit_keyed, send_keyed_one
 from .rich_queue import RecordMetadata, commit_rich, linger_wake, rich_queued
 
 _ids = itertools.count(1)
-_append_one = lib.shmlog_log_append_one
+_append_one = _commit.append_one
 _key_partition = lib.shmlog_key_partition
 _BYTES_LIKE = (bytes, bytearray, memoryview)
 # timestamps are Kafka's: a signed 64-bit count of milliseconds since the epoch
@@ -78,7 +79,7 @@ class _TopicState:
                  "sticky", "limit", "frame_limit", "max_message", "next_hungry",
                  "hungry_tokens", "tokens_at", "waiters", "bell", "committed_end", "storage",
                  "nparts", "kq", "kq_limit", "kq_bytes", "kq_since", "kq_at", "kq_next", "kq_logs", "kq_slots",
-                 "kq_ends")
+                 "kq_ends", "kq_addrs")
 
     def __init__(self, name, topic, batch_bytes: int):
         self.name = name
@@ -145,6 +146,23 @@ class _TopicState:
         self.kq_logs = ffi.new("shmlog_log_t *[]", [r.c_log for r in topic.regions])
         self.kq_slots = ffi.new("int32_t[]", [-1] * n)
         self.kq_ends = ffi.new("uint64_t[]", n)  # end offsets committed through the queue
+        # the three arrays' addresses, as the queues' commits hand them to C (core.commit)
+        self.kq_addrs = (_commit.address(self.kq_logs), _commit.address(self.kq_slots),
+                         _commit.address(self.kq_ends))
+
+
+class _FlusherWake(threading.Event):
+    """The flusher's wake-up, set for every new pending batch (at 256
+    partitions, every ~30 messages). Event.set takes the condition's lock
+    and notifies even when the flag is already up, which costs the sender
+    ~1 us a batch; the flag is up from one set() until the flusher clears
+    it after waking, and a batch queued meanwhile is seen by the scan the
+    flusher makes after clear() (the GIL orders the two), so a set() that
+    finds the flag up has nothing to add."""
+
+    def set(self) -> None:
+        if not self.is_set():
+            super().set()
 
 
 class _LockBusy(Exception):
@@ -178,11 +196,14 @@ class Producer:
         self._release = self._lock.release
         self._closed = False
         self._error: Optional[BaseException] = None
-        self._wake = threading.Event()
+        self._wake = _FlusherWake()
         self._failed = ffi.new("uint32_t *")  # the partition a queue's commit failed on
+        self._failed_addr = _commit.address(self._failed)
         # the rich queue's record array (rich_queue._columns), reused by its commits
         self._rich_records: Any = None
         self._rich_view: Any = None
+        self._rich_addr = 0  # its address, as rich_queue's crossing hands it to C
+        self._rich_out: Any = None  # its commits' output columns (rich_queue._Placement)
         # shmlog.aio: on this thread (the event loop's) a commit, which may
         # wait for buffer space, is handed to _defer_commit (its worker
         # thread) and the lock is only tried (_LockBusy); _settle_delivery
@@ -584,7 +605,7 @@ class Producer:
             self._append(st, partition, [value], None, None, None, None)
             return
         self._seq += 1
-        rc = _append_one(plog.c_log, slot, value, len(value), time.time_ns() // 1_000_000,
+        rc = _append_one(plog.c_addr, slot, value, time.time_ns() // 1_000_000,
                          self.producer_id, self._seq & 0xFFFFFFFF, self._max_block_ns)
         self._lone_done(st, partition, plog, rc)
 

@@ -297,6 +297,8 @@ int shmlog_log_append_section(shmlog_log_t *log, int slot, const uint8_t *payloa
 #define SHMLOG_POINT_RELEASE ...
 typedef void (*shmlog_point_fn)(int point);
 void shmlog_set_test_point(shmlog_point_fn fn);
+typedef void (*shmlog_block_fn)(void);
+void shmlog_set_block_hook(shmlog_block_fn fn);
 int shmlog_log_claim_only(shmlog_log_t *log, int slot, uint32_t payload_bytes,
                           uint32_t record_count, uint64_t *base_offset);
 int shmlog_log_read(shmlog_log_t *log, shmlog_cursor_t *cursor, shmlog_records_out_t *out,

@@ -21,6 +21,7 @@ import lz4.block
 import posix_ipc
 
 from .. import errors
+from . import commit as _commit
 from ._core import ffi, lib
 from .codec import columns, encode_headers
 from .reader import RecordReader
@@ -30,7 +31,6 @@ COMPRESSION = {None: 0, "none": 0, "lz4": lib.SHMLOG_ATTR_LZ4}
 
 _APPEND_FALLBACK = (-errno.EPROTO, -errno.EMSGSIZE, -errno.E2BIG)
 _SLOTS = lib.SHMLOG_MAX_PRODUCERS + lib.SHMLOG_MAX_READERS
-_append_one = lib.shmlog_log_append_one
 
 DEFAULT_CHUNK_BYTES = 16 << 20
 DEFAULT_CHUNK_COUNT = 4
@@ -53,6 +53,9 @@ class PartitionLog:
         self.mapping = mm
         self.base = ffi.from_buffer(mm)
         self.c_log = handle
+        # the handle's address: the producer's commits reach the core with
+        # it through core.commit (holding the GIL), never after close()
+        self.c_addr = _commit.address(handle)
         self.created = created
         self._closed = False
         self._bell_buf = None
@@ -187,6 +190,7 @@ class PartitionLog:
         self.set_budget(None)
         self.hdr = None
         self.c_log = None
+        self.c_addr = 0
         ffi.release(self.base)
         if self._bell_buf is not None:
             ffi.release(self._bell_buf)
@@ -430,9 +434,10 @@ class PartitionLog:
         base offset, or (without raising) -EPROTO / -EMSGSIZE / -E2BIG when
         the caller must use append() instead (another shape, a value above
         max_value, a batch above the frame limit); raises for anything else."""
-        rc = lib.shmlog_log_append_pickled(self.checked_log(), slot, ffi.from_buffer(stream), len(stream),
-                                           min(max_value, 0x7FFFFFFF), timestamp, producer_id,
-                                           producer_seq & 0xFFFFFFFF, int(max(timeout, 0) * 1e9))
+        if self._closed:
+            self.checked_log()  # raises Closed
+        rc = _commit.append_pickled(self.c_addr, slot, stream, min(max_value, 0x7FFFFFFF), timestamp,
+                                    producer_id, producer_seq & 0xFFFFFFFF, int(max(timeout, 0) * 1e9))
         if rc < 0 and rc not in _APPEND_FALLBACK:
             errors.check(rc, self.what)
         return rc
@@ -444,8 +449,8 @@ class PartitionLog:
         C); returns its offset."""
         if self._closed:
             self.checked_log()  # raises Closed
-        rc = _append_one(self.c_log, slot, value, len(value), timestamp, producer_id,
-                         producer_seq & 0xFFFFFFFF, int(timeout * 1e9) if timeout > 0 else 0)
+        rc = _commit.append_one(self.c_addr, slot, value, timestamp, producer_id,
+                                producer_seq & 0xFFFFFFFF, int(timeout * 1e9) if timeout > 0 else 0)
         if rc < 0:
             errors.check(rc, self.what)
         return rc

@@ -666,3 +666,34 @@ def test_lone_sends_commit_at_once_and_a_stream_batches(data_dir, reader_waits):
                 assert batch is not None
                 got += batch.values
         assert got == [b"first"] + [b"lone %d" % i for i in range(10)] + [b"stream %d" % i for i in range(n)]
+
+
+@pytest.mark.parametrize("form", ["bare", "headers", "keyed"])
+def test_a_stream_that_stops_without_flush_is_committed_by_the_flusher_at_once(data_dir, form):
+    """linger_ms=0 and no reader waiting: a stream's last batches stay queued
+    when send() returns, and only the flusher thread commits them. It is
+    woken for each new batch (a wake-up skipped while one is pending must
+    never be one too few): the tail is readable within milliseconds, not at
+    the flusher's half-second timeout."""
+    n = 2000
+    with running_cluster(data_dir) as cluster:
+        cluster.create_topic("t", partitions=16, storage="memory", chunk_bytes=65536, chunk_count=8)
+        with cluster.consumer("t", group_id="g", auto_offset_reset="earliest") as consumer, \
+                cluster.producer(linger_ms=0) as producer:
+            consumer.consume(timeout=0)  # assigned; it does not wait while the stream runs
+            for rnd in range(3):
+                for i in range(n):
+                    v = b"%d-%06d" % (rnd, i)
+                    if form == "bare":
+                        producer.send("t", v)
+                    elif form == "headers":
+                        producer.send("t", v, headers=[("h", b"1")])
+                    else:
+                        producer.send("t", v, key=v)
+                t0 = time.monotonic()
+                got = 0
+                while got < n and time.monotonic() - t0 < 5:
+                    got += len(consumer.consume(max_messages=n, timeout=0.01))
+                took = time.monotonic() - t0
+                assert got == n
+                assert took < 0.3, f"round {rnd}: the stream's tail took {took:.3f} s to be committed"

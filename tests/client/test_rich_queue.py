@@ -194,6 +194,38 @@ def test_callback_that_sends_and_flushes_delivers_each_once(data_dir):
     assert sum(m.value == b"echo" for m in got) == 20
 
 
+def test_a_commit_inside_a_callback_does_not_disturb_the_rest_of_its_commit(data_dir):
+    """The commit's partition and offset columns are kept and reused across
+    commits; a callback's own commit of several records (made while the
+    outer commit's callbacks are still being called from those columns)
+    must not write over the entries the outer commit has yet to deliver."""
+    calls = []
+    with running_cluster(data_dir) as cluster:
+        cluster.create_topic(TOPIC, partitions=2, **ROOMY)
+        with cluster.producer(linger_ms=60_000) as producer:
+            def inner(err, md):
+                calls.append(("inner", md.partition, md.offset))
+
+            def outer(err, md):
+                calls.append(("outer", md.partition, md.offset))
+                if len(calls) == 1:
+                    for i in range(6):
+                        producer.send(TOPIC, b"in%d" % i, partition=1 - md.partition, on_delivery=inner)
+                    producer.flush()
+
+            for i in range(20):
+                producer.send(TOPIC, b"out%d" % i, partition=0, on_delivery=outer)
+            producer.flush()
+        got = _read_all(cluster, 26)
+    place = {(m.partition, m.offset): m.value for m in got}
+    outer_calls = [(p, o) for who, p, o in calls if who == "outer"]
+    inner_calls = [(p, o) for who, p, o in calls if who == "inner"]
+    assert outer_calls == [(0, i) for i in range(20)]
+    assert inner_calls == [(1, i) for i in range(6)]
+    assert [place[po] for po in outer_calls] == [b"out%d" % i for i in range(20)]
+    assert [place[po] for po in inner_calls] == [b"in%d" % i for i in range(6)]
+
+
 def test_buffer_full_reaches_every_callback_of_the_batch(data_dir):
     with running_cluster(data_dir) as cluster:
         cluster.create_topic("bp", partitions=1, **SMALL)
