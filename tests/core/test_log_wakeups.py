@@ -390,12 +390,12 @@ def test_a_poll_says_how_its_data_came(shm_prefix):
         for spin_ns, kind in ((5 * 10**9, lib.SHMLOG_WAITED_SPIN), (0, lib.SHMLOG_WAITED_FUTEX)):
             committed = []
 
-            def commit_later():
+            def commit_later(committed):
                 time.sleep(0.05)
                 committed.append(time.monotonic_ns())
                 plog.append(slot, [b"later"])
 
-            t = threading.Thread(target=commit_later)
+            t = threading.Thread(target=commit_later, args=(committed,))
             t.start()
             try:
                 res = reader.read(c, 10, spin_ns=spin_ns, wait_ns=10 * 10**9)
