@@ -23,8 +23,10 @@ import argparse
 import ctypes
 import gc
 import os
+import signal
 import statistics
 import sys
+import threading
 from array import array
 from typing import Any, Dict
 
@@ -186,6 +188,10 @@ def main(argv=None) -> int:
     ap.add_argument("--rate", type=int, default=10_000)
     ap.add_argument("--n", type=int, default=20_000)
     ap.add_argument("--over", type=float, default=40.0, help="the threshold in us for a slow message")
+    ap.add_argument("--stop-supervisor", action="store_true",
+                    help="SIGSTOP the supervisor from 1.5 s after the start (the consumer has joined its "
+                         "group by then) to the end: the data path does not need it, so this shows "
+                         "what its wake-ups cost")
     a = ap.parse_args(argv)
     spin = None if a.spin == "default" else ("auto" if a.spin == "auto" else float(a.spin))
     warm = max(a.n // 20, 1)
@@ -194,14 +200,26 @@ def main(argv=None) -> int:
     try:
         spec = Spec("W4", "msg", SMALL, a.n, warm, rate=a.rate, spin_us=spin)
         with s.channel(spec) as ch:
-            res = run_procs([Proc("consumer", consumer, (ch.consumer, a.n, warm)),
-                             Proc("producer", producer, (ch.producer, a.n, warm, a.rate))], 60.0)
+            stopper = None
+            if a.stop_supervisor:
+                with open(os.path.join(ch.data_dir, "supervisor.lock")) as f:
+                    sup = int(f.read().split()[0])
+                stopper = threading.Timer(1.5, os.kill, (sup, signal.SIGSTOP))
+                stopper.start()
+            try:
+                res = run_procs([Proc("consumer", consumer, (ch.consumer, a.n, warm)),
+                                 Proc("producer", producer, (ch.producer, a.n, warm, a.rate))], 60.0)
+            finally:
+                if stopper is not None:
+                    stopper.cancel()
+                    os.kill(sup, signal.SIGCONT)
     finally:
         s.shutdown()
     if any(st != "ok" for st, _ in res):
         print("failed:", res)
         return 1
-    print(f"W4 probe: spin_us={a.spin}, {a.rate} msg/s, load {os.getloadavg()[0]:.2f}")
+    print(f"W4 probe: spin_us={a.spin}, {a.rate} msg/s, load {os.getloadavg()[0]:.2f}"
+          + (", supervisor stopped" if a.stop_supervisor else ""))
     analyse(res[1][1], res[0][1], warm, a.over)
     return 0
 
