@@ -75,7 +75,18 @@ typedef struct {
     uint64_t one_offset;         /* SHMLOG_READ_ONE: the record's offset and timestamp */
     int64_t one_timestamp;
     uint64_t pickle_bytes;       /* SHMLOG_READ_PICKLE: the stream's length in dst */
+    /* shmlog_log_poll_pickled: how the data was waited for (SHMLOG_WAITED_*)
+     * and when the wait saw it (CLOCK_MONOTONIC ns, 0 if it did not wait):
+     * the adaptive wait (shmlog/client/arrivals.py) dates arrivals by them */
+    uint32_t waited;
+    uint32_t _pad2;
+    uint64_t seen_ns;
 } shmlog_read_info_t;
+
+/* how shmlog_log_poll_pickled's data came (shmlog_read_info_t.waited) */
+#define SHMLOG_WAITED_NONE   0  /* there at the first look, or never came */
+#define SHMLOG_WAITED_SPIN   1  /* seen while spinning: seen_ns is its arrival, to a poll's width */
+#define SHMLOG_WAITED_FUTEX  2  /* seen after a futex sleep: a wake-up (or the sleep's end) later */
 
 /* frontier states (shmlog_log_frontier) */
 #define SHMLOG_FRONTIER_IDLE      0  /* nothing claimed past the committed end */

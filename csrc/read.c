@@ -252,6 +252,9 @@ int shmlog_log_read_pickled(shmlog_log_t *log, shmlog_cursor_t *c, shmlog_record
     return rc < 0 ? rc : SHMLOG_READ_PICKLE;
 }
 
+static int log_wait(shmlog_log_t *log, const shmlog_cursor_t *cursor, uint64_t spin_ns,
+                    uint64_t timeout_ns, uint32_t *waited, uint64_t *seen_ns);
+
 int shmlog_log_poll_pickled(shmlog_log_t *log, shmlog_cursor_t *c, shmlog_records_out_t *out,
                             uint32_t max_records, uint64_t max_bytes, uint32_t small_below,
                             shmlog_read_info_t *info, uint8_t *dst, size_t cap, int reader_slot,
@@ -259,9 +262,15 @@ int shmlog_log_poll_pickled(shmlog_log_t *log, shmlog_cursor_t *c, shmlog_record
 {
     int k = shmlog_log_read_pickled(log, c, out, max_records, max_bytes, small_below, info,
                                         dst, cap, read_flags);
-    if (k == SHMLOG_READ_NONE && timeout_ns && shmlog_log_wait(log, c, spin_ns, timeout_ns) == 0)
+    uint32_t waited = SHMLOG_WAITED_NONE;
+    uint64_t seen_ns = 0;
+    if (k == SHMLOG_READ_NONE && timeout_ns &&
+        log_wait(log, c, spin_ns, timeout_ns, &waited, &seen_ns) == 0)
         k = shmlog_log_read_pickled(log, c, out, max_records, max_bytes, small_below, info, dst,
                                     cap, read_flags);
+    /* after the reads: each one clears info */
+    info->waited = waited;
+    info->seen_ns = seen_ns;
     if ((k == SHMLOG_READ_PICKLE || k == SHMLOG_READ_ONE) && reader_slot >= 0)
         shmlog_log_reader_set_position(log, reader_slot, c->next_offset);
     return k;
@@ -340,15 +349,17 @@ static int data_ready(shmlog_log_t *log, const shmlog_cursor_t *cursor)
     return next_frame(log, &c, &f, &fl) != NF_NOTYET;
 }
 
-int shmlog_log_wait(shmlog_log_t *log, const shmlog_cursor_t *cursor, uint64_t spin_ns,
-                    uint64_t timeout_ns)
+/* shmlog_log_wait, also saying how the data came (SHMLOG_WAITED_*) and when
+ * it was seen: one clock read more, only once the wait ends */
+static int log_wait(shmlog_log_t *log, const shmlog_cursor_t *cursor, uint64_t spin_ns,
+                    uint64_t timeout_ns, uint32_t *waited, uint64_t *seen_ns)
 {
     shmlog_part_hdr_t *h = log->hdr;
     if (data_ready(log, cursor))
         return 0;
     uint64_t start = shmlog_now_ns();
     uint64_t deadline = start + timeout_ns;
-    int rc = -ETIMEDOUT;
+    int rc = -ETIMEDOUT, slept = 0;
     /* hungry while spinning and while asleep: producers read it to commit
      * now instead of batching on. Only a sleeper counts in data_waiters, so
      * a committer makes no futex syscall for a reader that spins. */
@@ -359,6 +370,8 @@ int shmlog_log_wait(shmlog_log_t *log, const shmlog_cursor_t *cursor, uint64_t s
             for (int k = 0; k < 16; k++)
                 shmlog_cpu_relax();
             if (data_ready(log, cursor)) {
+                *seen_ns = shmlog_now_ns();
+                *waited = SHMLOG_WAITED_SPIN;
                 shmlog_fetch_sub_u32(&h->data_hungry, 1);
                 return 0;
             }
@@ -374,6 +387,9 @@ int shmlog_log_wait(shmlog_log_t *log, const shmlog_cursor_t *cursor, uint64_t s
         uint32_t v = shmlog_futex_arm(&h->data_futex);
         shmlog_fence_seq_cst(); /* pairs with the committer's CAS before wake_data */
         if (data_ready(log, cursor)) {
+            *seen_ns = shmlog_now_ns();
+            /* not slept yet: seen at a look, as a spin sees it */
+            *waited = slept ? SHMLOG_WAITED_FUTEX : SHMLOG_WAITED_SPIN;
             rc = 0;
             break;
         }
@@ -384,10 +400,19 @@ int shmlog_log_wait(shmlog_log_t *log, const shmlog_cursor_t *cursor, uint64_t s
         /* bounded sleeps: a committer that died between CAS and wake costs us
          * at most this much */
         shmlog_futex_wait(&h->data_futex, v, left < 100000000ull ? left : 100000000ull);
+        slept = 1;
     }
     shmlog_fetch_sub_u32(&h->data_waiters, 1);
     shmlog_fetch_sub_u32(&h->data_hungry, 1);
     return rc;
+}
+
+int shmlog_log_wait(shmlog_log_t *log, const shmlog_cursor_t *cursor, uint64_t spin_ns,
+                    uint64_t timeout_ns)
+{
+    uint32_t waited;
+    uint64_t seen_ns;
+    return log_wait(log, cursor, spin_ns, timeout_ns, &waited, &seen_ns);
 }
 
 /* the index of the first cursor with data, or -ETIMEDOUT if none has yet */

@@ -12,6 +12,9 @@ import time
 
 from ..core._core import lib
 
+_WAITED_SPIN = lib.SHMLOG_WAITED_SPIN
+_WAITED_FUTEX = lib.SHMLOG_WAITED_FUTEX
+
 # the default consumer's spin before its futex sleep; also the adaptive
 # wait's for a stream (no gap worth sleeping in) or an unknown rate
 DEFAULT_SPIN_US = 50.0
@@ -148,14 +151,27 @@ class Arrivals:
 
     def read(self, read, a, want: int, wait_ns: int, one: bool):
         """Consumer._read by plan(): a futex sleep (a commit ends it early)
-        until shortly before the next message is due, then the spin."""
+        until shortly before the next message is due, then the spin.
+
+        Arrivals are dated by what the C wait saw (the read info's `waited`
+        and `seen_ns`), not by the time the read returned: a message that
+        was already there when a late timer let the spin begin would
+        otherwise be dated when the spin began, tens of us late on a VM,
+        and the due time would drift later read by read; one seen at the
+        end of the spin would be taken for a futex wake-up and dated
+        WAKE_NS early. Without that info (a stub read) the times the read
+        took decide, as they must."""
+        info = getattr(getattr(a, "reader", None), "_info", None)
         sleep_ns, spin_ns = self.plan(wait_ns)
         t0 = _now_ns()
         if sleep_ns:
             res = read(a, want, sleep_ns, one, 0)
             t1 = _now_ns()
             if res is not None:
-                self.arrived(records_in(res), "early" if t1 - t0 > 2_000 else "ready", t1)
+                if info is None:
+                    self.arrived(records_in(res), "early" if t1 - t0 > 2_000 else "ready", t1)
+                else:
+                    self._seen(res, info, "early", t1)
                 return res
             if sleep_ns >= wait_ns:
                 return None
@@ -166,10 +182,25 @@ class Arrivals:
         res = read(a, want, max(wait_ns - sleep_ns, 1), one, spin_ns)
         if res is not None:
             t1 = _now_ns()
-            dt = t1 - t0
-            self.arrived(records_in(res), "spin" if 1_000 < dt < spin_ns
-                         else ("late" if dt >= spin_ns else "ready"), t1)
+            if info is None:
+                dt = t1 - t0
+                self.arrived(records_in(res), "spin" if 1_000 < dt < spin_ns
+                             else ("late" if dt >= spin_ns else "ready"), t1)
+            else:
+                self._seen(res, info, "late", t1)
         return res
+
+    def _seen(self, res, info, slept: str, now: int) -> None:
+        """arrived() for a read whose C wait said how it found the data:
+        `slept` names a futex wake-up in this phase ("early" in the sleep
+        before the spin, "late" in the wait after it)."""
+        waited = info.waited
+        if waited == _WAITED_SPIN:
+            self.arrived(records_in(res), "spin", info.seen_ns)
+        elif waited == _WAITED_FUTEX:
+            self.arrived(records_in(res), slept, info.seen_ns)
+        else:
+            self.arrived(records_in(res), "ready", now)
 
     def wait_any(self, logs, cursors, n: int, bell, timeout_ns: int) -> None:
         """Consumer._wait over several partitions, by plan()."""

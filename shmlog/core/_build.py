@@ -207,6 +207,9 @@ typedef struct {
     uint64_t one_offset;
     int64_t one_timestamp;
     uint64_t pickle_bytes;
+    uint32_t waited;
+    uint32_t _pad2;
+    uint64_t seen_ns;
     ...;
 } shmlog_read_info_t;
 
@@ -311,6 +314,9 @@ int shmlog_log_validate_read(shmlog_log_t *log, shmlog_cursor_t *cursor,
 #define SHMLOG_READ_FRAME ...
 #define SHMLOG_READ_COLUMNS ...
 #define SHMLOG_READ_ONE_OK ...
+#define SHMLOG_WAITED_NONE ...
+#define SHMLOG_WAITED_SPIN ...
+#define SHMLOG_WAITED_FUTEX ...
 int shmlog_log_read_pickled(shmlog_log_t *log, shmlog_cursor_t *cursor, shmlog_records_out_t *out,
                             uint32_t max_records, uint64_t max_bytes, uint32_t small_below,
                             shmlog_read_info_t *info, uint8_t *dst, size_t cap,

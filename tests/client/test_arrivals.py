@@ -247,3 +247,57 @@ def test_the_spin_ends_where_planned_after_a_late_timer(monkeypatch):
     assert calls[0] == (sleep, 0)
     assert calls[1][1] == spin - 3_000
     assert arr.timer_late == 3_000 >> 3
+
+
+def test_arrivals_are_dated_by_what_the_wait_saw(monkeypatch):
+    """Arrivals.read dates a message by the C wait's account (read info
+    `waited`, `seen_ns`), not by when the read returned: one already there
+    when a late timer let the spin begin is dated at most at its due time
+    (not when the spin began: that would move the next due time later,
+    read by read); one seen spinning at the C wait's own time; one seen
+    after a futex sleep WAKE_NS before it."""
+    from types import SimpleNamespace
+
+    from shmlog.core._core import lib
+
+    clock = [1_000_000_000]
+    monkeypatch.setattr(amod, "_now_ns", lambda: clock[0])
+    monkeypatch.setattr(amod, "_fine_timer_slack", lambda: None)
+
+    def learnt():
+        arr = amod.Arrivals()
+        for _ in range(200):
+            arr.arrived(1, "spin")
+            clock[0] += 100_000
+        clock[0] = arr.last + 5_000
+        return arr
+
+    def reads(info, kind, seen_after_sleep, back_after_sleep):
+        """A read stub: the timed sleep ends 40 us late with nothing; the
+        next call finds the message as `kind` says."""
+        def read(a, want, wait_ns, one, spin_ns):
+            if spin_ns == 0:
+                clock[0] += wait_ns + 40_000
+                return None
+            t = clock[0]
+            info.waited, info.seen_ns = kind, (t + seen_after_sleep if kind else 0)
+            clock[0] = t + back_after_sleep
+            return (0, 0, b"v")
+        return read
+
+    for kind in (lib.SHMLOG_WAITED_NONE, lib.SHMLOG_WAITED_SPIN, lib.SHMLOG_WAITED_FUTEX):
+        arr = learnt()
+        due = arr.last + arr.gap
+        info = SimpleNamespace(waited=0, seen_ns=0)
+        a = SimpleNamespace(reader=SimpleNamespace(_info=info))
+        sleep, _ = arr.plan(10**9)
+        start = clock[0]
+        assert arr.read(reads(info, kind, 7_000, 12_000), a, 1, 10**9, True) == (0, 0, b"v")
+        spin_began = start + sleep + 40_000
+        if kind == lib.SHMLOG_WAITED_NONE:
+            # there already when the spin began, after the due time
+            assert spin_began > due and arr.last == due
+        elif kind == lib.SHMLOG_WAITED_SPIN:
+            assert arr.last == spin_began + 7_000  # seen, not returned (+12 us)
+        else:
+            assert arr.last == spin_began + 7_000 - amod.Arrivals.WAKE_NS

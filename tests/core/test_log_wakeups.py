@@ -365,3 +365,43 @@ def test_a_commit_while_the_reader_goes_to_sleep_wakes_it(shm_prefix):
             assert ch.join() == 0
         assert seen == n
         assert lost == 0
+
+
+def test_a_poll_says_how_its_data_came(shm_prefix):
+    """shmlog_log_poll_pickled's read info: `waited` says whether the data
+    was there at the first look, seen while spinning, or seen after a futex
+    sleep, and `seen_ns` when the wait saw it (the adaptive wait dates
+    arrivals by them)."""
+    import threading
+
+    with new_log(shm_prefix) as plog:
+        reader = plog.reader()
+        info = reader._info
+        slot = plog.register_producer()
+        c = plog.new_cursor()
+        plog.seek_end(c)
+        plog.append(slot, [b"there"])
+        assert list(reader.read(c, 10, spin_ns=10**9, wait_ns=10**9).values) == [b"there"]
+        assert (info.waited, info.seen_ns) == (lib.SHMLOG_WAITED_NONE, 0)
+
+        assert reader.read(c, 10, spin_ns=0, wait_ns=10**6) is None  # timed out
+        assert info.waited == lib.SHMLOG_WAITED_NONE
+
+        for spin_ns, kind in ((5 * 10**9, lib.SHMLOG_WAITED_SPIN), (0, lib.SHMLOG_WAITED_FUTEX)):
+            committed = []
+
+            def commit_later(committed):
+                time.sleep(0.05)
+                committed.append(time.monotonic_ns())
+                plog.append(slot, [b"later"])
+
+            t = threading.Thread(target=commit_later, args=(committed,))
+            t.start()
+            try:
+                res = reader.read(c, 10, spin_ns=spin_ns, wait_ns=10 * 10**9)
+                back = time.monotonic_ns()
+            finally:
+                t.join()
+            assert list(res.values) == [b"later"]
+            assert info.waited == kind, (spin_ns, info.waited)
+            assert committed[0] <= info.seen_ns <= back
