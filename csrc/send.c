@@ -540,8 +540,18 @@ static int send_keyed(SendBase *b, PyObject *self, PyObject *st_obj, SendState *
             Py_DECREF(r);
             if (sent < 0)
                 return R_ERROR;
-            if (sent)
+            if (sent) {
+                /* the lone commit's time is the end of this send(), not of
+                 * its crossing: the Python after it takes longer than
+                 * LONE_AFTER, so a stream's next send would find the last
+                 * commit "old", go lone too, and so on while the budgets
+                 * of the partitions its keys spread over last (a stream
+                 * committed message by message). A paced producer's gaps
+                 * are far longer than this difference: its decisions do
+                 * not change. */
+                s->kq_at = rule_now();
                 return R_DONE;
+            }
             if (!s->bound)
                 return R_SLOW;
         }

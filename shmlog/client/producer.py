@@ -335,6 +335,8 @@ class Producer(_SendBase):
                                     or (since >= LONE_AFTER
                                         and st.hungry_tokens[p] + since * HUNGRY_RATE >= 1.0)):
                                 if self._send_keyed_one(st, p, key, value):
+                                    # the end of this send, not of its crossing (csrc/send.c)
+                                    st.kq_at = _clock()
                                     return
                         # one extend, atomic under the GIL: another thread's
                         # pair never lands between this key and its value
