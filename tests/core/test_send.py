@@ -165,10 +165,15 @@ def test_linger_ms_still_holds_messages_back(data_dir):
         cluster.create_topic(TOPIC, partitions=2, **ROOMY)
         with cluster.producer(linger_ms=300) as producer, \
                 cluster.consumer(TOPIC, auto_offset_reset="earliest") as consumer:
+            producer.send(TOPIC, b"warm")  # the topic known: C takes the sends below
+            producer.flush()
+            assert consumer.poll(timeout=5.0).value == b"warm"
             t0 = time.monotonic()
+            # (in this order: a plain send behind queued keyed records would
+            # commit them first, to keep the order between the queues)
             producer.send(TOPIC, b"a")
-            producer.send(TOPIC, b"b", key=b"k")
             producer.send(TOPIC, b"c", partition=1)
+            producer.send(TOPIC, b"b", key=b"k")
             assert consumer.poll(timeout=0.1) is None
             got = collect(consumer, 3, timeout=10)
             assert time.monotonic() - t0 >= 0.25
