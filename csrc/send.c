@@ -77,6 +77,8 @@ static double clock_now(void)
  * the rules' clock under callgrind, so they batch as at full speed) */
 static PyObject *rule_clock;
 
+/* (a Python clock may let another thread run between a check and its
+ * append: only a single-threaded bench sets one) */
 static double rule_now(void)
 {
     if (rule_clock == NULL)
