@@ -104,7 +104,10 @@ typedef struct {
     PyObject *h_last, *h_enc;
     /* array.array per partition, held through buffers below */
     PyObject *plain_bytes, *plain_since, *next_hungry, *hungry_tokens, *tokens_at;
-    long long h_extra, limit, kq_limit, rq_limit, rq_bytes, kq_bytes, max_message;
+    /* ints that Python reads per message (shmlog.aio's send): objects, so
+     * its attribute reads stay specialized (see state_members) */
+    PyObject *max_message, *nparts_obj;
+    long long h_extra, limit, kq_limit, rq_limit, rq_bytes, kq_bytes;
     double kq_since, kq_at, kq_next;
     int sticky, key_p, nparts;
     int bound; /* buffers below valid: _bind() done, _unbind() not yet */
@@ -144,6 +147,7 @@ static int state_traverse(SendState *s, visitproc visit, void *arg)
     Py_VISIT(s->rq);
     Py_VISIT(s->h_last);
     Py_VISIT(s->h_enc);
+    Py_VISIT(s->max_message);
     return 0;
 }
 
@@ -160,6 +164,8 @@ static int state_clear(SendState *s)
     Py_CLEAR(s->next_hungry);
     Py_CLEAR(s->hungry_tokens);
     Py_CLEAR(s->tokens_at);
+    Py_CLEAR(s->max_message);
+    Py_CLEAR(s->nparts_obj);
     return 0;
 }
 
@@ -222,6 +228,9 @@ static PyObject *state_bind(SendState *s, PyObject *args)
         return NULL;
     }
     s->nparts = nparts;
+    Py_XSETREF(s->nparts_obj, PyLong_FromLong(nparts));
+    if (s->nparts_obj == NULL)
+        return NULL;
     s->b_regions = PyMem_Calloc((size_t)nparts, sizeof(Py_buffer));
     s->hungry = PyMem_Calloc((size_t)nparts, sizeof(*s->hungry));
     if (s->b_regions == NULL || s->hungry == NULL) {
@@ -273,41 +282,65 @@ static PyMethodDef state_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+/* Object members are T_OBJECT_EX (set to None at birth): CPython 3.11
+ * specializes an attribute read only for those (LOAD_ATTR_SLOT), any other
+ * member type takes the generic lookup, several times slower, on every
+ * read from Python. The numbers below are read by Python per commit, not
+ * per message. */
 #define S_OFF(f) offsetof(SendState, f)
 static PyMemberDef state_members[] = {
-    {"plain", T_OBJECT, S_OFF(plain), 0, NULL},
-    {"kq", T_OBJECT, S_OFF(kq), 0, NULL},
-    {"rq", T_OBJECT, S_OFF(rq), 0, NULL},
-    {"h_last", T_OBJECT, S_OFF(h_last), 0, NULL},
-    {"h_enc", T_OBJECT, S_OFF(h_enc), 0, NULL},
+    {"plain", T_OBJECT_EX, S_OFF(plain), 0, NULL},
+    {"kq", T_OBJECT_EX, S_OFF(kq), 0, NULL},
+    {"rq", T_OBJECT_EX, S_OFF(rq), 0, NULL},
+    {"h_last", T_OBJECT_EX, S_OFF(h_last), 0, NULL},
+    {"h_enc", T_OBJECT_EX, S_OFF(h_enc), 0, NULL},
+    {"max_message", T_OBJECT_EX, S_OFF(max_message), 0, NULL},
+    {"nparts", T_OBJECT_EX, S_OFF(nparts_obj), READONLY, NULL},
     /* held through buffers: read-only, so they are never swapped under C */
-    {"plain_bytes", T_OBJECT, S_OFF(plain_bytes), READONLY, NULL},
-    {"plain_since", T_OBJECT, S_OFF(plain_since), READONLY, NULL},
-    {"next_hungry", T_OBJECT, S_OFF(next_hungry), READONLY, NULL},
-    {"hungry_tokens", T_OBJECT, S_OFF(hungry_tokens), READONLY, NULL},
-    {"tokens_at", T_OBJECT, S_OFF(tokens_at), READONLY, NULL},
+    {"plain_bytes", T_OBJECT_EX, S_OFF(plain_bytes), READONLY, NULL},
+    {"plain_since", T_OBJECT_EX, S_OFF(plain_since), READONLY, NULL},
+    {"next_hungry", T_OBJECT_EX, S_OFF(next_hungry), READONLY, NULL},
+    {"hungry_tokens", T_OBJECT_EX, S_OFF(hungry_tokens), READONLY, NULL},
+    {"tokens_at", T_OBJECT_EX, S_OFF(tokens_at), READONLY, NULL},
     {"h_extra", T_LONGLONG, S_OFF(h_extra), 0, NULL},
     {"limit", T_LONGLONG, S_OFF(limit), 0, NULL},
     {"kq_limit", T_LONGLONG, S_OFF(kq_limit), 0, NULL},
     {"rq_limit", T_LONGLONG, S_OFF(rq_limit), 0, NULL},
     {"rq_bytes", T_LONGLONG, S_OFF(rq_bytes), 0, NULL},
     {"kq_bytes", T_LONGLONG, S_OFF(kq_bytes), 0, NULL},
-    {"max_message", T_LONGLONG, S_OFF(max_message), 0, NULL},
     {"kq_since", T_DOUBLE, S_OFF(kq_since), 0, NULL},
     {"kq_at", T_DOUBLE, S_OFF(kq_at), 0, NULL},
     {"kq_next", T_DOUBLE, S_OFF(kq_next), 0, NULL},
     {"sticky", T_INT, S_OFF(sticky), 0, NULL},
     {"key_p", T_INT, S_OFF(key_p), 0, NULL},
-    {"nparts", T_INT, S_OFF(nparts), READONLY, NULL},
     {NULL, 0, 0, 0, NULL},
 };
+
+/* every object member starts as None (T_OBJECT_EX raises on NULL) */
+static void none_fill(PyObject **slots[], size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        *slots[i] = Py_NewRef(Py_None);
+}
+
+static PyObject *state_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
+{
+    SendState *s = (SendState *)PyType_GenericNew(tp, args, kw);
+    if (s == NULL)
+        return NULL;
+    PyObject **slots[] = {&s->plain, &s->kq, &s->rq, &s->h_last, &s->h_enc, &s->plain_bytes,
+                          &s->plain_since, &s->next_hungry, &s->hungry_tokens, &s->tokens_at,
+                          &s->max_message, &s->nparts_obj};
+    none_fill(slots, sizeof(slots) / sizeof(slots[0]));
+    return (PyObject *)s;
+}
 
 static PyTypeObject SendStateType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "shmlog.core._send._SendState",
     .tp_basicsize = sizeof(SendState),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "A producer's per-topic state that send()'s C fast path reads (see producer._TopicState).",
-    .tp_new = PyType_GenericNew,
+    .tp_new = state_new,
     .tp_dealloc = (destructor)state_dealloc,
     .tp_traverse = (traverseproc)state_traverse,
     .tp_clear = (inquiry)state_clear,
@@ -430,7 +463,7 @@ static int done_with(PyObject *r)
 /* a new batch: the flusher honours linger_ms (self._wake.set()) */
 static int wake(SendBase *b)
 {
-    if (b->wake == NULL)
+    if (b->wake == NULL || b->wake == Py_None)
         return 0;
     PyObject *argv[1] = {b->wake};
     return done_with(PyObject_VectorcallMethod(s_set, argv, 1, NULL));
@@ -456,7 +489,7 @@ static inline int lone_goes(const SendState *s, long p, double now)
 /* 1 for an exact int in [lo, hi] (stored in *out), else 0 */
 static int int_in(PyObject *o, long long lo, long long hi, long long *out)
 {
-    if (!PyLong_CheckExact(o))
+    if (o == NULL || !PyLong_CheckExact(o))
         return 0;
     int overflow;
     long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
@@ -586,7 +619,7 @@ static int send_keyed(SendBase *b, PyObject *self, PyObject *st_obj, SendState *
 
 /* the rich queue: one record tuple (partition, key, value, header bytes,
  * timestamp_ms, on_delivery), as producer.py appends it */
-static int send_rich(PyObject *self, PyObject *st_obj, SendState *s, PyObject **a)
+static int send_rich(PyObject *self, PyObject *st_obj, SendState *s, PyObject **a, long long max_message)
 {
     PyObject *key = a[A_KEY], *value = a[A_VALUE], *headers = a[A_HEADERS], *partition = a[A_PARTITION],
              *ts = a[A_TS];
@@ -617,7 +650,7 @@ static int send_rich(PyObject *self, PyObject *st_obj, SendState *s, PyObject **
     if (ts != Py_None && !int_in(ts, 0, INT64_MAX, &ts_ms))
         return R_SLOW;
     Py_ssize_t size = PyBytes_GET_SIZE(value) + (key == Py_None ? 0 : PyBytes_GET_SIZE(key));
-    if (size > s->max_message)
+    if (size > max_message)
         return R_SLOW;
     if (!PyList_CheckExact(s->rq))
         return R_SLOW;
@@ -690,6 +723,9 @@ static int send_fast(SendBase *b, PyObject *self, PyObject **a)
         s->rq == NULL || !PyList_CheckExact(s->rq) || s->sticky < 0 || s->sticky >= s->nparts ||
         s->key_p < -1 || s->key_p >= s->nparts)
         return R_SLOW;
+    long long max_message;
+    if (!int_in(s->max_message, 0, INT64_MAX, &max_message))
+        return R_SLOW;
     /* an asynchronous error is raised by the Python path */
     if (b->error != NULL && b->error != Py_None)
         return R_SLOW;
@@ -702,7 +738,7 @@ static int send_fast(SendBase *b, PyObject *self, PyObject **a)
     if (a[A_HEADERS] == Py_None && a[A_TS] == Py_None && a[A_CB] == Py_None && PyList_GET_SIZE(s->rq) == 0) {
         if (key == Py_None) {
             Py_ssize_t size = PyBytes_GET_SIZE(value);
-            if (size > s->max_message)
+            if (size > max_message)
                 goto out; /* the Python path raises MessageTooLarge */
             long long p = -1;
             if (a[A_PARTITION] == Py_None)
@@ -716,12 +752,12 @@ static int send_fast(SendBase *b, PyObject *self, PyObject **a)
             }
         } else if (PyBytes_CheckExact(key) && a[A_PARTITION] == Py_None) {
             Py_ssize_t size = PyBytes_GET_SIZE(value) + PyBytes_GET_SIZE(key);
-            if (size <= s->max_message)
+            if (size <= max_message)
                 r = send_keyed(b, self, st_obj, s, key, value, size, linger);
             goto out;
         }
     }
-    r = send_rich(self, st_obj, s, a);
+    r = send_rich(self, st_obj, s, a, max_message);
 out:
     Py_DECREF(st_obj);
     return r;
@@ -757,20 +793,31 @@ static PyMethodDef base_methods[] = {
 };
 
 #define B_OFF(f) offsetof(SendBase, f)
+/* T_OBJECT_EX: see state_members */
 static PyMemberDef base_members[] = {
-    {"_topics", T_OBJECT, B_OFF(topics), 0, NULL},
-    {"_error", T_OBJECT, B_OFF(error), 0, NULL},
-    {"linger_ms", T_OBJECT, B_OFF(linger_ms), 0, NULL},
-    {"_wake", T_OBJECT, B_OFF(wake), 0, NULL},
+    {"_topics", T_OBJECT_EX, B_OFF(topics), 0, NULL},
+    {"_error", T_OBJECT_EX, B_OFF(error), 0, NULL},
+    {"linger_ms", T_OBJECT_EX, B_OFF(linger_ms), 0, NULL},
+    {"_wake", T_OBJECT_EX, B_OFF(wake), 0, NULL},
     {NULL, 0, 0, 0, NULL},
 };
+
+static PyObject *base_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
+{
+    SendBase *b = (SendBase *)PyType_GenericNew(tp, args, kw);
+    if (b == NULL)
+        return NULL;
+    PyObject **slots[] = {&b->topics, &b->error, &b->linger_ms, &b->wake};
+    none_fill(slots, sizeof(slots) / sizeof(slots[0]));
+    return (PyObject *)b;
+}
 
 static PyTypeObject SendBaseType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "shmlog.core._send._SendBase",
     .tp_basicsize = sizeof(SendBase),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "Producer's base: send()'s fast branches in C (see shmlog/client/producer.py).",
-    .tp_new = PyType_GenericNew,
+    .tp_new = base_new,
     .tp_dealloc = (destructor)base_dealloc,
     .tp_traverse = (traverseproc)base_traverse,
     .tp_clear = (inquiry)base_clear,
