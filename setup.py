@@ -18,4 +18,9 @@ commit = Extension("shmlog.core._commit", sources=["csrc/commit_call.c"], includ
                    depends=["csrc/log.h", "csrc/keyed.h", "csrc/rich_record.h"],
                    extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra"])
 
-setup(cffi_modules=["shmlog/core/_build.py:ffibuilder"], ext_modules=[messages, produce, commit])
+# Producer.send()'s fast branches (csrc/send.c): the call itself is most of a
+# send's cost in Python, so its common forms run as one C call
+send = Extension("shmlog.core._send", sources=["csrc/send.c", "csrc/partitioner.c"],
+                 include_dirs=["csrc"], extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra"])
+
+setup(cffi_modules=["shmlog/core/_build.py:ffibuilder"], ext_modules=[messages, produce, commit, send])

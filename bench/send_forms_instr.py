@@ -40,6 +40,12 @@ def _one(form: str, parts: int, n: int, slowdown: float) -> None:
     for mod in (commit_rules, keyed_queue, producer, rich_queue):
         if getattr(mod, "_clock", None) is clock:
             mod._clock = slowed
+    try:  # send()'s C branches (csrc/send.c) read the same rules
+        from shmlog.core import _send
+    except ImportError:  # a checkout from before them
+        pass
+    else:
+        _send.set_clock(slowed)
 
     if form == "none":
         # the loop without send(): making the values and keys, the calls

@@ -8,9 +8,12 @@ Every other form (headers, timestamp_ms, on_delivery, key with partition,
 ...) queues per topic on the rich queue (rich_queue.py), committed the same
 way with its headers, timestamps and callbacks handled per commit.
 
-send() must stay a few list appends: no crossing into C, no syscall, per
-message. A background flusher thread only exists to honour linger_ms for a
-producer that goes quiet.
+send() must stay a few list appends: no crossing into C for the commit, no
+syscall, per message. Its common forms run as one C call (csrc/send.c,
+Producer's base _SendBase): the same appends and the same checks, calling
+back into this module for every decision that commits, and handing every
+other call to _send_py whole. A background flusher thread only exists to
+honour linger_ms for a producer that goes quiet.
 """
 
 from __future__ import annotations
@@ -19,12 +22,14 @@ import itertools
 import os
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional
+from array import array
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
 from .. import config as cfgmod
 from .. import errors
 from ..core import commit as _commit
 from ..core._core import ffi, lib
+from ..core._send import _SendBase, _SendState, set_rules
 from ..core.budget_region import budget_wait
 from ..core.codec import encode_headers
 from ..core.partitioner import KeyPartitioner
@@ -48,6 +53,9 @@ from .commit_rules import (
 )
 from .keyed_queue import commit_keyed, send_keyed_one
 from .rich_queue import RecordMetadata, commit_rich, linger_wake, rich_queued
+
+# send()'s C branches read the same rules (commit_rules.py stays their one source)
+set_rules(LONE_AFTER, HUNGRY_RATE, STREAM_GAP, _RECORD_OVERHEAD, _HDR_HUNGRY, _HDR_BELL_HUNGRY)
 
 _ids = itertools.count(1)
 _append_one = _commit.append_one
@@ -73,13 +81,15 @@ def _set_next_hungry(st: _TopicState, p: int, n: int) -> None:
         st.next_hungry[p] = now + (HUNGRY_GAP if n < STREAM_BATCH else STREAM_GAP)
 
 
-class _TopicState:
-    __slots__ = ("name", "topic", "rq", "rq_bytes", "rq_since", "rq_next", "rq_limit", "key_p", "h_last",
-                 "h_enc", "h_extra", "plain", "plain_bytes", "plain_since", "slots", "keyed",
-                 "sticky", "limit", "frame_limit", "max_message", "next_hungry",
-                 "hungry_tokens", "tokens_at", "waiters", "bell", "committed_end", "storage",
-                 "nparts", "kq", "kq_limit", "kq_bytes", "kq_since", "kq_at", "kq_next", "kq_logs", "kq_slots",
-                 "kq_ends", "kq_addrs")
+class _TopicState(_SendState):
+    # and, in _SendState (csrc/send.c), what send()'s C branches read: plain,
+    # kq, rq, h_last, h_enc, h_extra, sticky, key_p, nparts, limit, kq_limit,
+    # rq_limit, rq_bytes, kq_bytes, max_message, kq_since, kq_at, kq_next,
+    # and the per-partition arrays plain_bytes, plain_since, next_hungry,
+    # hungry_tokens, tokens_at (array.array: C holds their buffers, so they
+    # are indexed, never replaced or resized)
+    __slots__ = ("name", "topic", "rq_since", "rq_next", "slots", "keyed", "frame_limit", "waiters", "bell",
+                 "committed_end", "storage", "kq_logs", "kq_slots", "kq_ends", "kq_addrs")
 
     def __init__(self, name, topic, batch_bytes: int):
         self.name = name
@@ -104,8 +114,8 @@ class _TopicState:
         # send()'s fast path: plain bytes values, appended without the lock
         # (see Producer._commit_plain); sizes and ages are approximate
         self.plain: List[List[bytes]] = [[] for _ in range(n)]
-        self.plain_bytes = [0] * n
-        self.plain_since = [0.0] * n
+        plain_bytes = array("q", bytes(8 * n))
+        plain_since = array("d", bytes(8 * n))
         self.slots = [-1] * n
         self.keyed = KeyPartitioner(n)
         self.sticky = (os.getpid() + next(_ids)) % n
@@ -123,11 +133,14 @@ class _TopicState:
         self.waiters = [memoryview(r.mapping).cast("I") for r in topic.regions]
         self.bell = self.waiters[0]
         self.committed_end = [0] * n
-        self.next_hungry = [0.0] * n  # perf_counter() time the next hungry commit may go
-        self.hungry_tokens = [HUNGRY_BURST] * n  # lone commits that may skip the gap
-        self.tokens_at = [0.0] * n
+        next_hungry = array("d", bytes(8 * n))  # perf_counter() time the next hungry commit may go
+        hungry_tokens = array("d", [HUNGRY_BURST] * n)  # lone commits that may skip the gap
+        tokens_at = array("d", bytes(8 * n))
+        # send()'s C branches hold these (and the header mappings) from here
+        # to Producer.close(); nparts is set here, once
+        self._bind(n, plain_bytes, plain_since, next_hungry, hungry_tokens, tokens_at, self.waiters,
+                   self.bell)
         self.storage = topic.config["storage"]
-        self.nparts = n
         # send()'s keyed fast path: key, value, key, value, ... in arrival
         # order, for every partition at once. The keys are hashed in C when
         # the queue is committed (_commit_keyed), one crossing for the whole
@@ -170,7 +183,13 @@ class _LockBusy(Exception):
     by a commit in another thread: nothing was queued, retry after it."""
 
 
-class Producer:
+class Producer(_SendBase):
+    # send() is _SendBase.send (csrc/send.c): its common forms in C, the
+    # rest through _send_py below, which it calls with the same arguments
+    if TYPE_CHECKING:
+        def send(self, topic: str, value, key=None, headers=None, partition: Optional[int] = None,
+                 timestamp_ms: Optional[int] = None, on_delivery: Optional[Callable] = None) -> None: ...
+
     def __init__(self, cluster, *, linger_ms: float = 0, batch_bytes: int = 64 << 10,
                  compression: Optional[str] = None, max_block_ms: int = 60_000,
                  partitioner: str = "murmur2", auto_create: bool = False, **topic_defaults: Any):
@@ -243,8 +262,11 @@ class Producer:
         return st
 
     # ------------------------------------------------------------ send
-    def send(self, topic: str, value, key=None, headers=None, partition: Optional[int] = None,
-             timestamp_ms: Optional[int] = None, on_delivery: Optional[Callable] = None) -> None:
+    def _send_py(self, topic: str, value, key=None, headers=None, partition: Optional[int] = None,
+                 timestamp_ms: Optional[int] = None, on_delivery: Optional[Callable] = None) -> None:
+        # send() in Python. csrc/send.c runs the fast branches below (up to
+        # the long way) as they are written here and calls this for every
+        # call they do not take: change one, change the other.
         # fast paths: a bytes value, unkeyed to the sticky or a given
         # partition (nothing else queued for the topic), or keyed
         # (hashed later, per queue, in C); every other form to the rich
@@ -334,6 +356,8 @@ class Producer:
                                     or (since >= LONE_AFTER
                                         and st.hungry_tokens[p] + since * HUNGRY_RATE >= 1.0)):
                                 if self._send_keyed_one(st, p, key, value):
+                                    # the end of this send, not of its crossing (csrc/send.c)
+                                    st.kq_at = _clock()
                                     return
                         # one extend, atomic under the GIL: another thread's
                         # pair never lands between this key and its value
@@ -723,6 +747,7 @@ class Producer:
                 for p, slot in enumerate(st.slots):
                     if slot >= 0:
                         st.topic.regions[p].release_producer(slot)
+                st._unbind()  # send()'s C branches let go of the header mappings
                 st.waiters = []
                 st.bell = None
             self._topics.clear()
