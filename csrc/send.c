@@ -617,6 +617,25 @@ static int send_keyed(SendBase *b, PyObject *self, PyObject *st_obj, SendState *
     return R_DONE;
 }
 
+/* 1 when headers is h_last's copy item for item: both exact lists of the
+ * same length holding the same objects, each an exact tuple (immutable).
+ * list == list finds the same (it compares identical items as equal) at
+ * a third of the cost; 0: compare them in full. */
+static int headers_same(PyObject *headers, PyObject *last)
+{
+    if (!PyList_CheckExact(headers) || !PyList_CheckExact(last))
+        return 0;
+    Py_ssize_t n = PyList_GET_SIZE(headers);
+    if (n != PyList_GET_SIZE(last))
+        return 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyList_GET_ITEM(headers, i);
+        if (item != PyList_GET_ITEM(last, i) || !PyTuple_CheckExact(item))
+            return 0;
+    }
+    return 1;
+}
+
 /* the rich queue: one record tuple (partition, key, value, header bytes,
  * timestamp_ms, on_delivery), as producer.py appends it */
 static int send_rich(PyObject *self, PyObject *st_obj, SendState *s, PyObject **a, long long max_message)
@@ -631,7 +650,9 @@ static int send_rich(PyObject *self, PyObject *st_obj, SendState *s, PyObject **
     } else {
         if (s->h_last == NULL)
             return R_SLOW;
-        int eq = PyObject_RichCompareBool(headers, s->h_last, Py_EQ);
+        int eq = headers_same(headers, s->h_last);
+        if (eq == 0)
+            eq = PyObject_RichCompareBool(headers, s->h_last, Py_EQ);
         if (eq < 0)
             return R_ERROR;
         if (!eq || s->h_enc == NULL || !s->bound)
@@ -673,6 +694,12 @@ static int send_rich(PyObject *self, PyObject *st_obj, SendState *s, PyObject **
         Py_DECREF(pobj);
         return R_ERROR;
     }
+    /* without a callback every field is an int, bytes or None (checked
+     * above), which cannot form a cycle: untracked now, the collections
+     * that a queue of records triggers need not traverse them (the
+     * collector would untrack them itself, after visiting each) */
+    if (a[A_CB] == Py_None)
+        PyObject_GC_UnTrack(rec);
     PyObject *rq = s->rq;
     int rc = PyList_CheckExact(rq) ? PyList_Append(rq, rec) : -2;
     Py_DECREF(rec);

@@ -160,6 +160,35 @@ def test_a_lone_send_still_goes_at_once_to_a_waiting_reader(data_dir):
             assert slow.calls == []
 
 
+def test_queued_rich_records_are_left_out_of_the_collector_unless_they_hold_a_callback(data_dir):
+    """A rich record C queues without on_delivery holds only ints, bytes
+    and None: it is untracked by the GC at once (the collections a long
+    queue triggers need not visit it); one with a callback stays tracked,
+    as the callback may be part of a cycle. Their order is send order."""
+    with running_cluster(data_dir) as cluster:
+        cluster.create_topic(TOPIC, partitions=2, **ROOMY)
+        delivered = []
+        with cluster.producer(linger_ms=60_000) as producer:
+            producer.send(TOPIC, b"warm")  # the topic known: C takes the sends below
+            producer.send(TOPIC, b"h0", headers=HDRS)  # the Python path encodes HDRS once
+            producer.flush()
+            slow = _SlowPath(producer)
+            st = producer._topics[TOPIC]
+            producer.send(TOPIC, b"h", headers=HDRS)
+            producer.send(TOPIC, b"t", timestamp_ms=TS, partition=1)
+            producer.send(TOPIC, b"k", key=b"k", headers=HDRS)
+            producer.send(TOPIC, b"cb", on_delivery=lambda err, md: delivered.append((err, md)))
+            producer.send(TOPIC, b"n", partition=0, headers=HDRS, timestamp_ms=TS)
+            assert slow.calls == []
+            recs = list(st.rq)
+            assert [r[2] for r in recs] == [b"h", b"t", b"k", b"cb", b"n"]
+            assert [gc.is_tracked(r) for r in recs] == [False, False, False, True, False]
+            del recs
+        got = _read_all(cluster, 7)
+    assert sorted(m.value for m in got) == sorted([b"warm", b"h0", b"h", b"t", b"k", b"cb", b"n"])
+    assert len(delivered) == 1 and delivered[0][0] is None
+
+
 def test_linger_ms_still_holds_messages_back(data_dir):
     with running_cluster(data_dir) as cluster:
         cluster.create_topic(TOPIC, partitions=2, **ROOMY)
