@@ -245,11 +245,14 @@ def commit_rich(self: Any, st: Any, nowait: bool = False) -> bool:
                 del rq[:n]
             if kept:
                 rq[0:0] = kept  # older than anything appended meanwhile
-            st.rq_bytes = sum(len(r[2] or b"") + len(r[3]) + _RECORD_OVERHEAD for r in rq)
-            st.rq_limit = st.limit if not rq or rq[0][0] >= 0 else st.kq_limit
             if rq:
+                st.rq_bytes = sum(len(r[2] or b"") + len(r[3]) + _RECORD_OVERHEAD for r in rq)
+                st.rq_limit = st.limit if rq[0][0] >= 0 else st.kq_limit
                 st.rq_since = time.monotonic()
                 self._wake.set()
+            else:  # (the usual case: no generator to sum nothing)
+                st.rq_bytes = 0
+                st.rq_limit = st.limit
             now = _clock()
             st.rq_next = now + (HUNGRY_GAP if n < STREAM_BATCH else STREAM_GAP)
     finally:
