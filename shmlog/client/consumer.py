@@ -155,7 +155,7 @@ class Consumer:
             for tp in revoked:
                 self._forget_polled(tp)
                 self.assigned_state.pop(tp).release()
-            self._buffer = deque(m for m in self._buffer if (m[0], m[1]) in wanted_set)
+            self._drop_buffered(lambda tp: tp not in wanted_set)
         for tp in added:
             topic, p = tp
             t = self.cluster.topic(topic)
@@ -290,21 +290,21 @@ class Consumer:
                 f"0..{MAX_OFFSET}", what=topic)
         a = self._get(topic, partition)
         self._forget_polled(a.tp)
-        self._buffer = deque(m for m in self._buffer if (m[0], m[1]) != (topic, partition))
+        self._drop_buffered(lambda tp: tp == (topic, partition))
         self._seek(a, offset)
 
     def seek_to_beginning(self, partitions: Optional[Iterable[TP]] = None) -> None:
         for tp in list(partitions or self.assigned_state):
             a = self._get(*tp)
             self._forget_polled(a.tp)
-            self._buffer = deque(m for m in self._buffer if (m[0], m[1]) != tp)
+            self._drop_buffered(lambda m_tp, tp=a.tp: m_tp == tp)
             self._seek(a, self._start_offset(a))
 
     def seek_to_end(self, partitions: Optional[Iterable[TP]] = None) -> None:
         for tp in list(partitions or self.assigned_state):
             a = self._get(*tp)
             self._forget_polled(a.tp)
-            self._buffer = deque(m for m in self._buffer if (m[0], m[1]) != tp)
+            self._drop_buffered(lambda m_tp, tp=a.tp: m_tp == tp)
             if a.disk is not None:
                 a.disk.close()
                 a.disk = None
@@ -639,6 +639,16 @@ class Consumer:
         if not self._buffer:
             polled.clear()
 
+    def _drop_buffered(self, dropped: Callable[[TP], bool]) -> None:
+        """Drop what poll() buffered for the partitions dropped(tp) names.
+        In place: a running `for m in consumer` holds this same deque, and
+        must not go on handing out what a seek or a revoke dropped."""
+        buf = self._buffer
+        if buf:
+            kept = [m for m in buf if not dropped((m[0], m[1]))]
+            buf.clear()
+            buf.extend(kept)
+
     def _forget_polled(self, tp: TP) -> None:
         """tp's buffered messages are dropped (seek, revoke): settle first,
         then stop settling it from what poll() had buffered."""
@@ -652,11 +662,13 @@ class Consumer:
 
     def _messages_until_closed(self) -> Iterator[Message]:
         buf = self._buffer
+        popleft = buf.popleft  # bound once: the loop below runs per message
         while not self._closed:
             # what poll() buffered goes out without a poll() call each;
-            # close() and seek() empty or filter the same deque
+            # close(), seek() and a revoke empty or filter this same deque
+            # (in place, see _drop_buffered)
             while buf:
-                yield buf.popleft()
+                yield popleft()
             m = self.poll(timeout=1.0)
             if m is not None:
                 yield m

@@ -498,6 +498,52 @@ def test_seek_after_partial_polling(data_dir):
             assert _positions(consumer) == SIZES
 
 
+def _iterate_until(consumer, messages, seen, total):
+    """Go on with one `for m in consumer` iteration (messages) until seen
+    holds total messages, each checked."""
+    if sum(map(len, seen.values())) >= total:
+        return
+    for m in messages:
+        assert (m.topic, m.value, m.key, m.headers) == ("t", b"%d:%d" % (m.partition, m.offset), None, ())
+        assert isinstance(m.timestamp_ms, int) and m.timestamp_ms > 0
+        seen[m.partition].append(m.offset)
+        assert consumer.position("t", m.partition) == m.offset + 1
+        if sum(map(len, seen.values())) >= total:
+            break
+
+
+def test_seek_in_the_middle_of_iteration(data_dir):
+    """A seek inside `for m in consumer` takes effect at the very next
+    message: the iteration does not go on handing out what poll() had
+    buffered for that partition (it did, from a deque seek had replaced)."""
+    with running_cluster(data_dir) as cluster:
+        cluster.create_topic("t", partitions=3, **ROOMY)
+        _produce_per_partition(cluster)
+        with cluster.consumer("t") as consumer:
+            got = []
+            for m in consumer:
+                got.append(m)
+                if len(got) == 3:
+                    break
+            p0 = got[0].partition
+            assert [(m.partition, m.offset) for m in got] == [(p0, 0), (p0, 1), (p0, 2)]
+            p1, p2 = [p for p in SIZES if p != p0]
+            assert len(consumer._buffer) == sum(SIZES.values()) - 3  # the rest is buffered
+            seen = {p: [] for p in SIZES}
+            messages = iter(consumer)  # a second iteration, with seeks inside it
+            for m in messages:
+                seen[m.partition].append(m.offset)
+                if m.partition == p0 and m.offset == 3:
+                    consumer.seek("t", p0, 1)  # back: offsets 1.. again
+                    consumer.seek("t", p1, 4)  # forward over buffered messages
+                    consumer.seek_to_end([("t", p2)])
+                    assert _positions(consumer) == {p0: 1, p1: 4, p2: SIZES[p2]}
+                    break
+            _iterate_until(consumer, messages, seen, 1 + (SIZES[p0] - 1) + (SIZES[p1] - 4))
+            assert seen == {p0: [3] + list(range(1, SIZES[p0])), p1: list(range(4, SIZES[p1])), p2: []}
+            assert _positions(consumer) == SIZES
+
+
 @pytest.mark.parametrize("how", ["commit", "close-auto-commit"])
 def test_group_commits_exactly_what_poll_returned(data_dir, how):
     """After polling k messages of a buffered fetch, commit() (or close()
