@@ -46,6 +46,26 @@
 #include <stdint.h>
 #include <time.h>
 
+#if PY_VERSION_HEX < 0x030A0000
+/* Python 3.9 (requires-python >= 3.9) has neither Py_NewRef nor
+ * PyModule_AddObjectRef (both 3.10) */
+static inline PyObject *Py_NewRef(PyObject *o)
+{
+    Py_INCREF(o);
+    return o;
+}
+
+static int PyModule_AddObjectRef(PyObject *m, const char *name, PyObject *value)
+{
+    Py_INCREF(value);
+    if (PyModule_AddObject(m, name, value) < 0) {
+        Py_DECREF(value);
+        return -1;
+    }
+    return 0;
+}
+#endif
+
 #include "partitioner.h"
 
 /* ------------------------------------------------------------ rules */
