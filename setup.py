@@ -21,6 +21,6 @@ commit = Extension("shmlog.core._commit", sources=["csrc/commit_call.c"], includ
 # Producer.send()'s fast branches (csrc/send.c): the call itself is most of a
 # send's cost in Python, so its common forms run as one C call
 send = Extension("shmlog.core._send", sources=["csrc/send.c", "csrc/partitioner.c"],
-                 include_dirs=["csrc"], extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra"])
+                 depends=["csrc/rich_queue.h", "csrc/rich_record.h"], include_dirs=["csrc"], extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra"])
 
 setup(cffi_modules=["shmlog/core/_build.py:ffibuilder"], ext_modules=[messages, produce, commit, send])

@@ -316,5 +316,16 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__messages(void)
 {
-    return PyModule_Create(&module);
+    if (PyType_Ready(&shmlog_rich_queue_type) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&shmlog_rich_queue_type);
+    if (PyModule_AddObject(m, "RichQueue", (PyObject *)&shmlog_rich_queue_type) < 0) {
+        Py_DECREF(&shmlog_rich_queue_type);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

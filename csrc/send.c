@@ -67,6 +67,7 @@ static int PyModule_AddObjectRef(PyObject *m, const char *name, PyObject *value)
 #endif
 
 #include "partitioner.h"
+#include "rich_queue.h"
 
 /* ------------------------------------------------------------ rules */
 
@@ -405,6 +406,9 @@ static void base_dealloc(SendBase *b)
 }
 
 /* interned names */
+/* shmlog.core._messages.RichQueue (rich_queue.h), looked up at import */
+static PyTypeObject *rich_queue_type;
+
 static PyObject *s_topic, *s_value, *s_key, *s_headers, *s_partition, *s_timestamp_ms, *s_on_delivery;
 static PyObject *s_send_py, *s_send_one, *s_send_keyed_one, *s_commit_plain, *s_commit_keyed, *s_rich_queued,
     *s_set, *s_empty_bytes;
@@ -679,6 +683,8 @@ static int send_rich(PyObject *self, PyObject *st_obj, SendState *s, PyObject **
             return R_SLOW;
         hdr = s->h_enc;
         extra = s->h_extra;
+        if (!PyBytes_CheckExact(hdr))
+            return R_SLOW;
     }
     long long p;
     if (partition == Py_None)
@@ -687,13 +693,13 @@ static int send_rich(PyObject *self, PyObject *st_obj, SendState *s, PyObject **
         return R_SLOW;
     if (key != Py_None && !PyBytes_CheckExact(key))
         return R_SLOW;
-    long long ts_ms;
+    long long ts_ms = -1;
     if (ts != Py_None && !int_in(ts, 0, INT64_MAX, &ts_ms))
         return R_SLOW;
     Py_ssize_t size = PyBytes_GET_SIZE(value) + (key == Py_None ? 0 : PyBytes_GET_SIZE(key));
     if (size > max_message)
         return R_SLOW;
-    if (!PyList_CheckExact(s->rq))
+    if (Py_TYPE(s->rq) != rich_queue_type)
         return R_SLOW;
     Py_INCREF(hdr); /* held across the keyed commit below, which may change h_enc */
     if (PyList_GET_SIZE(s->kq) > 0) {
@@ -703,52 +709,35 @@ static int send_rich(PyObject *self, PyObject *st_obj, SendState *s, PyObject **
             return R_ERROR;
         }
     }
-    PyObject *pobj = PyLong_FromLongLong(p);
-    if (pobj == NULL) {
+    /* the keyed commit above may have run Python: the queue is read now */
+    shmlog_rich_queue_t *rq = (shmlog_rich_queue_t *)s->rq;
+    if (Py_TYPE(rq) != rich_queue_type) { /* not reached: rq is set once, to a RichQueue */
         Py_DECREF(hdr);
+        PyErr_SetString(PyExc_RuntimeError, "the rich queue is not a RichQueue");
         return R_ERROR;
     }
-    PyObject *rec = PyTuple_Pack(6, pobj, key, value, hdr, ts, a[A_CB]);
+    int rc = shmlog_rq_push(rq, (int32_t)p, key, value, hdr, ts == Py_None ? -1 : (int64_t)ts_ms, a[A_CB]);
     Py_DECREF(hdr);
-    if (rec == NULL) {
-        Py_DECREF(pobj);
+    if (rc < 0)
         return R_ERROR;
-    }
-    /* without a callback every field is an int, bytes or None (checked
-     * above), which cannot form a cycle: untracked now, the collections
-     * that a queue of records triggers need not traverse them (the
-     * collector would untrack them itself, after visiting each) */
-    if (a[A_CB] == Py_None)
-        PyObject_GC_UnTrack(rec);
-    PyObject *rq = s->rq;
-    int rc = PyList_CheckExact(rq) ? PyList_Append(rq, rec) : -2;
-    Py_DECREF(rec);
-    if (rc == -2) { /* not reached: rq is set once, to a list */
-        Py_DECREF(pobj);
-        PyErr_SetString(PyExc_RuntimeError, "the rich queue is not a list");
-        return R_ERROR;
-    }
-    if (rc < 0) {
-        Py_DECREF(pobj);
-        return R_ERROR;
-    }
     long long nb = s->rq_bytes = s->rq_bytes + size + extra;
     /* the rest only for a new queue, a full one or a waiting reader */
-    int r = R_DONE;
-    if (nb >= s->rq_limit || PyList_GET_SIZE(rq) == 1 || !s->bound || *s->bell != 0 ||
-        (p >= 0 && *s->hungry[p] != 0)) {
-        PyObject *nbobj = PyLong_FromLongLong(nb);
+    if (nb >= s->rq_limit || rq->n == 1 || !s->bound || *s->bell != 0 || (p >= 0 && *s->hungry[p] != 0)) {
+        PyObject *pobj = PyLong_FromLongLong(p);
+        PyObject *nbobj = pobj ? PyLong_FromLongLong(nb) : NULL;
+        int r = R_DONE;
         if (nbobj == NULL) {
             r = R_ERROR;
         } else {
             PyObject *argv[4] = {self, st_obj, pobj, nbobj};
             if (done_with(PyObject_VectorcallMethod(s_rich_queued, argv, 4, NULL)) < 0)
                 r = R_ERROR;
-            Py_DECREF(nbobj);
         }
+        Py_XDECREF(pobj);
+        Py_XDECREF(nbobj);
+        return r;
     }
-    Py_DECREF(pobj);
-    return r;
+    return R_DONE;
 }
 
 /* the branches of producer.py's _send_py, in its order */
@@ -767,7 +756,7 @@ static int send_fast(SendBase *b, PyObject *self, PyObject **a)
     SendState *s = (SendState *)st_obj;
     if (!s->bound || s->plain == NULL || !PyList_CheckExact(s->plain) ||
         PyList_GET_SIZE(s->plain) != s->nparts || s->kq == NULL || !PyList_CheckExact(s->kq) ||
-        s->rq == NULL || !PyList_CheckExact(s->rq) || s->sticky < 0 || s->sticky >= s->nparts ||
+        s->rq == NULL || Py_TYPE(s->rq) != rich_queue_type || s->sticky < 0 || s->sticky >= s->nparts ||
         s->key_p < -1 || s->key_p >= s->nparts)
         return R_SLOW;
     long long max_message;
@@ -782,7 +771,8 @@ static int send_fast(SendBase *b, PyObject *self, PyObject **a)
     PyObject *key = a[A_KEY];
     Py_INCREF(st_obj); /* the calls below may drop it from the dict */
     int r = R_SLOW;
-    if (a[A_HEADERS] == Py_None && a[A_TS] == Py_None && a[A_CB] == Py_None && PyList_GET_SIZE(s->rq) == 0) {
+    if (a[A_HEADERS] == Py_None && a[A_TS] == Py_None && a[A_CB] == Py_None &&
+        ((shmlog_rich_queue_t *)s->rq)->n == 0) {
         if (key == Py_None) {
             Py_ssize_t size = PyBytes_GET_SIZE(value);
             if (size > max_message)
@@ -940,6 +930,18 @@ PyMODINIT_FUNC PyInit__send(void)
         intern(&s_commit_keyed, "_commit_keyed") || intern(&s_rich_queued, "_rich_queued") ||
         intern(&s_set, "set"))
         return NULL;
+    PyObject *messages = PyImport_ImportModule("shmlog.core._messages");
+    if (messages == NULL)
+        return NULL;
+    rich_queue_type = (PyTypeObject *)PyObject_GetAttrString(messages, "RichQueue");
+    Py_DECREF(messages);
+    if (rich_queue_type == NULL)
+        return NULL;
+    if (!PyType_Check(rich_queue_type) ||
+        rich_queue_type->tp_basicsize != (Py_ssize_t)sizeof(shmlog_rich_queue_t)) {
+        PyErr_SetString(PyExc_ImportError, "shmlog.core._messages.RichQueue is not the one this module was built with");
+        return NULL;
+    }
     s_empty_bytes = PyBytes_FromStringAndSize(NULL, 0);
     if (s_empty_bytes == NULL || PyType_Ready(&SendStateType) < 0 || PyType_Ready(&SendBaseType) < 0)
         return NULL;

@@ -29,6 +29,7 @@ from .. import config as cfgmod
 from .. import errors
 from ..core import commit as _commit
 from ..core._core import ffi, lib
+from ..core._messages import RichQueue
 from ..core._send import _SendBase, _SendState, set_rules
 from ..core.budget_region import budget_wait
 from ..core.codec import encode_headers
@@ -97,7 +98,7 @@ class _TopicState(_SendState):
         n = topic.num_partitions
         # every other form of send(), for all partitions, in arrival order
         # (rich_queue.py); its records are encoded and placed in C per commit
-        self.rq: List[Any] = []
+        self.rq = RichQueue()
         self.rq_bytes = 0
         self.rq_since = 0.0  # monotonic() when the queue's oldest record came
         self.rq_next = 0.0   # when a waiting reader may trigger the next commit

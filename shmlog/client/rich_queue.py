@@ -1,23 +1,27 @@
 """The producer's rich queue (see _TopicState.rq): every send() that is
 not a bare value to a partition or a bare keyed value (headers,
 timestamp_ms, on_delivery, a key with an explicit partition, a non-bytes
-value, ...) appends its record to one list per topic, in arrival order, as
-one tuple (one append: half the cost of extending by its fields):
+value, ...) appends its record to one queue per topic, in arrival order:
+shmlog.core._messages.RichQueue (csrc/rich_queue.h), which keeps the
+records in the C core's record array itself, each with a reference to its
+key, value, encoded header section (b"" for none) and on_delivery; its
+partition (-1: hash the key in C) and timestamp_ms (-1: now) are fields.
+send()'s C branch (csrc/send.c) pushes there directly; its Python path
+appends the tuple
 
-    (partition (-1: hash the key in C), key or None, value or None,
-     encoded header section (b"" for none), timestamp_ms (None or -1: now),
-     on_delivery or None)
+    (partition, key or None, value or None, header bytes, timestamp_ms or None, on_delivery or None)
 
-Its commit reads the tuples into the C core's record array in one call
-(shmlog.core._messages.rich_columns: pointers into the records' bytes, no
-pickle, no copy), hands that to C in one crossing (csrc/keyed.c
-shmlog_rich_append: hashes keys, groups by partition stably, one frame per
-partition) and then calls the delivery callbacks from C with the offsets C
-wrote (_messages.deliver: a RecordMetadata built in C per callback).
-Per message, send() only extends the list; nothing per message crosses
-into C and nothing per message is encoded in Python (a header list equal
-to the last one reuses its encoded section). Producer's methods, kept
-apart by concern; they run with its lock and its state.
+which is also what indexing the queue returns.
+
+Its commit take()s the records as a batch (sends made meanwhile go to the
+queue's next arrays), hands the batch's array to C in one crossing
+(csrc/keyed.c shmlog_rich_append: hashes keys, groups by partition
+stably, one frame per partition), calls the delivery callbacks from C
+with the offsets C wrote (_messages.deliver: a RecordMetadata built in C
+per callback), and recycles the batch's arrays for the queue. Nothing per
+message is allocated or encoded in Python (a header list equal to the
+last one reuses its encoded section). Producer's methods, kept apart by
+concern; they run with its lock and its state.
 """
 
 from __future__ import annotations
@@ -158,8 +162,9 @@ def _placement(self: Any, n: int) -> _Placement:
 def commit_rich(self: Any, st: Any, nowait: bool = False) -> bool:
     """Commit a topic's rich queue: the plain lists first (older: nothing
     joins them while the queue holds records), then the queue in one
-    crossing. Like _commit_plain it commits a prefix and deletes just that;
-    a failed commit drops its prefix, its callbacks get the error.
+    crossing. It takes every record queued when it starts (later sends
+    queue behind them); a failed commit drops what it took, and their
+    callbacks get the error.
     nowait (shmlog.aio's loop thread, with delivery futures): no wait for
     buffer space; what did not fit stays queued, first, and False says a
     commit that may wait is still needed."""
@@ -176,8 +181,10 @@ def commit_rich(self: Any, st: Any, nowait: bool = False) -> bool:
             for p in range(first, st.nparts):
                 if st.plain[p]:
                     self._commit_plain(st, p)
-        records = rq[:n]
-        dropped = False
+        # every record queued by now, sends made from here on (callbacks,
+        # another thread while C waits for space) queue behind it
+        records = rq.take()
+        n = len(records)
         with_callbacks = False
         delivered = False
         try:
@@ -187,25 +194,21 @@ def commit_rich(self: Any, st: Any, nowait: bool = False) -> bool:
                                           what=st.name)
             ts_now = time.time_ns() // 1_000_000
             self._seq += 1
-            # the records' fields are read into the core's record array in
-            # one call (csrc/messages.c): no pickle, nothing per record in
-            # Python; the callbacks need each record's partition and offset
-            recs, flags = _columns(self, records, n)
+            # the batch is the core's record array already (send() wrote
+            # it); the callbacks need each record's partition and offset
+            flags = records.flags
+            at = records.address
             with_callbacks = bool(flags & _CALLBACKS)
             if with_callbacks or nowait:
                 out = _placement(self, n)
-                rc = _append_at(self, st, n, flags, ts_now, out.parts_at, out.offsets_at, nowait)
+                rc = _append_at(self, st, n, flags, ts_now, out.parts_at, out.offsets_at, nowait, at)
             else:
-                rc = _append_at(self, st, n, flags, ts_now, 0, 0, nowait)
+                rc = _append_at(self, st, n, flags, ts_now, 0, 0, nowait, at)
             if nowait and rc == -errno.EAGAIN:
                 # full now: deliver what went, keep the rest for the worker
-                offs = ffi.unpack(out.offsets, n)
-                kept = [rec for rec, off in zip(records, offs) if off == _NOT_COMMITTED]
+                # (back on the queue when the callbacks have run)
+                kept = True
                 rc = 0
-            # off the queue before any callback runs: a callback that
-            # sends or flushes finds only what came after these records
-            del rq[:n]
-            dropped = True
             err = None
             if rc < 0:
                 p = self._failed[0]
@@ -239,15 +242,15 @@ def commit_rich(self: Any, st: Any, nowait: bool = False) -> bool:
                         cb(exc, None)
             raise
         finally:
+            if kept:
+                # older than anything queued meanwhile: back to the front
+                kept = rq.putback(records, out.offsets_buf) > 0
             if out is not None:
                 out.busy = False
-            if not dropped:
-                del rq[:n]
-            if kept:
-                rq[0:0] = kept  # older than anything appended meanwhile
+            rq.recycle(records)
             if rq:
-                st.rq_bytes = sum(len(r[2] or b"") + len(r[3]) + _RECORD_OVERHEAD for r in rq)
-                st.rq_limit = st.limit if rq[0][0] >= 0 else st.kq_limit
+                st.rq_bytes = rq.nbytes(_RECORD_OVERHEAD)
+                st.rq_limit = st.limit if rq.first_partition >= 0 else st.kq_limit
                 st.rq_since = time.monotonic()
                 self._wake.set()
             else:  # (the usual case: no generator to sum nothing)
@@ -268,16 +271,18 @@ def _append(self: Any, st: Any, n: int, flags: int, ts_now: int, out_parts, offs
 
 
 def _append_at(self: Any, st: Any, n: int, flags: int, ts_now: int, parts_at: int, offsets_at: int,
-               nowait: bool = False) -> int:
+               nowait: bool = False, records_at: int = 0) -> int:
     """The commit's crossing of the records _columns wrote (and another per
     partition on first use, to take a producer slot there), holding the
     GIL unless C must wait (core.commit). parts_at/offsets_at: addresses of
     the output columns or 0; the offsets are set to NOT_COMMITTED first.
-    On failure self._failed[0] names the partition."""
+    records_at: the record array's address (a RichQueue batch's), 0: the
+    producer's own (_columns). On failure self._failed[0] names the
+    partition."""
     failed = self._failed
     logs, slots, ends = st.kq_addrs
     while True:
-        rc = _rich_append(logs, slots, st.nparts, self._rich_addr, n, flags, ts_now,
+        rc = _rich_append(logs, slots, st.nparts, records_at or self._rich_addr, n, flags, ts_now,
                           self.producer_id, self._seq & 0xFFFFFFFF, 0 if nowait else self._max_block_ns,
                           ends, self._failed_addr, parts_at, offsets_at)
         if rc != -errno.ENOENT:

@@ -160,11 +160,12 @@ def test_a_lone_send_still_goes_at_once_to_a_waiting_reader(data_dir):
             assert slow.calls == []
 
 
-def test_queued_rich_records_are_left_out_of_the_collector_unless_they_hold_a_callback(data_dir):
-    """A rich record C queues without on_delivery holds only ints, bytes
-    and None: it is untracked by the GC at once (the collections a long
-    queue triggers need not visit it); one with a callback stays tracked,
-    as the callback may be part of a cycle. Their order is send order."""
+def test_queued_rich_records_live_in_the_record_array_and_the_collector_sees_only_callbacks(data_dir):
+    """send()'s C branch pushes a rich record straight into the queue's
+    record array (csrc/rich_queue.h): read back they are the tuples the
+    Python path appends, in send order, with their partition (-1: the
+    key's) and timestamp (None: the commit's); the collector is shown only
+    their callbacks (a callback may close a cycle, bytes and ints cannot)."""
     with running_cluster(data_dir) as cluster:
         cluster.create_topic(TOPIC, partitions=2, **ROOMY)
         delivered = []
@@ -174,19 +175,94 @@ def test_queued_rich_records_are_left_out_of_the_collector_unless_they_hold_a_ca
             producer.flush()
             slow = _SlowPath(producer)
             st = producer._topics[TOPIC]
+
+            def cb(err, md):
+                delivered.append((err, md))
+
             producer.send(TOPIC, b"h", headers=HDRS)
             producer.send(TOPIC, b"t", timestamp_ms=TS, partition=1)
             producer.send(TOPIC, b"k", key=b"k", headers=HDRS)
-            producer.send(TOPIC, b"cb", on_delivery=lambda err, md: delivered.append((err, md)))
+            producer.send(TOPIC, b"cb", on_delivery=cb)
             producer.send(TOPIC, b"n", partition=0, headers=HDRS, timestamp_ms=TS)
             assert slow.calls == []
             recs = list(st.rq)
             assert [r[2] for r in recs] == [b"h", b"t", b"k", b"cb", b"n"]
-            assert [gc.is_tracked(r) for r in recs] == [False, False, False, True, False]
+            assert [r[0] for r in recs] == [st.sticky, 1, -1, st.sticky, 0]
+            assert [r[1] for r in recs] == [None, None, b"k", None, None]
+            assert [r[4] for r in recs] == [None, TS, None, None, TS]
+            assert [r[5] for r in recs] == [None, None, None, cb, None]
+            assert recs[0][3] == recs[2][3] == recs[4][3] == st.h_enc and recs[1][3] == b""
+            assert gc.get_referents(st.rq) == [cb]
+            assert gc.is_tracked(st.rq)
             del recs
         got = _read_all(cluster, 7)
     assert sorted(m.value for m in got) == sorted([b"warm", b"h0", b"h", b"t", b"k", b"cb", b"n"])
     assert len(delivered) == 1 and delivered[0][0] is None
+
+
+def test_a_cycle_through_a_queued_callback_is_collected_with_its_queue():
+    """The queue holds its callbacks strongly and shows them to the
+    collector: a producer state that a queued callback refers back to is
+    garbage once nothing else holds it (tp_traverse/tp_clear)."""
+    from shmlog.core._messages import RichQueue
+
+    class Owner:
+        pass
+
+    owner = Owner()
+    owner.rq = RichQueue()
+    owner.rq.append((0, None, b"v", b"", None, lambda err, md, o=owner: o))
+    ref = weakref.ref(owner)
+    del owner
+    gc.collect()
+    assert ref() is None
+
+
+def test_rich_queue_take_putback_recycle_keep_order_and_references():
+    """A commit's batch: take() empties the queue, sends meanwhile queue
+    behind, putback() returns the uncommitted ones ahead of them in their
+    order, recycle() releases the rest; nothing leaks a reference."""
+    import sys
+    from array import array
+
+    from shmlog.core._messages import RichQueue
+
+    values = [b"v%d" % i + bytes(100) for i in range(600)]  # more than one growth
+    before = [sys.getrefcount(v) for v in values]
+    q = RichQueue()
+    for i, v in enumerate(values[:500]):
+        q.append((i % 3, b"k" if i % 2 else None, v, b"", i if i % 5 else None, None))
+    assert len(q) == 500 and q.first_partition == 0
+    assert q.nbytes(10) == sum(len(v) + 10 for v in values[:500]) + 250
+    batch = q.take()
+    assert len(q) == 0 and len(batch) == 500 and batch.address != 0
+    for v in values[500:]:
+        q.append((-1, b"kk", v, b"", None, None))
+    del v
+    offsets = array("Q", [(1 << 64) - 1 if i % 7 == 0 else i for i in range(500)])
+    back = q.putback(batch, offsets)
+    assert back == len(range(0, 500, 7))
+    assert [r[2] for r in q] == [values[i] for i in range(0, 500, 7)] + values[500:]
+    assert [r[2] for r in batch] == [values[i] for i in range(500) if i % 7]
+    assert q[0] == (0, None, values[0], b"", None, None) and q[1] == (1, b"k", values[7], b"", 7, None)
+    assert q.flags & 1 and not q.flags & 8  # keys, no callbacks
+    q.recycle(batch)
+    assert len(batch) == 0
+    rest = q.take()
+    q.recycle(rest)
+    assert len(q) == 0
+    assert [sys.getrefcount(v) for v in values] == before
+    with pytest.raises(IndexError):
+        q[0]
+    with pytest.raises(ValueError, match="no partition and no key"):
+        q.append((-1, None, b"v", b"", None, None))
+    with pytest.raises(TypeError, match="value must be bytes or None"):
+        q.append((0, None, "text", b"", None, None))
+    with pytest.raises(TypeError, match="tuple"):
+        q.append([0, None, b"v", b"", None, None])
+    with pytest.raises(ValueError):
+        q.recycle(q)
+    assert len(q) == 0
 
 
 def test_linger_ms_still_holds_messages_back(data_dir):
