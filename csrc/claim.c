@@ -195,8 +195,10 @@ static int64_t append_frame(shmlog_log_t *log, int slot, const frame_src_t *m,
 
 static int write_batch(const void *src, uint8_t *dst, uint32_t len)
 {
-    return shmlog_codec_encode((const shmlog_batch_in_t *)src, dst, len) == (int64_t)len ? 0
-                                                                                         : -EPROTO;
+    /* sized (and validated) by shmlog_log_append a moment ago, from
+     * columns nobody else writes: not sized again, bound-checked per record */
+    return shmlog_codec_encode_sized((const shmlog_batch_in_t *)src, dst, len) == (int64_t)len ? 0
+                                                                                               : -EPROTO;
 }
 
 int shmlog_log_append(shmlog_log_t *log, int slot, const shmlog_batch_in_t *in,

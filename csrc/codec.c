@@ -26,12 +26,12 @@ void shmlog_codec_timestamps(const shmlog_batch_in_t *in, int64_t *first, int64_
 static inline size_t record_body_size(const shmlog_batch_in_t *in, uint32_t i, int64_t first_ts)
 {
     int64_t ts_delta = in->timestamps ? in->timestamps[i] - first_ts : 0;
-    int32_t kl = in->keys ? in->key_lens[i] : -1;
+    int32_t kl = in->keys || in->key_ptrs ? in->key_lens[i] : -1;
     int32_t vl = in->value_lens[i];
     size_t n = 1 + varint_size(zigzag(ts_delta)) + varint_size(zigzag((int64_t)i));
     n += varint_size(zigzag(kl)) + (kl > 0 ? (size_t)kl : 0);
     n += varint_size(zigzag(vl)) + (vl > 0 ? (size_t)vl : 0);
-    n += in->headers ? (in->header_lens[i] ? in->header_lens[i] : 1) : 1;
+    n += in->headers || in->header_ptrs ? (in->header_lens[i] ? in->header_lens[i] : 1) : 1;
     return n;
 }
 
@@ -43,7 +43,7 @@ int64_t shmlog_codec_encoded_size(const shmlog_batch_in_t *in)
     shmlog_codec_timestamps(in, &first, &max);
     uint64_t total = 0;
     for (uint32_t i = 0; i < in->count; i++) {
-        if (in->value_lens[i] < -1 || (in->keys && in->key_lens[i] < -1))
+        if (in->value_lens[i] < -1 || ((in->keys || in->key_ptrs) && in->key_lens[i] < -1))
             return -EINVAL;
         size_t body = record_body_size(in, i, first);
         total += varint_size(body) + body;
@@ -53,29 +53,33 @@ int64_t shmlog_codec_encoded_size(const shmlog_batch_in_t *in)
     return (int64_t)total;
 }
 
-int64_t shmlog_codec_encode(const shmlog_batch_in_t *in, uint8_t *dst, size_t cap)
+/* the records of a batch shmlog_codec_encoded_size accepted, into dst:
+ * each record's size is checked against what is left of cap before it is
+ * written (-ENOSPC), so a batch sized a moment ago is not sized again */
+static int64_t encode_records(const shmlog_batch_in_t *in, uint8_t *dst, size_t cap)
 {
-    int64_t need = shmlog_codec_encoded_size(in);
-    if (need < 0)
-        return need;
-    if ((size_t)need > cap)
-        return -ENOSPC;
     int64_t first, max;
     shmlog_codec_timestamps(in, &first, &max);
-    uint8_t *p = dst;
+    uint8_t *p = dst, *end = dst + cap;
     const uint8_t *v = in->values, *k = in->keys, *h = in->headers;
     for (uint32_t i = 0; i < in->count; i++) {
         size_t body = record_body_size(in, i, first);
+        if ((size_t)(end - p) < varint_size(body) + body)
+            return -ENOSPC;
         p = put_varint(p, body);
         *p++ = 0; /* record attributes: none defined yet */
         p = put_varint(p, zigzag(in->timestamps ? in->timestamps[i] - first : 0));
         p = put_varint(p, zigzag((int64_t)i));
-        int32_t kl = k ? in->key_lens[i] : -1;
+        int32_t kl = k || in->key_ptrs ? in->key_lens[i] : -1;
         p = put_varint(p, zigzag(kl));
         if (kl > 0) {
-            memcpy(p, k, (size_t)kl);
+            if (in->key_ptrs) {
+                memcpy(p, in->key_ptrs[i], (size_t)kl);
+            } else {
+                memcpy(p, k, (size_t)kl);
+                k += kl;
+            }
             p += kl;
-            k += kl;
         }
         int32_t vl = in->value_lens[i];
         p = put_varint(p, zigzag(vl));
@@ -88,15 +92,36 @@ int64_t shmlog_codec_encode(const shmlog_batch_in_t *in, uint8_t *dst, size_t ca
             }
             p += vl;
         }
-        if (h && in->header_lens[i]) {
-            memcpy(p, h, in->header_lens[i]);
+        if ((h || in->header_ptrs) && in->header_lens[i]) {
+            if (in->header_ptrs) {
+                memcpy(p, in->header_ptrs[i], in->header_lens[i]);
+            } else {
+                memcpy(p, h, in->header_lens[i]);
+                h += in->header_lens[i];
+            }
             p += in->header_lens[i];
-            h += in->header_lens[i];
         } else {
             *p++ = 0; /* zero headers */
         }
     }
     return (int64_t)(p - dst);
+}
+
+int64_t shmlog_codec_encode(const shmlog_batch_in_t *in, uint8_t *dst, size_t cap)
+{
+    int64_t need = shmlog_codec_encoded_size(in);
+    if (need < 0)
+        return need;
+    if ((size_t)need > cap)
+        return -ENOSPC;
+    return encode_records(in, dst, cap);
+}
+
+int64_t shmlog_codec_encode_sized(const shmlog_batch_in_t *in, uint8_t *dst, size_t len)
+{
+    if (!in || in->count == 0 || !in->value_lens)
+        return -EINVAL;
+    return encode_records(in, dst, len);
 }
 
 int64_t shmlog_codec_decode(const uint8_t *payload, size_t len, uint32_t record_count,

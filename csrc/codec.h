@@ -29,6 +29,12 @@ typedef struct {
     uint64_t producer_id;
     uint32_t producer_seq;
     uint32_t attributes;
+    /* or one pointer per key / header section, in place of keys / headers
+     * (a commit that groups records by partition points at each record's
+     * own bytes instead of gathering copies of them); key_lens and
+     * header_lens as above */
+    const uint8_t *const *key_ptrs;
+    const uint8_t *const *header_ptrs;
 } shmlog_batch_in_t;
 
 /* Where decoded records land: parallel arrays of `capacity` entries.
@@ -56,6 +62,10 @@ typedef struct {
 int64_t shmlog_codec_encoded_size(const shmlog_batch_in_t *in);
 /* encode the record section into dst (cap bytes); returns bytes written or -errno */
 int64_t shmlog_codec_encode(const shmlog_batch_in_t *in, uint8_t *dst, size_t cap);
+/* the same for a batch shmlog_codec_encoded_size has just sized (and
+ * validated) at len bytes: not sized again (the append path's second pass
+ * over every record); a record that would not fit in len gives -ENOSPC */
+int64_t shmlog_codec_encode_sized(const shmlog_batch_in_t *in, uint8_t *dst, size_t len);
 /* the first and max timestamps of the batch */
 void shmlog_codec_timestamps(const shmlog_batch_in_t *in, int64_t *first, int64_t *max);
 

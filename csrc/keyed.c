@@ -20,9 +20,9 @@ typedef struct {
     int64_t *ts;           /* NULL: every record is stamped now; -1: now */
     const uint8_t **g_vptr;
     int32_t *g_vlens;
-    uint8_t *g_keys;
+    const uint8_t **g_kptr; /* pointers, not copies: the encoder reads each record's own bytes */
     int32_t *g_klens;
-    uint8_t *g_headers;
+    const uint8_t **g_hptr;
     uint32_t *g_hlens;
     int64_t *g_ts;
 } columns_t;
@@ -39,26 +39,17 @@ static int64_t append_group(shmlog_log_t *log, int slot, const uint32_t *idx, ui
     while (done < count) {
         if (piece > count - done)
             piece = count - done;
-        size_t kb = 0, hb = 0;
         for (uint32_t i = 0; i < piece; i++) {
             uint32_t r = idx[done + i];
             c->g_vptr[i] = c->vptr[r];
             c->g_vlens[i] = c->vlens[r];
             if (c->kptr) {
-                int32_t kl = c->klens[r];
-                c->g_klens[i] = kl;
-                if (kl > 0) {
-                    memcpy(c->g_keys + kb, c->kptr[r], (size_t)kl);
-                    kb += (size_t)kl;
-                }
+                c->g_kptr[i] = c->kptr[r];
+                c->g_klens[i] = c->klens[r];
             }
             if (c->hptr) {
-                uint32_t hl = c->hlens[r];
-                c->g_hlens[i] = hl;
-                if (hl) {
-                    memcpy(c->g_headers + hb, c->hptr[r], hl);
-                    hb += hl;
-                }
+                c->g_hptr[i] = c->hptr[r];
+                c->g_hlens[i] = c->hlens[r];
             }
             if (c->ts)
                 c->g_ts[i] = c->ts[r] < 0 ? timestamp : c->ts[r];
@@ -69,11 +60,11 @@ static int64_t append_group(shmlog_log_t *log, int slot, const uint32_t *idx, ui
         in.value_ptrs = c->g_vptr;
         in.value_lens = c->g_vlens;
         if (c->kptr) {
-            in.keys = c->g_keys;
+            in.key_ptrs = c->g_kptr;
             in.key_lens = c->g_klens;
         }
         if (c->hptr) {
-            in.headers = c->g_headers;
+            in.header_ptrs = c->g_hptr;
             in.header_lens = c->g_hlens;
         }
         if (c->ts)
@@ -110,34 +101,30 @@ static int64_t place_and_append(shmlog_log_t *const *logs, const int32_t *slots,
 {
     if (n == 0) /* (the callers refuse it; the span below needs a record) */
         return 0;
-    size_t key_bytes = 0, header_bytes = 0;
     for (uint32_t i = 0; i < n; i++) {
         int32_t p = parts ? parts[i] : -1;
         if (p >= (int32_t)nparts || (p < 0 && (!c->kptr || c->klens[i] < 0)))
             return -EINVAL; /* hashed records need a key */
-        if (c->kptr && c->klens[i] > 0)
-            key_bytes += (size_t)c->klens[i];
-        if (c->hptr)
-            header_bytes += c->hlens[i];
     }
     /* one allocation per commit: partition of each record, group starts,
-     * records grouped by partition, and the gather buffers */
-    size_t need = (size_t)n * (sizeof(uint32_t) * 3 + sizeof(uint8_t *) + sizeof(int64_t) +
+     * records grouped by partition, and the gather columns (pointers into
+     * the records' own bytes) */
+    size_t need = (size_t)n * (sizeof(uint8_t *) * 3 + sizeof(int64_t) + sizeof(uint32_t) * 3 +
                                sizeof(int32_t) * 2) +
-                  (size_t)(nparts + 1) * sizeof(uint32_t) + key_bytes + header_bytes + 16;
+                  (size_t)(nparts + 1) * sizeof(uint32_t);
     uint8_t *mem = malloc(need);
     if (!mem)
         return -ENOMEM;
     c->g_vptr = (const uint8_t **)mem;
-    c->g_ts = (int64_t *)(c->g_vptr + n);
+    c->g_kptr = c->g_vptr + n;
+    c->g_hptr = c->g_kptr + n;
+    c->g_ts = (int64_t *)(c->g_hptr + n);
     uint32_t *part = (uint32_t *)(c->g_ts + n);
     uint32_t *idx = part + n;
     c->g_hlens = idx + n;
     uint32_t *start = c->g_hlens + n;
     c->g_vlens = (int32_t *)(start + nparts + 1);
     c->g_klens = c->g_vlens + n;
-    c->g_keys = (uint8_t *)(c->g_klens + n);
-    c->g_headers = c->g_keys + key_bytes;
 
     /* partitions first, and the span [lo, hi] they fall in: the counting
      * sort below walks that span, not every partition (a commit of ~20

@@ -140,6 +140,8 @@ typedef struct {
     uint64_t producer_id;
     uint32_t producer_seq;
     uint32_t attributes;
+    const uint8_t *const *key_ptrs;
+    const uint8_t *const *header_ptrs;
 } shmlog_batch_in_t;
 
 typedef struct {
