@@ -260,6 +260,7 @@ uint64_t shmlog_now_ns(void);
 
 int64_t shmlog_codec_encoded_size(const shmlog_batch_in_t *in);
 int64_t shmlog_codec_encode(const shmlog_batch_in_t *in, uint8_t *dst, size_t cap);
+int64_t shmlog_codec_encode_sized(const shmlog_batch_in_t *in, uint8_t *dst, size_t len);
 int64_t shmlog_codec_decode(const uint8_t *payload, size_t len, uint32_t record_count,
                             uint64_t base_offset, int64_t first_timestamp,
                             uint64_t pos_base, uint64_t skip_below,

@@ -164,6 +164,41 @@ def test_batch_encode_decode_round_trip(recs, ts, timestamp, base, pos_base, wit
         assert row["headers"] == (list(r["headers"]) if with_headers else [])
 
 
+@settings(max_examples=200, deadline=None)
+@given(recs=records, ts=st.one_of(st.none(), st.lists(INT64, min_size=20, max_size=20)),
+       with_keys=st.booleans(), with_headers=st.booleans())
+def test_pointer_columns_and_the_sized_encoder_write_the_same_bytes(recs, ts, with_keys, with_headers):
+    """key_ptrs/header_ptrs (the grouped commits point at each record's own
+    bytes) encode exactly what the concatenated columns do; and
+    shmlog_codec_encode_sized, which trusts a size computed a moment ago,
+    writes the same section and refuses a buffer one byte short without
+    writing past it."""
+    n = len(recs)
+    timestamps = None if ts is None else ts[:n]
+    batch = Batch(recs, timestamps, 7, with_keys, with_headers)
+    section = encode(batch)
+    bi = batch.bi
+    keep = []
+    if with_keys:
+        keys = [ffi.from_buffer(r["key"] or b"\0") for r in recs]
+        kp = ffi.new("const uint8_t *[]", keys)
+        keep += [keys, kp]
+        bi.keys, bi.key_ptrs = ffi.NULL, kp
+    if with_headers:
+        sections = [encode_headers(r["headers"]) or b"\0" for r in recs]
+        hbufs = [ffi.from_buffer(h) for h in sections]
+        hp = ffi.new("const uint8_t *[]", hbufs)
+        keep += [sections, hbufs, hp]
+        bi.headers, bi.header_ptrs = ffi.NULL, hp
+    assert lib.shmlog_codec_encoded_size(bi) == len(section)
+    buf = bytearray(len(section) + 8)
+    assert lib.shmlog_codec_encode_sized(bi, ffi.from_buffer(buf), len(section)) == len(section)
+    assert bytes(buf[:len(section)]) == section and buf[len(section):] == bytes(8)
+    short = bytearray(len(section) + 8)
+    assert lib.shmlog_codec_encode_sized(bi, ffi.from_buffer(short), len(section) - 1) == -errno.ENOSPC
+    assert short[len(section) - 1:] == bytes(9)
+
+
 @settings(max_examples=150, deadline=None)
 @given(recs=records, skip=st.integers(0, 25), index=st.integers(0, 3), room=st.integers(1, 25))
 def test_decode_skips_below_writes_from_index_and_stops_when_full(recs, skip, index, room):
