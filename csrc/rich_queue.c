@@ -547,9 +547,7 @@ static PyObject *rq_putback(shmlog_rich_queue_t *q, PyObject *const *args, Py_ss
     unsigned flags = q->flags, bflags = 0;
     for (Py_ssize_t i = 0; i < b->n; i++) {
         const shmlog_rich_record_t *r = &b->recs[i];
-        unsigned f = (r->key_len >= 0 ? SHMLOG_RICH_KEYS : 0) | (r->header_len ? SHMLOG_RICH_HEADERS : 0) |
-                     (r->timestamp >= 0 ? SHMLOG_RICH_TIMESTAMPS : 0) |
-                     (b->objs[i * SHMLOG_RQ_OBJS + SHMLOG_RQ_CALLBACK] != Py_None ? SHMLOG_RICH_CALLBACKS : 0);
+        unsigned f = shmlog_rq_record_flags(r, b->objs[i * SHMLOG_RQ_OBJS + SHMLOG_RQ_CALLBACK]);
         if (offsets[i] == UINT64_MAX) {
             recs[j] = *r;
             memcpy(&objs[j * SHMLOG_RQ_OBJS], &b->objs[i * SHMLOG_RQ_OBJS], SHMLOG_RQ_OBJS * sizeof(*objs));

@@ -88,6 +88,13 @@ static inline int shmlog_rq_grow(shmlog_rich_queue_t *q)
     return 0;
 }
 
+/* what a record adds to its queue's flags (SHMLOG_RICH_*) */
+static inline unsigned shmlog_rq_record_flags(const shmlog_rich_record_t *r, PyObject *on_delivery)
+{
+    return (r->key_len >= 0 ? SHMLOG_RICH_KEYS : 0) | (r->header_len ? SHMLOG_RICH_HEADERS : 0) |
+           (r->timestamp >= 0 ? SHMLOG_RICH_TIMESTAMPS : 0) | (on_delivery != Py_None ? SHMLOG_RICH_CALLBACKS : 0);
+}
+
 /* Append a record whose objects the caller has checked: key and value
  * exact bytes (at most INT32_MAX bytes) or None, headers exact bytes (an
  * encoded section, b"" for none), timestamp -1 (the commit's time) or a
@@ -100,7 +107,6 @@ static inline int shmlog_rq_push(shmlog_rich_queue_t *q, int32_t partition, PyOb
         return -1;
     shmlog_rich_record_t *r = &q->recs[q->n];
     PyObject **o = &q->objs[q->n * SHMLOG_RQ_OBJS];
-    unsigned flags = q->flags;
     if (value == Py_None) {
         r->value = NULL;
         r->value_len = -1;
@@ -114,18 +120,11 @@ static inline int shmlog_rq_push(shmlog_rich_queue_t *q, int32_t partition, PyOb
     } else {
         r->key = (const uint8_t *)PyBytes_AS_STRING(key);
         r->key_len = (int32_t)PyBytes_GET_SIZE(key);
-        flags |= SHMLOG_RICH_KEYS;
     }
     r->headers = (const uint8_t *)PyBytes_AS_STRING(headers);
     r->header_len = (uint32_t)PyBytes_GET_SIZE(headers);
-    if (r->header_len)
-        flags |= SHMLOG_RICH_HEADERS;
     r->timestamp = timestamp;
-    if (timestamp >= 0)
-        flags |= SHMLOG_RICH_TIMESTAMPS;
     r->partition = partition;
-    if (on_delivery != Py_None)
-        flags |= SHMLOG_RICH_CALLBACKS;
     Py_INCREF(key);
     Py_INCREF(value);
     Py_INCREF(headers);
@@ -134,7 +133,7 @@ static inline int shmlog_rq_push(shmlog_rich_queue_t *q, int32_t partition, PyOb
     o[SHMLOG_RQ_VALUE] = value;
     o[SHMLOG_RQ_HEADERS] = headers;
     o[SHMLOG_RQ_CALLBACK] = on_delivery;
-    q->flags = flags;
+    q->flags |= shmlog_rq_record_flags(r, on_delivery);
     q->n++;
     return 0;
 }
